@@ -1,0 +1,104 @@
+"""Result records: every notebook ends with ``mu.report.save(...)``.
+
+A record is one JSON file ``reports/<notebook>/<target>/<name>.json``::
+
+    {"notebook": "03_merging", "target": "sw-KE", "name": "ties-similarity",
+     "rows": [{"system": "merge/ties/similarity", "family": "merge",
+               "accuracy": 0.61, "macro_f1": 0.55, "n": 2974,
+               "sources": {"fi-FI": 0.3, ...}}, ...],
+     "results": {...free-form extras...},
+     "params": {...the notebook's parameters...},
+     "inputs": {"<what>": {"path": ..., "sha256": ...}},
+     "versions": {"python": ..., "torch": ..., ...},
+     "created": "2026-11-24T10:00:00+00:00"}
+
+``rows`` is what the aggregation (notebook 06) reads: one row per evaluated
+system on that target. It never parses notebooks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mu import paths
+
+PACKAGES = (
+    "mu", "torch", "transformers", "tokenizers", "datasets", "mergekit", "lang2vec",
+    "numpy", "pandas", "scipy", "papermill",
+)
+
+ROW_KEYS = ("system", "family", "accuracy")
+FAMILIES = ("native", "zero-shot", "merge", "ensemble", "iterative")
+
+
+def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file, or of every file in a directory (sorted by relative path)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    if not files:
+        raise FileNotFoundError(f"cannot hash {p}: no such file or empty directory")
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def describe_input(path: str | os.PathLike) -> dict[str, str]:
+    return {"path": str(path), "sha256": sha256(path)}
+
+
+def record_path(notebook: str, target: str, name: str) -> Path:
+    return paths.reports_dir(notebook, target, f"{name}.json")
+
+
+def save(
+    notebook: str,
+    target: str,
+    name: str,
+    *,
+    rows: list[Mapping[str, Any]] | None = None,
+    results: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one result record atomically and return its path."""
+    rows = [dict(r) for r in (rows or [])]
+    for r in rows:
+        missing = [k for k in ROW_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"result row {r} lacks {missing}; every row needs {list(ROW_KEYS)}")
+        if r["family"] not in FAMILIES:
+            raise ValueError(f"unknown row family {r['family']!r}; valid: {list(FAMILIES)}")
+        r.setdefault("target", target)
+    record = {
+        "notebook": notebook,
+        "target": target,
+        "name": name,
+        "rows": rows,
+        "results": dict(results or {}),
+        "params": dict(params or {}),
+        "inputs": dict(inputs or {}),
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return paths.write_json(record_path(notebook, target, name), record)
