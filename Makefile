@@ -1,0 +1,33 @@
+# The README's contract: `make demo` runs the main job end to end, `make test` runs all tests.
+# Both create .venv (Python 3.11, torch==2.13.0 CPU, setuptools<81) on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean-reports
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mu)" >/dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mu demo
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite itself.
+test: $(STAMP)
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean-reports:
+	rm -rf reports/0* cache/logits

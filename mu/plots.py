@@ -1,0 +1,105 @@
+"""Seaborn figures, each saved (atomically) as PNG under ``reports/`` and returned."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mu import paths, report  # noqa: E402
+
+
+def save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    """Write a figure atomically as PNG."""
+    path = Path(path)
+    with paths.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    return path
+
+
+def heatmap(
+    frame: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    fmt: str = ".2f",
+    cmap: str = "viridis",
+    annot: bool | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> plt.Figure:
+    """A square matrix (similarity, N×N transfer) as an annotated heatmap."""
+    n = max(frame.shape)
+    annot = n <= 20 if annot is None else annot
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(frame, annot=annot, fmt=fmt, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
+                ax=ax, cbar_kws={"shrink": 0.7}, annot_kws={"size": 7})
+    ax.set_title(title)
+    save(fig, path)
+    return fig
+
+
+def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Accuracy per target locale, one bar per system, with each row's 95% interval.
+
+    ``rows`` is the long frame of ``mu.report.aggregate`` (target, system, accuracy,
+    ci_low, ci_high); bars without a known test size have no interval.
+    """
+    systems = report.column_order(rows["system"].unique())
+    targets = sorted(rows["target"].unique())
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(targets) * len(systems) + 2), 4.5))
+    sns.barplot(data=rows, x="target", y="accuracy", hue="system", order=targets,
+                hue_order=systems, errorbar=None, ax=ax)
+    # one container per system; a missing (target, system) has no bar, so place by x
+    for system, bars in zip(systems, ax.containers):
+        mine = rows[rows["system"] == system].set_index("target")
+        for bar in bars:
+            target = targets[round(bar.get_x() + bar.get_width() / 2)]
+            if target not in mine.index:
+                continue
+            acc, lo, hi = mine.loc[target, ["accuracy", "ci_low", "ci_high"]]
+            if not pd.notna(lo):
+                continue
+            ax.errorbar(bar.get_x() + bar.get_width() / 2, acc, yerr=[[acc - lo], [hi - acc]],
+                        color="black", capsize=2, linewidth=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    save(fig, path)
+    return fig
+
+
+def method_means(means: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Mean accuracy over targets per system with its bootstrap interval (``report.means``)."""
+    data = means.dropna(subset=["mean"]).sort_values("mean")
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(data) + 1.5))
+    sns.barplot(data=data, x="mean", y="system", errorbar=None, color="tab:blue", ax=ax)
+    for i, r in enumerate(data.itertuples()):
+        if pd.notna(r.ci_low):
+            ax.errorbar(r.mean, i, xerr=[[r.mean - r.ci_low], [r.ci_high - r.mean]],
+                        color="black", capsize=3, linewidth=0.9)
+        ax.text(0.01, i, f"n={r.n}", va="center", fontsize=7, color="white")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mean accuracy over targets (95% bootstrap interval)")
+    ax.set_title(title)
+    save(fig, path)
+    return fig
+
+
+def weights_bar(weights: dict[str, float], path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Source weights ``{locale: weight}`` as a horizontal bar chart, largest first."""
+    frame = pd.DataFrame({"source": list(weights), "weight": list(weights.values())})
+    frame = frame.sort_values("weight", ascending=False)
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(frame) + 1.2))
+    sns.barplot(frame, x="weight", y="source", hue="source", legend=False, ax=ax, palette="crest")
+    ax.set_title(title)
+    ax.set_xlim(0, max(1e-9, frame["weight"].max()) * 1.1)
+    save(fig, path)
+    return fig
