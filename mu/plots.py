@@ -103,3 +103,37 @@ def weights_bar(weights: dict[str, float], path: str | os.PathLike, *, title: st
     ax.set_xlim(0, max(1e-9, frame["weight"].max()) * 1.1)
     save(fig, path)
     return fig
+
+
+def iterative_curves(log: list[dict], path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Iterative training per cycle (``mu.iterative`` log): sources' train loss, and accuracy of each
+    source on its own dev split next to the merged model's on the target (dev and test)."""
+    from mu import iterative
+
+    frame = iterative.log_frame(log)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    loss = frame[frame["metric"] == "train_loss"]
+    sns.lineplot(loss, x="epoch", y="value", hue="series", marker="o", ax=left)
+    left.set(ylabel="train loss (cycle mean)", xlabel="epoch (end of cycle)", title="sources: train loss")
+    acc = frame[frame["metric"] == "accuracy"]
+    merged = acc["series"].str.startswith("merged")
+    sns.lineplot(acc[~merged], x="epoch", y="value", hue="series", marker="o", linestyle="--", alpha=0.6, ax=right)
+    sns.lineplot(acc[merged], x="epoch", y="value", hue="series", marker="s", linestyle="-", linewidth=2.5,
+                 palette={"merged (target dev)": "black", "merged (target test)": "tab:red"}, ax=right)
+    right.set(ylim=(0, 1), ylabel="accuracy", xlabel="epoch (end of cycle)", title="accuracy after each cycle")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save(fig, path)
+    return fig
+
+
+def accuracy_vs_k(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Accuracy against the number of sources K (``mu.ensemble.accuracy_vs_k``), one line per system."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(frame, x="k", y="accuracy", hue="system", style="family", markers=True, ax=ax)
+    ax.set(ylim=(0, 1), xticks=sorted(frame["k"].unique()), xlabel="number of sources K", ylabel="accuracy",
+           title=title)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    save(fig, path)
+    return fig

@@ -1,0 +1,121 @@
+"""Section 1: one merge by ``mu.merge.merge_models`` beside the mergekit CLI, and the read floor.
+
+Every measurement runs in its own process (``bench.proc``). ``mu`` and mergekit
+get the same checkpoints, weights and settings (TIES: density 0.5, λ = 1,
+normalised, sign election; fp32 out), and their outputs are compared tensor by
+tensor (``max_abs_diff``) so the two timings are of the same computation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from bench import proc
+from mu import paths
+from mu.merge import lazy
+
+METHODS = ("linear", "ties")
+TIES_DENSITY = 0.5
+
+
+def weights(locales: list[str]) -> dict[str, float]:
+    """Unequal, similarity-like weights w_i ∝ 1/(i+1), summing to 1."""
+    raw = {loc: 1.0 / (i + 1) for i, loc in enumerate(locales)}
+    total = sum(raw.values())
+    return {loc: w / total for loc, w in raw.items()}
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"the benchmark merges with {list(METHODS)}, not {method!r}")
+    return method
+
+
+def mergekit_config(method: str, sources: Mapping[str, Path], w: Mapping[str, float], base: Path) -> str:
+    """The mergekit YAML equivalent to ``mu.merge.merge_models(method, sources, w, base_model=base)``."""
+    check_method(method)
+    entries = []
+    for loc, folder in sources.items():
+        params: dict[str, float] = {"weight": float(w[loc])}
+        if method == "ties":
+            params["density"] = TIES_DENSITY
+        entries.append({"model": str(folder), "parameters": params})
+    config: dict[str, Any] = {"merge_method": method, "models": entries, "dtype": "float32"}
+    if method == "ties":
+        config["base_model"] = str(base)
+        config["parameters"] = {"normalize": True, "lambda": 1.0}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def mergekit_cli() -> Path:
+    cli = Path(sys.executable).parent / "mergekit-yaml"
+    if not cli.is_file():
+        raise ValueError(f"mergekit CLI not found at {cli}; install the project (make venv)")
+    return cli
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    """Largest absolute difference between two model folders' weights (same tensor names required)."""
+    sa, sb = lazy.open_model(a), lazy.open_model(b)
+    if set(sa) != set(sb):
+        raise ValueError(f"{a} and {b} hold different tensors: only in the first {sorted(set(sa) - set(sb))[:5]}, "
+                         f"only in the second {sorted(set(sb) - set(sa))[:5]}")
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def floor(base: Path, sources: Mapping[str, Path], *, workdir: Path, name: str) -> dict[str, Any]:
+    """Read floor of every input file (first and warm read, touch), their sha256 time, one output write;
+    measured once per file, summed per merge by ``floor_for``."""
+    files = {loc: str(folder / "model.safetensors") for loc, folder in sources.items()}
+    files["<base>"] = str(base / "model.safetensors")
+    folders = {loc: str(folder) for loc, folder in sources.items()} | {"<base>": str(base)}
+    return proc.worker("floor", {"files": files, "hash_folders": folders, "scratch": str(workdir)},
+                       workdir=workdir, name=name, timeout_s=600)
+
+
+def floor_for(method: str, n: int, measured: Mapping[str, Any]) -> dict[str, float]:
+    """The floor figures of one merge: the first n sources' files, plus the base's for TIES."""
+    names = [k for k in measured["warm_read_s"] if k != "<base>"][:n] + (["<base>"] if method == "ties" else [])
+    if len(names) < n + (method == "ties"):
+        raise ValueError(f"the floor measured {len(names)} files; a {method} merge of {n} needs more")
+    return {key: sum(measured[key][k] for k in names) for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s")} \
+        | {"bytes": sum(measured["bytes"][k] for k in names), "write_s": measured["write_s"]}
+
+
+def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Path, max_rss_bytes: int,
+            deadline: float) -> dict[str, Any]:
+    """mu then mergekit on the same inputs: {"mu": ..., "mergekit": ..., "max_abs_diff": ...}.
+
+    Each process is killed when it passes ``max_rss_bytes`` or runs past ``deadline``
+    (``time.perf_counter()`` value; at least 30 s are granted).
+    """
+    check_method(method)
+    w = weights(list(sources))
+    tag = f"{method}-n{len(sources)}"
+    out_mu, out_mk = workdir / f"out-mu-{tag}", workdir / f"out-mergekit-{tag}"
+    for out in (out_mu, out_mk):
+        shutil.rmtree(out, ignore_errors=True)
+    args = {"method": method, "sources": {k: str(v) for k, v in sources.items()}, "weights": w,
+            "out_dir": str(out_mu), "base_model": str(base) if method == "ties" else None}
+    result: dict[str, Any] = {"method": method, "n": len(sources)}
+    try:
+        result["mu"] = proc.worker("merge", args, workdir=workdir, name=f"mu-{tag}", max_rss_bytes=max_rss_bytes,
+                                   timeout_s=max(deadline - time.perf_counter(), 30))
+        config = workdir / f"mergekit-{tag}.yml"
+        paths.write_text(config, mergekit_config(method, sources, w, base))
+        result["mergekit"] = proc.run([str(mergekit_cli()), str(config), str(out_mk)],
+                                      log=workdir / f"mergekit-{tag}.log", max_rss_bytes=max_rss_bytes,
+                                      timeout_s=max(deadline - time.perf_counter(), 30))
+        result["mergekit"]["command"] = f"mergekit-yaml {config.name} {out_mk.name}"
+        if result["mu"]["status"] == "ok" and result["mergekit"]["status"] == "ok":
+            result["max_abs_diff"] = max_abs_diff(out_mu, out_mk)
+    finally:
+        for out in (out_mu, out_mk):
+            shutil.rmtree(out, ignore_errors=True)
+    return result

@@ -1,0 +1,101 @@
+"""Run one measured command in its own process: wall time and that process's peak RSS.
+
+Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (so each merge's peak is
+its alone, not the benchmark's). A watchdog samples the child's RSS and kills it
+when it passes ``max_rss_bytes`` (so an oversized merge cannot push the shared
+machine into the OOM killer) or runs past ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import psutil
+
+from mu import paths
+
+
+def _watch(proc: subprocess.Popen, done: threading.Event, lock: threading.Lock, max_rss_bytes: int | None,
+           timeout_s: float, started: float, verdict: dict[str, Any]) -> None:
+    try:
+        handle = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    while not done.wait(0.1):
+        try:
+            rss = sum(p.memory_info().rss for p in [handle, *handle.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            return
+        verdict["sampled_peak_rss_mb"] = max(verdict.get("sampled_peak_rss_mb", 0.0), rss / 2**20)
+        reason = None
+        if max_rss_bytes is not None and rss > max_rss_bytes:
+            reason = f"killed: RSS {rss / 2**30:.1f} GiB passed the limit {max_rss_bytes / 2**30:.1f} GiB"
+        elif time.perf_counter() - started > timeout_s:
+            reason = f"killed: ran past the {timeout_s:.0f} s timeout"
+        if reason:
+            with lock:
+                if not done.is_set():
+                    verdict["killed"] = reason
+                    proc.kill()
+            return
+
+
+def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | None = None,
+        max_rss_bytes: int | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run ``cmd`` (stdout and stderr to ``log``); {wall_s, peak_rss_mb, rc, status, log}.
+
+    ``status`` is ``"ok"``, ``"killed: ..."`` or ``"failed (rc N): <last log lines>"``.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    verdict: dict[str, Any] = {}
+    done, lock = threading.Event(), threading.Lock()
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else {**os.environ, **env})
+        watcher = threading.Thread(target=_watch, args=(proc, done, lock, max_rss_bytes, timeout_s, started,
+                                                         verdict), daemon=True)
+        watcher.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            with lock:
+                done.set()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    watcher.join()
+    rc = proc.returncode
+    if "killed" in verdict:
+        state = verdict["killed"]
+    elif rc != 0:
+        tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:])
+        state = f"failed (rc {rc}): {tail}"
+    else:
+        state = "ok"
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "rc": rc, "status": state, "log": str(log),
+            "sampled_peak_rss_mb": verdict.get("sampled_peak_rss_mb")}
+
+
+def worker(task: str, args: Mapping[str, Any], *, workdir: str | os.PathLike, name: str,
+           env: Mapping[str, str] | None = None, max_rss_bytes: int | None = None,
+           timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run ``python -m bench.worker task`` on ``args``; the measurement plus the worker's own result."""
+    workdir = Path(workdir)
+    args_file, result_file = workdir / f"{name}.args.json", workdir / f"{name}.result.json"
+    result_file.unlink(missing_ok=True)
+    paths.write_json(args_file, dict(args))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           **(env or {})}
+    measured = run([sys.executable, "-m", "bench.worker", task, str(args_file), str(result_file)],
+                   log=workdir / f"{name}.log", env=env, max_rss_bytes=max_rss_bytes, timeout_s=timeout_s)
+    if measured["status"] == "ok":
+        measured.update(paths.read_json(result_file))
+    return measured

@@ -1,0 +1,154 @@
+"""The whole benchmark in one run, within a time budget; writes results.json and results.md atomically.
+
+Order: checkpoints (generated once, cached) → a cold read (if the page cache can
+be dropped) → the read floor of every input file (summed per merge) → linear
+merges for every N → evaluation → ensembling → TIES merges.
+Before each merge the time and peak memory are predicted from the same method at
+smaller N (linear in N); a merge predicted to overrun the budget or the memory
+available is skipped and recorded as skipped (with why), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import psutil
+from tqdm.auto import tqdm
+
+from bench import checkpoints, evaluation, merging, sizes, summary
+from mu import paths, report
+
+MEMORY_MARGIN = 1.5 * 2**30  # bytes left to the rest of the (shared) machine
+MIN_LEFT_S = 60.0  # a merge is not started with less budget left than this
+
+
+def results_path(quick: bool) -> Path:
+    return paths.reports_dir("bench", "results-quick.json" if quick else "results.json")
+
+
+def drop_page_cache() -> str:
+    """Try ``sync; echo 3 > /proc/sys/vm/drop_caches``; say whether it was permitted."""
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return "permitted"
+    except OSError as e:
+        return f"not permitted ({e.strerror})"
+
+
+def _predict(done: list[Mapping[str, Any]], n: int) -> tuple[float, float] | None:
+    """(seconds, peak bytes) of a merge of n sources, extrapolated linearly in N from smaller ones."""
+    ok = [d for d in done if d.get("mu", {}).get("status") == "ok" and d.get("mergekit", {}).get("status") == "ok"]
+    if not ok:
+        return None
+    pts = sorted(ok, key=lambda d: d["n"])[-2:]
+    wall = [d["mu"]["wall_s"] + d["mergekit"]["wall_s"] for d in pts]
+    peak = [max(d["mu"]["peak_rss_mb"], d["mergekit"]["peak_rss_mb"]) * 2**20 for d in pts]
+    if len(pts) == 1:
+        return wall[0] * n / pts[0]["n"], peak[0] * (n + 2) / (pts[0]["n"] + 2)
+    (n0, n1) = pts[0]["n"], pts[1]["n"]
+    return tuple(y0 + (y1 - y0) * (n - n0) / (n1 - n0) for y0, y1 in (wall, peak))
+
+
+def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path], *, workdir: Path,
+            deadline: float, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done: list[dict[str, Any]] = []
+    for n in tqdm(ns, desc=f"merge {method}", unit="N"):
+        available = psutil.virtual_memory().available
+        guess = _predict(done, n)
+        left = deadline - time.perf_counter()
+        if left < MIN_LEFT_S:
+            skipped.append({"method": method, "n": n, "reason": f"{max(left, 0):.0f} s left of the budget"})
+            continue
+        if guess and guess[0] > left:
+            skipped.append({"method": method, "n": n, "reason": f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s "
+                            "left of the budget"})
+            continue
+        if guess and guess[1] > available - MEMORY_MARGIN:
+            skipped.append({"method": method, "n": n, "reason": f"predicted peak {guess[1] / 1e9:.1f} GB > "
+                            f"{(available - MEMORY_MARGIN) / 1e9:.1f} GB available"})
+            continue
+        done.append(merging.measure(method, base, dict(list(sources.items())[:n]), workdir=workdir,
+                                    max_rss_bytes=int(available - MEMORY_MARGIN), deadline=deadline))
+    return done
+
+
+def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], test_sizes: list[int], k: int,
+        ensemble_size: int, budget_s: float, out: str | Path, cold_read: bool = True) -> dict[str, Any]:
+    """Run every section and write ``out`` (results.json) and ``out`` with ``.md`` (the table); return the results."""
+    started = time.perf_counter()
+    deadline = started + budget_s
+    sizes.check_size(merge_size)
+    sizes.check_size(eval_size)
+    bad = [n for n in [*ns, *ties_ns, k] if not 1 <= n <= len(checkpoints.SOURCE_LOCALES)] + \
+        [n for n in [*test_sizes, ensemble_size] if n < 1]
+    if bad or not ns or not test_sizes:
+        raise ValueError(f"bad benchmark sizes {bad or '(empty)'}: N and K in [1, {len(checkpoints.SOURCE_LOCALES)}], "
+                         "test sizes ≥ 1, at least one N and one test size")
+    machine = summary.machine()
+    workdir = paths.cache_dir("bench", "runs", merge_size)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+
+    t0 = time.perf_counter()
+    base, sources = checkpoints.build(merge_size, max([*ns, *ties_ns]))
+    eval_base, eval_sources = checkpoints.build(eval_size, k)
+    generation_s = time.perf_counter() - t0
+    model_bytes = (base / "model.safetensors").stat().st_size
+
+    cold: dict[str, Any] = {"drop_caches": drop_page_cache() if cold_read else "not tried"}
+    if cold["drop_caches"] == "permitted":
+        measured = merging.floor(base, {}, workdir=workdir, name="cold-read")
+        cold.update(read_s=measured.get("first_read_s", {}).get("<base>"),
+                    warm_read_s=measured.get("warm_read_s", {}).get("<base>"), gb=model_bytes / 1e9)
+
+    floor = merging.floor(base, sources, workdir=workdir, name="floor")
+    if floor["status"] != "ok":
+        raise RuntimeError(f"the read floor failed: {floor['status']}")
+    skipped: list[dict[str, Any]] = []
+    merged = _merges("linear", ns, base, sources, workdir=workdir, deadline=deadline, skipped=skipped)
+
+    sets = evaluation.write_test_sets(workdir, sorted(set(test_sizes) | {ensemble_size}))
+    evals = evaluation.throughput(next(iter(eval_sources.values())), {n: sets[n] for n in test_sizes},
+                                  workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
+    ens = evaluation.ensemble(eval_base.parent, merging.weights(list(eval_sources)), sets[ensemble_size],
+                              workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
+
+    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, skipped=skipped)
+
+    rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) for m in merged]
+    ev = summary.evaluation(evals)
+    results = {
+        "machine": machine,
+        "settings": {"merge_size": merge_size, "eval_size": eval_size, "ns": ns, "ties_ns": ties_ns,
+                     "test_sizes": test_sizes, "k": k, "ensemble_size": ensemble_size, "budget_s": budget_s, "repetitions": 1,
+                     "batch_size": evaluation.BATCH_SIZE, "max_seq_length": evaluation.MAX_SEQ_LENGTH,
+                     "ties": {"density": merging.TIES_DENSITY, "lambda": 1.0, "normalize": True},
+                     "weights": "w_i ∝ 1/(i+1), normalised", "page_cache": "warm for every merge and floor figure",
+                     "drop_caches": cold["drop_caches"]},
+        "checkpoints": {"merge_size": merge_size, "merge_dims": sizes.SIZES[merge_size],
+                        "merge_params": sizes.num_parameters(merge_size), "model_gb": model_bytes / 1e9,
+                        "eval_size": eval_size, "eval_dims": sizes.SIZES[eval_size],
+                        "eval_params": sizes.num_parameters(eval_size), "generation_s": generation_s,
+                        "folder": str(checkpoints.models_dir(merge_size))},
+        "cold_read": cold,
+        "merge": {"rows": rows, "skipped": skipped, "raw": merged, "floor": floor},
+        "evaluation": ev | {"raw": evals},
+        "ensemble": summary.ensemble(ens) | {"raw": ens},
+        "scaling": {"merge_s_per_model": summary.merge_scaling(rows),
+                    "eval_s_per_1000_examples": ev.get("slope_s_per_1000")},
+        "targets": summary.targets(rows, ev),
+        "versions": report.versions(),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    out = Path(out)
+    paths.write_json(out, results)
+    paths.write_text(out.with_suffix(".md"), summary.markdown(results))
+    return results

@@ -1,0 +1,87 @@
+"""Command line: batch runs of the notebooks.
+
+    python -m mu run --profile toy --targets af-ZA sw-KE --notebooks 01 02 03 \\
+        [--executor local|ray] [--workers N] [--num-gpus G] [--set key=value ...]
+    python -m mu demo [--targets ...] [--workers N]   # every notebook on the toy profile, then
+                                                      # where the aggregated summary is
+
+Both print a table of done / skipped / failed runs and exit 1 if any failed, 2 if nothing
+could run (unknown notebook, profile or target, a params key that is no notebook parameter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from mu import report, runner
+
+DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=runner.EXECUTORS, default="local")
+    p.add_argument("--workers", type=int, default=1, help="parallel notebook runs (default %(default)s)")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per Ray task (default: 1 if the Ray cluster has GPUs, else 0)")
+    p.add_argument("--set", dest="extra", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="override a notebook parameter (YAML value)")
+    p.add_argument("--notebooks-dir", default="notebooks")
+    p.add_argument("--params-dir", default="params")
+    p.add_argument("--out-dir", default=None, help="default: reports/")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m mu", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks × targets with papermill")
+    run.add_argument("--profile", default="toy")
+    run.add_argument("--targets", nargs="*", default=[])
+    run.add_argument("--notebooks", nargs="+", required=True, help="number prefix (03) or stem")
+    _common(run)
+    demo = sub.add_parser("demo", help="the whole toy pipeline (every notebook) on a few targets")
+    demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
+    _common(demo)
+    demo.set_defaults(workers=min(2, os.cpu_count() or 1))
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    profile = args.profile if args.command == "run" else "toy"
+    notebooks = args.notebooks if args.command == "run" else runner.all_notebooks(args.notebooks_dir)
+    try:
+        summary = runner.run(
+            notebooks, args.targets, profile=profile, executor=args.executor, workers=args.workers,
+            num_gpus=args.num_gpus, params_dir=args.params_dir, notebooks_dir=args.notebooks_dir,
+            out_dir=args.out_dir, extra_params=dict(args.extra),
+        )
+    except (ValueError, FileNotFoundError) as exc:  # nothing ran: bad notebook, params, target ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(runner.format_summary(summary))
+    failed = bool((summary["status"] == "failed").any())
+    if args.command == "demo":
+        md = report.summary_dir(profile) / "summary.md"
+        where = md.relative_to(Path.cwd()) if md.is_relative_to(Path.cwd()) else md
+        if not md.is_file():
+            print(f"\nno aggregated report at {where}")
+        else:
+            print(f"\nAggregated report: {where}" + (" (this run had failures: it may be stale)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

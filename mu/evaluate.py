@@ -1,0 +1,233 @@
+"""Evaluation: per-example logits (cached on disk), accuracy / macro-F1, the N×N transfer matrix.
+
+Logits are cached under ``cache/logits/`` keyed by (model fingerprint = sha256 of
+its config and weights, data fingerprint = sha256 of the split's rows, locale,
+split, max_seq_length): evaluating the same model on the same data twice runs
+no forward pass. ``forward_calls()`` counts the forward batches run in this
+process, so tests can check that.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from mu import data as mu_data
+from mu import models as mu_models
+from mu import paths
+
+_FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
+
+
+def forward_calls() -> int:
+    """Number of model forward batches run so far in this process."""
+    return _FORWARD_CALLS
+
+
+def nxn_path(profile: str) -> Path:
+    """``reports/02_training/<profile>/evaluation_matrix.csv``: rows = source model, columns = target."""
+    return paths.reports_dir("02_training", profile, "evaluation_matrix.csv")
+
+
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """sha256 of a model folder's config.json and model.safetensors (memoised on path, size and mtime)."""
+    folder = mu_models.check_model_dir(paths.resolve(model))
+    stats = [(folder / f).stat() for f in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE)]
+    return _fingerprint(str(folder.resolve()), tuple((s.st_size, s.st_mtime_ns) for s in stats))
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(folder: str, _stats: tuple) -> str:
+    h = hashlib.sha256()
+    for name in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE):
+        with open(Path(folder) / name, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def cache_path(model: str | os.PathLike, ds: Dataset, locale: str, split: str, max_seq_length: int) -> Path:
+    key = json.dumps({"model": model_fingerprint(model), "data": mu_data.fingerprint(ds), "locale": locale,
+                      "split": split, "max_seq_length": max_seq_length}, sort_keys=True)
+    return paths.cache_dir("logits", hashlib.sha256(key.encode()).hexdigest() + ".npz")
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["logits"], z["labels"]
+
+
+def _write(path: Path, logits_: np.ndarray, ds: Dataset, meta: Mapping[str, Any]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, logits=logits_, labels=np.asarray(ds["label"], dtype=np.int64),
+             ids=np.asarray(list(ds["id"]), dtype=str),
+             id2label=np.asarray(json.dumps(mu_data.ID2LABEL)), meta=np.asarray(json.dumps(dict(meta))))
+    with paths.atomic_path(path, suffix=".npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def logits(
+    model: str | os.PathLike,
+    locale: str,
+    split: str = "test",
+    *,
+    data: str | os.PathLike,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits ``[n, 60]`` float32, gold labels ``[n]``) of a model folder on a locale's split, cached."""
+    return _logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length,
+                   load=_load)
+
+
+def _load(model: str | os.PathLike) -> tuple[Any, Any]:
+    classifier, tokenizer = mu_models.load_classifier(paths.resolve(model))
+    return classifier.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+
+
+def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> tuple[np.ndarray, np.ndarray]:
+    ds = mu_data.load_split(locale, split, data)
+    path = cache_path(model, ds, locale, split, max_seq_length)
+    if path.is_file():
+        return _read(path)
+    out = _forward(*load(model), ds, batch_size=batch_size, max_seq_length=max_seq_length)
+    _write(path, out, ds, {"model": str(model), "locale": locale, "split": split, "data": str(data),
+                           "max_seq_length": max_seq_length})
+    return out, np.asarray(ds["label"], dtype=np.int64)
+
+
+def cached_logits(
+    model: str | os.PathLike, locale: str, split: str = "test", *, data: str | os.PathLike,
+    max_seq_length: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``logits`` but only reads the cache; FileNotFoundError if this evaluation was never run."""
+    ds = mu_data.load_split(locale, split, data)
+    path = cache_path(model, ds, locale, split, max_seq_length)
+    if not path.is_file():
+        raise FileNotFoundError(f"no cached logits for model {model} on {locale}/{split} (data={data!s}, "
+                                f"max_seq_length={max_seq_length}); expected {path}; run mu.evaluate.logits first")
+    return _read(path)
+
+
+def _forward(model: Any, tokenizer: Any, ds: Dataset, *, batch_size: int, max_seq_length: int) -> np.ndarray:
+    """Logits in the dataset's order: length-sorted batches, dynamic padding, inference mode."""
+    global _FORWARD_CALLS
+    device = next(model.parameters()).device
+    enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_seq_length)["input_ids"]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    out = np.empty((len(enc), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode(), mu_models.cpu_threads(model):
+        for start in tqdm(range(0, len(order), batch_size), desc="forward", unit="batch", leave=False):
+            idx = order[start:start + batch_size]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, :len(enc[i])] = torch.tensor(enc[i])
+                mask[row, :len(enc[i])] = 1
+            batch_logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            _FORWARD_CALLS += 1
+            out[idx] = batch_logits.float().cpu().numpy()
+    return out
+
+
+def metrics(logits_: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """Accuracy and macro-F1 (averaged over the labels present in the gold set)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or len(logits_) != len(labels):
+        raise ValueError(f"metrics: need equally many logits and labels (>0), got {len(logits_)} and {len(labels)}")
+    pred = np.asarray(logits_).argmax(axis=-1)
+    f1s = []
+    for c in np.unique(labels):
+        tp = np.sum((pred == c) & (labels == c))
+        precision = tp / max(np.sum(pred == c), 1)
+        recall = tp / np.sum(labels == c)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float(np.mean(pred == labels)), "macro_f1": float(np.mean(f1s)), "n": int(len(labels))}
+
+
+def evaluate(
+    model: str | os.PathLike, locale: str, split: str = "test", *, data: str | os.PathLike,
+    batch_size: int = 64, max_seq_length: int = 128,
+) -> dict[str, float | int]:
+    """``metrics`` of a model folder on a locale's split (logits cached)."""
+    return metrics(*logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length))
+
+
+def nxn(
+    models: Mapping[str, str | os.PathLike],
+    targets: Sequence[str] | None = None,
+    *,
+    data: str | os.PathLike,
+    profile: str,
+    split: str = "test",
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> pd.DataFrame:
+    """Accuracy of every source model (rows, ``{locale: model folder}``) on every target (columns).
+
+    ``targets`` default: the models' locales. Written atomically to
+    ``nxn_path(profile)`` with a heatmap PNG beside it (left as is when the matrix
+    is unchanged).
+    """
+    targets = list(models) if targets is None else list(targets)
+    if not models or not targets:
+        raise ValueError(f"nxn needs at least one model and one target, got {list(models)} and {targets}")
+    frame = pd.DataFrame(index=pd.Index(list(models), name="source"),
+                         columns=pd.Index(targets, name="target"), dtype=float)
+    load = functools.lru_cache(maxsize=1)(_load)  # pairs are source-major: each model loads at most once
+    pairs = [(s, t) for s in models for t in targets]
+    for source, target in tqdm(pairs, desc="N×N", unit="pair"):
+        frame.loc[source, target] = metrics(*_logits(models[source], target, split, data=data, batch_size=batch_size,
+                                                     max_seq_length=max_seq_length, load=load))["accuracy"]
+    path = nxn_path(profile)
+    png = path.with_suffix(".png")
+    if path.is_file() and png.is_file() and _same(read_nxn(path), frame):
+        return frame
+    with paths.atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp)
+    import matplotlib.pyplot as plt
+
+    from mu import plots  # matplotlib is only needed here
+
+    fig = plots.heatmap(frame, png, title=f"{profile}: accuracy of source (row) on target (column)",
+                        vmin=0.0, vmax=1.0)
+    plt.close(fig)
+    return frame
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    return (list(a.index) == list(b.index) and list(a.columns) == list(b.columns)
+            and np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-12))
+
+
+def read_nxn(path_or_profile: str | os.PathLike) -> pd.DataFrame:
+    """An N×N matrix CSV (a path, or a profile name for ``nxn_path(profile)``)."""
+    p = Path(path_or_profile)
+    path = p if p.suffix == ".csv" else nxn_path(str(path_or_profile))
+    if not path.is_file():
+        raise FileNotFoundError(f"no N×N matrix at {path}; run notebook 02_training (mu.evaluate.nxn) first")
+    frame = pd.read_csv(path, index_col=0)
+    frame.index.name, frame.columns.name = "source", "target"
+    return frame
+
+
+def native_rows(
+    models: Mapping[str, str | os.PathLike], *, data: str | os.PathLike, split: str = "test",
+    batch_size: int = 64, max_seq_length: int = 128,
+) -> list[dict]:
+    """One ``mu.report`` row per locale: its own model on its own split (``system="native"``)."""
+    return [{"system": "native", "family": "native", "target": loc, "sources": {loc: 1.0},
+             **evaluate(path, loc, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length)}
+            for loc, path in models.items()]

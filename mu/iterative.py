@@ -1,0 +1,330 @@
+"""Iterative training: the sources train side by side and are merged every ``merge_frequency`` epochs.
+
+A run has ``ceil(max_epochs / merge_frequency)`` cycles (the last may be shorter).
+In cycle k every source, one after the other (one model in memory at a time),
+starts from the cycle's start model (the shared base in cycle 1, then the
+previous cycle's merge) and trains with ``mu.train.fit`` for the cycle's epochs
+on its own train split, its dev accuracy measured each epoch. Its weights (and,
+for ``fisher_dataset`` / ``regmean``, its Fisher / Gram statistics from
+``mu.merge``) are written to the cycle's checkpoint; then the sources are merged
+with ``mu.merge.merge`` (methods that use a base get the cycle's start model, the
+common ancestor of this cycle's fine-tunes), the merged model is evaluated on the
+target's dev and test splits, and every source resumes from it in the next cycle.
+The target's own data is never trained on.
+
+Layout of ``out_dir``::
+
+    run.json        parameters (a resume with other parameters is refused)
+    cycle_<k>/      checkpoint of cycle k: sources/<locale>.safetensors (pre-merge weights),
+                    stats/<locale>.safetensors (data-dependent merges), merged/ (HF model),
+                    cycle.json (the log up to cycle k)
+    log.json        per-cycle log (losses, each source's dev accuracy, merged target accuracy)
+    merged/         the final merged model (HF format)
+    result.json     the final result; its presence marks the run finished
+
+A cycle folder is written through ``mu.paths.atomic_path``: it exists only once
+complete, so ``resume=True`` continues after the last one (older cycles are
+pruned unless ``keep_cycles``). Each (cycle, source) training seed and each
+cycle's merge seed are derived from ``seed``, and ``Trainer`` reseeds every RNG
+at the start of each ``fit``; each source model is always loaded from the start
+model's folder on disk. So a resumed run computes exactly what an uninterrupted
+one does: the same weights bit for bit on CPU with the same thread count (on a
+GPU only as far as its kernels are deterministic; e.g. the embedding backward's
+atomic adds are not, unless torch's deterministic algorithms are switched on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from mu import data as mu_data
+from mu import evaluate, locales, merge, models, paths, report, train
+from mu.merge import lazy
+
+RUN_JSON = "run.json"
+LOG_JSON = "log.json"
+RESULT_JSON = "result.json"
+CYCLE_JSON = "cycle.json"
+DETAILS_JSON = "iterative_details.json"
+# Default Fisher / Gram sample sizes, as in mu.merge.merge_models.
+STATS_DEFAULTS = {"fishers": (256, 1), "grams": (256, 8)}
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed in [0, 2**31) determined by ``seed`` and ``parts`` (e.g. cycle, locale)."""
+    key = "/".join(map(str, (seed, *parts))).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % 2**31
+
+
+def schedule(max_epochs: int, merge_frequency: int) -> list[int]:
+    """Epochs of each cycle: ``merge_frequency`` each, the last one what is left of ``max_epochs``."""
+    for name, value in (("max_epochs", max_epochs), ("merge_frequency", merge_frequency)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    n = math.ceil(max_epochs / merge_frequency)
+    return [min(merge_frequency, max_epochs - k * merge_frequency) for k in range(n)]
+
+
+def cycle_dir(out_dir: str | os.PathLike, k: int) -> Path:
+    return paths.resolve(out_dir) / f"cycle_{k}"
+
+
+def completed_cycles(out_dir: str | os.PathLike) -> list[int]:
+    """Cycles whose checkpoint is complete (its folder exists: it is renamed into place last)."""
+    out = paths.resolve(out_dir)
+    found = [p for p in out.glob("cycle_*") if p.is_dir() and p.name[6:].isdigit()]
+    return sorted(int(p.name[6:]) for p in found if (p / CYCLE_JSON).is_file())
+
+
+def _check_inputs(target_lang: str, sources: Mapping[str, float], merge_algorithm: str,
+                  merge_knobs: Mapping[str, Any]) -> dict[str, float]:
+    locales.check_locale(target_lang)
+    locales.check_locales(list(sources))
+    if target_lang in sources:
+        raise ValueError(f"the target {target_lang} is among the sources {sorted(sources)}: iterative training "
+                         "never trains on the target's data; pass the weights of mu.similarity.select")
+    weights = merge.check_weights(sources)
+    accepted = merge.knobs(merge_algorithm)  # ValueError for an unknown method
+    stat = merge.STATISTICS.get(merge_algorithm)
+    unknown = sorted(set(merge_knobs) - set(accepted) | ({stat} & set(merge_knobs)))
+    if unknown:
+        raise ValueError(f"merge method {merge_algorithm!r} does not take {unknown}; its knobs: "
+                         f"{sorted(k for k in accepted if k != stat)}"
+                         + (f" ({stat} are computed here from each source's train split)" if stat else ""))
+    return weights
+
+
+def _prepare(out: Path, params: Mapping[str, Any], resume: bool) -> None:
+    """Start fresh (``resume=False``) or check that ``out`` holds this same run; drop stale temporaries."""
+    if not resume:
+        for name in (RESULT_JSON, RUN_JSON, LOG_JSON):
+            (out / name).unlink(missing_ok=True)
+        for p in [out / "merged", *out.glob("cycle_*")]:
+            if p.is_dir():
+                shutil.rmtree(p)
+    if out.is_dir():  # folders half-written by a killed run (atomic_path temporaries)
+        for p in out.glob(".*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+    stamp = out / RUN_JSON
+    if stamp.is_file():
+        saved = paths.read_json(stamp)["params"]
+        differ = {k: (saved.get(k), params.get(k)) for k in sorted(set(saved) | set(params))
+                  if saved.get(k) != params.get(k)}
+        if differ:
+            raise ValueError(f"{out} holds an iterative run with other parameters (saved, now): {differ}; "
+                             "use another out_dir, or resume=False to start over")
+        return
+    paths.write_json(stamp, {"params": dict(params), "versions": report.versions()})
+
+
+def _dev_accuracy(log_history: Sequence[Mapping[str, Any]]) -> list[float]:
+    return [float(h["eval_accuracy"]) for h in log_history if "eval_accuracy" in h]
+
+
+def _save_weights(model: Any, file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(file))
+
+
+def _statistics(stat: str, model: Any, tokenizer: Any, train_ds: Any, *, num_examples: int, batch_size: int,
+                max_seq_length: int, seed: int) -> dict:
+    fn = merge.fisher_diagonal if stat == "fishers" else merge.regmean_grams
+    return fn(model, tokenizer, train_ds, num_examples=num_examples, batch_size=batch_size,
+              max_seq_length=max_seq_length, seed=seed)
+
+
+def _run_cycle(k: int, epochs: int, start: Path, log: list[dict], *, out: Path, target_lang: str,
+               weights: Mapping[str, float], data: str | os.PathLike, merge_algorithm: str,
+               merge_knobs: Mapping[str, Any], stats_params: Mapping[str, int], batch_size: int, lr: float,
+               max_seq_length: int, seed: int, epochs_done: int,
+               callbacks: Sequence[TrainerCallback] | None) -> list[dict]:
+    """Train every source from ``start``, checkpoint, merge, evaluate; write ``cycle_<k>/`` atomically."""
+    started = time.perf_counter()
+    stat = merge.STATISTICS.get(merge_algorithm)
+    entry: dict[str, Any] = {"cycle": k, "epochs": [epochs_done, epochs_done + epochs],
+                             "start": "base" if k == 1 else f"cycle_{k - 1}", "sources": {}}
+    scratch = paths.cache_dir("train")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with paths.atomic_path(cycle_dir(out, k)) as tmp:
+        tmp.mkdir()
+        for loc in tqdm(list(weights), desc=f"cycle {k}: train", unit="source", leave=False):
+            train_ds = mu_data.load_split(loc, "train", data)
+            dev_ds = mu_data.load_split(loc, "dev", data)
+            model, tokenizer = models.load_classifier(start)
+            loc_seed = derive_seed(seed, "train", k, loc)
+            with tempfile.TemporaryDirectory(prefix=f"iterative-{loc}.", dir=scratch) as work:
+                history = train.fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
+                                    max_seq_length=max_seq_length, seed=loc_seed, output_dir=work,
+                                    eval_ds=dev_ds, callbacks=callbacks)
+            dev = _dev_accuracy(history["log_history"])
+            entry["sources"][loc] = {"seed": loc_seed, "train_loss": float(history["train_loss"]),
+                                     "dev_accuracy": dev[-1], "dev_accuracy_per_epoch": dev,
+                                     "global_step": int(history["global_step"])}
+            _save_weights(model, tmp / "sources" / f"{loc}.safetensors")
+            if stat:
+                stats = _statistics(stat, model, tokenizer, train_ds, max_seq_length=max_seq_length,
+                                    seed=derive_seed(seed, "stats", k, loc), **stats_params)
+                (tmp / "stats").mkdir(exist_ok=True)
+                save_file({n: t.contiguous() for n, t in stats.items()}, str(tmp / "stats" / f"{loc}.safetensors"))
+            del model
+
+        knobs = dict(merge_knobs)
+        if "seed" in merge.knobs(merge_algorithm):
+            knobs.setdefault("seed", derive_seed(seed, "merge", k))
+        if stat:
+            knobs[stat] = {loc: lazy.LazyStateDict.from_file(tmp / "stats" / f"{loc}.safetensors")
+                           for loc in weights}
+        state_dicts = {loc: lazy.LazyStateDict.from_file(tmp / "sources" / f"{loc}.safetensors") for loc in weights}
+        base = lazy.open_model(start) if merge_algorithm in merge.USES_BASE else None
+        merged = merge.merge(merge_algorithm, state_dicts, weights, base, **knobs)
+        model, tokenizer = models.load_classifier(start)
+        model.load_state_dict(merged, strict=True)
+        del merged
+        details = {"target": target_lang, "cycle": k, "epochs": entry["epochs"][1], "weights": dict(weights),
+                   "merge_algorithm": merge_algorithm,
+                   "knobs": {n: v for n, v in knobs.items() if n != stat}, "started_from": entry["start"]}
+        models.save_classifier(model, tokenizer, tmp / "merged", extra_files={DETAILS_JSON: details})
+        del model
+        entry["merge_seed"] = knobs.get("seed")
+        entry["merged"] = {split: evaluate.evaluate(tmp / "merged", target_lang, split, data=data,
+                                                    batch_size=batch_size, max_seq_length=max_seq_length)
+                           for split in ("dev", "test")}
+        entry["elapsed_s"] = round(time.perf_counter() - started, 3)
+        log = [*log, entry]
+        paths.write_json(tmp / CYCLE_JSON, {"cycle": k, "log": log})
+    return log
+
+
+def run(
+    target_lang: str,
+    sources: Mapping[str, float],
+    *,
+    base_model: str | os.PathLike,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_epochs: int,
+    merge_frequency: int,
+    merge_algorithm: str = "linear",
+    batch_size: int = 32,
+    lr: float = 2e-5,
+    max_seq_length: int = 128,
+    seed: int = 42,
+    resume: bool = True,
+    keep_cycles: bool = False,
+    stats_num_examples: int | None = None,
+    stats_batch_size: int | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    **merge_knobs: Any,
+) -> dict[str, Any]:
+    """Train ``sources`` ({locale: weight}, from ``mu.similarity.select``) with a merge every
+    ``merge_frequency`` epochs; return the final merged model's result.
+
+    ``base_model``: the shared starting model (same head for every source).
+    ``merge_knobs``: the method's parameters (``mu.merge.knobs(merge_algorithm)``).
+    ``stats_num_examples`` / ``stats_batch_size``: sample of each source's train
+    split for ``fisher_dataset`` (default 256 / 1) or ``regmean`` (256 / 8).
+    ``callbacks``: ``TrainerCallback``s passed to every ``fit``. ``resume=True``
+    continues after the last complete cycle of ``out_dir`` (a finished run returns
+    its saved result); ``resume=False`` starts over. ``keep_cycles`` keeps every
+    cycle's checkpoint instead of the last one only.
+
+    Returns ``{"target", "sources", "merged" (folder), "test" ({accuracy, macro_f1, n}),
+    "log" (per cycle), "params"}``, also written to ``out_dir/result.json``.
+    """
+    weights = _check_inputs(target_lang, sources, merge_algorithm, merge_knobs)
+    epochs = schedule(max_epochs, merge_frequency)
+    base = models.check_model_dir(paths.resolve(base_model))
+    stat = merge.STATISTICS.get(merge_algorithm)
+    if stat is None and (stats_num_examples is not None or stats_batch_size is not None):
+        raise ValueError(f"stats_num_examples / stats_batch_size apply to {sorted(merge.STATISTICS)}, "
+                         f"not to {merge_algorithm!r}")
+    stats_params = {}
+    if stat:
+        n_default, b_default = STATS_DEFAULTS[stat]
+        stats_params = {"num_examples": n_default if stats_num_examples is None else stats_num_examples,
+                        "batch_size": b_default if stats_batch_size is None else stats_batch_size}
+    params = {
+        "target_lang": target_lang, "sources": weights, "base_model": str(base_model),
+        "base_sha256": report.sha256(base / models.WEIGHTS_FILE), "data": str(data),
+        "train_sha256": {loc: mu_data.fingerprint(mu_data.load_split(loc, "train", data)) for loc in weights},
+        "max_epochs": max_epochs, "merge_frequency": merge_frequency, "merge_algorithm": merge_algorithm,
+        "merge_knobs": dict(merge_knobs), "statistics": stats_params, "batch_size": batch_size, "lr": lr,
+        "max_seq_length": max_seq_length, "seed": seed,
+    }
+    out = paths.resolve(out_dir)
+    _prepare(out, params, resume)
+    if (out / RESULT_JSON).is_file():
+        return paths.read_json(out / RESULT_JSON)
+
+    done = completed_cycles(out)
+    k0 = done[-1] if done else 0
+    if k0 > len(epochs):
+        raise ValueError(f"{out} has cycle_{k0} but this run has only {len(epochs)} cycles")
+    log = paths.read_json(cycle_dir(out, k0) / CYCLE_JSON)["log"] if k0 else []
+    for k in tqdm(range(k0 + 1, len(epochs) + 1), desc=f"iterative {target_lang}", unit="cycle",
+                  initial=k0, total=len(epochs)):
+        start = base if k == 1 else cycle_dir(out, k - 1) / "merged"
+        log = _run_cycle(k, epochs[k - 1], start, log, out=out, target_lang=target_lang, weights=weights,
+                         data=data, merge_algorithm=merge_algorithm, merge_knobs=merge_knobs,
+                         stats_params=stats_params, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length,
+                         seed=seed, epochs_done=sum(epochs[:k - 1]), callbacks=callbacks)
+        paths.write_json(out / LOG_JSON, log)
+        if not keep_cycles:  # only the newest complete checkpoint is needed to resume
+            for old in out.glob("cycle_*"):
+                if old.name[6:].isdigit() and int(old.name[6:]) < k:
+                    shutil.rmtree(old)
+    paths.write_json(out / LOG_JSON, log)  # also when a killed run had finished its last cycle
+
+    final = cycle_dir(out, len(epochs)) / "merged"
+    with paths.atomic_path(out / "merged") as tmp:
+        shutil.copytree(final, tmp)
+    result = {
+        "target": target_lang, "sources": weights, "merged": str(out / "merged"),
+        "test": evaluate.evaluate(out / "merged", target_lang, "test", data=data, batch_size=batch_size,
+                                  max_seq_length=max_seq_length),
+        "log": log, "params": params,
+    }
+    paths.write_json(out / RESULT_JSON, result)
+    return result
+
+
+def log_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The per-cycle log as a long DataFrame: cycle, epoch, series, metric, value."""
+    rows = []
+    for e in log:
+        epoch = e["epochs"][1]
+        for loc, s in e["sources"].items():
+            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"{loc} (source, own dev)",
+                         "metric": "accuracy", "value": s["dev_accuracy"]})
+            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"{loc} (source)",
+                         "metric": "train_loss", "value": s["train_loss"]})
+        for split, m in e["merged"].items():
+            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"merged (target {split})",
+                         "metric": "accuracy", "value": m["accuracy"]})
+    return pd.DataFrame(rows, columns=["cycle", "epoch", "series", "metric", "value"])
+
+
+def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str,
+                 sources: Mapping[str, float]) -> dict[str, Any] | None:
+    """Notebook 03's one-shot merge of the same sources for this target, method and mode
+    (row ``merge/<method>/<mode>`` whose sources are ``sources``' locales), with its record's
+    path; None when notebook 03 has not produced it for this profile."""
+    system = f"merge/{merge_algorithm}/{mode}"
+    for rec in report.load_records(profile):
+        if rec["notebook"] == "03_merging" and rec["target"] == target_lang:
+            for row in rec["rows"]:
+                if row["system"] == system and set(row.get("sources") or {}) == set(sources):
+                    return {**row, "record": rec["path"]}
+    return None

@@ -1,0 +1,29 @@
+"""Merging: methods on state dicts in one registry, data statistics, and ``merge_models``.
+
+``METHODS``: {name: fn(state_dicts, weights, base=None, **knobs) -> state dict}.
+``merge(method, state_dicts, weights, base=None, **knobs)`` validates and merges
+in memory; ``merge_models(...)`` does it for model folders on disk (streaming,
+saved in HF format with ``merge_details.json``).
+"""
+
+from mu.merge.evaluation import comparison, evaluate_merges, merged_dir
+from mu.merge.fisher import fisher_diagonal
+from mu.merge.registry import (
+    IGNORES_WEIGHTS,
+    METHODS,
+    NEEDS_BASE,
+    STATISTICS,
+    USES_BASE,
+    check_weights,
+    knobs,
+    knobs_for,
+    merge,
+)
+from mu.merge.regmean import regmean_grams
+from mu.merge.run import merge_models
+
+__all__ = [
+    "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "USES_BASE", "check_weights", "comparison",
+    "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "merge", "merge_models", "merged_dir",
+    "regmean_grams",
+]

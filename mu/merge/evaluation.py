@@ -1,0 +1,60 @@
+"""Merge a target's sources under each weighting, evaluate on the target, and set the result
+beside the N×N baselines (notebook 03)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import pandas as pd
+
+from mu import models, paths, report
+from mu.merge.run import merge_models
+
+
+def merged_dir(models_dir: str | os.PathLike, target: str, method: str, mode: str) -> os.PathLike:
+    """``<models_dir>/merged/<target>/<method>-<mode>``."""
+    return paths.resolve(models_dir) / "merged" / target / f"{method}-{mode}"
+
+
+def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
+                    models_dir: str | os.PathLike, data: str | os.PathLike,
+                    base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
+                    **merge_kw: Any) -> list[dict[str, Any]]:
+    """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
+
+    Sources are the locales' models in ``models_dir``; the merged model goes to
+    ``merged_dir(...)`` (skipped when already merged with the same inputs).
+    ``merge_kw`` goes to ``merge_models`` (head, embeddings, seed, knobs, ...).
+    The target is never a source (ValueError).
+    """
+    from mu import evaluate
+
+    rows = []
+    for mode, weights in weightings.items():
+        if target in weights:
+            raise ValueError(f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}; "
+                             "merges here are zero-shot (use mu.similarity.select, which excludes the target)")
+        sources = {loc: models.resolve(loc, models_dir) for loc in weights}
+        merged = merge_models(method, sources, weights, merged_dir(models_dir, target, method, mode),
+                              base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length,
+                              **merge_kw)
+        scores = evaluate.evaluate(merged, target, "test", data=data, batch_size=batch_size,
+                                   max_seq_length=max_seq_length)
+        rows.append({"system": f"merge/{method}/{mode}", "family": "merge", "target": target, **scores,
+                     "sources": dict(weights), "model": str(merged)})
+    return rows
+
+
+def comparison(rows: list[Mapping[str, Any]], nxn: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The merge rows beside native, best source and best zero-shot of the N×N matrix, with 95% Wilson
+    intervals, in ``mu.report.column_order``."""
+    frame = pd.DataFrame([dict(r) for r in rows])
+    baselines, notes = report.baseline_rows(frame, nxn, [target])
+    table = pd.concat([frame, baselines[frame.columns.intersection(baselines.columns)]], ignore_index=True)
+    intervals = [report.wilson_interval(a, n) for a, n in zip(table["accuracy"], table["n"])]
+    table["ci_low"], table["ci_high"] = [lo for lo, _ in intervals], [hi for _, hi in intervals]
+    order = {s: i for i, s in enumerate(report.column_order(table["system"]))}
+    table = table.sort_values("system", key=lambda s: s.map(order)).reset_index(drop=True)
+    table.attrs["notes"] = notes
+    return table

@@ -1,0 +1,165 @@
+"""Data-free merge methods, computed by mergekit 0.1.5's in-memory
+``mergekit.merge_methods.merge_state_dicts`` (LGPL-3.0 dependency).
+
+Every function takes ``state_dicts`` ({locale: state dict}), ``weights``
+({locale: weight}, already validated and normalised to sum 1 by
+``mu.merge.merge``) and, where it needs one, ``base`` (the pretrained state dict
+the sources were fine-tuned from), and returns the merged state dict.
+
+How weights reach mergekit:
+
+* ``linear``: mergekit ``linear`` with per-model ``weight`` = our weight
+  (normalised): θ = Σ w_i θ_i.
+* task-vector family (``task_arithmetic``, ``ties``, ``dare_ties``,
+  ``dare_linear``, ``breadcrumbs``): one routine, :func:`task_vectors`. Each
+  source's task vector δ_i = θ_i − θ_base is sparsified (``density``), scaled by
+  its weight (mergekit per-model ``weight``), combined, scaled by the global
+  ``lambda_`` (mergekit ``lambda``) and added to the base:
+  θ = θ_base + λ · Σ w_i δ_i / Σ w_i. With consensus (TIES sign election) the
+  sum and the divisor run only over the sources whose δ agrees with the elected
+  sign (the TIES "disjoint mean"). mergekit's ``normalize`` is always on, so with
+  weights summing to 1 the combined task vector is a weighted *mean*; classic
+  task arithmetic (sum of N task vectors) is ``lambda_=N`` with equal weights.
+  ``task_arithmetic`` with ``lambda_=1`` equals ``linear``.
+* ``slerp``: exactly two sources; interpolates from the first source (in the
+  weights' order) to the second with ``t`` = the second's weight.
+* ``multislerp``: barycentric spherical interpolation with per-model ``weight``;
+  around ``base`` (on task vectors) when a base is given, on raw weights otherwise.
+* ``model_stock``: needs base and at least two sources; it ignores the weights
+  (its interpolation ratio comes from the angle between task vectors), the
+  weights only choose the sources.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Literal, Mapping
+
+import torch
+from mergekit.merge_methods import get as mergekit_method
+from mergekit.merge_methods import merge_state_dicts
+from mergekit.merge_methods.generalized_task_arithmetic import (
+    ConsensusMethod,
+    GeneralizedTaskArithmeticMerge,
+)
+from mergekit.sparsify import SparsificationMethod
+
+StateDict = dict[str, torch.Tensor]
+
+BASE_ID = "__base__"
+SPARSIFY = {
+    "none": None,
+    "magnitude": SparsificationMethod.magnitude,
+    "random": SparsificationMethod.random,
+    "breadcrumbs": SparsificationMethod.magnitude_outliers,
+}
+
+
+def _with_base(state_dicts: Mapping[str, StateDict], base: StateDict) -> dict[str, StateDict]:
+    if BASE_ID in state_dicts:
+        raise ValueError(f"a source may not be named {BASE_ID!r} (reserved for the base model)")
+    return {**state_dicts, BASE_ID: base}
+
+
+def _out_dtype(state_dicts: Mapping[str, StateDict]) -> torch.dtype | None:
+    first = next(iter(next(iter(state_dicts.values())).values()), None)
+    return first.dtype if first is not None and first.is_floating_point() else None
+
+
+@torch.no_grad()
+def linear(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
+           base: StateDict | None = None) -> StateDict:
+    """Weighted mean of the parameters: θ = Σ w_i θ_i (the base is not used)."""
+    return merge_state_dicts(dict(state_dicts), "linear",
+                             parameters={"weight": dict(weights), "normalize": True},
+                             out_dtype=_out_dtype(state_dicts))
+
+
+@torch.no_grad()
+def task_vectors(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    sparsify: Literal["none", "magnitude", "random", "breadcrumbs"] = "none",
+    consensus: bool = False,
+    density: float = 1.0,
+    gamma: float = 0.01,
+    lambda_: float = 1.0,
+    rescale: bool = False,
+    seed: int = 42,
+) -> StateDict:
+    """θ_base + λ · (weighted, optionally sparsified and sign-elected) mean of task vectors.
+
+    ``sparsify``: keep a ``density`` fraction of each task vector by magnitude
+    (TIES), at random (DARE, seeded by ``seed`` and the tensor name so results do
+    not depend on the order tensors are merged in) or by magnitude after dropping
+    the top ``gamma`` outliers (breadcrumbs). ``consensus``: TIES sign election
+    (sum rule). ``rescale``: rescale each kept task vector to its original L1
+    norm (DARE's rescaling, as mergekit does it).
+    """
+    if base is None:
+        raise ValueError("task-vector methods need the base (pretrained) state dict")
+    if sparsify not in SPARSIFY:
+        raise ValueError(f"unknown sparsify {sparsify!r}; valid: {list(SPARSIFY)}")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    method = GeneralizedTaskArithmeticMerge(
+        consensus_method=ConsensusMethod.sum if consensus else None,
+        sparsification_method=SPARSIFY[sparsify],
+        default_normalize=True,
+        default_rescale=rescale,
+        method_name=f"mu_task_vectors_{sparsify}_{'ties' if consensus else 'sum'}",
+        method_pretty_name=None,
+        method_reference_url=None,
+    )
+    parameters = {"weight": dict(weights), "density": density, "lambda": lambda_,
+                  "normalize": True, "rescale": rescale}
+    if sparsify == "breadcrumbs":
+        parameters["gamma"] = gamma
+    models = _with_base(state_dicts, base)
+    out_dtype = _out_dtype(state_dicts)
+    if sparsify != "random":
+        return merge_state_dicts(models, method, parameters=parameters, base=BASE_ID, out_dtype=out_dtype)
+    merged: StateDict = {}
+    for key in base:  # one seeded RNG stream per tensor: reproducible, independent of chunking
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + zlib.crc32(key.encode()))
+            merged.update(merge_state_dicts({m: {key: sd[key]} for m, sd in models.items()}, method,
+                                            parameters=parameters, base=BASE_ID, out_dtype=out_dtype))
+    return merged
+
+
+@torch.no_grad()
+def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
+          base: StateDict | None = None) -> StateDict:
+    """Spherical interpolation between exactly two sources, ``t`` = the second source's weight."""
+    if len(state_dicts) != 2:
+        raise ValueError(f"slerp merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
+                         "use multislerp for more")
+    first, second = list(state_dicts)
+    return merge_state_dicts(dict(state_dicts), "slerp", parameters={"t": float(weights[second])},
+                             base=first, out_dtype=_out_dtype(state_dicts))
+
+
+@torch.no_grad()
+def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
+               base: StateDict | None = None) -> StateDict:
+    """Barycentric interpolation on the hypersphere (around ``base`` when given)."""
+    models, base_id = (_with_base(state_dicts, base), BASE_ID) if base is not None else (dict(state_dicts), None)
+    return merge_state_dicts(models, mergekit_method("multislerp"),
+                             parameters={"weight": dict(weights), "normalize_weights": True},
+                             base=base_id, out_dtype=_out_dtype(state_dicts))
+
+
+@torch.no_grad()
+def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
+                base: StateDict | None = None, *, filter_wise: bool = False) -> StateDict:
+    """Model Stock (needs base and >= 2 sources; weights are not used, see module doc)."""
+    if base is None:
+        raise ValueError("model_stock needs the base (pretrained) state dict")
+    if len(state_dicts) < 2:
+        raise ValueError(f"model_stock needs at least 2 sources, got {list(state_dicts)}")
+    return merge_state_dicts(_with_base(state_dicts, base), "model_stock",
+                             parameters={"filter_wise": filter_wise}, base=BASE_ID,
+                             out_dtype=_out_dtype(state_dicts))

@@ -1,0 +1,171 @@
+"""The one registry of merge methods, and ``merge``: validate, then merge tensor by tensor.
+
+A method is ``fn(state_dicts, weights, base=None, **knobs) -> state dict``.
+``merge`` checks the inputs, normalises the weights to sum 1, keeps the
+classifier head / embeddings of one source when asked, and calls ``fn`` one
+tensor at a time: with lazily read inputs (``mu.merge.lazy``) peak memory is the
+output plus one tensor per source (plus the base and statistics where used).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from mu.merge import fisher, lazy, methods, regmean
+
+StateDict = dict[str, torch.Tensor]
+
+METHODS: dict[str, Callable[..., StateDict]] = {
+    "linear": methods.linear,
+    "task_arithmetic": functools.partial(methods.task_vectors, sparsify="none", consensus=False),
+    "ties": functools.partial(methods.task_vectors, sparsify="magnitude", consensus=True, density=0.5),
+    "dare_ties": functools.partial(methods.task_vectors, sparsify="random", consensus=True, density=0.5,
+                                   rescale=True),
+    "dare_linear": functools.partial(methods.task_vectors, sparsify="random", consensus=False, density=0.5,
+                                     rescale=True),
+    "breadcrumbs": functools.partial(methods.task_vectors, sparsify="breadcrumbs", consensus=False,
+                                     density=0.9, gamma=0.01),
+    "slerp": methods.slerp,
+    "multislerp": methods.multislerp,
+    "model_stock": methods.model_stock,
+    "fisher_simple": fisher.fisher_simple,
+    "fisher_dataset": fisher.fisher_dataset,
+    "regmean": regmean.regmean,
+}
+NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock"})
+USES_BASE = NEEDS_BASE | {"multislerp"}  # multislerp interpolates task vectors when a base is given
+IGNORES_WEIGHTS = frozenset({"model_stock"})  # its ratio comes from the geometry; weights only pick sources
+# Per-source statistics a method needs ({locale: state-dict-like}), sliced per tensor by ``merge``.
+STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams"}
+FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
+# The task-vector knobs that have an effect, by sparsification.
+TASK_VECTOR_KNOBS = {
+    "none": {"lambda_"},
+    "magnitude": {"density", "lambda_", "rescale"},
+    "random": {"density", "lambda_", "rescale", "seed"},
+    "breadcrumbs": {"density", "gamma", "lambda_", "rescale"},
+}
+HEAD_PREFIX = "classifier."
+EMBEDDINGS_PREFIX = "roberta.embeddings."
+
+
+def check_method(method: str) -> Callable[..., StateDict]:
+    if method not in METHODS:
+        raise ValueError(f"unknown merge method {method!r}; valid: {sorted(METHODS)}")
+    return METHODS[method]
+
+
+def knobs(method: str) -> dict[str, Any]:
+    """The knobs ``method`` accepts, with their defaults."""
+    fn = check_method(method)
+    out = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+           if name not in ("state_dicts", "weights", "base") and name not in FIXED}
+    if isinstance(fn, functools.partial) and fn.func is methods.task_vectors:
+        out = {k: v for k, v in out.items() if k in TASK_VECTOR_KNOBS[fn.keywords["sparsify"]]}
+    return out
+
+
+def knobs_for(method: str, **candidates: Any) -> dict[str, Any]:
+    """Of ``candidates`` (e.g. every knob a notebook exposes), those that ``method`` takes."""
+    accepted = knobs(method)
+    return {k: v for k, v in candidates.items() if k in accepted}
+
+
+def check_weights(weights: Mapping[str, float], sources: list[str] | None = None) -> dict[str, float]:
+    """Weights normalised to sum 1; ValueError if any is negative/NaN/inf, they sum to 0, or keys ≠ sources."""
+    if not weights:
+        raise ValueError("no sources to merge: weights is empty")
+    if sources is not None and set(weights) != set(sources):
+        raise ValueError(f"weights are for {sorted(weights)} but the sources are {sorted(sources)}; "
+                         f"missing weights: {sorted(set(sources) - set(weights))}, "
+                         f"weights without a source: {sorted(set(weights) - set(sources))}")
+    bad = {k: v for k, v in weights.items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"weights must be finite and non-negative; bad: {bad}")
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise ValueError(f"weights sum to zero: {dict(weights)}")
+    return {k: float(v) / total for k, v in weights.items()}
+
+
+def check_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+                      base: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+    """Same tensor names, shapes and floating dtypes everywhere; returns the names (first source's order)."""
+    named = dict(state_dicts)
+    if base is not None:
+        named["<base>"] = base
+    metas = {name: lazy.meta(sd) for name, sd in named.items()}
+    ref_name, ref = next(iter(metas.items()))
+    for name, m in metas.items():
+        if set(m) != set(ref):
+            raise ValueError(f"{name} and {ref_name} have different tensors: only in {name}: "
+                             f"{sorted(set(m) - set(ref))[:10]}, only in {ref_name}: {sorted(set(ref) - set(m))[:10]}")
+        for key, (shape, dtype) in m.items():
+            if shape != ref[key][0]:
+                shapes = {n: metas[n][key][0] for n in metas}
+                raise ValueError(f"tensor {key} differs in shape between sources: {shapes}")
+            if not dtype.is_floating_point:
+                raise ValueError(f"tensor {key} of {name} has dtype {dtype}; only floating tensors can be merged")
+    return list(ref)
+
+
+def _keep(choice: str, prefix: str, what: str, sources: list[str], keys: list[str]) -> str | None:
+    if choice == "merge":
+        return None
+    if choice not in sources:
+        raise ValueError(f"{what}={choice!r}: valid are 'merge' or one of the sources {sources}")
+    if not any(k.startswith(prefix) for k in keys):
+        raise ValueError(f"{what}={choice!r}: no tensor starts with {prefix!r}")
+    return choice
+
+
+def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float],
+          base: Mapping[str, torch.Tensor] | None = None, *, head: str = "merge", embeddings: str = "merge",
+          progress: bool = False, **knobs_: Any) -> StateDict:
+    """Merge ``state_dicts`` ({locale: state dict}) with ``weights`` ({locale: weight}) by ``method``.
+
+    ``head`` / ``embeddings``: ``"merge"`` (default) or a source locale whose
+    ``classifier.*`` / ``roberta.embeddings.*`` tensors are kept unchanged.
+    ``knobs_`` are the method's parameters (see ``knobs(method)``); fishers /
+    grams are given per source and sliced per tensor here. The base is passed
+    only to methods that use it. Inputs may be lazily read state dicts.
+    """
+    fn = check_method(method)
+    accepted = knobs(method)
+    unknown = sorted(set(knobs_) - set(accepted))
+    if unknown:
+        raise ValueError(f"merge method {method!r} does not take {unknown}; its knobs: {sorted(accepted)}")
+    sources = list(weights)
+    w = check_weights(weights, list(state_dicts))
+    if method in NEEDS_BASE and base is None:
+        raise ValueError(f"merge method {method!r} needs the base (pretrained) model; methods that need one: "
+                         f"{sorted(NEEDS_BASE)}")
+    base = base if method in USES_BASE else None
+    keys = check_state_dicts({s: state_dicts[s] for s in sources}, base)
+    keep = {HEAD_PREFIX: _keep(head, HEAD_PREFIX, "head", sources, keys),
+            EMBEDDINGS_PREFIX: _keep(embeddings, EMBEDDINGS_PREFIX, "embeddings", sources, keys)}
+    stat = STATISTICS.get(method)
+    stats = knobs_.pop(stat, None) if stat else None
+    if stats is not None and set(sources) - set(stats):
+        raise ValueError(f"{method}: {stat} missing for sources {sorted(set(sources) - set(stats))}; "
+                         f"given for {sorted(stats)}")
+    out: StateDict = {}
+    for key in tqdm(keys, desc=f"merge {method}", disable=not progress, leave=False):
+        owner = next((loc for prefix, loc in keep.items() if loc and key.startswith(prefix)), None)
+        if owner is not None:
+            out[key] = state_dicts[owner][key]
+            continue
+        one = {s: {key: state_dicts[s][key]} for s in sources}
+        extra = dict(knobs_)
+        if stat:  # this tensor's statistics (the method names what is missing)
+            extra[stat] = None if stats is None else {s: {key: stats[s][key]} if key in stats[s] else {}
+                                                      for s in sources}
+        out.update(fn(one, w, {key: base[key]} if base is not None else None, **extra))
+        del one, extra  # drop this tensor's inputs before the next are read
+    return out

@@ -1,0 +1,279 @@
+"""``merge_models``: merge model folders on disk into a new HF model folder with ``merge_details``.
+
+Streaming: sources (and base, Fishers, Grams) are read lazily tensor by tensor
+(``mu.merge.lazy``), so the process holds the merged output plus, at any time,
+one tensor per input and the method's scratch for that tensor. For N sources of
+P parameters (fp32) whose largest tensor has T parameters (xlm-roberta-base:
+P ≈ 278M ≈ 1.11 GB, T = word embeddings 250002×768 ≈ 0.77 GB):
+
+    peak ≈ 4P (output) + (N + b)·4T (inputs of the largest tensor; b = 1 if the method uses the base)
+           + scratch on that tensor (linear, Fisher: ≈ 0; TIES/DARE: ≈ (3N + 1)·4T, mergekit's stacked
+             task vectors, signs, masks and sort indices)
+           + N·4T for fisher_dataset (one Fisher tensor per source; RegMean's Grams are [in, in], small)
+
+The output grows as tensors are merged, so the bound is loose when the largest
+tensor comes first (safetensors sorts names: the embeddings precede the encoder).
+Measured (``ru_maxrss`` minus the RSS before the call, 2-core CPU machine):
+
+* xlm-roberta-base shape (P = 278M, 1.11 GB), five sources, ``linear``: streaming
+  +4.31 GB (bound above: 1.11 + 5·0.77 = 4.96 GB); ``embeddings=<locale>``
+  +1.06 GB (≈ the output alone); every source loaded whole first: +6.22 GB.
+* smaller XLM-R (hidden 768, 2 layers, vocab 50k: P = 52M ≈ 205 MB, T = 38.4M ≈
+  154 MB), five sources + base: ``linear`` streaming +1.00 GB against +1.23 GB
+  loaded whole; ``ties`` streaming +3.59 GB against +3.50 GB loaded whole
+  (mergekit's scratch on the embedding matrix dominates, ≈ 16·4T), so five
+  xlm-roberta-base sources under TIES need ≈ 1.1 + 6·0.77 + 16·0.77 ≈ 18 GB.
+
+Rerunning with identical parameters and unchanged input folders (every file's
+size and modification time) returns the existing folder without doing anything;
+the inputs' sha256, recorded in ``merge_details.json``, are computed in threads
+while the merge runs (hashing 6 × 1.1 GB serially would otherwise take about as
+long as the merge itself).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from mu import paths, report
+from mu.merge import lazy, registry
+from mu.merge.fisher import fisher_diagonal
+from mu.merge.regmean import regmean_grams
+
+DETAILS_JSON = "merge_details.json"
+DETAILS_TXT = "merge_details.txt"
+
+
+def local_dir(source: str | os.PathLike) -> Path:
+    """A model folder: a local path (resolved against the project root) or a hub id, downloaded."""
+    p = paths.resolve(source)
+    if p.is_dir():
+        return p
+    if Path(str(source)).is_absolute() or str(source).startswith(".") or str(source).count("/") != 1:
+        raise ValueError(f"model {str(source)!r} is neither an existing folder nor a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), ignore_patterns=["*.pt", "*.pth", "training_args.bin", "*.h5",
+                                                                    "*.msgpack", "*.onnx", "*.ot"]))
+    except Exception as e:  # offline, unknown repo, ...: huggingface_hub raises many types
+        raise ValueError(f"model {str(source)!r} is not a local folder ({p}) and could not be fetched from the "
+                         f"hub: {type(e).__name__}: {e}") from e
+
+
+def _signature(folder: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime) of every file in a folder: what the skip check compares."""
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*") if f.is_file())
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: str | os.PathLike, *,
+               num_examples: int, batch_size: int, max_seq_length: int, seed: int,
+               device: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fisher (``kind="fishers"``) or Gram (``"grams"``) statistics of one source on its own train split.
+
+    Cached as safetensors under ``cache/merge_stats/`` by (model sha256, data
+    fingerprint, sampling parameters); returns (file, description).
+    """
+    from mu import data as mu_data
+    from mu import models
+
+    if kind not in ("fishers", "grams"):
+        raise ValueError(f"unknown statistics {kind!r}; valid: ['fishers', 'grams']")
+    train = mu_data.load_split(locale, "train", data)
+    desc = {"kind": kind, "locale": locale, "model_sha256": model_sha, "data": str(data),
+            "data_fingerprint": mu_data.fingerprint(train), "split": "train",
+            "num_examples": min(num_examples, len(train)), "batch_size": batch_size,
+            "max_seq_length": max_seq_length, "seed": seed}
+    if kind == "fishers":
+        desc["fisher"] = "empirical, true labels, normalised to mean 1"
+    file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{_digest(desc)[:16]}.safetensors")
+    if not file.is_file():
+        model, tokenizer = models.load_classifier(model_dir)
+        fn = fisher_diagonal if kind == "fishers" else regmean_grams
+        stats = fn(model, tokenizer, train, num_examples=num_examples, batch_size=batch_size,
+                   max_seq_length=max_seq_length, seed=seed, device=device)
+        del model
+        with paths.atomic_path(file, suffix=".safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp),
+                      metadata={"mu": json.dumps(desc)})
+    return file, desc
+
+
+def _check_architecture(config: Any, merged: Mapping[str, torch.Tensor]) -> None:
+    """The merged tensors must be exactly the architecture's state dict (names and shapes)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in AutoModelForSequenceClassification.from_config(config)
+                    .state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in merged.items()}
+    if got != expected:
+        bad = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        raise ValueError(f"merged tensors do not match the {config.model_type} architecture at {bad[:10]}: "
+                         f"got {[got.get(k) for k in bad[:10]]}, expected {[expected.get(k) for k in bad[:10]]}")
+
+
+def details_text(details: Mapping[str, Any]) -> str:
+    """``merge_details.txt``: the record as readable lines."""
+    lines = [f"method: {details['method']}", f"mode (weighting): {details['mode']}",
+             f"base model: {details['base_model']} (used: {details['base_used']})",
+             f"head: {details['head']}", f"embeddings: {details['embeddings']}", "sources and weights:"]
+    lines += [f"  {loc}: {w:.6f}  {details['sources'][loc]}" for loc, w in details["weights"].items()]
+    lines.append(f"knobs: {json.dumps(details['knobs'], sort_keys=True)}")
+    if details["statistics"]:
+        lines.append(f"statistics: {json.dumps(details['statistics_params'], sort_keys=True)}")
+    lines.append("inputs (sha256):")
+    lines += [f"  {name}: {v['sha256']}" for name, v in details["inputs"].items()]
+    lines.append(f"elapsed: {details['elapsed_s']:.2f} s, process peak RSS: {details['peak_rss_mb']:.0f} MB")
+    lines.append("versions: " + ", ".join(f"{k}={v}" for k, v in details["versions"].items()))
+    lines.append(f"fingerprint: {details['fingerprint']}")
+    lines.append(f"created: {details['created']}")
+    return "\n".join(lines) + "\n"
+
+
+def _method_knobs(method: str, knobs: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Every knob of ``method`` with its value (given, else the default); DARE's ``seed`` defaults to ``seed``."""
+    accepted = {k: v for k, v in registry.knobs(method).items() if k not in registry.STATISTICS.values()}
+    unknown = sorted(set(knobs) - set(accepted))
+    if unknown:
+        raise ValueError(f"merge_models({method!r}) does not take {unknown}; its knobs: {sorted(accepted)}"
+                         + ("; its statistics are computed from `data`" if method in registry.STATISTICS else ""))
+    if "seed" in accepted:
+        accepted["seed"] = seed
+    return {**accepted, **knobs}
+
+
+def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, float], base_model: Any,
+                head: str, embeddings: str, data: Any) -> dict[str, float]:
+    """Everything that can be checked before reading a model; returns the normalised weights."""
+    registry.check_method(method)
+    w = registry.check_weights(weights, list(sources))
+    if method in registry.NEEDS_BASE and base_model is None:
+        raise ValueError(f"merge method {method!r} needs base_model; methods that need one: "
+                         f"{sorted(registry.NEEDS_BASE)}")
+    if method in registry.STATISTICS and data is None:
+        raise ValueError(f"merge method {method!r} needs data ('toy', 'hub' or a MASSIVE folder) for its "
+                         f"{registry.STATISTICS[method]}")
+    for choice, what in ((head, "head"), (embeddings, "embeddings")):
+        if choice != "merge" and choice not in sources:
+            raise ValueError(f"{what}={choice!r}: valid are 'merge' or one of the sources {list(sources)}")
+    return w
+
+
+def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
+    """HF folder: config and tokenizer of ``like``, the merged weights, merge_details.json / .txt (atomic)."""
+    config = AutoConfig.from_pretrained(like)
+    _check_architecture(config, merged)
+    tokenizer = AutoTokenizer.from_pretrained(like)
+    with paths.atomic_path(out) as tmp:
+        tmp.mkdir()
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        paths.write_json(tmp / DETAILS_JSON, details)
+        paths.write_text(tmp / DETAILS_TXT, details_text(details))
+
+
+def merge_models(
+    method: str,
+    sources: Mapping[str, str | os.PathLike],
+    weights: Mapping[str, float],
+    out_dir: str | os.PathLike,
+    *,
+    base_model: str | os.PathLike | None = None,
+    head: str = "merge",
+    embeddings: str = "merge",
+    data: str | os.PathLike | None = None,
+    mode: str | None = None,
+    seed: int = 42,
+    fisher_num_examples: int = 256,
+    fisher_batch_size: int = 1,
+    regmean_num_examples: int = 256,
+    regmean_batch_size: int = 8,
+    max_seq_length: int = 128,
+    device: str | None = None,
+    **knobs: Any,
+) -> Path:
+    """Merge the models of ``sources`` ({locale: folder or hub id}) into ``out_dir`` and return it.
+
+    ``knobs``: the method's parameters (``mu.merge.knobs(method)``). ``seed``
+    seeds DARE and the statistics' data sample. ``data`` (``"toy"``, ``"hub"`` or
+    a MASSIVE-layout folder) is needed by ``fisher_dataset`` / ``regmean``,
+    whose statistics are computed on each source's own train split
+    (``fisher_*`` / ``regmean_*`` sizes) and cached. ``mode`` is recorded only.
+    The folder (config and tokenizer of the first source, ``model.safetensors``,
+    ``merge_details.json`` / ``.txt``) is written atomically; nothing is written
+    on error; identical inputs and parameters skip.
+    """
+    from mu import models
+
+    started = time.perf_counter()
+    w = _check_args(method, sources, weights, base_model, head, embeddings, data)
+    effective = _method_knobs(method, knobs, seed)
+    stat = registry.STATISTICS.get(method)
+    order = list(weights)
+    dirs = {loc: local_dir(sources[loc]) for loc in order}
+    base_dir = local_dir(base_model) if base_model is not None else None
+    use_base = base_dir is not None and method in registry.USES_BASE
+    named = {**dirs, **({"<base>": base_dir} if base_dir is not None else {})}
+    models.check_compatible(named)
+
+    sizes = {"fishers": (fisher_num_examples, fisher_batch_size), "grams": (regmean_num_examples, regmean_batch_size)}
+    stat_params = ({"data": str(data), "num_examples": sizes[stat][0], "batch_size": sizes[stat][1],
+                    "max_seq_length": max_seq_length, "seed": seed} if stat else {})
+    fingerprint = _digest({"method": method, "weights": w, "inputs": {k: _signature(d) for k, d in named.items()},
+                           "base_used": use_base, "head": head, "embeddings": embeddings, "knobs": effective,
+                           "statistics": stat_params})
+    out = paths.resolve(out_dir)
+    if (out / DETAILS_JSON).is_file() and (out / "model.safetensors").is_file():
+        if paths.read_json(out / DETAILS_JSON).get("fingerprint") == fingerprint:
+            return out
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # sha256 of the inputs while merging (hashlib frees the GIL)
+        hashing = {name: pool.submit(report.describe_input, d) for name, d in named.items()}
+        stats_files: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        if stat:
+            for loc in order:
+                file, desc = statistics(stat, loc, dirs[loc], hashing[loc].result()["sha256"], data,
+                                        num_examples=stat_params["num_examples"],
+                                        batch_size=stat_params["batch_size"], max_seq_length=max_seq_length,
+                                        seed=seed, device=device)
+                stats_files[loc] = {"path": str(file), **desc}
+            extra[stat] = {loc: lazy.LazyStateDict.from_file(stats_files[loc]["path"]) for loc in order}
+        state_dicts = {loc: lazy.open_model(dirs[loc]) for loc in order}
+        base = lazy.open_model(base_dir) if use_base else None
+        merged = registry.merge(method, state_dicts, w, base, head=head, embeddings=embeddings, progress=True,
+                                **effective, **extra)
+        inputs = {name: future.result() for name, future in hashing.items()}
+    details = {
+        "method": method, "mode": mode, "weights": w, "weights_given": {k: float(v) for k, v in weights.items()},
+        "uses_weights": method not in registry.IGNORES_WEIGHTS,
+        "sources": {loc: str(sources[loc]) for loc in order},
+        "base_model": None if base_model is None else str(base_model), "base_used": use_base,
+        "head": head, "embeddings": embeddings, "knobs": effective, "statistics_params": stat_params,
+        "statistics": stats_files, "inputs": inputs, "fingerprint": fingerprint,
+        "config_from": order[0], "tokenizer_from": order[0],
+        "elapsed_s": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "versions": report.versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _save(out, dirs[order[0]], merged, details)
+    return out

@@ -1,0 +1,461 @@
+"""Batch-execute notebooks × targets with papermill, in a local process pool or on Ray.
+
+Each notebook runs in number order (01 before 02 ...). A notebook whose parameters
+include ``target_lang`` runs once per target (in parallel across targets); any other
+notebook runs once per profile, with the profile name standing in for the target.
+
+Injected parameters = ``params/<stem>.yaml`` shared ∪ profiles[profile] ∪ extra
+parameters ∪ {profile, target_lang} (the last two only where the notebook has them).
+Every key must be a parameter of the notebook: a typo is a ``ValueError``.
+
+Outputs, all written atomically under ``out_dir`` (default ``reports/``)::
+
+    <stem>/<target>.ipynb         the executed notebook (only on success)
+    <stem>/<target>.done.json     done-marker, written only on success
+    <stem>/<target>.failed.ipynb  the executed notebook up to the failing cell
+
+A (notebook, target) is skipped when its done-marker holds the same key: a hash of the
+injected parameters, the notebook's content and the done-markers of the batch's earlier
+notebooks it depends on (same target, or any target for a per-profile notebook such as
+06). So a notebook re-executes when its parameters or code change, or when an upstream
+step of the batch finished anew (e.g. a target that failed before now succeeded). A
+failure does not stop the batch; every failure is listed in the returned summary.
+
+Kernel: papermill runs the ``python3`` kernelspec; jupyter_client starts it with this
+interpreter (``sys.executable``), which ``kernel_name()`` checks. ``pip install -e .``
+installs that kernelspec into the virtualenv (``ipykernel``); if another ``python3``
+kernelspec shadows it, run ``python -m ipykernel install --sys-prefix``.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from mu import paths, report
+
+EXECUTORS = ("local", "ray")
+KERNEL = "python3"
+INJECTED = ("profile", "target_lang")
+SUMMARY_COLUMNS = ("notebook", "target", "status", "seconds", "output", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One papermill execution: a notebook for one target with its injected parameters.
+
+    ``digest`` hashes the parameters and the notebook content; ``per_target`` is False
+    for a notebook run once per profile (its ``target`` is then the profile name).
+    """
+
+    notebook: Path
+    stem: str
+    target: str
+    parameters: dict[str, Any]
+    output: Path
+    marker: Path
+    digest: str
+    per_target: bool
+
+    @property
+    def failed_output(self) -> Path:
+        return self.output.with_name(f"{self.target}.failed.ipynb")
+
+
+def kernel_name() -> str:
+    """The kernelspec papermill uses; raise unless it starts this interpreter."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel as exc:
+        raise ValueError(
+            f"no {KERNEL!r} kernelspec; install one for {sys.executable} with "
+            f"`{sys.executable} -m ipykernel install --sys-prefix`"
+        ) from exc
+    exe = spec.argv[0] if spec.argv else ""
+    ok = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2], sys.executable}
+    if exe not in ok and Path(exe).resolve() != Path(sys.executable).resolve():
+        raise ValueError(
+            f"kernelspec {KERNEL!r} at {spec.resource_dir} starts {exe!r}, not this interpreter "
+            f"{sys.executable}; run `{sys.executable} -m ipykernel install --sys-prefix` "
+            f"and remove the shadowing kernelspec"
+        )
+    return KERNEL
+
+
+def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``parameters`` cell of a notebook as {name: default value} (literals only)."""
+    import nbformat
+    import papermill
+
+    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    if spec.get("name") != KERNEL:
+        raise ValueError(f"{path}: metadata.kernelspec must name the {KERNEL!r} kernel "
+                         f"(papermill needs it to read the parameters cell), got {spec or None}")
+    out = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(
+                f"{path}: parameter {name} = {info['default']} is not a flat literal "
+                f"(str/int/float/bool/list)"
+            ) from exc
+    return out
+
+
+def source_dir(path: str | os.PathLike) -> Path:
+    """Notebooks and params are code, not outputs: a relative path resolves against the
+    checkout that holds ``mu`` (else the current directory), never against ``MU_ROOT``."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    checkout = Path(__file__).resolve().parent.parent
+    return (checkout if (checkout / "pyproject.toml").exists() else Path.cwd()) / p
+
+
+def params_file(stem: str, params_dir: str | os.PathLike = "params") -> Path:
+    return source_dir(params_dir) / f"{stem}.yaml"
+
+
+def read_params_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read a params YAML ``{shared: {...}, profiles: {name: {...}}}`` and check its shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no params file {path}; every notebook needs params/<stem>.yaml")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or set(data) - {"shared", "profiles"}:
+        raise ValueError(f"{path}: top-level keys must be 'shared' and 'profiles', got {list(data)}")
+    shared = data.get("shared") or {}
+    profiles = data.get("profiles") or {}
+    if not isinstance(shared, dict) or not isinstance(profiles, dict):
+        raise ValueError(f"{path}: 'shared' and 'profiles' must be mappings")
+    for name, values in profiles.items():
+        if not isinstance(values, dict | None):
+            raise ValueError(f"{path}: profile {name!r} must be a mapping, got {values!r}")
+    return {"shared": shared, "profiles": {k: v or {} for k, v in profiles.items()}}
+
+
+def load_params(stem: str, profile: str, params_dir: str | os.PathLike = "params") -> dict[str, Any]:
+    """shared ∪ profiles[profile] from ``params/<stem>.yaml``."""
+    path = params_file(stem, params_dir)
+    data = read_params_file(path)
+    if profile not in data["profiles"]:
+        raise ValueError(f"{path}: unknown profile {profile!r}; valid: {sorted(data['profiles'])}")
+    return {**data["shared"], **data["profiles"][profile]}
+
+
+def check_keys(where: str, keys: Iterable[str], parameters: Mapping[str, Any]) -> None:
+    """Every key must be a notebook parameter (and not one the runner injects itself)."""
+    keys = list(keys)
+    injected = [k for k in keys if k in INJECTED]
+    if injected:
+        raise ValueError(f"{where}: {injected} are injected by the runner; remove them")
+    unknown = [k for k in keys if k not in parameters]
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not parameters of the notebook; valid: {sorted(parameters)}")
+
+
+def find_notebooks(names: Sequence[str], notebooks_dir: str | os.PathLike = "notebooks") -> list[Path]:
+    """Notebooks by number prefix ("03") or stem ("03_merging"), sorted by number."""
+    folder = source_dir(notebooks_dir)
+    available = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        raise ValueError(f"no notebooks given; valid: {[p.stem for p in available]}")
+    found = []
+    for name in names:
+        stem = Path(name).stem if name.endswith(".ipynb") else name
+        hits = [p for p in available if p.stem == stem or p.stem.split("_", 1)[0] == stem]
+        if len(hits) != 1:
+            raise ValueError(
+                f"notebook {name!r} matches {[p.name for p in hits]} in {folder}; "
+                f"valid: {[p.stem for p in available]}"
+            )
+        found.append(hits[0])
+    return sorted(set(found))
+
+
+def all_notebooks(notebooks_dir: str | os.PathLike = "notebooks") -> list[str]:
+    """Stems of every numbered notebook (``NN_name.ipynb``), in order."""
+    folder = source_dir(notebooks_dir)
+    stems = [p.stem for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))]
+    if not stems:
+        raise ValueError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    return stems
+
+
+def plan(
+    notebooks: Sequence[str],
+    targets: Sequence[str],
+    *,
+    profile: str = "toy",
+    params_dir: str | os.PathLike = "params",
+    notebooks_dir: str | os.PathLike = "notebooks",
+    out_dir: str | os.PathLike | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+) -> list[Job]:
+    """The jobs ``run`` would execute, in order, with their injected parameters."""
+    out = paths.resolve(out_dir) if out_dir is not None else paths.reports_dir()
+    extra = dict(extra_params or {})
+    if any(k in INJECTED for k in extra):
+        raise ValueError(f"extra parameters: {list(INJECTED)} are injected by the runner; use profile/targets")
+    targets = list(dict.fromkeys(targets))
+    if targets:
+        from mu import locales
+
+        for t in targets:
+            locales.check_locale(t)
+    jobs, used_extra = [], set()
+    for nb in find_notebooks(notebooks, notebooks_dir):
+        parameters = notebook_parameters(nb)
+        params = load_params(nb.stem, profile, params_dir)
+        check_keys(str(params_file(nb.stem, params_dir)), params, parameters)
+        mine = {k: v for k, v in extra.items() if k in parameters}
+        used_extra.update(mine)
+        base = {**params, **mine}
+        if "profile" in parameters:
+            base["profile"] = profile
+        if "target_lang" in parameters:
+            if not targets:
+                raise ValueError(f"notebook {nb.stem} takes target_lang: give at least one target")
+            runs = [(t, {**base, "target_lang": t}) for t in targets]
+        else:
+            runs = [(profile, base)]
+        nb_hash = report.sha256(nb)
+        for target, injected in runs:
+            digest = _hash({"parameters": injected, "notebook": nb_hash})
+            jobs.append(Job(nb, nb.stem, target, injected, out / nb.stem / f"{target}.ipynb",
+                            out / nb.stem / f"{target}.done.json", digest, "target_lang" in parameters))
+    unused = sorted(set(extra) - used_extra)
+    if unused:
+        raise ValueError(f"extra parameters {unused} are parameters of none of {list(notebooks)}")
+    return jobs
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _marker(job: Job) -> dict[str, Any] | None:
+    try:
+        return paths.read_json(job.marker) if job.output.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def upstream(job: Job, jobs: Sequence[Job]) -> list[Job]:
+    """The batch's earlier-notebook jobs ``job`` depends on: same target or per-profile
+    ones; every earlier job when ``job`` itself runs once per profile."""
+    earlier = [u for u in jobs if u.stem < job.stem]
+    if not job.per_target:
+        return earlier
+    return [u for u in earlier if not u.per_target or u.target == job.target]
+
+
+def run_key(job: Job, jobs: Sequence[Job]) -> str:
+    """The job's digest combined with the current done-markers of its upstream jobs."""
+    state = []
+    for u in upstream(job, jobs):
+        m = _marker(u) or {}
+        state.append([u.stem, u.target, m.get("key"), m.get("run")])
+    return _hash({"digest": job.digest, "upstream": state})
+
+
+def is_done(job: Job, key: str) -> bool:
+    """True when the job's output exists and its done-marker holds ``key``."""
+    return (_marker(job) or {}).get("key") == key
+
+
+def execute(
+    notebook: str, output: str, failed_output: str, parameters: dict[str, Any],
+    kernel: str, env: dict[str, str],
+) -> dict[str, Any]:
+    """Run one notebook with papermill (in a worker process or Ray task); never raises.
+
+    ``env`` is set for the kernel (``MU_ROOT``, thread count). The executed notebook is
+    renamed onto ``output`` only on success; on failure the partial one is written to
+    ``failed_output``.
+    """
+    import papermill
+
+    os.environ.update(env)
+    start = time.perf_counter()
+    try:
+        with paths.atomic_path(output, suffix=".ipynb") as tmp:
+            try:
+                papermill.execute_notebook(
+                    notebook, str(tmp), parameters=parameters, kernel_name=kernel,
+                    cwd=str(Path(notebook).parent), progress_bar=False, log_output=False,
+                )
+            except BaseException:
+                if tmp.exists():
+                    paths.write_text(failed_output, tmp.read_text(encoding="utf-8"))
+                raise
+    except Exception as exc:  # reported, never swallowed: the summary lists it
+        ename = getattr(exc, "ename", type(exc).__name__)
+        evalue = getattr(exc, "evalue", str(exc))
+        return {"status": "failed", "seconds": time.perf_counter() - start,
+                "error": f"{ename}: {evalue}".strip()}
+    Path(failed_output).unlink(missing_ok=True)
+    return {"status": "done", "seconds": time.perf_counter() - start, "error": None}
+
+
+def kernel_env(workers: int) -> dict[str, str]:
+    """Environment for the kernels: this ``MU_ROOT``, and unless set, the CPU cores shared
+    out among ``workers`` parallel kernels as torch/OpenMP threads (no oversubscription)."""
+    env = {"MU_ROOT": str(paths.root())}
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def _args(job: Job, kernel: str, env: dict[str, str]) -> tuple:
+    return (str(job.notebook), str(job.output), str(job.failed_output), job.parameters, kernel, env)
+
+
+def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
+    paths.write_json(job.marker, {
+        "notebook": job.stem, "target": job.target, "key": key, "digest": job.digest,
+        "run": uuid.uuid4().hex,
+        "parameters": job.parameters,
+        "inputs": {"notebook": report.describe_input(job.notebook)},
+        "output": str(job.output), "seconds": round(result["seconds"], 2),
+        "versions": report.versions(),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def _run_local(pool: cf.ProcessPoolExecutor, jobs: list[Job], kernel: str, workers: int, on_result) -> None:
+    futures = {pool.submit(execute, *_args(j, kernel, kernel_env(workers))): j for j in jobs}
+    for fut in cf.as_completed(futures):
+        try:
+            result = fut.result()
+        except Exception as exc:  # the worker process itself died
+            result = {"status": "failed", "seconds": 0.0, "error": f"worker crashed: {exc!r}"}
+        on_result(futures[fut], result)
+
+
+def ray_init(num_cpus: int | None = None) -> None:
+    """Connect to a running Ray cluster (RAY_ADDRESS or `ray start`), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except ConnectionError:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _run_ray(jobs: list[Job], kernel: str, workers: int, num_gpus: float | None, on_result) -> None:
+    import ray
+
+    ray_init(num_cpus=workers)
+    if num_gpus is None:
+        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(execute)
+    env = {"MU_ROOT": str(paths.root())}  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
+    pending = {task.remote(*_args(j, kernel, env)): j for j in jobs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as exc:  # the Ray task or its worker died
+            result = {"status": "failed", "seconds": 0.0, "error": f"ray task failed: {exc!r}"}
+        on_result(job, result)
+
+
+def run(
+    notebooks: Sequence[str],
+    targets: Sequence[str],
+    *,
+    profile: str = "toy",
+    executor: str = "local",
+    workers: int = 1,
+    num_gpus: float | None = None,
+    params_dir: str | os.PathLike = "params",
+    notebooks_dir: str | os.PathLike = "notebooks",
+    out_dir: str | os.PathLike | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Execute notebooks × targets; skip done ones, continue past failures.
+
+    ``executor="local"`` uses a process pool of ``workers``; ``"ray"`` runs the same
+    calls as Ray tasks with ``num_gpus`` each (None: 1 when the cluster has GPUs,
+    else 0). Returns one row per job: notebook, target, status
+    (done/skipped/failed), seconds, output, error.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid: {list(EXECUTORS)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    jobs = plan(notebooks, targets, profile=profile, params_dir=params_dir,
+                notebooks_dir=notebooks_dir, out_dir=out_dir, extra_params=extra_params)
+    kernel = kernel_name()
+    rows: list[dict[str, Any]] = []
+    keys: dict[tuple[str, str], str] = {}
+    bar = tqdm(total=len(jobs), desc="notebooks", unit="run")
+
+    def on_result(job: Job, result: Mapping[str, Any]) -> None:
+        if result["status"] == "done":
+            _mark_done(job, keys[job.stem, job.target], result)
+        output = job.output if result["status"] != "failed" else job.failed_output
+        rows.append({"notebook": job.stem, "target": job.target, "status": result["status"],
+                     "seconds": round(result["seconds"], 2), "output": str(output),
+                     "error": result["error"]})
+        bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows))
+        bar.update()
+
+    pool = None
+    try:
+        for stem in dict.fromkeys(j.stem for j in jobs):
+            stage = [j for j in jobs if j.stem == stem]
+            keys.update({(j.stem, j.target): run_key(j, jobs) for j in stage})
+            todo = [j for j in stage if not is_done(j, keys[j.stem, j.target])]
+            for j in stage:
+                if j not in todo:
+                    on_result(j, {"status": "skipped", "seconds": 0.0, "error": None})
+            bar.set_description(stem)
+            if not todo:
+                continue
+            if executor == "ray":
+                _run_ray(todo, kernel, workers, num_gpus, on_result)
+                continue
+            if pool is None:
+                pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            _run_local(pool, todo, kernel, workers, on_result)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    order = {(j.stem, j.target): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["notebook"], r["target"])])
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A plain-text table of the runs plus a count line and each failure's error."""
+    counts = summary["status"].value_counts()
+    head = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ("done", "skipped", "failed"))
+    table = summary[["notebook", "target", "status", "seconds"]].to_string(index=False)
+    lines = [table, head]
+    for r in summary[summary["status"] == "failed"].itertuples():
+        lines.append(f"FAILED {r.notebook} [{r.target}]: {r.error}\n  see {r.output}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Fine-tune a classifier on one locale with the HF ``Trainer``.
+
+``fit`` is the bare loop (iterative training calls it repeatedly on the same
+model); ``train_locale`` trains one source model from the profile's base and
+saves it atomically with ``training_args.json``; ``train_locales`` does a list.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from mu import data as mu_data
+from mu import models, paths, report
+
+
+PROGRESS_STEPS = 1000  # longer fits show the Trainer's per-step progress bar
+
+
+def tokenize(ds: Dataset, tokenizer: Any, max_seq_length: int) -> Dataset:
+    """Add ``input_ids``/``attention_mask`` (truncated, unpadded), keep ``label``."""
+    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_seq_length),
+                  batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
+
+
+def fit(
+    model: Any,
+    tokenizer: Any,
+    train_ds: Dataset,
+    *,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    max_seq_length: int,
+    seed: int,
+    output_dir: str | os.PathLike,
+    eval_ds: Dataset | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+) -> dict:
+    """Train ``model`` in place on ``train_ds`` (columns ``text``, ``label``) for ``epochs``.
+
+    A fresh ``Trainer`` (AdamW, linear decay) each call: no state survives between
+    calls except the model's weights. Tiny models train on one CPU thread
+    (``mu.models.cpu_threads``). Nothing is checkpointed (``save_strategy="no"``);
+    ``output_dir`` only receives the Trainer's scratch files. Deterministic in ``seed``.
+    Runs over ``PROGRESS_STEPS`` optimiser steps show a tqdm bar per step.
+    Returns ``{"train_loss", "global_step", "log_history"}``; the model is left in eval mode.
+    """
+    steps = -(-len(train_ds) // batch_size) * epochs
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=lr,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        eval_strategy="epoch" if eval_ds is not None else "no",
+        logging_strategy="epoch",
+        report_to=[],
+        disable_tqdm=steps <= PROGRESS_STEPS,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenize(train_ds, tokenizer, max_seq_length),
+        eval_dataset=tokenize(eval_ds, tokenizer, max_seq_length) if eval_ds is not None else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy if eval_ds is not None else None,
+        callbacks=list(callbacks or []),
+    )
+    trainer.remove_callback(PrinterCallback)  # losses go to the returned log_history, not stdout
+    with models.cpu_threads(model):
+        out = trainer.train()
+    model.eval()
+    return {"train_loss": out.training_loss, "global_step": out.global_step,
+            "log_history": trainer.state.log_history}
+
+
+def _accuracy(pred: Any) -> dict[str, float]:
+    return {"accuracy": float(np.mean(np.argmax(pred.predictions, axis=-1) == pred.label_ids))}
+
+
+def train_locale(
+    locale: str,
+    *,
+    base_model: str | os.PathLike,
+    data: str | os.PathLike,
+    models_dir: str | os.PathLike,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    max_seq_length: int,
+    seed: int,
+) -> Path:
+    """Fine-tune ``base_model`` on ``locale``'s train split; save to ``mu.models.source_path``.
+
+    Skipped when the folder already holds a model whose ``training_args.json``
+    has the same parameters (base and data hashes included); otherwise trained
+    and written atomically (model, tokenizer, ``training_args.json`` with
+    parameters, data hash, history and package versions).
+    """
+    out = models.source_path(locale, models_dir)
+    base = paths.resolve(base_model)
+    models.check_model_dir(base)
+    train_ds = mu_data.load_split(locale, "train", data)
+    params = {
+        "locale": locale, "base_model": str(base_model), "base_sha256": report.sha256(base / models.WEIGHTS_FILE),
+        "data": str(data), "train_sha256": mu_data.fingerprint(train_ds), "n_train": len(train_ds),
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_seq_length": max_seq_length, "seed": seed,
+    }
+    stamp = out / "training_args.json"
+    if stamp.is_file() and paths.read_json(stamp).get("params") == params:
+        models.check_model_dir(out)
+        return out
+    model, tokenizer = models.load_classifier(base)
+    scratch = paths.cache_dir("train")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{locale}.", dir=scratch) as tmp:
+        history = fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
+                      max_seq_length=max_seq_length, seed=seed, output_dir=tmp)
+    record = {"params": params, "classifier_head": models.HEAD_NOTE, "train_loss": history["train_loss"],
+              "global_step": history["global_step"], "log_history": history["log_history"],
+              "versions": report.versions()}
+    return models.save_classifier(model, tokenizer, out, extra_files={"training_args.json": record})
+
+
+def train_locales(locales: Sequence[str], **kwargs: Any) -> dict[str, Path]:
+    """``train_locale`` for each locale (same keyword arguments), with a progress bar."""
+    return {loc: train_locale(loc, **kwargs) for loc in tqdm(list(locales), desc="train", unit="locale")}

@@ -1,0 +1,138 @@
+"""Smoke test of the benchmark harness (``bench/``) on tiny models.
+
+The measured subprocesses are checked on their own (peak RSS, the memory
+watchdog, a real ``python -m bench.worker`` round trip); the end-to-end run then
+executes the worker tasks and the mergekit CLI in this process, to stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import checkpoints, merging, proc, run, sizes, worker
+from mu import paths
+
+
+def _measured(out: dict, started: float) -> dict:
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 1024, "rc": 0, "status": "ok", "log": "", "sampled_peak_rss_mb": None, **out}
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """``proc.worker`` and ``proc.run`` (the mergekit CLI) run in this process instead of a child."""
+    def fake_worker(task, args, *, workdir, name, env=None, max_rss_bytes=None, timeout_s=600.0):
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            started = time.perf_counter()
+            return _measured(worker.TASKS[task](args), started)
+
+    def fake_run(cmd, *, log, env=None, max_rss_bytes=None, timeout_s=600.0):
+        from mergekit.scripts.run_yaml import main
+
+        assert Path(cmd[0]).name == "mergekit-yaml", cmd
+        started = time.perf_counter()
+        main.main(list(cmd[1:]), standalone_mode=False)
+        return _measured({}, started)
+
+    monkeypatch.setattr(proc, "worker", fake_worker)
+    monkeypatch.setattr(proc, "run", fake_run)
+
+
+def test_proc_run_reports_the_childs_peak_rss_and_kills_past_the_limit(tmp_path):
+    alloc = [sys.executable, "-c", "import time; x = b'x' * (300 * 2**20); time.sleep(0.6)"]
+    ok = proc.run(alloc, log=tmp_path / "ok.log")
+    assert (ok["status"], ok["rc"]) == ("ok", 0)
+    assert ok["peak_rss_mb"] >= 300 and ok["wall_s"] >= 0.6
+    killed = proc.run(alloc, log=tmp_path / "big.log", max_rss_bytes=100 * 2**20)
+    assert killed["status"].startswith("killed: RSS") and killed["rc"] != 0
+    failed = proc.run([sys.executable, "-c", "raise SystemExit('boom')"], log=tmp_path / "fail.log")
+    assert failed["rc"] == 1 and failed["status"].startswith("failed (rc 1)") and "boom" in failed["status"]
+
+
+def test_worker_runs_as_its_own_process(mu_root):
+    base, sources = checkpoints.build("tiny", 2)
+    workdir = paths.cache_dir("bench", "test-worker")
+    workdir.mkdir(parents=True, exist_ok=True)
+    measured = merging.floor(base, sources, workdir=workdir, name="floor")
+    assert measured["status"] == "ok", measured["status"]
+    assert measured["bytes"] == {k: (f / "model.safetensors").stat().st_size for k, f in {**sources, "<base>": base}.items()}
+    assert set(measured["warm_read_s"]) == set(measured["hash_s"]) == {*sources, "<base>"}
+    assert measured["peak_rss_mb"] > 0
+
+
+def test_mergekit_config_is_the_same_merge(tmp_path):
+    folders = {"de-DE": tmp_path / "a", "nl-NL": tmp_path / "b"}
+    w = merging.weights(list(folders))
+    assert sum(w.values()) == pytest.approx(1.0) and w["de-DE"] == pytest.approx(2 * w["nl-NL"])
+    ties = yaml.safe_load(merging.mergekit_config("ties", folders, w, tmp_path / "base"))
+    assert ties["base_model"] == str(tmp_path / "base") and ties["dtype"] == "float32"
+    assert [m["parameters"] for m in ties["models"]] == [{"weight": w[k], "density": merging.TIES_DENSITY} for k in w]
+    linear = yaml.safe_load(merging.mergekit_config("linear", folders, w, tmp_path / "base"))
+    assert "base_model" not in linear and [m["model"] for m in linear["models"]] == [str(f) for f in folders.values()]
+    with pytest.raises(ValueError, match="linear"):
+        merging.mergekit_config("dare_ties", folders, w, tmp_path / "base")
+    with pytest.raises(ValueError, match="tiny"):
+        sizes.check_size("huge")
+
+
+def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_measure(method, base, chosen, **_):
+        calls.append(len(chosen))
+        time.sleep(0.05)
+        tool = {"status": "ok", "wall_s": 50.0 * len(chosen), "peak_rss_mb": 100.0}
+        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool}
+
+    monkeypatch.setattr(merging, "measure", fake_measure)
+    sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
+    skipped: list = []
+    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 100,
+                       skipped=skipped)
+    assert calls == [2] and [d["n"] for d in done] == [2]
+    assert skipped == [{"method": "ties", "n": 5, "reason": skipped[0]["reason"]}]
+    assert skipped[0]["reason"].startswith("predicted 500 s")  # (50+50) s per source × 5
+
+
+def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
+    out = paths.reports_dir("bench", "results-test.json")
+    results = run.run(merge_size="tiny", eval_size="tiny", ns=[2, 3], ties_ns=[2], test_sizes=[16, 32], k=2,
+                      ensemble_size=16, budget_s=600, out=out, cold_read=False)
+    assert paths.read_json(out)["settings"] == results["settings"]
+    table = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| 2 | linear |" in table and "| 2 | ties |" in table and "speedup" in table
+    assert results["machine"]["cpu_count"] == os.cpu_count()
+
+    rows = results["merge"]["rows"]
+    assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2)]
+    assert results["merge"]["skipped"] == []
+    for r in rows:
+        assert r["status"] == {"mu": "ok", "mergekit": "ok"}
+        assert r["max_abs_diff"] == 0.0  # mu and mergekit computed the same merge
+        assert r["mu_over_mergekit"] == pytest.approx(r["mu_wall_s"] / r["mergekit_wall_s"])
+        assert r["mu_over_floor"] == pytest.approx(r["mu_op_s"] / r["floor_read_s"])
+    floor = results["merge"]["floor"]
+    assert rows[1]["input_gb"] * 1e9 == pytest.approx(sum(list(floor["bytes"].values())[:3]))
+    assert rows[2]["input_gb"] * 1e9 == pytest.approx(sum(floor["bytes"][k] for k in ["de-DE", "nl-NL", "<base>"]))
+    assert not list(paths.cache_dir("bench", "runs", "tiny").glob("out-*")), "merge outputs must be removed"
+    assert results["scaling"]["merge_s_per_model"]["linear"]["mu_op"]["points"] == 2
+
+    ev = results["evaluation"]
+    assert [s["n"] for s in ev["sizes"]] == [16, 32] and ev["n"] == 32
+    assert ev["naive"]["argmax_agreement"] == 1.0 and ev["naive"]["max_abs_logit_diff"] < 1e-4
+    assert ev["speedup"] == pytest.approx(ev["naive"]["naive_s"] / ev["sizes"][-1]["mu_s"])
+    assert ev["slope_s_per_1000"] is not None and ev["tokens"]["max"] <= 128
+
+    en = results["ensemble"]
+    assert (en["k"], en["n"]) == (2, 16) and en["recompute_s"] > 0 and en["cached_s"] > 0
+    assert {t["met"] for t in results["targets"]} <= {True, False, None}
+    assert any(t["target"].startswith("evaluation") for t in results["targets"])

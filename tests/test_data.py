@@ -1,0 +1,129 @@
+import itertools
+import json
+import shutil
+
+import pytest
+
+import mu.data as data
+from mu import paths
+
+
+def test_intents_are_the_60_massive_intents_in_classlabel_order():
+    assert len(data.INTENTS) == 60
+    assert len(set(data.INTENTS)) == 60
+    assert data.INTENTS[:5] == ["datetime_query", "iot_hue_lightchange", "transport_ticket", "takeaway_query",
+                                "qa_stock"]
+    assert data.INTENTS[-1] == "lists_query"
+    assert all(data.LABEL2ID[data.ID2LABEL[i]] == i for i in range(60))
+
+
+def test_toy_splits_have_expected_columns_and_sizes():
+    folder = data.make_toy()
+    args = json.loads((folder / "toy_args.json").read_text())
+    for split, per_intent in (("train", args["train_per_intent"]), ("dev", args["dev_per_intent"]),
+                              ("test", args["test_per_intent"])):
+        ds = data.load_split("sw-KE", split, "toy")
+        assert ds.column_names == ["id", "text", "label"]
+        assert len(ds) == per_intent * args["num_intents"]
+        assert set(ds["label"]) == set(range(args["num_intents"]))
+
+
+def test_label_map_identical_across_locales():
+    """Toy data is parallel like MASSIVE: the same utterance id has the same label id in every locale."""
+    by_locale = {}
+    for loc in data.TOY_LOCALES:
+        ds = data.load_split(loc, "test", "toy")
+        by_locale[loc] = dict(zip(ds["id"], ds["label"]))
+    reference = by_locale[data.TOY_LOCALES[0]]
+    assert all(m == reference for m in by_locale.values())
+    # and labels index the one fixed 60-intent space: names round-trip through ID2LABEL/LABEL2ID
+    assert all(data.LABEL2ID[data.ID2LABEL[y]] == y for y in reference.values())
+
+
+def test_make_toy_is_deterministic_and_resumable(tmp_path):
+    a = data.make_toy(tmp_path / "a", seed=3)
+    b = data.make_toy(tmp_path / "b", seed=3)
+    for loc in data.TOY_LOCALES:
+        assert (a / f"{loc}.jsonl").read_bytes() == (b / f"{loc}.jsonl").read_bytes()
+    mtime = (a / "de-DE.jsonl").stat().st_mtime_ns
+    assert data.make_toy(tmp_path / "a", seed=3) == a
+    assert (a / "de-DE.jsonl").stat().st_mtime_ns == mtime  # not rewritten
+    c = data.make_toy(tmp_path / "a", seed=4)  # other arguments: regenerated
+    assert (c / "de-DE.jsonl").read_bytes() != (b / "de-DE.jsonl").read_bytes()
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_toy_languages_are_typologically_structured():
+    """Languages of one family share more word forms than languages of different families."""
+    vocab = {loc: {w for t in data.load_split(loc, "train", "toy")["text"] for w in t.split()}
+             for loc in data.TOY_LOCALES}
+
+    def jaccard(a, b):
+        return len(vocab[a] & vocab[b]) / len(vocab[a] | vocab[b])
+
+    within = [jaccard(a, b) for a, b in itertools.combinations(data.TOY_LOCALES, 2)
+              if data.TOY_FAMILIES[a] == data.TOY_FAMILIES[b]]
+    across = [jaccard(a, b) for a, b in itertools.combinations(data.TOY_LOCALES, 2)
+              if data.TOY_FAMILIES[a] != data.TOY_FAMILIES[b]]
+    assert min(within) > 2 * max(across)
+
+
+def test_local_massive_folder_loads(massive_fixture_dir):
+    lines = [json.loads(line) for line in (massive_fixture_dir / "de-DE.jsonl").read_text().splitlines()]
+    for split in data.SPLITS:
+        expected = [r for r in lines if r["partition"] == split]
+        ds = data.load_split("de-DE", split, str(massive_fixture_dir))
+        assert list(ds["id"]) == [r["id"] for r in expected]
+        assert list(ds["text"]) == [r["utt"] for r in expected]
+        assert [data.ID2LABEL[y] for y in ds["label"]] == [r["intent"] for r in expected]
+
+
+def test_unknown_locale_split_or_source(massive_fixture_dir):
+    with pytest.raises(ValueError, match="unknown toy locale 'xx-XX'.*de-DE"):
+        data.load_split("xx-XX", "test", "toy")
+    with pytest.raises(ValueError, match=r"fr-FR.*de-DE.*sw-KE"):
+        data.load_split("fr-FR", "test", massive_fixture_dir)
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        data.load_split("de-DE", "validation", "toy")
+    with pytest.raises(ValueError, match="neither 'toy', 'hub' nor an existing folder"):
+        data.load_split("de-DE", "test", "no/such/folder")
+    with pytest.raises(ValueError, match="unknown toy locale"):
+        data.make_toy(paths.cache_dir("bad_toy"), locales=["de-DE", "zz-ZZ"])
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ("{not json", "bad JSON"),
+    ('{"partition": "test", "utt": "x"}', r"missing key\(s\) \['intent'\]"),
+    ('{"partition": "test", "intent": "make_coffee", "utt": "x"}', "unknown intent 'make_coffee'"),
+    ('{"partition": "valid", "intent": "alarm_set", "utt": "x"}', "unknown partition 'valid'"),
+    ('{"partition": "test", "intent": "alarm_set", "utt": ""}', "'utt' must be a non-empty string"),
+    ('{"partition": "test", "intent": "alarm_set", "utt": "x", "locale": "sw-KE"}', "line has locale 'sw-KE'"),
+    ('["a list"]', "expected a JSON object"),
+])
+def test_bad_line_names_file_and_line(tmp_path, massive_fixture_dir, bad_line, message):
+    shutil.copy(massive_fixture_dir / "de-DE.jsonl", tmp_path / "de-DE.jsonl")
+    good = (tmp_path / "de-DE.jsonl").read_text().splitlines()
+    lines = good[:2] + [bad_line] + good[2:]
+    (tmp_path / "de-DE.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"de-DE\.jsonl:3: {message}"):
+        data.load_split("de-DE", "train", tmp_path)
+
+
+def test_empty_split_is_an_error(tmp_path):
+    (tmp_path / "de-DE.jsonl").write_text('{"partition": "train", "intent": "alarm_set", "utt": "x"}\n')
+    assert len(data.load_split("de-DE", "train", tmp_path)) == 1
+    with pytest.raises(ValueError, match=r"de-DE\.jsonl \[test\]: no examples"):
+        data.load_split("de-DE", "test", tmp_path)
+
+
+def test_fingerprint_tracks_content():
+    ds = data.load_split("de-DE", "test", "toy")
+    assert data.fingerprint(ds) == data.fingerprint(data.load_split("de-DE", "test", "toy"))
+    assert data.fingerprint(ds) != data.fingerprint(data.load_split("nl-NL", "test", "toy"))
+    changed = ds.map(lambda r, i: {"label": (r["label"] + 1) % 60 if i == 0 else r["label"]}, with_indices=True)
+    assert data.fingerprint(changed) != data.fingerprint(ds)
+
+
+def test_load_texts_covers_all_locales():
+    texts = data.load_texts(["de-DE", "fr-FR"], "dev", "toy")
+    assert len(texts) == len(data.load_split("de-DE", "dev", "toy")) + len(data.load_split("fr-FR", "dev", "toy"))

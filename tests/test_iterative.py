@@ -1,0 +1,158 @@
+"""mu.iterative: cycles of training + merging on the toy profile; a run killed after the first
+merge and resumed ends with exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from mu import iterative, models, paths, plots
+from mu.merge import lazy
+
+TARGET = "it-IT"
+SOURCES = {"fr-FR": 0.6, "es-ES": 0.4}
+# 2 cycles of 1 epoch on 288 toy examples per source: a few seconds per cycle on CPU.
+RUN = dict(data="toy", max_epochs=2, merge_frequency=1, merge_algorithm="linear", batch_size=32, lr=5e-4,
+           max_seq_length=32, seed=7)
+
+
+class Kill(TrainerCallback):
+    """Raise at the first optimiser step of the ``at``-th ``fit`` (counting from 1)."""
+
+    def __init__(self, at: int):
+        self.at, self.fits = at, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.fits += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.fits >= self.at:
+            raise KeyboardInterrupt(f"killed in fit #{self.fits}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy_base):
+    return iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/full", **RUN)
+
+
+def weights_of(path):
+    sd = lazy.LazyStateDict.from_file(path) if path.suffix == ".safetensors" else lazy.open_model(path)
+    return {k: sd[k] for k in sd}
+
+
+def test_schedule_and_seeds():
+    assert iterative.schedule(4, 2) == [2, 2]
+    assert iterative.schedule(5, 2) == [2, 2, 1]
+    assert iterative.schedule(1, 3) == [1]
+    with pytest.raises(ValueError, match="merge_frequency must be an integer >= 1"):
+        iterative.schedule(4, 0)
+    assert iterative.derive_seed(42, 1, "fr-FR") == iterative.derive_seed(42, 1, "fr-FR")
+    assert iterative.derive_seed(42, 1, "fr-FR") != iterative.derive_seed(42, 2, "fr-FR")
+    assert 0 <= iterative.derive_seed(42, "merge", 3) < 2**31
+
+
+def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
+    out = paths.resolve("models/toy/iterative-test/full")
+    log = paths.read_json(out / "log.json")
+    assert log == uninterrupted["log"]
+    assert [e["cycle"] for e in log] == [1, 2] and [e["epochs"] for e in log] == [[0, 1], [1, 2]]
+    assert log[0]["start"] == "base" and log[1]["start"] == "cycle_1"
+    for entry in log:
+        assert set(entry["sources"]) == set(SOURCES)
+        for s in entry["sources"].values():
+            assert s["train_loss"] > 0 and 0 <= s["dev_accuracy"] <= 1 and len(s["dev_accuracy_per_epoch"]) == 1
+        assert {m["n"] for m in entry["merged"].values()} == {48, 96}  # toy dev / test sizes per locale
+    # the final model is the last cycle's merge, evaluated on the target's test split
+    assert uninterrupted["test"] == log[-1]["merged"]["test"]
+    assert uninterrupted["sources"] == pytest.approx(SOURCES)
+    models.check_compatible({"merged": out / "merged", "base": toy_base})
+    # only the last completed checkpoint is kept by default
+    assert iterative.completed_cycles(out) == [2]
+    details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
+    assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
+    png = plots.iterative_curves(log, paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
+
+
+def test_merge_is_the_weighted_mean_of_the_checkpointed_sources(uninterrupted):
+    cycle = iterative.cycle_dir("models/toy/iterative-test/full", 2)
+    src = {loc: weights_of(cycle / "sources" / f"{loc}.safetensors") for loc in SOURCES}
+    merged = weights_of(cycle / "merged")
+    final = weights_of(paths.resolve("models/toy/iterative-test/full/merged"))
+    for key, value in merged.items():
+        expected = sum(SOURCES[loc] * src[loc][key] for loc in SOURCES)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(final[key], value)
+    # the sources really moved away from each other during the cycle
+    assert any(not torch.equal(src["fr-FR"][k], src["es-ES"][k]) for k in merged)
+
+
+def test_killed_after_first_merge_resumes_to_identical_weights(uninterrupted, toy_base):
+    out_dir = "models/toy/iterative-test/killed"
+    out = paths.resolve(out_dir)
+    # fits 1-2 are cycle 1; fit 4 is the second source of cycle 2 (the first one has finished)
+    with pytest.raises(KeyboardInterrupt, match="fit #4"):
+        iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[Kill(4)], **RUN)
+    assert iterative.completed_cycles(out) == [1]
+    assert not (out / "cycle_2").exists() and not (out / "result.json").exists()
+    assert not list(out.glob(".*.tmp")), "an interrupted cycle must leave nothing half-written"
+    assert [e["cycle"] for e in paths.read_json(out / "log.json")] == [1]
+    (out / ".cycle_2.stale.tmp").mkdir()  # what a SIGKILL would leave behind
+
+    fits = Kill(at=10**9)  # counts the fits without killing
+    resumed = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[fits], **RUN)
+    assert fits.fits == len(SOURCES), "resume must retrain only cycle 2"
+    assert not (out / ".cycle_2.stale.tmp").exists()
+    full, again = weights_of(paths.resolve(uninterrupted["merged"])), weights_of(paths.resolve(resumed["merged"]))
+    assert full.keys() == again.keys()
+    assert all(torch.equal(full[k], again[k]) for k in full), "resumed run differs from the uninterrupted one"
+    drop = ("elapsed_s",)
+    assert ([{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]]
+            == [{k: v for k, v in e.items() if k not in drop} for e in uninterrupted["log"]])
+    assert resumed["test"] == uninterrupted["test"]
+
+    # a finished run reruns as a no-op: no training, the saved result
+    never = Kill(at=1)
+    again_result = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir,
+                                 callbacks=[never], **RUN)
+    assert never.fits == 0 and again_result == paths.read_json(out / "result.json")
+
+
+def test_resume_with_other_parameters_is_refused(uninterrupted, toy_base):
+    with pytest.raises(ValueError, match=r"other parameters .*'lr': \(0.0005, 0.001\)"):
+        iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/full",
+                      **{**RUN, "lr": 1e-3})
+
+
+def test_bad_inputs_are_clear_errors(toy_base):
+    kw = dict(base_model=toy_base, out_dir="models/toy/iterative-test/bad", **RUN)
+    with pytest.raises(ValueError, match="the target it-IT is among the sources"):
+        iterative.run(TARGET, {**SOURCES, TARGET: 0.1}, **kw)
+    with pytest.raises(ValueError, match="unknown locale"):
+        iterative.run(TARGET, {"xx-XX": 1.0}, **kw)
+    with pytest.raises(ValueError, match="unknown merge method 'nope'"):
+        iterative.run(TARGET, SOURCES, **{**kw, "merge_algorithm": "nope"})
+    with pytest.raises(ValueError, match=r"does not take \['density'\]"):
+        iterative.run(TARGET, SOURCES, density=0.3, **kw)
+    with pytest.raises(ValueError, match="apply to"):
+        iterative.run(TARGET, SOURCES, stats_num_examples=8, **kw)
+    assert not paths.resolve("models/toy/iterative-test/bad").exists(), "nothing written for a bad call"
+
+
+def test_data_dependent_merge_uses_each_sources_statistics(toy_base):
+    out_dir = "models/toy/iterative-test/fisher"
+    result = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir,
+                           **{**RUN, "max_epochs": 1, "merge_algorithm": "fisher_dataset"},
+                           stats_num_examples=16, keep_cycles=True)
+    cycle = iterative.cycle_dir(out_dir, 1)
+    fishers = {loc: weights_of(cycle / "stats" / f"{loc}.safetensors") for loc in SOURCES}
+    src = {loc: weights_of(cycle / "sources" / f"{loc}.safetensors") for loc in SOURCES}
+    merged = weights_of(paths.resolve(result["merged"]))
+    key = "classifier.out_proj.weight"
+    f = {loc: SOURCES[loc] * (fishers[loc][key] + 1e-12) for loc in SOURCES}
+    expected = sum(f[loc] * src[loc][key] for loc in SOURCES) / sum(f.values())
+    torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6)
+    linear = sum(SOURCES[loc] * src[loc][key] for loc in SOURCES)
+    assert not torch.allclose(merged[key], linear), "Fisher weighting should differ from the plain mean"
+    assert result["params"]["statistics"] == {"num_examples": 16, "batch_size": 1}

@@ -1,0 +1,51 @@
+"""notebooks/03_merging.ipynb runs offline (papermill) on toy models for two methods and writes its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import papermill
+import pytest
+import torch
+
+from mu import evaluate, models, paths, report
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_merging.ipynb"
+PROFILE = "test03"  # own N×N path (reports/02_training/test03/) and models folder: no clash with other tests
+MODELS_DIR = "models/test03"
+LOCALES = ["de-DE", "nl-NL", "af-ZA", "en-US", "es-ES"]
+
+
+@pytest.fixture(scope="module")
+def toy_setup(toy_base):
+    """Toy base + 'fine-tuned' sources (the base perturbed, one seed each) and their N×N matrix."""
+    model, tokenizer = models.load_classifier(toy_base)
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    dirs = {}
+    for i, loc in enumerate(LOCALES):
+        g = torch.Generator().manual_seed(100 + i)
+        model.load_state_dict({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base_sd.items()})
+        dirs[loc] = models.save_classifier(model, tokenizer, models.source_path(loc, MODELS_DIR))
+    evaluate.nxn(dirs, data="toy", profile=PROFILE, max_seq_length=32)
+    return dirs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
+    params = dict(profile=PROFILE, target_lang="es-ES", models_dir=MODELS_DIR, method=method, mode="similarity",
+                  num_languages=3, max_seq_length=32)
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
+                               progress_bar=False)
+    record = paths.read_json(report.record_path("03_merging", "es-ES", f"{method}-similarity"))
+    systems = {r["system"]: r for r in record["rows"]}
+    assert set(systems) == {f"merge/{method}/similarity", f"merge/{method}/average"}
+    for row in systems.values():
+        assert "es-ES" not in row["sources"] and len(row["sources"]) == 3
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] > 0
+        details = paths.read_json(Path(row["model"]) / "merge_details.json")
+        assert details["method"] == method and details["weights"] == pytest.approx(row["sources"])
+    assert list(systems[f"merge/{method}/average"]["sources"].values()) == pytest.approx([1 / 3] * 3)
+    assert {"native", "zero-shot/best", "zero-shot/best-source"} <= set(record["results"]["accuracy"])
+    assert record["params"]["method"] == method and "nxn" in record["inputs"]
+    assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
