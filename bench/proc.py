@@ -1,14 +1,20 @@
 """Run one measured command in its own process: wall time and that process's peak RSS.
 
-Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (so each merge's peak is
-its alone, not the benchmark's). A watchdog samples the child's RSS and kills it
-when it passes ``max_rss_bytes`` (so an oversized merge cannot push the shared
-machine into the OOM killer) or runs past ``timeout_s``.
+Peak RSS is the command's own ``ru_maxrss`` from ``os.wait4``. Linux carries a
+process's high-water mark across ``exec`` into the new program, so a child forked
+straight from this (large) process would report at least this process's RSS; the
+command is therefore started by a tiny launcher (``python -S``, ~10 MB) that
+spawns it, waits for it and writes its rusage. A watchdog samples the RSS of the
+launcher and command and kills both (one process group) when it passes
+``max_rss_bytes`` (so an oversized merge cannot push the shared machine into the
+OOM killer) or runs past ``timeout_s``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +25,16 @@ from typing import Any, Mapping, Sequence
 import psutil
 
 from mu import paths
+
+LAUNCHER = (
+    "import json, os, sys\n"
+    "pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1] + '.tmp', 'w') as f:\n"
+    "    json.dump({'maxrss_kb': usage.ru_maxrss}, f)\n"
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
 
 
 def _watch(proc: subprocess.Popen, done: threading.Event, lock: threading.Lock, max_rss_bytes: int | None,
@@ -42,13 +58,13 @@ def _watch(proc: subprocess.Popen, done: threading.Event, lock: threading.Lock, 
             with lock:
                 if not done.is_set():
                     verdict["killed"] = reason
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
             return
 
 
 def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | None = None,
         max_rss_bytes: int | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Run ``cmd`` (stdout and stderr to ``log``); {wall_s, peak_rss_mb, rc, status, log}.
+    """Run ``cmd`` (stdout and stderr to ``log``; ``cmd[0]`` found on PATH); {wall_s, peak_rss_mb, rc, status, log}.
 
     ``status`` is ``"ok"``, ``"killed: ..."`` or ``"failed (rc N): <last log lines>"``.
     """
@@ -56,21 +72,28 @@ def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | 
     log.parent.mkdir(parents=True, exist_ok=True)
     verdict: dict[str, Any] = {}
     done, lock = threading.Event(), threading.Lock()
+    usage_file = log.with_suffix(".rusage.json")
+    usage_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
-                                env=None if env is None else {**os.environ, **env})
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(usage_file), *cmd], stdout=out,
+                                stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env},
+                                start_new_session=True)
         watcher = threading.Thread(target=_watch, args=(proc, done, lock, max_rss_bytes, timeout_s, started,
                                                          verdict), daemon=True)
         watcher.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
+        except BaseException:  # e.g. Ctrl-C: the command runs in its own session, so stop it here
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         finally:
             with lock:
                 done.set()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     watcher.join()
+    peak_kb = json.loads(usage_file.read_text())["maxrss_kb"] if usage_file.is_file() else None
     rc = proc.returncode
     if "killed" in verdict:
         state = verdict["killed"]
@@ -79,7 +102,8 @@ def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | 
         state = f"failed (rc {rc}): {tail}"
     else:
         state = "ok"
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "rc": rc, "status": state, "log": str(log),
+    return {"wall_s": wall, "peak_rss_mb": None if peak_kb is None else peak_kb / 1024, "rc": rc, "status": state,
+            "log": str(log),
             "sampled_peak_rss_mb": verdict.get("sampled_peak_rss_mb")}
 
 

@@ -55,8 +55,8 @@ def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str =
     systems = report.column_order(rows["system"].unique())
     targets = sorted(rows["target"].unique())
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(targets) * len(systems) + 2), 4.5))
-    sns.barplot(data=rows, x="target", y="accuracy", hue="system", order=targets,
-                hue_order=systems, errorbar=None, ax=ax)
+    sns.barplot(data=rows, x="target", y="accuracy", hue="system", order=targets, hue_order=systems,
+                palette="tab20" if len(systems) > 10 else None, errorbar=None, ax=ax)
     # one container per system; a missing (target, system) has no bar, so place by x
     for system, bars in zip(systems, ax.containers):
         mine = rows[rows["system"] == system].set_index("target")
