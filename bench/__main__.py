@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=5, help="ensemble sources")
     p.add_argument("--test-sizes", type=int, nargs="+", help="evaluation test-set sizes (largest: mu vs naive)")
     p.add_argument("--budget-s", type=float, help="time budget; merges predicted to overrun it are skipped")
+    p.add_argument("--repeats", type=int, default=2, help="runs per tool of each linear merge (fastest kept)")
     p.add_argument("--no-cold-read", action="store_true", help="do not try to drop the page cache")
     a = p.parse_args(argv)
     preset = QUICK if a.quick else FULL
     results = run.run(merge_size=preset["merge_size"], eval_size=preset["eval_size"], ns=a.ns, ties_ns=a.ties_ns,
                       test_sizes=a.test_sizes or preset["test_sizes"], k=a.k, ensemble_size=preset["ensemble_size"],
-                      budget_s=a.budget_s or preset["budget_s"], out=run.results_path(a.quick),
+                      budget_s=a.budget_s or preset["budget_s"], out=run.results_path(a.quick), repeats=a.repeats,
                       cold_read=not a.no_cold_read)
     from bench import summary
 

@@ -43,12 +43,12 @@ def drop_page_cache() -> str:
 
 
 def _predict(done: list[Mapping[str, Any]], n: int) -> tuple[float, float] | None:
-    """(seconds, peak bytes) of a merge of n sources, extrapolated linearly in N from smaller ones."""
-    ok = [d for d in done if d.get("mu", {}).get("status") == "ok" and d.get("mergekit", {}).get("status") == "ok"]
+    """(seconds, peak bytes) of measuring a merge of n sources, extrapolated linearly in N from smaller ones."""
+    ok = [d for d in done if d["mu"]["status"] == "ok" and d["mergekit"]["status"] == "ok"]
     if not ok:
         return None
     pts = sorted(ok, key=lambda d: d["n"])[-2:]
-    wall = [d["mu"]["wall_s"] + d["mergekit"]["wall_s"] for d in pts]
+    wall = [d["elapsed_s"] for d in pts]
     peak = [max(d["mu"]["peak_rss_mb"], d["mergekit"]["peak_rss_mb"]) * 2**20 for d in pts]
     if len(pts) == 1:
         return wall[0] * n / pts[0]["n"], peak[0] * (n + 2) / (pts[0]["n"] + 2)
@@ -57,7 +57,7 @@ def _predict(done: list[Mapping[str, Any]], n: int) -> tuple[float, float] | Non
 
 
 def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path], *, workdir: Path,
-            deadline: float, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            deadline: float, repeats: int, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = []
     for n in tqdm(ns, desc=f"merge {method}", unit="N"):
         available = psutil.virtual_memory().available
@@ -75,13 +75,19 @@ def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path],
                             f"{(available - MEMORY_MARGIN) / 1e9:.1f} GB available"})
             continue
         done.append(merging.measure(method, base, dict(list(sources.items())[:n]), workdir=workdir,
-                                    max_rss_bytes=int(available - MEMORY_MARGIN), deadline=deadline))
+                                    max_rss_bytes=int(available - MEMORY_MARGIN), deadline=deadline,
+                                    repeats=repeats))
     return done
 
 
 def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], test_sizes: list[int], k: int,
-        ensemble_size: int, budget_s: float, out: str | Path, cold_read: bool = True) -> dict[str, Any]:
-    """Run every section and write ``out`` (results.json) and ``out`` with ``.md`` (the table); return the results."""
+        ensemble_size: int, budget_s: float, out: str | Path, repeats: int = 2,
+        cold_read: bool = True) -> dict[str, Any]:
+    """Run every section and write ``out`` (results.json) and ``out`` with ``.md`` (the table); return the results.
+
+    Linear merges run ``repeats`` times per tool (fastest kept, highest peak kept); TIES
+    merges once (each costs minutes at base size); evaluation and ensembling once.
+    """
     started = time.perf_counter()
     deadline = started + budget_s
     sizes.check_size(merge_size)
@@ -112,7 +118,8 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     if floor["status"] != "ok":
         raise RuntimeError(f"the read floor failed: {floor['status']}")
     skipped: list[dict[str, Any]] = []
-    merged = _merges("linear", ns, base, sources, workdir=workdir, deadline=deadline, skipped=skipped)
+    merged = _merges("linear", ns, base, sources, workdir=workdir, deadline=deadline, repeats=repeats,
+                     skipped=skipped)
 
     sets = evaluation.write_test_sets(workdir, sorted(set(test_sizes) | {ensemble_size}))
     evals = evaluation.throughput(next(iter(eval_sources.values())), {n: sets[n] for n in test_sizes},
@@ -120,14 +127,17 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     ens = evaluation.ensemble(eval_base.parent, merging.weights(list(eval_sources)), sets[ensemble_size],
                               workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
 
-    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, skipped=skipped)
+    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, repeats=1,
+                      skipped=skipped)
 
     rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) for m in merged]
     ev = summary.evaluation(evals)
     results = {
         "machine": machine,
         "settings": {"merge_size": merge_size, "eval_size": eval_size, "ns": ns, "ties_ns": ties_ns,
-                     "test_sizes": test_sizes, "k": k, "ensemble_size": ensemble_size, "budget_s": budget_s, "repetitions": 1,
+                     "test_sizes": test_sizes, "k": k, "ensemble_size": ensemble_size, "budget_s": budget_s,
+                     "repetitions": {"linear": repeats, "ties": 1, "evaluation": 1, "ensemble": 1,
+                                     "floor_warm_reads": merging.WARM_PASSES},
                      "batch_size": evaluation.BATCH_SIZE, "max_seq_length": evaluation.MAX_SEQ_LENGTH,
                      "ties": {"density": merging.TIES_DENSITY, "lambda": 1.0, "normalize": True},
                      "weights": "w_i ∝ 1/(i+1), normalised", "page_cache": "warm for every merge and floor figure",

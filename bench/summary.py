@@ -155,8 +155,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), {m['ram_total_gb']:.0f} GB RAM, torch {m['torch']} "
         f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_start'])}; {m['date']}. One repetition per figure; "
-        f"page cache {s['page_cache']}{cold_note}.",
+        f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_start'])}; {m['date']}. Linear merges: fastest of "
+        f"{s['repetitions']['linear']} runs per tool; TIES, evaluation, ensembling: one run; read floor: fastest of "
+        f"{s['repetitions']['floor_warm_reads']} warm reads per file. Page cache {s['page_cache']}{cold_note}.",
         "",
         f"### Merging ({ck['merge_size']} size: {ck['merge_params'] / 1e6:.0f}M parameters, "
         f"{ck['model_gb']:.2f} GB per checkpoint, fp32)",

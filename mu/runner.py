@@ -120,6 +120,22 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def current_params(stem: str, namespace: Mapping[str, Any],
+                   notebooks_dir: str | os.PathLike = "notebooks") -> dict[str, Any]:
+    """The current values of a notebook's parameters, read from its namespace.
+
+    A notebook records what it ran with as
+    ``mu.report.save(..., params=mu.runner.current_params("03_merging", globals()))``:
+    the names come from the notebook's ``parameters`` cell, the values are the
+    ones in effect (defaults, or what papermill injected).
+    """
+    names = notebook_parameters(find_notebooks([stem], notebooks_dir)[0])
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ValueError(f"parameters {missing} of notebook {stem} are not defined in this namespace")
+    return {n: namespace[n] for n in names}
+
+
 def source_dir(path: str | os.PathLike) -> Path:
     """Notebooks and params are code, not outputs: a relative path resolves against the
     checkout that holds ``mu`` (else the current directory), never against ``MU_ROOT``."""

@@ -91,22 +91,22 @@ def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
         calls.append(len(chosen))
         time.sleep(0.05)
         tool = {"status": "ok", "wall_s": 50.0 * len(chosen), "peak_rss_mb": 100.0}
-        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool}
+        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool, "elapsed_s": 100.0 * len(chosen)}
 
     monkeypatch.setattr(merging, "measure", fake_measure)
     sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
     skipped: list = []
     done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 100,
-                       skipped=skipped)
+                       repeats=1, skipped=skipped)
     assert calls == [2] and [d["n"] for d in done] == [2]
     assert skipped == [{"method": "ties", "n": 5, "reason": skipped[0]["reason"]}]
-    assert skipped[0]["reason"].startswith("predicted 500 s")  # (50+50) s per source × 5
+    assert skipped[0]["reason"].startswith("predicted 500 s")  # 100 s per source × 5
 
 
 def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     out = paths.reports_dir("bench", "results-test.json")
     results = run.run(merge_size="tiny", eval_size="tiny", ns=[2, 3], ties_ns=[2], test_sizes=[16, 32], k=2,
-                      ensemble_size=16, budget_s=600, out=out, cold_read=False)
+                      ensemble_size=16, budget_s=600, out=out, repeats=2, cold_read=False)
     assert paths.read_json(out)["settings"] == results["settings"]
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "| 2 | linear |" in table and "| 2 | ties |" in table and "speedup" in table
@@ -115,6 +115,9 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     rows = results["merge"]["rows"]
     assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2)]
     assert results["merge"]["skipped"] == []
+    raw = results["merge"]["raw"]
+    assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1]  # linear repeated, ties once
+    assert raw[0]["mu"]["wall_s"] == min(r["wall_s"] for r in raw[0]["runs"]["mu"])
     for r in rows:
         assert r["status"] == {"mu": "ok", "mergekit": "ok"}
         assert r["max_abs_diff"] == 0.0  # mu and mergekit computed the same merge

@@ -227,3 +227,15 @@ def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert "OMP_NUM_THREADS" not in runner.kernel_env(workers=2)  # the user's setting is kept
+
+
+def test_current_params_reads_names_from_the_parameters_cell():
+    import mu.runner
+
+    ns = {"profile": "toy", "n_boot": 7, "seed": 1, "min_pairs": 5, "average_system": "x", "other": 3}
+    got = mu.runner.current_params("06_aggregation", ns)
+    assert got == {k: ns[k] for k in mu.runner.notebook_parameters(mu.runner.find_notebooks(["06"])[0])}
+    assert "other" not in got and got["n_boot"] == 7
+    del ns["seed"]
+    with pytest.raises(ValueError, match=r"\['seed'\]"):
+        mu.runner.current_params("06_aggregation", ns)
