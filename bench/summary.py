@@ -69,6 +69,7 @@ def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes
     }
     row["mu_over_mergekit"] = _ratio(row["mu_wall_s"], row["mergekit_wall_s"])
     row["mu_over_floor"] = _ratio(row["mu_op_s"], row["floor_read_s"])
+    row["mu_over_touch"] = _ratio(row["mu_op_s"], row["floor_touch_s"])
     row["mu_without_hash_over_floor"] = _ratio(None if row["mu_op_s"] is None else row["mu_op_s"] - row["hash_s"],
                                                row["floor_read_s"])
     row["mu_wall_over_floor"] = _ratio(row["mu_wall_s"], row["floor_read_s"])
@@ -95,11 +96,12 @@ def evaluation(raw: Mapping[str, Any]) -> dict[str, Any]:
     sizes = sorted(mu_s)
     per_size = [{"n": n, "mu_s": mu_s[n], "mu_examples_per_s": n / mu_s[n]} for n in sizes]
     out: dict[str, Any] = {"status": raw["status"], "sizes": per_size, "fingerprint_s": raw.get("fingerprint_s"),
-                           "peak_rss_gb": raw["peak_rss_mb"] * 2**20 / GB}
+                           "peak_rss_gb": None if raw.get("peak_rss_mb") is None else raw["peak_rss_mb"] * 2**20 / GB}
     if raw.get("naive_s") is not None:
         n = int(raw["n"])
-        out.update(n=n, mu_examples_per_s=n / mu_s[n], naive_examples_per_s=n / raw["naive_s"],
-                   speedup=raw["naive_s"] / mu_s[n], tokens=raw["tokens"],
+        mu_total = mu_s[n] + raw["fingerprint_s"]  # one evaluation in a fresh process also hashes the model once
+        out.update(n=n, mu_total_s=mu_total, mu_examples_per_s=n / mu_total, naive_examples_per_s=n / raw["naive_s"],
+                   speedup=raw["naive_s"] / mu_total, tokens=raw["tokens"],
                    naive={k: raw.get(k) for k in ("naive_s", "naive_load_s", "naive_tokenize_s", "naive_forward_s",
                                                   "argmax_agreement", "max_abs_logit_diff")})
     fit = slope([n / 1000 for n in sizes], [mu_s[n] for n in sizes])
@@ -162,24 +164,26 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"### Merging ({ck['merge_size']} size: {ck['merge_params'] / 1e6:.0f}M parameters, "
         f"{ck['model_gb']:.2f} GB per checkpoint, fp32)",
         "",
-        "| N | method | mu wall s | mu merge s | mergekit wall s | read floor s | mu / mergekit | mu / floor | "
+        "| N | method | mu wall s | mu merge s | mergekit wall s | read floor s | touch s | mu / mergekit | mu / floor | "
         "mu peak GB | mergekit peak GB | (N+2)×model GB | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["merge"]["rows"]:
         note = "" if r["status"]["mu"] == "ok" and r["status"]["mergekit"] == "ok" else \
             f" ({r['status']['mu'] if r['status']['mu'] != 'ok' else r['status']['mergekit']})"
         lines.append(
             f"| {r['n']} | {r['method']}{note} | {_f(r['mu_wall_s'], 1)} | {_f(r['mu_op_s'], 1)} | "
-            f"{_f(r['mergekit_wall_s'], 1)} | {_f(r['floor_read_s'], 1)} | {_f(r['mu_over_mergekit'])} | "
+            f"{_f(r['mergekit_wall_s'], 1)} | {_f(r['floor_read_s'], 1)} | {_f(r['floor_touch_s'], 1)} | "
+            f"{_f(r['mu_over_mergekit'])} | "
             f"{_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | {_f(r['mergekit_peak_rss_gb'], 1)} | "
             f"{_f(r['peak_limit_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |")
     for r in results["merge"]["skipped"]:
-        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) | — | — | — | — | — | — | — | — | — | — |")
-    lines += ["", "mu / mergekit: process wall times (both start Python and import torch); mu / floor: mu's in-process "
-              "merge_models time over reading the same input files with safetensors (warm cache). sha256 of the "
-              "inputs (mu records them): " + ", ".join(f"N={r['n']} {r['method']} {r['hash_s']:.1f} s"
-                                                     for r in results["merge"]["rows"]) + "."]
+        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 11)
+    lines += ["", "mu / mergekit: process wall times (both start Python and import torch). mu / floor: mu's "
+              "in-process merge_models time over the read floor, reading the same input files into memory with "
+              "safetensors (load_file, then a copy; warm cache); touch: every byte of the inputs read once through "
+              "the memory map, without a copy. sha256 of the inputs (mu records them, in threads beside the merge): "
+              + ", ".join(f"N={r['n']} {r['method']} {r['hash_s']:.1f} s" for r in results["merge"]["rows"]) + "."]
     for method, fits in results["scaling"]["merge_s_per_model"].items():
         parts = [f"{tool} {fit['slope']:.2f} s/model" for tool, fit in fits.items() if fit]
         if parts:
@@ -193,13 +197,18 @@ def markdown(results: Mapping[str, Any]) -> str:
             "| test set | mu.evaluate ex/s | naive loop ex/s | speedup |", "|---|---|---|---|",
             f"| {ev['n']} utterances (tokens mean {tok['mean']:.1f}, p95 {tok['p95']:.0f}, max {tok['max']}) | "
             f"{_f(ev['mu_examples_per_s'], 1)} | {_f(ev['naive_examples_per_s'], 1)} | {_f(ev['speedup'])}× |", ""]
+    lines.append("mu.evaluate: logits() with an empty cache, including the model's sha256 for the cache key "
+                 f"({_f(ev.get('fingerprint_s'), 2)} s, once per process); naive loop: padding to "
+                 f"{s['max_seq_length']}, batch {s['batch_size']}, file order; same model, same process, same device.")
     lines.append("Evaluation time vs test size: " + ", ".join(f"{r['n']}: {_f(r['mu_s'], 1)} s" for r in ev["sizes"])
                  + (f"; slope {ev['slope_s_per_1000']:.2f} s per 1000 examples (intercept {ev['intercept_s']:.1f} s)."
                     if ev.get("slope_s_per_1000") is not None else "."))
     en = results["ensemble"]
     lines += ["", f"### Ensembling (K = {en['k']}, {en['method']}, {en['n']} utterances)", "",
-              f"Recomputing the {en['k']} forwards: {_f(en['recompute_s'], 1)} s; from cached logits: "
-              f"{_f(en['cached_s'], 2)} s (combine alone {_f(en['combine_s'], 3)} s); speedup {_f(en['speedup'], 0)}×.",
+              f"Recomputing the {en['k']} forwards (mu.ensemble.source_logits, compute=True): "
+              f"{_f(en['recompute_s'], 1)} s; from cached logits (mu.ensemble.evaluate_ensemble in a fresh process: "
+              f"sha256 of each source's weights for the cache key, the split, the {en['k']} logit files, combine): "
+              f"{_f(en['cached_s'], 2)} s, of which combine {_f(en['combine_s'], 3)} s; speedup {_f(en['speedup'], 0)}×.",
               "", "### Targets", "", "| target | value | met |", "|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {_f(t['value'])} | {'—' if t['met'] is None else ('yes' if t['met'] else 'no')} |")

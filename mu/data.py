@@ -10,6 +10,7 @@ columns ``id`` (str), ``text`` (str), ``label`` (int, index into ``INTENTS``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,7 +66,11 @@ def _check_split(split: str) -> None:
 
 
 def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Dataset:
-    """One locale's split as a Dataset with columns ``id``, ``text``, ``label``."""
+    """One locale's split as a Dataset with columns ``id``, ``text``, ``label``.
+
+    Memoised per process (a local file by its path, size and modification time), so
+    loops such as the N×N matrix read and validate each split once.
+    """
     _check_split(split)
     if source == "hub":
         return _load_hub(locale, split)
@@ -77,7 +82,14 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
         folder = paths.resolve(source)
         if not folder.is_dir():
             raise ValueError(f"data source {str(source)!r} is neither 'toy', 'hub' nor an existing folder")
-    return _to_dataset(read_locale_file(folder, locale)[split], f"{folder / (locale + '.jsonl')} [{split}]")
+    file = folder / f"{locale}.jsonl"
+    stat = file.stat() if file.is_file() else None
+    return _load_local(str(folder), locale, split, stat and (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=512)
+def _load_local(folder: str, locale: str, split: str, version: tuple[int, int] | None) -> Dataset:
+    return _to_dataset(read_locale_file(folder, locale)[split], f"{Path(folder) / (locale + '.jsonl')} [{split}]")
 
 
 def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "toy") -> list[str]:
@@ -145,6 +157,7 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
 
 # --------------------------------------------------------------------------- hub
 
+@functools.lru_cache(maxsize=256)
 def _load_hub(locale: str, split: str) -> Dataset:
     """``AmazonScience/massive`` from the hub (its parquet conversion: the repo's loader is a script,
     which ``datasets>=4`` no longer runs). Needs network."""

@@ -290,7 +290,8 @@ def build_toy_base(
     fine-tunes from this folder. The defaults (hidden 64, init std 0.05) learn the
     toy data reliably in a few hundred steps from scratch; hidden 32 with XLM-R's
     std 0.02 sits at chance for many epochs. Idempotent: an existing base built
-    with the same arguments is kept (``base_args.json``), otherwise rebuilt atomically.
+    with the same arguments is kept (``base_args.json``); one built with other
+    arguments is an error (rebuilding it would orphan every model fine-tuned from it).
     """
     out = paths.resolve(out_dir)
     if texts is None:
@@ -299,9 +300,7 @@ def build_toy_base(
             "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size,
             "vocab_size": vocab_size, "initializer_range": initializer_range,
             "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "classifier_head": HEAD_NOTE}
-    stamp = out / "base_args.json"
-    if stamp.is_file() and paths.read_json(stamp) == args:
-        check_model_dir(out)
+    if _existing_base(out, args):
         return out
     tokenizer = _train_tokenizer(texts, vocab_size)
     config = XLMRobertaConfig(
@@ -317,15 +316,39 @@ def build_toy_base(
     return save_classifier(model, tokenizer, out, extra_files={"base_args.json": args})
 
 
+def _existing_base(out: Path, args: dict) -> bool:
+    """True if ``out`` holds a base built with ``args``; False if there is none; ValueError if it differs."""
+    stamp = out / "base_args.json"
+    if not stamp.is_file():
+        return False
+    old = paths.read_json(stamp)
+    if old != args:
+        diff = {k: (old.get(k), args.get(k)) for k in sorted(set(old) | set(args)) if old.get(k) != args.get(k)}
+        raise ValueError(
+            f"the base model {out} exists but was built with other arguments (existing, requested): {diff}; "
+            "rebuilding it would orphan every source fine-tuned from it. Delete the folder to rebuild, "
+            "or give another base_model path")
+    check_model_dir(out)
+    return True
+
+
+def ensure_base(profile: str, base_model: str | os.PathLike, seed: int) -> Path:
+    """The profile's shared base model, built once: the tiny offline XLM-R (``toy``) or
+    ``xlm-roberta-base`` with a fixed-seed 60-label head (``massive``)."""
+    if profile == "toy":
+        return build_toy_base(base_model, seed=seed)
+    if profile == "massive":
+        return prepare_base("xlm-roberta-base", base_model, seed=seed)
+    raise ValueError(f"unknown profile {profile!r}; valid: ['toy', 'massive']")
+
+
 def prepare_base(model_name: str = "xlm-roberta-base", out_dir: str | os.PathLike = "models/massive/base",
                  seed: int = 42) -> Path:
     """The massive profile's base: ``model_name`` from the hub with a 60-label head initialised once
     with ``seed``, saved locally so every source fine-tunes from the same head. Needs network."""
     out = paths.resolve(out_dir)
     args = {"kind": "pretrained", "model_name": model_name, "seed": seed, "classifier_head": HEAD_NOTE}
-    stamp = out / "base_args.json"
-    if stamp.is_file() and paths.read_json(stamp) == args:
-        check_model_dir(out)
+    if _existing_base(out, args):
         return out
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(

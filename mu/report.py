@@ -114,8 +114,13 @@ def save(
 # --------------------------------------------------------------------------------------
 
 NATIVE = "native"
+# The seed's single-model baselines. Both are *selected with the target's test labels* (the
+# best entry of the target's N×N column): upper bounds on picking one source, not zero-shot
+# methods. URIEL_TOP1 is the honest counterpart: the single source URIEL ranks first
+# (the similarity merge's largest weight), chosen without any target data.
 BEST_ZERO_SHOT = "zero-shot/best"
 BEST_SOURCE = "zero-shot/best-source"
+URIEL_TOP1 = "zero-shot/uriel-top1"
 AVERAGE_MERGE = "merge/linear/average"
 # Column groups every summary shows; a group without any result gets this empty column.
 PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterative/*")
@@ -205,11 +210,15 @@ def _best(column: pd.Series, among: Iterable[str]) -> tuple[float, str | None]:
 
 
 def baseline_rows(rows: pd.DataFrame, nxn: pd.DataFrame, targets: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Native, best zero-shot and best source of each target, looked up in the N×N matrix.
+    """Native, best zero-shot, best source and URIEL top-1 of each target, looked up in the N×N matrix.
 
     native = N×N[target, target]; best zero-shot = max of the target's column over every
-    other source; best source = max over the union of the target's merge sources. A
-    value the matrix lacks stays out (missing), with a note.
+    other source; best source = max over the sources of the target's URIEL-similarity
+    merges (``merge/*/similarity``; the union of all its merges' sources, with a note, when
+    there is none); URIEL top-1 = the source with the largest weight in a similarity merge.
+    Best zero-shot and best source are chosen with the target's test labels (oracle
+    selection, as in the seed); URIEL top-1 is not. A value the matrix lacks stays out
+    (missing), with a note.
     """
     out, notes = [], []
     for t in targets:
@@ -226,7 +235,12 @@ def baseline_rows(rows: pd.DataFrame, nxn: pd.DataFrame, targets: Sequence[str])
         acc, src = _best(col, [s for s in nxn.index if s != t])
         if src is not None:
             found.append((BEST_ZERO_SHOT, "zero-shot", acc, {src: 1.0}))
-        sources = sorted({s for m in mine[mine["family"] == "merge"]["sources"].dropna() for s in m})
+        merges = mine[mine["family"] == "merge"]
+        similarity = merges[merges["system"].str.endswith("/similarity")]
+        if similarity.empty and not merges.empty:
+            notes.append(f"{t}: no URIEL-similarity merge; best source is over the sources of all its merges")
+        chosen = similarity if not similarity.empty else merges
+        sources = sorted({s for m in chosen["sources"].dropna() for s in m})
         absent = [s for s in sources if s not in nxn.index]
         if absent:
             notes.append(f"{t}: merge sources {absent} are not rows of the N×N matrix; best source missing")
@@ -234,6 +248,12 @@ def baseline_rows(rows: pd.DataFrame, nxn: pd.DataFrame, targets: Sequence[str])
             acc, src = _best(col, sources)
             if src is not None:
                 found.append((BEST_SOURCE, "zero-shot", acc, {src: 1.0}))
+        tops = {max(m, key=lambda k: (m[k], k)) for m in similarity["sources"].dropna() if m}
+        if len(tops) == 1 and (top := tops.pop()) in nxn.index and np.isfinite(col[top]):
+            found.append((URIEL_TOP1, "zero-shot", float(col[top]), {top: 1.0}))
+        elif len(tops) > 1:
+            notes.append(f"{t}: similarity merges disagree on the top URIEL source {sorted(tops)}; "
+                         "URIEL top-1 missing")
         for system, family, acc, srcs in found:
             out.append({"target": t, "system": system, "family": family, "accuracy": acc,
                         "macro_f1": None, "n": n, "sources": srcs, "origin": "N×N", "created": ""})
@@ -253,8 +273,10 @@ def column_order(systems: Iterable[str]) -> list[str]:
             return (2, 0, s)
         if s == BEST_ZERO_SHOT:
             return (2, 1, s)
+        if s == URIEL_TOP1:
+            return (2, 2, s)
         rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4}.get(parts[0], 5)
-        return (rank, 2, s)
+        return (rank, 3, s)
     return sorted(systems, key=key)
 
 
@@ -266,7 +288,7 @@ def per_target_table(rows: pd.DataFrame) -> pd.DataFrame:
     named like ``iterative/*`` so its absence shows.
     """
     table = rows.pivot(index="target", columns="system", values="accuracy")
-    systems = set(table.columns) | {NATIVE, BEST_SOURCE, BEST_ZERO_SHOT}
+    systems = set(table.columns) | {NATIVE, BEST_SOURCE, BEST_ZERO_SHOT, URIEL_TOP1}
     for placeholder in PLACEHOLDERS:
         family, _, mode = placeholder.partition("/*")
         if not any(s.startswith(family + "/") and s.endswith(mode) for s in systems):
@@ -312,7 +334,8 @@ def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE
 def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5,
                  average_system: str = AVERAGE_MERGE) -> pd.DataFrame:
     """Two-sided Wilcoxon signed-rank test of each system against the average merge
-    (``average_baseline``) and the best zero-shot, paired over targets having both.
+    (``average_baseline``), the best zero-shot (oracle-selected) and the URIEL top-1
+    source (selected without target data), paired over targets having both.
 
     With fewer than ``min_pairs`` pairs, or fewer non-tied pairs (ties are dropped by
     the test), the p-value is left NaN and ``note`` says why (not computable).
@@ -323,7 +346,7 @@ def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5,
     for system in table.columns:
         if table[system].isna().all():
             continue
-        for baseline in (average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT):
+        for baseline in (average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT, URIEL_TOP1):
             if baseline == system:
                 continue
             row = {"system": system, "baseline": baseline, "n": 0, "mean_diff": np.nan,
@@ -452,8 +475,13 @@ def summary_markdown(summary: Mapping[str, Any], profile: str) -> str:
         f"# Aggregated results — profile `{profile}`", "",
         f"{len(table)} targets. Accuracy on each target's test split; `{MISSING}` = missing "
         "(no result; never filled in). native, best source (best single model among the "
-        "merges' sources) and best zero-shot (best single non-target model) come from the "
-        "N×N matrix unless a record reports them.", "",
+        "URIEL-similarity merge's sources), best zero-shot (best single non-target model) and "
+        "URIEL top-1 (the source URIEL ranks first) come from the N×N matrix unless a record "
+        "reports them. Best source and best zero-shot are *selected with the target's test "
+        "labels* (the seed's baselines: upper bounds on choosing one source); URIEL top-1 is "
+        "the single-source choice made without target data. Intervals are percentile "
+        "bootstraps over targets (they under-cover with few targets); Wilcoxon p-values are "
+        "not corrected for the number of systems compared.", "",
         "## Accuracy per target", "", markdown_table(table.rename_axis("target")), "",
         "## Mean over targets (95% bootstrap interval)", "",
         markdown_table(m[["system", "n", "mean", "ci"]], index=False), "",

@@ -41,10 +41,11 @@ def toy_train_args() -> dict:
 
 @pytest.fixture(scope="session")
 def toy_base(mu_root) -> Path:
-    """The toy base model (tiny XLM-R + local tokenizer) at ``<MU_ROOT>/models/toy/base``."""
+    """The toy base model (tiny XLM-R + local tokenizer) at ``<MU_ROOT>/models/toy/base``, built with the
+    same seed as notebook 02 so the notebooks reuse it (a base with other arguments is an error)."""
     import mu.models
 
-    return mu.models.build_toy_base("models/toy/base", seed=0)
+    return mu.models.build_toy_base("models/toy/base", seed=TOY_TRAIN["seed"])
 
 
 @pytest.fixture(scope="session")

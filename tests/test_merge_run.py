@@ -279,3 +279,12 @@ def test_evaluate_merges_refuses_the_target_as_a_source(on_disk):
     with pytest.raises(ValueError, match="target de-DE among its sources"):
         mm.evaluate_merges("linear", "de-DE", {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}},
                            models_dir="models/test_merge", data="toy")
+
+
+def test_with_average_names_the_baseline_by_its_sources():
+    from mu.merge import with_average
+
+    w = {"de-DE": 0.7, "nl-NL": 0.3}
+    assert with_average("similarity", w) == {"similarity": w, "average": {"de-DE": 0.5, "nl-NL": 0.5}}
+    assert with_average("transfer", w) == {"transfer": w, "average-of-transfer": {"de-DE": 0.5, "nl-NL": 0.5}}
+    assert with_average("average", w) == {"average": {"de-DE": 0.5, "nl-NL": 0.5}}

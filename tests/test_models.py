@@ -22,18 +22,24 @@ def test_toy_base_has_massive_labels_and_xlmr_tokens(toy_base):
     ids = tokenizer("anna tokyo")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     record = paths.read_json(toy_base / "base_args.json")
-    assert "classifier_head" in record and record["seed"] == 0
+    assert "classifier_head" in record and record["seed"] == 42
 
 
 def test_build_toy_base_is_seeded_and_resumable(toy_base, tmp_path):
     mtime = (toy_base / models.WEIGHTS_FILE).stat().st_mtime_ns
-    assert models.build_toy_base("models/toy/base", seed=0) == toy_base
+    assert models.build_toy_base("models/toy/base", seed=42) == toy_base
     assert (toy_base / models.WEIGHTS_FILE).stat().st_mtime_ns == mtime  # same arguments: kept
-    again = models.build_toy_base(tmp_path / "again", seed=0)
+    again = models.build_toy_base(tmp_path / "again", seed=42)
     other = models.build_toy_base(tmp_path / "other", seed=1)
     a, b, c = (models.load_state_dict(p) for p in (toy_base, again, other))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same initial head and encoder
     assert not torch.equal(a["classifier.out_proj.weight"], c["classifier.out_proj.weight"])
+    # a base built with other arguments is never silently rebuilt over (its sources would be orphaned)
+    with pytest.raises(ValueError, match=r"exists but was built with other arguments.*'seed': \(1, 2\)"):
+        models.build_toy_base(tmp_path / "other", seed=2)
+    assert models.ensure_base("toy", tmp_path / "other", seed=1) == tmp_path / "other"
+    with pytest.raises(ValueError, match="unknown profile 'tiny'"):
+        models.ensure_base("tiny", tmp_path / "other", seed=1)
 
 
 def test_resolve_and_available_sources(toy_sources, tmp_path):

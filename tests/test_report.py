@@ -73,12 +73,15 @@ def test_table_holds_every_column_derived_from_records_and_nxn(root):
     assert list(table.index) == sorted(LOCALES)
     assert list(table.columns) == [
         "native", "merge/linear/similarity", "merge/linear/average", "zero-shot/best-source",
-        "zero-shot/best", "ensemble/soft/similarity", "iterative/linear/similarity"]
+        "zero-shot/best", "zero-shot/uriel-top1", "ensemble/soft/similarity", "iterative/linear/similarity"]
     for t in LOCALES:
         others = nxn[t].drop(t)
         assert table.at[t, "native"] == nxn.at[t, t]
         assert table.at[t, "zero-shot/best"] == others.max()
         assert table.at[t, "zero-shot/best-source"] == nxn.loc[list(used[t]), t].max()
+        # URIEL top-1: the similarity merge's largest weight, scored without choosing by the target's labels
+        top = max(used[t], key=used[t].get)
+        assert table.at[t, "zero-shot/uriel-top1"] == nxn.at[top, t]
         rec = paths.read_json(report.record_path("03_merging", t, "linear-similarity"))
         assert table.at[t, "merge/linear/similarity"] == rec["rows"][0]["accuracy"]
     assert np.isnan(table.at["es-ES", "iterative/linear/similarity"])  # missing, not invented

@@ -6,7 +6,7 @@ in memory; ``merge_models(...)`` does it for model folders on disk (streaming,
 saved in HF format with ``merge_details.json``).
 """
 
-from mu.merge.evaluation import comparison, evaluate_merges, merged_dir
+from mu.merge.evaluation import comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
     IGNORES_WEIGHTS,

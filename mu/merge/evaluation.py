@@ -17,6 +17,19 @@ def merged_dir(models_dir: str | os.PathLike, target: str, method: str, mode: st
     return paths.resolve(models_dir) / "merged" / target / f"{method}-{mode}"
 
 
+def with_average(mode: str, weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{mode: weights}`` plus the equal-weight merge of the *same* sources as its baseline.
+
+    The baseline is named ``average`` for the URIEL ``similarity`` sources (the seed's
+    ``--mode average``) and ``average-of-<mode>`` for another mode's sources, so merges of
+    different source sets never share a name or a folder.
+    """
+    equal = {loc: 1.0 / len(weights) for loc in weights}
+    if mode == "average":
+        return {"average": equal}
+    return {mode: dict(weights), "average" if mode == "similarity" else f"average-of-{mode}": equal}
+
+
 def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
                     models_dir: str | os.PathLike, data: str | os.PathLike,
                     base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,

@@ -36,7 +36,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
                 for key in f.keys():
                     if key in self._files and self._files[key] == file:
                         sl = f.get_slice(key)
-                        self._meta[key] = (tuple(sl.get_shape()), DTYPES.get(sl.get_dtype(), torch.float32))
+                        if sl.get_dtype() not in DTYPES:
+                            raise ValueError(f"{file}: tensor {key} has dtype {sl.get_dtype()}, which mu cannot "
+                                             f"merge; supported: {sorted(DTYPES)}")
+                        self._meta[key] = (tuple(sl.get_shape()), DTYPES[sl.get_dtype()])
         absent = sorted(set(self._files) - set(self._meta))
         if absent:
             raise ValueError(f"tensors {absent[:5]} are listed but not present in their safetensors files")
