@@ -148,28 +148,6 @@ def combine(method: str, logits: Mapping[str, np.ndarray], weights: Mapping[str,
 # --- cached path: logits that mu.evaluate stored for each source on the target's split ---
 
 
-def _id2label(path_or_id: str | os.PathLike) -> dict[int, str]:
-    from transformers import AutoConfig
-
-    local = paths.resolve(path_or_id)
-    config = AutoConfig.from_pretrained(str(local) if local.exists() else str(path_or_id))
-    return {int(k): v for k, v in config.id2label.items()}
-
-
-def check_same_labels(sources: Mapping[str, str | os.PathLike]) -> None:
-    """Every source model folder must have the same ``id2label``; ValueError naming both otherwise."""
-    names = {loc: _id2label(folder) for loc, folder in sources.items()}
-    ref, ref_map = next(iter(names.items()))
-    for loc, m in names.items():
-        if m != ref_map:
-            diff = sorted(i for i in set(m) | set(ref_map) if m.get(i) != ref_map.get(i))
-            raise ValueError(
-                f"source {loc!r} has a different label space than {ref!r}: {len(m)} vs {len(ref_map)} "
-                f"labels, differing at ids {diff[:5]} ({loc}: {[m.get(i) for i in diff[:5]]}, "
-                f"{ref}: {[ref_map.get(i) for i in diff[:5]]})"
-            )
-
-
 def candidates(target: str, models_dir: str | os.PathLike) -> list[str]:
     """Locales with a model in ``models_dir``, the target excluded (zero-shot)."""
     from mu import locales, models
@@ -205,7 +183,7 @@ def source_logits(
         raise ValueError(f"no source model for target {target} in {paths.resolve(models_dir)} "
                          "(train them first: notebook 02_training)")
     folders = {loc: models.resolve(loc, models_dir) for loc in sources}
-    check_same_labels(folders)
+    models.check_compatible(folders)
     out: dict[str, np.ndarray] = {}
     gold: np.ndarray | None = None
     ref = ""
@@ -413,7 +391,7 @@ def live_logits(
     """
     import torch
 
-    from mu import models
+    from mu import evaluate, models
 
     texts = list(texts)
     if not texts:
@@ -425,17 +403,18 @@ def live_logits(
     out = {}
     for loc, path in tqdm(list(sources.items()), desc="sources", unit="model"):
         model, tokenizer = models.load_classifier(path)
-        model.to(device)
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                max_length=max_seq_length, return_tensors="pt").to(device)
-                chunks.append(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-                              .logits.float().cpu().numpy())
-        out[loc] = np.concatenate(chunks)
+        out[loc] = evaluate.forward(model.to(device), tokenizer, texts, batch_size=batch_size,
+                                    max_seq_length=max_seq_length)
         del model
     return out
+
+
+def _id2label(path_or_id: str | os.PathLike) -> dict[int, str]:
+    from transformers import AutoConfig
+
+    local = paths.resolve(path_or_id)
+    config = AutoConfig.from_pretrained(str(local) if local.exists() else str(path_or_id))
+    return {int(k): v for k, v in config.id2label.items()}
 
 
 def predict(

@@ -101,7 +101,7 @@ def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> 
     path = cache_path(model, ds, locale, split, max_seq_length)
     if path.is_file():
         return _read(path)
-    out = _forward(*load(model), ds, batch_size=batch_size, max_seq_length=max_seq_length)
+    out = forward(*load(model), ds["text"], batch_size=batch_size, max_seq_length=max_seq_length)
     _write(path, out, ds, {"model": str(model), "locale": locale, "split": split, "data": str(data),
                            "max_seq_length": max_seq_length})
     return out, np.asarray(ds["label"], dtype=np.int64)
@@ -120,11 +120,13 @@ def cached_logits(
     return _read(path)
 
 
-def _forward(model: Any, tokenizer: Any, ds: Dataset, *, batch_size: int, max_seq_length: int) -> np.ndarray:
-    """Logits in the dataset's order: length-sorted batches, dynamic padding, inference mode."""
+def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:
+    """Logits ``[len(texts), num_labels]`` in the texts' order: length-sorted batches, dynamic
+    padding, inference mode. The one inference loop of the package (cached evaluation and
+    the live ensemble both use it); every batch counts in ``forward_calls()``."""
     global _FORWARD_CALLS
     device = next(model.parameters()).device
-    enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_seq_length)["input_ids"]
+    enc = tokenizer(list(texts), truncation=True, max_length=max_seq_length)["input_ids"]
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
     out = np.empty((len(enc), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode(), mu_models.cpu_threads(model):
