@@ -23,7 +23,6 @@ new weighting or top-K costs milliseconds and no model forward. The live path
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from typing import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mu import paths, similarity
+from mu.similarity import check_weights
 
 # Relative tolerance under which two weighted vote totals count as tied
 # (weights are floats, so 0.1 + 0.2 and 0.3 must tie).
@@ -97,22 +97,6 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown ensemble method {method!r}; valid: {list(METHODS)}")
     return method
-
-
-def check_weights(weights: Mapping[str, float], sources: list[str]) -> dict[str, float]:
-    """Validate ``{source: weight}`` against the sources and return it normalised to sum 1."""
-    if set(weights) != set(sources):
-        raise ValueError(
-            f"weights and logits name different sources: weights {sorted(weights)}, "
-            f"logits {sorted(sources)}"
-        )
-    bad = {k: w for k, w in weights.items() if not math.isfinite(float(w)) or float(w) < 0}
-    if bad:
-        raise ValueError(f"weights must be finite and non-negative; bad: {bad}")
-    total = sum(float(w) for w in weights.values())
-    if total <= 0:
-        raise ValueError(f"weights sum to {total}, need a positive sum: {dict(weights)}")
-    return {k: float(weights[k]) / total for k in sources}
 
 
 def check_logits(logits: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

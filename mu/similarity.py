@@ -273,11 +273,39 @@ def weights(target: str, available_sources: Iterable[str], *, top_k: int = 20, n
     return _normalise(chosen.to_dict())
 
 
+def check_weights(weights: Mapping[str, float], sources: Iterable[str] | None = None) -> dict[str, float]:
+    """Validate ``{locale: weight}`` and return it normalised to sum to 1.
+
+    The one check every consumer (merging, ensembling, iterative training) applies:
+    ValueError if it is empty, names other sources than ``sources`` (when given), or
+    has a negative / NaN / infinite weight, or its weights sum to zero.
+    """
+    if not weights:
+        raise ValueError("no sources: the weights are empty")
+    if sources is not None:
+        sources = list(sources)
+        if set(weights) != set(sources):
+            raise ValueError(
+                f"the weights and the sources name different sources: weights are for {sorted(weights)}, "
+                f"the sources are {sorted(sources)}; missing weights: {sorted(set(sources) - set(weights))}, "
+                f"weights without a source: {sorted(set(weights) - set(sources))}")
+    bad = {}
+    for k, v in weights.items():
+        try:
+            if isinstance(v, bool) or not np.isfinite(float(v)) or float(v) < 0:
+                bad[k] = v
+        except (TypeError, ValueError):
+            bad[k] = v
+    if bad:
+        raise ValueError(f"weights must be finite and non-negative; bad: {bad}")
+    total = float(sum(float(v) for v in weights.values()))
+    if total <= 0:
+        raise ValueError(f"weights sum to zero (need a positive sum): {dict(weights)}")
+    return {k: float(weights[k]) / total for k in (sources if sources is not None else weights)}
+
+
 def _normalise(scores: Mapping[str, float]) -> dict[str, float]:
-    total = float(sum(scores.values()))
-    if not np.isfinite(total) or total <= 0:
-        raise ValueError(f"cannot normalise weights {dict(scores)}: they sum to {total}")
-    return {k: float(v) / total for k, v in scores.items()}
+    return check_weights(scores)
 
 
 def transfer_scores(target: str, nxn: pd.DataFrame | str | os.PathLike, *, leave_target_out: bool = True) -> pd.Series:

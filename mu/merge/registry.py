@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from typing import Any, Callable, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
 from mu.merge import fisher, lazy, methods, regmean
+from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
 
@@ -75,23 +75,6 @@ def knobs_for(method: str, **candidates: Any) -> dict[str, Any]:
     """Of ``candidates`` (e.g. every knob a notebook exposes), those that ``method`` takes."""
     accepted = knobs(method)
     return {k: v for k, v in candidates.items() if k in accepted}
-
-
-def check_weights(weights: Mapping[str, float], sources: list[str] | None = None) -> dict[str, float]:
-    """Weights normalised to sum 1; ValueError if any is negative/NaN/inf, they sum to 0, or keys ≠ sources."""
-    if not weights:
-        raise ValueError("no sources to merge: weights is empty")
-    if sources is not None and set(weights) != set(sources):
-        raise ValueError(f"weights are for {sorted(weights)} but the sources are {sorted(sources)}; "
-                         f"missing weights: {sorted(set(sources) - set(weights))}, "
-                         f"weights without a source: {sorted(set(weights) - set(sources))}")
-    bad = {k: v for k, v in weights.items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
-    if bad:
-        raise ValueError(f"weights must be finite and non-negative; bad: {bad}")
-    total = float(sum(weights.values()))
-    if total <= 0:
-        raise ValueError(f"weights sum to zero: {dict(weights)}")
-    return {k: float(v) / total for k, v in weights.items()}
 
 
 def check_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
