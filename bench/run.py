@@ -64,16 +64,14 @@ def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path],
         available = psutil.virtual_memory().available
         guess = _predict(done, n)
         left = deadline - time.perf_counter()
-        if left < MIN_LEFT_S:
-            skipped.append({"method": method, "n": n, "reason": f"{max(left, 0):.0f} s left of the budget"})
-            continue
+        reasons = [f"{max(left, 0):.0f} s left of the budget"] if left < MIN_LEFT_S else []
         if guess and guess[0] > left:
-            skipped.append({"method": method, "n": n, "reason": f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s "
-                            "left of the budget"})
-            continue
+            reasons.append(f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s left of the budget")
         if guess and guess[1] > available - MEMORY_MARGIN:
-            skipped.append({"method": method, "n": n, "reason": f"predicted peak {guess[1] / 1e9:.1f} GB > "
-                            f"{(available - MEMORY_MARGIN) / 1e9:.1f} GB available"})
+            reasons.append(f"predicted peak {guess[1] / 1e9:.1f} GB > {(available - MEMORY_MARGIN) / 1e9:.1f} GB "
+                           "available")
+        if reasons:
+            skipped.append({"method": method, "n": n, "reason": "; ".join(reasons)})
             continue
         done.append(merging.measure(method, base, dict(list(sources.items())[:n]), workdir=workdir,
                                     max_rss_bytes=int(available - MEMORY_MARGIN), deadline=deadline,

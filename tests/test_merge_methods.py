@@ -233,9 +233,19 @@ def test_head_and_embeddings_kept_from_one_source():
         mm.merge("linear", sds, w, head="zz")
 
 
-def test_knobs_for_filters_to_the_method():
-    every = {"density": 0.3, "lambda_": 2.0, "alpha": 0.5, "gamma": 0.02}
-    assert mm.knobs_for("ties", **every) == {"density": 0.3, "lambda_": 2.0}
-    assert mm.knobs_for("regmean", **every) == {"alpha": 0.5}
-    assert mm.knobs_for("linear", **every) == {}
+def test_knobs_for_keeps_what_the_method_takes_and_refuses_the_rest():
+    unset = {"density": None, "lambda_": None, "alpha": None, "gamma": None}
+    assert mm.knobs_for("linear", **unset) == {}  # None = the method's default
+    assert mm.knobs_for("ties", **{**unset, "density": 0.3, "lambda_": 2.0}) == {"density": 0.3, "lambda_": 2.0}
+    assert mm.knobs_for("regmean", **{**unset, "alpha": 0.5}) == {"alpha": 0.5}
+    with pytest.raises(ValueError, match=r"'linear' does not take \['density'\]"):
+        mm.knobs_for("linear", **{**unset, "density": 0.3})  # would silently do nothing
     assert set(mm.knobs("breadcrumbs")) == {"density", "gamma", "lambda_", "rescale"}
+
+
+def test_label_names_non_default_knobs():
+    assert mm.label("ties") == "ties"
+    assert mm.label("ties", density=mm.knobs("ties")["density"]) == "ties"
+    assert mm.label("ties", density=0.3, lambda_=2.0) == "ties-density0.3-lambda2.0"
+    with pytest.raises(ValueError, match="does not take"):
+        mm.label("linear", alpha=0.5)

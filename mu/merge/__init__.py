@@ -17,6 +17,7 @@ from mu.merge.registry import (
     check_weights,
     knobs,
     knobs_for,
+    label,
     merge,
 )
 from mu.merge.regmean import regmean_grams
@@ -24,6 +25,6 @@ from mu.merge.run import merge_models
 
 __all__ = [
     "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "USES_BASE", "check_weights", "comparison",
-    "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "merge", "merge_models", "merged_dir",
+    "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge", "merge_models", "merged_dir",
     "regmean_grams",
 ]

@@ -36,25 +36,30 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
                     **merge_kw: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
+    Rows are named ``merge/<label>/<mode>`` with ``label = mu.merge.label(method, **knobs)``
+    (the method plus any knob that differs from its default).
+
     Sources are the locales' models in ``models_dir``; the merged model goes to
     ``merged_dir(...)`` (skipped when already merged with the same inputs).
     ``merge_kw`` goes to ``merge_models`` (head, embeddings, seed, knobs, ...).
     The target is never a source (ValueError).
     """
     from mu import evaluate
+    from mu.merge.registry import knobs, label
 
+    name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
     rows = []
     for mode, weights in weightings.items():
         if target in weights:
             raise ValueError(f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}; "
                              "merges here are zero-shot (use mu.similarity.select, which excludes the target)")
         sources = {loc: models.resolve(loc, models_dir) for loc in weights}
-        merged = merge_models(method, sources, weights, merged_dir(models_dir, target, method, mode),
+        merged = merge_models(method, sources, weights, merged_dir(models_dir, target, name, mode),
                               base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length,
                               **merge_kw)
         scores = evaluate.evaluate(merged, target, "test", data=data, batch_size=batch_size,
                                    max_seq_length=max_seq_length)
-        rows.append({"system": f"merge/{method}/{mode}", "family": "merge", "target": target, **scores,
+        rows.append({"system": f"merge/{name}/{mode}", "family": "merge", "target": target, **scores,
                      "sources": dict(weights), "model": str(merged)})
     return rows
 

@@ -72,9 +72,28 @@ def knobs(method: str) -> dict[str, Any]:
 
 
 def knobs_for(method: str, **candidates: Any) -> dict[str, Any]:
-    """Of ``candidates`` (e.g. every knob a notebook exposes), those that ``method`` takes."""
+    """The knobs to pass to ``method`` from ``candidates`` (every knob a notebook exposes).
+
+    ``None`` means "the method's default" and is dropped; a knob set to a value
+    that ``method`` does not take is a ValueError (it would silently have no effect).
+    """
     accepted = knobs(method)
-    return {k: v for k, v in candidates.items() if k in accepted}
+    given = {k: v for k, v in candidates.items() if v is not None}
+    ignored = sorted(set(given) - set(accepted))
+    if ignored:
+        raise ValueError(f"merge method {method!r} does not take {ignored} (set them to None); "
+                         f"its knobs: {sorted(accepted)}")
+    return given
+
+
+def label(method: str, **knobs_: Any) -> str:
+    """A name for ``method`` with these knobs: the method, plus each knob that differs from its
+    default (``ties``, ``ties-density0.3``), so merges with other knobs never share a name."""
+    defaults = knobs(method)
+    unknown = sorted(set(knobs_) - set(defaults))
+    if unknown:
+        raise ValueError(f"merge method {method!r} does not take {unknown}; its knobs: {sorted(defaults)}")
+    return method + "".join(f"-{k.rstrip('_')}{v}" for k, v in sorted(knobs_.items()) if v != defaults[k])
 
 
 def check_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
