@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mu import data as mu_data
 from mu import models as mu_models
-from mu import paths
+from mu import paths, report
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
 
@@ -41,20 +41,11 @@ def nxn_path(profile: str) -> Path:
 
 
 def model_fingerprint(model: str | os.PathLike) -> str:
-    """sha256 of a model folder's config.json and model.safetensors (memoised on path, size and mtime)."""
+    """sha256 of a model folder's config.json and model.safetensors (``mu.report.file_sha256``,
+    memoised on path, size and mtime)."""
     folder = mu_models.check_model_dir(paths.resolve(model))
-    stats = [(folder / f).stat() for f in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE)]
-    return _fingerprint(str(folder.resolve()), tuple((s.st_size, s.st_mtime_ns) for s in stats))
-
-
-@functools.lru_cache(maxsize=256)
-def _fingerprint(folder: str, _stats: tuple) -> str:
-    h = hashlib.sha256()
-    for name in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE):
-        with open(Path(folder) / name, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
+    parts = [report.file_sha256(folder / f) for f in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def cache_path(model: str | os.PathLike, ds: Dataset, locale: str, split: str, max_seq_length: int) -> Path:

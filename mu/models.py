@@ -256,7 +256,7 @@ def check_compatible(models: Sequence[str | os.PathLike | PretrainedConfig]
             raise ValueError(f"model {name} is incompatible: its tokenizer vocabulary differs from {ref_name}'s")
 
 
-def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenizer:
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenizer:
     """A small unigram tokenizer (sentencepiece-style) with XLM-R's special tokens and ids."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -302,7 +302,7 @@ def build_toy_base(
             "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "classifier_head": HEAD_NOTE}
     if _existing_base(out, args):
         return out
-    tokenizer = _train_tokenizer(texts, vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size)
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,

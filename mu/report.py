@@ -51,19 +51,35 @@ def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Content hash of a file, or of every file in a directory (sorted by relative path)."""
-    p = Path(path)
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of one file, memoised on disk (``cache/sha256/``) by absolute path, size and
+    modification time: an unchanged 1 GB checkpoint is read once, not at every merge or evaluation."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = hashlib.sha256(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    memo = paths.cache_dir("sha256", key[:2], key)
+    if memo.is_file():
+        return memo.read_text(encoding="utf-8").strip()
     h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    with open(p, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    paths.write_text(memo, digest)
+    return digest
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a directory (its files' relative paths and hashes, sorted)."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
     if not files:
         raise FileNotFoundError(f"cannot hash {p}: no such file or empty directory")
+    h = hashlib.sha256()
     for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
+        h.update(f"{f.relative_to(p)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 

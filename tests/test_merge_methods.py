@@ -31,6 +31,19 @@ def test_linear_weights_are_normalised():
     torch.testing.assert_close(out["w"], 0.75 * sds["s0"]["w"] + 0.25 * sds["s1"]["w"])
 
 
+def test_linear_equals_mergekit_linear():
+    from mergekit.merge_methods import merge_state_dicts
+
+    _, sds = _sds(3, seed=5)
+    w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
+    ours = mm.merge("linear", sds, w)
+    theirs = merge_state_dicts(sds, "linear", parameters={"weight": w, "normalize": True})
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
+    half = {k: {t: v.to(torch.bfloat16) for t, v in sd.items()} for k, sd in sds.items()}
+    assert mm.merge("linear", half, w)["w"].dtype == torch.bfloat16  # the inputs' dtype is kept
+
+
 def test_task_arithmetic_scale_zero_returns_base():
     base, sds = _sds(3)
     out = mm.merge("task_arithmetic", sds, {"s0": 0.2, "s1": 0.3, "s2": 0.5}, base, lambda_=0.0)

@@ -27,8 +27,9 @@ Measured (``ru_maxrss`` minus the RSS before the call, 2-core CPU machine):
 Rerunning with identical parameters and unchanged input folders (every file's
 size and modification time) returns the existing folder without doing anything;
 the inputs' sha256, recorded in ``merge_details.json``, are computed in threads
-while the merge runs (hashing 6 × 1.1 GB serially would otherwise take about as
-long as the merge itself).
+while the merge runs and memoised on disk (``mu.report.file_sha256``: path, size,
+mtime), so an unchanged checkpoint is read for hashing once, not at every merge
+(hashing 10 × 1.1 GB costs about as much CPU as the merge itself).
 """
 
 from __future__ import annotations
