@@ -44,6 +44,20 @@ def test_linear_equals_mergekit_linear():
     assert mm.merge("linear", half, w)["w"].dtype == torch.bfloat16  # the inputs' dtype is kept
 
 
+@pytest.mark.parametrize("density", [0.2, 0.5, 0.9])
+def test_ties_equals_mergekit_ties(density):
+    """mu prunes by a k-th-value threshold instead of mergekit's argsort: same result (no exact ties)."""
+    from mergekit.merge_methods import merge_state_dicts
+
+    base, sds = _sds(3, seed=11)
+    w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
+    ours = mm.merge("ties", sds, w, base, density=density)
+    theirs = merge_state_dicts({**sds, "B": base}, "ties", base="B",
+                               parameters={"weight": w, "density": density, "normalize": True})
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
+
+
 def test_task_arithmetic_scale_zero_returns_base():
     base, sds = _sds(3)
     out = mm.merge("task_arithmetic", sds, {"s0": 0.2, "s1": 0.3, "s2": 0.5}, base, lambda_=0.0)

@@ -88,6 +88,18 @@ def linear(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
     return out
 
 
+def _magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``max(1, int(density·n))`` largest-magnitude entries of ``delta`` (as mergekit's
+    ``magnitude``), found with ``kthvalue`` rather than a full sort."""
+    n = delta.numel()
+    k = max(1, int(density * n))
+    if n == 0 or k >= n:
+        return delta
+    w = delta.abs().reshape(-1).float()
+    threshold = torch.kthvalue(w, n - k + 1).values
+    return delta * (w >= threshold).reshape(delta.shape).to(delta.dtype)
+
+
 @torch.no_grad()
 def task_vectors(
     state_dicts: Mapping[str, StateDict],
@@ -130,8 +142,18 @@ def task_vectors(
                   "normalize": True, "rescale": rescale}
     if sparsify == "breadcrumbs":
         parameters["gamma"] = gamma
-    models = _with_base(state_dicts, base)
     out_dtype = _out_dtype(state_dicts)
+    if sparsify == "magnitude" and not rescale and density < 1.0:
+        # TIES pruning by a k-th-value threshold (linear time) instead of mergekit's full argsort of
+        # every task vector (~60% of TIES's time on the word embeddings); then mergekit without
+        # sparsification. Identical but for exact ties at the threshold (kept here, mergekit keeps k).
+        state_dicts = {name: {k: base[k] + _magnitude_prune(sd[k] - base[k], density) for k in sd}
+                       for name, sd in state_dicts.items()}
+        method = GeneralizedTaskArithmeticMerge(
+            consensus_method=method.consensus_method, sparsification_method=None, default_normalize=True,
+            default_rescale=False, method_name=f"{method.method_name}_prepruned", method_pretty_name=None,
+            method_reference_url=None)
+    models = _with_base(state_dicts, base)
     if sparsify != "random":
         return merge_state_dicts(models, method, parameters=parameters, base=BASE_ID, out_dtype=out_dtype)
     merged: StateDict = {}
