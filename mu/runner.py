@@ -284,12 +284,33 @@ def upstream(job: Job, jobs: Sequence[Job]) -> list[Job]:
     return [u for u in earlier if not u.per_target or u.target == job.target]
 
 
+def _markers_on_disk(job: Job) -> dict[tuple[str, str], Path]:
+    """Done-markers of earlier notebooks already in the reports folder that ``job`` reads:
+    same target or per-profile ones; all of them when ``job`` runs once per profile."""
+    found = {}
+    for marker in job.marker.parent.parent.glob("*/*.done.json"):
+        stem, target = marker.parent.name, marker.name[: -len(".done.json")]
+        if stem >= job.stem:
+            continue
+        if job.per_target and target not in (job.target, job.parameters.get("profile")):
+            continue
+        found[(stem, target)] = marker
+    return found
+
+
 def run_key(job: Job, jobs: Sequence[Job]) -> str:
-    """The job's digest combined with the current done-markers of its upstream jobs."""
+    """The job's digest combined with the current done-markers of what it depends on: the
+    batch's upstream jobs and earlier results already on disk (so notebook 06 run alone
+    reruns after notebook 03 was rerun in another batch)."""
+    deps = _markers_on_disk(job)
+    deps.update({(u.stem, u.target): u.marker for u in upstream(job, jobs)})
     state = []
-    for u in upstream(job, jobs):
-        m = _marker(u) or {}
-        state.append([u.stem, u.target, m.get("key"), m.get("run")])
+    for (stem, target), marker in sorted(deps.items()):
+        try:
+            m = paths.read_json(marker)
+        except (OSError, ValueError):
+            m = {}
+        state.append([stem, target, m.get("key"), m.get("run")])
     return _hash({"digest": job.digest, "upstream": state})
 
 

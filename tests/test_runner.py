@@ -239,3 +239,14 @@ def test_current_params_reads_names_from_the_parameters_cell():
     del ns["seed"]
     with pytest.raises(ValueError, match=r"\['seed'\]"):
         mu.runner.current_params("06_aggregation", ns)
+
+
+def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(project):
+    (project / "fail-sw-KE").unlink()
+    runner.run(["03_fake"], ["af-ZA"], **dirs(project))
+    assert statuses(runner.run(["05"], [], **dirs(project))) == {("05_collect", "toy"): "done"}
+    assert statuses(runner.run(["05"], [], **dirs(project))) == {("05_collect", "toy"): "skipped"}
+    runner.run(["03_fake"], ["fr-FR"], **dirs(project))  # a new upstream result, in another batch
+    assert statuses(runner.run(["05"], [], **dirs(project))) == {("05_collect", "toy"): "done"}
+    collected = paths.read_json(report.record_path("05_collect", "toy", "collect"))["results"]["targets"]
+    assert collected == ["af-ZA", "fr-FR"]
