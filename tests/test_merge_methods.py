@@ -58,6 +58,16 @@ def test_ties_equals_mergekit_ties(density):
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
 
 
+def test_magnitude_prune_keeps_exactly_k_with_ties():
+    from mu.merge.methods import _magnitude_prune
+
+    delta = torch.tensor([0.5, -0.2, 0.2, 0.2, -0.9, 0.0, 0.2, 0.1])
+    out = _magnitude_prune(delta, 0.5)  # k = 4: 0.9, 0.5 and the first two of the four tied 0.2s
+    assert torch.equal(out, torch.tensor([0.5, -0.2, 0.2, 0.0, -0.9, 0.0, 0.0, 0.0]))
+    assert torch.equal(_magnitude_prune(delta, 1.0), delta)
+    assert int((_magnitude_prune(delta, 0.01) != 0).sum()) == 1  # at least one entry survives
+
+
 def test_task_arithmetic_scale_zero_returns_base():
     base, sds = _sds(3)
     out = mm.merge("task_arithmetic", sds, {"s0": 0.2, "s1": 0.3, "s2": 0.5}, base, lambda_=0.0)

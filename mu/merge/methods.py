@@ -89,15 +89,23 @@ def linear(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
 
 
 def _magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the ``max(1, int(density·n))`` largest-magnitude entries of ``delta`` (as mergekit's
-    ``magnitude``), found with ``kthvalue`` rather than a full sort."""
+    """Keep exactly the ``max(1, int(density·n))`` largest-magnitude entries of ``delta`` (as
+    mergekit's ``magnitude``), found with ``kthvalue`` (linear time) rather than a full sort.
+
+    Entries tied at the threshold are common (fine-tuning deltas are float32 differences, so
+    they take few distinct values): of those, the lowest indices are kept. mergekit keeps
+    whichever its unstable argsort puts first, so the two may differ in which tied entries survive.
+    """
     n = delta.numel()
     k = max(1, int(density * n))
     if n == 0 or k >= n:
         return delta
     w = delta.abs().reshape(-1).float()
     threshold = torch.kthvalue(w, n - k + 1).values
-    return delta * (w >= threshold).reshape(delta.shape).to(delta.dtype)
+    keep = w > threshold
+    tied = torch.nonzero(w == threshold).squeeze(1)
+    keep[tied[: k - int(keep.sum())]] = True
+    return delta * keep.reshape(delta.shape).to(delta.dtype)
 
 
 @torch.no_grad()
@@ -146,7 +154,8 @@ def task_vectors(
     if sparsify == "magnitude" and not rescale and density < 1.0:
         # TIES pruning by a k-th-value threshold (linear time) instead of mergekit's full argsort of
         # every task vector (~60% of TIES's time on the word embeddings); then mergekit without
-        # sparsification. Identical but for exact ties at the threshold (kept here, mergekit keeps k).
+        # sparsification. Both keep exactly k entries; they may differ in which entries tied at the
+        # threshold survive (see _magnitude_prune).
         state_dicts = {name: {k: base[k] + _magnitude_prune(sd[k] - base[k], density) for k in sd}
                        for name, sd in state_dicts.items()}
         method = GeneralizedTaskArithmeticMerge(
