@@ -51,6 +51,7 @@ from transformers import TrainerCallback
 
 from mu import data as mu_data
 from mu import evaluate, locales, merge, models, paths, report, train
+from mu.merge.run import STATS_DEFAULTS
 from mu.merge import lazy
 
 RUN_JSON = "run.json"
@@ -58,8 +59,6 @@ LOG_JSON = "log.json"
 RESULT_JSON = "result.json"
 CYCLE_JSON = "cycle.json"
 DETAILS_JSON = "iterative_details.json"
-# Default Fisher / Gram sample sizes, as in mu.merge.merge_models.
-STATS_DEFAULTS = {"fishers": (256, 1), "grams": (256, 8)}
 
 
 def derive_seed(seed: int, *parts: object) -> int:

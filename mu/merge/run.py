@@ -84,6 +84,10 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# (num_examples, batch_size) of the data statistics, shared with mu.iterative.
+STATS_DEFAULTS = {"fishers": (256, 1), "grams": (256, 8)}
+
+
 def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: str | os.PathLike, *,
                num_examples: int, batch_size: int, max_seq_length: int, seed: int,
                device: str | None = None) -> tuple[Path, dict[str, Any]]:
@@ -203,10 +207,10 @@ def merge_models(
     data: str | os.PathLike | None = None,
     mode: str | None = None,
     seed: int = 42,
-    fisher_num_examples: int = 256,
-    fisher_batch_size: int = 1,
-    regmean_num_examples: int = 256,
-    regmean_batch_size: int = 8,
+    fisher_num_examples: int = STATS_DEFAULTS["fishers"][0],
+    fisher_batch_size: int = STATS_DEFAULTS["fishers"][1],
+    regmean_num_examples: int = STATS_DEFAULTS["grams"][0],
+    regmean_batch_size: int = STATS_DEFAULTS["grams"][1],
     max_seq_length: int = 128,
     device: str | None = None,
     **knobs: Any,
