@@ -3,14 +3,19 @@
 ``load_split(locale, split, source)`` returns a ``datasets.Dataset`` with
 columns ``id`` (str), ``text`` (str), ``label`` (int, index into ``INTENTS``).
 ``source`` is ``"toy"`` (generated offline by ``make_toy``), ``"hub"``
-(``AmazonScience/massive``) or a folder in the MASSIVE release layout
-(``<dir>/<locale>.jsonl``, one JSON object per line with ``partition``,
-``intent``, ``utt`` and optionally ``locale`` and ``id``).
+(``AmazonScience/massive``), ``"massive"`` (the local MASSIVE 1.1 copy, ``massive_dir()``)
+or a folder in the MASSIVE release layout (``<dir>/<locale>.jsonl`` or ``.jsonl.gz``, one
+JSON object per line with ``partition``, ``intent``, ``utt`` and optionally ``locale`` and ``id``;
+the official release archive's ``1.1/data/`` works as is).
+
+MASSIVE: FitzGerald et al. 2022, "MASSIVE: A 1M-Example Multilingual Natural Language
+Understanding Dataset with 51 Typologically-Diverse Languages", CC BY 4.0.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -45,6 +50,27 @@ LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
 SPLITS = ("train", "dev", "test")
 HUB_DATASET = "AmazonScience/massive"
 REQUIRED_KEYS = ("partition", "intent", "utt")
+MASSIVE_ENV = "MU_MASSIVE_DIR"  # overrides massive_dir()
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def massive_dir() -> Path:
+    """The local MASSIVE 1.1 folder (source ``"massive"``): ``$MU_MASSIVE_DIR`` if set, else
+    ``../shared/massive/1.1`` beside the checkout that holds this package (not under ``$MU_ROOT``)."""
+    env = os.environ.get(MASSIVE_ENV)
+    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent.parent / "shared" / "massive" / "1.1"
+
+
+def locale_file(folder: str | os.PathLike, locale: str) -> Path:
+    """``<folder>/<locale>.jsonl`` or ``<locale>.jsonl.gz`` (the first that exists); ValueError listing
+    the folder's locales if neither does."""
+    folder = Path(folder)
+    for suffix in DATA_SUFFIXES:
+        if (path := folder / f"{locale}{suffix}").is_file():
+            return path
+    have = sorted({p.name.split(".")[0] for s in DATA_SUFFIXES for p in folder.glob(f"*{s}")})
+    raise ValueError(f"no data file for locale {locale!r}: neither {locale}.jsonl nor {locale}.jsonl.gz "
+                     f"in {folder}; locales there: {have}")
 
 TOY_LOCALES = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES", "it-IT", "sw-KE"]
 TOY_FAMILIES = {
@@ -78,18 +104,22 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
         if locale not in TOY_LOCALES:
             raise ValueError(f"unknown toy locale {locale!r}; valid: {TOY_LOCALES}")
         folder = make_toy()
+    elif source == "massive":
+        folder = massive_dir()
+        if not folder.is_dir():
+            raise ValueError(f"data source 'massive': {folder} does not exist; put MASSIVE 1.1 "
+                             f"(<locale>.jsonl[.gz]) there or set ${MASSIVE_ENV} to its folder")
     else:
         folder = paths.resolve(source)
         if not folder.is_dir():
-            raise ValueError(f"data source {str(source)!r} is neither 'toy', 'hub' nor an existing folder")
-    file = folder / f"{locale}.jsonl"
-    stat = file.stat() if file.is_file() else None
-    return _load_local(str(folder), locale, split, stat and (stat.st_size, stat.st_mtime_ns))
+            raise ValueError(f"data source {str(source)!r} is neither 'toy', 'hub', 'massive' nor an existing folder")
+    stat = locale_file(folder, locale).stat()
+    return _load_local(str(folder), locale, split, (stat.st_size, stat.st_mtime_ns))
 
 
 @functools.lru_cache(maxsize=512)
 def _load_local(folder: str, locale: str, split: str, version: tuple[int, int] | None) -> Dataset:
-    return _to_dataset(read_locale_file(folder, locale)[split], f"{Path(folder) / (locale + '.jsonl')} [{split}]")
+    return _to_dataset(read_locale_file(folder, locale)[split], f"{locale_file(folder, locale)} [{split}]")
 
 
 def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "toy") -> list[str]:
@@ -116,18 +146,14 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
 
 
 def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
-    """Parse and validate ``<folder>/<locale>.jsonl``; rows grouped by split.
+    """Parse and validate ``<folder>/<locale>.jsonl`` (or ``.jsonl.gz``); rows grouped by split.
 
     Every line must be a JSON object with a known ``partition`` and ``intent`` and
     a non-empty ``utt``; any bad line is a ValueError naming the file and line.
     """
-    folder = Path(folder)
-    path = folder / f"{locale}.jsonl"
-    if not path.is_file():
-        have = sorted(p.stem for p in folder.glob("*.jsonl"))
-        raise ValueError(f"no data file for locale {locale!r}: {path} does not exist; locales in {folder}: {have}")
+    path = locale_file(folder, locale)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -1,6 +1,7 @@
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_unknown_locale_split_or_source(massive_fixture_dir):
         data.load_split("fr-FR", "test", massive_fixture_dir)
     with pytest.raises(ValueError, match="unknown split 'validation'"):
         data.load_split("de-DE", "validation", "toy")
-    with pytest.raises(ValueError, match="neither 'toy', 'hub' nor an existing folder"):
+    with pytest.raises(ValueError, match="neither 'toy', 'hub', 'massive' nor an existing folder"):
         data.load_split("de-DE", "test", "no/such/folder")
     with pytest.raises(ValueError, match="unknown toy locale"):
         data.make_toy(paths.cache_dir("bad_toy"), locales=["de-DE", "zz-ZZ"])
@@ -127,3 +128,42 @@ def test_fingerprint_tracks_content():
 def test_load_texts_covers_all_locales():
     texts = data.load_texts(["de-DE", "fr-FR"], "dev", "toy")
     assert len(texts) == len(data.load_split("de-DE", "dev", "toy")) + len(data.load_split("fr-FR", "dev", "toy"))
+
+
+def test_gzipped_folder_loads_like_plain(tmp_path, massive_fixture_dir):
+    """``<locale>.jsonl.gz`` (as in ../shared/massive/1.1) reads exactly like ``<locale>.jsonl``."""
+    import gzip
+
+    with gzip.open(tmp_path / "de-DE.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write((massive_fixture_dir / "de-DE.jsonl").read_text(encoding="utf-8"))
+    for split in data.SPLITS:
+        plain, packed = data.load_split("de-DE", split, massive_fixture_dir), data.load_split("de-DE", split, tmp_path)
+        assert data.fingerprint(plain) == data.fingerprint(packed)
+    assert data.locale_file(tmp_path, "de-DE").name == "de-DE.jsonl.gz"
+    with pytest.raises(ValueError, match=r"neither sw-KE\.jsonl nor sw-KE\.jsonl\.gz.*\['de-DE'\]"):
+        data.load_split("sw-KE", "test", tmp_path)
+
+
+def test_massive_source_is_the_env_folder_or_shared_beside_the_checkout(tmp_path, monkeypatch, massive_fixture_dir):
+    monkeypatch.delenv(data.MASSIVE_ENV, raising=False)
+    checkout = Path(data.__file__).resolve().parent.parent
+    assert data.massive_dir() == checkout.parent / "shared" / "massive" / "1.1"
+    monkeypatch.setenv(data.MASSIVE_ENV, str(massive_fixture_dir))
+    assert data.massive_dir() == massive_fixture_dir.resolve()
+    assert len(data.load_split("sw-KE", "test", "massive")) > 0
+    monkeypatch.setenv(data.MASSIVE_ENV, str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match=r"data source 'massive'.*absent.*MU_MASSIVE_DIR"):
+        data.load_split("sw-KE", "test", "massive")
+
+
+@pytest.mark.skipif(not data.massive_dir().is_dir(),
+                    reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+                           "../shared/massive/1.1 beside the checkout)")
+def test_real_massive_splits_are_parallel_and_complete():
+    sizes = {}
+    for loc in ("sw-KE", "de-DE"):
+        splits = {s: data.load_split(loc, s, "massive") for s in data.SPLITS}
+        sizes[loc] = {s: len(d) for s, d in splits.items()}
+        assert set(splits["test"]["label"]) <= set(range(60)) and len(set(splits["train"]["label"])) == 60
+    assert sizes["sw-KE"] == sizes["de-DE"] == {"train": 11514, "dev": 2033, "test": 2974}  # the README's sizes
+    assert data.load_split("sw-KE", "test", "massive")["id"] == data.load_split("de-DE", "test", "massive")["id"]
