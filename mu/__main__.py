@@ -4,6 +4,9 @@
         [--executor local|ray] [--workers N] [--num-gpus G] [--set key=value ...]
     python -m mu demo [--targets ...] [--workers N]   # every notebook on the toy profile, then
                                                       # where the aggregated summary is
+    python -m mu pretrain --profile mini --objective mlm+tlm+align --steps N [--minutes M]
+    python -m mu compare --locales en-US de-DE ... --steps N     # pretraining objectives vs lexical
+    python -m mu study --steps N [--train 2000 --test 500]       # the mini profile end to end
 
 Both print a table of done / skipped / failed runs and exit 1 if any failed, 2 if nothing
 could run (unknown notebook, profile or target, a params key that is no notebook parameter).
@@ -19,7 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mu import report, runner
+from mu import report, runner, study
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
 
@@ -55,11 +58,14 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
+    study.add_parsers(sub)  # pretrain, compare, study (the real-MASSIVE mini profile)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in study.COMMANDS:
+        return study.main(args)
     profile = args.profile if args.command == "run" else "toy"
     notebooks = args.notebooks if args.command == "run" else runner.all_notebooks(args.notebooks_dir)
     try:

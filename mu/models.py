@@ -333,13 +333,20 @@ def _existing_base(out: Path, args: dict) -> bool:
 
 
 def ensure_base(profile: str, base_model: str | os.PathLike, seed: int) -> Path:
-    """The profile's shared base model, built once: the tiny offline XLM-R (``toy``) or
-    ``xlm-roberta-base`` with a fixed-seed 60-label head (``massive``)."""
+    """The profile's shared base model, built once: the tiny offline XLM-R (``toy``),
+    ``xlm-roberta-base`` with a fixed-seed 60-label head (``massive``), or the encoder pretrained
+    here (``mini``: built by ``python -m mu pretrain --profile mini``, ``mu.pretrain.ensure``)."""
     if profile == "toy":
         return build_toy_base(base_model, seed=seed)
     if profile == "massive":
         return prepare_base("xlm-roberta-base", base_model, seed=seed)
-    raise ValueError(f"unknown profile {profile!r}; valid: ['toy', 'massive']")
+    if profile == "mini":
+        out = paths.resolve(base_model)
+        if not (out / "base_args.json").is_file():
+            raise ValueError(f"no pretrained base at {out}: the mini profile's base is pretrained here; run "
+                             "`python -m mu pretrain --profile mini` (or `make study`, which does) first")
+        return check_model_dir(out)
+    raise ValueError(f"unknown profile {profile!r}; valid: ['toy', 'massive', 'mini']")
 
 
 def prepare_base(model_name: str = "xlm-roberta-base", out_dir: str | os.PathLike = "models/massive/base",
