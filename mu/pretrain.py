@@ -320,13 +320,14 @@ def pretrain(
 
 
 def ensure(profile: str, *, objective: str, base_model: str | os.PathLike | None = None, seed: int = 42,
-           **kwargs: Any) -> Path:
-    """Pretrain (if needed) ``models/<profile>/pretrained/<objective>`` with the profile's shared tokenizer,
-    then save the profile's base (``base_model``, default ``models/<profile>/base``): the encoder with a
-    60-label head initialised once with ``seed`` (``mu.models.prepare_base``)."""
+           tokenizer_dir: str | os.PathLike | None = None, **kwargs: Any) -> Path:
+    """Pretrain (if needed) ``models/<profile>/pretrained/<objective>`` with the shared tokenizer
+    (``tokenizer_dir``, default ``models/<profile>/tokenizer``), then save the profile's base
+    (``base_model``, default ``models/<profile>/base``): the encoder with a 60-label head initialised
+    once with ``seed`` (``mu.models.prepare_base``)."""
     name = objective.replace("+", "-")
     encoder = pretrain(paths.models_dir(profile, "pretrained", name), objective=objective,
-                       tokenizer_dir=paths.models_dir(profile, "tokenizer"), seed=seed, **kwargs)
+                       tokenizer_dir=tokenizer_dir or paths.models_dir(profile, "tokenizer"), seed=seed, **kwargs)
     return models.prepare_base(str(encoder), base_model or paths.models_dir(profile, "base"), seed=seed)
 
 

@@ -66,8 +66,8 @@ def compare(objectives: Sequence[str], locales: Sequence[str], *, data: str | os
             pretrain_kwargs: dict[str, Any]) -> pd.DataFrame:
     """Native accuracy and mean N×N transfer over ``locales`` for each objective's encoder and for the
     lexical baseline; one row each. Encoders: ``mu.pretrain.ensure(f"{profile}-{objective}", ...)``
-    (pretrained on ``pretrain_kwargs['locales']``); each objective's sources and N×N matrix live under
-    its own profile name. Writes ``reports/pretrain/<profile>/comparison.{json,md}`` and each N×N CSV."""
+    (pretrained on ``pretrain_kwargs['locales']``, one tokenizer ``models/<profile>/tokenizer`` for all);
+    each objective's sources and N×N matrix live under its own profile name. Writes ``reports/pretrain/<profile>/comparison.{json,md}`` and each N×N CSV."""
     out = paths.reports_dir("pretrain", profile)
     rows, frames, timings = [], {}, {}
     t0 = time.perf_counter()
@@ -76,7 +76,8 @@ def compare(objectives: Sequence[str], locales: Sequence[str], *, data: str | os
     for objective in objectives:
         name = f"{profile}-{objective.replace('+', '-')}"
         t0 = time.perf_counter()
-        base = pretrain.ensure(name, objective=objective, seed=seed, **pretrain_kwargs)
+        base = pretrain.ensure(name, objective=objective, seed=seed, tokenizer_dir=paths.models_dir(profile, "tokenizer"),
+                               **pretrain_kwargs)
         t1 = time.perf_counter()
         sources = train.train_locales(locales, base_model=base, data=data, models_dir=paths.models_dir(name),
                                       epochs=epochs, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length,
