@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean-reports
+.PHONY: demo test bench study venv clean-reports
 
 venv: $(STAMP)
 
@@ -28,6 +28,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The study at its real shape on real MASSIVE (profile mini; README "Real MASSIVE (mini profile)"): needs
+# ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
+# the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
+STUDY_ROOT ?= $(CURDIR)/studies/mini
+STUDY_ARGS ?= --objective mlm+tlm+align --steps 3000 --train 2000 --dev 200 --test 500 --workers 2
+study: $(STAMP)
+	MU_ROOT=$(STUDY_ROOT) OMP_NUM_THREADS=1 $(PY) -m mu study $(STUDY_ARGS)
 
 clean-reports:
 	rm -rf reports/0* cache/logits

@@ -50,12 +50,11 @@ def subsample(source: str | os.PathLike, out_dir: str | os.PathLike, locales: Se
             lines = []
             for split, n in limits.items():
                 ds = mu_data.load_split(loc, split, source)
-                keep = sorted(range(len(ds)), key=lambda i: _rank(seed, ds[i]["id"]) if n else i)[:n]
-                for i in sorted(keep):
-                    row = ds[i]
-                    lines.append(json.dumps({"id": row["id"], "locale": loc, "partition": split,
-                                             "intent": mu_data.ID2LABEL[row["label"]], "utt": row["text"]},
-                                            ensure_ascii=False))
+                ids, texts, labels = list(ds["id"]), list(ds["text"]), list(ds["label"])
+                keep = sorted(range(len(ids)), key=lambda i: _rank(seed, ids[i]))[:n] if n else range(len(ids))
+                lines += [json.dumps({"id": ids[i], "locale": loc, "partition": split,
+                                      "intent": mu_data.ID2LABEL[labels[i]], "utt": texts[i]}, ensure_ascii=False)
+                          for i in sorted(keep)]
             (tmp / f"{loc}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "subsample_args.json").write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
     return out
