@@ -112,15 +112,18 @@ NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
 def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: int | None, dev: int | None,
         test: int | None, objective: str, steps: int, minutes: float | None = None,
         targets: Sequence[str] | None = None, notebooks: Sequence[str] = NOTEBOOKS, workers: int = 1,
-        pretrain_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
+        extra_params: dict[str, Any] | None = None, pretrain_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
     """The whole study of ``profile``: subsample ``source`` into the profile's ``data`` folder (unless
     ``data`` is ``source`` itself: full size), pretrain its base from ``source``'s train text, then run
     ``notebooks`` over ``targets`` (default: every locale of the profile) with ``mu.runner``.
+    ``extra_params`` override notebook parameters where a notebook has them (``python -m mu run --set``),
+    e.g. ``locales`` for a smaller study; 02's values also choose what is subsampled and pretrained on.
     Every stage is skipped when done. Returns the runner's rows; the seconds of each stage go to
     ``reports/study/<profile>/timings.json`` (one entry per invocation)."""
     from mu import runner
 
-    p02 = runner.load_params("02_training", profile)
+    extra = dict(extra_params or {})
+    p02 = {**runner.load_params("02_training", profile), **extra}
     locales = list(p02["locales"])
     targets = list(targets) if targets is not None else locales
     timings: dict[str, float] = {}
@@ -135,12 +138,15 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     frames = []
     for nb in notebooks:
         t0 = time.perf_counter()
-        frames.append(runner.run([nb], targets, profile=profile, workers=workers))
+        parameters = runner.notebook_parameters(runner.find_notebooks([nb])[0])
+        frames.append(runner.run([nb], targets, profile=profile, workers=workers,
+                                 extra_params={k: v for k, v in extra.items() if k in parameters}))
         timings[f"notebook {nb}"] = round(time.perf_counter() - t0, 1)
         print(runner.format_summary(frames[-1]), flush=True)
     path = paths.reports_dir("study", profile, "timings.json")
     history = paths.read_json(path) if path.is_file() else []
-    history.append({"seconds": timings, "targets": len(targets), "train": train, "dev": dev, "test": test,
+    history.append({"seconds": timings, "targets": len(targets), "extra_params": extra, "train": train, "dev": dev,
+                    "test": test,
                     "objective": objective, "steps": steps, "workers": workers, "versions": report.versions()})
     paths.write_json(path, history)
     return pd.concat(frames, ignore_index=True)
@@ -149,6 +155,12 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
 # --------------------------------------------------------------------------- command line
 
 COMMANDS = ("pretrain", "compare", "study")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    from mu.__main__ import _key_value as parse  # the one KEY=VALUE parser of the command line
+
+    return parse(text)
 STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
 
@@ -182,6 +194,8 @@ def add_parsers(sub) -> None:
     st.add_argument("--targets", nargs="*", default=None, help=f"default: {STUDY_LOCALES}")
     st.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS))
     st.add_argument("--workers", type=int, default=1)
+    st.add_argument("--set", dest="extra", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter (YAML value), e.g. locales=[en-US,de-DE]")
     st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
     st.add_argument("--dev", type=int, default=200)
     st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
@@ -209,6 +223,7 @@ def main(args) -> int:
         kwargs = _pretrain_kwargs(args)
         frame = run(args.profile, source=args.source, train=args.train, dev=args.dev, test=args.test,
                     objective=args.objective, steps=args.steps, minutes=args.minutes, targets=args.targets,
-                    notebooks=args.notebooks, workers=args.workers, pretrain_kwargs=kwargs)
+                    notebooks=args.notebooks, workers=args.workers, extra_params=dict(args.extra),
+                    pretrain_kwargs=kwargs)
         return 1 if (frame["status"] == "failed").any() else 0
     return 0

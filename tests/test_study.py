@@ -31,7 +31,8 @@ def test_cli_has_the_study_commands():
     args = cli.parser().parse_args(["pretrain", "--objective", "mlm+tlm", "--steps", "10", "--hidden-size", "64"])
     assert (args.command, args.objective, args.steps, args.profile) == ("pretrain", "mlm+tlm", 10, "mini")
     assert study._pretrain_kwargs(args)["hidden_size"] == 64
-    args = cli.parser().parse_args(["study", "--steps", "5", "--train", "100"])
+    args = cli.parser().parse_args(["study", "--steps", "5", "--train", "100", "--set", "locales=[en-US, de-DE]"])
     assert (args.train, args.test, args.objective) == (100, 500, "mlm+tlm+align")
+    assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
