@@ -304,6 +304,9 @@ def pretrain(
             _save_checkpoint(ckpt_path, args, model, optimizer, scheduler, step, time.perf_counter() - start, log)
     bar.close()
     elapsed = time.perf_counter() - start
+    if any(window.values()):  # stopped by the time limit between two log points
+        log.append({"step": step, "seconds": round(elapsed, 1),
+                    **{f"{t}_loss": float(np.mean(v)) for t, v in window.items() if v}})
     dev = dev_loss(model, tok, locales, source, dev_per_locale, max_len, seed)
     model.eval()
     models.save_classifier(model, tok, encoder_dir)
