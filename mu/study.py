@@ -117,8 +117,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     ``data`` is ``source`` itself: full size), pretrain its base from ``source``'s train text, then run
     ``notebooks`` over ``targets`` (default: every locale of the profile) with ``mu.runner``.
     ``extra_params`` override notebook parameters where a notebook has them (``python -m mu run --set``),
-    e.g. ``locales`` for a smaller study (02's values choose what is subsampled; the encoder is always
-    pretrained on the profile's own locales).
+    e.g. ``locales`` for a smaller study (02's values choose what is subsampled and pretrained on).
     Every stage is skipped when done. Returns the runner's rows; the seconds of each stage go to
     ``reports/study/<profile>/timings.json`` (one entry per invocation)."""
     from mu import runner
@@ -134,8 +133,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     timings["subsample"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     pretrain.ensure(profile, objective=objective, base_model=p02["base_model"], seed=p02["seed"],
-                    locales=runner.load_params("02_training", profile)["locales"],  # always the profile's own
-                    source=source, steps=steps, minutes=minutes, **(pretrain_kwargs or {}))
+                    locales=locales, source=source, steps=steps, minutes=minutes, **(pretrain_kwargs or {}))
     timings["pretrain"] = round(time.perf_counter() - t0, 1)
     frames = []
     for nb in notebooks:

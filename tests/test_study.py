@@ -36,3 +36,24 @@ def test_cli_has_the_study_commands():
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
+
+
+@pytest.mark.slow
+def test_study_run_subsamples_pretrains_and_runs_the_notebooks(mu_root):
+    """``python -m mu study`` end to end at toy size: the mini profile narrowed to 3 toy locales."""
+    from mu import paths, report
+
+    toy3 = ["de-DE", "nl-NL", "sw-KE"]
+    kwargs = dict(source="toy", train=48, dev=8, test=24, objective="mlm", steps=4, targets=["nl-NL"],
+                  notebooks=["01", "02"], extra_params={"locales": toy3, "epochs": 1, "lr": 2e-3},
+                  pretrain_kwargs=dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, batch_size=8, warmup_steps=1, dev_per_locale=4))
+    rows = study.run("mini", **kwargs)
+    assert set(rows["status"]) == {"done"} and list(rows["notebook"]) == ["01_similarity", "02_training"]
+    assert len(data.load_split("sw-KE", "test", "cache/data/mini")) == 24
+    record = paths.read_json(report.record_path("02_training", "mini", "training"))
+    assert set(record["results"]["evaluation_matrix"]) == set(toy3)
+    timings = paths.read_json(paths.reports_dir("study", "mini", "timings.json"))
+    assert set(timings[-1]["seconds"]) == {"subsample", "pretrain", "notebook 01", "notebook 02"}
+    again = study.run("mini", **kwargs)  # resumable: everything is done already
+    assert set(again["status"]) == {"skipped"}
