@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mu import report, runner
+from mu import aggregate, params, runner
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
 
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     profile = args.profile if args.command == "run" else "toy"
-    notebooks = args.notebooks if args.command == "run" else runner.all_notebooks(args.notebooks_dir)
+    notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
     try:
         summary = runner.run(
             notebooks, args.targets, profile=profile, executor=args.executor, workers=args.workers,
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(runner.format_summary(summary))
     failed = bool((summary["status"] == "failed").any())
     if args.command == "demo":
-        md = report.summary_dir(profile) / "summary.md"
+        md = aggregate.summary_dir(profile) / "summary.md"
         where = md.relative_to(Path.cwd()) if md.is_relative_to(Path.cwd()) else md
         if not md.is_file():
             print(f"\nno aggregated report at {where}")

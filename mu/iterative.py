@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from mu import data as mu_data
-from mu import evaluate, locales, merge, models, paths, report, train
+from mu import aggregate, evaluate, locales, merge, models, paths, report, train
 from mu.merge.run import STATS_DEFAULTS
 from mu.merge import lazy
 
@@ -321,7 +321,7 @@ def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str
     (row ``merge/<method>/<mode>`` whose sources are ``sources``' locales), with its record's
     path; None when notebook 03 has not produced it for this profile."""
     system = f"merge/{merge_algorithm}/{mode}"
-    for rec in report.load_records(profile):
+    for rec in aggregate.load_records(profile):
         if rec["notebook"] == "03_merging" and rec["target"] == target_lang:
             for row in rec["rows"]:
                 if row["system"] == system and set(row.get("sources") or {}) == set(sources):

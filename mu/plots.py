@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mu import paths, report  # noqa: E402
+from mu import paths  # noqa: E402
 
 
 def save(fig: plt.Figure, path: str | os.PathLike) -> Path:
@@ -46,13 +47,15 @@ def heatmap(
     return fig
 
 
-def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, systems: Sequence[str] | None = None,
+                    title: str = "") -> plt.Figure:
     """Accuracy per target locale, one bar per system, with each row's 95% interval.
 
-    ``rows`` is the long frame of ``mu.report.aggregate`` (target, system, accuracy,
-    ci_low, ci_high); bars without a known test size have no interval.
+    ``rows`` is a long frame (target, system, accuracy, ci_low, ci_high), e.g. ``mu.aggregate``'s
+    ``rows``; bars without a known test size have no interval. ``systems``: the bar order
+    (default: order of first appearance).
     """
-    systems = report.column_order(rows["system"].unique())
+    systems = list(dict.fromkeys(rows["system"])) if systems is None else list(systems)
     targets = sorted(rows["target"].unique())
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(targets) * len(systems) + 2), 4.5))
     sns.barplot(data=rows, x="target", y="accuracy", hue="system", order=targets, hue_order=systems,
@@ -77,7 +80,7 @@ def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str =
 
 
 def method_means(means: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Mean accuracy over targets per system with its bootstrap interval (``report.means``)."""
+    """Mean accuracy over targets per system with its bootstrap interval (``mu.aggregate.means``)."""
     data = means.dropna(subset=["mean"]).sort_values("mean")
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(data) + 1.5))
     sns.barplot(data=data, x="mean", y="system", errorbar=None, color="tab:blue", ax=ax)
@@ -105,12 +108,10 @@ def weights_bar(weights: dict[str, float], path: str | os.PathLike, *, title: st
     return fig
 
 
-def iterative_curves(log: list[dict], path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Iterative training per cycle (``mu.iterative`` log): sources' train loss, and accuracy of each
-    source on its own dev split next to the merged model's on the target (dev and test)."""
-    from mu import iterative
-
-    frame = iterative.log_frame(log)
+def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Iterative training per cycle (the long frame of ``mu.iterative.log_frame``): sources' train
+    loss, and accuracy of each source on its own dev split next to the merged model's on the target
+    (dev and test)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     loss = frame[frame["metric"] == "train_loss"]
     sns.lineplot(loss, x="epoch", y="value", hue="series", marker="o", ax=left)

@@ -71,7 +71,7 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert iterative.completed_cycles(out) == [2]
     details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
-    png = plots.iterative_curves(log, paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    png = plots.iterative_curves(iterative.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
     assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mu import runner
+from mu import params
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = sorted((REPO / "params").glob("*.yaml"))
@@ -18,12 +18,12 @@ PROFILES = {"toy", "massive"}
 
 def check_params_file(params_path: Path, notebook: Path) -> None:
     """Raise (ValueError / AssertionError) unless the YAML fits the notebook."""
-    data = runner.read_params_file(params_path)
-    parameters = runner.notebook_parameters(notebook)
+    data = params.read_params_file(params_path)
+    parameters = params.notebook_parameters(notebook)
     assert set(data["profiles"]) == PROFILES, f"{params_path.name}: profiles must be {sorted(PROFILES)}"
-    runner.check_keys(f"{params_path.name} shared", data["shared"], parameters)
+    params.check_keys(f"{params_path.name} shared", data["shared"], parameters)
     for profile, values in data["profiles"].items():
-        runner.check_keys(f"{params_path.name} profiles.{profile}", values, parameters)
+        params.check_keys(f"{params_path.name} profiles.{profile}", values, parameters)
     toy = {**data["shared"], **data["profiles"]["toy"]}
     differ = {k: (v, parameters[k]) for k, v in toy.items() if parameters[k] != v}
     assert not differ, f"{notebook.name}: defaults differ from the toy profile (yaml, notebook): {differ}"

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from mu import models, paths, report
+from mu import aggregate, models, paths, report
 from mu.merge.run import merge_models
 
 
@@ -66,13 +66,13 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
 
 def comparison(rows: list[Mapping[str, Any]], nxn: pd.DataFrame, target: str) -> pd.DataFrame:
     """The merge rows beside native, best source and best zero-shot of the N×N matrix, with 95% Wilson
-    intervals, in ``mu.report.column_order``."""
+    intervals, in ``mu.aggregate.column_order``."""
     frame = pd.DataFrame([dict(r) for r in rows])
-    baselines, notes = report.baseline_rows(frame, nxn, [target])
+    baselines, notes = aggregate.baseline_rows(frame, nxn, [target])
     table = pd.concat([frame, baselines[frame.columns.intersection(baselines.columns)]], ignore_index=True)
-    intervals = [report.wilson_interval(a, n) for a, n in zip(table["accuracy"], table["n"])]
+    intervals = [aggregate.wilson_interval(a, n) for a, n in zip(table["accuracy"], table["n"])]
     table["ci_low"], table["ci_high"] = [lo for lo, _ in intervals], [hi for _, hi in intervals]
-    order = {s: i for i, s in enumerate(report.column_order(table["system"]))}
+    order = {s: i for i, s in enumerate(aggregate.column_order(table["system"]))}
     table = table.sort_values("system", key=lambda s: s.map(order)).reset_index(drop=True)
     table.attrs["notes"] = notes
     return table
