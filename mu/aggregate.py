@@ -14,20 +14,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mu import paths
+from mu import families, paths
+from mu.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1  # noqa: F401 (public names here too)
 from mu.report import ROW_KEYS, describe_input
 
-NATIVE = "native"
-# The seed's single-model baselines. Both are *selected with the target's test labels* (the
-# best entry of the target's N×N column): upper bounds on picking one source, not zero-shot
-# methods. URIEL_TOP1 is the honest counterpart: the single source URIEL ranks first
-# (the similarity merge's largest weight), chosen without any target data.
-BEST_ZERO_SHOT = "zero-shot/best"
-BEST_SOURCE = "zero-shot/best-source"
-URIEL_TOP1 = "zero-shot/uriel-top1"
 AVERAGE_MERGE = "merge/linear/average"
 # Column groups every summary shows; a group without any result gets this empty column.
 PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterative/*")
+SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "adapted"]  # a target with one of these is aggregated
 MISSING = "—"
 
 
@@ -179,7 +173,7 @@ def column_order(systems: Iterable[str]) -> list[str]:
             return (2, 1, s)
         if s == URIEL_TOP1:
             return (2, 2, s)
-        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4}.get(parts[0], 5)
+        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "adapted": 5}.get(parts[0], 6)
         return (rank, 3, s)
     return sorted(systems, key=key)
 
@@ -235,11 +229,11 @@ def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE
     return default
 
 
-def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5,
-                 average_system: str = AVERAGE_MERGE) -> pd.DataFrame:
+def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5, average_system: str = AVERAGE_MERGE,
+                 others: Sequence[str] = ()) -> pd.DataFrame:
     """Two-sided Wilcoxon signed-rank test of each system against the average merge
     (``average_baseline``), the best zero-shot (oracle-selected) and the URIEL top-1
-    source (selected without target data), paired over targets having both.
+    source (selected without target data), and each of ``others``, paired over targets having both.
 
     With fewer than ``min_pairs`` pairs, or fewer non-tied pairs (ties are dropped by
     the test), the p-value is left NaN and ``note`` says why (not computable).
@@ -250,7 +244,8 @@ def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5,
     for system in table.columns:
         if table[system].isna().all():
             continue
-        for baseline in (average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT, URIEL_TOP1):
+        for baseline in dict.fromkeys((average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT,
+                                       URIEL_TOP1, *others)):
             if baseline == system:
                 continue
             row = {"system": system, "baseline": baseline, "n": 0, "mean_diff": np.nan,
@@ -300,10 +295,10 @@ def aggregate(
     if unmarked:
         notes.append(f"{len(unmarked)} records carry no params.profile and were counted as "
                      f"{profile!r}: {unmarked}")
-    targets = sorted(set(rows.loc[rows["family"].isin(["merge", "ensemble", "iterative"]), "target"]))
+    targets = sorted(set(rows.loc[rows["family"].isin(SYSTEM_FAMILIES), "target"]))
     if not targets:
         where = paths.resolve(reports) if reports is not None else paths.reports_dir()
-        raise ValueError(f"no merge, ensemble or iterative results for profile {profile!r} under "
+        raise ValueError(f"no merge, ensemble, iterative or adapted results for profile {profile!r} under "
                          f"{where}; run notebooks 03-05 first")
     if nxn is None:
         nxn = nxn_path(profile)
@@ -371,7 +366,8 @@ def summary_markdown(summary: Mapping[str, Any], profile: str) -> str:
     """The aggregated report as Markdown: per-target table, means, tests, sources, notes."""
     rows, table = summary["rows"], summary["table"]
     m = summary["means"].assign(ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in
-                                    zip(summary["means"]["ci_low"], summary["means"]["ci_high"])])
+                                    zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
+                                sees=[families.sees(s) for s in summary["means"]["system"]])
     tests = summary["tests"].assign(p_value=[f"{p:.4g}" if np.isfinite(p) else MISSING
                                              for p in summary["tests"]["p_value"]])
     src = sources_table(rows)
@@ -388,7 +384,8 @@ def summary_markdown(summary: Mapping[str, Any], profile: str) -> str:
         "not corrected for the number of systems compared.", "",
         "## Accuracy per target", "", markdown_table(table.rename_axis("target")), "",
         "## Mean over targets (95% bootstrap interval)", "",
-        markdown_table(m[["system", "n", "mean", "ci"]], index=False), "",
+        markdown_table(m[["system", "n", "mean", "ci", "sees"]], index=False), "",
+        "## What each family sees of the target", "", markdown_table(families.table(table.columns), index=False), "",
         "## Paired Wilcoxon signed-rank tests (two-sided, over targets)", "",
         markdown_table(tests, index=False), "",
         "## Sources (weights) and the single models behind the baselines", "",
@@ -424,4 +421,5 @@ def summary_results(summary: Mapping[str, Any]) -> dict[str, Any]:
         "means": records(summary["means"]),
         "tests": records(summary["tests"]),
         "notes": list(summary["notes"]),
+        "families": records(families.table(summary["table"].columns)),
     }

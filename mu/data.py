@@ -97,6 +97,23 @@ def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "
     return [t for loc in locales for t in load_split(loc, split, source)["text"]]
 
 
+def unlabeled(locale: str, split: str, source: str | os.PathLike = "toy", *, num_examples: int | None = None,
+              seed: int = 42) -> list[str]:
+    """The utterances of one locale's split *without their labels*: the only view of a target's
+    data that label-free adaptation (``mu.merge.adamerging``, ``mu.distill``) receives.
+
+    ``num_examples`` texts drawn with ``seed`` (all of them, in file order, when ``None`` or
+    larger than the split). Reads the ``text`` column only.
+    """
+    ds = load_split(locale, split, source)
+    texts = list(ds["text"])
+    if num_examples is None or num_examples >= len(texts):
+        return texts
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1 or None, got {num_examples}")
+    return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), num_examples))]
+
+
 def fingerprint(ds: Dataset) -> str:
     """sha256 over the (id, text, label) rows of a split: identifies its content in caches."""
     h = hashlib.sha256()

@@ -138,3 +138,21 @@ def accuracy_vs_k(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = 
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     save(fig, path)
     return fig
+
+
+def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd.DataFrame | None = None,
+               title: str = "", curve_label: str = "entropy on unlabeled target texts") -> plt.Figure:
+    """Label-free adaptation: the objective per step (``curve``: ``step``, ``value``, ``weighting``;
+    right) and, when given, fitted merge coefficients per tensor (``coefficients``: ``tensor``,
+    ``coefficient``, ``source``, ``weighting``; left), e.g. ``mu.merge.adamerging.frames``."""
+    panels = 2 if coefficients is not None and len(coefficients) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    if panels == 2:
+        sns.lineplot(coefficients, x="tensor", y="coefficient", hue="source", style="weighting", ax=axes[0, 0])
+        axes[0, 0].set(xlabel="tensor (state-dict order)", ylabel="coefficient λ", title="fitted coefficients")
+        axes[0, 0].legend(fontsize=7)
+    sns.lineplot(curve, x="step", y="value", hue="weighting", ax=axes[0, -1])
+    axes[0, -1].set(xlabel="optimiser step", ylabel=curve_label, title="objective")
+    fig.suptitle(title)
+    save(fig, path)
+    return fig

@@ -35,7 +35,7 @@ PACKAGES = (
 )
 
 ROW_KEYS = ("system", "family", "accuracy")
-FAMILIES = ("native", "zero-shot", "merge", "ensemble", "iterative")
+FAMILIES = ("native", "zero-shot", "merge", "ensemble", "iterative", "adapted")
 
 
 def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:

@@ -1,0 +1,169 @@
+"""Label-free adaptation to the target (issue 13) on tiny toy models: AdaMerging coefficients fitted
+by entropy minimisation, ensemble distillation, and the proof that no target label reaches either."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import mu.data
+from mu import distill, evaluate, families, models, paths
+from mu.merge import adamerging, evaluate_merges, merge_models
+
+MODELS_DIR = "models/test_adapt"
+SOURCES = ["de-DE", "nl-NL", "fr-FR"]
+TARGET = "af-ZA"
+
+
+@pytest.fixture(scope="module")
+def setup(toy_base):
+    """Toy base + three 'fine-tuned' sources (the base perturbed, one seed each) and target texts."""
+    model, tokenizer = models.load_classifier(toy_base)
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    dirs = {}
+    for i, loc in enumerate(SOURCES):
+        g = torch.Generator().manual_seed(300 + i)
+        model.load_state_dict({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base_sd.items()})
+        dirs[loc] = models.save_classifier(model, tokenizer, models.source_path(loc, MODELS_DIR))
+    texts = mu.data.unlabeled(TARGET, "train", "toy", num_examples=64, seed=0)
+    return {"base": toy_base, "dirs": dirs, "texts": texts}
+
+
+def fit(setup, **kw):
+    model, tokenizer = models.load_classifier(setup["base"])
+    sds = {loc: models.load_state_dict(d) for loc, d in setup["dirs"].items()}
+    w = {"de-DE": 0.5, "nl-NL": 0.3, "fr-FR": 0.2}
+    args = dict(steps=15, lr=0.1, batch_size=16, max_seq_length=32, seed=1, progress=False)
+    return adamerging.fit(model, tokenizer, model.state_dict(), sds, w, setup["texts"], **{**args, **kw})
+
+
+@pytest.mark.parametrize("granularity,constraint", [("layer", "simplex"), ("task", "clamp"), ("layer", "none")])
+def test_entropy_decreases_and_coefficients_stay_finite_and_constrained(setup, granularity, constraint):
+    out = fit(setup, granularity=granularity, constraint=constraint)
+    assert out["entropy_after"] < out["entropy_before"]
+    coef = out["coefficients"]
+    keys = list(coef["de-DE"])
+    values = [v for per in coef.values() for v in per.values()]
+    assert all(math.isfinite(v) for v in values)
+    if granularity == "task":
+        assert all(len(set(per.values())) == 1 for per in coef.values())
+    else:
+        assert len(set(coef["de-DE"].values())) > 1  # one coefficient per tensor, and they moved apart
+    if constraint == "simplex":
+        for k in keys:
+            assert sum(coef[s][k] for s in coef) == pytest.approx(1.0, abs=1e-5)
+        assert min(values) >= 0.0
+    if constraint == "clamp":
+        assert 0.0 <= min(values) and max(values) <= 1.0
+
+
+def test_same_seed_same_result_other_seed_other_batches(setup):
+    a, b, c = fit(setup), fit(setup), fit(setup, seed=2)
+    assert a["coefficients"] == b["coefficients"] and a["entropy_curve"] == b["entropy_curve"]
+    assert a["entropy_curve"] != c["entropy_curve"]
+
+
+def test_one_source_merge_equals_that_source_and_reruns_nothing(setup, tmp_path):
+    src = {"nl-NL": setup["dirs"]["nl-NL"]}
+    out = merge_models("adamerging", src, {"nl-NL": 1.0}, tmp_path / "one", base_model=setup["base"],
+                       adapt_texts=setup["texts"], max_seq_length=32, steps=5)
+    merged, source = models.load_state_dict(out), models.load_state_dict(src["nl-NL"])
+    assert set(merged) == set(source)
+    for k in source:
+        torch.testing.assert_close(merged[k], source[k], rtol=0, atol=1e-6)
+    details = paths.read_json(out / "merge_details.json")
+    assert details["adaptation"]["entropy_curve"] and details["knobs"]["steps"] == 5
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    merge_models("adamerging", src, {"nl-NL": 1.0}, tmp_path / "one", base_model=setup["base"],
+                 adapt_texts=setup["texts"], max_seq_length=32, steps=5)
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_adamerging_without_texts_or_with_bad_knobs_is_a_clear_error(setup, tmp_path):
+    with pytest.raises(ValueError, match="adapt_texts"):
+        merge_models("adamerging", setup["dirs"], {s: 1 / 3 for s in SOURCES}, tmp_path / "x",
+                     base_model=setup["base"])
+    with pytest.raises(ValueError, match="granularity 'block'"):
+        fit(setup, granularity="block")
+
+
+class LabelSentinel:
+    """A split whose texts can be read but whose labels raise: what a target's adaptation split becomes."""
+
+    def __init__(self, ds):
+        self.texts = list(ds["text"])
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, column):
+        if column == "text":
+            return self.texts
+        raise AssertionError(f"the adaptation code read the target's {column!r} column")
+
+
+def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
+    """Both adapted systems run end to end while the target's train split raises on any label read;
+    the student and the adapted merge are scored on the test split only."""
+    real = mu.data.load_split
+    seen = []
+
+    def guarded(locale, split, source="toy"):
+        if locale == TARGET and split != "test":
+            return LabelSentinel(real(locale, split, source))
+        return real(locale, split, source)
+
+    def scored(model, locale, split="test", **kw):
+        seen.append((Path(model).parent.name, locale, split))
+        return real_logits(model, locale, split, **kw)
+
+    real_logits = evaluate.logits
+    monkeypatch.setattr(mu.data, "load_split", guarded)
+    monkeypatch.setattr(evaluate, "logits", scored)
+    weightings = {"similarity": {"de-DE": 0.5, "nl-NL": 0.3, "fr-FR": 0.2}}
+    kw = dict(models_dir=MODELS_DIR, data="toy", base_model=setup["base"], max_seq_length=32, seed=0,
+              adapt_num_examples=48)
+    merged = evaluate_merges("adamerging", TARGET, weightings, steps=5, **kw)
+    students = distill.evaluate_distilled(TARGET, weightings, epochs=1, lr=1e-3, **kw)
+    n_test = len(real(TARGET, "test", "toy"))
+    for row in merged + students:
+        assert row["family"] == "adapted" and row["n"] == n_test and 0.0 <= row["accuracy"] <= 1.0
+        assert families.sees(row["system"]) == "unlabeled text (train split)"
+    assert [r["system"] for r in merged + students] == ["adapted/adamerging-steps5/similarity",
+                                                        "adapted/distilled-soft-epochs1-lr0.001/similarity"]
+    assert {s for _, loc, s in seen if loc == TARGET} == {"test"}
+    details = paths.read_json(Path(merged[0]["model"]) / "merge_details.json")
+    assert details["statistics_params"]["adapt_from"] == {
+        "target": TARGET, "split": "train", "data": "toy", "num_texts": 48, "seed": 0, "labels": "none",
+        "transductive": False}
+    curve = distill.curves(students)
+    assert len(curve) == -(-48 // 16) and curve["value"].map(math.isfinite).all()
+
+
+def test_distillation_is_deterministic_and_moves_the_student_towards_the_teacher(setup, tmp_path):
+    w = {"de-DE": 0.6, "fr-FR": 0.4}
+    src = {loc: setup["dirs"][loc] for loc in w}
+    init = merge_models("linear", src, w, tmp_path / "init")
+    a = distill.distill(init, src, w, setup["texts"], tmp_path / "a", epochs=3, lr=1e-2, max_seq_length=32)
+    b = distill.distill(init, src, w, setup["texts"], tmp_path / "b", epochs=3, lr=1e-2, max_seq_length=32)
+    sa, sb = models.load_state_dict(a), models.load_state_dict(b)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    curve = paths.read_json(a / distill.DETAILS_JSON)["loss_curve"]
+    assert curve[-1] < curve[0]
+
+
+def test_families_say_what_each_system_sees():
+    assert families.sees("merge/linear/similarity") == "nothing"
+    assert families.sees("zero-shot/uriel-top1") == "nothing"
+    assert families.sees("ensemble/soft/transfer") == "nothing"
+    assert families.sees("zero-shot/best").startswith("labels")
+    assert families.sees("native").startswith("labels")
+    assert families.sees("ensemble/soft/oracle").startswith("labels")
+    assert families.sees("adapted/adamerging-adapttest/similarity") == "unlabeled text (test split, transductive)"
+    table = families.table(["native", "zero-shot/best", "zero-shot/uriel-top1", "adapted/distilled-soft/similarity"])
+    assert set(zip(table["family"], table["sees"])) == {
+        ("native", "labels (trained on the target)"), ("zero-shot", "labels (test labels pick the model)"),
+        ("zero-shot", "nothing"), ("adapted", "unlabeled text (train split)")}
