@@ -298,7 +298,7 @@ def aggregate(
     targets = sorted(set(rows.loc[rows["family"].isin(SYSTEM_FAMILIES), "target"]))
     if not targets:
         where = paths.resolve(reports) if reports is not None else paths.reports_dir()
-        raise ValueError(f"no merge, ensemble, iterative or adapted results for profile {profile!r} under "
+        raise ValueError(f"no merge, ensemble or iterative results for profile {profile!r} under "
                          f"{where}; run notebooks 03-05 first")
     if nxn is None:
         nxn = nxn_path(profile)
