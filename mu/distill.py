@@ -128,11 +128,13 @@ def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.Path
 
 
 def name(adapt_split: str = "train", **knobs: Any) -> str:
-    """``distilled-soft`` plus each knob that differs from its default (and ``-adapt<split>`` off train)."""
+    """``distilled-soft``, plus the teacher's temperature when not the default and ``-adapt<split>`` off
+    the train split. The training budget (epochs, lr, batch size) is recorded, not part of the name."""
     unknown = sorted(set(knobs) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"distillation does not take {unknown}; its knobs: {sorted(DEFAULTS)}")
-    out = "distilled-soft" + "".join(f"-{k}{v}" for k, v in sorted(knobs.items()) if v != DEFAULTS[k])
+    temperature = knobs.get("temperature", DEFAULTS["temperature"])
+    out = "distilled-soft" + ("" if temperature == DEFAULTS["temperature"] else f"-temperature{temperature}")
     return out + ("" if adapt_split == "train" else f"-adapt{adapt_split}")
 
 

@@ -52,8 +52,8 @@ def sees(system: str) -> str:
 
 
 def table(systems: Iterable[str]) -> pd.DataFrame:
-    """One row per family: what its systems see of the target and which systems it has."""
-    frame = pd.DataFrame({"system": sorted(set(systems))})
+    """One row per (family, what it sees), in the order the systems come (e.g. ``mu.aggregate.column_order``)."""
+    frame = pd.DataFrame({"system": list(dict.fromkeys(systems))})
     frame["family"] = frame["system"].map(family)
     frame["sees"] = frame["system"].map(sees)
     out = frame.groupby(["family", "sees"], sort=False)["system"].agg(lambda s: ", ".join(s)).reset_index()

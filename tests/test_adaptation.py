@@ -133,7 +133,7 @@ def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
         assert row["family"] == "adapted" and row["n"] == n_test and 0.0 <= row["accuracy"] <= 1.0
         assert families.sees(row["system"]) == "unlabeled text (train split)"
     assert [r["system"] for r in merged + students] == ["adapted/adamerging-steps5/similarity",
-                                                        "adapted/distilled-soft-epochs1-lr0.001/similarity"]
+                                                        "adapted/distilled-soft/similarity"]
     assert {s for _, loc, s in seen if loc == TARGET} == {"test"}
     details = paths.read_json(Path(merged[0]["model"]) / "merge_details.json")
     assert details["statistics_params"]["adapt_from"] == {
@@ -167,3 +167,32 @@ def test_families_say_what_each_system_sees():
     assert set(zip(table["family"], table["sees"])) == {
         ("native", "labels (trained on the target)"), ("zero-shot", "labels (test labels pick the model)"),
         ("zero-shot", "nothing"), ("adapted", "unlabeled text (train split)")}
+
+
+def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from mu import aggregate, report
+
+    monkeypatch.setenv("MU_ROOT", str(tmp_path))
+    locs = ["af-ZA", "de-DE", "nl-NL", "fr-FR", "es-ES"]
+    nxn = pd.DataFrame(np.full((5, 5), 0.4) + np.eye(5) * 0.5, index=locs, columns=locs)
+    for i, t in enumerate(locs):
+        src = {s: 1 / 4 for s in locs if s != t}
+        rows = [{"system": "merge/linear/similarity", "family": "merge", "accuracy": 0.4 + 0.01 * i, "n": 100,
+                 "sources": src},
+                {"system": "adapted/adamerging/similarity", "family": "adapted", "accuracy": 0.5 + 0.02 * i,
+                 "n": 100, "sources": src}]
+        report.save("03_merging", t, "x", rows=rows, params={"profile": "toy"})
+    summary = aggregate.aggregate("toy", nxn=nxn, n_boot=200)
+    assert "adapted/adamerging/similarity" in summary["table"].columns
+    tests = summary["tests"].set_index(["system", "baseline"])
+    assert tests.at[("adapted/adamerging/similarity", "zero-shot/uriel-top1"), "wins"] == 5
+    extra = aggregate.paired_tests(summary["table"], others=["merge/linear/similarity"]).set_index(["system", "baseline"])
+    assert extra.at[("adapted/adamerging/similarity", "merge/linear/similarity"), "mean_diff"] == pytest.approx(0.12)
+    md = aggregate.summary_markdown(summary, "toy")
+    assert "## What each family sees of the target" in md
+    assert "| adapted/adamerging/similarity | 5 | 0.540 |" in md and "unlabeled text (train split) |" in md
+    assert "| zero-shot | labels (test labels pick the model) | zero-shot/best-source, zero-shot/best |" in md
+    assert {r["family"]: r["sees"] for r in aggregate.summary_results(summary)["families"]}["merge"] == "nothing"

@@ -454,5 +454,8 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     assert sorted(set(vs_k["k"])) == [1, 2] and "merge/linear/similarity" in set(vs_k["system"])
     assert record["params"]["max_k"] == 2 and record["params"]["profile"] == "ens-test"
     assert {"nxn", *(f"logits/{loc}" for loc in SOURCES)} <= set(record["inputs"])
-    for png in ("methods_x_modes.png", "accuracy_vs_k.png"):
+    for png in ("methods_x_modes.png", "accuracy_vs_k.png", "distillation.png"):
         assert paths.reports_dir("04_ensembling", TARGET, png).is_file()
+    distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled-similarity"))["rows"]
+    assert [(r["system"], r["family"], r["n"]) for r in distilled] == [
+        ("adapted/distilled-soft/similarity", "adapted", record["rows"][0]["n"])]

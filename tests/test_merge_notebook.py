@@ -49,3 +49,7 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {"native", "zero-shot/best", "zero-shot/best-source"} <= set(record["results"]["accuracy"])
     assert record["params"]["method"] == method and "nxn" in record["inputs"]
     assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
+    adapted = paths.read_json(report.record_path("03_merging", "es-ES", "adamerging-similarity"))  # own record
+    assert {r["system"]: r["family"] for r in adapted["rows"]} == {
+        "adapted/adamerging/similarity": "adapted", "adapted/adamerging/average": "adapted"}
+    assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
