@@ -119,10 +119,13 @@ def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.Path
     with models.cpu_threads(model):
         curve = train_student(model, tokenizer, texts, teacher, temperature=temperature, epochs=epochs, lr=lr,
                               batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
+        # label-free diagnostic: how often the student's argmax matches the teacher's on the adaptation texts
+        agreement = float(np.mean(evaluate.forward(model, tokenizer, texts, batch_size=64, max_seq_length=max_seq_length)
+                                  .argmax(axis=1) == teacher.argmax(axis=1)))
     details = {"teacher": "soft", "weights": w, "sources": {loc: str(sources[loc]) for loc in w},
                "student_init": str(student_init), "knobs": knobs, "inputs": inputs,
                "texts": {"sha256": _digest(texts), "num_texts": len(texts), **dict(adapt_from or {})},
-               "loss_curve": curve, "teacher_seconds": teacher_seconds,
+               "loss_curve": curve, "teacher_agreement": agreement, "teacher_seconds": teacher_seconds,
                "seconds": time.perf_counter() - started, "fingerprint": fingerprint, "versions": report.versions()}
     return models.save_classifier(model.cpu(), tokenizer, out, extra_files={DETAILS_JSON: details})
 
