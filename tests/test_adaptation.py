@@ -196,3 +196,24 @@ def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, m
     assert "| adapted/adamerging/similarity | 5 | 0.540 |" in md and "unlabeled text (train split) |" in md
     assert "| zero-shot | labels (test labels pick the model) | zero-shot/best-source, zero-shot/best |" in md
     assert {r["family"]: r["sees"] for r in aggregate.summary_results(summary)["families"]}["merge"] == "nothing"
+
+
+def test_head_to_head_pairs_over_targets_with_bootstrap_and_wilcoxon():
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from mu import compare
+
+    targets = [f"t{i}" for i in range(6)]
+    table = pd.DataFrame({"a": [0.5, 0.6, 0.7, 0.4, 0.8, 0.55], "b": [0.4, 0.5, 0.75, 0.3, 0.6, np.nan],
+                          "ensemble/x": [0.1] * 6, "ensemble/y": [0.2] * 6}, index=targets)
+    assert compare.best_of(table, "ensemble/") == "ensemble/y"
+    out = compare.head_to_head(table, ["a"], ["b"]).iloc[0]
+    pair = table[["a", "b"]].dropna()
+    assert out["n"] == 5 and (out["wins"], out["ties"], out["losses"]) == (4, 0, 1)
+    assert out["mean_diff"] == pytest.approx((pair["a"] - pair["b"]).mean())
+    assert out["p_value"] == pytest.approx(stats.wilcoxon(pair["a"], pair["b"]).pvalue)
+    assert out["diff_ci_low"] < out["mean_diff"] < out["diff_ci_high"]
+    with pytest.raises(ValueError, match="not columns"):
+        compare.head_to_head(table, ["a"], ["zero-shot/best"])
