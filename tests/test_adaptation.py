@@ -19,15 +19,9 @@ TARGET = "af-ZA"
 
 
 @pytest.fixture(scope="module")
-def setup(toy_base):
+def setup(toy_base, perturbed_sources):
     """Toy base + three 'fine-tuned' sources (the base perturbed, one seed each) and target texts."""
-    model, tokenizer = models.load_classifier(toy_base)
-    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    dirs = {}
-    for i, loc in enumerate(SOURCES):
-        g = torch.Generator().manual_seed(300 + i)
-        model.load_state_dict({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base_sd.items()})
-        dirs[loc] = models.save_classifier(model, tokenizer, models.source_path(loc, MODELS_DIR))
+    dirs = perturbed_sources(SOURCES, MODELS_DIR, seed=300)
     texts = mu.data.unlabeled(TARGET, "train", "toy", num_examples=64, seed=0)
     return {"base": toy_base, "dirs": dirs, "texts": texts}
 
