@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mu import families, paths
-from mu.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1  # noqa: F401 (public names here too)
+from mu.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1
 from mu.report import ROW_KEYS, describe_input
 
 AVERAGE_MERGE = "merge/linear/average"
