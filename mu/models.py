@@ -186,6 +186,8 @@ def load_classifier(path_or_id: str | os.PathLike) -> tuple[XLMRobertaForSequenc
     where = _local_or_id(path_or_id)
     if Path(where).exists():
         check_model_weights(where)
+    elif Path(where).is_absolute() or where.startswith(".") or where.count("/") > 1:
+        raise ValueError(f"model {where} is neither an existing folder nor a hub id (owner/name)")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(where)
         tokenizer = AutoTokenizer.from_pretrained(where)

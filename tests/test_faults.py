@@ -142,6 +142,12 @@ def test_config_sizes_that_disagree_with_the_weights_name_the_model(toy_sources,
         models.load_classifier(folder)
 
 
+def test_a_vanished_model_folder_is_not_taken_for_a_hub_id(tmp_path):
+    with pytest.raises(ValueError, match=rf"model {tmp_path / 'gone' / 'merged'} is neither an existing folder "
+                                         r"nor a hub id"):
+        models.load_classifier(tmp_path / "gone" / "merged")
+
+
 # --- 5. no orphans; fewer sources than asked -----------------------------------------------------------
 
 
