@@ -271,10 +271,20 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
         return result
 
 
+# tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an
+# executed (and rendered) notebook that is noise on every page, not information.
+QUIET_WARNINGS = "ignore:IProgress not found"
+
+
+def _base_env() -> dict[str, str]:
+    warn = os.environ.get("PYTHONWARNINGS")
+    return {"MU_ROOT": str(paths.root()), "PYTHONWARNINGS": f"{warn},{QUIET_WARNINGS}" if warn else QUIET_WARNINGS}
+
+
 def kernel_env(workers: int) -> dict[str, str]:
     """Environment for the kernels: this ``MU_ROOT``, and unless set, the CPU cores shared
     out among ``workers`` parallel kernels as torch/OpenMP threads (no oversubscription)."""
-    env = {"MU_ROOT": str(paths.root())}
+    env = _base_env()
     if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return env
@@ -323,7 +333,7 @@ def _run_ray(jobs: list[Job], keys: Mapping, kernel: str, workers: int, num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(execute)
-    env = {"MU_ROOT": str(paths.root())}  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
+    env = _base_env()  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
     pending = {task.remote(j, keys[j.stem, j.target], kernel, env): j for j in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -29,11 +29,12 @@ SUMMARY_STEM = "06_aggregation"
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; }
+table { border-collapse: collapse; margin: .6em 0; display: block; overflow-x: auto; max-width: 100%; } td, th { border: 1px solid #ccc; padding: .25em .6em; }
 th { background: #f3f3f3; text-align: left; } td.done a { color: #176; } td.failed a { color: #b00; font-weight: bold; }
 .muted { color: #777; } .figs { display: flex; flex-wrap: wrap; gap: 1em; }
 .figs figure { margin: 0; width: 22em; } .figs img { width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: .85em; color: #555; word-break: break-all; } code { background: #f3f3f3; padding: 0 .2em; }
+.figs.wide figure { width: auto; max-width: 100%; } .figs.wide img { width: auto; max-width: 100%; max-height: 34em; }
+figcaption { font-size: .85em; color: #555; word-break: break-all; } th a { color: inherit; } code { background: #f3f3f3; padding: 0 .2em; }
 """
 
 
@@ -100,15 +101,15 @@ def _rel(p: Path, out: Path) -> str:
     return html.escape(p.relative_to(out).as_posix(), quote=True)
 
 
-def _figure_block(figs: list[Path], out: Path) -> str:
+def _figure_block(figs: list[Path], out: Path, wide: bool = False) -> str:
     items = "".join(f'<figure><a href="{_rel(f, out)}"><img src="{_rel(f, out)}" alt="{html.escape(f.name)}" '
                     f'loading="lazy"></a><figcaption>{html.escape(f.relative_to(out).as_posix())}</figcaption>'
                     f"</figure>" for f in figs)
-    return f'<div class="figs">{items}</div>'
+    return f'<div class="figs{" wide" if wide else ""}">{items}</div>'
 
 
 def _profile_section(profile: str, entries: list[dict[str, Any]], out: Path) -> str:
-    parts = [f"<h2>Profile <code>{html.escape(profile)}</code></h2>"]
+    parts = [f'<h2 id="{_anchor(profile)}">Profile <code>{html.escape(profile)}</code></h2>']
     summary_md = out / SUMMARY_STEM / profile / "summary.md"
     if summary_md.is_file():
         page = summary_md.with_suffix(".html")
@@ -118,16 +119,20 @@ def _profile_section(profile: str, entries: list[dict[str, Any]], out: Path) -> 
         links = " · ".join(f'<a href="{_rel(f, out)}">{html.escape(f.name)}</a>' for f in others)
         parts.append(f'<p><strong><a href="{_rel(page, out)}">Aggregated summary</a></strong> '
                      f'(<a href="{_rel(summary_md, out)}">summary.md</a>; tables: {links})</p>')
-        parts.append(_figure_block(_figures(out, SUMMARY_STEM, profile), out))
+        parts.append(_figure_block(_figures(out, SUMMARY_STEM, profile), out, wide=True))
     else:
         parts.append(f'<p class="muted">No aggregated summary yet ({SUMMARY_STEM} has not run for this profile).</p>')
     stems = sorted({e["stem"] for e in entries})
     rows = sorted({(e["per_target"], e["target"]) for e in entries})
     cell = {(e["stem"], e["target"]): e for e in entries}
     head = "".join(f"<th>{html.escape(s)}</th>" for s in stems)
+    figures = {t: [f for s in stems for f in _figures(out, s, t) if not (s == SUMMARY_STEM and not per_target)]
+               for per_target, t in rows}
     body = []
     for per_target, target in rows:
         label = html.escape(target) if per_target else f"{html.escape(target)} <span class=\"muted\">(profile)</span>"
+        if figures[target]:
+            label = f'<a href="#{_anchor(profile, target)}" title="figures">{label}</a>'
         cells = []
         for s in stems:
             e = cell.get((s, target))
@@ -139,12 +144,16 @@ def _profile_section(profile: str, entries: list[dict[str, Any]], out: Path) -> 
         body.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")
     parts.append("<h3>Executed notebooks</h3>")
     parts.append(f"<table><tr><th>target</th>{head}</tr>{''.join(body)}</table>")
-    parts.append("<h3>Figures</h3>")
-    for per_target, target in rows:
-        figs = [f for s in stems for f in _figures(out, s, target) if not (s == SUMMARY_STEM and not per_target)]
-        if figs:
-            parts.append(f"<h4>{html.escape(target)}</h4>{_figure_block(figs, out)}")
+    parts.append("<h3>Figures</h3><p class=\"muted\">(click a target in the table to jump to its figures)</p>")
+    for _, target in rows:
+        if figures[target]:
+            parts.append(f'<h4 id="{_anchor(profile, target)}">{html.escape(target)}</h4>'
+                         f"{_figure_block(figures[target], out)}")
     return "\n".join(parts)
+
+
+def _anchor(*parts: str) -> str:
+    return html.escape("-".join(parts), quote=True)
 
 
 def build_index(out_dir: str | os.PathLike | None = None) -> Path:

@@ -85,8 +85,8 @@ def test_two_runners_at_once_run_each_job_once_and_agree_with_one_run(project):
         [start] = [i for i, x in enumerate(log) if x.startswith(f"start {job} ")]
         [end] = [i for i, x in enumerate(log) if x.startswith(f"end {job} ")]
         assert start < end and log[start].split()[2] == log[end].split()[2], log
-    counts = [out.splitlines()[-3 if "Aggregated" in out else -1] for out, _ in outs]
-    done = [int(c.split("done ")[1].split(",")[0]) for c in counts]
+    counts = [next(line for line in out.splitlines() if line.startswith("done ")) for out, _ in outs]
+    done = [int(c.split(",")[0].split()[1]) for c in counts]
     assert sum(done) == 3, counts  # the other runner skipped what this one ran
     # the results are those of one run
     for t in ("af-ZA", "fr-FR"):
@@ -94,6 +94,7 @@ def test_two_runners_at_once_run_each_job_once_and_agree_with_one_run(project):
         assert [r["accuracy"] for r in rows] == [len(t) / 10]
     assert paths.read_json(report.record_path("06_aggregation", "toy", "summary"))["results"] == {"n": 2}
     assert not list((project / "reports").rglob("*.tmp"))
+    assert all("Open reports/index.html in a browser" in out for out, _ in outs)
 
 
 class _Links(HTMLParser):
@@ -116,7 +117,9 @@ def test_index_links_every_rendered_notebook_summary_and_figure(project):
     index = out / site.INDEX
     parser = _Links()
     parser.feed(index.read_text(encoding="utf-8"))
-    links = {unquote(urlparse(x).path) for x in parser.links}
+    anchors = [x[1:] for x in parser.links if x.startswith("#")]
+    assert anchors and all(f'id="{a}"' in index.read_text(encoding="utf-8") for a in anchors)
+    links = {unquote(urlparse(x).path) for x in parser.links if not x.startswith("#")}
     assert links, "the index links nothing"
     missing = [x for x in links if not (out / x).is_file()]
     assert not missing, f"index links that resolve to no file: {missing}"
