@@ -22,6 +22,14 @@ from mu.merge import checks
 from mu.merge import run as merge_run
 
 
+@pytest.fixture(autouse=True)
+def _fresh_notes():
+    """Each test starts and ends with no recorded warnings (they are kept per process)."""
+    notes.clear()
+    yield
+    notes.clear()
+
+
 def _copy_model(src, dst, edit_tensors=None, edit_config=None):
     """A copy of a model folder with its tensors and/or config changed."""
     shutil.copytree(src, dst)
