@@ -71,7 +71,8 @@ def test_truncated_logits_cache_is_named_deleted_and_recomputed(toy_sources):
         again, _ = ensemble.source_logits("it-IT", ["es-ES"], models_dir=model.parent, data="toy", split="dev",
                                           max_seq_length=64, compute=True)
     assert evaluate.forward_calls() > before
-    assert np.array_equal(again["es-ES"], first) and entry.is_file()
+    # (equal up to float rounding: an earlier test may have cached this entry with other batch padding)
+    assert np.allclose(again["es-ES"], first, rtol=0, atol=1e-5) and entry.is_file()
     assert any(str(entry) in w for w in notes.noted())
 
 
