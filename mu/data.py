@@ -135,8 +135,9 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
 def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
     """Parse and validate ``<folder>/<locale>.jsonl``; rows grouped by split.
 
-    Every line must be a JSON object with a known ``partition`` and ``intent`` and
-    a non-empty ``utt``; any bad line is a ValueError naming the file and line.
+    Every line must be valid UTF-8 and a JSON object with a known ``partition`` and
+    ``intent`` and a non-empty ``utt`` (all strings), and a unique non-null ``id`` when it
+    has one; any bad line is a ValueError naming the file and line.
     """
     folder = Path(folder)
     path = folder / f"{locale}.jsonl"
@@ -144,11 +145,17 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
         have = sorted(p.stem for p in folder.glob("*.jsonl"))
         raise ValueError(f"no data file for locale {locale!r}: {path} does not exist; locales in {folder}: {have}")
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    seen: dict[str, int] = {}  # id -> line of its first occurrence
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -158,6 +165,17 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
             missing = [k for k in REQUIRED_KEYS if k not in obj]
             if missing:
                 raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
+            for key in (*REQUIRED_KEYS, "locale"):
+                if key in obj and not isinstance(obj[key], str):
+                    raise ValueError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} "
+                                     f"{obj[key]!r}")
+            if "id" in obj:
+                uid = obj["id"]
+                if uid is None or isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
+                    raise ValueError(f"{where}: 'id' must be a non-empty string (or an integer), got {uid!r}")
+                if str(uid) in seen:
+                    raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
+                seen[str(uid)] = lineno
             if obj["partition"] not in SPLITS:
                 raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
             if obj["intent"] not in LABEL2ID:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mu import data as mu_data
 from mu import models as mu_models
-from mu import paths, report
+from mu import cache, paths, report
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
 
@@ -54,9 +54,17 @@ def cache_path(model: str | os.PathLike, ds: Dataset, locale: str, split: str, m
     return paths.cache_dir("logits", hashlib.sha256(key.encode()).hexdigest() + ".npz")
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cache entry's (logits, labels); None when absent or corrupt (``mu.cache.read`` warns and deletes it)."""
+    return cache.read(path, _read_npz, "logits cache entry")
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
-        return z["logits"], z["labels"]
+        lg, lb = z["logits"], z["labels"]
+    if lg.ndim != 2 or lb.shape != (lg.shape[0],):
+        raise ValueError(f"logits {lg.shape} and labels {lb.shape} do not form an [n, C] / [n] pair")
+    return lg, lb
 
 
 def _write(path: Path, logits_: np.ndarray, ds: Dataset, meta: Mapping[str, Any]) -> None:
@@ -90,8 +98,9 @@ def _load(model: str | os.PathLike) -> tuple[Any, Any]:
 def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> tuple[np.ndarray, np.ndarray]:
     ds = mu_data.load_split(locale, split, data)
     path = cache_path(model, ds, locale, split, max_seq_length)
-    if path.is_file():
-        return _read(path)
+    hit = _read(path)
+    if hit is not None:
+        return hit
     out = forward(*load(model), ds["text"], batch_size=batch_size, max_seq_length=max_seq_length)
     _write(path, out, ds, {"model": str(model), "locale": locale, "split": split, "data": str(data),
                            "max_seq_length": max_seq_length})
@@ -105,10 +114,12 @@ def cached_logits(
     """Like ``logits`` but only reads the cache; FileNotFoundError if this evaluation was never run."""
     ds = mu_data.load_split(locale, split, data)
     path = cache_path(model, ds, locale, split, max_seq_length)
-    if not path.is_file():
+    hit = _read(path)
+    if hit is None:
         raise FileNotFoundError(f"no cached logits for model {model} on {locale}/{split} (data={data!s}, "
-                                f"max_seq_length={max_seq_length}); expected {path}; run mu.evaluate.logits first")
-    return _read(path)
+                                f"max_seq_length={max_seq_length}); expected {path}; run mu.evaluate.logits "
+                                "(or source_logits(..., compute=True)) first")
+    return hit
 
 
 def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:

@@ -9,6 +9,7 @@ A record is one JSON file ``reports/<notebook>/<target>/<name>.json``::
      "results": {...free-form extras...},
      "params": {...the notebook's parameters...},
      "inputs": {"<what>": {"path": ..., "sha256": ...}},
+     "warnings": [...mu.notes warnings issued in this process, e.g. fewer sources than asked...],
      "versions": {"python": ..., "torch": ..., ...},
      "created": "2026-11-24T10:00:00+00:00"}
 
@@ -24,10 +25,11 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mu import paths
+from mu import cache, notes, paths
 
 PACKAGES = (
     "mu", "torch", "transformers", "tokenizers", "datasets", "mergekit", "lang2vec",
@@ -55,14 +57,22 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     st = p.stat()
     key = hashlib.sha256(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
     memo = paths.cache_dir("sha256", key[:2], key)
-    if memo.is_file():
-        return memo.read_text(encoding="utf-8").strip()
+    hit = cache.read(memo, _read_digest, "sha256 memo")
+    if hit is not None:
+        return hit
     h = hashlib.sha256()
     with open(p, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     digest = h.hexdigest()
     paths.write_text(memo, digest)
+    return digest
+
+
+def _read_digest(memo: Path) -> str:
+    digest = memo.read_text(encoding="utf-8").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"not a sha256 hex digest: {digest[:80]!r}")
     return digest
 
 
@@ -115,6 +125,7 @@ def save(
         "results": dict(results or {}),
         "params": dict(params or {}),
         "inputs": dict(inputs or {}),
+        "warnings": notes.noted(),
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -223,8 +223,10 @@ def test_notebooks_and_params_resolve_against_the_checkout_not_mu_root(project):
 
 def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
     env = runner.kernel_env(workers=2)
-    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
+                   "PYTHONWARNINGS": runner.QUIET_WARNINGS}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert "OMP_NUM_THREADS" not in runner.kernel_env(workers=2)  # the user's setting is kept
 

@@ -46,10 +46,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from mu import paths, report
-from mu.merge import adamerging, lazy, registry
+from mu import cache, paths, report
+from mu.merge import adamerging, checks, lazy, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
 
@@ -109,7 +109,7 @@ def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: st
     if kind == "fishers":
         desc["fisher"] = "empirical, true labels, normalised to mean 1"
     file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{_digest(desc)[:16]}.safetensors")
-    if not file.is_file():
+    if cache.read(file, lazy.LazyStateDict.from_file, "statistics cache entry") is None:
         model, tokenizer = models.load_classifier(model_dir)
         fn = fisher_diagonal if kind == "fishers" else regmean_grams
         stats = fn(model, tokenizer, train, num_examples=num_examples, batch_size=batch_size,
@@ -119,18 +119,6 @@ def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: st
             save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp),
                       metadata={"mu": json.dumps(desc)})
     return file, desc
-
-
-def _check_architecture(config: Any, merged: Mapping[str, torch.Tensor]) -> None:
-    """The merged tensors must be exactly the architecture's state dict (names and shapes)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in AutoModelForSequenceClassification.from_config(config)
-                    .state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in merged.items()}
-    if got != expected:
-        bad = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
-        raise ValueError(f"merged tensors do not match the {config.model_type} architecture at {bad[:10]}: "
-                         f"got {[got.get(k) for k in bad[:10]]}, expected {[expected.get(k) for k in bad[:10]]}")
 
 
 def details_text(details: Mapping[str, Any]) -> str:
@@ -190,7 +178,7 @@ def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, f
 def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
     """HF folder: config and tokenizer of ``like``, the merged weights, merge_details.json / .txt (atomic)."""
     config = AutoConfig.from_pretrained(like)
-    _check_architecture(config, merged)
+    checks.check_output(config, merged, f"merged model for {out}")
     tokenizer = AutoTokenizer.from_pretrained(like)
     with paths.atomic_path(out) as tmp:
         tmp.mkdir()
@@ -278,8 +266,8 @@ def merge_models(
                                         seed=seed, device=device)
                 stats_files[loc] = {"path": str(file), **desc}
             extra[stat] = {loc: lazy.LazyStateDict.from_file(stats_files[loc]["path"]) for loc in order}
-        state_dicts = {loc: lazy.open_model(dirs[loc]) for loc in order}
-        base = lazy.open_model(base_dir) if use_base else None
+        state_dicts = checks.checked_inputs({loc: lazy.open_model(dirs[loc]) for loc in order})
+        base = checks.checked_inputs({"<base>": lazy.open_model(base_dir)})["<base>"] if use_base else None
         adaptation = None
         if method in registry.ADAPTIVE:  # coefficients fitted on the target's unlabeled texts
             adaptation = adamerging.fit_models(base_dir, state_dicts, base, w, adapt_texts, batch_size=adapt_batch_size,
