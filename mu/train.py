@@ -8,6 +8,7 @@ saves it atomically with ``training_args.json``; ``train_locales`` does a list.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import PrinterCallback
 
 from mu import data as mu_data
-from mu import models, paths, report
+from mu import models, paths, report, tracking
 
 
 PROGRESS_STEPS = 1000  # longer fits show the Trainer's per-step progress bar
@@ -45,6 +46,10 @@ def fit(
     output_dir: str | os.PathLike,
     eval_ds: Dataset | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
+    report_to: str | Sequence[str] | None = None,
+    log_dir: str | os.PathLike | None = None,
+    step_offset: int = 0,
+    run_name: str | None = None,
 ) -> dict:
     """Train ``model`` in place on ``train_ds`` (columns ``text``, ``label``) for ``epochs``.
 
@@ -53,9 +58,12 @@ def fit(
     (``mu.models.cpu_threads``). Nothing is checkpointed (``save_strategy="no"``);
     ``output_dir`` only receives the Trainer's scratch files. Deterministic in ``seed``.
     Runs over ``PROGRESS_STEPS`` optimiser steps show a tqdm bar per step.
+    ``report_to`` (``mu.tracking``): experiment tracking; TensorBoard writes to ``log_dir``
+    with steps shifted by ``step_offset``; ``run_name`` names the run in wandb / mlflow.
     Returns ``{"train_loss", "global_step", "log_history"}``; the model is left in eval mode.
     """
     steps = -(-len(train_ds) // batch_size) * epochs
+    backends, tracking_callbacks = tracking.trainer_setup(tracking.check(report_to), log_dir, step_offset)
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
@@ -69,7 +77,8 @@ def fit(
         save_strategy="no",
         eval_strategy="epoch" if eval_ds is not None else "no",
         logging_strategy="epoch",
-        report_to=[],
+        report_to=backends,
+        run_name=run_name,
         disable_tqdm=steps <= PROGRESS_STEPS,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -82,7 +91,7 @@ def fit(
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=_accuracy if eval_ds is not None else None,
-        callbacks=list(callbacks or []),
+        callbacks=[*tracking_callbacks, *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # losses go to the returned log_history, not stdout
     with models.cpu_threads(model):
@@ -107,6 +116,7 @@ def train_locale(
     lr: float,
     max_seq_length: int,
     seed: int,
+    report_to: str | Sequence[str] | None = None,
 ) -> Path:
     """Fine-tune ``base_model`` on ``locale``'s train split; save to ``mu.models.source_path``.
 
@@ -114,7 +124,11 @@ def train_locale(
     has the same parameters (base and data hashes included); otherwise trained
     and written atomically (model, tokenizer, ``training_args.json`` with
     parameters, data hash, history and package versions).
+    ``report_to`` (``mu.tracking``, not a parameter of the model): track the training, with
+    the dev accuracy after each epoch; TensorBoard event files go to ``tracking_dir``.
+    A skipped model is not retrained, so it logs nothing.
     """
+    backends = tracking.check(report_to)
     out = models.source_path(locale, models_dir)
     base = paths.resolve(base_model)
     models.check_model_dir(base)
@@ -131,13 +145,23 @@ def train_locale(
     model, tokenizer = models.load_classifier(base)
     scratch = paths.cache_dir("train")
     scratch.mkdir(parents=True, exist_ok=True)
+    log_dir = tracking_dir(locale, models_dir)
+    if backends and log_dir.exists():
+        shutil.rmtree(log_dir)  # the logs of an earlier training of this folder
     with tempfile.TemporaryDirectory(prefix=f"{locale}.", dir=scratch) as tmp:
         history = fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
-                      max_seq_length=max_seq_length, seed=seed, output_dir=tmp)
+                      max_seq_length=max_seq_length, seed=seed, output_dir=tmp,
+                      eval_ds=mu_data.load_split(locale, "dev", data) if backends else None,
+                      report_to=backends, log_dir=log_dir, run_name=f"train/{locale}")
     record = {"params": params, "classifier_head": models.HEAD_NOTE, "train_loss": history["train_loss"],
               "global_step": history["global_step"], "log_history": history["log_history"],
-              "versions": report.versions()}
+              "report_to": backends, "versions": report.versions()}
     return models.save_classifier(model, tokenizer, out, extra_files={"training_args.json": record})
+
+
+def tracking_dir(locale: str, models_dir: str | os.PathLike) -> Path:
+    """``<models_dir>/runs/<locale>``: TensorBoard event files of ``train_locale(..., report_to=...)``."""
+    return paths.resolve(models_dir) / "runs" / locale
 
 
 def train_locales(locales: Sequence[str], **kwargs: Any) -> dict[str, Path]:
