@@ -33,6 +33,16 @@ def tokenize(ds: Dataset, tokenizer: Any, max_seq_length: int) -> Dataset:
                   batched=True, remove_columns=[c for c in ds.column_names if c != "label"])
 
 
+class _Trainer(Trainer):
+    """A ``Trainer`` whose evaluations leave the training's random stream untouched (a DataLoader
+    draws a seed from torch's RNG each time it is iterated), so evaluating the dev split each
+    epoch, e.g. for tracking, trains exactly the same weights as not evaluating."""
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
+
 def fit(
     model: Any,
     tokenizer: Any,
@@ -83,7 +93,7 @@ def fit(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=tokenize(train_ds, tokenizer, max_seq_length),
