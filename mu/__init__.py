@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "paths", "locales", "similarity", "data", "models", "train", "evaluate",
     "merge", "ensemble", "iterative", "params", "runner", "report", "aggregate", "plots",
+    "schedule", "tracking", "sts",
 )
 
 

@@ -246,6 +246,14 @@ def _toy_lexicons(locales: Sequence[str], num_intents: int, seed: int) -> dict[s
     return out
 
 
+def toy_lexicon(locale: str, num_intents: int = 12, seed: int = 0) -> dict[str, list]:
+    """A toy locale's words as ``make_toy`` (same defaults) uses them: ``keywords`` (4 per intent)
+    and ``fillers`` (24)."""
+    if locale not in TOY_FAMILIES:
+        raise ValueError(f"unknown toy locale {locale!r}; valid: {TOY_LOCALES}")
+    return _toy_lexicons([locale], num_intents, seed)[locale]
+
+
 # Tokens shared unchanged by every toy language (numbers, names): they carry no intent information.
 _TOY_SHARED = ["3", "7", "12", "20", "anna", "omar", "lima", "tokyo", "maria", "kenji"]
 
