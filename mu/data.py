@@ -17,7 +17,7 @@ import os
 import random
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from datasets import Dataset
 
@@ -115,6 +115,22 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
     })
 
 
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-empty line of a JSONL file; a line that is not a JSON
+    object is a ValueError naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
 def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
     """Parse and validate ``<folder>/<locale>.jsonl``; rows grouped by split.
 
@@ -127,31 +143,22 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
         have = sorted(p.stem for p in folder.glob("*.jsonl"))
         raise ValueError(f"no data file for locale {locale!r}: {path} does not exist; locales in {folder}: {have}")
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: bad JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in obj]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
-            if obj["partition"] not in SPLITS:
-                raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
-            if obj["intent"] not in LABEL2ID:
-                raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
-            if not isinstance(obj["utt"], str) or not obj["utt"].strip():
-                raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
-            if obj.get("locale", locale) != locale:
-                raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
-            out[obj["partition"]].append(
-                {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
-            )
+    for lineno, obj in jsonl_objects(path):
+        where = f"{path}:{lineno}"
+        missing = [k for k in REQUIRED_KEYS if k not in obj]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
+        if obj["partition"] not in SPLITS:
+            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
+        if obj["intent"] not in LABEL2ID:
+            raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
+        if not isinstance(obj["utt"], str) or not obj["utt"].strip():
+            raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
+        if obj.get("locale", locale) != locale:
+            raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
+        out[obj["partition"]].append(
+            {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
+        )
     return out
 
 

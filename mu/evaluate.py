@@ -270,3 +270,17 @@ def sts(model: str | os.PathLike, pairs: pd.DataFrame, *, batch_size: int = 64,
     b = np.stack([vectors[t] for t in pairs["sentence2"]])
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"spearman": float(stats.spearmanr(cosine, pairs["score"]).statistic), "n": int(len(pairs))}
+
+
+def sts_table(base: str | os.PathLike, sources: Mapping[str, str | os.PathLike],
+              merges: Mapping[str, str | os.PathLike], pairs: pd.DataFrame, *, batch_size: int = 64,
+              max_seq_length: int = 128) -> pd.DataFrame:
+    """``sts`` of the base model, each source (``{locale: folder}``) and each merge (``{system:
+    folder}``) on the same pairs, so one sees whether merging keeps the sources' representations:
+    columns ``model``, ``role`` (base / source / merge), ``spearman``, ``n``."""
+    models = [("base", "base", base), *[(loc, "source", p) for loc, p in sources.items()],
+              *[(name, "merge", p) for name, p in merges.items()]]
+    return pd.DataFrame([{"model": name, "role": role,
+                          **sts(path, pairs, batch_size=batch_size, max_seq_length=max_seq_length)}
+                         for name, role, path in tqdm(models, desc="STS", unit="model")],
+                        columns=["model", "role", "spearman", "n"])

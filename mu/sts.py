@@ -86,18 +86,11 @@ def read_file(path: str | os.PathLike, *, score_range: Sequence[float] = (0.0, 5
 
 def _records(file: Path):
     """(``file:line``, dict) per non-empty line after the header (TSV) or per line (JSONL)."""
+    if file.suffix == ".jsonl":
+        for lineno, obj in mu_data.jsonl_objects(file):
+            yield f"{file}:{lineno}", obj
+        return
     with open(file, encoding="utf-8", newline="") as f:
-        if file.suffix == ".jsonl":
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{file}:{lineno}: bad JSON ({e.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise ValueError(f"{file}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                    yield f"{file}:{lineno}", obj
-            return
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:

@@ -49,3 +49,7 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {"native", "zero-shot/best", "zero-shot/best-source"} <= set(record["results"]["accuracy"])
     assert record["params"]["method"] == method and "nxn" in record["inputs"]
     assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
+    # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
+    sts = record["results"]["sts"]
+    assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}
+    assert all(-1.0 <= v <= 1.0 for v in sts.values()) and record["results"]["sts_data"]["n"] == 200
