@@ -168,15 +168,17 @@ def _train_sources(k: int, tmp: Path, start: Path, epochs: int, seed_parts: tupl
 
 def _train_cycle(k: int, tmp: Path, start: Path, log: list[dict], *, epochs_done: int, max_epochs: int,
                  merge_frequency: int | None, adaptive: Mapping[str, Any] | None, weights: Mapping[str, float],
-                 seed: int, **kw: Any) -> dict[str, Any]:
+                 seed: int, fit_args: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
     """Train the sources until this cycle's merge: ``merge_frequency`` epochs (fixed), or epoch by
     epoch until ``mu.schedule.decide`` says merge (adaptive). Returns the cycle's log entry."""
+    lr = fit_args["lr"]
     sources_log = {loc: {"seeds": [], "train_loss_per_epoch": [], "dev_accuracy_per_epoch": [], "global_step": 0}
                    for loc in weights}
     kw["steps_before"] = {loc: sum(e["sources"][loc]["global_step"] for e in log) for loc in weights}  # TensorBoard
     if adaptive is None:
         n = min(merge_frequency, max_epochs - epochs_done)
-        _train_sources(k, tmp, start, n, (seed, "train", k), sources_log=sources_log, weights=weights, **kw)
+        _train_sources(k, tmp, start, n, (seed, "train", k), sources_log=sources_log, weights=weights,
+                       fit_args=fit_args, **kw)
         last = epochs_done + n == max_epochs
         decisions = [{"epoch": epochs_done + n, "merge": True, "reason": "end" if last else "fixed",
                       "detail": f"every merge_frequency={merge_frequency} epochs" + (" (last epoch)" if last else "")}]
@@ -184,11 +186,16 @@ def _train_cycle(k: int, tmp: Path, start: Path, log: list[dict], *, epochs_done
         decisions, n = [], 0
         while not decisions or not decisions[-1]["merge"]:
             n += 1
-            _train_sources(k, tmp, start, 1, (seed, "train", k, n), sources_log=sources_log, weights=weights, **kw)
+            # one piece of a linear decay over max_interval epochs (as one fit of that length would have)
+            piece = {"lr": lr * (1 - (n - 1) / adaptive["max_interval"]), "warmup": 0.06 if n == 1 else 0.0,
+                     "lr_end": lr * (1 - n / adaptive["max_interval"])}
+            _train_sources(k, tmp, start, 1, (seed, "train", k, n), sources_log=sources_log, weights=weights,
+                           fit_args={**fit_args, **piece}, **kw)
             dev = [{loc: s["dev_accuracy_per_epoch"][j] for loc, s in sources_log.items()} for j in range(n)]
             merge_now, reason, detail = schedule.decide(dev, epochs_done=epochs_done + n, max_epochs=max_epochs,
                                                         **adaptive)
-            decisions.append({"epoch": epochs_done + n, "merge": merge_now, "reason": reason, "detail": detail})
+            decisions.append({"epoch": epochs_done + n, "merge": merge_now, "reason": reason, "detail": detail,
+                              "lr": [piece["lr"], piece["lr_end"]]})
     for s in sources_log.values():
         s.update(train_loss=s["train_loss_per_epoch"][-1], dev_accuracy=s["dev_accuracy_per_epoch"][-1])
     return {"cycle": k, "epochs": [epochs_done, epochs_done + n], "start": "base" if k == 1 else f"cycle_{k - 1}",
@@ -282,7 +289,8 @@ def run(
     ``merge_schedule="adaptive"``: after each epoch ``mu.schedule.decide`` merges or not,
     from the sources' dev accuracies (``min_interval``, ``max_interval``, ``patience``,
     ``convergence_threshold``, ``performance_drop``; None = ``mu.schedule.ADAPTIVE_DEFAULTS``);
-    every epoch is then its own ``fit`` (fresh optimiser and learning-rate decay per epoch).
+    every epoch is then its own ``fit``: the learning rate follows one linear decay over
+    ``max_interval`` epochs, cut short by an earlier merge; AdamW's moments restart each epoch.
     Each cycle's log entry says why it merged (``merge_reason``, ``merge_detail``; adaptive:
     every epoch's ``decisions``).
     ``base_model``: the shared starting model (same head for every source).

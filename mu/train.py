@@ -60,6 +60,8 @@ def fit(
     log_dir: str | os.PathLike | None = None,
     step_offset: int = 0,
     run_name: str | None = None,
+    lr_end: float = 0.0,
+    warmup: float = 0.06,
 ) -> dict:
     """Train ``model`` in place on ``train_ds`` (columns ``text``, ``label``) for ``epochs``.
 
@@ -68,6 +70,8 @@ def fit(
     (``mu.models.cpu_threads``). Nothing is checkpointed (``save_strategy="no"``);
     ``output_dir`` only receives the Trainer's scratch files. Deterministic in ``seed``.
     Runs over ``PROGRESS_STEPS`` optimiser steps show a tqdm bar per step.
+    The learning rate warms up over the ``warmup`` fraction of the steps, then decays linearly
+    from ``lr`` to ``lr_end`` (0: the usual decay to zero; a piece of a longer schedule otherwise).
     ``report_to`` (``mu.tracking``): experiment tracking; TensorBoard writes to ``log_dir``
     with steps shifted by ``step_offset``; ``run_name`` names the run in wandb / mlflow.
     Returns ``{"train_loss", "global_step", "log_history"}``; the model is left in eval mode.
@@ -80,7 +84,9 @@ def fit(
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
         learning_rate=lr,
-        warmup_steps=0.06,
+        warmup_steps=warmup,
+        lr_scheduler_type="polynomial" if lr_end else "linear",
+        lr_scheduler_kwargs={"lr_end": lr_end, "power": 1.0} if lr_end else {},
         weight_decay=0.01,
         seed=seed,
         data_seed=seed,

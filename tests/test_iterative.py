@@ -187,6 +187,11 @@ def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
             dev = [{loc: s["dev_accuracy_per_epoch"][i] for loc, s in e["sources"].items()} for i in range(j)]
             assert schedule.decide(dev, epochs_done=e["epochs"][0] + j, max_epochs=3, **params) == \
                 (d["merge"], d["reason"], d["detail"])
+        # the epochs' learning rates are the pieces of one linear decay over max_interval epochs
+        pieces = [d["lr"] for d in e["decisions"]]
+        assert pieces[0][0] == pytest.approx(ADAPTIVE["lr"])
+        assert all(a[1] == pytest.approx(b[0]) for a, b in zip(pieces, pieces[1:]))
+        assert pieces[-1][1] == pytest.approx(ADAPTIVE["lr"] * (1 - n / ADAPTIVE["max_interval"]))
     merges = iterative.merges_frame(log)
     assert list(merges["reason"]) == [e["merge_reason"] for e in log] and merges["detail"].str.len().min() > 0
     table = iterative.compare({"adaptive": adaptive_run})
