@@ -17,7 +17,7 @@ import os
 import random
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from datasets import Dataset
 
@@ -132,6 +132,27 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
     })
 
 
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-empty line of a JSONL file; a line that is not valid
+    UTF-8 or not a JSON object is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
+                                 f"{e.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
 def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
     """Parse and validate ``<folder>/<locale>.jsonl``; rows grouped by split.
 
@@ -146,47 +167,33 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
         raise ValueError(f"no data file for locale {locale!r}: {path} does not exist; locales in {folder}: {have}")
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: dict[str, int] = {}  # id -> line of its first occurrence
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
-                                 f"{e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: bad JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in obj]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
-            for key in (*REQUIRED_KEYS, "locale"):
-                if key in obj and not isinstance(obj[key], str):
-                    raise ValueError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} "
-                                     f"{obj[key]!r}")
-            if "id" in obj:
-                uid = obj["id"]
-                if uid is None or isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
-                    raise ValueError(f"{where}: 'id' must be a non-empty string (or an integer), got {uid!r}")
-                if str(uid) in seen:
-                    raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
-                seen[str(uid)] = lineno
-            if obj["partition"] not in SPLITS:
-                raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
-            if obj["intent"] not in LABEL2ID:
-                raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
-            if not isinstance(obj["utt"], str) or not obj["utt"].strip():
-                raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
-            if obj.get("locale", locale) != locale:
-                raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
-            out[obj["partition"]].append(
-                {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
-            )
+    for lineno, obj in jsonl_objects(path):
+        where = f"{path}:{lineno}"
+        missing = [k for k in REQUIRED_KEYS if k not in obj]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
+        for key in (*REQUIRED_KEYS, "locale"):
+            if key in obj and not isinstance(obj[key], str):
+                raise ValueError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} "
+                                 f"{obj[key]!r}")
+        if "id" in obj:
+            uid = obj["id"]
+            if uid is None or isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
+                raise ValueError(f"{where}: 'id' must be a non-empty string (or an integer), got {uid!r}")
+            if str(uid) in seen:
+                raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
+            seen[str(uid)] = lineno
+        if obj["partition"] not in SPLITS:
+            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
+        if obj["intent"] not in LABEL2ID:
+            raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
+        if not obj["utt"].strip():
+            raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
+        if obj.get("locale", locale) != locale:
+            raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
+        out[obj["partition"]].append(
+            {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
+        )
     return out
 
 
@@ -279,6 +286,14 @@ def _toy_lexicons(locales: Sequence[str], num_intents: int, seed: int) -> dict[s
         out[loc] = {"keywords": [[_language_form(w, lrng) for w in ks] for ks in kws],
                     "fillers": [_language_form(w, lrng) for w in fill]}
     return out
+
+
+def toy_lexicon(locale: str, num_intents: int = 12, seed: int = 0) -> dict[str, list]:
+    """A toy locale's words as ``make_toy`` (same defaults) uses them: ``keywords`` (4 per intent)
+    and ``fillers`` (24)."""
+    if locale not in TOY_FAMILIES:
+        raise ValueError(f"unknown toy locale {locale!r}; valid: {TOY_LOCALES}")
+    return _toy_lexicons([locale], num_intents, seed)[locale]
 
 
 # Tokens shared unchanged by every toy language (numbers, names): they carry no intent information.

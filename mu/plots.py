@@ -108,6 +108,17 @@ def weights_bar(weights: dict[str, float], path: str | os.PathLike, *, title: st
     return fig
 
 
+def sts_bars(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """STS Spearman per model (columns ``model``, ``role``, ``spearman``: ``mu.evaluate.sts_table``)."""
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(frame) + 1.2))
+    sns.barplot(frame, x="spearman", y="model", hue="role", dodge=False, ax=ax, palette="deep")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(xlim=(min(0.0, frame["spearman"].min() - 0.05), 1), xlabel="Spearman (cosine of mean-pooled embeddings vs gold)",
+           title=title)
+    save(fig, path)
+    return fig
+
+
 def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
     """Iterative training per cycle (the long frame of ``mu.iterative.log_frame``): sources' train
     loss, and accuracy of each source on its own dev split next to the merged model's on the target
@@ -115,7 +126,7 @@ def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     loss = frame[frame["metric"] == "train_loss"]
     sns.lineplot(loss, x="epoch", y="value", hue="series", marker="o", ax=left)
-    left.set(ylabel="train loss (cycle mean)", xlabel="epoch (end of cycle)", title="sources: train loss")
+    left.set(ylabel="train loss (last epoch of the cycle)", xlabel="epoch (end of cycle)", title="sources: train loss")
     acc = frame[frame["metric"] == "accuracy"]
     merged = acc["series"].str.startswith("merged")
     sns.lineplot(acc[~merged], x="epoch", y="value", hue="series", marker="o", linestyle="--", alpha=0.6, ax=right)

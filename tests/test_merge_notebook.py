@@ -46,3 +46,7 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {r["system"]: r["family"] for r in adapted["rows"]} == {
         "adapted/adamerging/similarity": "adapted", "adapted/adamerging/average": "adapted"}
     assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
+    # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
+    sts = record["results"]["sts"]
+    assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}
+    assert all(-1.0 <= v <= 1.0 for v in sts.values()) and record["results"]["sts_data"]["n"] == 200
