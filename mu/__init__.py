@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "paths", "locales", "similarity", "data", "models", "train", "evaluate",
-    "merge", "ensemble", "iterative", "runner", "report", "plots",
+    "merge", "ensemble", "distill", "iterative", "schedule", "tracking", "sts", "params", "runner", "report",
+    "aggregate", "compare", "families", "plots", "notes", "cache", "site",
     "pretrain", "lexical", "study",
 )
 

@@ -3,10 +3,10 @@
     python -m mu run --profile toy --targets af-ZA sw-KE --notebooks 01 02 03 \\
         [--executor local|ray] [--workers N] [--num-gpus G] [--set key=value ...]
     python -m mu demo [--targets ...] [--workers N]   # every notebook on the toy profile, then
-                                                      # where the aggregated summary is
+                                                      # the aggregated summary's tables
     python -m mu pretrain --profile mini --objective mlm+tlm+align --steps N [--minutes M]
-    python -m mu compare --locales en-US de-DE ... --steps N     # pretraining objectives vs lexical
-    python -m mu study --steps N [--train 2000 --test 500]       # the mini profile end to end
+    python -m mu compare-objectives --locales en-US de-DE ... --steps N   # pretraining objectives vs lexical
+    python -m mu study --steps N [--train 2000 --test 500]                # the mini profile end to end
 
 Both print a table of done / skipped / failed runs and exit 1 if any failed, 2 if nothing
 could run (unknown notebook, profile or target, a params key that is no notebook parameter).
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mu import report, runner, study
+from mu import aggregate, params, paths, runner, site, study
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
 
@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
-    study.add_parsers(sub)  # pretrain, compare, study (the real-MASSIVE mini profile)
+    study.add_parsers(sub)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
     return ap
 
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in study.COMMANDS:
         return study.main(args)
     profile = args.profile if args.command == "run" else "toy"
-    notebooks = args.notebooks if args.command == "run" else runner.all_notebooks(args.notebooks_dir)
+    notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
     try:
         summary = runner.run(
             notebooks, args.targets, profile=profile, executor=args.executor, workers=args.workers,
@@ -80,13 +80,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(runner.format_summary(summary))
     failed = bool((summary["status"] == "failed").any())
     if args.command == "demo":
-        md = report.summary_dir(profile) / "summary.md"
-        where = md.relative_to(Path.cwd()) if md.is_relative_to(Path.cwd()) else md
-        if not md.is_file():
-            print(f"\nno aggregated report at {where}")
-        else:
-            print(f"\nAggregated report: {where}" + (" (this run had failures: it may be stale)" if failed else ""))
+        print(demo_summary(profile, failed))
+    index = paths.resolve(args.out_dir or "reports") / site.INDEX
+    print(f"\nOpen {_here(index)} in a browser: every executed notebook, summary and figure.")
     return 1 if failed else 0
+
+
+SHOWN = ("## Accuracy per target", "## Mean over targets")
+
+
+def demo_summary(profile: str, failed: bool) -> str:
+    """The aggregated summary's per-target and mean tables (from summary.md) and where the figures are."""
+    md = aggregate.summary_dir(profile) / "summary.md"
+    if not md.is_file():
+        return f"\nno aggregated report at {_here(md)}"
+    lines, keep = [], False
+    for line in md.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(SHOWN)
+        if keep:
+            lines.append(line)
+    figures = sorted(md.parent.glob("*.png"))
+    stale = " (this run had failures: it may be stale)" if failed else ""
+    return "\n".join([f"\nAggregated summary{stale}: {_here(md)}", "", *lines,
+                      "Figures: " + ", ".join(str(_here(f)) for f in figures)])
+
+
+def _here(p: Path) -> Path:
+    return p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import os
 import random
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from datasets import Dataset
 
@@ -127,6 +127,23 @@ def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "
     return [t for loc in locales for t in load_split(loc, split, source)["text"]]
 
 
+def unlabeled(locale: str, split: str, source: str | os.PathLike = "toy", *, num_examples: int | None = None,
+              seed: int = 42) -> list[str]:
+    """The utterances of one locale's split *without their labels*: the only view of a target's
+    data that label-free adaptation (``mu.merge.adamerging``, ``mu.distill``) receives.
+
+    ``num_examples`` texts drawn with ``seed`` (all of them, in file order, when ``None`` or
+    larger than the split). Reads the ``text`` column only.
+    """
+    ds = load_split(locale, split, source)
+    texts = list(ds["text"])
+    if num_examples is None or num_examples >= len(texts):
+        return texts
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1 or None, got {num_examples}")
+    return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), num_examples))]
+
+
 def fingerprint(ds: Dataset) -> str:
     """sha256 over the (id, text, label) rows of a split: identifies its content in caches."""
     h = hashlib.sha256()
@@ -145,39 +162,64 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
     })
 
 
-def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
-    """Parse and validate ``<folder>/<locale>.jsonl`` (or ``.jsonl.gz``); rows grouped by split.
-
-    Every line must be a JSON object with a known ``partition`` and ``intent`` and
-    a non-empty ``utt``; any bad line is a ValueError naming the file and line.
-    """
-    path = locale_file(folder, locale)
-    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-empty line of a JSONL file; a line that is not valid
+    UTF-8 or not a JSON object is a ValueError naming the file and line."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:  # .jsonl.gz as in the release copies
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: bad JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in obj]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
-            if obj["partition"] not in SPLITS:
-                raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
-            if obj["intent"] not in LABEL2ID:
-                raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
-            if not isinstance(obj["utt"], str) or not obj["utt"].strip():
-                raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
-            if obj.get("locale", locale) != locale:
-                raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
-            out[obj["partition"]].append(
-                {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
-            )
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:
+    """Parse and validate ``<folder>/<locale>.jsonl`` (or ``.jsonl.gz``); rows grouped by split.
+
+    Every line must be valid UTF-8 and a JSON object with a known ``partition`` and
+    ``intent`` and a non-empty ``utt`` (all strings), and a unique non-null ``id`` when it
+    has one; any bad line is a ValueError naming the file and line.
+    """
+    path = locale_file(folder, locale)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    seen: dict[str, int] = {}  # id -> line of its first occurrence
+    for lineno, obj in jsonl_objects(path):
+        where = f"{path}:{lineno}"
+        missing = [k for k in REQUIRED_KEYS if k not in obj]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; every line needs {list(REQUIRED_KEYS)}")
+        for key in (*REQUIRED_KEYS, "locale"):
+            if key in obj and not isinstance(obj[key], str):
+                raise ValueError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__} "
+                                 f"{obj[key]!r}")
+        if "id" in obj:
+            uid = obj["id"]
+            if uid is None or isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
+                raise ValueError(f"{where}: 'id' must be a non-empty string (or an integer), got {uid!r}")
+            if str(uid) in seen:
+                raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
+            seen[str(uid)] = lineno
+        if obj["partition"] not in SPLITS:
+            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
+        if obj["intent"] not in LABEL2ID:
+            raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
+        if not obj["utt"].strip():
+            raise ValueError(f"{where}: 'utt' must be a non-empty string, got {obj['utt']!r}")
+        if obj.get("locale", locale) != locale:
+            raise ValueError(f"{where}: line has locale {obj['locale']!r} but the file is for {locale!r}")
+        out[obj["partition"]].append(
+            {"id": str(obj.get("id", lineno)), "text": obj["utt"], "label": LABEL2ID[obj["intent"]]}
+        )
     return out
 
 
@@ -270,6 +312,14 @@ def _toy_lexicons(locales: Sequence[str], num_intents: int, seed: int) -> dict[s
         out[loc] = {"keywords": [[_language_form(w, lrng) for w in ks] for ks in kws],
                     "fillers": [_language_form(w, lrng) for w in fill]}
     return out
+
+
+def toy_lexicon(locale: str, num_intents: int = 12, seed: int = 0) -> dict[str, list]:
+    """A toy locale's words as ``make_toy`` (same defaults) uses them: ``keywords`` (4 per intent)
+    and ``fillers`` (24)."""
+    if locale not in TOY_FAMILIES:
+        raise ValueError(f"unknown toy locale {locale!r}; valid: {TOY_LOCALES}")
+    return _toy_lexicons([locale], num_intents, seed)[locale]
 
 
 # Tokens shared unchanged by every toy language (numbers, names): they carry no intent information.

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mu import data as mu_data
 from mu import models as mu_models
-from mu import paths, report
+from mu import cache, paths, report
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
 
@@ -54,9 +54,17 @@ def cache_path(model: str | os.PathLike, ds: Dataset, locale: str, split: str, m
     return paths.cache_dir("logits", hashlib.sha256(key.encode()).hexdigest() + ".npz")
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cache entry's (logits, labels); None when absent or corrupt (``mu.cache.read`` warns and deletes it)."""
+    return cache.read(path, _read_npz, "logits cache entry")
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
-        return z["logits"], z["labels"]
+        lg, lb = z["logits"], z["labels"]
+    if lg.ndim != 2 or lb.shape != (lg.shape[0],):
+        raise ValueError(f"logits {lg.shape} and labels {lb.shape} do not form an [n, C] / [n] pair")
+    return lg, lb
 
 
 def _write(path: Path, logits_: np.ndarray, ds: Dataset, meta: Mapping[str, Any]) -> None:
@@ -90,8 +98,9 @@ def _load(model: str | os.PathLike) -> tuple[Any, Any]:
 def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> tuple[np.ndarray, np.ndarray]:
     ds = mu_data.load_split(locale, split, data)
     path = cache_path(model, ds, locale, split, max_seq_length)
-    if path.is_file():
-        return _read(path)
+    hit = _read(path)
+    if hit is not None:
+        return hit
     out = forward(*load(model), ds["text"], batch_size=batch_size, max_seq_length=max_seq_length)
     _write(path, out, ds, {"model": str(model), "locale": locale, "split": split, "data": str(data),
                            "max_seq_length": max_seq_length})
@@ -105,23 +114,24 @@ def cached_logits(
     """Like ``logits`` but only reads the cache; FileNotFoundError if this evaluation was never run."""
     ds = mu_data.load_split(locale, split, data)
     path = cache_path(model, ds, locale, split, max_seq_length)
-    if not path.is_file():
+    hit = _read(path)
+    if hit is None:
         raise FileNotFoundError(f"no cached logits for model {model} on {locale}/{split} (data={data!s}, "
-                                f"max_seq_length={max_seq_length}); expected {path}; run mu.evaluate.logits first")
-    return _read(path)
+                                f"max_seq_length={max_seq_length}); expected {path}; run mu.evaluate.logits "
+                                "(or source_logits(..., compute=True)) first")
+    return hit
 
 
-def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:
-    """Logits ``[len(texts), num_labels]`` in the texts' order: length-sorted batches, dynamic
-    padding, inference mode. The one inference loop of the package (cached evaluation and
-    the live ensemble both use it); every batch counts in ``forward_calls()``."""
+def _batches(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int,
+             desc: str):
+    """(indices, input_ids, attention_mask) of length-sorted, dynamically padded batches of ``texts``
+    on the model's device, in inference mode; every batch counts in ``forward_calls()``."""
     global _FORWARD_CALLS
     device = next(model.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_seq_length)["input_ids"]
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-    out = np.empty((len(enc), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode(), mu_models.cpu_threads(model):
-        for start in tqdm(range(0, len(order), batch_size), desc="forward", unit="batch", leave=False):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
             idx = order[start:start + batch_size]
             width = max(len(enc[i]) for i in idx)
             ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -129,9 +139,18 @@ def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int
             for row, i in enumerate(idx):
                 ids[row, :len(enc[i])] = torch.tensor(enc[i])
                 mask[row, :len(enc[i])] = 1
-            batch_logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             _FORWARD_CALLS += 1
-            out[idx] = batch_logits.float().cpu().numpy()
+            yield idx, ids.to(device), mask.to(device)
+
+
+def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:
+    """Logits ``[len(texts), num_labels]`` in the texts' order: length-sorted batches, dynamic
+    padding, inference mode. The one inference loop of the package (cached evaluation and
+    the live ensemble both use it); every batch counts in ``forward_calls()``."""
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    for idx, ids, mask in _batches(model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length,
+                                   desc="forward"):
+        out[idx] = model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
     return out
 
 
@@ -224,3 +243,55 @@ def native_rows(
     return [{"system": "native", "family": "native", "target": loc, "sources": {loc: 1.0},
              **evaluate(path, loc, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length)}
             for loc, path in models.items()]
+
+
+# --------------------------------------------------------------------------- encoder (STS)
+
+def embed(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,
+          max_seq_length: int = 128) -> np.ndarray:
+    """Sentence embeddings ``[len(texts), hidden]``: the mean of the encoder's last hidden layer
+    over the real tokens (padding masked out); the classifier head is not used."""
+    encoder = model.base_model  # XLMRobertaModel under the classification head
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    for idx, ids, mask in _batches(model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length,
+                                   desc="embed"):
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        out[idx] = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+    return out
+
+
+def sts(model: str | os.PathLike, pairs: pd.DataFrame, *, batch_size: int = 64,
+        max_seq_length: int = 128) -> dict[str, float | int]:
+    """How well the encoder's sentence representations keep meaning: Spearman correlation between
+    the cosine similarity of the two sentences' ``embed`` vectors and the gold ``score``, over
+    ``pairs`` (columns ``sentence1``, ``sentence2``, ``score``: ``mu.sts.load_pairs``).
+    ``model``: a model folder or hub id. Returns ``{"spearman", "n"}``."""
+    from scipy import stats
+
+    missing = [c for c in ("sentence1", "sentence2", "score") if c not in pairs.columns]
+    if missing or len(pairs) < 2:
+        raise ValueError(f"sts needs >= 2 pairs with columns sentence1, sentence2, score; got {len(pairs)} "
+                         f"rows, missing {missing}")
+    classifier, tokenizer = _load(model)
+    texts = sorted(set(pairs["sentence1"]) | set(pairs["sentence2"]))
+    vectors = dict(zip(texts, embed(classifier, tokenizer, texts, batch_size=batch_size,
+                                    max_seq_length=max_seq_length)))
+    a = np.stack([vectors[t] for t in pairs["sentence1"]])
+    b = np.stack([vectors[t] for t in pairs["sentence2"]])
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"spearman": float(stats.spearmanr(cosine, pairs["score"]).statistic), "n": int(len(pairs))}
+
+
+def sts_table(base: str | os.PathLike, sources: Mapping[str, str | os.PathLike],
+              merges: Mapping[str, str | os.PathLike], pairs: pd.DataFrame, *, batch_size: int = 64,
+              max_seq_length: int = 128) -> pd.DataFrame:
+    """``sts`` of the base model, each source (``{locale: folder}``) and each merge (``{system:
+    folder}``) on the same pairs, so one sees whether merging keeps the sources' representations:
+    columns ``model``, ``role`` (base / source / merge), ``spearman``, ``n``."""
+    models = [("base", "base", base), *[(loc, "source", p) for loc, p in sources.items()],
+              *[(name, "merge", p) for name, p in merges.items()]]
+    return pd.DataFrame([{"model": name, "role": role,
+                          **sts(path, pairs, batch_size=batch_size, max_seq_length=max_seq_length)}
+                         for name, role, path in tqdm(models, desc="STS", unit="model")],
+                        columns=["model", "role", "spearman", "n"])

@@ -1,16 +1,20 @@
-"""Iterative training: the sources train side by side and are merged every ``merge_frequency`` epochs.
+"""Iterative training: the sources train side by side and are merged on a schedule.
 
-A run has ``ceil(max_epochs / merge_frequency)`` cycles (the last may be shorter).
-In cycle k every source, one after the other (one model in memory at a time),
-starts from the cycle's start model (the shared base in cycle 1, then the
-previous cycle's merge) and trains with ``mu.train.fit`` for the cycle's epochs
-on its own train split, its dev accuracy measured each epoch. Its weights (and,
-for ``fisher_dataset`` / ``regmean``, its Fisher / Gram statistics from
-``mu.merge``) are written to the cycle's checkpoint; then the sources are merged
-with ``mu.merge.merge`` (methods that use a base get the cycle's start model, the
-common ancestor of this cycle's fine-tunes), the merged model is evaluated on the
-target's dev and test splits, and every source resumes from it in the next cycle.
-The target's own data is never trained on.
+The run is a sequence of cycles, each ending with a merge. In cycle k every
+source, one after the other (one model in memory at a time), starts from the
+cycle's start model (the shared base in cycle 1, then the previous cycle's merge)
+and trains with ``mu.train.fit`` on its own train split, its dev accuracy measured
+each epoch. ``merge_schedule="fixed"``: a cycle is ``merge_frequency`` epochs (the
+last one what is left of ``max_epochs``), one ``fit`` per source. ``"adaptive"``:
+the sources train one epoch at a time and after each epoch ``mu.schedule.decide``
+merges or not from their dev accuracies (convergence, a performance drop, bounds).
+The sources' weights (and, for ``fisher_dataset`` / ``regmean``, their Fisher /
+Gram statistics from ``mu.merge``) are written to the cycle's checkpoint; then the
+sources are merged with ``mu.merge.merge`` (methods that use a base get the
+cycle's start model, the common ancestor of this cycle's fine-tunes), the merged
+model is evaluated on the target's dev and test splits, and every source resumes
+from it in the next cycle. The log says, per cycle, why it merged. The target's
+own data is never trained on.
 
 Layout of ``out_dir``::
 
@@ -18,13 +22,14 @@ Layout of ``out_dir``::
     cycle_<k>/      checkpoint of cycle k: sources/<locale>.safetensors (pre-merge weights),
                     stats/<locale>.safetensors (data-dependent merges), merged/ (HF model),
                     cycle.json (the log up to cycle k)
-    log.json        per-cycle log (losses, each source's dev accuracy, merged target accuracy)
+    log.json        per-cycle log (losses, each source's dev accuracy, merged target accuracy, merge reason)
+    runs/           TensorBoard event files (report_to="tensorboard"): runs/<locale>/cycle_<k>/
     merged/         the final merged model (HF format)
     result.json     the final result; its presence marks the run finished
 
 A cycle folder is written through ``mu.paths.atomic_path``: it exists only once
 complete, so ``resume=True`` continues after the last one (older cycles are
-pruned unless ``keep_cycles``). Each (cycle, source) training seed and each
+pruned unless ``keep_cycles``). Each (cycle[, epoch], source) training seed and each
 cycle's merge seed are derived from ``seed``, and ``Trainer`` reseeds every RNG
 at the start of each ``fit``; each source model is always loaded from the start
 model's folder on disk. So a resumed run computes exactly what an uninterrupted
@@ -36,7 +41,6 @@ atomic adds are not, unless torch's deterministic algorithms are switched on).
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -50,7 +54,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from mu import data as mu_data
-from mu import evaluate, locales, merge, models, paths, report, train
+from mu import aggregate, evaluate, locales, merge, models, paths, report, schedule, tracking, train
 from mu.merge.run import STATS_DEFAULTS
 from mu.merge import lazy
 
@@ -65,15 +69,6 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A seed in [0, 2**31) determined by ``seed`` and ``parts`` (e.g. cycle, locale)."""
     key = "/".join(map(str, (seed, *parts))).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % 2**31
-
-
-def schedule(max_epochs: int, merge_frequency: int) -> list[int]:
-    """Epochs of each cycle: ``merge_frequency`` each, the last one what is left of ``max_epochs``."""
-    for name, value in (("max_epochs", max_epochs), ("merge_frequency", merge_frequency)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    n = math.ceil(max_epochs / merge_frequency)
-    return [min(merge_frequency, max_epochs - k * merge_frequency) for k in range(n)]
 
 
 def cycle_dir(out_dir: str | os.PathLike, k: int) -> Path:
@@ -110,7 +105,7 @@ def _prepare(out: Path, params: Mapping[str, Any], resume: bool) -> None:
     if not resume:
         for name in (RESULT_JSON, RUN_JSON, LOG_JSON):
             (out / name).unlink(missing_ok=True)
-        for p in [out / "merged", *out.glob("cycle_*")]:
+        for p in [out / "merged", out / "runs", *out.glob("cycle_*")]:
             if p.is_dir():
                 shutil.rmtree(p)
     if out.is_dir():  # folders half-written by a killed run (atomic_path temporaries)
@@ -144,40 +139,93 @@ def _statistics(stat: str, model: Any, tokenizer: Any, train_ds: Any, *, num_exa
               max_seq_length=max_seq_length, seed=seed)
 
 
-def _run_cycle(k: int, epochs: int, start: Path, log: list[dict], *, out: Path, target_lang: str,
-               weights: Mapping[str, float], data: str | os.PathLike, merge_algorithm: str,
-               merge_knobs: Mapping[str, Any], stats_params: Mapping[str, int], batch_size: int, lr: float,
-               max_seq_length: int, seed: int, epochs_done: int,
-               callbacks: Sequence[TrainerCallback] | None) -> list[dict]:
-    """Train every source from ``start``, checkpoint, merge, evaluate; write ``cycle_<k>/`` atomically."""
-    started = time.perf_counter()
-    stat = merge.STATISTICS.get(merge_algorithm)
-    entry: dict[str, Any] = {"cycle": k, "epochs": [epochs_done, epochs_done + epochs],
-                             "start": "base" if k == 1 else f"cycle_{k - 1}", "sources": {}}
+def _train_sources(k: int, tmp: Path, start: Path, epochs: int, seed_parts: tuple, *, sources_log: dict,
+                   steps_before: Mapping[str, int], weights: Mapping[str, float], data: str | os.PathLike, out: Path,
+                   fit_args: Mapping[str, Any]) -> None:
+    """Train every source for ``epochs`` from its weights in ``tmp/sources`` (or ``start``) and save
+    them there; append losses, dev accuracies and steps to ``sources_log``."""
     scratch = paths.cache_dir("train")
     scratch.mkdir(parents=True, exist_ok=True)
+    for loc in tqdm(list(weights), desc=f"cycle {k}: train", unit="source", leave=False):
+        model, tokenizer = models.load_classifier(start)
+        file = tmp / "sources" / f"{loc}.safetensors"
+        if file.is_file():  # the adaptive schedule's earlier epochs in this cycle
+            model.load_state_dict(models.load_state_dict(file), strict=True)
+        s = sources_log[loc]
+        loc_seed = derive_seed(*seed_parts, loc)
+        with tempfile.TemporaryDirectory(prefix=f"iterative-{loc}.", dir=scratch) as work:
+            history = train.fit(model, tokenizer, mu_data.load_split(loc, "train", data), epochs=epochs,
+                                seed=loc_seed, output_dir=work, eval_ds=mu_data.load_split(loc, "dev", data),
+                                log_dir=out / "runs" / loc / f"cycle_{k}", step_offset=steps_before[loc]
+                                + s["global_step"], run_name=f"iterative/{loc}/cycle_{k}", **fit_args)
+        s["seeds"].append(loc_seed)
+        s["train_loss_per_epoch"] += [float(h["loss"]) for h in history["log_history"] if "loss" in h]
+        s["dev_accuracy_per_epoch"] += _dev_accuracy(history["log_history"])
+        s["global_step"] += int(history["global_step"])
+        _save_weights(model, file)
+        del model
+
+
+def _train_cycle(k: int, tmp: Path, start: Path, log: list[dict], *, epochs_done: int, max_epochs: int,
+                 merge_frequency: int | None, adaptive: Mapping[str, Any] | None, weights: Mapping[str, float],
+                 seed: int, fit_args: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+    """Train the sources until this cycle's merge: ``merge_frequency`` epochs (fixed), or epoch by
+    epoch until ``mu.schedule.decide`` says merge (adaptive). Returns the cycle's log entry."""
+    lr = fit_args["lr"]
+    sources_log = {loc: {"seeds": [], "train_loss_per_epoch": [], "dev_accuracy_per_epoch": [], "global_step": 0}
+                   for loc in weights}
+    kw["steps_before"] = {loc: sum(e["sources"][loc]["global_step"] for e in log) for loc in weights}  # TensorBoard
+    if adaptive is None:
+        n = min(merge_frequency, max_epochs - epochs_done)
+        _train_sources(k, tmp, start, n, (seed, "train", k), sources_log=sources_log, weights=weights,
+                       fit_args=fit_args, **kw)
+        last = epochs_done + n == max_epochs
+        decisions = [{"epoch": epochs_done + n, "merge": True, "reason": "end" if last else "fixed",
+                      "detail": f"every merge_frequency={merge_frequency} epochs" + (" (last epoch)" if last else "")}]
+    else:
+        decisions, n = [], 0
+        while not decisions or not decisions[-1]["merge"]:
+            n += 1
+            # one piece of a linear decay over max_interval epochs (as one fit of that length would have)
+            piece = {"lr": lr * (1 - (n - 1) / adaptive["max_interval"]), "warmup": 0.06 if n == 1 else 0.0,
+                     "lr_end": lr * (1 - n / adaptive["max_interval"])}
+            _train_sources(k, tmp, start, 1, (seed, "train", k, n), sources_log=sources_log, weights=weights,
+                           fit_args={**fit_args, **piece}, **kw)
+            dev = [{loc: s["dev_accuracy_per_epoch"][j] for loc, s in sources_log.items()} for j in range(n)]
+            merge_now, reason, detail = schedule.decide(dev, epochs_done=epochs_done + n, max_epochs=max_epochs,
+                                                        **adaptive)
+            decisions.append({"epoch": epochs_done + n, "merge": merge_now, "reason": reason, "detail": detail,
+                              "lr": [piece["lr"], piece["lr_end"]]})
+    for s in sources_log.values():
+        s.update(train_loss=s["train_loss_per_epoch"][-1], dev_accuracy=s["dev_accuracy_per_epoch"][-1])
+    return {"cycle": k, "epochs": [epochs_done, epochs_done + n], "start": "base" if k == 1 else f"cycle_{k - 1}",
+            "sources": sources_log, "merge_reason": decisions[-1]["reason"], "merge_detail": decisions[-1]["detail"],
+            **({"decisions": decisions} if adaptive is not None else {})}
+
+
+def _run_cycle(k: int, start: Path, log: list[dict], *, out: Path, target_lang: str,
+               weights: Mapping[str, float], data: str | os.PathLike, merge_algorithm: str,
+               merge_knobs: Mapping[str, Any], stats_params: Mapping[str, int], batch_size: int,
+               max_seq_length: int, seed: int, **train_kw: Any) -> list[dict]:
+    """Train every source from ``start`` until the schedule merges, checkpoint, merge, evaluate;
+    write ``cycle_<k>/`` atomically."""
+    started = time.perf_counter()
+    stat = merge.STATISTICS.get(merge_algorithm)
+    for old in (out / "runs").glob(f"*/cycle_{k}"):  # tracking logs of an interrupted try of this cycle
+        shutil.rmtree(old)
     with paths.atomic_path(cycle_dir(out, k)) as tmp:
         tmp.mkdir()
-        for loc in tqdm(list(weights), desc=f"cycle {k}: train", unit="source", leave=False):
-            train_ds = mu_data.load_split(loc, "train", data)
-            dev_ds = mu_data.load_split(loc, "dev", data)
-            model, tokenizer = models.load_classifier(start)
-            loc_seed = derive_seed(seed, "train", k, loc)
-            with tempfile.TemporaryDirectory(prefix=f"iterative-{loc}.", dir=scratch) as work:
-                history = train.fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
-                                    max_seq_length=max_seq_length, seed=loc_seed, output_dir=work,
-                                    eval_ds=dev_ds, callbacks=callbacks)
-            dev = _dev_accuracy(history["log_history"])
-            entry["sources"][loc] = {"seed": loc_seed, "train_loss": float(history["train_loss"]),
-                                     "dev_accuracy": dev[-1], "dev_accuracy_per_epoch": dev,
-                                     "global_step": int(history["global_step"])}
-            _save_weights(model, tmp / "sources" / f"{loc}.safetensors")
-            if stat:
-                stats = _statistics(stat, model, tokenizer, train_ds, max_seq_length=max_seq_length,
-                                    seed=derive_seed(seed, "stats", k, loc), **stats_params)
+        entry = _train_cycle(k, tmp, start, log, weights=weights, seed=seed, data=data, out=out, **train_kw)
+        if stat:
+            for loc in weights:
+                model, tokenizer = models.load_classifier(start)
+                model.load_state_dict(models.load_state_dict(tmp / "sources" / f"{loc}.safetensors"), strict=True)
+                stats = _statistics(stat, model, tokenizer, mu_data.load_split(loc, "train", data),
+                                    max_seq_length=max_seq_length, seed=derive_seed(seed, "stats", k, loc),
+                                    **stats_params)
                 (tmp / "stats").mkdir(exist_ok=True)
                 save_file({n: t.contiguous() for n, t in stats.items()}, str(tmp / "stats" / f"{loc}.safetensors"))
-            del model
+                del model
 
         knobs = dict(merge_knobs)
         if "seed" in merge.knobs(merge_algorithm):
@@ -192,7 +240,7 @@ def _run_cycle(k: int, epochs: int, start: Path, log: list[dict], *, out: Path, 
         model.load_state_dict(merged, strict=True)
         del merged
         details = {"target": target_lang, "cycle": k, "epochs": entry["epochs"][1], "weights": dict(weights),
-                   "merge_algorithm": merge_algorithm,
+                   "merge_algorithm": merge_algorithm, "merge_reason": entry["merge_reason"],
                    "knobs": {n: v for n, v in knobs.items() if n != stat}, "started_from": entry["start"]}
         models.save_classifier(model, tokenizer, tmp / "merged", extra_files={DETAILS_JSON: details})
         del model
@@ -214,7 +262,13 @@ def run(
     data: str | os.PathLike,
     out_dir: str | os.PathLike,
     max_epochs: int,
-    merge_frequency: int,
+    merge_frequency: int | None = None,
+    merge_schedule: str = "fixed",
+    min_interval: int | None = None,
+    max_interval: int | None = None,
+    patience: int | None = None,
+    convergence_threshold: float | None = None,
+    performance_drop: float | None = None,
     merge_algorithm: str = "linear",
     batch_size: int = 32,
     lr: float = 2e-5,
@@ -224,16 +278,28 @@ def run(
     keep_cycles: bool = False,
     stats_num_examples: int | None = None,
     stats_batch_size: int | None = None,
+    report_to: str | Sequence[str] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
     **merge_knobs: Any,
 ) -> dict[str, Any]:
-    """Train ``sources`` ({locale: weight}, from ``mu.similarity.select``) with a merge every
-    ``merge_frequency`` epochs; return the final merged model's result.
+    """Train ``sources`` ({locale: weight}, from ``mu.similarity.select``) for ``max_epochs`` with
+    merges on the way; return the final merged model's result.
 
+    ``merge_schedule="fixed"``: a merge every ``merge_frequency`` epochs.
+    ``merge_schedule="adaptive"``: after each epoch ``mu.schedule.decide`` merges or not,
+    from the sources' dev accuracies (``min_interval``, ``max_interval``, ``patience``,
+    ``convergence_threshold``, ``performance_drop``; None = ``mu.schedule.ADAPTIVE_DEFAULTS``);
+    every epoch is then its own ``fit``: the learning rate follows one linear decay over
+    ``max_interval`` epochs, cut short by an earlier merge; AdamW's moments restart each epoch.
+    Each cycle's log entry says why it merged (``merge_reason``, ``merge_detail``; adaptive:
+    every epoch's ``decisions``).
     ``base_model``: the shared starting model (same head for every source).
     ``merge_knobs``: the method's parameters (``mu.merge.knobs(merge_algorithm)``).
     ``stats_num_examples`` / ``stats_batch_size``: sample of each source's train
     split for ``fisher_dataset`` (default 256 / 1) or ``regmean`` (256 / 8).
+    ``report_to`` (``mu.tracking``): experiment tracking of every ``fit`` (train loss and
+    dev accuracy per epoch; TensorBoard under ``out_dir/runs/<locale>/cycle_<k>``, one
+    continuous step axis per source); not a parameter of the run, so resuming may change it.
     ``callbacks``: ``TrainerCallback``s passed to every ``fit``. ``resume=True``
     continues after the last complete cycle of ``out_dir`` (a finished run returns
     its saved result); ``resume=False`` starts over. ``keep_cycles`` keeps every
@@ -243,7 +309,10 @@ def run(
     "log" (per cycle), "params"}``, also written to ``out_dir/result.json``.
     """
     weights = _check_inputs(target_lang, sources, merge_algorithm, merge_knobs)
-    epochs = schedule(max_epochs, merge_frequency)
+    backends = tracking.check(report_to)
+    adaptive = schedule.check(merge_schedule, max_epochs, merge_frequency, min_interval=min_interval,
+                               max_interval=max_interval, patience=patience,
+                               convergence_threshold=convergence_threshold, performance_drop=performance_drop)
     base = models.check_model_dir(paths.resolve(base_model))
     stat = merge.STATISTICS.get(merge_algorithm)
     if stat is None and (stats_num_examples is not None or stats_batch_size is not None):
@@ -258,7 +327,8 @@ def run(
         "target_lang": target_lang, "sources": weights, "base_model": str(base_model),
         "base_sha256": report.sha256(base / models.WEIGHTS_FILE), "data": str(data),
         "train_sha256": {loc: mu_data.fingerprint(mu_data.load_split(loc, "train", data)) for loc in weights},
-        "max_epochs": max_epochs, "merge_frequency": merge_frequency, "merge_algorithm": merge_algorithm,
+        "max_epochs": max_epochs, "merge_schedule": merge_schedule, "merge_frequency": merge_frequency,
+        **({"adaptive": adaptive} if adaptive is not None else {}), "merge_algorithm": merge_algorithm,
         "merge_knobs": dict(merge_knobs), "statistics": stats_params, "batch_size": batch_size, "lr": lr,
         "max_seq_length": max_seq_length, "seed": seed,
     }
@@ -268,25 +338,30 @@ def run(
         return paths.read_json(out / RESULT_JSON)
 
     done = completed_cycles(out)
-    k0 = done[-1] if done else 0
-    if k0 > len(epochs):
-        raise ValueError(f"{out} has cycle_{k0} but this run has only {len(epochs)} cycles")
-    log = paths.read_json(cycle_dir(out, k0) / CYCLE_JSON)["log"] if k0 else []
-    for k in tqdm(range(k0 + 1, len(epochs) + 1), desc=f"iterative {target_lang}", unit="cycle",
-                  initial=k0, total=len(epochs)):
-        start = base if k == 1 else cycle_dir(out, k - 1) / "merged"
-        log = _run_cycle(k, epochs[k - 1], start, log, out=out, target_lang=target_lang, weights=weights,
-                         data=data, merge_algorithm=merge_algorithm, merge_knobs=merge_knobs,
-                         stats_params=stats_params, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length,
-                         seed=seed, epochs_done=sum(epochs[:k - 1]), callbacks=callbacks)
-        paths.write_json(out / LOG_JSON, log)
-        if not keep_cycles:  # only the newest complete checkpoint is needed to resume
-            for old in out.glob("cycle_*"):
-                if old.name[6:].isdigit() and int(old.name[6:]) < k:
-                    shutil.rmtree(old)
+    log = paths.read_json(cycle_dir(out, done[-1]) / CYCLE_JSON)["log"] if done else []
+    epochs_done = log[-1]["epochs"][1] if log else 0
+    fit_args = {"batch_size": batch_size, "lr": lr, "max_seq_length": max_seq_length, "callbacks": callbacks,
+                "report_to": backends}
+    with tqdm(desc=f"iterative {target_lang} ({merge_schedule})", unit="epoch", total=max_epochs,
+              initial=epochs_done) as bar:
+        while epochs_done < max_epochs:
+            k = len(log) + 1
+            start = base if k == 1 else cycle_dir(out, k - 1) / "merged"
+            log = _run_cycle(k, start, log, out=out, target_lang=target_lang, weights=weights, data=data,
+                             merge_algorithm=merge_algorithm, merge_knobs=merge_knobs, stats_params=stats_params,
+                             batch_size=batch_size, max_seq_length=max_seq_length, seed=seed,
+                             epochs_done=epochs_done, max_epochs=max_epochs, merge_frequency=merge_frequency,
+                             adaptive=adaptive, fit_args=fit_args)
+            bar.update(log[-1]["epochs"][1] - epochs_done)
+            epochs_done = log[-1]["epochs"][1]
+            paths.write_json(out / LOG_JSON, log)
+            if not keep_cycles:  # only the newest complete checkpoint is needed to resume
+                for old in out.glob("cycle_*"):
+                    if old.name[6:].isdigit() and int(old.name[6:]) < k:
+                        shutil.rmtree(old)
     paths.write_json(out / LOG_JSON, log)  # also when a killed run had finished its last cycle
 
-    final = cycle_dir(out, len(epochs)) / "merged"
+    final = cycle_dir(out, len(log)) / "merged"
     with paths.atomic_path(out / "merged") as tmp:
         shutil.copytree(final, tmp)
     result = {
@@ -315,13 +390,36 @@ def log_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cycle", "epoch", "series", "metric", "value"])
 
 
+def merges_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per merge: cycle, epoch, reason, detail, the merged model's target dev / test accuracy."""
+    return pd.DataFrame([{"cycle": e["cycle"], "epoch": e["epochs"][1], "reason": e["merge_reason"],
+                          "detail": e["merge_detail"], "target_dev": e["merged"]["dev"]["accuracy"],
+                          "target_test": e["merged"]["test"]["accuracy"]} for e in log])
+
+
+def compare(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Runs side by side (``{name: run(...) result}``): test accuracy and training cost (epochs,
+    merges, source-epochs and optimiser steps trained, ``fit`` calls, wall seconds of the cycles)."""
+    rows = []
+    for name, r in results.items():
+        log = r["log"]
+        rows.append({"run": name, "accuracy": r["test"]["accuracy"], "macro_f1": r["test"]["macro_f1"],
+                     "epochs": log[-1]["epochs"][1], "merges": len(log),
+                     "source_epochs": sum(len(s["dev_accuracy_per_epoch"]) for e in log for s in e["sources"].values()),
+                     "optimizer_steps": sum(s["global_step"] for e in log for s in e["sources"].values()),
+                     "fits": sum(len(s["seeds"]) for e in log for s in e["sources"].values()),
+                     "wall_s": round(sum(e["elapsed_s"] for e in log), 1),
+                     "merge_epochs": [e["epochs"][1] for e in log]})
+    return pd.DataFrame(rows).set_index("run")
+
+
 def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str,
                  sources: Mapping[str, float]) -> dict[str, Any] | None:
     """Notebook 03's one-shot merge of the same sources for this target, method and mode
     (row ``merge/<method>/<mode>`` whose sources are ``sources``' locales), with its record's
     path; None when notebook 03 has not produced it for this profile."""
     system = f"merge/{merge_algorithm}/{mode}"
-    for rec in report.load_records(profile):
+    for rec in aggregate.load_records(profile):
         if rec["notebook"] == "03_merging" and rec["target"] == target_lang:
             for row in rec["rows"]:
                 if row["system"] == system and set(row.get("sources") or {}) == set(sources):

@@ -13,6 +13,7 @@ trained from different random inits is a known failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -91,6 +92,48 @@ def check_model_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_architecture(config: PretrainedConfig, tensors: Mapping[str, Sequence[int]], where: str) -> None:
+    """The tensors (``{name: shape}``) must be exactly those of ``config``'s architecture: no tensor
+    missing, none unexpected, every shape as the config says; otherwise ValueError naming ``where``.
+    The one weights-vs-config check: model loading (evaluation, ensembles) and merging (inputs and
+    output) all use it, so a model missing a tensor is never loaded zero-filled or random-filled."""
+    expected = _expected_tensors(type(config), config.to_json_string(use_diff=False))
+    got = {k: tuple(v) for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = {k: (got[k], expected[k]) for k in sorted(set(got) & set(expected)) if got[k] != expected[k]}
+    if missing or unexpected or shapes:
+        parts = ([f"missing tensors {missing[:10]}"] if missing else []) + \
+                ([f"unexpected tensors {unexpected[:10]}"] if unexpected else []) + \
+                ([f"shapes (weights vs config) differ for {dict(list(shapes.items())[:5])}"] if shapes else [])
+        raise ValueError(f"{where}: weights do not match the config ({config.model_type}, hidden_size="
+                         f"{getattr(config, 'hidden_size', None)}, vocab_size={getattr(config, 'vocab_size', None)},"
+                         f" num_labels={config.num_labels}): " + "; ".join(parts))
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_tensors(config_class: type, config_json: str) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the architecture's state dict, built on the meta device (no memory, no init)."""
+    config = config_class.from_dict(json.loads(config_json))
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_model_weights(folder: str | os.PathLike) -> Path:
+    """``check_model_dir`` plus ``check_architecture`` of the weights file's tensors (read from its
+    header only) against the folder's config.json."""
+    folder = check_model_dir(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read model config {folder / CONFIG_FILE}: {e}") from e
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    check_architecture(config, shapes, f"model {folder}")
+    return folder
+
+
 def available_sources(models_dir: str | os.PathLike, locales: Sequence[str] | None = None) -> list[str]:
     """Locales (sorted) whose model folder exists under ``models_dir``.
 
@@ -142,7 +185,9 @@ def load_classifier(path_or_id: str | os.PathLike) -> tuple[XLMRobertaForSequenc
     """(model in eval mode, tokenizer) from a folder or hub id; checks the label space."""
     where = _local_or_id(path_or_id)
     if Path(where).exists():
-        check_model_dir(where)
+        check_model_weights(where)
+    elif Path(where).is_absolute() or where.startswith(".") or where.count("/") > 1:
+        raise ValueError(f"model {where} is neither an existing folder nor a hub id (owner/name)")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(where)
         tokenizer = AutoTokenizer.from_pretrained(where)
@@ -199,7 +244,7 @@ def _config_of(item: str | os.PathLike | PretrainedConfig) -> tuple[PretrainedCo
         return item, None
     p = Path(_local_or_id(item))
     if p.exists():
-        check_model_dir(p)
+        check_model_weights(p)
         try:
             config = AutoConfig.from_pretrained(p)
         except (OSError, ValueError) as e:
@@ -235,7 +280,8 @@ def _field(config: PretrainedConfig, name: str) -> Any:
 
 def check_compatible(models: Sequence[str | os.PathLike | PretrainedConfig]
                      | Mapping[str, str | os.PathLike | PretrainedConfig]) -> None:
-    """Models to be merged/ensembled must share architecture, sizes, vocabulary and labels.
+    """Models to be merged/ensembled must share architecture, sizes, vocabulary and labels (and each
+    local model's weights must match its own config: ``check_model_weights``).
 
     ``models``: paths, hub ids or configs (a mapping names them, e.g. by locale).
     Raises ValueError naming the first differing model and field, with what the

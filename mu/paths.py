@@ -15,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,18 +57,21 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     Works for files and directories (the caller creates whichever it wants at the
-    yielded path). On error the temporary is removed and ``path`` is untouched.
+    yielded path). On error the temporary is removed and ``path`` is untouched. The
+    temporary's name records its owner (host, pid), so the next write to ``path`` removes
+    those a killed run left (``remove_stale_temporaries``), never those of a live one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_OWNER}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
     target = tmp / ("out" + suffix)
     try:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"atomic_path: nothing was written to {target} for {path}")
         if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = tmp.with_name(tmp.name[: -len(".tmp")] + "-old.tmp")
             os.replace(path, old)
             os.replace(target, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -73,6 +79,55 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_OWNER = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+# A temporary whose name carries no owner (written before owners were recorded) is stale after this.
+STALE_UNOWNED_S = 3600.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries ``atomic_path`` left beside ``path`` when a run writing it was killed.
+
+    Only stale ones: made on this host by a process that is gone (or whose pid now belongs to a
+    process started after the temporary was made); one of another host is left alone (its
+    owner cannot be checked), one without an owner in its name only after ``STALE_UNOWNED_S``.
+    Returns what was removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f".{path.name}."
+    owned = re.compile(re.escape(prefix) + r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-.*\.tmp")
+    removed = []
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(prefix) or not (entry.name.endswith(".tmp") or ".old-" in entry.name):
+            continue
+        try:
+            made = entry.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        m = owned.fullmatch(entry.name)
+        if m is None:
+            stale = time.time() - made > STALE_UNOWNED_S
+        else:
+            stale = m["host"] == _OWNER and not _alive(int(m["pid"]), made)
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int, since: float) -> bool:
+    """True if process ``pid`` runs and was started before ``since`` (so it may own a file made then)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() <= since + 1.0
+    except psutil.AccessDenied:  # cannot tell: keep it
+        return True
+    except (psutil.NoSuchProcess, ValueError):
+        return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mu import paths, report  # noqa: E402
+from mu import paths  # noqa: E402
 
 
 def save(fig: plt.Figure, path: str | os.PathLike) -> Path:
@@ -46,13 +47,15 @@ def heatmap(
     return fig
 
 
-def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, systems: Sequence[str] | None = None,
+                    title: str = "") -> plt.Figure:
     """Accuracy per target locale, one bar per system, with each row's 95% interval.
 
-    ``rows`` is the long frame of ``mu.report.aggregate`` (target, system, accuracy,
-    ci_low, ci_high); bars without a known test size have no interval.
+    ``rows`` is a long frame (target, system, accuracy, ci_low, ci_high), e.g. ``mu.aggregate``'s
+    ``rows``; bars without a known test size have no interval. ``systems``: the bar order
+    (default: order of first appearance).
     """
-    systems = report.column_order(rows["system"].unique())
+    systems = list(dict.fromkeys(rows["system"])) if systems is None else list(systems)
     targets = sorted(rows["target"].unique())
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(targets) * len(systems) + 2), 4.5))
     sns.barplot(data=rows, x="target", y="accuracy", hue="system", order=targets, hue_order=systems,
@@ -77,7 +80,7 @@ def per_target_bars(rows: pd.DataFrame, path: str | os.PathLike, *, title: str =
 
 
 def method_means(means: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Mean accuracy over targets per system with its bootstrap interval (``report.means``)."""
+    """Mean accuracy over targets per system with its bootstrap interval (``mu.aggregate.means``)."""
     data = means.dropna(subset=["mean"]).sort_values("mean")
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(data) + 1.5))
     sns.barplot(data=data, x="mean", y="system", errorbar=None, color="tab:blue", ax=ax)
@@ -105,16 +108,25 @@ def weights_bar(weights: dict[str, float], path: str | os.PathLike, *, title: st
     return fig
 
 
-def iterative_curves(log: list[dict], path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Iterative training per cycle (``mu.iterative`` log): sources' train loss, and accuracy of each
-    source on its own dev split next to the merged model's on the target (dev and test)."""
-    from mu import iterative
+def sts_bars(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """STS Spearman per model (columns ``model``, ``role``, ``spearman``: ``mu.evaluate.sts_table``)."""
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(frame) + 1.2))
+    sns.barplot(frame, x="spearman", y="model", hue="role", dodge=False, ax=ax, palette="deep")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(xlim=(min(0.0, frame["spearman"].min() - 0.05), 1), xlabel="Spearman (cosine of mean-pooled embeddings vs gold)",
+           title=title)
+    save(fig, path)
+    return fig
 
-    frame = iterative.log_frame(log)
+
+def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Iterative training per cycle (the long frame of ``mu.iterative.log_frame``): sources' train
+    loss, and accuracy of each source on its own dev split next to the merged model's on the target
+    (dev and test)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     loss = frame[frame["metric"] == "train_loss"]
     sns.lineplot(loss, x="epoch", y="value", hue="series", marker="o", ax=left)
-    left.set(ylabel="train loss (cycle mean)", xlabel="epoch (end of cycle)", title="sources: train loss")
+    left.set(ylabel="train loss (last epoch of the cycle)", xlabel="epoch (end of cycle)", title="sources: train loss")
     acc = frame[frame["metric"] == "accuracy"]
     merged = acc["series"].str.startswith("merged")
     sns.lineplot(acc[~merged], x="epoch", y="value", hue="series", marker="o", linestyle="--", alpha=0.6, ax=right)
@@ -135,5 +147,23 @@ def accuracy_vs_k(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = 
     ax.set(ylim=(0, 1), xticks=sorted(frame["k"].unique()), xlabel="number of sources K", ylabel="accuracy",
            title=title)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    save(fig, path)
+    return fig
+
+
+def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd.DataFrame | None = None,
+               title: str = "", curve_label: str = "entropy on unlabeled target texts") -> plt.Figure:
+    """Label-free adaptation: the objective per step (``curve``: ``step``, ``value``, ``weighting``;
+    right) and, when given, fitted merge coefficients per tensor (``coefficients``: ``tensor``,
+    ``coefficient``, ``source``, ``weighting``; left), e.g. ``mu.merge.adamerging.frames``."""
+    panels = 2 if coefficients is not None and len(coefficients) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    if panels == 2:
+        sns.lineplot(coefficients, x="tensor", y="coefficient", hue="source", style="weighting", ax=axes[0, 0])
+        axes[0, 0].set(xlabel="tensor (state-dict order)", ylabel="coefficient λ", title="fitted coefficients")
+        axes[0, 0].legend(fontsize=7)
+    sns.lineplot(curve, x="step", y="value", hue="weighting", ax=axes[0, -1])
+    axes[0, -1].set(xlabel="optimiser step", ylabel=curve_label, title="objective")
+    fig.suptitle(title)
     save(fig, path)
     return fig

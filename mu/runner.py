@@ -13,6 +13,13 @@ Outputs, all written atomically under ``out_dir`` (default ``reports/``)::
     <stem>/<target>.ipynb         the executed notebook (only on success)
     <stem>/<target>.done.json     done-marker, written only on success
     <stem>/<target>.failed.ipynb  the executed notebook up to the failing cell
+    <stem>/<target>[.failed].html the same rendered to HTML (``mu.site``)
+    index.html                    links every rendered notebook, summary and figure (rewritten by every run)
+
+Two runners on one ``MU_ROOT`` never execute the same job at once: each job runs under a lock
+file (``<stem>/.<target>.lock``) and re-checks its done-marker once it holds it, so the second
+waits and then skips what the first finished (and a job only reads what earlier, finished
+jobs wrote). Kernels talk to papermill over IPC, not TCP (``LocalKernelManager``).
 
 A (notebook, target) is skipped when its done-marker holds the same key: a hash of the
 injected parameters, the notebook's content and the done-markers of the batch's earlier
@@ -29,7 +36,6 @@ kernelspec shadows it, run ``python -m ipykernel install --sys-prefix``.
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures as cf
 import dataclasses
 import datetime as _dt
@@ -38,20 +44,22 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import filelock
 import pandas as pd
-import yaml
+from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
+from traitlets import CaselessStrEnum, default
 
-from mu import paths, report
+from mu import paths, report, site
+from mu.params import INJECTED, KERNEL, check_keys, find_notebooks, load_params, notebook_parameters, params_file
 
 EXECUTORS = ("local", "ray")
-KERNEL = "python3"
-INJECTED = ("profile", "target_lang")
 SUMMARY_COLUMNS = ("notebook", "target", "status", "seconds", "output", "error")
 
 
@@ -97,123 +105,6 @@ def kernel_name() -> str:
             f"and remove the shadowing kernelspec"
         )
     return KERNEL
-
-
-def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``parameters`` cell of a notebook as {name: default value} (literals only)."""
-    import nbformat
-    import papermill
-
-    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
-    if spec.get("name") != KERNEL:
-        raise ValueError(f"{path}: metadata.kernelspec must name the {KERNEL!r} kernel "
-                         f"(papermill needs it to read the parameters cell), got {spec or None}")
-    out = {}
-    for name, info in papermill.inspect_notebook(str(path)).items():
-        try:
-            out[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError) as exc:
-            raise ValueError(
-                f"{path}: parameter {name} = {info['default']} is not a flat literal "
-                f"(str/int/float/bool/list)"
-            ) from exc
-    return out
-
-
-def current_params(stem: str, namespace: Mapping[str, Any],
-                   notebooks_dir: str | os.PathLike = "notebooks") -> dict[str, Any]:
-    """The current values of a notebook's parameters, read from its namespace.
-
-    A notebook records what it ran with as
-    ``mu.report.save(..., params=mu.runner.current_params("03_merging", globals()))``:
-    the names come from the notebook's ``parameters`` cell, the values are the
-    ones in effect (defaults, or what papermill injected).
-    """
-    names = notebook_parameters(find_notebooks([stem], notebooks_dir)[0])
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        raise ValueError(f"parameters {missing} of notebook {stem} are not defined in this namespace")
-    return {n: namespace[n] for n in names}
-
-
-def source_dir(path: str | os.PathLike) -> Path:
-    """Notebooks and params are code, not outputs: a relative path resolves against the
-    checkout that holds ``mu`` (else the current directory), never against ``MU_ROOT``."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    checkout = Path(__file__).resolve().parent.parent
-    return (checkout if (checkout / "pyproject.toml").exists() else Path.cwd()) / p
-
-
-def params_file(stem: str, params_dir: str | os.PathLike = "params") -> Path:
-    return source_dir(params_dir) / f"{stem}.yaml"
-
-
-def read_params_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Read a params YAML ``{shared: {...}, profiles: {name: {...}}}`` and check its shape."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no params file {path}; every notebook needs params/<stem>.yaml")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or set(data) - {"shared", "profiles"}:
-        raise ValueError(f"{path}: top-level keys must be 'shared' and 'profiles', got {list(data)}")
-    shared = data.get("shared") or {}
-    profiles = data.get("profiles") or {}
-    if not isinstance(shared, dict) or not isinstance(profiles, dict):
-        raise ValueError(f"{path}: 'shared' and 'profiles' must be mappings")
-    for name, values in profiles.items():
-        if not isinstance(values, dict | None):
-            raise ValueError(f"{path}: profile {name!r} must be a mapping, got {values!r}")
-    return {"shared": shared, "profiles": {k: v or {} for k, v in profiles.items()}}
-
-
-def load_params(stem: str, profile: str, params_dir: str | os.PathLike = "params") -> dict[str, Any]:
-    """shared ∪ profiles[profile] from ``params/<stem>.yaml``."""
-    path = params_file(stem, params_dir)
-    data = read_params_file(path)
-    if profile not in data["profiles"]:
-        raise ValueError(f"{path}: unknown profile {profile!r}; valid: {sorted(data['profiles'])}")
-    return {**data["shared"], **data["profiles"][profile]}
-
-
-def check_keys(where: str, keys: Iterable[str], parameters: Mapping[str, Any]) -> None:
-    """Every key must be a notebook parameter (and not one the runner injects itself)."""
-    keys = list(keys)
-    injected = [k for k in keys if k in INJECTED]
-    if injected:
-        raise ValueError(f"{where}: {injected} are injected by the runner; remove them")
-    unknown = [k for k in keys if k not in parameters]
-    if unknown:
-        raise ValueError(f"{where}: {unknown} are not parameters of the notebook; valid: {sorted(parameters)}")
-
-
-def find_notebooks(names: Sequence[str], notebooks_dir: str | os.PathLike = "notebooks") -> list[Path]:
-    """Notebooks by number prefix ("03") or stem ("03_merging"), sorted by number."""
-    folder = source_dir(notebooks_dir)
-    available = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if not names:
-        raise ValueError(f"no notebooks given; valid: {[p.stem for p in available]}")
-    found = []
-    for name in names:
-        stem = Path(name).stem if name.endswith(".ipynb") else name
-        hits = [p for p in available if p.stem == stem or p.stem.split("_", 1)[0] == stem]
-        if len(hits) != 1:
-            raise ValueError(
-                f"notebook {name!r} matches {[p.name for p in hits]} in {folder}; "
-                f"valid: {[p.stem for p in available]}"
-            )
-        found.append(hits[0])
-    return sorted(set(found))
-
-
-def all_notebooks(notebooks_dir: str | os.PathLike = "notebooks") -> list[str]:
-    """Stems of every numbered notebook (``NN_name.ipynb``), in order."""
-    folder = source_dir(notebooks_dir)
-    stems = [p.stem for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))]
-    if not stems:
-        raise ValueError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
-    return stems
 
 
 def plan(
@@ -319,51 +210,84 @@ def is_done(job: Job, key: str) -> bool:
     return (_marker(job) or {}).get("key") == key
 
 
-def execute(
-    notebook: str, output: str, failed_output: str, parameters: dict[str, Any],
-    kernel: str, env: dict[str, str],
-) -> dict[str, Any]:
-    """Run one notebook with papermill (in a worker process or Ray task); never raises.
+class LocalKernelManager(AsyncKernelManager):
+    """The kernel on this machine over IPC (unix sockets) instead of TCP: nothing listens on a
+    network port, and ipykernel has no reason to warn that TCP traffic is unencrypted."""
 
-    ``env`` is set for the kernel (``MU_ROOT``, thread count). The executed notebook is
-    renamed onto ``output`` only on success; on failure the partial one is written to
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    @default("ip")
+    def _unique_ipc_path(self) -> str:
+        # jupyter_client's default is "kernel-ipc" in the working directory when no connection file is
+        # set yet: two kernels started at once from one folder would then share their sockets.
+        return os.path.join(tempfile.gettempdir(), f"mu-kernel-{uuid.uuid4().hex[:16]}-ipc")
+
+
+def job_lock(job: Job) -> filelock.FileLock:
+    """The job's lock file ``<out>/<stem>/.<target>.lock``: held while the job executes and marks
+    itself done, so two runners on one ``MU_ROOT`` never run the same job at once."""
+    job.marker.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(job.marker.parent / f".{job.target}.lock"))
+
+
+def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run one job with papermill (in a worker process or Ray task); never raises.
+
+    Under the job's lock (``job_lock``): a job another runner finished meanwhile (done-marker
+    holding ``key``) is skipped; else the notebook runs with ``env`` set for the kernel
+    (``MU_ROOT``, thread count), is renamed onto its output and rendered to HTML only on
+    success, and its done-marker is written; on failure the partial notebook goes to
     ``failed_output``.
     """
     import papermill
 
     os.environ.update(env)
     start = time.perf_counter()
-    try:
-        with paths.atomic_path(output, suffix=".ipynb") as tmp:
-            try:
-                papermill.execute_notebook(
-                    notebook, str(tmp), parameters=parameters, kernel_name=kernel,
-                    cwd=str(Path(notebook).parent), progress_bar=False, log_output=False,
-                )
-            except BaseException:
-                if tmp.exists():
-                    paths.write_text(failed_output, tmp.read_text(encoding="utf-8"))
-                raise
-    except Exception as exc:  # reported, never swallowed: the summary lists it
-        ename = getattr(exc, "ename", type(exc).__name__)
-        evalue = getattr(exc, "evalue", str(exc))
-        return {"status": "failed", "seconds": time.perf_counter() - start,
-                "error": f"{ename}: {evalue}".strip()}
-    Path(failed_output).unlink(missing_ok=True)
-    return {"status": "done", "seconds": time.perf_counter() - start, "error": None}
+    with job_lock(job):
+        if is_done(job, key):
+            return {"status": "skipped", "seconds": 0.0, "error": None}
+        try:
+            with paths.atomic_path(job.output, suffix=".ipynb") as tmp:
+                try:
+                    papermill.execute_notebook(
+                        str(job.notebook), str(tmp), parameters=job.parameters, kernel_name=kernel,
+                        cwd=str(job.notebook.parent), progress_bar=False, log_output=False,
+                        kernel_manager_class=LocalKernelManager,
+                    )
+                except BaseException:
+                    if tmp.exists():  # site.build_index renders it at the end of the batch
+                        paths.write_text(job.failed_output, tmp.read_text(encoding="utf-8"))
+                    raise
+            site.render_notebook(job.output)
+        except Exception as exc:  # reported, never swallowed: the summary lists it
+            ename = getattr(exc, "ename", type(exc).__name__)
+            evalue = getattr(exc, "evalue", str(exc))
+            return {"status": "failed", "seconds": time.perf_counter() - start,
+                    "error": f"{ename}: {evalue}".strip()}
+        for stale in (job.failed_output, job.failed_output.with_suffix(".html")):
+            stale.unlink(missing_ok=True)
+        result = {"status": "done", "seconds": time.perf_counter() - start, "error": None}
+        _mark_done(job, key, result)
+        return result
+
+
+# tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an
+# executed (and rendered) notebook that is noise on every page, not information.
+QUIET_WARNINGS = "ignore:IProgress not found"
+
+
+def _base_env() -> dict[str, str]:
+    warn = os.environ.get("PYTHONWARNINGS")
+    return {"MU_ROOT": str(paths.root()), "PYTHONWARNINGS": f"{warn},{QUIET_WARNINGS}" if warn else QUIET_WARNINGS}
 
 
 def kernel_env(workers: int) -> dict[str, str]:
     """Environment for the kernels: this ``MU_ROOT``, and unless set, the CPU cores shared
     out among ``workers`` parallel kernels as torch/OpenMP threads (no oversubscription)."""
-    env = {"MU_ROOT": str(paths.root())}
+    env = _base_env()
     if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return env
-
-
-def _args(job: Job, kernel: str, env: dict[str, str]) -> tuple:
-    return (str(job.notebook), str(job.output), str(job.failed_output), job.parameters, kernel, env)
 
 
 def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
@@ -378,8 +302,9 @@ def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
     })
 
 
-def _run_local(pool: cf.ProcessPoolExecutor, jobs: list[Job], kernel: str, workers: int, on_result) -> None:
-    futures = {pool.submit(execute, *_args(j, kernel, kernel_env(workers))): j for j in jobs}
+def _run_local(pool: cf.ProcessPoolExecutor, jobs: list[Job], keys: Mapping, kernel: str, workers: int,
+               on_result) -> None:
+    futures = {pool.submit(execute, j, keys[j.stem, j.target], kernel, kernel_env(workers)): j for j in jobs}
     for fut in cf.as_completed(futures):
         try:
             result = fut.result()
@@ -400,15 +325,16 @@ def ray_init(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
-def _run_ray(jobs: list[Job], kernel: str, workers: int, num_gpus: float | None, on_result) -> None:
+def _run_ray(jobs: list[Job], keys: Mapping, kernel: str, workers: int, num_gpus: float | None,
+             on_result) -> None:
     import ray
 
     ray_init(num_cpus=workers)
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(execute)
-    env = {"MU_ROOT": str(paths.root())}  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
-    pending = {task.remote(*_args(j, kernel, env)): j for j in jobs}
+    env = _base_env()  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
+    pending = {task.remote(j, keys[j.stem, j.target], kernel, env): j for j in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
@@ -451,8 +377,6 @@ def run(
     bar = tqdm(total=len(jobs), desc="notebooks", unit="run")
 
     def on_result(job: Job, result: Mapping[str, Any]) -> None:
-        if result["status"] == "done":
-            _mark_done(job, keys[job.stem, job.target], result)
         output = job.output if result["status"] != "failed" else job.failed_output
         rows.append({"notebook": job.stem, "target": job.target, "status": result["status"],
                      "seconds": round(result["seconds"], 2), "output": str(output),
@@ -473,15 +397,16 @@ def run(
             if not todo:
                 continue
             if executor == "ray":
-                _run_ray(todo, kernel, workers, num_gpus, on_result)
+                _run_ray(todo, keys, kernel, workers, num_gpus, on_result)
                 continue
             if pool is None:
                 pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            _run_local(pool, todo, kernel, workers, on_result)
+            _run_local(pool, todo, keys, kernel, workers, on_result)
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown()
+    site.build_index(out_dir)
     order = {(j.stem, j.target): i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["notebook"], r["target"])])
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

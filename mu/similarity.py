@@ -47,7 +47,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mu import paths
+from mu import notes, paths
 from mu.locales import LOCALES, URIEL_CODES, check_locale, check_locales
 
 DEFAULT_FEATURE_SET = "syntax_knn+phonology_knn+inventory_knn"
@@ -270,7 +270,15 @@ def weights(target: str, available_sources: Iterable[str], *, top_k: int = 20, n
     rank = ranking(target, universe=available, top_k=top_k, sinkhorn_iters=sinkhorn_iters, feature_set=feature_set,
                    similarity_source=similarity_source, matrix_file=matrix_file)
     chosen = rank.loc[rank["in_top_k"], "sinkhorn"].iloc[:num_languages]
+    _warn_fewer(target, num_languages, len(chosen), f"in the top-{top_k} of {len(available)} available")
     return _normalise(chosen.to_dict())
+
+
+def _warn_fewer(target: str, asked: int, got: int, among: str) -> None:
+    """``num_languages`` above what is there is a warning recorded in the results, not silent."""
+    if got < asked:
+        notes.warn(f"num_languages={asked} for {target}, but only {got} source(s) {among}: using {got}",
+                   stacklevel=3)
 
 
 def check_weights(weights: Mapping[str, float], sources: Iterable[str] | None = None) -> dict[str, float]:
@@ -352,4 +360,5 @@ def select(target: str, available: Iterable[str], *, mode: str = "similarity", n
     scores = scores[scores.index.isin(available)].iloc[:num_languages]
     if scores.empty:
         raise ValueError(f"none of the available sources {sorted(available)} is in the N×N matrix")
+    _warn_fewer(target, num_languages, len(scores), "available in the N×N matrix")
     return _normalise(scores.to_dict())

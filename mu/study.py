@@ -3,7 +3,7 @@
 * ``subsample``: a MASSIVE-layout folder with at most ``train``/``dev``/``test`` utterances per
   locale and split, the *same ids* in every locale (MASSIVE is parallel, so the N×N test sets stay
   parallel); the documented subsampling knob of the mini study.
-* ``compare``: for each pretraining objective, fine-tune a few locales from its base and measure
+* ``compare_objectives``: for each pretraining objective, fine-tune a few locales from its base and measure
   native accuracy and the N×N transfer, beside the char n-gram baseline (``mu.lexical``).
 * ``run``: subsample (if needed) → pretrain (if needed) → notebooks 01–06 of a profile over every
   target, through ``mu.runner`` (resumable, progress), timing each stage.
@@ -60,7 +60,7 @@ def subsample(source: str | os.PathLike, out_dir: str | os.PathLike, locales: Se
     return out
 
 
-def compare(objectives: Sequence[str], locales: Sequence[str], *, data: str | os.PathLike, profile: str,
+def compare_objectives(objectives: Sequence[str], locales: Sequence[str], *, data: str | os.PathLike, profile: str,
             epochs: float, batch_size: int, lr: float, max_seq_length: int, seed: int,
             pretrain_kwargs: dict[str, Any]) -> pd.DataFrame:
     """Native accuracy and mean N×N transfer over ``locales`` for each objective's encoder and for the
@@ -120,10 +120,10 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     e.g. ``locales`` for a smaller study (02's values choose what is subsampled and pretrained on).
     Every stage is skipped when done. Returns the runner's rows; the seconds of each stage go to
     ``reports/study/<profile>/timings.json`` (one entry per invocation)."""
-    from mu import runner
+    from mu import params, runner
 
     extra = dict(extra_params or {})
-    p02 = {**runner.load_params("02_training", profile), **extra}
+    p02 = {**params.load_params("02_training", profile), **extra}
     locales = list(p02["locales"])
     targets = list(targets) if targets is not None else locales
     timings: dict[str, float] = {}
@@ -138,7 +138,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     frames = []
     for nb in notebooks:
         t0 = time.perf_counter()
-        parameters = runner.notebook_parameters(runner.find_notebooks([nb])[0])
+        parameters = params.notebook_parameters(params.find_notebooks([nb])[0])
         frames.append(runner.run([nb], targets, profile=profile, workers=workers,
                                  extra_params={k: v for k, v in extra.items() if k in parameters}))
         timings[f"notebook {nb}"] = round(time.perf_counter() - t0, 1)
@@ -154,7 +154,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
 
 # --------------------------------------------------------------------------- command line
 
-COMMANDS = ("pretrain", "compare", "study")
+COMMANDS = ("pretrain", "compare-objectives", "study")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -177,11 +177,12 @@ def _pretrain_args(p) -> None:
 
 
 def add_parsers(sub) -> None:
-    """``pretrain``, ``compare`` and ``study`` subcommands for ``python -m mu``."""
+    """``pretrain``, ``compare-objectives`` and ``study`` subcommands for ``python -m mu``."""
     pt = sub.add_parser("pretrain", help="pretrain the profile's encoder here and save its base")
     pt.add_argument("--profile", default="mini")
     _pretrain_args(pt)
-    cmp_ = sub.add_parser("compare", help="pretraining objectives: native accuracy and N×N transfer vs lexical")
+    cmp_ = sub.add_parser("compare-objectives",
+                          help="pretraining objectives: native accuracy and N×N transfer vs lexical")
     cmp_.add_argument("--objectives", nargs="+", choices=pretrain.OBJECTIVES, default=list(pretrain.OBJECTIVES))
     cmp_.add_argument("--locales", nargs="+", required=True, help="fine-tuned and evaluated (pretraining: all 51)")
     cmp_.add_argument("--data", default="massive", help="fine-tuning / evaluation data (default %(default)s)")
@@ -213,8 +214,8 @@ def main(args) -> int:
         base = pretrain.ensure(args.profile, objective=args.objective, locales=mu_locales.LOCALES, source=args.source,
                                steps=args.steps, minutes=args.minutes, **_pretrain_kwargs(args))
         print(f"base: {base}")
-    elif args.command == "compare":
-        table = compare(args.objectives, args.locales, data=args.data, profile=args.name, epochs=args.epochs,
+    elif args.command == "compare-objectives":
+        table = compare_objectives(args.objectives, args.locales, data=args.data, profile=args.name, epochs=args.epochs,
                         batch_size=32, lr=args.ft_lr, max_seq_length=64, seed=42,
                         pretrain_kwargs={"locales": mu_locales.LOCALES, "source": args.source, "steps": args.steps,
                                          "minutes": args.minutes, **_pretrain_kwargs(args)})

@@ -54,3 +54,26 @@ def toy_sources(toy_base, toy_train_args) -> dict[str, Path]:
     import mu.train
 
     return {loc: mu.train.train_locale(loc, **toy_train_args) for loc in TOY_SOURCE_LOCALES}
+
+
+
+@pytest.fixture(scope="session")
+def perturbed_sources(toy_base):
+    """A function making 'fine-tuned' sources in a blink: ``(locales, models_dir, seed, scale=0.05)`` ->
+    {locale: model folder}, the toy base plus seeded noise (seed ``seed + i`` for the i-th locale),
+    saved under ``models_dir`` like trained sources."""
+    import torch
+
+    import mu.models
+
+    def make(locales: list[str], models_dir: str, seed: int, scale: float = 0.05) -> dict:
+        model, tokenizer = mu.models.load_classifier(toy_base)
+        base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+        dirs = {}
+        for i, loc in enumerate(locales):
+            g = torch.Generator().manual_seed(seed + i)
+            model.load_state_dict({k: v + scale * torch.randn(v.shape, generator=g) for k, v in base_sd.items()})
+            dirs[loc] = mu.models.save_classifier(model, tokenizer, mu.models.source_path(loc, models_dir))
+        return dirs
+
+    return make

@@ -100,6 +100,13 @@ def test_unknown_locale_split_or_source(massive_fixture_dir):
     ('{"partition": "test", "intent": "alarm_set", "utt": ""}', "'utt' must be a non-empty string"),
     ('{"partition": "test", "intent": "alarm_set", "utt": "x", "locale": "sw-KE"}', "line has locale 'sw-KE'"),
     ('["a list"]', "expected a JSON object"),
+    # issue 12: wrong types, null or duplicate ids (never a TypeError without file and line)
+    ('{"partition": "test", "intent": ["alarm_set"], "utt": "x"}', r"'intent' must be a string, got list"),
+    ('{"partition": "test", "intent": "alarm_set", "utt": 5}', r"'utt' must be a string, got int"),
+    ('{"partition": 1, "intent": "alarm_set", "utt": "x"}', r"'partition' must be a string, got int"),
+    ('{"id": null, "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
+    ('{"id": ["9"], "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
+    ('{"id": "1", "partition": "test", "intent": "alarm_set", "utt": "x"}', r"duplicate id '1' \(first on line 1\)"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, massive_fixture_dir, bad_line, message):
     shutil.copy(massive_fixture_dir / "de-DE.jsonl", tmp_path / "de-DE.jsonl")
@@ -107,6 +114,14 @@ def test_bad_line_names_file_and_line(tmp_path, massive_fixture_dir, bad_line, m
     lines = good[:2] + [bad_line] + good[2:]
     (tmp_path / "de-DE.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"de-DE\.jsonl:3: {message}"):
+        data.load_split("de-DE", "train", tmp_path)
+
+
+def test_invalid_utf8_names_file_line_and_byte(tmp_path, massive_fixture_dir):
+    good = (massive_fixture_dir / "de-DE.jsonl").read_bytes().splitlines()
+    bad = b'{"partition": "test", "intent": "alarm_set", "utt": "caf\xe9"}'  # latin-1, not UTF-8
+    (tmp_path / "de-DE.jsonl").write_bytes(b"\n".join(good[:3] + [bad] + good[3:]) + b"\n")
+    with pytest.raises(ValueError, match=r"de-DE\.jsonl:4: invalid UTF-8 \(byte b'\\xe9' at column 57\)"):
         data.load_split("de-DE", "train", tmp_path)
 
 

@@ -427,7 +427,9 @@ def test_predict_refuses_bad_input_before_loading(toy_models, tmp_path, monkeypa
         ensemble.predict(["x"], sources, {"fr-FR": 1.0})
     with pytest.raises(ValueError, match="at least one text"):
         ensemble.predict([], sources, {"fr-FR": 0.5, "de-DE": 0.5})
-    with pytest.raises(ValueError, match="num_hidden_layers"):
+    # its config says 1 layer, its weights hold 2: refused by the weights-vs-config check, naming the folder
+    with pytest.raises(ValueError, match=r"odd: weights do not match the config .*unexpected tensors "
+                                         r"\['roberta\.encoder\.layer\.1\."):
         ensemble.predict(["x"], {**sources, "it-IT": odd}, {"fr-FR": 0.4, "de-DE": 0.4, "it-IT": 0.2})
 
 
@@ -454,5 +456,8 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     assert sorted(set(vs_k["k"])) == [1, 2] and "merge/linear/similarity" in set(vs_k["system"])
     assert record["params"]["max_k"] == 2 and record["params"]["profile"] == "ens-test"
     assert {"nxn", *(f"logits/{loc}" for loc in SOURCES)} <= set(record["inputs"])
-    for png in ("methods_x_modes.png", "accuracy_vs_k.png"):
+    for png in ("methods_x_modes.png", "accuracy_vs_k.png", "distillation.png"):
         assert paths.reports_dir("04_ensembling", TARGET, png).is_file()
+    distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled-similarity"))["rows"]
+    assert [(r["system"], r["family"], r["n"]) for r in distilled] == [
+        ("adapted/distilled-soft/similarity", "adapted", record["rows"][0]["n"])]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mu import iterative, models, paths, plots
+from mu import iterative, models, paths, plots, schedule
 from mu.merge import lazy
 
 TARGET = "it-IT"
@@ -42,11 +42,11 @@ def weights_of(path):
 
 
 def test_schedule_and_seeds():
-    assert iterative.schedule(4, 2) == [2, 2]
-    assert iterative.schedule(5, 2) == [2, 2, 1]
-    assert iterative.schedule(1, 3) == [1]
+    assert schedule.fixed(4, 2) == [2, 2]
+    assert schedule.fixed(5, 2) == [2, 2, 1]
+    assert schedule.fixed(1, 3) == [1]
     with pytest.raises(ValueError, match="merge_frequency must be an integer >= 1"):
-        iterative.schedule(4, 0)
+        schedule.fixed(4, 0)
     assert iterative.derive_seed(42, 1, "fr-FR") == iterative.derive_seed(42, 1, "fr-FR")
     assert iterative.derive_seed(42, 1, "fr-FR") != iterative.derive_seed(42, 2, "fr-FR")
     assert 0 <= iterative.derive_seed(42, "merge", 3) < 2**31
@@ -71,7 +71,7 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert iterative.completed_cycles(out) == [2]
     details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
-    png = plots.iterative_curves(log, paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    png = plots.iterative_curves(iterative.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
     assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
 
 
@@ -156,3 +156,91 @@ def test_data_dependent_merge_uses_each_sources_statistics(toy_base):
     linear = sum(SOURCES[loc] * src[loc][key] for loc in SOURCES)
     assert not torch.allclose(merged[key], linear), "Fisher weighting should differ from the plain mean"
     assert result["params"]["statistics"] == {"num_examples": 16, "batch_size": 1}
+
+
+# --- adaptive schedule ------------------------------------------------------------------------------
+# 3 epochs, at most 2 between merges (so >= 2 cycles), every epoch its own fit.
+ADAPTIVE = dict(data="toy", max_epochs=3, merge_schedule="adaptive", max_interval=2, patience=1,
+                convergence_threshold=0.02, performance_drop=0.0, batch_size=32, lr=5e-4, max_seq_length=32, seed=7)
+
+
+@pytest.fixture(scope="module")
+def adaptive_run(toy_base):
+    """An uninterrupted adaptive run, tracked with TensorBoard."""
+    return iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/adaptive",
+                         report_to="tensorboard", **ADAPTIVE)
+
+
+def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
+    log = adaptive_run["log"]
+    assert len(log) >= 2 and log[-1]["epochs"][1] == 3 and log[-1]["merge_reason"] == "end"
+    assert [e["epochs"][0] for e in log[1:]] == [e["epochs"][1] for e in log[:-1]]  # contiguous cycles
+    params = {k: v for k, v in adaptive_run["params"]["adaptive"].items()}
+    for e in log:
+        n = e["epochs"][1] - e["epochs"][0]
+        assert len(e["decisions"]) == n and [d["merge"] for d in e["decisions"]] == [False] * (n - 1) + [True]
+        assert e["merge_reason"] == e["decisions"][-1]["reason"] in schedule.REASONS
+        for s in e["sources"].values():
+            assert len(s["dev_accuracy_per_epoch"]) == len(s["seeds"]) == n  # one fit per epoch
+        # every recorded decision is what mu.schedule.decide says about the logged dev accuracies
+        for j, d in enumerate(e["decisions"], 1):
+            dev = [{loc: s["dev_accuracy_per_epoch"][i] for loc, s in e["sources"].items()} for i in range(j)]
+            assert schedule.decide(dev, epochs_done=e["epochs"][0] + j, max_epochs=3, **params) == \
+                (d["merge"], d["reason"], d["detail"])
+        # the epochs' learning rates are the pieces of one linear decay over max_interval epochs
+        pieces = [d["lr"] for d in e["decisions"]]
+        assert pieces[0][0] == pytest.approx(ADAPTIVE["lr"])
+        assert all(a[1] == pytest.approx(b[0]) for a, b in zip(pieces, pieces[1:]))
+        assert pieces[-1][1] == pytest.approx(ADAPTIVE["lr"] * (1 - n / ADAPTIVE["max_interval"]))
+    merges = iterative.merges_frame(log)
+    assert list(merges["reason"]) == [e["merge_reason"] for e in log] and merges["detail"].str.len().min() > 0
+    table = iterative.compare({"adaptive": adaptive_run})
+    assert table.loc["adaptive", "source_epochs"] == 3 * len(SOURCES)
+    assert table.loc["adaptive", "merges"] == len(log) and table.loc["adaptive", "fits"] == 3 * len(SOURCES)
+
+
+def test_tensorboard_event_files_hold_loss_and_dev_accuracy(adaptive_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = paths.resolve("models/toy/iterative-test/adaptive")
+    steps_per_epoch = adaptive_run["log"][0]["sources"]["fr-FR"]["global_step"] // (
+        adaptive_run["log"][0]["epochs"][1] - adaptive_run["log"][0]["epochs"][0])
+    seen = {}
+    for e in adaptive_run["log"]:
+        run_dir = out / "runs" / "fr-FR" / f"cycle_{e['cycle']}"
+        assert list(run_dir.glob("events.out.tfevents.*")), f"no event file in {run_dir}"
+        acc = EventAccumulator(str(run_dir)).Reload()
+        assert {"train/loss", "eval/accuracy"} <= set(acc.Tags()["scalars"])
+        evals = acc.Scalars("eval/accuracy")
+        assert [ev.value for ev in evals] == pytest.approx(e["sources"]["fr-FR"]["dev_accuracy_per_epoch"])
+        seen.update({ev.step: ev.value for ev in evals})
+    # one continuous step axis over the cycles: dev accuracy at the end of epochs 1, 2, 3
+    assert sorted(seen) == [steps_per_epoch * i for i in (1, 2, 3)]
+
+
+def test_adaptive_run_killed_mid_cycle_resumes_to_identical_weights(adaptive_run, toy_base):
+    out_dir = "models/toy/iterative-test/adaptive-killed"
+    first = len(SOURCES) * (adaptive_run["log"][0]["epochs"][1])  # fits of cycle 1
+    with pytest.raises(KeyboardInterrupt):  # the 2nd source's first fit in cycle 2
+        iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[Kill(first + 2)], **ADAPTIVE)
+    assert iterative.completed_cycles(out_dir) == [1]
+    resumed = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, **ADAPTIVE)
+    # (the uninterrupted run was tracked with TensorBoard, this one not: tracking does not change training)
+    full, again = weights_of(paths.resolve(adaptive_run["merged"])), weights_of(paths.resolve(resumed["merged"]))
+    assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
+    drop = ("elapsed_s",)
+    assert ([{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]]
+            == [{k: v for k, v in e.items() if k not in drop} for e in adaptive_run["log"]])
+
+
+def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
+    kw = dict(base_model=toy_base, out_dir="models/toy/iterative-test/bad-schedule")
+    with pytest.raises(ValueError, match="unknown merge_schedule 'smart'"):
+        iterative.run(TARGET, SOURCES, **{**RUN, "merge_schedule": "smart"}, **kw)
+    with pytest.raises(ValueError, match=r"\['patience'\] apply to merge_schedule='adaptive'"):
+        iterative.run(TARGET, SOURCES, **RUN, patience=2, **kw)
+    with pytest.raises(ValueError, match="merge_frequency applies to merge_schedule='fixed'"):
+        iterative.run(TARGET, SOURCES, **{**ADAPTIVE, "merge_frequency": 2}, **kw)
+    with pytest.raises(ValueError, match=r"unknown report_to backend\(s\) \['tensorbored'\]"):
+        iterative.run(TARGET, SOURCES, **RUN, report_to="tensorbored", **kw)
+    assert not paths.resolve("models/toy/iterative-test/bad-schedule").exists()

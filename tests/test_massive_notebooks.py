@@ -6,7 +6,8 @@ Only what cannot run offline is replaced: ``data`` (the hub → a subsample of .
 ``locales`` (51 → 4), the base (xlm-roberta-base → a tiny encoder pretrained by ``mu.pretrain``, which
 notebook 02 takes through the ``mini`` profile's ``ensure_base``) and, for that tiny base, ``lr``
 (5e-5 → 2e-3: at xlm-roberta-base's rate it learns nothing in 3 epochs, and the ``transfer`` weights of
-an all-zero N×N matrix are, rightly, an error).
+an all-zero N×N matrix are, rightly, an error), and 03's ``sts_data`` (the hub's STS-B → toy pairs in
+the profile's ``sts_locale``, en-US).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import papermill
 import pytest
 
-from mu import data, merge, paths, pretrain, report, runner, study
+from mu import data, merge, params, paths, pretrain, report, study
 
 REPO = paths.Path(__file__).resolve().parent.parent
 LOCALES = ["de-DE", "nl-NL", "sw-KE", "id-ID"]
@@ -30,12 +31,13 @@ pytestmark = [
 
 
 def _params(stem: str) -> dict:
-    params = runner.load_params(stem, "massive")
-    params.update(profile="mini", data=DATA)
-    for key, value in (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET)):
-        if key in runner.notebook_parameters(REPO / "notebooks" / f"{stem}.ipynb"):
-            params[key] = value
-    return params
+    values = params.load_params(stem, "massive")
+    values.update(profile="mini", data=DATA)
+    overrides = (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET), ("sts_data", "toy"))
+    for key, value in overrides:
+        if key in params.notebook_parameters(REPO / "notebooks" / f"{stem}.ipynb"):
+            values[key] = value
+    return values
 
 
 def _execute(stem: str, tmp_path) -> None:

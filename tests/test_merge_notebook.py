@@ -6,9 +6,8 @@ from pathlib import Path
 
 import papermill
 import pytest
-import torch
 
-from mu import evaluate, models, paths, report
+from mu import evaluate, paths, report
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_merging.ipynb"
 PROFILE = "test03"  # own N×N path (reports/02_training/test03/) and models folder: no clash with other tests
@@ -17,15 +16,9 @@ LOCALES = ["de-DE", "nl-NL", "af-ZA", "en-US", "es-ES"]
 
 
 @pytest.fixture(scope="module")
-def toy_setup(toy_base):
+def toy_setup(perturbed_sources):
     """Toy base + 'fine-tuned' sources (the base perturbed, one seed each) and their N×N matrix."""
-    model, tokenizer = models.load_classifier(toy_base)
-    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    dirs = {}
-    for i, loc in enumerate(LOCALES):
-        g = torch.Generator().manual_seed(100 + i)
-        model.load_state_dict({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base_sd.items()})
-        dirs[loc] = models.save_classifier(model, tokenizer, models.source_path(loc, MODELS_DIR))
+    dirs = perturbed_sources(LOCALES, MODELS_DIR, seed=100)
     evaluate.nxn(dirs, data="toy", profile=PROFILE, max_seq_length=32)
     return dirs
 
@@ -49,3 +42,11 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {"native", "zero-shot/best", "zero-shot/best-source"} <= set(record["results"]["accuracy"])
     assert record["params"]["method"] == method and "nxn" in record["inputs"]
     assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
+    adapted = paths.read_json(report.record_path("03_merging", "es-ES", "adamerging-similarity"))  # own record
+    assert {r["system"]: r["family"] for r in adapted["rows"]} == {
+        "adapted/adamerging/similarity": "adapted", "adapted/adamerging/average": "adapted"}
+    assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
+    # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
+    sts = record["results"]["sts"]
+    assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}
+    assert all(-1.0 <= v <= 1.0 for v in sts.values()) and record["results"]["sts_data"]["n"] == 200

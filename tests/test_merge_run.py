@@ -51,6 +51,8 @@ def _stats_for(method: str, config, sources: dict) -> dict:
                 x = torch.randn(200, sd[f"{n}.weight"].shape[1], generator=g)
                 grams[loc][f"{n}.weight"] = x.T @ x / 200
         return {"grams": grams}
+    if method == "adamerging":  # coefficients as mu.merge.adamerging.fit returns them: {locale: {tensor: λ}}
+        return {"coefficients": {loc: {k: 0.2 + 0.1 * i for k in sd} for i, (loc, sd) in enumerate(sources.items())}}
     return {}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mu import runner
+from mu import params
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = sorted((REPO / "params").glob("*.yaml"))
@@ -18,12 +18,12 @@ PROFILES = {"toy", "massive", "mini"}
 
 def check_params_file(params_path: Path, notebook: Path) -> None:
     """Raise (ValueError / AssertionError) unless the YAML fits the notebook."""
-    data = runner.read_params_file(params_path)
-    parameters = runner.notebook_parameters(notebook)
+    data = params.read_params_file(params_path)
+    parameters = params.notebook_parameters(notebook)
     assert "toy" in data["profiles"], f"{params_path.name}: needs a toy profile (the notebook's defaults)"
-    runner.check_keys(f"{params_path.name} shared", data["shared"], parameters)
+    params.check_keys(f"{params_path.name} shared", data["shared"], parameters)
     for profile, values in data["profiles"].items():
-        runner.check_keys(f"{params_path.name} profiles.{profile}", values, parameters)
+        params.check_keys(f"{params_path.name} profiles.{profile}", values, parameters)
     toy = {**data["shared"], **data["profiles"]["toy"]}
     differ = {k: (v, parameters[k]) for k, v in toy.items() if parameters[k] != v}
     assert not differ, f"{notebook.name}: defaults differ from the toy profile (yaml, notebook): {differ}"
@@ -36,7 +36,7 @@ def test_params_keys_are_notebook_parameters_and_toy_is_the_default(params_path)
     notebook = REPO / "notebooks" / f"{params_path.stem}.ipynb"
     assert notebook.is_file(), f"{params_path.name} has no notebook {notebook.name}"
     check_params_file(params_path, notebook)
-    profiles = set(runner.read_params_file(params_path)["profiles"])
+    profiles = set(params.read_params_file(params_path)["profiles"])
     assert profiles == PROFILES, f"{params_path.name}: profiles must be {sorted(PROFILES)}, got {sorted(profiles)}"
 
 

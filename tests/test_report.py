@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mu import paths, plots, report, runner
+from mu import aggregate, paths, plots, report, runner
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALES = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES"]
@@ -67,7 +67,7 @@ def test_table_holds_every_column_derived_from_records_and_nxn(root):
     report.save("03_merging", "af-ZA", "other-profile", params={"profile": "massive"},
                 rows=[row("merge/ties/similarity", "merge", 0.99)])
     paths.write_json(paths.reports_dir("03_merging", "af-ZA", "weights.json"), {"af-ZA": 1.0})
-    summary = report.aggregate("toy", nxn=nxn)
+    summary = aggregate.aggregate("toy", nxn=nxn)
     table = summary["table"]
 
     assert list(table.index) == sorted(LOCALES)
@@ -96,7 +96,7 @@ def test_table_holds_every_column_derived_from_records_and_nxn(root):
 
 def test_means_bootstrap_and_wilcoxon(root):
     write_results()
-    summary = report.aggregate("toy", nxn=make_nxn(), n_boot=2000, seed=7, min_pairs=5)
+    summary = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=2000, seed=7, min_pairs=5)
     table, means = summary["table"], summary["means"].set_index("system")
     for system in table.columns:
         v = table[system].dropna()
@@ -104,7 +104,7 @@ def test_means_bootstrap_and_wilcoxon(root):
         assert means.at[system, "mean"] == pytest.approx(v.mean())
         assert means.at[system, "ci_low"] <= v.mean() <= means.at[system, "ci_high"]
     assert means.at["iterative/linear/similarity", "n"] == len(LOCALES) - 1
-    again = report.aggregate("toy", nxn=make_nxn(), n_boot=2000, seed=7)["means"]
+    again = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=2000, seed=7)["means"]
     pd.testing.assert_frame_equal(again, summary["means"])  # seeded
 
     tests = summary["tests"].set_index(["system", "baseline"])
@@ -123,7 +123,7 @@ def test_means_bootstrap_and_wilcoxon(root):
 
 def test_too_few_targets_is_not_computable(root):
     write_results(targets=LOCALES[:3])
-    summary = report.aggregate("toy", nxn=make_nxn(), min_pairs=5)
+    summary = aggregate.aggregate("toy", nxn=make_nxn(), min_pairs=5)
     tests = summary["tests"]
     assert tests["p_value"].isna().all()
     assert (tests["note"] == "not computable: 3 paired targets < 5").all()
@@ -134,7 +134,7 @@ def test_too_few_targets_is_not_computable(root):
 def test_absent_groups_show_as_missing_columns(root):
     report.save("03_merging", "nl-NL", "linear-similarity", params={"profile": "toy"},
                 rows=[row("merge/linear/similarity", "merge", 0.5, {"de-DE": 1.0})])
-    summary = report.aggregate("toy", nxn=make_nxn())
+    summary = aggregate.aggregate("toy", nxn=make_nxn())
     table = summary["table"]
     for placeholder in ("merge/*/average", "ensemble/*", "iterative/*"):
         assert placeholder in table.columns and table[placeholder].isna().all()
@@ -150,7 +150,7 @@ def test_newest_duplicate_wins_with_a_note(root):
     old["created"], old["name"] = "2000-01-01T00:00:00+00:00", "old"
     old["rows"][0]["accuracy"] = 0.01
     paths.write_json(report.record_path("03_merging", "de-DE", "old"), old)
-    summary = report.aggregate("toy", nxn=make_nxn())
+    summary = aggregate.aggregate("toy", nxn=make_nxn())
     assert summary["table"].at["de-DE", "merge/linear/similarity"] == paths.read_json(path)["rows"][0]["accuracy"]
     assert any("old.json superseded" in n for n in summary["notes"])
 
@@ -161,7 +161,7 @@ def test_record_rows_win_over_nxn_and_unknown_sources_are_noted(root):
         row("native", "native", 0.77)])
     nxn = make_nxn()
     nxn["sw-KE"] = 0.3
-    summary = report.aggregate("toy", nxn=nxn)
+    summary = aggregate.aggregate("toy", nxn=nxn)
     table = summary["table"]
     assert table.at["sw-KE", "native"] == 0.77  # the record's own evaluation
     assert table.at["sw-KE", "zero-shot/best"] == 0.3
@@ -171,19 +171,19 @@ def test_record_rows_win_over_nxn_and_unknown_sources_are_noted(root):
 
 def test_errors_name_what_is_missing(root):
     with pytest.raises(ValueError, match="no merge, ensemble or iterative results for profile 'toy'"):
-        report.aggregate("toy", nxn=make_nxn())
+        aggregate.aggregate("toy", nxn=make_nxn())
     write_results(targets=["de-DE"])
     with pytest.raises(FileNotFoundError, match="run notebook 02"):
-        report.aggregate("toy", nxn=root / "nope.csv")
+        aggregate.aggregate("toy", nxn=root / "nope.csv")
 
 
 def test_written_summary_files_and_figures(root):
     write_results()
     nxn_file = root / "nxn.csv"
     make_nxn().to_csv(nxn_file)
-    summary = report.aggregate("toy", nxn=nxn_file, n_boot=500)
-    written = report.write_summary(summary, "toy")
-    out = report.summary_dir("toy")
+    summary = aggregate.aggregate("toy", nxn=nxn_file, n_boot=500)
+    written = aggregate.write_summary(summary, "toy")
+    out = aggregate.summary_dir("toy")
     assert set(written) == {"summary.csv", "rows.csv", "means.csv", "tests.csv", "summary.md"}
     csv = pd.read_csv(out / "summary.csv", index_col="target")
     pd.testing.assert_frame_equal(csv, summary["table"], check_names=False)
@@ -192,11 +192,11 @@ def test_written_summary_files_and_figures(root):
     for column in summary["table"].columns:
         assert f" {column} " in header
     es = next(line for line in md.splitlines() if line.startswith("| es-ES |"))
-    assert es.rstrip(" |").endswith(report.MISSING)  # iterative missing for es-ES
+    assert es.rstrip(" |").endswith(aggregate.MISSING)  # iterative missing for es-ES
     assert "Paired Wilcoxon" in md and summary["inputs"]["nxn"]["sha256"] == report.sha256(nxn_file)
     rows = pd.read_csv(out / "rows.csv")
     assert json.loads(rows["sources"].dropna().iloc[0])
-    results = report.summary_results(summary)
+    results = aggregate.summary_results(summary)
     json.dumps(results, allow_nan=False)
     assert results["table"]["es-ES"]["iterative/linear/similarity"] is None
 
@@ -217,11 +217,11 @@ def test_written_summary_files_and_figures(root):
 
 def test_notebook_06_runs_on_records_and_reruns_nothing(root):
     write_results()
-    paths.write_text(report.nxn_path("toy"), make_nxn().to_csv())
+    paths.write_text(aggregate.nxn_path("toy"), make_nxn().to_csv())
     kwargs = dict(notebooks_dir=REPO / "notebooks", params_dir=REPO / "params")
     summary = runner.run(["06"], [], **kwargs)
     assert summary["status"].tolist() == ["done"], summary["error"].tolist()
-    out = report.summary_dir("toy")
+    out = aggregate.summary_dir("toy")
     for name in ("summary.md", "summary.csv", "per_target.png", "means.png"):
         assert (out / name).is_file()
     rec = paths.read_json(report.record_path("06_aggregation", "toy", "summary"))
@@ -233,4 +233,4 @@ def test_notebook_06_runs_on_records_and_reruns_nothing(root):
 def test_nxn_path_is_notebook_02s():
     from mu import evaluate
 
-    assert report.nxn_path("toy") == evaluate.nxn_path("toy")
+    assert aggregate.nxn_path("toy") == evaluate.nxn_path("toy")

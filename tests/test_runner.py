@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mu import paths, report, runner
+from mu import params, paths, report, runner
 from mu.__main__ import main
 
 
@@ -215,16 +215,18 @@ def test_ray_executor_runs_the_same_notebooks(project, ray_local):
 def test_notebooks_and_params_resolve_against_the_checkout_not_mu_root(project):
     repo = Path(runner.__file__).resolve().parent.parent
     assert paths.root() == project.resolve()
-    assert runner.source_dir("notebooks") == repo / "notebooks"
-    assert runner.params_file("06_aggregation") == repo / "params" / "06_aggregation.yaml"
+    assert params.source_dir("notebooks") == repo / "notebooks"
+    assert params.params_file("06_aggregation") == repo / "params" / "06_aggregation.yaml"
     with pytest.raises(ValueError, match="no numbered notebooks"):
-        runner.all_notebooks(project / "params")
+        params.all_notebooks(project / "params")
 
 
 def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
     env = runner.kernel_env(workers=2)
-    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
+                   "PYTHONWARNINGS": runner.QUIET_WARNINGS}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert "OMP_NUM_THREADS" not in runner.kernel_env(workers=2)  # the user's setting is kept
 
@@ -233,12 +235,12 @@ def test_current_params_reads_names_from_the_parameters_cell():
     import mu.runner
 
     ns = {"profile": "toy", "n_boot": 7, "seed": 1, "min_pairs": 5, "average_system": "x", "other": 3}
-    got = mu.runner.current_params("06_aggregation", ns)
-    assert got == {k: ns[k] for k in mu.runner.notebook_parameters(mu.runner.find_notebooks(["06"])[0])}
+    got = mu.params.current_params("06_aggregation", ns)
+    assert got == {k: ns[k] for k in mu.params.notebook_parameters(mu.params.find_notebooks(["06"])[0])}
     assert "other" not in got and got["n_boot"] == 7
     del ns["seed"]
     with pytest.raises(ValueError, match=r"\['seed'\]"):
-        mu.runner.current_params("06_aggregation", ns)
+        mu.params.current_params("06_aggregation", ns)
 
 
 def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(project):

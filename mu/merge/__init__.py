@@ -6,9 +6,10 @@ in memory; ``merge_models(...)`` does it for model folders on disk (streaming,
 saved in HF format with ``merge_details.json``).
 """
 
-from mu.merge.evaluation import comparison, evaluate_merges, merged_dir, with_average
+from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
+    ADAPTIVE,
     IGNORES_WEIGHTS,
     METHODS,
     NEEDS_BASE,
@@ -24,7 +25,7 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "USES_BASE", "check_weights", "comparison",
-    "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge", "merge_models", "merged_dir",
+    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "USES_BASE", "adapt_from", "check_weights",
+    "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge", "merge_models", "merged_dir",
     "regmean_grams",
 ]

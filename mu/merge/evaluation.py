@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from mu import models, paths, report
+from mu import aggregate, models, paths, report
 from mu.merge.run import merge_models
 
 
@@ -33,6 +33,7 @@ def with_average(mode: str, weights: Mapping[str, float]) -> dict[str, dict[str,
 def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
                     models_dir: str | os.PathLike, data: str | os.PathLike,
                     base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
+                    adapt_split: str = "train", adapt_num_examples: int | None = 256,
                     **merge_kw: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
@@ -43,11 +44,24 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     ``merged_dir(...)`` (skipped when already merged with the same inputs).
     ``merge_kw`` goes to ``merge_models`` (head, embeddings, seed, knobs, ...).
     The target is never a source (ValueError).
+
+    Adaptive methods (``adamerging``) are the ``adapted`` family (``adapted/<label>/<mode>``):
+    they fit on ``adapt_num_examples`` of the target's ``adapt_split`` utterances *without labels*
+    (``mu.data.unlabeled``; default the train split; ``test`` is transductive, recorded, and
+    named ``<label>-adapttest``).
     """
+    from mu import data as mu_data
     from mu import evaluate
-    from mu.merge.registry import knobs, label
+    from mu.merge.registry import ADAPTIVE, knobs, label
 
     name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
+    family = "adapted" if method in ADAPTIVE else "merge"
+    if family == "adapted":
+        seed = merge_kw.get("seed", 42)
+        merge_kw["adapt_texts"] = mu_data.unlabeled(target, adapt_split, data, num_examples=adapt_num_examples,
+                                                    seed=seed)
+        merge_kw["adapt_from"] = adapt_from(target, adapt_split, data, len(merge_kw["adapt_texts"]), seed)
+        name += "" if adapt_split == "train" else f"-adapt{adapt_split}"
     rows = []
     for mode, weights in weightings.items():
         if target in weights:
@@ -59,20 +73,26 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
                               **merge_kw)
         scores = evaluate.evaluate(merged, target, "test", data=data, batch_size=batch_size,
                                    max_seq_length=max_seq_length)
-        rows.append({"system": f"merge/{name}/{mode}", "family": "merge", "target": target, **scores,
+        rows.append({"system": f"{family}/{name}/{mode}", "family": family, "target": target, **scores,
                      "sources": dict(weights), "model": str(merged)})
     return rows
 
 
+def adapt_from(target: str, split: str, data: str | os.PathLike, num_texts: int, seed: int) -> dict[str, Any]:
+    """Where an adapted system's unlabeled texts come from (recorded); ``test`` is transductive."""
+    return {"target": target, "split": split, "data": str(data), "num_texts": num_texts, "seed": seed,
+            "labels": "none", "transductive": split == "test"}
+
+
 def comparison(rows: list[Mapping[str, Any]], nxn: pd.DataFrame, target: str) -> pd.DataFrame:
     """The merge rows beside native, best source and best zero-shot of the N×N matrix, with 95% Wilson
-    intervals, in ``mu.report.column_order``."""
+    intervals, in ``mu.aggregate.column_order``."""
     frame = pd.DataFrame([dict(r) for r in rows])
-    baselines, notes = report.baseline_rows(frame, nxn, [target])
+    baselines, notes = aggregate.baseline_rows(frame, nxn, [target])
     table = pd.concat([frame, baselines[frame.columns.intersection(baselines.columns)]], ignore_index=True)
-    intervals = [report.wilson_interval(a, n) for a, n in zip(table["accuracy"], table["n"])]
+    intervals = [aggregate.wilson_interval(a, n) for a, n in zip(table["accuracy"], table["n"])]
     table["ci_low"], table["ci_high"] = [lo for lo, _ in intervals], [hi for _, hi in intervals]
-    order = {s: i for i, s in enumerate(report.column_order(table["system"]))}
+    order = {s: i for i, s in enumerate(aggregate.column_order(table["system"]))}
     table = table.sort_values("system", key=lambda s: s.map(order)).reset_index(drop=True)
     table.attrs["notes"] = notes
     return table

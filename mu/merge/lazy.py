@@ -68,7 +68,7 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
 def meta(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """{name: (shape, dtype)} without reading lazy tensors."""
-    if isinstance(state_dict, LazyStateDict):
+    if callable(getattr(state_dict, "meta", None)):  # LazyStateDict, or a wrapper of one (mu.merge.checks)
         return state_dict.meta()
     return {k: (tuple(v.shape), v.dtype) for k, v in state_dict.items()}
 

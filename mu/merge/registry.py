@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import fisher, lazy, methods, regmean
+from mu.merge import adamerging, fisher, lazy, methods, regmean
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -37,12 +37,16 @@ METHODS: dict[str, Callable[..., StateDict]] = {
     "fisher_simple": fisher.fisher_simple,
     "fisher_dataset": fisher.fisher_dataset,
     "regmean": regmean.regmean,
+    "adamerging": adamerging.adamerging,
 }
-NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock"})
+NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
+                        "adamerging"})
 USES_BASE = NEEDS_BASE | {"multislerp"}  # multislerp interpolates task vectors when a base is given
 IGNORES_WEIGHTS = frozenset({"model_stock"})  # its ratio comes from the geometry; weights only pick sources
 # Per-source statistics a method needs ({locale: state-dict-like}), sliced per tensor by ``merge``.
-STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams"}
+STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams", "adamerging": "coefficients"}
+# Methods fitted on the target's unlabeled texts (``merge_models(adapt_texts=...)``): the "adapted" family.
+ADAPTIVE = frozenset({"adamerging"})
 FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
 # The task-vector knobs that have an effect, by sparsification.
 TASK_VECTOR_KNOBS = {

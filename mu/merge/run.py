@@ -42,14 +42,14 @@ import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from mu import paths, report
-from mu.merge import lazy, registry
+from mu import cache, paths, report
+from mu.merge import adamerging, checks, lazy, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
 
@@ -109,7 +109,7 @@ def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: st
     if kind == "fishers":
         desc["fisher"] = "empirical, true labels, normalised to mean 1"
     file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{_digest(desc)[:16]}.safetensors")
-    if not file.is_file():
+    if cache.read(file, lazy.LazyStateDict.from_file, "statistics cache entry") is None:
         model, tokenizer = models.load_classifier(model_dir)
         fn = fisher_diagonal if kind == "fishers" else regmean_grams
         stats = fn(model, tokenizer, train, num_examples=num_examples, batch_size=batch_size,
@@ -121,18 +121,6 @@ def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: st
     return file, desc
 
 
-def _check_architecture(config: Any, merged: Mapping[str, torch.Tensor]) -> None:
-    """The merged tensors must be exactly the architecture's state dict (names and shapes)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in AutoModelForSequenceClassification.from_config(config)
-                    .state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in merged.items()}
-    if got != expected:
-        bad = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
-        raise ValueError(f"merged tensors do not match the {config.model_type} architecture at {bad[:10]}: "
-                         f"got {[got.get(k) for k in bad[:10]]}, expected {[expected.get(k) for k in bad[:10]]}")
-
-
 def details_text(details: Mapping[str, Any]) -> str:
     """``merge_details.txt``: the record as readable lines."""
     lines = [f"method: {details['method']}", f"mode (weighting): {details['mode']}",
@@ -142,6 +130,10 @@ def details_text(details: Mapping[str, Any]) -> str:
     lines.append(f"knobs: {json.dumps(details['knobs'], sort_keys=True)}")
     if details["statistics"]:
         lines.append(f"statistics: {json.dumps(details['statistics_params'], sort_keys=True)}")
+    if details.get("adaptation"):
+        fit = details["adaptation"]
+        lines.append(f"adapted on unlabeled target texts: {json.dumps(details['statistics_params'], sort_keys=True)}; "
+                     f"entropy {fit['entropy_before']:.4f} -> {fit['entropy_after']:.4f} in {fit['seconds']:.1f} s")
     lines.append("inputs (sha256):")
     lines += [f"  {name}: {v['sha256']}" for name, v in details["inputs"].items()]
     lines.append(f"elapsed: {details['elapsed_s']:.2f} s, process peak RSS: {details['peak_rss_mb']:.0f} MB")
@@ -164,14 +156,17 @@ def _method_knobs(method: str, knobs: Mapping[str, Any], seed: int) -> dict[str,
 
 
 def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, float], base_model: Any,
-                head: str, embeddings: str, data: Any) -> dict[str, float]:
+                head: str, embeddings: str, data: Any, adapt_texts: Any = None) -> dict[str, float]:
     """Everything that can be checked before reading a model; returns the normalised weights."""
     registry.check_method(method)
     w = registry.check_weights(weights, list(sources))
     if method in registry.NEEDS_BASE and base_model is None:
         raise ValueError(f"merge method {method!r} needs base_model; methods that need one: "
                          f"{sorted(registry.NEEDS_BASE)}")
-    if method in registry.STATISTICS and data is None:
+    if method in registry.ADAPTIVE and not adapt_texts:
+        raise ValueError(f"merge method {method!r} needs adapt_texts: the target's unlabeled utterances "
+                         "(mu.data.unlabeled)")
+    if method in registry.STATISTICS and method not in registry.ADAPTIVE and data is None:
         raise ValueError(f"merge method {method!r} needs data ('toy', 'hub' or a MASSIVE folder) for its "
                          f"{registry.STATISTICS[method]}")
     for choice, what in ((head, "head"), (embeddings, "embeddings")):
@@ -183,7 +178,7 @@ def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, f
 def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
     """HF folder: config and tokenizer of ``like``, the merged weights, merge_details.json / .txt (atomic)."""
     config = AutoConfig.from_pretrained(like)
-    _check_architecture(config, merged)
+    checks.check_output(config, merged, f"merged model for {out}")
     tokenizer = AutoTokenizer.from_pretrained(like)
     with paths.atomic_path(out) as tmp:
         tmp.mkdir()
@@ -213,6 +208,9 @@ def merge_models(
     regmean_batch_size: int = STATS_DEFAULTS["grams"][1],
     max_seq_length: int = 128,
     device: str | None = None,
+    adapt_texts: Sequence[str] | None = None,
+    adapt_batch_size: int = 16,
+    adapt_from: Mapping[str, Any] | None = None,
     **knobs: Any,
 ) -> Path:
     """Merge the models of ``sources`` ({locale: folder or hub id}) into ``out_dir`` and return it.
@@ -224,12 +222,14 @@ def merge_models(
     (``fisher_*`` / ``regmean_*`` sizes) and cached. ``mode`` is recorded only.
     The folder (config and tokenizer of the first source, ``model.safetensors``,
     ``merge_details.json`` / ``.txt``) is written atomically; nothing is written
-    on error; identical inputs and parameters skip.
+    on error; identical inputs and parameters skip. Adaptive methods (``registry.ADAPTIVE``:
+    ``adamerging``) fit on ``adapt_texts``, the target's unlabeled utterances (texts only), in
+    batches of ``adapt_batch_size``; ``adapt_from`` (where the texts come from) is recorded only.
     """
     from mu import models
 
     started = time.perf_counter()
-    w = _check_args(method, sources, weights, base_model, head, embeddings, data)
+    w = _check_args(method, sources, weights, base_model, head, embeddings, data, adapt_texts)
     effective = _method_knobs(method, knobs, seed)
     stat = registry.STATISTICS.get(method)
     order = list(weights)
@@ -241,7 +241,11 @@ def merge_models(
 
     sizes = {"fishers": (fisher_num_examples, fisher_batch_size), "grams": (regmean_num_examples, regmean_batch_size)}
     stat_params = ({"data": str(data), "num_examples": sizes[stat][0], "batch_size": sizes[stat][1],
-                    "max_seq_length": max_seq_length, "seed": seed} if stat else {})
+                    "max_seq_length": max_seq_length, "seed": seed} if stat in sizes else {})
+    if method in registry.ADAPTIVE:
+        stat_params = {"texts_sha256": _digest(list(adapt_texts)), "num_texts": len(adapt_texts),
+                       "batch_size": adapt_batch_size, "max_seq_length": max_seq_length, "seed": seed,
+                       "adapt_from": dict(adapt_from or {})}
     fingerprint = _digest({"method": method, "weights": w, "inputs": {k: _signature(d) for k, d in named.items()},
                            "base_used": use_base, "head": head, "embeddings": embeddings, "knobs": effective,
                            "statistics": stat_params})
@@ -254,7 +258,7 @@ def merge_models(
         hashing = {name: pool.submit(report.describe_input, d) for name, d in named.items()}
         stats_files: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        if stat:
+        if stat and method not in registry.ADAPTIVE:
             for loc in order:
                 file, desc = statistics(stat, loc, dirs[loc], hashing[loc].result()["sha256"], data,
                                         num_examples=stat_params["num_examples"],
@@ -262,8 +266,13 @@ def merge_models(
                                         seed=seed, device=device)
                 stats_files[loc] = {"path": str(file), **desc}
             extra[stat] = {loc: lazy.LazyStateDict.from_file(stats_files[loc]["path"]) for loc in order}
-        state_dicts = {loc: lazy.open_model(dirs[loc]) for loc in order}
-        base = lazy.open_model(base_dir) if use_base else None
+        state_dicts = checks.checked_inputs({loc: lazy.open_model(dirs[loc]) for loc in order})
+        base = checks.checked_inputs({"<base>": lazy.open_model(base_dir)})["<base>"] if use_base else None
+        adaptation = None
+        if method in registry.ADAPTIVE:  # coefficients fitted on the target's unlabeled texts
+            adaptation = adamerging.fit_models(base_dir, state_dicts, base, w, adapt_texts, batch_size=adapt_batch_size,
+                                               max_seq_length=max_seq_length, seed=seed, device=device, **effective)
+            extra[stat] = adaptation["coefficients"]
         merged = registry.merge(method, state_dicts, w, base, head=head, embeddings=embeddings, progress=True,
                                 **effective, **extra)
         inputs = {name: future.result() for name, future in hashing.items()}
@@ -273,7 +282,7 @@ def merge_models(
         "sources": {loc: str(sources[loc]) for loc in order},
         "base_model": None if base_model is None else str(base_model), "base_used": use_base,
         "head": head, "embeddings": embeddings, "knobs": effective, "statistics_params": stat_params,
-        "statistics": stats_files, "inputs": inputs, "fingerprint": fingerprint,
+        "statistics": stats_files, "adaptation": adaptation, "inputs": inputs, "fingerprint": fingerprint,
         "config_from": order[0], "tokenizer_from": order[0],
         "elapsed_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

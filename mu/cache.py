@@ -1,0 +1,32 @@
+"""Cache entries are caches: a corrupt or truncated entry is named in a warning, deleted, and
+reported as absent, so the caller recomputes it. Never an exception from inside a reader.
+
+    hit = mu.cache.read(path, reader)   # reader(path) -> value, raising on a bad entry
+    if hit is None:
+        value = compute(); write(path, value)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from mu import notes
+
+T = TypeVar("T")
+
+
+def read(path: str | os.PathLike, reader: Callable[[Path], T], what: str = "cache entry") -> T | None:
+    """``reader(path)``; None when the file is absent, or when ``reader`` raises (the entry is then
+    corrupt: a warning names the file and the error, and the file is deleted)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return reader(path)
+    except Exception as e:  # any reader error means a bad entry: zipfile, numpy, safetensors, json, ...
+        notes.warn(f"corrupt {what} {path} ({type(e).__name__}: {e}); deleted, it will be recomputed",
+                   stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None

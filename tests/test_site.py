@@ -1,0 +1,138 @@
+"""Issue 12: two runners on one MU_ROOT at once (each job executed once, never concurrently, results
+as one run), executed notebooks rendered to HTML and reports/index.html whose every link resolves,
+and no kernel transport warning. Tiny throwaway notebooks, no browser."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from test_runner import write_notebook
+
+from mu import paths, report, site
+
+REPO = Path(__file__).resolve().parent.parent
+# a 1x1 PNG: stands in for a figure
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+LOG_BODY = (  # every job logs its start and end (with its pid), sleeping in between so that overlaps would show
+    "import os, time\nimport mu\n"
+    "log = mu.paths.root() / 'runs.log'\n"
+    "def note(what):\n"
+    "    with open(log, 'a') as f:\n"
+    "        f.write(f'{what} {os.getpid()}\\n')\n"
+)
+STEP = LOG_BODY + (
+    'note(f"start 03_step/{target_lang}")\n'
+    'if (mu.paths.root() / f"fail-{target_lang}").exists():\n'
+    '    raise RuntimeError(f"deliberate failure for {target_lang}")\n'
+    "time.sleep(1.0)\n"
+    'd = mu.paths.reports_dir("03_step", target_lang)\n'
+    '(d / "fig.png").parent.mkdir(parents=True, exist_ok=True); (d / "fig.png").write_bytes(PNG)\n'
+    'mu.report.save("03_step", target_lang, "step", params={"profile": profile},\n'
+    '               rows=[{"system": "merge/linear/similarity", "family": "merge", "accuracy": len(target_lang) / 10}])\n'
+    'note(f"end 03_step/{target_lang}")'
+)
+SUMMARY = LOG_BODY + (
+    'note("start 06_agg/" + profile)\n'
+    'd = mu.paths.reports_dir("06_aggregation", profile)\n'
+    'mu.paths.write_text(d / "summary.md", "# Summary\\n\\n| system | accuracy |\\n|---|---|\\n| merge | 0.5 |\\n")\n'
+    'mu.paths.write_text(d / "summary.csv", "system,accuracy\\nmerge,0.5\\n")\n'
+    '(d / "means.png").write_bytes(PNG)\n'
+    'mu.report.save("06_aggregation", profile, "summary", results={"n": 2}, params={"profile": profile})\n'
+    'note("end 06_agg/" + profile)'
+)
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("MU_ROOT", str(tmp_path))
+    nbs, prm = tmp_path / "notebooks", tmp_path / "params"
+    nbs.mkdir()
+    prm.mkdir()
+    write_notebook(nbs / "03_step.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"', f"PNG = {PNG!r}\n" + STEP)
+    write_notebook(nbs / "06_aggregation.ipynb", 'profile = "toy"', f"PNG = {PNG!r}\n" + SUMMARY)
+    for stem in ("03_step", "06_aggregation"):
+        (prm / f"{stem}.yaml").write_text("shared: {}\nprofiles: {toy: {}}\n")
+    return tmp_path
+
+
+def _cli(project: Path, *targets: str) -> list[str]:
+    return [sys.executable, "-m", "mu", "run", "--profile", "toy", "--notebooks", "03", "06",
+            "--notebooks-dir", str(project / "notebooks"), "--params-dir", str(project / "params"),
+            "--targets", *targets]
+
+
+def test_two_runners_at_once_run_each_job_once_and_agree_with_one_run(project):
+    env = {**os.environ, "MU_ROOT": str(project), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(_cli(project, "af-ZA", "fr-FR"), env=env, cwd=project, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, f"a runner failed:\n{out}\n{err}"
+        assert "Repo id" not in err and "without encryption" not in err, err
+    # each job executed exactly once over both runners, never two at once: start/end pairs never interleave
+    log = (project / "runs.log").read_text().split("\n")[:-1]
+    jobs = ["03_step/af-ZA", "03_step/fr-FR", "06_agg/toy"]
+    assert sorted(line.split()[1] for line in log if line.startswith("start")) == jobs
+    for job in jobs:  # (different jobs may run side by side in the two runners)
+        [start] = [i for i, x in enumerate(log) if x.startswith(f"start {job} ")]
+        [end] = [i for i, x in enumerate(log) if x.startswith(f"end {job} ")]
+        assert start < end and log[start].split()[2] == log[end].split()[2], log
+    counts = [next(line for line in out.splitlines() if line.startswith("done ")) for out, _ in outs]
+    done = [int(c.split(",")[0].split()[1]) for c in counts]
+    assert sum(done) == 3, counts  # the other runner skipped what this one ran
+    # the results are those of one run
+    for t in ("af-ZA", "fr-FR"):
+        rows = paths.read_json(report.record_path("03_step", t, "step"))["rows"]
+        assert [r["accuracy"] for r in rows] == [len(t) / 10]
+    assert paths.read_json(report.record_path("06_aggregation", "toy", "summary"))["results"] == {"n": 2}
+    assert not list((project / "reports").rglob("*.tmp"))
+    assert all("Open reports/index.html in a browser" in out for out, _ in outs)
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def test_index_links_every_rendered_notebook_summary_and_figure(project):
+    from mu import runner
+
+    (project / "fail-sw-KE").touch()
+    summary = runner.run(["03", "06"], ["af-ZA", "sw-KE"], notebooks_dir=project / "notebooks",
+                         params_dir=project / "params")
+    assert sorted(summary["status"]) == ["done", "done", "failed"]
+    out = paths.reports_dir()
+    index = out / site.INDEX
+    parser = _Links()
+    parser.feed(index.read_text(encoding="utf-8"))
+    anchors = [x[1:] for x in parser.links if x.startswith("#")]
+    assert anchors and all(f'id="{a}"' in index.read_text(encoding="utf-8") for a in anchors)
+    links = {unquote(urlparse(x).path) for x in parser.links if not x.startswith("#")}
+    assert links, "the index links nothing"
+    missing = [x for x in links if not (out / x).is_file()]
+    assert not missing, f"index links that resolve to no file: {missing}"
+    expected = {"03_step/af-ZA.html", "03_step/sw-KE.failed.html", "06_aggregation/toy.html",
+                "06_aggregation/toy/summary.html", "06_aggregation/toy/summary.csv",
+                "03_step/af-ZA/fig.png", "06_aggregation/toy/means.png"}
+    assert expected <= links, sorted(expected - links)
+    # the rendered notebook is the executed one (its output), the summary page holds its table
+    assert "deliberate failure for sw-KE" in (out / "03_step" / "sw-KE.failed.html").read_text(encoding="utf-8")
+    assert "<table>" in (out / "06_aggregation" / "toy" / "summary.html").read_text(encoding="utf-8")
+    # fixed and rerun: the failure's pages go, the index is regenerated without them
+    (project / "fail-sw-KE").unlink()
+    runner.run(["03"], ["af-ZA", "sw-KE"], notebooks_dir=project / "notebooks", params_dir=project / "params")
+    text = index.read_text(encoding="utf-8")
+    assert "03_step/sw-KE.html" in text and "failed.html" not in text
+    assert not (out / "03_step" / "sw-KE.failed.html").exists()
