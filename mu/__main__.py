@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
-    study.add_parsers(sub)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
+    study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
     return ap
 
 

@@ -156,11 +156,6 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
 
 COMMANDS = ("pretrain", "compare-objectives", "study")
 
-
-def _key_value(text: str) -> tuple[str, Any]:
-    from mu.__main__ import _key_value as parse  # the one KEY=VALUE parser of the command line
-
-    return parse(text)
 STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
 
@@ -176,8 +171,9 @@ def _pretrain_args(p) -> None:
     p.add_argument("--lr", type=float, default=5e-4, dest="pt_lr")
 
 
-def add_parsers(sub) -> None:
-    """``pretrain``, ``compare-objectives`` and ``study`` subcommands for ``python -m mu``."""
+def add_parsers(sub, key_value) -> None:
+    """``pretrain``, ``compare-objectives`` and ``study`` subcommands for ``python -m mu``; ``key_value``
+    parses ``--set KEY=VALUE`` (the command line's one parser, ``mu.__main__._key_value``)."""
     pt = sub.add_parser("pretrain", help="pretrain the profile's encoder here and save its base")
     pt.add_argument("--profile", default="mini")
     _pretrain_args(pt)
@@ -195,7 +191,7 @@ def add_parsers(sub) -> None:
     st.add_argument("--targets", nargs="*", default=None, help=f"default: {STUDY_LOCALES}")
     st.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS))
     st.add_argument("--workers", type=int, default=1)
-    st.add_argument("--set", dest="extra", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    st.add_argument("--set", dest="extra", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (YAML value), e.g. locales=[en-US,de-DE]")
     st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
     st.add_argument("--dev", type=int, default=200)
