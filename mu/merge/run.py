@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from mu import paths, report
-from mu.merge import lazy, registry
+from mu.merge import chunks, lazy, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
 
@@ -222,6 +222,9 @@ def merge_models(
     a MASSIVE-layout folder) is needed by ``fisher_dataset`` / ``regmean``,
     whose statistics are computed on each source's own train split
     (``fisher_*`` / ``regmean_*`` sizes) and cached. ``mode`` is recorded only.
+    ``device`` (None: CUDA when available) is where the statistics and the merge
+    are computed, tensor by tensor; the result equals the CPU's to float32
+    rounding, so it is recorded but not part of the skip fingerprint.
     The folder (config and tokenizer of the first source, ``model.safetensors``,
     ``merge_details.json`` / ``.txt``) is written atomically; nothing is written
     on error; identical inputs and parameters skip.
@@ -230,6 +233,7 @@ def merge_models(
 
     started = time.perf_counter()
     w = _check_args(method, sources, weights, base_model, head, embeddings, data)
+    dev = chunks.device(device)
     effective = _method_knobs(method, knobs, seed)
     stat = registry.STATISTICS.get(method)
     order = list(weights)
@@ -265,7 +269,7 @@ def merge_models(
         state_dicts = {loc: lazy.open_model(dirs[loc]) for loc in order}
         base = lazy.open_model(base_dir) if use_base else None
         merged = registry.merge(method, state_dicts, w, base, head=head, embeddings=embeddings, progress=True,
-                                **effective, **extra)
+                                device=dev, **effective, **extra)
         inputs = {name: future.result() for name, future in hashing.items()}
     details = {
         "method": method, "mode": mode, "weights": w, "weights_given": {k: float(v) for k, v in weights.items()},
@@ -275,7 +279,7 @@ def merge_models(
         "head": head, "embeddings": embeddings, "knobs": effective, "statistics_params": stat_params,
         "statistics": stats_files, "inputs": inputs, "fingerprint": fingerprint,
         "config_from": order[0], "tokenizer_from": order[0],
-        "elapsed_s": time.perf_counter() - started,
+        "device": str(dev), "elapsed_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": report.versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
