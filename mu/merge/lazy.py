@@ -14,6 +14,7 @@ Legacy ``pytorch_model.bin`` folders are memory-mapped with ``torch.load``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -64,8 +65,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         header, _ = _header(str(file))
         return cls({key: file for key in header if key != "__metadata__"})
 
-    def read(self, key: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        """Tensor ``key``, or its rows ``start:stop`` (first dimension), read from the file."""
+    def read(self, key: str, start: int | None = None, stop: int | None = None, *,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``key``, or its rows ``start:stop`` (first dimension), read from the file
+        (into ``out``, a contiguous CPU tensor of its dtype and size, when given)."""
         shape, dtype = self._meta[key]
         begin, end = self._offsets[key]
         if start is not None or stop is not None:
@@ -75,7 +78,13 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
             stop = max(start, stop)
             row = (end - begin) // shape[0] if shape[0] else 0
             begin, end, shape = begin + start * row, begin + stop * row, (stop - start, *shape[1:])
-        out = torch.empty(shape, dtype=dtype)
+        if out is None:
+            out = torch.empty(shape, dtype=dtype)
+        elif out.dtype != dtype or out.numel() != math.prod(shape) or not out.is_contiguous() or out.is_cuda:
+            raise ValueError(f"cannot read tensor {key} ({dtype}, {shape}) into a {out.dtype} tensor of "
+                             f"{out.numel()} elements")
+        else:
+            out = out.view(shape)
         if end > begin:
             view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
             fd = os.open(self._files[key], os.O_RDONLY)
@@ -104,6 +113,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
     def meta(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return dict(self._meta)
+
+    def spec(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """(shape, dtype) of one tensor."""
+        return self._meta[key]
 
 
 class Selection(Mapping[str, torch.Tensor]):
