@@ -70,8 +70,9 @@ def test_every_method_merges_tiny_xlmr_and_loads_strict(method, in_memory):
 
 
 def test_merge_streams_bounded_chunks(in_memory, tmp_path, monkeypatch):
-    """With lazily read inputs, linear holds one row chunk per source at a time; TIES adds the base tensor and
-    one source's tensor (its magnitude threshold); the result equals the in-memory merge."""
+    """With lazily read inputs, linear reads every chunk into reused buffers (never a whole tensor); TIES also
+    holds the base tensor and one source's tensor (for its magnitude threshold); the result equals the in-memory
+    merge."""
     from safetensors.torch import save_file
 
     from mu.merge import chunks
@@ -90,19 +91,18 @@ def test_merge_streams_bounded_chunks(in_memory, tmp_path, monkeypatch):
         return t
 
     class Counting(lazy.LazyStateDict):
-        def read(self, key, start=None, stop=None):
-            return track(super().read(key, start, stop))
+        def read(self, key, start=None, stop=None, *, out=None):
+            t = super().read(key, start, stop, out=out)
+            return t if out is not None else track(t)  # reads into a reused buffer allocate nothing
 
     monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 1000)
     lazies = {name: Counting.from_file(f) for name, f in files.items()}
     largest = max(v.numel() for v in base.values())
-    row = max(v[0].numel() for v in base.values() if v.dim() > 1)
-    chunk = max(1000 // row, 1) * row
     w = {k: 1.0 for k in sources}
-    for method, bound in (("linear", len(sources) * chunk), ("ties", 2 * largest + len(sources) * chunk)):
+    for method, bound in (("linear", 0), ("ties", 2 * largest)):
         live["max"] = live["now"] = 0
         merged = mm.merge(method, {k: lazies[k] for k in sources}, w, lazies["base"], device="cpu")
-        assert 0 < live["max"] <= bound, (method, live["max"], bound)
+        assert live["max"] <= bound, (method, live["max"], bound)
         expected = mm.merge(method, sources, w, base, device="cpu")
         assert set(merged) == set(base)
         for key in base:

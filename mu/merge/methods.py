@@ -1,8 +1,8 @@
-"""Data-free merge methods computed by mergekit 0.1.5's in-memory
-``mergekit.merge_methods.merge_state_dicts`` (LGPL-3.0 dependency): slerp,
-multislerp, model_stock. ``linear`` and the task-vector family are computed by
-``mu`` itself, chunk by chunk (``mu.merge.taskvec``); how weights reach them is
-described here for all.
+"""How weights reach each data-free merge method, and ``slerp``, computed by mergekit 0.1.5's in-memory
+``mergekit.merge_methods.merge_state_dicts`` (LGPL-3.0 dependency). ``linear``,
+the task-vector family (``mu.merge.taskvec``), ``model_stock`` and
+``multislerp`` (``mu.merge.geometric``) are computed by ``mu`` itself, chunk by
+chunk, as mergekit defines them (tests compare the two).
 
 Every function takes ``state_dicts`` ({locale: state dict}), ``weights``
 ({locale: weight}, already validated and normalised to sum 1 by
@@ -38,19 +38,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-from mergekit.merge_methods import get as mergekit_method
 from mergekit.merge_methods import merge_state_dicts
 
 StateDict = dict[str, torch.Tensor]
-
-BASE_ID = "__base__"
-
-
-def _with_base(state_dicts: Mapping[str, StateDict], base: StateDict) -> dict[str, StateDict]:
-    if BASE_ID in state_dicts:
-        raise ValueError(f"a source may not be named {BASE_ID!r} (reserved for the base model)")
-    return {**state_dicts, BASE_ID: base}
-
 
 def _out_dtype(state_dicts: Mapping[str, StateDict]) -> torch.dtype | None:
     first = next(iter(next(iter(state_dicts.values())).values()), None)
@@ -67,26 +57,3 @@ def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
     first, second = list(state_dicts)
     return merge_state_dicts(dict(state_dicts), "slerp", parameters={"t": float(weights[second])},
                              base=first, out_dtype=_out_dtype(state_dicts))
-
-
-@torch.no_grad()
-def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-               base: StateDict | None = None) -> StateDict:
-    """Barycentric interpolation on the hypersphere (around ``base`` when given)."""
-    models, base_id = (_with_base(state_dicts, base), BASE_ID) if base is not None else (dict(state_dicts), None)
-    return merge_state_dicts(models, mergekit_method("multislerp"),
-                             parameters={"weight": dict(weights), "normalize_weights": True},
-                             base=base_id, out_dtype=_out_dtype(state_dicts))
-
-
-@torch.no_grad()
-def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-                base: StateDict | None = None, *, filter_wise: bool = False) -> StateDict:
-    """Model Stock (needs base and >= 2 sources; weights are not used, see module doc)."""
-    if base is None:
-        raise ValueError("model_stock needs the base (pretrained) state dict")
-    if len(state_dicts) < 2:
-        raise ValueError(f"model_stock needs at least 2 sources, got {list(state_dicts)}")
-    return merge_state_dicts(_with_base(state_dicts, base), "model_stock",
-                             parameters={"filter_wise": filter_wise}, base=BASE_ID,
-                             out_dtype=_out_dtype(state_dicts))

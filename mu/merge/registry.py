@@ -5,7 +5,7 @@ A method is ``fn(state_dicts, weights, base=None, **knobs) -> state dict``.
 classifier head / embeddings of one source when asked, and calls ``fn`` one
 tensor at a time on ``device`` (default: CUDA when available). The methods in
 ``STREAMED`` get that tensor still unread (``mu.merge.lazy.select``) and read
-it in row chunks (``mu.merge.taskvec``): with lazily read inputs their peak
+it in row chunks (``mu.merge.taskvec``, ``mu.merge.geometric``): with lazily read inputs their peak
 memory is the output plus bounded scratch. The others get the tensor of each
 source (and base, statistics) on ``device``: the output plus one tensor per
 input plus the method's scratch on it.
@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import chunks, fisher, lazy, methods, regmean, taskvec
+from mu.merge import chunks, fisher, geometric, lazy, methods, regmean, taskvec
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -36,8 +36,8 @@ METHODS: dict[str, Callable[..., StateDict]] = {
     "breadcrumbs": functools.partial(taskvec.task_vectors, sparsify="breadcrumbs", consensus=False,
                                      density=0.9, gamma=0.01),
     "slerp": methods.slerp,
-    "multislerp": methods.multislerp,
-    "model_stock": methods.model_stock,
+    "multislerp": geometric.multislerp,
+    "model_stock": geometric.model_stock,
     "fisher_simple": fisher.fisher_simple,
     "fisher_dataset": fisher.fisher_dataset,
     "regmean": regmean.regmean,
@@ -50,7 +50,8 @@ STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams"}
 FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
 EXECUTION = frozenset({"device", "chunk_elements"})  # where / in what pieces it runs: not knobs of the result
 # Methods that read each tensor in row chunks themselves (given unread tensors and the device).
-STREAMED = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs"})
+STREAMED = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
+                      "multislerp"})
 # The task-vector knobs that have an effect, by sparsification.
 TASK_VECTOR_KNOBS = {
     "none": {"lambda_"},
