@@ -23,8 +23,8 @@ from bench import proc
 from mu import paths
 from mu.merge import lazy
 
-METHODS = ("linear", "ties", "task_arithmetic", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
-           "multislerp", "slerp")
+METHODS = ("linear", "ties", "task_arithmetic", "breadcrumbs", "dare_ties", "model_stock", "multislerp", "slerp",
+           "dare_linear")  # measured in this order: what the budget cuts first comes last
 MERGEKIT = ("linear", "ties")  # methods also timed with the mergekit CLI (the same computation)
 TIES_DENSITY = 0.5
 WARM_PASSES = 3  # warm reads per file in the floor; the fastest counts

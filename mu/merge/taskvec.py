@@ -22,7 +22,7 @@ grows with N times the largest tensor. Results do not depend on the chunk
 size (tested bit for bit) and equal mergekit's to float32 rounding except for
 which entries *tied* at a magnitude threshold survive: ``mu`` keeps the lowest
 indices among them, mergekit whichever its unstable sort puts first.
-DARE's masks come from one seeded ``numpy`` Philox stream per (tensor,
+DARE's masks come from one seeded ``numpy`` PCG64 stream per (tensor,
 source), drawn on the CPU whatever the device, so a merge is reproducible,
 independent of chunking, of the order of the sources and of the device.
 """
@@ -173,7 +173,7 @@ def _ranks(sparsify: str, n: int, density: float, gamma: float) -> tuple[int, in
 
 
 def _rng(seed: int, key: str, name: str) -> np.random.Generator:
-    return np.random.Generator(np.random.Philox(np.random.SeedSequence(
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
         [seed, zlib.crc32(key.encode()), zlib.crc32(name.encode())])))
 
 
