@@ -172,18 +172,21 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{r['per_unit_s']:.3f} | {r['fixed_s']:.1f} |")
     lines += ["", f"Utterances: {u['tokens_per_utterance']['mean']:.1f} tokens on average (local tokenizer). "
               "Merges of 5 sources: `make bench` (reports/bench/results.json), measured there.", "",
-              "| projected unit | hours |", "|---|---|"]
-    lines += [f"| {k} | {v / 3600:.2f} |" for k, v in p["unit_s"].items()]
+              "| projected unit | seconds | hours |", "|---|---|---|"]
+    lines += [f"| {k} | {v:,.1f} | {v / 3600:.2f} |" for k, v in p["unit_s"].items()]
     lines += ["", "| projected study part | hours |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in p["hours"].items()]
-    lines += [f"| **total** | **{p['total_hours']:.1f}** |", ""]
+    lines += [f"| **total** | **{p['total_hours']:.1f}** |", "",
+              "Measured: the four units above (each at two sizes) and the merges (make bench). Projected: everything "
+              "in the last two tables (units × the study's counts; slerp merges exactly two sources, so it is not "
+              "counted; ensembles reuse the N×N logits)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--massive", required=True, help="folder of MASSIVE 1.1 <locale>.jsonl.gz files")
+    ap.add_argument("--massive", help="folder of MASSIVE 1.1 <locale>.jsonl.gz files (required unless --project-only)")
     ap.add_argument("--steps", type=int, nargs=2, default=[2, 5], help="optimiser steps of the two fits")
     ap.add_argument("--eval-sizes", type=int, nargs=2, default=[32, 160], help="test utterances of two evaluations")
     ap.add_argument("--stat-sizes", type=int, nargs=2, default=[4, 12],
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         paths.write_text(out.with_suffix(".md"), markdown(results))
         print(markdown(results))
         return
+    if not a.massive:
+        ap.error("--massive is required (the folder of MASSIVE 1.1 <locale>.jsonl.gz files)")
     machine = summary.machine()
     scratch = paths.cache_dir("bench")
     scratch.mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,33 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     assert (en["k"], en["n"]) == (2, 16) and en["recompute_s"] > 0 and en["cached_s"] > 0
     assert {t["met"] for t in results["targets"]} <= {True, False, None}
     assert any(t["target"].startswith("evaluation") for t in results["targets"])
+
+
+def test_study_projection_from_unit_costs(tmp_path):
+    """The study projection is arithmetic on measured units; MASSIVE files are cut to a test size."""
+    import gzip
+    import json
+
+    from bench import study
+
+    lines = [{"id": str(i), "locale": "sw-KE", "partition": p, "intent": "alarm_set", "utt": f"u {i}"}
+             for i, p in enumerate(["train", "test", "test", "dev", "test"])]
+    with gzip.open(tmp_path / "sw-KE.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = study.write_locale(tmp_path, "sw-KE", tmp_path / "cut", test_limit=2)
+    kept = [json.loads(x) for x in (out / "sw-KE.jsonl").read_text().splitlines()]
+    assert [x["partition"] for x in kept] == ["train", "test", "test", "dev"]
+    with pytest.raises(ValueError, match="MASSIVE"):
+        study.write_locale(tmp_path, "de-DE", tmp_path / "cut")
+
+    unit = {"per_unit_s": 2.0, "fixed_s": 1.0}
+    units = {"train_step": unit, "eval_example": unit, "fisher_example": unit, "regmean_example": unit}
+    p = study.project(units, {"linear": 10.0, "ties": 20.0})
+    s = study.STUDY
+    steps = -(-study.TRAIN_UTTERANCES // s["batch_size"])
+    eval_s = 1.0 + study.TEST_UTTERANCES * 2.0
+    assert p["unit_s"]["fine-tune one locale"] == steps * s["epochs"] * 2.0
+    assert p["unit_s"]["one N×N cell"] == eval_s
+    assert p["hours"]["N×N 51×51 cells"] == pytest.approx(51 * 51 * eval_s / 3600)
+    assert p["methods_counted"] == ["fisher_dataset", "fisher_simple", "linear", "regmean", "ties"]
+    assert p["total_hours"] == pytest.approx(sum(p["hours"].values()))
