@@ -174,11 +174,9 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
-        if method in STREAMED:
-            one = {s: lazy.select(state_dicts[s], [key]) for s in sources}
-            extra = {**knobs_, "device": dev}
-            out.update(fn(one, w, lazy.select(base, [key]) if base is not None else None, **extra))
-            del one, extra
+        if method in STREAMED:  # the tensor still unread: the method reads it in row chunks
+            out.update(fn({s: lazy.select(state_dicts[s], [key]) for s in sources}, w,
+                          lazy.select(base, [key]) if base is not None else None, device=dev, **knobs_))
             continue
         one = {s: {key: state_dicts[s][key].to(dev)} for s in sources}
         extra = dict(knobs_)
