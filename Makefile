@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean-reports
+.PHONY: demo test bench bench-study venv clean-reports
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The real study's unit costs (xlm-roberta-base size, MASSIVE text) and its projected total; after `make bench`.
+MASSIVE ?= ../shared/massive/1.1
+bench-study: $(STAMP)
+	$(PY) -m bench.study --massive $(MASSIVE)
 
 clean-reports:
 	rm -rf reports/0* cache/logits
