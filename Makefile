@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench study venv clean-reports
+.PHONY: demo test bench bench-study study venv clean-reports
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The real study's unit costs (xlm-roberta-base size, MASSIVE text) and its projected total; after `make bench`.
+MASSIVE ?= ../shared/massive/1.1
+bench-study: $(STAMP)
+	$(PY) -m bench.study --massive $(MASSIVE)
 
 # The study at its real shape on real MASSIVE (profile mini; README "Real MASSIVE (mini profile)"): needs
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over

@@ -1,9 +1,12 @@
-"""Section 1: one merge by ``mu.merge.merge_models`` beside the mergekit CLI, and the read floor.
+"""Section 1: one merge by ``mu.merge.merge_models`` (beside the mergekit CLI for linear and TIES), and the
+I/O floor.
 
-Every measurement runs in its own process (``bench.proc``). ``mu`` and mergekit
-get the same checkpoints, weights and settings (TIES: density 0.5, λ = 1,
-normalised, sign election; fp32 out), and their outputs are compared tensor by
-tensor (``max_abs_diff``) so the two timings are of the same computation.
+Every measurement runs in its own process (``bench.proc``). Every data-free
+method is measured with ``mu`` (its defaults: TIES density 0.5, DARE density 0.5
+rescaled, breadcrumbs density 0.9 / gamma 0.01, λ = 1, normalised; fp32 out).
+For ``MERGEKIT`` methods the mergekit CLI gets the same checkpoints, weights and
+settings, and the two outputs are compared tensor by tensor (``max_abs_diff``)
+so the two timings are of the same computation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from bench import proc
 from mu import paths
 from mu.merge import lazy
 
-METHODS = ("linear", "ties")
+METHODS = ("linear", "ties", "task_arithmetic", "breadcrumbs", "dare_ties", "model_stock", "multislerp", "slerp",
+           "dare_linear")  # measured in this order: what the budget cuts first comes last
+MERGEKIT = ("linear", "ties")  # methods also timed with the mergekit CLI (the same computation)
 TIES_DENSITY = 0.5
 WARM_PASSES = 3  # warm reads per file in the floor; the fastest counts
 
@@ -38,9 +43,16 @@ def check_method(method: str) -> str:
     return method
 
 
+def uses_base(method: str) -> bool:
+    from mu.merge import USES_BASE
+
+    return method in USES_BASE
+
+
 def mergekit_config(method: str, sources: Mapping[str, Path], w: Mapping[str, float], base: Path) -> str:
     """The mergekit YAML equivalent to ``mu.merge.merge_models(method, sources, w, base_model=base)``."""
-    check_method(method)
+    if method not in MERGEKIT:
+        raise ValueError(f"the benchmark runs mergekit for {list(MERGEKIT)}, not {method!r}")
     entries = []
     for loc, folder in sources.items():
         params: dict[str, float] = {"weight": float(w[loc])}
@@ -81,9 +93,9 @@ def floor(base: Path, sources: Mapping[str, Path], *, workdir: Path, name: str) 
 
 
 def floor_for(method: str, n: int, measured: Mapping[str, Any]) -> dict[str, float]:
-    """The floor figures of one merge: the first n sources' files, plus the base's for TIES."""
-    names = [k for k in measured["warm_read_s"] if k != "<base>"][:n] + (["<base>"] if method == "ties" else [])
-    if len(names) < n + (method == "ties"):
+    """The floor figures of one merge: the first n sources' files, plus the base's where the method uses it."""
+    names = [k for k in measured["warm_read_s"] if k != "<base>"][:n] + (["<base>"] if uses_base(method) else [])
+    if len(names) < n + uses_base(method):
         raise ValueError(f"the floor measured {len(names)} files; a {method} merge of {n} needs more")
     return {key: sum(measured[key][k] for k in names) for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s")} \
         | {"bytes": sum(measured["bytes"][k] for k in names), "write_s": measured["write_s"]}
@@ -99,34 +111,42 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Path, max_rss_bytes: int,
-            deadline: float, repeats: int = 1) -> dict[str, Any]:
-    """mu then mergekit on the same inputs, ``repeats`` times (alternating):
-    {"mu": best run, "mergekit": best run, "runs": every run, "max_abs_diff": ..., "elapsed_s": ...}.
+            deadline: float, repeats: int = 1, mergekit: str | None = "run",
+            device: str | None = None) -> dict[str, Any]:
+    """mu (then the mergekit CLI, for ``MERGEKIT`` methods) on the same inputs, ``repeats`` times (alternating):
+    {"mu": best run, "mergekit": best run or why not run, "runs": every run, "max_abs_diff": ..., "elapsed_s": ...}.
 
-    Each process is killed when it passes ``max_rss_bytes`` or runs past ``deadline``
-    (``time.perf_counter()`` value; at least 30 s are granted). The outputs are
-    compared once, then removed.
+    ``mergekit``: ``"run"``, or the reason it is not run (``"skipped: ..."``).
+    ``device``: where mu merges (None: CUDA when available). Each process is killed
+    when it passes ``max_rss_bytes`` or runs past ``deadline`` (``time.perf_counter()``
+    value; at least 30 s are granted). The outputs are compared once, then removed.
     """
     check_method(method)
     started = time.perf_counter()
     w = weights(list(sources))
     tag = f"{method}-n{len(sources)}"
     out_mu, out_mk = workdir / f"out-mu-{tag}", workdir / f"out-mergekit-{tag}"
+    with_mk = method in MERGEKIT and mergekit == "run"
     config = workdir / f"mergekit-{tag}.yml"
-    paths.write_text(config, mergekit_config(method, sources, w, base))
+    if with_mk:
+        paths.write_text(config, mergekit_config(method, sources, w, base))
     args = {"method": method, "sources": {k: str(v) for k, v in sources.items()}, "weights": w,
-            "out_dir": str(out_mu), "base_model": str(base) if method == "ties" else None}
+            "out_dir": str(out_mu), "base_model": str(base) if uses_base(method) else None, "device": device}
     result: dict[str, Any] = {"method": method, "n": len(sources), "runs": {"mu": [], "mergekit": []},
-                              "mergekit_command": f"mergekit-yaml {config.name} {out_mk.name}"}
+                              "mergekit_command": f"mergekit-yaml {config.name} {out_mk.name}" if with_mk else None}
     try:
         for rep in range(repeats):
             for out in (out_mu, out_mk):
                 shutil.rmtree(out, ignore_errors=True)
             mu = proc.worker("merge", args, workdir=workdir, name=f"mu-{tag}-{rep}", max_rss_bytes=max_rss_bytes,
                              timeout_s=max(deadline - time.perf_counter(), 30))
+            result["runs"]["mu"].append(mu)
+            if not with_mk:
+                if mu["status"] != "ok":
+                    break
+                continue
             mk = proc.run([str(mergekit_cli()), str(config), str(out_mk)], log=workdir / f"mergekit-{tag}-{rep}.log",
                           max_rss_bytes=max_rss_bytes, timeout_s=max(deadline - time.perf_counter(), 30))
-            result["runs"]["mu"].append(mu)
             result["runs"]["mergekit"].append(mk)
             if mu["status"] != "ok" or mk["status"] != "ok":
                 break
@@ -135,6 +155,8 @@ def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Pa
     finally:
         for out in (out_mu, out_mk):
             shutil.rmtree(out, ignore_errors=True)
-    result["mu"], result["mergekit"] = _best(result["runs"]["mu"]), _best(result["runs"]["mergekit"])
+    result["mu"] = _best(result["runs"]["mu"])
+    result["mergekit"] = _best(result["runs"]["mergekit"]) if with_mk else {
+        "status": mergekit if method in MERGEKIT else "not run (mu only for this method)"}
     result["elapsed_s"] = time.perf_counter() - started
     return result

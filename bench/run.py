@@ -1,12 +1,14 @@
 """The whole benchmark in one run, within a time budget; writes results.json and results.md atomically.
 
 Order: checkpoints (generated once, cached) → a cold read (if the page cache can
-be dropped) → the read floor of every input file (summed per merge) → one
-untimed warm-up merge → linear merges for every N → evaluation → ensembling →
-TIES merges.
-Before each merge the time and peak memory are predicted from the same method at
-smaller N (linear in N); a merge predicted to overrun the budget or the memory
-available is skipped and recorded as skipped (with why), never silently dropped.
+be dropped) → the I/O floor (reading every input file, writing one output) →
+one untimed warm-up merge → linear merges for every N (mu and mergekit) → TIES
+(mu, and mergekit where it fits in memory) → the other data-free methods (mu)
+→ evaluation → ensembling.
+Before each merge the time and peak memory of each tool are predicted from the
+same method at smaller N (linear in N); a merge predicted to overrun the budget
+or the memory limit (``max_rss_gb``, and what the machine has available) is
+skipped and recorded as skipped (with why), never silently dropped.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ def drop_page_cache() -> str:
         return f"not permitted ({e.strerror})"
 
 
-def _predict(done: list[Mapping[str, Any]], n: int) -> tuple[float, float] | None:
-    """(seconds, peak bytes) of measuring a merge of n sources, extrapolated linearly in N from smaller ones."""
-    ok = [d for d in done if d["mu"]["status"] == "ok" and d["mergekit"]["status"] == "ok"]
+def _predict(done: list[Mapping[str, Any]], n: int, tool: str) -> tuple[float, float] | None:
+    """(wall seconds, peak bytes) of ``tool`` merging n sources, extrapolated linearly in N from smaller ones."""
+    ok = [d for d in done if d[tool]["status"] == "ok"]
     if not ok:
         return None
     pts = sorted(ok, key=lambda d: d["n"])[-2:]
-    wall = [d["elapsed_s"] for d in pts]
-    peak = [max(d["mu"]["peak_rss_mb"], d["mergekit"]["peak_rss_mb"]) * 2**20 for d in pts]
+    wall = [d[tool]["wall_s"] * len(d["runs"][tool]) for d in pts]
+    peak = [d[tool]["peak_rss_mb"] * 2**20 for d in pts]
     if len(pts) == 1:
         return wall[0] * n / pts[0]["n"], peak[0] * (n + 2) / (pts[0]["n"] + 2)
     (n0, n1) = pts[0]["n"], pts[1]["n"]
@@ -58,34 +60,55 @@ def _predict(done: list[Mapping[str, Any]], n: int) -> tuple[float, float] | Non
 
 
 def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path], *, workdir: Path,
-            deadline: float, repeats: int, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            deadline: float, repeats: int, skipped: list[dict[str, Any]], max_rss_bytes: int,
+            device: str | None = None) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = []
     for n in tqdm(ns, desc=f"merge {method}", unit="N"):
-        available = psutil.virtual_memory().available
-        guess = _predict(done, n)
+        limit = int(min(psutil.virtual_memory().available - MEMORY_MARGIN, max_rss_bytes))
         left = deadline - time.perf_counter()
-        reasons = [f"{max(left, 0):.0f} s left of the budget"] if left < MIN_LEFT_S else []
-        if guess and guess[0] > left:
-            reasons.append(f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s left of the budget")
-        if guess and guess[1] > available - MEMORY_MARGIN:
-            reasons.append(f"predicted peak {guess[1] / 1e9:.1f} GB > {(available - MEMORY_MARGIN) / 1e9:.1f} GB "
-                           "available")
-        if reasons:
-            skipped.append({"method": method, "n": n, "reason": "; ".join(reasons)})
+        why: dict[str, list[str]] = {}
+        for tool in ("mu", "mergekit"):
+            guess = _predict(done, n, tool)
+            reasons = why.setdefault(tool, [f"{max(left, 0):.0f} s left of the budget"] if left < MIN_LEFT_S else [])
+            if guess and guess[0] > left:
+                reasons.append(f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s left of the budget")
+            if guess and guess[1] > limit:
+                reasons.append(f"predicted peak {guess[1] / 1e9:.1f} GB > {limit / 1e9:.1f} GB limit")
+        if why["mu"]:
+            skipped.append({"method": method, "n": n, "reason": "; ".join(why["mu"])})
             continue
+        mk = "run" if not why["mergekit"] else "skipped: " + "; ".join(why["mergekit"])
         done.append(merging.measure(method, base, dict(list(sources.items())[:n]), workdir=workdir,
-                                    max_rss_bytes=int(available - MEMORY_MARGIN), deadline=deadline,
-                                    repeats=repeats))
+                                    max_rss_bytes=limit, deadline=deadline, repeats=repeats, mergekit=mk,
+                                    device=device))
     return done
+
+
+def gpu_section(raw: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where the mu merges ran, and the GPU figures or why there are none."""
+    import torch
+
+    devices = sorted({m["mu"].get("device") for m in raw if m["mu"].get("status") == "ok"} - {None})
+    if torch.cuda.is_available():
+        return {"available": True, "name": torch.cuda.get_device_name(0), "merges_ran_on": devices,
+                "figures": "the merge rows of this run (mu merges on CUDA)"}
+    return {"available": False, "merges_ran_on": devices,
+            "reason": "torch.cuda.is_available() is False on this machine: there is no GPU (the session that "
+                      "produced these results was not lent a GPU machine), so every mu merge ran on the CPU and no "
+                      "GPU figure exists. `make bench` on a GPU machine merges on CUDA (the default device) and "
+                      "fills this section."}
 
 
 def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], test_sizes: list[int], k: int,
         ensemble_size: int, budget_s: float, out: str | Path, repeats: int = 2,
-        cold_read: bool = True) -> dict[str, Any]:
+        cold_read: bool = True, other_methods: tuple[str, ...] = merging.METHODS[2:],
+        max_rss_gb: float = 14.0, device: str | None = None) -> dict[str, Any]:
     """Run every section and write ``out`` (results.json) and ``out`` with ``.md`` (the table); return the results.
 
     Linear merges run ``repeats`` times per tool (fastest kept, highest peak kept); TIES
-    merges once (each costs minutes at base size); evaluation and ensembling once.
+    and ``other_methods`` (N in ``ties_ns``; slerp only N = 2) once; evaluation and
+    ensembling once. No measured process may pass ``max_rss_gb`` (killed, recorded).
+    ``device``: where mu merges (None: CUDA when available).
     """
     started = time.perf_counter()
     deadline = started + budget_s
@@ -120,10 +143,16 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     # cache); one small merge by each tool first keeps that out of the first measured figure.
     warm_up = merging.measure("linear", base, dict(list(sources.items())[:2]), workdir=workdir,
                               max_rss_bytes=int(psutil.virtual_memory().available - MEMORY_MARGIN),
-                              deadline=deadline)
+                              deadline=deadline, device=device)
     skipped: list[dict[str, Any]] = []
+    cap = int(max_rss_gb * 1e9)
     merged = _merges("linear", ns, base, sources, workdir=workdir, deadline=deadline, repeats=repeats,
-                     skipped=skipped)
+                     skipped=skipped, max_rss_bytes=cap, device=device)
+    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, repeats=1,
+                      skipped=skipped, max_rss_bytes=cap, device=device)
+    for method in other_methods:
+        merged += _merges(method, [2] if method == "slerp" else ties_ns, base, sources, workdir=workdir,
+                          deadline=deadline, repeats=1, skipped=skipped, max_rss_bytes=cap, device=device)
 
     sets = evaluation.write_test_sets(workdir, sorted(set(test_sizes) | {ensemble_size}))
     evals = evaluation.throughput(next(iter(eval_sources.values())), {n: sets[n] for n in test_sizes},
@@ -131,16 +160,14 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     ens = evaluation.ensemble(eval_base.parent, merging.weights(list(eval_sources)), sets[ensemble_size],
                               workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
 
-    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, repeats=1,
-                      skipped=skipped)
-
     rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) for m in merged]
     ev = summary.evaluation(evals)
     results = {
         "machine": machine,
         "settings": {"merge_size": merge_size, "eval_size": eval_size, "ns": ns, "ties_ns": ties_ns,
                      "test_sizes": test_sizes, "k": k, "ensemble_size": ensemble_size, "budget_s": budget_s,
-                     "repetitions": {"linear": repeats, "ties": 1, "evaluation": 1, "ensemble": 1,
+                     "methods": ["linear", "ties", *other_methods], "max_rss_gb": max_rss_gb, "device": device,
+                     "repetitions": {"linear": repeats, "others": 1, "evaluation": 1, "ensemble": 1,
                                      "floor_warm_reads": merging.WARM_PASSES},
                      "batch_size": evaluation.BATCH_SIZE, "max_seq_length": evaluation.MAX_SEQ_LENGTH,
                      "ties": {"density": merging.TIES_DENSITY, "lambda": 1.0, "normalize": True},
@@ -153,6 +180,7 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
                         "folder": str(checkpoints.models_dir(merge_size))},
         "cold_read": cold,
         "merge": {"rows": rows, "skipped": skipped, "raw": merged, "floor": floor, "warm_up": warm_up},
+        "gpu": gpu_section(merged),
         "evaluation": ev | {"raw": evals},
         "ensemble": summary.ensemble(ens) | {"raw": ens},
         "scaling": {"merge_s_per_model": summary.merge_scaling(rows),

@@ -54,6 +54,7 @@ def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes
     mu, mk = measured.get("mu", {}), measured.get("mergekit", {})
     mu_ok, mk_ok = mu.get("status") == "ok", mk.get("status") == "ok"
     n = measured["n"]
+    io_floor = floor["warm_read_s"] + floor["write_s"]
     row = {
         "n": n, "method": measured["method"],
         "status": {"mu": mu.get("status", measured.get("status")), "mergekit": mk.get("status", measured.get("status"))},
@@ -62,13 +63,14 @@ def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes
         "mergekit_wall_s": mk.get("wall_s") if mk_ok else None,
         "mergekit_peak_rss_gb": mk["peak_rss_mb"] * 2**20 / GB if mk_ok else None,
         "floor_read_s": floor["warm_read_s"], "floor_first_read_s": floor["first_read_s"],
-        "floor_touch_s": floor["touch_s"],
+        "floor_touch_s": floor["touch_s"], "io_floor_s": io_floor, "mu_device": mu.get("device"),
         "hash_s": floor["hash_s"], "write_s": floor["write_s"], "input_gb": floor["bytes"] / GB,
         "model_gb": model_bytes / GB, "peak_limit_gb": (n + 2) * model_bytes / GB,
         "max_abs_diff": measured.get("max_abs_diff"),
     }
     row["mu_over_mergekit"] = _ratio(row["mu_wall_s"], row["mergekit_wall_s"])
     row["mu_over_floor"] = _ratio(row["mu_op_s"], row["floor_read_s"])
+    row["mu_over_io_floor"] = _ratio(row["mu_op_s"], row["io_floor_s"])
     row["mu_over_touch"] = _ratio(row["mu_op_s"], row["floor_touch_s"])
     row["mu_without_hash_over_floor"] = _ratio(None if row["mu_op_s"] is None else row["mu_op_s"] - row["hash_s"],
                                                row["floor_read_s"])
@@ -130,11 +132,11 @@ def targets(rows: Sequence[Mapping[str, Any]], evaluation_: Mapping[str, Any]) -
 
     for r in rows:
         tag = f"{r['method']} N={r['n']}"
-        add(f"merge {tag}: mu time / read floor ≤ 1.5", r["mu_over_floor"], 1.5, True)
-        add(f"merge {tag}: mu / mergekit (wall) ≤ 1", r["mu_over_mergekit"], 1.0, True)
-    for r in rows:
-        if r["method"] == "linear" and r["n"] == max(x["n"] for x in rows if x["method"] == "linear"):
-            add(f"merge linear N={r['n']}: mu peak RSS / model size < N + 2", r["mu_peak_over_model"], r["n"] + 2, True)
+        limit = 1.5 if r["method"] == "linear" else 3.0
+        add(f"merge {tag}: mu time / I/O floor ≤ {limit}", r["mu_over_io_floor"], limit, True)
+        add(f"merge {tag}: mu peak RSS ≤ (N + 2) × model", r["mu_peak_over_model"], r["n"] + 2, True)
+        if r["mu_over_mergekit"] is not None:
+            add(f"merge {tag}: mu / mergekit (wall) ≤ 1", r["mu_over_mergekit"], 1.0, True)
     add("evaluation: mu / naive throughput ≥ 2", evaluation_.get("speedup"), 2.0, False)
     return out
 
@@ -158,32 +160,43 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), {m['ram_total_gb']:.0f} GB RAM, torch {m['torch']} "
         f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; load average at start "
         f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_start'])}; {m['date']}. Linear merges: fastest of "
-        f"{s['repetitions']['linear']} runs per tool; TIES, evaluation, ensembling: one run; read floor: fastest of "
+        f"{s['repetitions']['linear']} runs per tool; other methods, evaluation, ensembling: one run; read floor: fastest of "
         f"{s['repetitions']['floor_warm_reads']} warm reads per file. Page cache {s['page_cache']}{cold_note}.",
         "",
         f"### Merging ({ck['merge_size']} size: {ck['merge_params'] / 1e6:.0f}M parameters, "
         f"{ck['model_gb']:.2f} GB per checkpoint, fp32)",
         "",
-        "| N | method | mu wall s | mu merge s | mergekit wall s | read floor s | touch s | mu / mergekit | mu / floor | "
-        "mu peak GB | mergekit peak GB | (N+2)×model GB | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | method | mu merge s | mu wall s | read floor s | write s | I/O floor s | mu / I/O floor | "
+        "mu / read floor | mu peak GB | (N+2)×model GB | mergekit wall s | mu / mergekit | mergekit peak GB | "
+        "max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for r in results["merge"]["rows"]:
-        note = "" if r["status"]["mu"] == "ok" and r["status"]["mergekit"] == "ok" else \
-            f" ({r['status']['mu'] if r['status']['mu'] != 'ok' else r['status']['mergekit']})"
+        mu_state, mk_state = r["status"]["mu"], r["status"]["mergekit"]
+        note = "" if mu_state == "ok" else f" ({mu_state})"
+        if mk_state not in ("ok", None) and not str(mk_state).startswith("not run"):
+            notes.append(f"mergekit {r['method']} N={r['n']}: {mk_state}")
         lines.append(
-            f"| {r['n']} | {r['method']}{note} | {_f(r['mu_wall_s'], 1)} | {_f(r['mu_op_s'], 1)} | "
-            f"{_f(r['mergekit_wall_s'], 1)} | {_f(r['floor_read_s'], 1)} | {_f(r['floor_touch_s'], 1)} | "
-            f"{_f(r['mu_over_mergekit'])} | "
-            f"{_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | {_f(r['mergekit_peak_rss_gb'], 1)} | "
-            f"{_f(r['peak_limit_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |")
+            f"| {r['n']} | {r['method']}{note} | {_f(r['mu_op_s'], 1)} | {_f(r['mu_wall_s'], 1)} | "
+            f"{_f(r['floor_read_s'], 1)} | {_f(r['write_s'], 1)} | {_f(r['io_floor_s'], 1)} | "
+            f"{_f(r['mu_over_io_floor'])} | {_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | "
+            f"{_f(r['peak_limit_gb'], 1)} | {_f(r['mergekit_wall_s'], 1)} | {_f(r['mu_over_mergekit'])} | "
+            f"{_f(r['mergekit_peak_rss_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |")
     for r in results["merge"]["skipped"]:
-        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 11)
-    lines += ["", "mu / mergekit: process wall times (both start Python and import torch). mu / floor: mu's "
-              "in-process merge_models time over the read floor, reading the same input files into memory with "
-              "safetensors (load_file, then a copy; warm cache); touch: every byte of the inputs read once through "
-              "the memory map, without a copy. sha256 of the inputs (mu records them, in threads beside the merge): "
-              + ", ".join(f"N={r['n']} {r['method']} {r['hash_s']:.1f} s" for r in results["merge"]["rows"]) + "."]
+        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 13)
+    gpu = results.get("gpu", {})
+    lines += ["", "mu merge s: mu's in-process merge_models time (reading, merging, checking and writing the model "
+              "folder); mu wall s: the whole process (Python start, imports). I/O floor: reading the same input "
+              "files into memory with safetensors (load_file, then a copy; warm page cache; the fastest of "
+              f"{s['repetitions']['floor_warm_reads']} passes) plus writing one model with safetensors' save_file, "
+              "measured in the same run. mergekit: its CLI on the same inputs and settings (linear and TIES only; "
+              "elsewhere mu alone), process wall time. Merges ran on: "
+              + (", ".join(gpu.get("merges_ran_on") or []) or "—") + "."]
+    if notes:
+        lines += [""] + [f"* {n}" for n in notes]
+    lines += ["", "GPU: " + (f"{gpu['name']}; {gpu['figures']}." if gpu.get("available") else
+                            gpu.get("reason", "not recorded")), ""]
     for method, fits in results["scaling"]["merge_s_per_model"].items():
         parts = [f"{tool} {fit['slope']:.2f} s/model" for tool, fit in fits.items() if fit]
         if parts:

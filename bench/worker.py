@@ -8,6 +8,7 @@ process loads only what it measures.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -27,9 +28,10 @@ def merge(args: Mapping[str, Any]) -> dict[str, Any]:
     if Path(args["out_dir"]).exists():
         raise ValueError(f"merge output {args['out_dir']} exists; the benchmark needs a fresh folder")
     started = time.perf_counter()
-    mu_merge.merge_models(args["method"], args["sources"], args["weights"], args["out_dir"],
-                          base_model=args.get("base_model"))
-    return {"op_s": time.perf_counter() - started}
+    out = mu_merge.merge_models(args["method"], args["sources"], args["weights"], args["out_dir"],
+                                base_model=args.get("base_model"), device=args.get("device"))
+    return {"op_s": time.perf_counter() - started,
+            "device": json.loads((Path(out) / "merge_details.json").read_text())["device"]}
 
 
 def floor(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from bench import checkpoints, merging, proc, run, sizes, worker
@@ -91,41 +92,71 @@ def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
         calls.append(len(chosen))
         time.sleep(0.05)
         tool = {"status": "ok", "wall_s": 50.0 * len(chosen), "peak_rss_mb": 100.0}
-        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool, "elapsed_s": 100.0 * len(chosen)}
+        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool, "elapsed_s": 100.0 * len(chosen),
+                "runs": {"mu": [tool], "mergekit": [tool]}}
 
     monkeypatch.setattr(merging, "measure", fake_measure)
     sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
     skipped: list = []
-    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 100,
-                       repeats=1, skipped=skipped)
+    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 200,
+                       repeats=1, skipped=skipped, max_rss_bytes=2**40)
     assert calls == [2] and [d["n"] for d in done] == [2]
     assert skipped == [{"method": "ties", "n": 5, "reason": skipped[0]["reason"]}]
-    assert skipped[0]["reason"].startswith("predicted 500 s")  # 100 s per source × 5
+    assert skipped[0]["reason"].startswith("predicted 250 s")  # mu alone: 50 s per source × 5
+
+
+def test_mergekit_predicted_over_the_memory_limit_is_skipped_but_mu_runs(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_measure(method, base, chosen, *, mergekit, **_):
+        calls.append((len(chosen), mergekit))
+        mu = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 100.0}
+        mk = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1000.0 * len(chosen)} if mergekit == "run" else \
+            {"status": mergekit}
+        return {"method": method, "n": len(chosen), "mu": mu, "mergekit": mk, "runs": {"mu": [mu], "mergekit": [mk]}}
+
+    monkeypatch.setattr(merging, "measure", fake_measure)
+    sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
+    skipped: list = []
+    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 600,
+                       repeats=1, skipped=skipped, max_rss_bytes=3 * 2**30)
+    assert [d["n"] for d in done] == [2, 5] and not skipped
+    assert calls[0] == (2, "run") and calls[1][1].startswith("skipped: predicted peak")
 
 
 def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     out = paths.reports_dir("bench", "results-test.json")
     results = run.run(merge_size="tiny", eval_size="tiny", ns=[2, 3], ties_ns=[2], test_sizes=[16, 32], k=2,
-                      ensemble_size=16, budget_s=600, out=out, repeats=2, cold_read=False)
+                      ensemble_size=16, budget_s=600, out=out, repeats=2, cold_read=False,
+                      other_methods=("dare_ties", "slerp"), device="cpu")
     assert paths.read_json(out)["settings"] == results["settings"]
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "| 2 | linear |" in table and "| 2 | ties |" in table and "speedup" in table
     assert results["machine"]["cpu_count"] == os.cpu_count()
 
     rows = results["merge"]["rows"]
-    assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2)]
+    assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2), ("dare_ties", 2),
+                                                     ("slerp", 2)]
     assert results["merge"]["skipped"] == []
     raw = results["merge"]["raw"]
-    assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1]  # linear repeated, ties once
+    assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1, 1, 1]  # linear repeated, the others once
     assert raw[0]["mu"]["wall_s"] == min(r["wall_s"] for r in raw[0]["runs"]["mu"])
-    for r in rows:
+    for r in rows[:3]:
         assert r["status"] == {"mu": "ok", "mergekit": "ok"}
-        assert r["max_abs_diff"] == 0.0  # mu and mergekit computed the same merge
+        assert r["max_abs_diff"] < 1e-6  # mu and mergekit computed the same merge
         assert r["mu_over_mergekit"] == pytest.approx(r["mu_wall_s"] / r["mergekit_wall_s"])
+    for r in rows:
+        assert r["status"]["mu"] == "ok" and r["mu_device"] == "cpu"
         assert r["mu_over_floor"] == pytest.approx(r["mu_op_s"] / r["floor_read_s"])
+        assert r["mu_over_io_floor"] == pytest.approx(r["mu_op_s"] / (r["floor_read_s"] + r["write_s"]))
+    assert rows[3]["status"]["mergekit"].startswith("not run") and rows[3]["mu_over_mergekit"] is None
+    assert results["gpu"]["available"] == torch.cuda.is_available()
+    assert results["gpu"]["available"] or "no GPU" in results["gpu"]["reason"]
+    assert "GPU:" in table and "I/O floor" in table
     floor = results["merge"]["floor"]
     assert rows[1]["input_gb"] * 1e9 == pytest.approx(sum(list(floor["bytes"].values())[:3]))
     assert rows[2]["input_gb"] * 1e9 == pytest.approx(sum(floor["bytes"][k] for k in ["de-DE", "nl-NL", "<base>"]))
+    assert rows[4]["input_gb"] * 1e9 == pytest.approx(sum(floor["bytes"][k] for k in ["de-DE", "nl-NL"]))
     assert not list(paths.cache_dir("bench", "runs", "tiny").glob("out-*")), "merge outputs must be removed"
     assert results["scaling"]["merge_s_per_model"]["linear"]["mu_op"]["points"] == 2
 
@@ -139,3 +170,33 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     assert (en["k"], en["n"]) == (2, 16) and en["recompute_s"] > 0 and en["cached_s"] > 0
     assert {t["met"] for t in results["targets"]} <= {True, False, None}
     assert any(t["target"].startswith("evaluation") for t in results["targets"])
+
+
+def test_study_projection_from_unit_costs(tmp_path):
+    """The study projection is arithmetic on measured units; MASSIVE files are cut to a test size."""
+    import gzip
+    import json
+
+    from bench import study
+
+    lines = [{"id": str(i), "locale": "sw-KE", "partition": p, "intent": "alarm_set", "utt": f"u {i}"}
+             for i, p in enumerate(["train", "test", "test", "dev", "test"])]
+    with gzip.open(tmp_path / "sw-KE.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = study.write_locale(tmp_path, "sw-KE", tmp_path / "cut", test_limit=2)
+    kept = [json.loads(x) for x in (out / "sw-KE.jsonl").read_text().splitlines()]
+    assert [x["partition"] for x in kept] == ["train", "test", "test", "dev"]
+    with pytest.raises(ValueError, match="MASSIVE"):
+        study.write_locale(tmp_path, "de-DE", tmp_path / "cut")
+
+    unit = {"per_unit_s": 2.0, "fixed_s": 1.0}
+    units = {"train_step": unit, "eval_example": unit, "fisher_example": unit, "regmean_example": unit}
+    p = study.project(units, {"linear": 10.0, "ties": 20.0})
+    s = study.STUDY
+    steps = -(-study.TRAIN_UTTERANCES // s["batch_size"])
+    eval_s = 1.0 + study.TEST_UTTERANCES * 2.0
+    assert p["unit_s"]["fine-tune one locale"] == steps * s["epochs"] * 2.0
+    assert p["unit_s"]["one N×N cell"] == eval_s
+    assert p["hours"]["N×N 51×51 cells"] == pytest.approx(51 * 51 * eval_s / 3600)
+    assert p["methods_counted"] == ["fisher_dataset", "fisher_simple", "linear", "regmean", "ties"]
+    assert p["total_hours"] == pytest.approx(sum(p["hours"].values()))

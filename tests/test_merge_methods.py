@@ -58,14 +58,21 @@ def test_ties_equals_mergekit_ties(density):
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
 
 
-def test_magnitude_prune_keeps_exactly_k_with_ties():
-    from mu.merge.methods import _magnitude_prune
+def _pruned(delta: torch.Tensor, density: float, chunk_elements: int = 1 << 20) -> torch.Tensor:
+    """The magnitude-pruned task vector mu keeps (one source, weight 1, no consensus, base 0)."""
+    from mu.merge.taskvec import task_vectors
 
+    return task_vectors({"s": {"d": delta}}, {"s": 1.0}, {"d": torch.zeros_like(delta)}, sparsify="magnitude",
+                        density=density, device="cpu", chunk_elements=chunk_elements)["d"]
+
+
+def test_magnitude_prune_keeps_exactly_k_with_ties():
     delta = torch.tensor([0.5, -0.2, 0.2, 0.2, -0.9, 0.0, 0.2, 0.1])
-    out = _magnitude_prune(delta, 0.5)  # k = 4: 0.9, 0.5 and the first two of the four tied 0.2s
-    assert torch.equal(out, torch.tensor([0.5, -0.2, 0.2, 0.0, -0.9, 0.0, 0.0, 0.0]))
-    assert torch.equal(_magnitude_prune(delta, 1.0), delta)
-    assert int((_magnitude_prune(delta, 0.01) != 0).sum()) == 1  # at least one entry survives
+    expected = torch.tensor([0.5, -0.2, 0.2, 0.0, -0.9, 0.0, 0.0, 0.0])  # k = 4: 0.9, 0.5, the first two 0.2s
+    for chunk in (1, 3, 8):  # the tie window runs across chunks in index order
+        assert torch.equal(_pruned(delta, 0.5, chunk), expected)
+    assert torch.equal(_pruned(delta, 1.0), delta)
+    assert int((_pruned(delta, 0.01) != 0).sum()) == 1  # at least one entry survives
 
 
 def test_task_arithmetic_scale_zero_returns_base():

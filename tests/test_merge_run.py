@@ -71,29 +71,44 @@ def test_every_method_merges_tiny_xlmr_and_loads_strict(method, in_memory):
     assert changed, f"{method} returned the first source unchanged"
 
 
-def test_merge_streams_one_tensor_per_source(in_memory, tmp_path):
-    """With lazily read inputs, at most one tensor per input (sources + base) is alive at a time."""
-    config, base, sources = in_memory
+def test_merge_streams_bounded_chunks(in_memory, tmp_path, monkeypatch):
+    """With lazily read inputs, linear reads every chunk into reused buffers (never a whole tensor); TIES also
+    holds the base tensor and one source's tensor (for its magnitude threshold); the result equals the in-memory
+    merge."""
     from safetensors.torch import save_file
 
+    from mu.merge import chunks
+
+    config, base, sources = in_memory
     files = {}
     for name, sd in {**sources, "base": base}.items():
         files[name] = tmp_path / f"{name}.safetensors"
         save_file(sd, str(files[name]))
     live = {"now": 0, "max": 0}
 
-    class Counting(lazy.LazyStateDict):
-        def __getitem__(self, key):
-            t = super().__getitem__(key)
-            live["now"] += 1
-            live["max"] = max(live["max"], live["now"])
-            weakref.finalize(t, lambda: live.__setitem__("now", live["now"] - 1))
-            return t
+    def track(t):
+        live["now"] += t.numel()
+        live["max"] = max(live["max"], live["now"])
+        weakref.finalize(t, lambda n=t.numel(): live.__setitem__("now", live["now"] - n))
+        return t
 
+    class Counting(lazy.LazyStateDict):
+        def read(self, key, start=None, stop=None, *, out=None):
+            t = super().read(key, start, stop, out=out)
+            return t if out is not None else track(t)  # reads into a reused buffer allocate nothing
+
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 1000)
     lazies = {name: Counting.from_file(f) for name, f in files.items()}
-    merged = mm.merge("ties", {k: lazies[k] for k in sources}, {k: 1.0 for k in sources}, lazies["base"])
-    assert live["max"] == len(sources) + 1
-    assert set(merged) == set(base)
+    largest = max(v.numel() for v in base.values())
+    w = {k: 1.0 for k in sources}
+    for method, bound in (("linear", 0), ("ties", 2 * largest)):
+        live["max"] = live["now"] = 0
+        merged = mm.merge(method, {k: lazies[k] for k in sources}, w, lazies["base"], device="cpu")
+        assert live["max"] <= bound, (method, live["max"], bound)
+        expected = mm.merge(method, sources, w, base, device="cpu")
+        assert set(merged) == set(base)
+        for key in base:
+            assert torch.equal(merged[key], expected[key]), key
 
 
 # ----------------------------------------------------------------------------- on disk

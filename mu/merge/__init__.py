@@ -3,7 +3,8 @@
 ``METHODS``: {name: fn(state_dicts, weights, base=None, **knobs) -> state dict}.
 ``merge(method, state_dicts, weights, base=None, **knobs)`` validates and merges
 in memory; ``merge_models(...)`` does it for model folders on disk (streaming,
-saved in HF format with ``merge_details.json``).
+saved in HF format with ``merge_details.json``). Both take ``device`` (None:
+CUDA when available); the ``STREAMED`` methods compute in row chunks.
 """
 
 from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
@@ -14,6 +15,7 @@ from mu.merge.registry import (
     METHODS,
     NEEDS_BASE,
     STATISTICS,
+    STREAMED,
     USES_BASE,
     check_weights,
     knobs,
@@ -25,7 +27,8 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "USES_BASE", "adapt_from", "check_weights",
-    "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge", "merge_models", "merged_dir",
+    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "STREAMED", "USES_BASE", "adapt_from",
+    "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
+    "merge_models", "merged_dir",
     "regmean_grams",
 ]

@@ -1,39 +1,16 @@
-"""Validation of a merge's numbers: every input tensor finite (checked as it is read, so a
-streaming merge reads nothing twice), and the output matching the architecture and finite
-before anything is written. ``mu.merge.run.merge_models`` calls ``checked_inputs`` where it
+"""Validation of a merge's numbers: every input tensor finite (checked as it is read, through
+``LazyStateDict.on_read``, so a chunked merge reads nothing twice), and the output matching the
+architecture and finite before anything is written. ``mu.merge.run.merge_models`` calls ``checked_inputs`` where it
 opens the inputs and ``check_output`` before it saves."""
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import functools
+from typing import Mapping
 
 import torch
 
 from mu.merge import lazy
-
-
-class FiniteStateDict(Mapping[str, torch.Tensor]):
-    """A read-only view of a (lazy) state dict whose tensors are checked finite on access."""
-
-    def __init__(self, name: str, state_dict: Mapping[str, torch.Tensor]):
-        self.name, self._sd = name, state_dict
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        tensor = self._sd[key]
-        check_finite(tensor, f"merge input {self.name}", key)
-        return tensor
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._sd
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._sd)
-
-    def __len__(self) -> int:
-        return len(self._sd)
-
-    def meta(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return lazy.meta(self._sd)
 
 
 def check_finite(tensor: torch.Tensor, where: str, key: str) -> None:
@@ -42,10 +19,21 @@ def check_finite(tensor: torch.Tensor, where: str, key: str) -> None:
         raise ValueError(f"{where}: tensor {key} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}")
 
 
-def checked_inputs(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, FiniteStateDict]:
-    """``{name: state dict}`` wrapped so that reading a non-finite tensor is a ValueError naming
-    the input (source locale or ``<base>``) and the tensor."""
-    return {name: FiniteStateDict(name, sd) for name, sd in state_dicts.items()}
+def checked_inputs(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Mapping[str, torch.Tensor]]:
+    """``{name: state dict}`` checked so that a non-finite tensor is a ValueError naming the input
+    (source locale or ``<base>``) and the tensor. A lazy state dict checks each read (whole tensor or
+    rows, so chunked merges stay lazy and read nothing twice); one in memory is checked now."""
+    for name, sd in state_dicts.items():
+        if isinstance(sd, lazy.LazyStateDict):
+            sd.on_read = functools.partial(_check_read, f"merge input {name}")
+        else:
+            for key, tensor in sd.items():
+                check_finite(tensor, f"merge input {name}", key)
+    return dict(state_dicts)
+
+
+def _check_read(where: str, key: str, tensor: torch.Tensor) -> None:
+    check_finite(tensor, where, key)
 
 
 def check_output(config, merged: Mapping[str, torch.Tensor], where: str) -> None:

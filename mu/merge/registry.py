@@ -3,8 +3,12 @@
 A method is ``fn(state_dicts, weights, base=None, **knobs) -> state dict``.
 ``merge`` checks the inputs, normalises the weights to sum 1, keeps the
 classifier head / embeddings of one source when asked, and calls ``fn`` one
-tensor at a time: with lazily read inputs (``mu.merge.lazy``) peak memory is the
-output plus one tensor per source (plus the base and statistics where used).
+tensor at a time on ``device`` (default: CUDA when available). The methods in
+``STREAMED`` get that tensor still unread (``mu.merge.lazy.select``) and read
+it in row chunks (``mu.merge.taskvec``, ``mu.merge.geometric``): with lazily read inputs their peak
+memory is the output plus bounded scratch. The others get the tensor of each
+source (and base, statistics) on ``device``: the output plus one tensor per
+input plus the method's scratch on it.
 """
 
 from __future__ import annotations
@@ -16,24 +20,24 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, fisher, lazy, methods, regmean
+from mu.merge import adamerging, chunks, fisher, geometric, lazy, methods, regmean, taskvec
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
 
 METHODS: dict[str, Callable[..., StateDict]] = {
-    "linear": methods.linear,
-    "task_arithmetic": functools.partial(methods.task_vectors, sparsify="none", consensus=False),
-    "ties": functools.partial(methods.task_vectors, sparsify="magnitude", consensus=True, density=0.5),
-    "dare_ties": functools.partial(methods.task_vectors, sparsify="random", consensus=True, density=0.5,
+    "linear": taskvec.linear,
+    "task_arithmetic": functools.partial(taskvec.task_vectors, sparsify="none", consensus=False),
+    "ties": functools.partial(taskvec.task_vectors, sparsify="magnitude", consensus=True, density=0.5),
+    "dare_ties": functools.partial(taskvec.task_vectors, sparsify="random", consensus=True, density=0.5,
                                    rescale=True),
-    "dare_linear": functools.partial(methods.task_vectors, sparsify="random", consensus=False, density=0.5,
+    "dare_linear": functools.partial(taskvec.task_vectors, sparsify="random", consensus=False, density=0.5,
                                      rescale=True),
-    "breadcrumbs": functools.partial(methods.task_vectors, sparsify="breadcrumbs", consensus=False,
+    "breadcrumbs": functools.partial(taskvec.task_vectors, sparsify="breadcrumbs", consensus=False,
                                      density=0.9, gamma=0.01),
     "slerp": methods.slerp,
-    "multislerp": methods.multislerp,
-    "model_stock": methods.model_stock,
+    "multislerp": geometric.multislerp,
+    "model_stock": geometric.model_stock,
     "fisher_simple": fisher.fisher_simple,
     "fisher_dataset": fisher.fisher_dataset,
     "regmean": regmean.regmean,
@@ -48,6 +52,10 @@ STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams", "adamerging": "co
 # Methods fitted on the target's unlabeled texts (``merge_models(adapt_texts=...)``): the "adapted" family.
 ADAPTIVE = frozenset({"adamerging"})
 FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
+EXECUTION = frozenset({"device", "chunk_elements"})  # where / in what pieces it runs: not knobs of the result
+# Methods that read each tensor in row chunks themselves (given unread tensors and the device).
+STREAMED = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
+                      "multislerp"})
 # The task-vector knobs that have an effect, by sparsification.
 TASK_VECTOR_KNOBS = {
     "none": {"lambda_"},
@@ -69,8 +77,8 @@ def knobs(method: str) -> dict[str, Any]:
     """The knobs ``method`` accepts, with their defaults."""
     fn = check_method(method)
     out = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-           if name not in ("state_dicts", "weights", "base") and name not in FIXED}
-    if isinstance(fn, functools.partial) and fn.func is methods.task_vectors:
+           if name not in ("state_dicts", "weights", "base") and name not in FIXED | EXECUTION}
+    if isinstance(fn, functools.partial) and fn.func is taskvec.task_vectors:
         out = {k: v for k, v in out.items() if k in TASK_VECTOR_KNOBS[fn.keywords["sparsify"]]}
     return out
 
@@ -133,7 +141,7 @@ def _keep(choice: str, prefix: str, what: str, sources: list[str], keys: list[st
 
 def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float],
           base: Mapping[str, torch.Tensor] | None = None, *, head: str = "merge", embeddings: str = "merge",
-          progress: bool = False, **knobs_: Any) -> StateDict:
+          progress: bool = False, device: str | torch.device | None = None, **knobs_: Any) -> StateDict:
     """Merge ``state_dicts`` ({locale: state dict}) with ``weights`` ({locale: weight}) by ``method``.
 
     ``head`` / ``embeddings``: ``"merge"`` (default) or a source locale whose
@@ -141,8 +149,11 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
     ``knobs_`` are the method's parameters (see ``knobs(method)``); fishers /
     grams are given per source and sliced per tensor here. The base is passed
     only to methods that use it. Inputs may be lazily read state dicts.
+    ``device``: where to compute (None: CUDA when available, else CPU); the
+    result is on the CPU and equal across devices to float32 rounding.
     """
     fn = check_method(method)
+    dev = chunks.device(device)
     accepted = knobs(method)
     unknown = sorted(set(knobs_) - set(accepted))
     if unknown:
@@ -167,11 +178,22 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
-        one = {s: {key: state_dicts[s][key]} for s in sources}
+        if method in STREAMED:  # the tensor still unread: the method reads it in row chunks
+            out.update(fn({s: lazy.select(state_dicts[s], [key]) for s in sources}, w,
+                          lazy.select(base, [key]) if base is not None else None, device=dev, **knobs_))
+            continue
+        one = {s: {key: state_dicts[s][key].to(dev)} for s in sources}
         extra = dict(knobs_)
         if stat:  # this tensor's statistics (the method names what is missing)
-            extra[stat] = None if stats is None else {s: {key: stats[s][key]} if key in stats[s] else {}
+            extra[stat] = None if stats is None else {s: {key: _on(stats[s][key], dev)} if key in stats[s] else {}
                                                       for s in sources}
-        out.update(fn(one, w, {key: base[key]} if base is not None else None, **extra))
-        del one, extra  # drop this tensor's inputs before the next are read
+        merged = fn(one, w, {key: base[key].to(dev)} if base is not None else None, **extra)
+        out.update({k: v.cpu() for k, v in merged.items()})
+        del one, extra, merged  # drop this tensor's inputs before the next are read
     return out
+
+
+def _on(value: Any, dev: torch.device) -> Any:
+    """A statistic on the compute device (tensors: Fisher, Gram matrices); scalars (AdaMerging's
+    fitted coefficients) as they are."""
+    return value.to(dev) if isinstance(value, torch.Tensor) else value

@@ -1,28 +1,22 @@
 """``merge_models``: merge model folders on disk into a new HF model folder with ``merge_details``.
 
-Streaming: sources (and base, Fishers, Grams) are read lazily tensor by tensor
-(``mu.merge.lazy``), so the process holds the merged output plus, at any time,
-one tensor per input and the method's scratch for that tensor. For N sources of
-P parameters (fp32) whose largest tensor has T parameters (xlm-roberta-base:
-P ≈ 278M ≈ 1.11 GB, T = word embeddings 250002×768 ≈ 0.77 GB):
+Streaming: sources (and base, Fishers, Grams) are read lazily (``mu.merge.lazy``).
+The methods in ``mu.merge.STREAMED`` (every data-free method but slerp) read
+each tensor in row chunks of ≤ ``mu.merge.chunks.CHUNK_ELEMENTS`` into reused
+buffers; for N sources of P parameters (fp32) whose largest tensor has T
+parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
+250002×768 ≈ 0.77 GB):
 
-    peak ≈ 4P (output) + (N + b)·4T (inputs of the largest tensor; b = 1 if the method uses the base)
-           + scratch on that tensor (linear, Fisher: ≈ 0; TIES/DARE: ≈ (3N + 1)·4T, mergekit's stacked
-             task vectors, signs, masks and sort indices)
-           + N·4T for fisher_dataset (one Fisher tensor per source; RegMean's Grams are [in, in], small)
+    peak ≈ 4P (output) + N chunks
+           + 4T (base) + 4T (one source, for its magnitude threshold)  TIES, breadcrumbs
+           + 4T (base) + N·T (one-byte masks)                            DARE
+           + 4T (the float32 output of one tensor)                       multislerp
 
-The output grows as tensors are merged, so the bound is loose when the largest
-tensor comes first (safetensors sorts names: the embeddings precede the encoder).
-Measured (``ru_maxrss`` minus the RSS before the call, 2-core CPU machine):
-
-* xlm-roberta-base shape (P = 278M, 1.11 GB), five sources, ``linear``: streaming
-  +4.31 GB (bound above: 1.11 + 5·0.77 = 4.96 GB); ``embeddings=<locale>``
-  +1.06 GB (≈ the output alone); every source loaded whole first: +6.22 GB.
-* smaller XLM-R (hidden 768, 2 layers, vocab 50k: P = 52M ≈ 205 MB, T = 38.4M ≈
-  154 MB), five sources + base: ``linear`` streaming +1.00 GB against +1.23 GB
-  loaded whole; ``ties`` streaming +3.59 GB against +3.50 GB loaded whole
-  (mergekit's scratch on the embedding matrix dominates, ≈ 16·4T), so five
-  xlm-roberta-base sources under TIES need ≈ 1.1 + 6·0.77 + 16·0.77 ≈ 18 GB.
+slerp (two sources, through mergekit) and the Fisher / RegMean methods hold one
+tensor per input (and per statistic) plus their scratch. ``make bench``
+measures every data-free method at N = 2, 5, 10 against (N + 2) × the model
+(``reports/bench/results.md``): TIES at N = 10 peaks at ~2.2 GB where mergekit's
+stacked task vectors needed ~18 GB at N = 5.
 
 Rerunning with identical parameters and unchanged input folders (every file's
 size and modification time) returns the existing folder without doing anything;
@@ -49,7 +43,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoTokenizer
 
 from mu import cache, paths, report
-from mu.merge import adamerging, checks, lazy, registry
+from mu.merge import adamerging, checks, chunks, lazy, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
 
@@ -220,6 +214,9 @@ def merge_models(
     a MASSIVE-layout folder) is needed by ``fisher_dataset`` / ``regmean``,
     whose statistics are computed on each source's own train split
     (``fisher_*`` / ``regmean_*`` sizes) and cached. ``mode`` is recorded only.
+    ``device`` (None: CUDA when available) is where the statistics and the merge
+    are computed, tensor by tensor; the result equals the CPU's to float32
+    rounding, so it is recorded but not part of the skip fingerprint.
     The folder (config and tokenizer of the first source, ``model.safetensors``,
     ``merge_details.json`` / ``.txt``) is written atomically; nothing is written
     on error; identical inputs and parameters skip. Adaptive methods (``registry.ADAPTIVE``:
@@ -230,6 +227,7 @@ def merge_models(
 
     started = time.perf_counter()
     w = _check_args(method, sources, weights, base_model, head, embeddings, data, adapt_texts)
+    dev = chunks.device(device)
     effective = _method_knobs(method, knobs, seed)
     stat = registry.STATISTICS.get(method)
     order = list(weights)
@@ -274,7 +272,7 @@ def merge_models(
                                                max_seq_length=max_seq_length, seed=seed, device=device, **effective)
             extra[stat] = adaptation["coefficients"]
         merged = registry.merge(method, state_dicts, w, base, head=head, embeddings=embeddings, progress=True,
-                                **effective, **extra)
+                                device=dev, **effective, **extra)
         inputs = {name: future.result() for name, future in hashing.items()}
     details = {
         "method": method, "mode": mode, "weights": w, "weights_given": {k: float(v) for k, v in weights.items()},
@@ -284,7 +282,7 @@ def merge_models(
         "head": head, "embeddings": embeddings, "knobs": effective, "statistics_params": stat_params,
         "statistics": stats_files, "adaptation": adaptation, "inputs": inputs, "fingerprint": fingerprint,
         "config_from": order[0], "tokenizer_from": order[0],
-        "elapsed_s": time.perf_counter() - started,
+        "device": str(dev), "elapsed_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": report.versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

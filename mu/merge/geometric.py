@@ -1,0 +1,154 @@
+"""``model_stock`` and ``multislerp`` computed by ``mu`` chunk by chunk (as mergekit 0.1.5 defines them).
+
+Both need whole-tensor statistics first (norms, dot products of task vectors),
+then combine the inputs: a first pass over row chunks gathers the statistics, a
+second writes the output. Scratch: N chunks and an N × N matrix, never N
+copies of a tensor (mergekit stacks them: N = 10 xlm-roberta-base sources
+needed more than (N + 2) × the model).
+
+* ``model_stock`` (filter_wise=False): cos θ = mean over source pairs of the
+  cosine between task vectors δ_i = θ_i − θ_base; t = N cos θ / (1 + (N − 1) cos θ)
+  (t = 0 where the denominator vanishes); θ = t · mean_i θ_i + (1 − t) θ_base.
+  With ``filter_wise`` the same per output row (rows are never split by a chunk).
+* ``multislerp``: x_i = θ_i − θ_base (θ_i without a base), u_i = x_i / (|x_i| + ε),
+  M = Σ w_i u_i (weights normalised); θ = θ_base + (Σ w_i |x_i|) · M / |M|.
+  mergekit also adds a tangent-space term Σ w_i (u_i − (u_i·M̂) M̂) = M − |M| M̂,
+  which is identically zero; it differs from zero only by float rounding. With
+  |M| < ε: the weighted mean of two sources, an error for more (as mergekit).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from mu.merge import chunks
+
+StateDict = dict[str, torch.Tensor]
+EPS = 1e-8  # mergekit multislerp's eps
+
+
+def _sources(state_dicts: Mapping[str, StateDict], key: str, span: chunks.Span, dev: torch.device,
+             bufs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [chunks.read(sd, key, span, dev, out=buf) for sd, buf in zip(state_dicts.values(), bufs)]
+
+
+def _setup(state_dicts: Mapping[str, StateDict], key: str, step: int, dev: torch.device, extra: int = 0):
+    first = next(iter(state_dicts.values()))
+    shape, dtype = chunks.shape_dtype(first, key)
+    spans = chunks.spans(shape, step)
+    size = chunks.flat(shape, spans[0]).stop
+    bufs = [torch.empty(size, device=dev) for _ in range(len(state_dicts) + extra)]
+    return shape, dtype, spans, bufs
+
+
+@torch.no_grad()
+def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
+                *, filter_wise: bool = False, device: str | torch.device | None = None,
+                chunk_elements: int | None = None) -> StateDict:
+    """Model Stock (needs base and >= 2 sources; the weights are not used)."""
+    if base is None:
+        raise ValueError("model_stock needs the base (pretrained) state dict")
+    if len(state_dicts) < 2:
+        raise ValueError(f"model_stock needs at least 2 sources, got {list(state_dicts)}")
+    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
+    n = len(state_dicts)
+    out: StateDict = {}
+    with chunks.single_threaded(dev):
+        for key in base:
+            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev, extra=1)
+            rows = shape[0] if filter_wise and len(shape) > 1 else 1
+            row_len = math.prod(shape[1:]) if rows > 1 else max(math.prod(shape), 1)
+            gram = torch.zeros(rows, n, n, dtype=torch.float64, device=dev)
+            for span in spans:  # pass 1: dot products of the task vectors (per row when filter_wise)
+                b = chunks.read(base, key, span, dev, out=bufs[-1])
+                d = torch.stack([x.sub_(b) for x in _sources(state_dicts, key, span, dev, bufs)])
+                if rows > 1:
+                    d = d.view(n, -1, row_len).transpose(0, 1)  # [rows of this chunk, n, row_len]
+                    gram[span[0]:span[1]] += torch.bmm(d, d.transpose(1, 2)).double()
+                else:
+                    gram[0] += (d @ d.T).double()
+            norms = gram.diagonal(dim1=1, dim2=2).sqrt()
+            i, j = torch.triu_indices(n, n, 1, device=dev)
+            cos = (gram[:, i, j] / (norms[:, i] * norms[:, j]).clamp(min=1e-6)).clamp(-1, 1).mean(1)
+            den = 1 + (n - 1) * cos
+            t = torch.where(den.abs() < 1e-6, torch.zeros_like(cos), n * cos / torch.where(
+                den.abs() < 1e-6, torch.ones_like(den), den)).float()
+            res = torch.empty(shape, dtype=dtype)
+            dst = res.reshape(-1)
+            for span in spans:  # pass 2: t · mean θ_i + (1 - t) θ_base
+                where = chunks.flat(shape, span)
+                b = chunks.read(base, key, span, dev, out=bufs[-1])
+                xs = _sources(state_dicts, key, span, dev, bufs)
+                avg = xs[0]
+                for x in xs[1:]:
+                    avg.add_(x)
+                avg.div_(n)
+                if rows > 1:
+                    tt = t[span[0]:span[1]].repeat_interleave(row_len)
+                    dst[where] = avg.mul_(tt).add_(b.mul_(1 - tt))
+                else:
+                    dst[where] = avg.mul_(float(t[0])).add_(b.mul_(1 - float(t[0])))
+            out[key] = res
+    return out
+
+
+@torch.no_grad()
+def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
+               *, device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
+    """Barycentric interpolation on the hypersphere (around ``base`` when given)."""
+    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
+    names = list(state_dicts)
+    total = float(sum(weights[k] for k in names))
+    w = [float(weights[k]) / total for k in names]
+    out: StateDict = {}
+    with chunks.single_threaded(dev):
+        for key in next(iter(state_dicts.values())):
+            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev, extra=1)
+
+            def inputs(span: chunks.Span) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+                xs = _sources(state_dicts, key, span, dev, bufs)
+                b = chunks.read(base, key, span, dev, out=bufs[-1]) if base is not None else None
+                return ([x.sub_(b) for x in xs] if b is not None else xs), b
+
+            if len(names) == 1:
+                out[key] = next(iter(state_dicts.values()))[key].clone()
+                continue
+            sq = torch.zeros(len(names), dtype=torch.float64, device=dev)
+            for span in spans:  # pass 1: |x_i|
+                xs, _ = inputs(span)
+                sq += torch.stack([x.double().square().sum() for x in xs])
+            norms = sq.sqrt().float()
+            res32 = torch.empty(math.prod(shape), dtype=torch.float32)
+            m_sq = 0.0
+            for span in spans:  # pass 2: M = Σ w_i x_i / (|x_i| + eps), and |M|
+                where = chunks.flat(shape, span)
+                xs, _ = inputs(span)
+                acc = xs[0].mul_(w[0] / (float(norms[0]) + EPS))
+                for i, x in enumerate(xs[1:], 1):
+                    acc.add_(x, alpha=w[i] / (float(norms[i]) + EPS))
+                m_sq += float(acc.double().square().sum())
+                res32[where] = acc
+            m_norm = math.sqrt(m_sq)
+            if m_norm < EPS:
+                if len(names) != 2:
+                    raise ValueError(f"multislerp: the weighted sum of the inputs of {key} is zero (antipodal "
+                                     "inputs whose weights balance out); use other weights")
+                scale, linear = None, True
+            else:
+                scale, linear = float(torch.dot(torch.tensor(w), norms.cpu())) / m_norm, False
+            res = torch.empty(shape, dtype=dtype)
+            dst = res.reshape(-1)
+            for span in spans:  # pass 3: rescale (or the two-source linear fallback), add the base back
+                where = chunks.flat(shape, span)
+                if linear:
+                    xs, b = inputs(span)
+                    y = xs[0].mul_(w[0]).add_(xs[1], alpha=w[1])
+                else:
+                    y = res32[where].to(dev).mul_(scale)
+                    b = chunks.read(base, key, span, dev, out=bufs[-1]) if base is not None else None
+                dst[where] = y.add_(b) if b is not None else y
+            out[key] = res
+    return out
