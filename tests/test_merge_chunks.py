@@ -118,6 +118,15 @@ def test_slerp_equals_mergekit(t, colinear):
         registry.METHODS["slerp"]({"a": base, **sds}, {"a": 1.0, **w}, device="cpu")
 
 
+def test_slerp_wide_rows_do_not_depend_on_the_chunk_size():
+    """Rows of 1000 elements: the per-row dot products are the same whether a chunk holds 1, 7 or all 40 rows."""
+    g = torch.Generator().manual_seed(2)
+    sds = {k: {"w": torch.randn(40, 1000, generator=g)} for k in ("a", "b")}
+    merged = [registry.METHODS["slerp"](sds, {"a": 0.3, "b": 0.7}, device="cpu", chunk_elements=step)["w"]
+              for step in (1000, 7000, 10**9)]
+    assert all(torch.equal(m, merged[0]) for m in merged[1:])
+
+
 @pytest.mark.parametrize("name,ours,theirs", [
     ("task_arithmetic", {"lambda_": 0.7}, {"lambda": 0.7}),
     ("ties", {"density": 0.3, "rescale": True}, {"density": 0.3, "rescale": True}),

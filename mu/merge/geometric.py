@@ -21,8 +21,10 @@ needed more than (N + 2) × the model).
   when ≤ ε), cos Ω = clamp((a / |a|)·(b / |b|), −1, 1); θ = sin((1 − t) Ω) / sin Ω · a
   + sin(t Ω) / sin Ω · b, or (1 − t) a + t b when |cos Ω| > 0.9995 (near-colinear or
   antipodal). mergekit gets the norms and the dot in float32 over 1M-element
-  chunks (two passes); here one pass sums per-row partials in float64 and adds the
-  rows in one fixed order, so the result does not depend on the chunk size (bit for bit).
+  chunks (two passes); here one pass takes per-row dot products (float32; a row is
+  never split by a chunk) and adds the rows in float64 in one fixed order, so the
+  result does not depend on the chunk size (bit for bit). (Per-row float64 products
+  cost ~12 ms per 1M-element chunk on this CPU, float32 ``vecdot`` 0.5 ms.)
 """
 
 from __future__ import annotations
@@ -184,9 +186,10 @@ def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], ba
                 continue
             part = torch.zeros(3, rows, dtype=torch.float64, device=dev)  # per row: a·a, b·b, a·b
             for span in spans:  # pass 1: the norms and the dot product
-                a, b = (x.view(-1, row_len).double() for x in _sources(state_dicts, key, span, dev, bufs))
+                a, b = (x.view(-1, row_len) for x in _sources(state_dicts, key, span, dev, bufs))
                 r = slice(*span) if span is not None else slice(0, 1)
-                part[0, r], part[1, r], part[2, r] = (a * a).sum(1), (b * b).sum(1), (a * b).sum(1)
+                for i, (x, y) in enumerate(((a, a), (b, b), (a, b))):  # float32 within a row, as mergekit
+                    part[i, r] = torch.linalg.vecdot(x, y, dim=1)
             aa, bb, ab = (float(v) for v in part.sum(1))
             na, nb = math.sqrt(aa), math.sqrt(bb)
             na, nb = (na if na > EPS else 1.0), (nb if nb > EPS else 1.0)
