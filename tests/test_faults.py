@@ -123,6 +123,9 @@ def test_merge_output_is_checked_before_writing(toy_sources):
     merged["classifier.out_proj.bias"][3] = float("inf")
     with pytest.raises(ValueError, match=r"merged model for X: tensor classifier\.out_proj\.bias has 1 non-finite"):
         checks.check_output(config, merged, "merged model for X")
+    merged["classifier.out_proj.bias"][3] = 3e38  # finite values whose float32 sum overflows still pass
+    merged["classifier.out_proj.bias"][4] = 3e38
+    checks.check_output(config, merged, "merged model for X")
     del merged["classifier.out_proj.bias"]
     with pytest.raises(ValueError, match=r"merged model for X: weights do not match.*missing tensors "
                                          r"\['classifier\.out_proj\.bias'\]"):

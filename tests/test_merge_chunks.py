@@ -62,8 +62,9 @@ def test_spans_cover_each_tensor_in_whole_rows():
 def test_streamed_methods_do_not_depend_on_the_chunk_size(method):
     """Bit for bit for the elementwise methods, with ties at the magnitude thresholds (rounded deltas) and tie
     windows spanning chunks; to float32 rounding where whole-tensor norms are summed chunk by chunk."""
-    base, sds = _sds(4, seed=3, quantum=0.05)
+    base, sds = _sds(2 if method == "slerp" else 4, seed=3, quantum=0.05)
     w = {"s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1}
+    w = {k: w[k] for k in sds}
     fn = registry.METHODS[method]
     whole = fn(sds, w, base, device="cpu", chunk_elements=10**9)
     for step in (1, 7, 64):
@@ -91,6 +92,39 @@ def test_geometric_methods_equal_mergekit(method, params, with_base):
     ref = merge_state_dicts(models, get(method), parameters=mk_params, base="B" if with_base else None)
     for key in base:
         torch.testing.assert_close(mine[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.25, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("colinear", [False, True])
+def test_slerp_equals_mergekit(t, colinear):
+    """mergekit's slerp with the first source as its ``base`` and ``t`` = the second's weight; ``colinear``: the
+    second source is the first scaled (+ a tiny perturbation), |cos| > 0.9995, mergekit's fallback to lerp."""
+    from mergekit.merge_methods import merge_state_dicts
+
+    base, sds = _sds(2, seed=11)
+    sds = {"s0": base, "s1": {k: 10 * (v - base[k]) for k, v in sds["s1"].items()}}  # nearly orthogonal (2-D, 1-D)
+    if colinear:
+        sds["s1"] = {k: 2.5 * v + 1e-4 * sds["s1"][k] for k, v in base.items()}
+    w = {"s0": 1 - t, "s1": t}
+    ref = merge_state_dicts(sds, "slerp", base="s0", parameters={"t": t})
+    for step in (1, 7, 64):
+        mine = registry.METHODS["slerp"](sds, w, device="cpu", chunk_elements=step)
+        for key in base:
+            torch.testing.assert_close(mine[key], ref[key], rtol=1e-5, atol=1e-6)
+    if colinear and 0 < t < 1:  # the linear fallback, not the spherical formula
+        for key in ("w", "b"):
+            torch.testing.assert_close(mine[key], (1 - t) * sds["s0"][key] + t * sds["s1"][key], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="exactly 2"):
+        registry.METHODS["slerp"]({"a": base, **sds}, {"a": 1.0, **w}, device="cpu")
+
+
+def test_slerp_wide_rows_do_not_depend_on_the_chunk_size():
+    """Rows of 1000 elements: the per-row dot products are the same whether a chunk holds 1, 7 or all 40 rows."""
+    g = torch.Generator().manual_seed(2)
+    sds = {k: {"w": torch.randn(40, 1000, generator=g)} for k in ("a", "b")}
+    merged = [registry.METHODS["slerp"](sds, {"a": 0.3, "b": 0.7}, device="cpu", chunk_elements=step)["w"]
+              for step in (1000, 7000, 10**9)]
+    assert all(torch.equal(m, merged[0]) for m in merged[1:])
 
 
 @pytest.mark.parametrize("name,ours,theirs", [

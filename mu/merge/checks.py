@@ -14,7 +14,13 @@ from mu.merge import lazy
 
 
 def check_finite(tensor: torch.Tensor, where: str, key: str) -> None:
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    """A ValueError naming ``where`` and ``key`` when ``tensor`` holds a NaN or inf. Fast path: a finite sum
+    means every value is finite (NaN and inf propagate); only a non-finite sum (possibly a finite overflow)
+    is checked value by value. (Per 1M float32 on the 2-core VM: ``isfinite(t).all()`` 2.4 ms, the sum
+    0.05 ms; with every chunked read checked, ``isfinite`` took 5.8 s of a 12.2 s profiled slerp merge.)"""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
+        return
+    if not bool(torch.isfinite(tensor).all()):
         bad = tensor.numel() - int(torch.isfinite(tensor).sum())
         raise ValueError(f"{where}: tensor {key} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}")
 

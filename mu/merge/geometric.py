@@ -1,6 +1,6 @@
-"""``model_stock`` and ``multislerp`` computed by ``mu`` chunk by chunk (as mergekit 0.1.5 defines them).
+"""``model_stock``, ``multislerp`` and ``slerp`` computed by ``mu`` chunk by chunk (as mergekit 0.1.5 defines them).
 
-Both need whole-tensor statistics first (norms, dot products of task vectors),
+All need whole-tensor statistics first (norms, dot products of task vectors),
 then combine the inputs: a first pass over row chunks gathers the statistics, a
 second writes the output. Scratch: N chunks and an N × N matrix, never N
 copies of a tensor (mergekit stacks them: N = 10 xlm-roberta-base sources
@@ -15,6 +15,16 @@ needed more than (N + 2) × the model).
   mergekit also adds a tangent-space term Σ w_i (u_i − (u_i·M̂) M̂) = M − |M| M̂,
   which is identically zero; it differs from zero only by float rounding. With
   |M| < ε: the weighted mean of two sources, an error for more (as mergekit).
+* ``slerp``: exactly two sources a (the first in the weights' order, mergekit's
+  ``base``) and b, t = b's weight (weights normalised); the whole tensor is one
+  vector (mergekit's output axis holds one tensor). |a|, |b| (each replaced by 1
+  when ≤ ε), cos Ω = clamp((a / |a|)·(b / |b|), −1, 1); θ = sin((1 − t) Ω) / sin Ω · a
+  + sin(t Ω) / sin Ω · b, or (1 − t) a + t b when |cos Ω| > 0.9995 (near-colinear or
+  antipodal). mergekit gets the norms and the dot in float32 over 1M-element
+  chunks (two passes); here one pass takes per-row dot products (float32; a row is
+  never split by a chunk) and adds the rows in float64 in one fixed order, so the
+  result does not depend on the chunk size (bit for bit). (Per-row float64 products
+  cost ~12 ms per 1M-element chunk on this CPU, float32 ``vecdot`` 0.5 ms.)
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ import torch
 from mu.merge import chunks
 
 StateDict = dict[str, torch.Tensor]
-EPS = 1e-8  # mergekit multislerp's eps
+EPS = 1e-8  # mergekit multislerp's and slerp's eps
+DOT_THRESHOLD = 0.9995  # mergekit slerp's: above it (|cos Ω|) interpolate linearly
 
 
 def _sources(state_dicts: Mapping[str, StateDict], key: str, span: chunks.Span, dev: torch.device,
@@ -150,5 +161,48 @@ def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float
                     y = res32[where].to(dev).mul_(scale)
                     b = chunks.read(base, key, span, dev, out=bufs[-1]) if base is not None else None
                 dst[where] = y.add_(b) if b is not None else y
+            out[key] = res
+    return out
+
+
+@torch.no_grad()
+def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
+          *, device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
+    """Spherical interpolation from the first source to the second, ``t`` = the second's (normalised) weight."""
+    if len(state_dicts) != 2:
+        raise ValueError(f"slerp merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
+                         "use multislerp for more")
+    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
+    first, second = list(state_dicts)
+    t = float(weights[second]) / (float(weights[first]) + float(weights[second]))
+    out: StateDict = {}
+    with chunks.single_threaded(dev):
+        for key in state_dicts[first]:
+            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev)
+            rows = shape[0] if shape else 1
+            row_len = math.prod(shape[1:]) if shape else 1
+            if rows * row_len == 0:
+                out[key] = torch.empty(shape, dtype=dtype)
+                continue
+            part = torch.zeros(3, rows, dtype=torch.float64, device=dev)  # per row: a·a, b·b, a·b
+            for span in spans:  # pass 1: the norms and the dot product
+                a, b = (x.view(-1, row_len) for x in _sources(state_dicts, key, span, dev, bufs))
+                r = slice(*span) if span is not None else slice(0, 1)
+                for i, (x, y) in enumerate(((a, a), (b, b), (a, b))):  # float32 within a row, as mergekit
+                    part[i, r] = torch.linalg.vecdot(x, y, dim=1)
+            aa, bb, ab = (float(v) for v in part.sum(1))
+            na, nb = math.sqrt(aa), math.sqrt(bb)
+            na, nb = (na if na > EPS else 1.0), (nb if nb > EPS else 1.0)
+            dot = min(max(ab / (na * nb), -1.0), 1.0)
+            if abs(dot) > DOT_THRESHOLD:
+                ca, cb = 1 - t, t
+            else:
+                omega = math.acos(dot)
+                ca, cb = math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)
+            res = torch.empty(shape, dtype=dtype)
+            dst = res.reshape(-1)
+            for span in spans:  # pass 2: ca · a + cb · b
+                a, b = _sources(state_dicts, key, span, dev, bufs)
+                dst[chunks.flat(shape, span)] = a.mul_(ca).add_(b, alpha=cb)
             out[key] = res
     return out

@@ -9,6 +9,26 @@ it in row chunks (``mu.merge.taskvec``, ``mu.merge.geometric``): with lazily rea
 memory is the output plus bounded scratch. The others get the tensor of each
 source (and base, statistics) on ``device``: the output plus one tensor per
 input plus the method's scratch on it.
+
+How the weights ({locale: weight}, validated and normalised to sum 1 here)
+reach each data-free method (all computed by ``mu`` chunk by chunk, equal to
+mergekit 0.1.5's to float32 rounding; tests compare the two):
+
+* ``linear``: θ = Σ w_i θ_i (mergekit's ``linear`` with per-model ``weight``).
+* task-vector family (``task_arithmetic``, ``ties``, ``dare_ties``,
+  ``dare_linear``, ``breadcrumbs``; ``mu.merge.taskvec.task_vectors``): each
+  δ_i = θ_i − θ_base is sparsified (``density``), scaled by its weight, combined,
+  scaled by ``lambda_`` and added to the base: θ = θ_base + λ · Σ w_i δ_i / Σ w_i
+  (with TIES consensus, sums and divisor over the sources that agree with the
+  elected sign). With weights summing to 1 the combined task vector is a weighted
+  mean; classic task arithmetic (a sum of N task vectors) is ``lambda_=N`` with
+  equal weights; ``task_arithmetic`` with ``lambda_=1`` equals ``linear``.
+* ``slerp``: exactly two sources; from the first (in the weights' order) to the
+  second with ``t`` = the second's weight (``mu.merge.geometric``).
+* ``multislerp``: barycentric spherical interpolation with per-model weights;
+  around ``base`` (on task vectors) when a base is given, on raw weights otherwise.
+* ``model_stock``: needs base and at least two sources; it ignores the weights
+  (its ratio comes from the angle between task vectors), they only pick the sources.
 """
 
 from __future__ import annotations
@@ -20,7 +40,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, chunks, fisher, geometric, lazy, methods, regmean, taskvec
+from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, taskvec
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -35,7 +55,7 @@ METHODS: dict[str, Callable[..., StateDict]] = {
                                      rescale=True),
     "breadcrumbs": functools.partial(taskvec.task_vectors, sparsify="breadcrumbs", consensus=False,
                                      density=0.9, gamma=0.01),
-    "slerp": methods.slerp,
+    "slerp": geometric.slerp,
     "multislerp": geometric.multislerp,
     "model_stock": geometric.model_stock,
     "fisher_simple": fisher.fisher_simple,
@@ -55,7 +75,7 @@ FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method 
 EXECUTION = frozenset({"device", "chunk_elements"})  # where / in what pieces it runs: not knobs of the result
 # Methods that read each tensor in row chunks themselves (given unread tensors and the device).
 STREAMED = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
-                      "multislerp"})
+                      "multislerp", "slerp"})
 # The task-vector knobs that have an effect, by sparsification.
 TASK_VECTOR_KNOBS = {
     "none": {"lambda_"},

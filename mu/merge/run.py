@@ -1,7 +1,7 @@
 """``merge_models``: merge model folders on disk into a new HF model folder with ``merge_details``.
 
 Streaming: sources (and base, Fishers, Grams) are read lazily (``mu.merge.lazy``).
-The methods in ``mu.merge.STREAMED`` (every data-free method but slerp) read
+The methods in ``mu.merge.STREAMED`` (every data-free method) read
 each tensor in row chunks of ≤ ``mu.merge.chunks.CHUNK_ELEMENTS`` into reused
 buffers; for N sources of P parameters (fp32) whose largest tensor has T
 parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
@@ -11,8 +11,9 @@ parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
            + 4T (base) + 4T (one source, for its magnitude threshold)  TIES, breadcrumbs
            + 4T (base) + N·T (one-byte masks)                            DARE
            + 4T (the float32 output of one tensor)                       multislerp
+           + 24 bytes per row of the largest tensor (float64 partials)   slerp
 
-slerp (two sources, through mergekit) and the Fisher / RegMean methods hold one
+The Fisher / RegMean methods hold one
 tensor per input (and per statistic) plus their scratch. ``make bench``
 measures every data-free method at N = 2, 5, 10 against (N + 2) × the model
 (``reports/bench/results.md``): TIES at N = 10 peaks at ~2.2 GB where mergekit's
