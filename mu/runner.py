@@ -258,7 +258,6 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
                     if tmp.exists():  # site.build_index renders it at the end of the batch
                         paths.write_text(job.failed_output, tmp.read_text(encoding="utf-8"))
                     raise
-            site.render_notebook(job.output)
         except Exception as exc:  # reported, never swallowed: the summary lists it
             ename = getattr(exc, "ename", type(exc).__name__)
             evalue = getattr(exc, "evalue", str(exc))
@@ -267,6 +266,10 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
         for stale in (job.failed_output, job.failed_output.with_suffix(".html")):
             stale.unlink(missing_ok=True)
         result = {"status": "done", "seconds": time.perf_counter() - start, "error": None}
+        try:
+            site.render_notebook(job.output)
+        except Exception as exc:  # the run itself succeeded: its HTML page is missing, and the summary says so
+            result["error"] = f"rendering {job.output.name} to HTML failed: {type(exc).__name__}: {exc}"
         _mark_done(job, key, result)
         return result
 

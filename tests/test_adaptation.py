@@ -119,7 +119,7 @@ def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
     monkeypatch.setattr(evaluate, "logits", scored)
     weightings = {"similarity": {"de-DE": 0.5, "nl-NL": 0.3, "fr-FR": 0.2}}
     kw = dict(models_dir=MODELS_DIR, data="toy", base_model=setup["base"], max_seq_length=32, seed=0,
-              adapt_num_examples=48)
+              adapt_split="train", adapt_num_examples=48)
     merged = evaluate_merges("adamerging", TARGET, weightings, steps=5, **kw)
     students = distill.evaluate_distilled(TARGET, weightings, epochs=1, lr=1e-3, **kw)
     n_test = len(real(TARGET, "test", "toy"))
@@ -211,3 +211,11 @@ def test_head_to_head_pairs_over_targets_with_bootstrap_and_wilcoxon():
     assert out["diff_ci_low"] < out["mean_diff"] < out["diff_ci_high"]
     with pytest.raises(ValueError, match="not columns"):
         compare.head_to_head(table, ["a"], ["zero-shot/best"])
+
+
+def test_adaptive_merge_needs_its_adaptation_settings_spelled_out(setup):
+    """No hidden default decides which unlabeled target texts AdaMerging sees (notebook 03's plain
+    ``method`` cell passes none: ``method=adamerging`` is refused, naming what is missing)."""
+    with pytest.raises(ValueError, match=r"pass \['adapt_split', 'adapt_num_examples'\].*adamerging=layer\|task"):
+        evaluate_merges("adamerging", TARGET, {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}}, models_dir=MODELS_DIR,
+                        data="toy", base_model=setup["base"], seed=0)

@@ -33,7 +33,7 @@ def with_average(mode: str, weights: Mapping[str, float]) -> dict[str, dict[str,
 def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
                     models_dir: str | os.PathLike, data: str | os.PathLike,
                     base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
-                    adapt_split: str = "train", adapt_num_examples: int | None = 256,
+                    adapt_split: str | None = None, adapt_num_examples: int | None = None,
                     **merge_kw: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
@@ -47,8 +47,9 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
 
     Adaptive methods (``adamerging``) are the ``adapted`` family (``adapted/<label>/<mode>``):
     they fit on ``adapt_num_examples`` of the target's ``adapt_split`` utterances *without labels*
-    (``mu.data.unlabeled``; default the train split; ``test`` is transductive, recorded, and
-    named ``<label>-adapttest``).
+    (``mu.data.unlabeled``; ``train`` is the usual choice; ``test`` is transductive, recorded, and
+    named ``<label>-adapttest``). For them ``adapt_split``, ``adapt_num_examples`` and ``seed`` (which
+    draws the utterances) must be given: no hidden default decides what the adaptation sees.
     """
     from mu import data as mu_data
     from mu import evaluate
@@ -57,7 +58,13 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
     family = "adapted" if method in ADAPTIVE else "merge"
     if family == "adapted":
-        seed = merge_kw.get("seed", 42)
+        missing = [k for k, v in (("adapt_split", adapt_split), ("adapt_num_examples", adapt_num_examples),
+                                  ("seed", merge_kw.get("seed"))) if v is None]
+        if missing:
+            raise ValueError(f"{method} fits on the target's unlabeled utterances: pass {missing}. Notebook 03 "
+                             f"runs it in its own cells with the adapt_* parameters: set adamerging=layer|task "
+                             f"(--set adamerging=task), not method={method}")
+        seed = merge_kw["seed"]
         merge_kw["adapt_texts"] = mu_data.unlabeled(target, adapt_split, data, num_examples=adapt_num_examples,
                                                     seed=seed)
         merge_kw["adapt_from"] = adapt_from(target, adapt_split, data, len(merge_kw["adapt_texts"]), seed)
