@@ -15,8 +15,6 @@ stays the cached output-space combiner and the two do not import each other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -40,12 +38,8 @@ def soft_targets(logits: Mapping[str, np.ndarray], weights: Mapping[str, float],
         raise ValueError(f"temperature must be > 0, got {temperature}")
     arrays = ensemble.check_logits(logits)
     w = check_weights(weights, list(arrays))
-    out = np.zeros_like(next(iter(arrays.values())), dtype=np.float64)
-    for loc, z in arrays.items():
-        z = np.asarray(z, dtype=np.float64) / temperature
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        out += w[loc] * e / e.sum(axis=1, keepdims=True)
-    return out
+    return ensemble.weighted_sum({loc: ensemble.softmax(np.asarray(z, dtype=np.float64) / temperature)
+                                  for loc, z in arrays.items()}, w)
 
 
 def train_student(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], teacher: np.ndarray, *,
@@ -84,9 +78,6 @@ def train_student(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], 
     return curve
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
 
 def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.PathLike], weights: Mapping[str, float],
             texts: Sequence[str], out_dir: str | os.PathLike, *, temperature: float = DEFAULTS["temperature"],
@@ -105,7 +96,7 @@ def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.Path
              "max_seq_length": max_seq_length, "seed": seed}
     inputs = {"student_init": evaluate.model_fingerprint(student_init),
               **{f"model/{loc}": evaluate.model_fingerprint(sources[loc]) for loc in w}}
-    fingerprint = _digest({"teacher": "soft", "weights": w, "inputs": inputs, "texts": _digest(texts), "knobs": knobs})
+    fingerprint = report.digest({"teacher": "soft", "weights": w, "inputs": inputs, "texts": report.digest(texts), "knobs": knobs})
     out = paths.resolve(out_dir)
     if (out / DETAILS_JSON).is_file() and (out / models.WEIGHTS_FILE).is_file():
         if paths.read_json(out / DETAILS_JSON).get("fingerprint") == fingerprint:
@@ -124,7 +115,7 @@ def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.Path
                                   .argmax(axis=1) == teacher.argmax(axis=1)))
     details = {"teacher": "soft", "weights": w, "sources": {loc: str(sources[loc]) for loc in w},
                "student_init": str(student_init), "knobs": knobs, "inputs": inputs,
-               "texts": {"sha256": _digest(texts), "num_texts": len(texts), **dict(adapt_from or {})},
+               "texts": {"sha256": report.digest(texts), "num_texts": len(texts), **dict(adapt_from or {})},
                "loss_curve": curve, "teacher_agreement": agreement, "teacher_seconds": teacher_seconds,
                "seconds": time.perf_counter() - started, "fingerprint": fingerprint, "versions": report.versions()}
     return models.save_classifier(model.cpu(), tokenizer, out, extra_files={DETAILS_JSON: details})

@@ -39,13 +39,15 @@ from mu.similarity import check_weights
 _VOTE_RTOL = 1e-9
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``[n, C]``."""
     z = x - x.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _weighted_sum(arrays: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+def weighted_sum(arrays: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Σ_k weights[k] · arrays[k] in float64."""
     return sum(weights[k] * np.asarray(a, dtype=np.float64) for k, a in arrays.items())
 
 
@@ -59,7 +61,7 @@ def _vote(logits: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.
         votes[rows, np.argmax(a, axis=1)] += weights[k]
     best = votes.max(axis=1, keepdims=True)
     tied = votes >= best - _VOTE_RTOL * np.abs(best)
-    mass = _weighted_sum({k: _softmax(np.asarray(a, dtype=np.float64)) for k, a in logits.items()}, weights)
+    mass = weighted_sum({k: softmax(np.asarray(a, dtype=np.float64)) for k, a in logits.items()}, weights)
     return np.argmax(np.where(tied, mass, -np.inf), axis=1)
 
 
@@ -76,13 +78,13 @@ def weighted_majority(logits: Mapping[str, np.ndarray], weights: Mapping[str, fl
 
 def soft(logits: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """Argmax of the weighted average of softmax probabilities (lowest id on ties)."""
-    probs = {k: _softmax(np.asarray(a, dtype=np.float64)) for k, a in logits.items()}
-    return np.argmax(_weighted_sum(probs, weights), axis=1)
+    probs = {k: softmax(np.asarray(a, dtype=np.float64)) for k, a in logits.items()}
+    return np.argmax(weighted_sum(probs, weights), axis=1)
 
 
 def uriel_logits(logits: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """Argmax of the weighted sum of raw logits (lowest id on ties)."""
-    return np.argmax(_weighted_sum(logits, weights), axis=1)
+    return np.argmax(weighted_sum(logits, weights), axis=1)
 
 
 METHODS: dict[str, Callable[[Mapping[str, np.ndarray], Mapping[str, float]], np.ndarray]] = {

@@ -247,6 +247,12 @@ def native_rows(
 
 # --------------------------------------------------------------------------- encoder (STS)
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [batch, seq, dim]`` over the real tokens of ``mask [batch, seq]`` (padding out)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,
           max_seq_length: int = 128) -> np.ndarray:
     """Sentence embeddings ``[len(texts), hidden]``: the mean of the encoder's last hidden layer
@@ -256,8 +262,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int =
     for idx, ids, mask in _batches(model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length,
                                    desc="embed"):
         hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        out[idx] = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+        out[idx] = mean_pool(hidden, mask).cpu().numpy()
     return out
 
 

@@ -151,8 +151,9 @@ def sentence_embeddings(model: XLMRobertaForMaskedLM, seqs: Sequence[Sequence[in
     """Mean-pooled last hidden states over the real tokens, L2-normalised."""
     ids, att = pad(seqs)
     hidden = model.roberta(input_ids=ids, attention_mask=att).last_hidden_state
-    pooled = (hidden * att.unsqueeze(-1)).sum(1) / att.sum(1, keepdim=True)
-    return F.normalize(pooled, dim=-1)
+    from mu.evaluate import mean_pool
+
+    return F.normalize(mean_pool(hidden, att), dim=-1)
 
 
 def align_loss(model: XLMRobertaForMaskedLM, a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -27,7 +27,7 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from mu import cache, notes, paths
 
@@ -88,6 +88,12 @@ def sha256(path: str | os.PathLike) -> str:
     for f in files:
         h.update(f"{f.relative_to(p)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
+
+
+def digest(obj: Any) -> str:
+    """sha256 of ``obj`` as canonical JSON (sorted keys; non-JSON values by ``str``): the fingerprint of
+    parameters, weights and input descriptions."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def describe_input(path: str | os.PathLike) -> dict[str, str]:

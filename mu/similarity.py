@@ -37,7 +37,6 @@ summing to 1 over available sources, target excluded:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from functools import lru_cache

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from mu import aggregate, models, paths, report
+from mu import aggregate, models, paths
 from mu.merge.run import merge_models
 
 

@@ -30,7 +30,6 @@ mtime), so an unchanged checkpoint is read for hashing once, not at every merge
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import resource
@@ -75,9 +74,6 @@ def _signature(folder: Path) -> list[tuple[str, int, int]]:
                   for f in folder.rglob("*") if f.is_file())
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
 
 # (num_examples, batch_size) of the data statistics, shared with mu.iterative.
 STATS_DEFAULTS = {"fishers": (256, 1), "grams": (256, 8)}
@@ -103,7 +99,7 @@ def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: st
             "max_seq_length": max_seq_length, "seed": seed}
     if kind == "fishers":
         desc["fisher"] = "empirical, true labels, normalised to mean 1"
-    file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{_digest(desc)[:16]}.safetensors")
+    file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{report.digest(desc)[:16]}.safetensors")
     if cache.read(file, lazy.LazyStateDict.from_file, "statistics cache entry") is None:
         model, tokenizer = models.load_classifier(model_dir)
         fn = fisher_diagonal if kind == "fishers" else regmean_grams
@@ -242,10 +238,10 @@ def merge_models(
     stat_params = ({"data": str(data), "num_examples": sizes[stat][0], "batch_size": sizes[stat][1],
                     "max_seq_length": max_seq_length, "seed": seed} if stat in sizes else {})
     if method in registry.ADAPTIVE:
-        stat_params = {"texts_sha256": _digest(list(adapt_texts)), "num_texts": len(adapt_texts),
+        stat_params = {"texts_sha256": report.digest(list(adapt_texts)), "num_texts": len(adapt_texts),
                        "batch_size": adapt_batch_size, "max_seq_length": max_seq_length, "seed": seed,
                        "adapt_from": dict(adapt_from or {})}
-    fingerprint = _digest({"method": method, "weights": w, "inputs": {k: _signature(d) for k, d in named.items()},
+    fingerprint = report.digest({"method": method, "weights": w, "inputs": {k: _signature(d) for k, d in named.items()},
                            "base_used": use_base, "head": head, "embeddings": embeddings, "knobs": effective,
                            "statistics": stat_params})
     out = paths.resolve(out_dir)
