@@ -30,7 +30,8 @@ def summary_dir(profile: str) -> Path:
 
 
 def nxn_path(profile: str) -> Path:
-    """Notebook 02's N×N matrix; the same path as ``mu.evaluate.nxn_path`` without importing torch."""
+    """``reports/02_training/<profile>/evaluation_matrix.csv`` (notebook 02's N×N matrix: rows = source
+    model, columns = target); torch-free, ``mu.evaluate`` uses this one."""
     return paths.reports_dir("02_training", profile, "evaluation_matrix.csv")
 
 
@@ -54,13 +55,17 @@ def load_records(profile: str, reports: str | os.PathLike | None = None) -> list
 
 
 def read_nxn(nxn: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """The N×N transfer matrix: rows = source model locale, columns = target locale."""
+    """The N×N transfer matrix (rows = source model locale, columns = target locale, floats) from a
+    frame, a ``.csv`` path, or a profile name (``nxn_path(profile)``); the one reader of it."""
     if isinstance(nxn, pd.DataFrame):
-        return nxn.astype(float)
-    path = Path(nxn)
-    if not path.is_file():
-        raise FileNotFoundError(f"no N×N matrix at {path}; run notebook 02 (training) first")
-    return pd.read_csv(path, index_col=0).astype(float)
+        frame = nxn.astype(float)
+    else:
+        path = Path(nxn) if Path(nxn).suffix == ".csv" else nxn_path(str(nxn))
+        if not path.is_file():
+            raise FileNotFoundError(f"no N×N matrix at {path}; run notebook 02_training (mu.evaluate.nxn) first")
+        frame = pd.read_csv(path, index_col=0).astype(float)
+    frame.index.name, frame.columns.name = "source", "target"
+    return frame
 
 
 def wilson_interval(accuracy: float, n: int | None, z: float = 1.959964) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mu import data as mu_data
 from mu import models as mu_models
 from mu import cache, paths, report
+from mu.aggregate import nxn_path, read_nxn  # noqa: F401  (mu.evaluate.nxn_path / read_nxn: one reader, torch-free)
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
 
@@ -33,11 +34,6 @@ _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
 def forward_calls() -> int:
     """Number of model forward batches run so far in this process."""
     return _FORWARD_CALLS
-
-
-def nxn_path(profile: str) -> Path:
-    """``reports/02_training/<profile>/evaluation_matrix.csv``: rows = source model, columns = target."""
-    return paths.reports_dir("02_training", profile, "evaluation_matrix.csv")
 
 
 def model_fingerprint(model: str | os.PathLike) -> str:
@@ -222,17 +218,6 @@ def nxn(
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return (list(a.index) == list(b.index) and list(a.columns) == list(b.columns)
             and np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-12))
-
-
-def read_nxn(path_or_profile: str | os.PathLike) -> pd.DataFrame:
-    """An N×N matrix CSV (a path, or a profile name for ``nxn_path(profile)``)."""
-    p = Path(path_or_profile)
-    path = p if p.suffix == ".csv" else nxn_path(str(path_or_profile))
-    if not path.is_file():
-        raise FileNotFoundError(f"no N×N matrix at {path}; run notebook 02_training (mu.evaluate.nxn) first")
-    frame = pd.read_csv(path, index_col=0)
-    frame.index.name, frame.columns.name = "source", "target"
-    return frame
 
 
 def native_rows(

@@ -66,10 +66,11 @@ def _stale(src: Path, out: Path) -> bool:
 
 
 def _papermill_parameters(ipynb: Path) -> dict[str, Any]:
+    """The parameters papermill recorded (an unreadable notebook is an error naming it, as when rendering)."""
     try:
         nb = json.loads(ipynb.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read executed notebook {ipynb}: {e}") from e
     return dict(nb.get("metadata", {}).get("papermill", {}).get("parameters") or {})
 
 

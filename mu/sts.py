@@ -46,7 +46,14 @@ TOY_LEVELS = (
 
 def load_pairs(source: str | os.PathLike, locale: str = "en-US", split: str = "test", *,
                score_range: Sequence[float] = (0.0, 5.0)) -> pd.DataFrame:
-    """STS pairs (``sentence1``, ``sentence2``, ``score``) from ``"hub"``, ``"toy"`` or a file."""
+    """STS pairs (``sentence1``, ``sentence2``, ``score``) from ``"hub"``, ``"toy"`` or a file.
+
+    ``score_range`` declares a local file's scale (scores outside it are an error); ``"hub"`` and
+    ``"toy"`` come with their own scales, so another range given with them is an error, not ignored.
+    """
+    if source in ("hub", "toy") and tuple(float(x) for x in score_range) != (0.0, 5.0):
+        raise ValueError(f"score_range {list(score_range)} applies to local STS files only; {source!r} has its "
+                         "own scale (Spearman is rank-based): leave it at [0.0, 5.0]")
     if source == "hub":
         return _load_hub(locale, split)
     if source == "toy":

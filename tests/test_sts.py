@@ -96,3 +96,10 @@ def test_sts_spearman_of_cosine_against_gold(toy_base, toy_sources):
     assert native["spearman"] > base["spearman"]
     with pytest.raises(ValueError, match=r"missing \['score'\]"):
         evaluate.sts(toy_base, pairs.drop(columns="score"))
+
+
+def test_score_range_is_for_local_files_only():
+    """A declared range that the built-in sources would not use is refused, never silently ignored."""
+    with pytest.raises(ValueError, match=r"applies to local STS files only; 'toy'"):
+        sts.load_pairs("toy", "sw-KE", score_range=(0.0, 1.0))
+    assert len(sts.load_pairs("toy", "sw-KE", score_range=[0.0, 5.0])) > 0
