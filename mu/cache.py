@@ -9,23 +9,27 @@ reported as absent, so the caller recomputes it. Never an exception from inside 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from mu import notes
 
 T = TypeVar("T")
+# What a damaged file makes a reader raise (truncated zip/npz, bad bytes, bad JSON, a missing array,
+# a short read). Any other exception is a bug in the reader, not a bad entry: it propagates.
+CORRUPT = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def read(path: str | os.PathLike, reader: Callable[[Path], T], what: str = "cache entry") -> T | None:
-    """``reader(path)``; None when the file is absent, or when ``reader`` raises (the entry is then
-    corrupt: a warning names the file and the error, and the file is deleted)."""
+    """``reader(path)``; None when the file is absent, or when ``reader`` raises one of ``CORRUPT`` (the
+    entry is then damaged: a warning names the file and the error, and the file is deleted)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return reader(path)
-    except Exception as e:  # any reader error means a bad entry: zipfile, numpy, safetensors, json, ...
+    except CORRUPT as e:
         notes.warn(f"corrupt {what} {path} ({type(e).__name__}: {e}); deleted, it will be recomputed",
                    stacklevel=2)
         path.unlink(missing_ok=True)

@@ -88,6 +88,25 @@ def test_corrupt_sha256_memo_is_recomputed(tmp_path):
     assert memos[0].read_text() == digest
 
 
+def test_a_bug_in_a_cache_reader_is_not_taken_for_a_corrupt_entry(tmp_path):
+    """Only what a damaged file raises means "corrupt": a reader's own bug propagates, and the
+    entry is kept (never deleted and recomputed forever behind a warning)."""
+    from mu import cache
+
+    entry = tmp_path / "entry.json"
+    entry.write_text("{}")
+
+    def buggy(path):
+        raise TypeError("reader bug")
+
+    with pytest.raises(TypeError, match="reader bug"):
+        cache.read(entry, buggy)
+    assert entry.is_file()
+    with pytest.warns(notes.MuWarning, match="corrupt cache entry"):
+        assert cache.read(entry, lambda p: json.loads("{bad")) is None
+    assert not entry.exists()
+
+
 def test_truncated_statistics_cache_is_recomputed(toy_sources):
     kw = dict(num_examples=8, batch_size=4, max_seq_length=32, seed=0)
     file, _ = merge_run.statistics("grams", "de-DE", toy_sources["de-DE"], "0" * 64, "toy", **kw)
