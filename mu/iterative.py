@@ -413,6 +413,14 @@ def compare(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+def report_rows(runs: Mapping[str, Mapping[str, Any]], merge_algorithm: str, mode: str,
+                weights: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One ``mu.report`` row per run ``{"iterative": result, "iterative-adaptive": result}``:
+    ``<name>/<merge_algorithm>/<mode>`` in the ``iterative`` family, with its test scores and sources."""
+    return [{"system": f"{name}/{merge_algorithm}/{mode}", "family": "iterative", **run["test"],
+             "sources": dict(weights)} for name, run in runs.items()]
+
+
 def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str,
                  sources: Mapping[str, float]) -> dict[str, Any] | None:
     """Notebook 03's one-shot merge of the same sources for this target, method and mode

@@ -244,3 +244,13 @@ def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
     with pytest.raises(ValueError, match=r"unknown report_to backend\(s\) \['tensorbored'\]"):
         iterative.run(TARGET, SOURCES, **RUN, report_to="tensorbored", **kw)
     assert not paths.resolve("models/toy/iterative-test/bad-schedule").exists()
+
+
+def test_report_rows_name_each_run_in_the_iterative_family():
+    fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}}
+    adaptive = {"test": {"accuracy": 0.6, "macro_f1": 0.5, "n": 96}}
+    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
+                                 {"de-DE": 0.6, "nl-NL": 0.4})
+    assert [(r["system"], r["family"], r["accuracy"]) for r in rows] == [
+        ("iterative/linear/similarity", "iterative", 0.5), ("iterative-adaptive/linear/similarity", "iterative", 0.6)]
+    assert all(r["sources"] == {"de-DE": 0.6, "nl-NL": 0.4} and r["n"] == 96 for r in rows)
