@@ -38,9 +38,9 @@ bench-study: $(STAMP)
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
 # the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
 STUDY_ROOT ?= $(CURDIR)/studies/mini
-STUDY_ARGS ?= --objective mlm+tlm+align --steps 3000 --train 2000 --dev 200 --test 500 --workers 2
+STUDY_ARGS ?= --objective mlm+tlm+align --embedding-init parallel-svd --steps 3000 --lr 1e-3 --train 2000 --dev 200 --test 500 --workers 2
 study: $(STAMP)
-	MU_ROOT=$(STUDY_ROOT) OMP_NUM_THREADS=1 $(PY) -m mu study $(STUDY_ARGS)
+	MU_ROOT=$(STUDY_ROOT) $(PY) -m mu study $(STUDY_ARGS)
 
 clean-reports:
 	rm -rf reports/0* cache/logits

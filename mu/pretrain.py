@@ -14,6 +14,12 @@ Objectives (the steps cycle through the terms, one batch each, so every term get
 * ``mlm+tlm+align``: plus a contrastive term on those translation pairs: in-batch InfoNCE over
   mean-pooled sentence embeddings (symmetric, temperature ``ALIGN_TEMPERATURE``).
 
+Embedding initialisation (``EMBEDDING_INITS``): ``random`` (as XLM-R), or ``parallel-svd``: the
+token embeddings start as cross-lingual vectors read off MASSIVE's parallel train text ("inverted
+indexing", Søgaard et al. 2015): a token × MASSIVE-id matrix (log counts, idf over ids; an id is one
+utterance and its translations in every locale) factorised by truncated SVD, so tokens that occur
+in translations of the same utterances start close, whatever their script. Train text only, no labels.
+
 Fast on a CPU: the LM head runs on the masked positions only, batches are padded to their
 longest sequence. Deterministic from ``seed`` (each step's batch and masking are drawn from
 ``(seed, step)``; the torch RNG is checkpointed). Resumable: ``checkpoint.pt`` is written
@@ -42,6 +48,8 @@ from mu import locales as mu_locales
 from mu import models, paths, report
 
 OBJECTIVES = ("mlm", "mlm+tlm", "mlm+tlm+align")
+EMBEDDING_INITS = ("random", "parallel-svd")
+EMBED_NORM = 1.0  # L2 norm of an SVD-initialised token embedding (random init: about 0.02 * sqrt(hidden))
 MASK_PROB = 0.15
 ALIGN_TEMPERATURE = 0.05
 N_SPECIAL = 5  # <s> <pad> </s> <unk> <mask>: ids 0..4 (mu.models.train_tokenizer)
@@ -52,6 +60,12 @@ def check_objective(objective: str) -> list[str]:
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown pretraining objective {objective!r}; valid: {list(OBJECTIVES)}")
     return objective.split("+")
+
+
+def check_embedding_init(embedding_init: str) -> str:
+    if embedding_init not in EMBEDDING_INITS:
+        raise ValueError(f"unknown embedding_init {embedding_init!r}; valid: {list(EMBEDDING_INITS)}")
+    return embedding_init
 
 
 def _texts_sha256(texts: Sequence[str]) -> str:
@@ -112,6 +126,33 @@ class Corpus:
     def tlm(self, rng: np.random.Generator, n: int) -> list[list[int]]:
         half = (self.max_len - 4) // 2
         return [[BOS, *x[:half], EOS, EOS, *y[:half], EOS] for x, y in zip(*self.pairs(rng, n))]
+
+
+def parallel_embeddings(corpus: Corpus, vocab_size: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vectors, seen): ``dim``-dimensional cross-lingual token vectors from the translation groups of
+    ``corpus``: rows of U·sqrt(S) of the truncated SVD of the token × id matrix (log(1 + count), times
+    the token's idf over ids), scaled to norm ``EMBED_NORM``; ``seen`` marks the tokens that occur in
+    some group (the others keep their random initialisation)."""
+    import scipy.sparse as sp
+    from sklearn.utils.extmath import randomized_svd
+
+    if not corpus.groups:
+        raise ValueError("parallel-svd needs translation pairs (the same id in two locales); the corpus has none")
+    rows = [t for g in corpus.groups for i in g for t in corpus.sentences[i]]
+    cols = [k for k, g in enumerate(corpus.groups) for i in g for _ in corpus.sentences[i]]
+    counts = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(vocab_size, len(corpus.groups)))
+    counts.sum_duplicates()
+    counts.data = np.log1p(counts.data)
+    df = np.asarray((counts > 0).sum(axis=1)).ravel()
+    idf = np.log(len(corpus.groups) / (1.0 + df)).clip(min=0.0)
+    k = min(dim, min(counts.shape) - 1)
+    u, s, _ = randomized_svd(sp.diags(idf.astype(np.float32)) @ counts, n_components=k, random_state=seed)
+    vectors = np.zeros((vocab_size, dim), np.float32)
+    vectors[:, :k] = u * np.sqrt(s)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    seen = (df > 0) & (norms[:, 0] > 0)
+    vectors[seen] *= EMBED_NORM / norms[seen]
+    return torch.from_numpy(vectors), torch.from_numpy(seen)
 
 
 def pad(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,6 +266,7 @@ def pretrain(
     lr: float = 5e-4,
     warmup_steps: int = 200,
     seed: int = 0,
+    embedding_init: str = "random",
     checkpoint_every: int = 500,
     dev_per_locale: int = 200,
 ) -> Path:
@@ -237,6 +279,7 @@ def pretrain(
     run does nothing; after an interrupted one it resumes from ``checkpoint.pt``.
     """
     terms = check_objective(objective)
+    check_embedding_init(embedding_init)
     if steps < 1 or batch_size < 2:
         raise ValueError(f"pretrain: need steps >= 1 and batch_size >= 2, got {steps} and {batch_size}")
     out = paths.resolve(out_dir)
@@ -247,7 +290,7 @@ def pretrain(
             "hidden_size": hidden_size, "num_hidden_layers": num_hidden_layers,
             "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size, "max_len": max_len,
             "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
-            "dev_per_locale": dev_per_locale}
+            "dev_per_locale": dev_per_locale, "embedding_init": embedding_init}
     record_path, encoder_dir, ckpt_path = out / "pretrain.json", out / "encoder", out / "checkpoint.pt"
     if record_path.is_file():
         old = paths.read_json(record_path)
@@ -265,6 +308,10 @@ def pretrain(
         max_position_embeddings=514, type_vocab_size=1, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
         architectures=["XLMRobertaForMaskedLM"])
     model = XLMRobertaForMaskedLM(config)
+    if embedding_init == "parallel-svd":
+        vectors, seen = parallel_embeddings(corpus, len(tok), hidden_size, seed)
+        with torch.no_grad():
+            model.roberta.embeddings.word_embeddings.weight[seen] = vectors[seen]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(warmup_steps, 1), max(0.0, (steps - s) / max(steps - warmup_steps, 1))))

@@ -169,6 +169,8 @@ def _pretrain_args(p) -> None:
                           ("num-attention-heads", 4), ("intermediate-size", 512), ("batch-size", 64)):
         p.add_argument(f"--{name}", type=int, default=default, dest=f"pt_{name.replace('-', '_')}")
     p.add_argument("--lr", type=float, default=5e-4, dest="pt_lr")
+    p.add_argument("--embedding-init", choices=pretrain.EMBEDDING_INITS, default="random", dest="pt_embedding_init",
+                   help="token embeddings: random, or parallel-svd (cross-lingual vectors from MASSIVE's translations)")
 
 
 def add_parsers(sub, key_value) -> None:

@@ -79,3 +79,26 @@ def test_ensure_saves_the_profile_base_with_a_fixed_head(mu_root):
     assert models.ensure_base("mini", base, seed=5) == base  # the mini profile uses the base pretrained here
     with pytest.raises(ValueError, match=r"no pretrained base at .*python -m mu pretrain --profile mini"):
         models.ensure_base("mini", paths.models_dir("pretrain-test", "nothing"), seed=5)
+
+
+def test_parallel_svd_init_puts_translations_close_and_is_recorded(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = pretrain.train_texts(LOCALES, "toy")
+    tok = pretrain.tokenizer(tmp_path / "tok", [t for _, u in texts.values() for t in u], 300)
+    corpus = pretrain.Corpus(texts, tok, 32)
+    vectors, seen = pretrain.parallel_embeddings(corpus, len(tok), 16, seed=0)
+    assert vectors.shape == (len(tok), 16) and seen.any() and not seen[:pretrain.N_SPECIAL].all()
+    assert torch.allclose(vectors[seen].norm(dim=1), torch.full((int(seen.sum()),), pretrain.EMBED_NORM), atol=1e-4)
+    # a sentence and its translation share more of this space than two unrelated sentences
+    g = corpus.groups
+    emb = lambda i: torch.nn.functional.normalize(vectors[corpus.sentences[i]].mean(0), dim=0)
+    same = torch.stack([emb(a) @ emb(b) for a, b, *_ in g[:50]]).mean()
+    other = torch.stack([emb(g[k][0]) @ emb(g[k + 1][1]) for k in range(50)]).mean()
+    assert same > other + 0.1, (float(same), float(other))
+    enc = pretrain.pretrain(tmp_path / "run", objective="mlm", tokenizer_dir=tmp_path / "tok",
+                            embedding_init="parallel-svd", **TINY)
+    assert paths.read_json(tmp_path / "run" / "pretrain.json")["args"]["embedding_init"] == "parallel-svd"
+    assert AutoTokenizer.from_pretrained(enc) is not None
+    with pytest.raises(ValueError, match="unknown embedding_init 'glove'.*parallel-svd"):
+        pretrain.pretrain(tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", embedding_init="glove", **TINY)
