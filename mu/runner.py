@@ -307,7 +307,8 @@ def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
 
 def _run_local(pool: cf.ProcessPoolExecutor, jobs: list[Job], keys: Mapping, kernel: str, workers: int,
                on_result) -> None:
-    futures = {pool.submit(execute, j, keys[j.stem, j.target], kernel, kernel_env(workers)): j for j in jobs}
+    env = kernel_env(min(workers, len(jobs)))  # a stage of one job (02, 06) gets every core
+    futures = {pool.submit(execute, j, keys[j.stem, j.target], kernel, env): j for j in jobs}
     for fut in cf.as_completed(futures):
         try:
             result = fut.result()

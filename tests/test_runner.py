@@ -252,3 +252,23 @@ def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(pr
     assert statuses(runner.run(["05"], [], **dirs(project))) == {("05_collect", "toy"): "done"}
     collected = paths.read_json(report.record_path("05_collect", "toy", "collect"))["results"]["targets"]
     assert collected == ["af-ZA", "fr-FR"]
+
+
+def test_a_stage_of_one_job_gets_every_core(project, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    seen = []
+
+    class Pool:  # records the environment each job would run with
+        def submit(self, fn, job, key, kernel, env):
+            seen.append(env["OMP_NUM_THREADS"])
+            fut = runner.cf.Future()
+            fut.set_result({"status": "done", "seconds": 0.0, "error": None})
+            return fut
+
+    jobs = runner.plan(["02", "03"], ["de-DE", "nl-NL"], profile="toy")
+    one = [j for j in jobs if j.stem == "02_training"]
+    many = [j for j in jobs if j.stem == "03_merging"]
+    for stage in (one, many):
+        runner._run_local(Pool(), stage, {(j.stem, j.target): "k" for j in stage}, "python3", 2, lambda *a: None)
+    assert seen == ["4", "2", "2"]
