@@ -292,7 +292,7 @@ def aggregate(
     or iterative result. Returns
     ``{"rows": long frame (with 95% Wilson intervals where n is known), "table": per-target
     accuracy, "means": mean ± bootstrap CI, "tests": paired Wilcoxon tests, "notes":
-    [str], "inputs": {name: {path, sha256}}}``.
+    [str], "inputs": {name: {path, sha256}}, "nxn": the N×N matrix}``.
     """
     records = load_records(profile, reports)
     rows, notes = record_rows(records)
@@ -329,6 +329,7 @@ def aggregate(
         "tests": paired_tests(table, min_pairs=min_pairs, average_system=average_system),
         "notes": notes,
         "inputs": inputs,
+        "nxn": matrix,
     }
 
 
@@ -367,8 +368,9 @@ def sources_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("target")
 
 
-def summary_markdown(summary: Mapping[str, Any], profile: str) -> str:
-    """The aggregated report as Markdown: per-target table, means, tests, sources, notes."""
+def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping[str, str] | None = None) -> str:
+    """The aggregated report as Markdown: per-target table, means, tests, sources, ``sections``
+    (``{title: markdown}``, e.g. ``mu.typology.markdown``), notes."""
     rows, table = summary["rows"], summary["table"]
     m = summary["means"].assign(ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in
                                     zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
@@ -396,13 +398,15 @@ def summary_markdown(summary: Mapping[str, Any], profile: str) -> str:
         "## Sources (weights) and the single models behind the baselines", "",
         markdown_table(src), "",
     ]
+    for title, body in (sections or {}).items():
+        parts += [f"## {title}", "", body, ""]
     if summary["notes"]:
         parts += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
     return "\n".join(parts)
 
 
-def write_summary(summary: Mapping[str, Any], profile: str) -> dict[str, Path]:
-    """Write summary.csv (per-target table), rows/means/tests CSVs and summary.md atomically."""
+def write_summary(summary: Mapping[str, Any], profile: str, sections: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Write summary.csv (per-target table), rows/means/tests CSVs and summary.md (with ``sections``) atomically."""
     out = summary_dir(profile)
     rows = summary["rows"].assign(sources=[json.dumps(s) if isinstance(s, dict) else None
                                            for s in summary["rows"]["sources"]])
@@ -411,7 +415,7 @@ def write_summary(summary: Mapping[str, Any], profile: str) -> dict[str, Path]:
         "rows.csv": paths.write_text(out / "rows.csv", rows.to_csv(index=False)),
         "means.csv": paths.write_text(out / "means.csv", summary["means"].to_csv(index=False)),
         "tests.csv": paths.write_text(out / "tests.csv", summary["tests"].to_csv(index=False)),
-        "summary.md": paths.write_text(out / "summary.md", summary_markdown(summary, profile)),
+        "summary.md": paths.write_text(out / "summary.md", summary_markdown(summary, profile, sections)),
     }
     return written
 

@@ -167,3 +167,32 @@ def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd
     fig.suptitle(title)
     save(fig, path)
     return fig
+
+
+def clustered_heatmap(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "", cmap: str = "viridis",
+                      vmin: float | None = 0.0, vmax: float | None = 1.0) -> plt.Figure:
+    """A square matrix (the N×N transfer matrix) with rows and columns ordered by hierarchical
+    clustering (average linkage on the rows / columns as vectors), dendrograms on the sides."""
+    size = max(6.0, 0.22 * max(frame.shape) + 3)
+    grid = sns.clustermap(frame.astype(float), method="average", cmap=cmap, vmin=vmin, vmax=vmax,
+                          figsize=(size, size), xticklabels=True, yticklabels=True, cbar_pos=(0.02, 0.82, 0.03, 0.15))
+    grid.ax_heatmap.tick_params(labelsize=6)
+    grid.ax_heatmap.set(xlabel=frame.columns.name or "", ylabel=frame.index.name or "")
+    grid.fig.suptitle(title, y=1.01)
+    save(grid.fig, path)
+    return grid.fig
+
+
+def similarity_vs_transfer(pairs: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
+    """Zero-shot transfer against URIEL cosine, one panel per feature set (``pairs``: ``cosine``,
+    ``transfer``, ``feature_set``, e.g. ``mu.typology.correlations(...)["pairs"]``)."""
+    sets = list(dict.fromkeys(pairs["feature_set"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.4), squeeze=False, sharey=True)
+    for ax, fs in zip(axes[0], sets):
+        sns.scatterplot(pairs[pairs["feature_set"] == fs], x="cosine", y="transfer", s=8, alpha=0.35,
+                        linewidth=0, ax=ax)
+        ax.set(title=fs, xlabel="URIEL cosine", ylabel="zero-shot accuracy")
+        ax.title.set_size(8)
+    fig.suptitle(title)
+    save(fig, path)
+    return fig

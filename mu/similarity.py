@@ -361,3 +361,11 @@ def select(target: str, available: Iterable[str], *, mode: str = "similarity", n
         raise ValueError(f"none of the available sources {sorted(available)} is in the N×N matrix")
     _warn_fewer(target, num_languages, len(scores), "available in the N×N matrix")
     return _normalise(scores.to_dict())
+
+
+def select_modes(target: str, available: Iterable[str], modes: Sequence[str], **kwargs) -> dict[str, dict[str, float]]:
+    """``{mode: select(target, available, mode=mode, **kwargs)}`` for each of ``modes`` (in order, no repeats)."""
+    modes = list(modes)
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"modes repeat: {modes}")
+    return {m: select(target, available, mode=m, **kwargs) for m in modes}

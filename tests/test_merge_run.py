@@ -305,3 +305,7 @@ def test_with_average_names_the_baseline_by_its_sources():
     assert with_average("similarity", w) == {"similarity": w, "average": {"de-DE": 0.5, "nl-NL": 0.5}}
     assert with_average("transfer", w) == {"transfer": w, "average-of-transfer": {"de-DE": 0.5, "nl-NL": 0.5}}
     assert with_average("average", w) == {"average": {"de-DE": 0.5, "nl-NL": 0.5}}
+    other = {"fr-FR": 1.0}
+    assert with_average("similarity", w, compare={"transfer": other})["transfer"] == other
+    with pytest.raises(ValueError, match="repeat the main weighting"):
+        with_average("similarity", w, compare={"average": other})

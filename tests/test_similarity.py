@@ -133,3 +133,14 @@ def test_bad_input(kwargs, match):
 def test_locale_without_features_is_an_error():
     with pytest.raises(ValueError, match=r"no URIEL 'syntax_wals' features for az-AZ \(azj\)"):
         sim.uriel_vectors(["de-DE", "az-AZ"], "syntax_wals")
+
+
+def test_select_modes_is_select_per_mode():
+    avail = ["de-DE", "nl-NL", "en-US", "fr-FR"]
+    nxn = pd.DataFrame(0.5, index=avail + ["af-ZA"], columns=avail + ["af-ZA"])
+    got = sim.select_modes("af-ZA", avail, ["similarity", "transfer"], num_languages=2, nxn=nxn)
+    assert list(got) == ["similarity", "transfer"]
+    assert got["similarity"] == sim.select("af-ZA", avail, mode="similarity", num_languages=2)
+    assert got["transfer"] == sim.select("af-ZA", avail, mode="transfer", num_languages=2, nxn=nxn)
+    with pytest.raises(ValueError, match="modes repeat"):
+        sim.select_modes("af-ZA", avail, ["transfer", "transfer"], nxn=nxn)

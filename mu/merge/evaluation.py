@@ -17,17 +17,22 @@ def merged_dir(models_dir: str | os.PathLike, target: str, method: str, mode: st
     return paths.resolve(models_dir) / "merged" / target / f"{method}-{mode}"
 
 
-def with_average(mode: str, weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
+def with_average(mode: str, weights: Mapping[str, float],
+                 compare: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """``{mode: weights}`` plus the equal-weight merge of the *same* sources as its baseline.
 
     The baseline is named ``average`` for the URIEL ``similarity`` sources (the seed's
     ``--mode average``) and ``average-of-<mode>`` for another mode's sources, so merges of
-    different source sets never share a name or a folder.
+    different source sets never share a name or a folder. ``compare``: further weightings
+    ``{mode: weights}`` merged beside them (notebook 03's ``compare_modes``, e.g. ``transfer``).
     """
     equal = {loc: 1.0 / len(weights) for loc in weights}
-    if mode == "average":
-        return {"average": equal}
-    return {mode: dict(weights), "average" if mode == "similarity" else f"average-of-{mode}": equal}
+    out = {"average": equal} if mode == "average" else {
+        mode: dict(weights), "average" if mode == "similarity" else f"average-of-{mode}": equal}
+    clash = sorted(set(compare or {}) & set(out))
+    if clash:
+        raise ValueError(f"compare modes {clash} repeat the main weighting's {sorted(out)}")
+    return {**out, **{m: dict(w) for m, w in (compare or {}).items()}}
 
 
 def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
