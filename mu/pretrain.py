@@ -290,7 +290,9 @@ def pretrain(
             "hidden_size": hidden_size, "num_hidden_layers": num_hidden_layers,
             "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size, "max_len": max_len,
             "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
-            "dev_per_locale": dev_per_locale, "embedding_init": embedding_init}
+            "dev_per_locale": dev_per_locale}
+    if embedding_init != "random":  # absent means random: records written before the option stay valid
+        args["embedding_init"] = embedding_init
     record_path, encoder_dir, ckpt_path = out / "pretrain.json", out / "encoder", out / "checkpoint.pt"
     if record_path.is_file():
         old = paths.read_json(record_path)
