@@ -6,7 +6,8 @@ and the URIEL cosine matrices of ``mu.similarity``; notebook 06 reports them bes
 * ``correlations``: for each feature set, Spearman's rho between URIEL cosine and transfer accuracy
   (a) per target, ranking that target's sources (target difficulty cancels out): mean rho over the
   targets, a bootstrap interval over targets, how many are positive, and a one-sample Wilcoxon test
-  of the per-target rhos against 0; (b) pooled over every ordered pair (source ≠ target), with
+  of the per-target rhos against 0; also with donor quality removed (each source's transfer minus
+  its mean transfer to the other targets: does URIEL say more than "this source is good"?); (b) pooled over every ordered pair (source ≠ target), with
   its p-value for reference only (pairs sharing a source or target are not independent).
 * ``weight_spread``: per target, the Sinkhorn row over all other locales after the top-K filter
   and the ``num_languages`` weights the merges receive: how many survive, largest and smallest
@@ -34,18 +35,21 @@ def pairs(nxn: pd.DataFrame, feature_set: str) -> pd.DataFrame:
     sim = similarity.similarity_matrix(feature_set).loc[locales, locales]
     rows = [{"source": s, "target": t, "cosine": float(sim.loc[s, t]), "transfer": float(nxn.loc[s, t])}
             for t in locales for s in locales if s != t]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).dropna(subset=["transfer"])
+    # donor quality removed: the source's transfer minus its mean transfer to the *other* targets
+    total, count = frame.groupby("source")["transfer"].transform("sum"), frame.groupby("source")["transfer"].transform("size")
+    frame["transfer_vs_source_mean"] = frame["transfer"] - (total - frame["transfer"]) / (count - 1).clip(lower=1)
     frame["feature_set"] = feature_set
-    return frame.dropna(subset=["transfer"])
+    return frame
 
 
-def per_target(frame: pd.DataFrame) -> pd.Series:
-    """Spearman's rho of cosine vs transfer over each target's sources (NaN where a side is constant)."""
+def per_target(frame: pd.DataFrame, column: str = "transfer") -> pd.Series:
+    """Spearman's rho of cosine vs ``column`` over each target's sources (NaN where a side is constant)."""
     out = {}
     for target, g in frame.groupby("target", sort=False):
-        constant = g["cosine"].nunique() < 2 or g["transfer"].nunique() < 2
+        constant = g["cosine"].nunique() < 2 or g[column].nunique() < 2
         out[target] = np.nan if len(g) < MIN_SOURCES or constant else float(
-            stats.spearmanr(g["cosine"], g["transfer"]).statistic)
+            stats.spearmanr(g["cosine"], g[column]).statistic)
     return pd.Series(out, name="rho", dtype=float)
 
 
@@ -71,6 +75,7 @@ def correlations(nxn: pd.DataFrame, feature_sets: Sequence[str], *, n_boot: int 
         rows.append({"feature_set": fs, "mean_rho_per_target": float(valid.mean()) if len(valid) else np.nan,
                      "ci_low": low, "ci_high": high, "targets": int(len(valid)),
                      "targets_positive": int((valid > 0).sum()), "wilcoxon_p": wilcoxon_p,
+                     "mean_rho_donor_adjusted": float(per_target(frame, "transfer_vs_source_mean").mean()),
                      "pooled_rho": float(pooled.statistic) if pooled else np.nan,
                      "pooled_p": float(pooled.pvalue) if pooled else np.nan, "pairs": len(frame)})
     return {"summary": pd.DataFrame(rows).set_index("feature_set"), "per_target": pd.DataFrame(per),
@@ -104,10 +109,12 @@ def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int,
     lines = [
         "Spearman's rho between URIEL cosine and measured zero-shot transfer (N×N matrix). `mean_rho_per_target`: "
         "the mean over targets of the rank correlation among that target's sources (95% bootstrap interval over "
-        "targets; `wilcoxon_p`: per-target rhos against 0). `pooled_rho` ranks all pairs at once; its p-value "
+        "targets; `wilcoxon_p`: per-target rhos against 0); `mean_rho_donor_adjusted`: the same after subtracting each "
+        "source's mean transfer to the other targets (donor quality). `pooled_rho` ranks all pairs at once; its p-value "
         "ignores that pairs share sources and targets.",
         "",
-        aggregate.markdown_table(corr["summary"]),
+        aggregate.markdown_table(corr["summary"].assign(**{c: [f"{v:.2g}" if np.isfinite(v) else "—" for v in
+                                                              corr["summary"][c]] for c in ("wilcoxon_p", "pooled_p")})),
         "",
         f"URIEL weights at top-K {top_k} over {int(s['candidates'].iloc[0])} candidate sources ({len(s)} targets): "
         f"the Sinkhorn row keeps {s['kept'].min()}–{s['kept'].max()} sources, weights "

@@ -56,3 +56,11 @@ def test_weight_spread_describes_the_rows_merges_receive(tmp_path):
     assert "top-K 5 over 9 candidate sources (10 targets)" in text and "| feature_set |" in text
     assert plots.similarity_vs_transfer(corr["pairs"], tmp_path / "s.png") and (tmp_path / "s.png").is_file()
     assert plots.clustered_heatmap(_nxn(np.eye(len(LOCS))), tmp_path / "c.png") and (tmp_path / "c.png").is_file()
+
+
+def test_donor_quality_alone_leaves_nothing_after_adjustment():
+    quality = np.linspace(0.3, 0.7, len(LOCS))[:, None] * np.ones((1, len(LOCS)))  # row = source: donor quality only
+    frame = typology.pairs(_nxn(quality), FS)
+    assert np.allclose(frame["transfer_vs_source_mean"], 0.0)
+    got = typology.correlations(_nxn(quality), [FS], n_boot=50)["summary"].loc[FS]
+    assert np.isnan(got["mean_rho_donor_adjusted"]) and np.isfinite(got["mean_rho_per_target"])
