@@ -159,17 +159,24 @@ COMMANDS = ("pretrain", "compare-objectives", "study")
 STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
 
-def _pretrain_args(p) -> None:
+# The study's encoder (README "Real MASSIVE"): the recipe that cleared the lexical baseline.
+STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
+
+
+def _pretrain_args(p, defaults: dict[str, Any] | None = None) -> None:
+    d = {"steps": None, "lr": 5e-4, "embedding_init": "random", **(defaults or {})}
     p.add_argument("--objective", choices=pretrain.OBJECTIVES, default="mlm+tlm+align")
-    p.add_argument("--steps", type=int, required=True, help="optimiser steps (the LR schedule ends there)")
+    p.add_argument("--steps", type=int, required=d["steps"] is None, default=d["steps"],
+                   help="optimiser steps (the LR schedule ends there)" + (f"; default {d['steps']}" if d["steps"] else ""))
     p.add_argument("--minutes", type=float, default=None, help="stop earlier after this much training time")
     p.add_argument("--source", default="massive", help="data whose train split is pretrained on (default %(default)s: "
                    "$MU_MASSIVE_DIR or ../shared/massive/1.1)")
     for name, default in (("vocab-size", 32000), ("hidden-size", 128), ("num-hidden-layers", 4),
                           ("num-attention-heads", 4), ("intermediate-size", 512), ("batch-size", 64)):
         p.add_argument(f"--{name}", type=int, default=default, dest=f"pt_{name.replace('-', '_')}")
-    p.add_argument("--lr", type=float, default=5e-4, dest="pt_lr")
-    p.add_argument("--embedding-init", choices=pretrain.EMBEDDING_INITS, default="random", dest="pt_embedding_init",
+    p.add_argument("--lr", type=float, default=d["lr"], dest="pt_lr")
+    p.add_argument("--embedding-init", choices=pretrain.EMBEDDING_INITS, default=d["embedding_init"],
+                   dest="pt_embedding_init",
                    help="token embeddings: random, or parallel-svd (cross-lingual vectors from MASSIVE's translations)")
 
 
@@ -198,7 +205,7 @@ def add_parsers(sub, key_value) -> None:
     st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
     st.add_argument("--dev", type=int, default=200)
     st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
-    _pretrain_args(st)
+    _pretrain_args(st, STUDY_PRETRAIN)
 
 
 def _pretrain_kwargs(args) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def test_cli_has_the_study_commands():
     assert study._pretrain_kwargs(args)["hidden_size"] == 64
     args = cli.parser().parse_args(["study", "--steps", "5", "--train", "100", "--set", "locales=[en-US, de-DE]"])
     assert (args.train, args.test, args.objective) == (100, 500, "mlm+tlm+align")
+    kw = study._pretrain_kwargs(cli.parser().parse_args(["study"]))  # the study's encoder recipe by default
+    assert (kw["lr"], kw["embedding_init"]) == (1e-3, "parallel-svd")
+    assert cli.parser().parse_args(["study"]).steps == 3000 and study._pretrain_kwargs(args)["embedding_init"] == "parallel-svd"
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
