@@ -58,7 +58,9 @@ def test_massive_settings_run_02_03_04_on_real_locales(tmp_path):
     matrix = paths.read_json(report.record_path("02_training", "mini", "training"))["results"]["evaluation_matrix"]
     assert set(matrix) == set(LOCALES) and all(set(row) == set(LOCALES) for row in matrix.values())
     merged = paths.read_json(report.record_path("03_merging", TARGET, "linear-similarity"))
-    assert {r["system"] for r in merged["rows"]} == {"merge/linear/similarity", "merge/linear/average"}
+    # the profile's compare_modes: the transfer-weighted merge beside the URIEL one and its average
+    assert {r["system"] for r in merged["rows"]} == {"merge/linear/similarity", "merge/linear/average",
+                                                     "merge/linear/transfer"}
     assert all(r["n"] == 120 and TARGET not in r["sources"] for r in merged["rows"])
     ens = paths.read_json(report.record_path("04_ensembling", TARGET, "ensembles"))
     assert ens["params"]["keep_merged"] is False and ens["params"]["max_seq_length"] == 128
