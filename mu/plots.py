@@ -170,9 +170,10 @@ def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd
 
 
 def clustered_heatmap(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "", cmap: str = "viridis",
-                      vmin: float | None = 0.0, vmax: float | None = 1.0) -> plt.Figure:
+                      vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
     """A square matrix (the N×N transfer matrix) with rows and columns ordered by hierarchical
-    clustering (average linkage on the rows / columns as vectors), dendrograms on the sides."""
+    clustering (average linkage on the rows / columns as vectors), dendrograms on the sides;
+    colours span the data's range unless ``vmin``/``vmax`` are given."""
     size = max(6.0, 0.22 * max(frame.shape) + 3)
     grid = sns.clustermap(frame.astype(float), method="average", cmap=cmap, vmin=vmin, vmax=vmax,
                           figsize=(size, size), xticklabels=True, yticklabels=True, cbar_pos=(0.02, 0.82, 0.03, 0.15))

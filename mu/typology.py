@@ -103,6 +103,11 @@ def weight_spread(locales: Sequence[str], *, top_k: int, sinkhorn_iters: int, nu
     return pd.DataFrame(rows).set_index("target")
 
 
+def _span(values: pd.Series) -> str:
+    low, high = values.min(), values.max()
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
 def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int, num_languages: int) -> str:
     """The section notebook 06 adds to ``summary.md``."""
     s = spread
@@ -117,7 +122,7 @@ def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int,
                                                               corr["summary"][c]] for c in ("wilcoxon_p", "pooled_p")})),
         "",
         f"URIEL weights at top-K {top_k} over {int(s['candidates'].iloc[0])} candidate sources ({len(s)} targets): "
-        f"the Sinkhorn row keeps {s['kept'].min()}–{s['kept'].max()} sources, weights "
+        f"the Sinkhorn row keeps {_span(s['kept'])} sources, weights "
         f"{s['min'].min():.3f}–{s['max'].max():.3f} (largest/smallest within a row: median "
         f"{s['max_over_min'].median():.2f}×, effective number of sources median {s['effective'].median():.1f}); "
         f"the {num_languages} a merge receives: {s['chosen_min'].min():.3f}–{s['chosen_max'].max():.3f}, effective "
