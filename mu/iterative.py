@@ -397,11 +397,14 @@ def merges_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                           "target_test": e["merged"]["test"]["accuracy"]} for e in log])
 
 
-def compare(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Runs side by side (``{name: run(...) result}``): test accuracy and training cost (epochs,
-    merges, source-epochs and optimiser steps trained, ``fit`` calls, wall seconds of the cycles)."""
+def compare(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
+    """Runs side by side (``{name: run(...) result}``; a None run, not made, is left out): test accuracy
+    and training cost (epochs, merges, source-epochs and optimiser steps trained, ``fit`` calls, wall
+    seconds of the cycles)."""
     rows = []
     for name, r in results.items():
+        if r is None:
+            continue
         log = r["log"]
         rows.append({"run": name, "accuracy": r["test"]["accuracy"], "macro_f1": r["test"]["macro_f1"],
                      "epochs": log[-1]["epochs"][1], "merges": len(log),
@@ -415,10 +418,17 @@ def compare(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 def report_rows(runs: Mapping[str, Mapping[str, Any]], merge_algorithm: str, mode: str,
                 weights: Mapping[str, float]) -> list[dict[str, Any]]:
-    """One ``mu.report`` row per run ``{"iterative": result, "iterative-adaptive": result}``:
-    ``<name>/<merge_algorithm>/<mode>`` in the ``iterative`` family, with its test scores and sources."""
+    """One ``mu.report`` row per run ``{"iterative": result, "iterative-adaptive": result}`` (None: not
+    made, no row): ``<name>/<merge_algorithm>/<mode>`` in the ``iterative`` family, with its test scores
+    and sources."""
     return [{"system": f"{name}/{merge_algorithm}/{mode}", "family": "iterative", **run["test"],
-             "sources": dict(weights)} for name, run in runs.items()]
+             "sources": dict(weights)} for name, run in runs.items() if run is not None]
+
+
+def inputs(base: str | os.PathLike, runs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``inputs`` of notebook 05's record: the base and each made run's merged model (``{name: result}``)."""
+    return {"base_model": report.describe_input(base),
+            **{name: report.describe_input(r["merged"]) for name, r in runs.items() if r is not None}}
 
 
 def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str,

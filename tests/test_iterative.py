@@ -254,3 +254,14 @@ def test_report_rows_name_each_run_in_the_iterative_family():
     assert [(r["system"], r["family"], r["accuracy"]) for r in rows] == [
         ("iterative/linear/similarity", "iterative", 0.5), ("iterative-adaptive/linear/similarity", "iterative", 0.6)]
     assert all(r["sources"] == {"de-DE": 0.6, "nl-NL": 0.4} and r["n"] == 96 for r in rows)
+
+
+def test_a_run_not_made_is_left_out_of_rows_comparison_and_inputs(tmp_path):
+    fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}, "merged": str(tmp_path / "m"),
+             "log": [{"epochs": [0, 2], "elapsed_s": 1.0, "sources": {}}]}
+    (tmp_path / "m").write_text("x")
+    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
+    assert [r["system"] for r in rows] == ["iterative/linear/similarity"]
+    assert list(iterative.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
+    got = iterative.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
+    assert set(got) == {"base_model", "merged_model"}
