@@ -38,7 +38,7 @@ bench-study: $(STAMP)
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
 # the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
 STUDY_ROOT ?= $(CURDIR)/studies/mini
-STUDY_ARGS ?= --objective mlm+tlm+align --embedding-init parallel-svd --steps 3000 --lr 1e-3 --train 2000 --dev 200 --test 500 --workers 2
+STUDY_ARGS ?= --workers 2  # the encoder recipe and subsample sizes are `python -m mu study`'s defaults (mu.study.STUDY_PRETRAIN)
 study: $(STAMP)
 	MU_ROOT=$(STUDY_ROOT) $(PY) -m mu study $(STUDY_ARGS)
 
