@@ -31,15 +31,18 @@ def head_to_head(table: pd.DataFrame, systems: Sequence[str], baselines: Sequenc
     """One row per (system, baseline), paired over the targets having both (a per-target table
     as ``mu.aggregate.aggregate(...)["table"]``): ``n``, ``mean_diff``, ``diff_ci_low`` /
     ``diff_ci_high`` (percentile bootstrap of the mean difference), ``wins``, ``ties``,
-    ``losses``, ``p_value`` (NaN with its ``note`` when not computable)."""
+    ``losses``, ``p_value`` (NaN with its ``note`` when not computable) and ``p_holm`` (Holm-adjusted over
+    the chosen systems tested against the same baseline)."""
     missing = [s for s in [*systems, *baselines] if s not in table.columns]
     if missing:
         raise ValueError(f"systems {missing} are not columns of the table; columns: {list(table.columns)}")
     columns = list(dict.fromkeys([*systems, *baselines]))
     tests = aggregate.paired_tests(table[columns], min_pairs=min_pairs, others=baselines)
     tests = tests[tests["system"].isin(systems) & tests["baseline"].isin(baselines)].reset_index(drop=True)
+    for _, idx in tests.groupby("baseline").groups.items():
+        tests.loc[idx, "p_holm"] = aggregate.holm(tests.loc[idx, "p_value"].to_numpy(dtype=float))
     ci = [aggregate.bootstrap_ci((table[s] - table[b]).dropna().to_numpy(), n_boot=n_boot, seed=seed)
           for s, b in zip(tests["system"], tests["baseline"])]
     return tests.assign(diff_ci_low=[lo for lo, _ in ci], diff_ci_high=[hi for _, hi in ci])[
         ["system", "baseline", "n", "mean_diff", "diff_ci_low", "diff_ci_high", "wins", "ties", "losses", "p_value",
-         "note"]]
+         "p_holm", "note"]]

@@ -121,6 +121,23 @@ def test_means_bootstrap_and_wilcoxon(root):
     assert tests.loc[("iterative/linear/similarity", "merge/linear/average"), "n"] == len(LOCALES) - 1
 
 
+def test_holm_adjustment():
+    p = [0.01, 0.04, np.nan, 0.03, 0.005]
+    got = aggregate.holm(p)
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 over m = 4 -> 0.02, 0.03, 0.06, 0.06 (monotone)
+    np.testing.assert_allclose(got, [0.03, 0.06, np.nan, 0.06, 0.02])
+    assert np.isnan(aggregate.holm([np.nan])).all() and aggregate.holm([0.9, 0.8]).max() == 1.0
+
+
+def test_tests_carry_holm_per_baseline(root):
+    write_results()
+    tests = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=200, seed=7)["tests"]
+    for _, fam in tests.groupby("baseline"):
+        np.testing.assert_allclose(fam["p_holm"].to_numpy(), aggregate.holm(fam["p_value"].to_numpy()))
+        ok = fam["p_value"].notna()
+        assert (fam.loc[ok, "p_holm"] >= fam.loc[ok, "p_value"]).all()
+
+
 def test_too_few_targets_is_not_computable(root):
     write_results(targets=LOCALES[:3])
     summary = aggregate.aggregate("toy", nxn=make_nxn(), min_pairs=5)
