@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mu import families, paths
+from mu import stats as stats_
 from mu.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1
 from mu.report import ROW_KEYS, describe_input
 
@@ -234,21 +235,6 @@ def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE
     return default
 
 
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input's order.
-    NaN (a test not computable) stays NaN and does not count towards the family's size."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if not m:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
-
-
 def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5, average_system: str = AVERAGE_MERGE,
                  others: Sequence[str] = ()) -> pd.DataFrame:
     """Two-sided Wilcoxon signed-rank test of each system against the average merge
@@ -291,7 +277,7 @@ def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5, average_system: str
                                        "losses", "statistic", "p_value", "note"])
     frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", np.nan)
     for _, idx in frame.groupby("baseline").groups.items():
-        frame.loc[idx, "p_holm"] = holm(frame.loc[idx, "p_value"].to_numpy(dtype=float))
+        frame.loc[idx, "p_holm"] = stats_.holm(frame.loc[idx, "p_value"].to_numpy(dtype=float))
     return frame
 
 

@@ -154,10 +154,15 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
 
 # --------------------------------------------------------------------------- command line
 
-COMMANDS = ("pretrain", "compare-objectives", "study")
+COMMANDS = ("pretrain", "compare-objectives", "study", "tune")
 
 STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
+
+# The fine-tuning probe (mu.tuning): declared before any result; the choice is made on these sources' dev splits.
+TUNE_LOCALES = ("en-US", "hi-IN", "sw-KE")
+TUNE_EPOCHS = (3, 5, 8)
+TUNE_LRS = (5e-4, 1e-3, 2e-3)
 
 # The study's encoder (README "Real MASSIVE"): the recipe that cleared the lexical baseline.
 STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
@@ -206,6 +211,11 @@ def add_parsers(sub, key_value) -> None:
     st.add_argument("--dev", type=int, default=200)
     st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
     _pretrain_args(st, STUDY_PRETRAIN)
+    tu = sub.add_parser("tune", help="choose the fine-tuning recipe (epochs, lr) on the probe sources' dev splits")
+    tu.add_argument("--profile", default="mini")
+    tu.add_argument("--locales", nargs="+", default=list(TUNE_LOCALES), help="probe sources (default %(default)s)")
+    tu.add_argument("--epochs", nargs="+", type=float, default=list(TUNE_EPOCHS))
+    tu.add_argument("--lrs", nargs="+", type=float, default=list(TUNE_LRS))
 
 
 def _pretrain_kwargs(args) -> dict[str, Any]:
@@ -219,6 +229,14 @@ def main(args) -> int:
         base = pretrain.ensure(args.profile, objective=args.objective, locales=mu_locales.LOCALES, source=args.source,
                                steps=args.steps, minutes=args.minutes, **_pretrain_kwargs(args))
         print(f"base: {base}")
+    elif args.command == "tune":
+        from mu import params, tuning
+
+        p02 = params.load_params("02_training", args.profile)
+        chosen = tuning.tune_finetuning(args.profile, args.locales, base_model=p02["base_model"], data=p02["data"],
+                                        epochs_grid=args.epochs, lr_grid=args.lrs, batch_size=p02["batch_size"],
+                                        max_seq_length=p02["max_seq_length"], seed=p02["seed"])
+        print(f"chosen on dev: {chosen}; protocol: {paths.reports_dir('study', args.profile, 'protocol.md')}")
     elif args.command == "compare-objectives":
         table = compare_objectives(args.objectives, args.locales, data=args.data, profile=args.name, epochs=args.epochs,
                         batch_size=32, lr=args.ft_lr, max_seq_length=64, seed=42,

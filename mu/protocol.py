@@ -1,0 +1,106 @@
+"""The study's tuning protocol: every knob the study chose, its value, what chose it and on which data.
+
+A choice is one JSON record, ``reports/study/<profile>/protocol/<knob>.json``, written by whatever made
+it (``mu.tuning`` for the fine-tuning recipe, the study driver for declared values, the adapted family's
+label-free selections); ``write`` renders them all as ``reports/study/<profile>/protocol.md``.
+
+``chosen_by`` says what chose a value, and nothing may be chosen on test labels:
+
+* ``declared``: fixed before any result (the seed's defaults, a documented budget), no measurement;
+* ``dev``: the sources' own dev splits (source side: the target is never read);
+* ``label-free``: a criterion on the target's unlabeled text (entropy, agreement with a teacher);
+* ``tuning-targets``: dev labels of the declared tuning targets, which the main table excludes.
+
+    mu.protocol.record("mini", "02.lr", 1e-3, chosen_by="dev", data="dev split of en-US, hi-IN, sw-KE",
+                       evidence=[{"lr": 1e-3, "dev_accuracy": 0.61}, ...])
+    mu.protocol.write("mini")  # -> reports/study/mini/protocol.md
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mu import paths, report
+
+CHOSEN_BY = {
+    "declared": "fixed before any result, no measurement",
+    "dev": "the sources' own dev splits (the target is never read)",
+    "label-free": "a label-free criterion on the target's unlabeled text",
+    "tuning-targets": "dev labels of the declared tuning targets (excluded from the main table)",
+}
+_KNOB = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def protocol_dir(profile: str) -> Path:
+    return paths.reports_dir("study", profile, "protocol")
+
+
+def record(profile: str, knob: str, value: Any, *, chosen_by: str, data: str,
+           evidence: Sequence[Mapping[str, Any]] = (), note: str = "") -> Path:
+    """Write (atomically, replacing an earlier choice of the same knob) the record of one choice.
+    ``chosen_by`` must be one of ``CHOSEN_BY``: a choice made on test labels has no name here."""
+    if chosen_by not in CHOSEN_BY:
+        raise ValueError(f"chosen_by={chosen_by!r} is not a protocol criterion; valid: {sorted(CHOSEN_BY)} "
+                         "(nothing is chosen on test labels)")
+    if not _KNOB.match(knob):
+        raise ValueError(f"knob name {knob!r} must match {_KNOB.pattern} (e.g. '02.lr')")
+    if not data.strip():
+        raise ValueError(f"knob {knob!r}: say on which data it was chosen (data=...)")
+    return paths.write_json(protocol_dir(profile) / f"{knob}.json", {
+        "knob": knob, "value": value, "chosen_by": chosen_by, "data": data, "note": note,
+        "evidence": [dict(e) for e in evidence], "versions": report.versions()})
+
+
+def load(profile: str) -> dict[str, dict[str, Any]]:
+    """Every recorded choice of ``profile``, by knob name (sorted)."""
+    folder = protocol_dir(profile)
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        rec = paths.read_json(path)
+        if rec.get("chosen_by") not in CHOSEN_BY:
+            raise ValueError(f"{path}: chosen_by={rec.get('chosen_by')!r} is not a protocol criterion "
+                             f"({sorted(CHOSEN_BY)})")
+        found[rec["knob"]] = rec
+    return found
+
+
+def value(profile: str, knob: str) -> Any:
+    """The recorded value of ``knob``; a ``KeyError`` naming the recorded knobs when there is none."""
+    records = load(profile)
+    if knob not in records:
+        raise KeyError(f"no protocol record for {knob!r} in {protocol_dir(profile)}; recorded: {sorted(records)}")
+    return records[knob]["value"]
+
+
+def _cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(profile: str) -> str:
+    """protocol.md: one row per knob (value, chosen by, data, note), then each choice's evidence."""
+    records = load(profile)
+    lines = [f"# Tuning protocol — profile `{profile}`", "",
+             "Every knob the study chose: its value, what chose it and on which data. "
+             "No knob was chosen on test labels; test accuracy is only reported.", "",
+             "| criterion | meaning |", "|---|---|",
+             *[f"| `{k}` | {v} |" for k, v in CHOSEN_BY.items()], "",
+             "| knob | value | chosen by | data | note |", "|---|---|---|---|---|"]
+    lines += [f"| `{k}` | {_cell(r['value'])} | `{r['chosen_by']}` | {_cell(r['data'])} | {_cell(r.get('note', ''))} |"
+              for k, r in records.items()]
+    for k, r in records.items():
+        if r.get("evidence"):
+            cols = list(dict.fromkeys(c for e in r["evidence"] for c in e))
+            lines += ["", f"## `{k}`: evidence", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(_cell(_round(e.get(c, ""))) for c in cols) + " |" for e in r["evidence"]]
+    return "\n".join(lines) + "\n"
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def write(profile: str) -> Path:
+    """Render ``reports/study/<profile>/protocol.md`` from the recorded choices (atomic)."""
+    return paths.write_text(paths.reports_dir("study", profile, "protocol.md"), markdown(profile))

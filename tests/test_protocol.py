@@ -1,0 +1,60 @@
+"""The tuning protocol (mu.protocol) and the fine-tuning recipe chosen on dev (mu.tuning)."""
+
+import pandas as pd
+import pytest
+
+from mu import paths, protocol, tuning
+
+
+def test_record_load_and_markdown(mu_root):
+    protocol.record("prot", "02.lr", 1e-3, chosen_by="dev", data="dev split of en-US",
+                    evidence=[{"lr": 1e-3, "dev_accuracy": 0.61234}, {"lr": 2e-3, "dev_accuracy": 0.6}])
+    protocol.record("prot", "06.tuning_targets", ["en-US"], chosen_by="declared", data="none (declared)")
+    got = protocol.load("prot")
+    assert list(got) == ["02.lr", "06.tuning_targets"] and protocol.value("prot", "02.lr") == 1e-3
+    md = protocol.write("prot").read_text()
+    assert "| `02.lr` | 0.001 | `dev` | dev split of en-US |" in md and "0.6123" in md
+    with pytest.raises(KeyError, match="recorded: \\['02.lr', '06.tuning_targets'\\]"):
+        protocol.value("prot", "02.epochs")
+
+
+@pytest.mark.parametrize("bad", ["test", "test-labels", ""])
+def test_a_choice_on_test_labels_has_no_name(mu_root, bad):
+    with pytest.raises(ValueError, match="nothing is chosen on test labels"):
+        protocol.record("prot2", "x", 1, chosen_by=bad, data="test split")
+
+
+def test_a_tampered_record_is_refused(mu_root):
+    path = protocol.record("prot3", "x", 1, chosen_by="dev", data="dev")
+    paths.write_json(path, {**paths.read_json(path), "chosen_by": "test"})
+    with pytest.raises(ValueError, match="not a protocol criterion"):
+        protocol.load("prot3")
+
+
+def test_choose_breaks_ties_towards_the_cheaper_recipe():
+    grid = pd.DataFrame([
+        {"locale": "a", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.6}, {"locale": "b", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.7},
+        {"locale": "a", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.7}, {"locale": "b", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.6},
+        {"locale": "a", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1}, {"locale": "b", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1}])
+    assert tuning.choose(grid) == {"epochs": 3, "lr": 2e-3, "dev_accuracy": pytest.approx(0.65)}
+
+
+def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch):
+    from mu import data as mu_data
+
+    read = []
+    real = mu_data.load_split
+    monkeypatch.setattr(mu_data, "load_split", lambda loc, split, src="toy": read.append(split) or real(loc, split, src))
+    kw = dict(base_model=toy_base, data="toy", epochs_grid=[1, 2], lr_grid=[2e-3], batch_size=16, max_seq_length=64,
+              seed=42)
+    chosen = tuning.tune_finetuning("tunetoy", ["de-DE"], **kw)
+    assert set(read) == {"train", "dev"}  # never the test split
+    assert chosen["epochs"] in (1, 2) and chosen["lr"] == 2e-3
+    assert protocol.value("tunetoy", "02.epochs") == chosen["epochs"]
+    assert protocol.load("tunetoy")["02.lr"]["chosen_by"] == "dev"
+    grid = paths.read_json(paths.reports_dir("study", "tunetoy", "tuning", "finetune.json"))["grid"]
+    assert len(grid) == 2 and all(0 <= r["dev_accuracy"] <= 1 for r in grid)
+    read.clear()
+    assert tuning.tune_finetuning("tunetoy", ["de-DE"], **kw) == chosen and read == []  # cached: nothing trained
+    with pytest.raises(ValueError, match="must be > 0"):
+        tuning.tune_finetuning("tunetoy", ["de-DE"], **{**kw, "lr_grid": [0]})
