@@ -1,18 +1,34 @@
 """Root pytest hook: every test run (unit tests and nbmake notebooks alike) writes
 under a temporary project root, never into the repository's reports/, models/, cache/.
 
-Set MU_ROOT yourself to keep the artefacts of a test run.
+Set MU_ROOT yourself to keep the artefacts of a test run. Under pytest-xdist (`make test`
+runs two workers) each worker gets its own root below it, so session fixtures (the toy base,
+toy sources) never race, and the notebooks run in order on one worker (they build on each other).
 """
 
 import os
 import tempfile
 
+import pytest
+
 
 def pytest_configure(config):
     if not os.environ.get("MU_ROOT"):
         os.environ["MU_ROOT"] = tempfile.mkdtemp(prefix="mu-test-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ.get("MU_TEST_WORKER_ROOT"):
+        os.environ["MU_ROOT"] = os.path.join(os.environ["MU_ROOT"], worker)
+        os.environ["MU_TEST_WORKER_ROOT"] = "1"
+        os.makedirs(os.environ["MU_ROOT"], exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # nbmake kernels inherit this: tiny toy models train ~10x faster on one thread of a shared CPU
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    # notebooks 01 -> 06 build on each other's results: keep them on one xdist worker, in order
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.xdist_group("notebooks"))
