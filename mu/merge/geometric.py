@@ -331,8 +331,9 @@ def nuslerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], 
             for span in spans:  # pass 1
                 a, b, _ = inputs(span)
                 (ga, where), (gb, _) = groups(a, span), groups(b, span)
+                ga, gb = ga.double(), gb.double()
                 for i, (x, y) in enumerate(((ga, ga), (gb, gb), (ga, gb))):
-                    stats[i, where] += torch.linalg.vecdot(x.double(), y.double(), dim=1)
+                    stats[i, where] += torch.linalg.vecdot(x, y, dim=1)
             ca, cb = _nuslerp_coefficients(stats, t)
             res = torch.empty(shape, dtype=dtype)
             dst = res.reshape(-1)

@@ -64,9 +64,8 @@ def _chunked(state_dicts: Mapping[str, StateDict], base: StateDict | None, key: 
 def _counted(xs: list[torch.Tensor], b: torch.Tensor, epsilon: float) -> tuple[list[torch.Tensor], torch.Tensor,
                                                                                  torch.Tensor]:
     """RAM's task vectors with the entries at most ``epsilon`` zeroed, whether each counts, and the counts."""
-    nonzero = [x.sub_(b).abs() > epsilon for x in xs]
-    counts = torch.stack(nonzero).sum(0)
-    return [x.mul_(nz) for x, nz in zip(xs, nonzero)], torch.stack(nonzero), counts
+    nonzero = torch.stack([x.sub_(b).abs() > epsilon for x in xs])
+    return [x.mul_(nz) for x, nz in zip(xs, nonzero)], nonzero, nonzero.sum(0)
 
 
 @torch.no_grad()

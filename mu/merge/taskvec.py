@@ -32,8 +32,8 @@ with probability p = density − ε + 2ε · r / (d − 1) (a one-entry row: p =
 mergekit fails there), drawn as DARE's masks are (u < p, u from the same seeded
 stream; equal magnitudes ranked by index), then rescaled to the tensor's L1 norm
 as mergekit does (not the paper's 1/p per entry). Its first pass ranks the rows
-chunk by chunk (argsort scratch: 24 bytes per chunk element), so its peak per
-tensor is DARE's: the base, one source and N one-byte masks.
+chunk by chunk (scratch: ~30 bytes per chunk element), so its peak per tensor is
+DARE's: the base, one source and N one-byte masks.
 SCE (``sparsify="variance"``, ``weighting="energy"``, mergekit's ``sce``): one mask
 for all sources keeps the ``density`` fraction of the entries of non-zero variance
 across the task vectors with the largest variance (mergekit's ``select_topk``);
@@ -201,10 +201,12 @@ def _magprune_keep(mag: torch.Tensor, shape: tuple[int, ...], density: float, ep
                    rng: np.random.Generator, step: int) -> torch.Tensor:
     """DELLA's MAGPRUNE mask of one task vector (``mag``: its |δ|, flat): per row along dim 1, keep
     probabilities rising linearly with the magnitude's rank; ranked and drawn chunk by chunk of rows."""
-    rows, d1 = (shape[0], shape[1]) if len(shape) >= 2 else (1, max(mag.numel(), 1))
-    view = mag.view(rows, d1, -1)
-    per = max(1, step // max(view[0].numel(), 1))
     keep = torch.empty(mag.numel(), dtype=torch.bool)
+    if mag.numel() == 0:
+        return keep
+    rows, d1 = (shape[0], shape[1]) if len(shape) >= 2 else (1, mag.numel())
+    view = mag.view(rows, d1, -1)
+    per = max(1, step // view[0].numel())
     for r0 in range(0, rows, per):
         m = view[r0:r0 + per]
         order = torch.argsort(m, dim=1, stable=True)
