@@ -344,6 +344,8 @@ def _select_calculate(state_dicts: Mapping[str, StateDict], names: list[str], ke
             var[where] = torch.var(torch.stack(ds), dim=0, unbiased=False)
         ranks = _Ranks(var, 0, int(int(torch.count_nonzero(var)) * density))
         del var
+    if ranks is None and not energy:
+        return None, None
     keep = torch.empty(base_t.numel(), dtype=torch.bool) if ranks is not None else None
     sq = torch.zeros(len(names), dtype=torch.float64)
     for span in spans:  # pass 2: the mask (the same variance, recomputed), the masked task vectors' squares
