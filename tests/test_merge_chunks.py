@@ -62,7 +62,7 @@ def test_spans_cover_each_tensor_in_whole_rows():
 def test_streamed_methods_do_not_depend_on_the_chunk_size(method):
     """Bit for bit for the elementwise methods, with ties at the magnitude thresholds (rounded deltas) and tie
     windows spanning chunks; to float32 rounding where whole-tensor norms are summed chunk by chunk."""
-    base, sds = _sds(2 if method == "slerp" else 4, seed=3, quantum=0.05)
+    base, sds = _sds(2 if method in registry.PAIRWISE else 4, seed=3, quantum=0.05)
     w = {"s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1}
     w = {k: w[k] for k in sds}
     fn = registry.METHODS[method]
@@ -70,7 +70,7 @@ def test_streamed_methods_do_not_depend_on_the_chunk_size(method):
     for step in (1, 7, 64):
         part = fn(sds, w, base, device="cpu", chunk_elements=step)
         for key in base:
-            if method in ("model_stock", "multislerp"):
+            if method in ("model_stock", "multislerp", "karcher", "nuslerp", "sce"):
                 torch.testing.assert_close(part[key], whole[key], rtol=1e-6, atol=1e-6)
             else:
                 assert torch.equal(part[key], whole[key]), (method, step, key)
@@ -183,7 +183,7 @@ def test_device_is_checked_where_it_enters():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 @pytest.mark.parametrize("method", sorted(set(registry.METHODS) - set(registry.STATISTICS)))
 def test_gpu_merge_equals_cpu(method):
-    base, sds = _sds(2 if method == "slerp" else 3, seed=4)
+    base, sds = _sds(2 if method in registry.PAIRWISE else 3, seed=4)
     w = {k: 1.0 / len(sds) for k in sds}
     cpu = mm.merge(method, sds, w, base if method in registry.USES_BASE else None, device="cpu")
     gpu = mm.merge(method, sds, w, base if method in registry.USES_BASE else None, device="cuda")

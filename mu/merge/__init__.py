@@ -14,6 +14,7 @@ from mu.merge.registry import (
     IGNORES_WEIGHTS,
     METHODS,
     NEEDS_BASE,
+    PAIRWISE,
     STATISTICS,
     STREAMED,
     USES_BASE,
@@ -27,7 +28,8 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "STREAMED", "USES_BASE", "adapt_from",
+    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "PAIRWISE", "STATISTICS", "STREAMED", "USES_BASE",
+    "adapt_from",
     "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
     "merge_models", "merged_dir",
     "regmean_grams",

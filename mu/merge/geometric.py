@@ -1,4 +1,5 @@
-"""``model_stock``, ``multislerp`` and ``slerp`` computed by ``mu`` chunk by chunk (as mergekit 0.1.5 defines them).
+"""``model_stock``, ``multislerp``, ``slerp``, ``karcher`` and ``nuslerp`` computed by ``mu`` chunk by chunk (as
+mergekit 0.1.5 defines them).
 
 All need whole-tensor statistics first (norms, dot products of task vectors),
 then combine the inputs: a first pass over row chunks gathers the statistics, a
@@ -25,6 +26,17 @@ needed more than (N + 2) × the model).
   never split by a chunk) and adds the rows in float64 in one fixed order, so the
   result does not depend on the chunk size (bit for bit). (Per-row float64 products
   cost ~12 ms per 1M-element chunk on this CPU, float32 ``vecdot`` 0.5 ms.)
+* ``karcher``: the weighted Karcher (Fréchet) mean of the unit vectors u_i = θ_i / |θ_i| on the
+  sphere (mergekit's fixed-point iteration: start at the normalised weighted mean, step along
+  Σ α_i θ_i / sin θ_i (u_i − cos θ_i · m), at most ``max_iter`` steps, stop below ``tol``), scaled
+  by Σ α_i |θ_i|; α = the weights (mergekit's ``karcher`` uses equal weights). Every iterate lies
+  in the span of the u_i, so the iteration runs on N coefficients with the Gram matrix of the
+  sources (one pass, float64) and a second pass writes the combination: scratch N chunks and N × N.
+* ``nuslerp``: exactly two sources (task vectors around ``base`` when given), t = the second's
+  weight: slerp of the whole tensor (``flatten``, mergekit's default), of each row (along the
+  last dim), or of each column (``row_wise``); norms clamped at 1e-7, linear where
+  1 − cos² ≤ 1e-16. A first pass sums |a|², |b|², a·b per vector (float64: 24 bytes per vector),
+  the second writes the result.
 """
 
 from __future__ import annotations
@@ -206,3 +218,141 @@ def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], ba
                 dst[chunks.flat(shape, span)] = a.mul_(ca).add_(b, alpha=cb)
             out[key] = res
     return out
+
+
+@torch.no_grad()
+def karcher(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
+            *, max_iter: int = 10, tol: float = 1e-5, device: str | torch.device | None = None,
+            chunk_elements: int | None = None) -> StateDict:
+    """Weighted Karcher mean on the hypersphere, rescaled by the weighted mean norm (the base is not used)."""
+    if not (isinstance(max_iter, int) and max_iter >= 0) or not tol > 0:
+        raise ValueError(f"karcher: max_iter must be an int >= 0 and tol > 0, got {max_iter!r}, {tol!r}")
+    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
+    total = float(sum(weights[k] for k in state_dicts))
+    alphas = torch.tensor([float(weights[k]) / total for k in state_dicts], dtype=torch.float64)
+    out: StateDict = {}
+    with chunks.single_threaded(dev):
+        for key in next(iter(state_dicts.values())):
+            if len(state_dicts) == 1:
+                out[key] = next(iter(state_dicts.values()))[key].clone()
+                continue
+            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev)
+            gram = torch.zeros(len(alphas), len(alphas), dtype=torch.float64, device=dev)
+            for span in spans:  # pass 1: θ_i · θ_j
+                x = torch.stack(_sources(state_dicts, key, span, dev, bufs)).double()
+                gram += x @ x.T
+            coef = _karcher_coefficients(gram.cpu(), alphas, max_iter, tol)
+            res = torch.empty(shape, dtype=dtype)
+            dst = res.reshape(-1)
+            for span in spans:  # pass 2: Σ_j c_j θ_j
+                xs = _sources(state_dicts, key, span, dev, bufs)
+                acc = xs[0].mul_(float(coef[0]))
+                for c, x in zip(coef[1:].tolist(), xs[1:]):
+                    acc.add_(x, alpha=c)
+                dst[chunks.flat(shape, span)] = acc
+            out[key] = res
+    return out
+
+
+def _karcher_coefficients(gram: torch.Tensor, alphas: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
+    """c with Σ_j c_j θ_j = mergekit's ``karcher_merge_tensors(θ, α)``: its iteration on the coefficients β of
+    the mean m = Σ_j β_j u_j in the basis of the unit vectors u_j (Gram matrix U of the u_j)."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    valid = torch.nonzero(norms > tol).squeeze(1)
+    coef = torch.zeros_like(alphas)
+    if valid.numel() == 0:
+        return coef
+    nv = norms[valid]
+    units = gram[valid][:, valid] / torch.outer(nv, nv)
+    a = alphas[valid] / alphas[valid].sum()
+
+    def norm(v: torch.Tensor) -> float:
+        return math.sqrt(max(float(v @ units @ v), 0.0))
+
+    beta = a.clone()
+    mean_norm = norm(beta)
+    beta = torch.eye(len(valid), dtype=beta.dtype)[0] if mean_norm < tol else beta / mean_norm
+    for _ in range(max_iter):
+        dots = (units @ beta).clamp(-1.0, 1.0)
+        theta = torch.arccos(dots)
+        c = torch.where(theta < tol, torch.zeros_like(theta), a * theta / torch.sin(theta))
+        tangent = c - float(c @ dots) * beta  # Σ c_i (u_i − (m·u_i) m)
+        t_norm = norm(tangent)
+        if t_norm < tol:
+            break
+        beta = math.cos(t_norm) * beta + math.sin(t_norm) * tangent / t_norm
+        unit_norm = norm(beta)
+        if unit_norm > tol:
+            beta = beta / unit_norm
+    scale = float(alphas @ norms)
+    coef[valid] = scale * beta / nv
+    return coef
+
+
+@torch.no_grad()
+def nuslerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
+            *, flatten: bool = True, row_wise: bool = False, device: str | torch.device | None = None,
+            chunk_elements: int | None = None) -> StateDict:
+    """mergekit's ``nuslerp``: spherical interpolation of two sources (of their task vectors around ``base``
+    when given) with t = the second's weight, per tensor (``flatten``), per row, or per column (``row_wise``)."""
+    if len(state_dicts) != 2:
+        raise ValueError(f"nuslerp merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
+                         "use multislerp or karcher for more")
+    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
+    first, second = list(state_dicts)
+    t = float(weights[second]) / (float(weights[first]) + float(weights[second]))
+    out: StateDict = {}
+    with chunks.single_threaded(dev):
+        for key in state_dicts[first]:
+            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev, extra=1)
+            if math.prod(shape) == 0:
+                out[key] = torch.empty(shape, dtype=dtype)
+                continue
+            # vectors: (groups in a chunk, vector length) views; stats per vector, accumulated over chunks
+            mode = "flat" if flatten or len(shape) < 2 else ("col" if row_wise else "row")
+            inner = math.prod(shape[1:]) if shape else 1
+            count = {"flat": 1, "col": inner, "row": math.prod(shape[:-1])}[mode]
+
+            def inputs(span: chunks.Span) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                a, b = _sources(state_dicts, key, span, dev, bufs)
+                c = chunks.read(base, key, span, dev, out=bufs[-1]) if base is not None else None
+                return (a.sub_(c), b.sub_(c), c) if c is not None else (a, b, None)
+
+            def groups(x: torch.Tensor, span: chunks.Span) -> tuple[torch.Tensor, slice]:
+                if mode == "flat":
+                    return x.view(1, -1), slice(0, 1)
+                if mode == "col":
+                    return x.view(-1, inner).T, slice(0, inner)
+                rows = x.numel() // shape[-1]
+                first_row = span[0] * (inner // shape[-1])
+                return x.view(rows, shape[-1]), slice(first_row, first_row + rows)
+
+            stats = torch.zeros(3, count, dtype=torch.float64, device=dev)  # per vector: a·a, b·b, a·b
+            for span in spans:  # pass 1
+                a, b, _ = inputs(span)
+                (ga, where), (gb, _) = groups(a, span), groups(b, span)
+                ga, gb = ga.double(), gb.double()
+                for i, (x, y) in enumerate(((ga, ga), (gb, gb), (ga, gb))):
+                    stats[i, where] += torch.linalg.vecdot(x, y, dim=1)
+            ca, cb = _nuslerp_coefficients(stats, t)
+            res = torch.empty(shape, dtype=dtype)
+            dst = res.reshape(-1)
+            for span in spans:  # pass 2: ca · a + cb · b per vector (+ the base)
+                a, b, c = inputs(span)
+                (ga, where), (gb, _) = groups(a, span), groups(b, span)
+                ga.mul_(ca[where].unsqueeze(1)).add_(gb.mul_(cb[where].unsqueeze(1)))
+                dst[chunks.flat(shape, span)] = a.add_(c) if c is not None else a
+            out[key] = res
+    return out
+
+
+def _nuslerp_coefficients(stats: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per vector, (ca, cb) with ca · a + cb · b = mergekit's ``nuslerp(t, a, b)`` (float32 coefficients)."""
+    na, nb = (stats[i].clamp_min(0).sqrt().clamp_min(1e-7) for i in (0, 1))
+    cos = (stats[2] / (na * nb)).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= EPS**2
+    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
+    sin = torch.where(colinear, torch.ones_like(theta), torch.sin(theta))
+    ca = torch.where(colinear, torch.full_like(cos, 1 - t), torch.sin((1 - t) * theta) / sin)
+    cb = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / sin)
+    return ca.float(), cb.float()

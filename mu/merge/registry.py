@@ -29,6 +29,15 @@ mergekit 0.1.5's to float32 rounding; tests compare the two):
   around ``base`` (on task vectors) when a base is given, on raw weights otherwise.
 * ``model_stock``: needs base and at least two sources; it ignores the weights
   (its ratio comes from the angle between task vectors), they only pick the sources.
+* mergekit 0.1.5's other methods: ``breadcrumbs_ties``, ``della``, ``della_linear``
+  (task-vector family, weights as TIES/DARE), ``sce`` (task-vector family; weights from
+  the task vectors' energy, the given ones unused), ``karcher`` (α_i = the weights; no
+  base), ``nuslerp`` (two sources, t = the second's weight, around ``base`` when given)
+  (``mu.merge.geometric``), ``ram`` / ``ramplus_tl`` (need base, ignore the weights),
+  ``nearswap`` / ``arcee_fusion`` (two sources: the larger weight is mergekit's base,
+  the pretrained base unused) (``mu.merge.selective``). ``passthrough`` (layer
+  stacking) does not apply: it builds a model with more layers, not a classifier of
+  the sources' architecture.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, taskvec
+from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, selective, taskvec
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -83,6 +92,27 @@ TASK_VECTOR_KNOBS = {
     "random": {"density", "lambda_", "rescale", "seed"},
     "breadcrumbs": {"density", "gamma", "lambda_", "rescale"},
 }
+# mergekit 0.1.5's other methods (issue 20): all computed chunk by chunk.
+_tv = taskvec.task_vectors
+METHODS.update({
+    "breadcrumbs_ties": functools.partial(_tv, sparsify="breadcrumbs", consensus=True, density=0.9, gamma=0.01),
+    "della": functools.partial(_tv, sparsify="magprune", consensus=True, density=0.5, epsilon=0.15, rescale=True),
+    "della_linear": functools.partial(_tv, sparsify="magprune", consensus=False, density=0.5, epsilon=0.15,
+                                      rescale=True),
+    "sce": functools.partial(_tv, sparsify="variance", consensus=True, weighting="energy", density=1.0),
+    "karcher": geometric.karcher, "nuslerp": geometric.nuslerp,
+    "nearswap": selective.nearswap, "arcee_fusion": selective.arcee_fusion,
+    "ram": selective.ram, "ramplus_tl": selective.ramplus_tl,
+})
+_NEW_BASE = {"breadcrumbs_ties", "della", "della_linear", "sce", "ram", "ramplus_tl"}
+NEEDS_BASE, USES_BASE = NEEDS_BASE | _NEW_BASE, USES_BASE | _NEW_BASE | {"nuslerp"}
+IGNORES_WEIGHTS = IGNORES_WEIGHTS | {"sce", "ram", "ramplus_tl"}
+STREAMED = STREAMED | {"breadcrumbs_ties", "della", "della_linear", "sce", "karcher", "nuslerp", "nearswap",
+                       "arcee_fusion", "ram", "ramplus_tl"}
+FIXED = FIXED | {"weighting"}
+TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "seed"},
+                         variance={"density", "lambda_"})
+PAIRWISE = frozenset({"slerp", "nuslerp", "nearswap", "arcee_fusion"})  # merge exactly two sources
 HEAD_PREFIX = "classifier."
 EMBEDDINGS_PREFIX = "roberta.embeddings."
 

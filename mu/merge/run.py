@@ -8,10 +8,15 @@ parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
 250002×768 ≈ 0.77 GB):
 
     peak ≈ 4P (output) + N chunks
-           + 4T (base) + 4T (one source, for its magnitude threshold)  TIES, breadcrumbs
+           + 4T (base) + 4T (one source, for its magnitude threshold)    TIES, breadcrumbs(_ties)
            + 4T (base) + N·T (one-byte masks)                            DARE
+           + 4T (base) + 4T (one source) + N·T (one-byte masks)          DELLA
+           + 4T (base) + 4T (variances) + T (one-byte mask)              SCE
            + 4T (the float32 output of one tensor)                       multislerp
            + 24 bytes per row of the largest tensor (float64 partials)   slerp
+           + 24 bytes per vector (float64 partials; per tensor: none)    nuslerp
+           + ≤ 1M importances (+ 1M int64 sample positions)              arcee_fusion
+           + nothing more (N × N Gram; counts)                           karcher, nearswap, ram, ramplus_tl
 
 The Fisher / RegMean methods hold one
 tensor per input (and per statistic) plus their scratch. ``make bench``

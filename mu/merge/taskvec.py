@@ -1,5 +1,5 @@
-"""``linear`` and the task-vector family (task arithmetic, TIES, DARE, breadcrumbs), computed by ``mu``
-chunk by chunk on any device, in bounded memory.
+"""``linear`` and the task-vector family (task arithmetic, TIES, DARE, breadcrumbs, DELLA, SCE), computed by
+``mu`` chunk by chunk on any device, in bounded memory.
 
 They compute what mergekit 0.1.5's ``linear`` and ``GeneralizedTaskArithmeticMerge``
 compute (tests compare them), without its stacked copies of every task vector:
@@ -25,6 +25,24 @@ indices among them, mergekit whichever its unstable sort puts first.
 DARE's masks come from one seeded ``numpy`` PCG64 stream per (tensor,
 source), drawn on the CPU whatever the device, so a merge is reproducible,
 independent of chunking, of the order of the sources and of the device.
+
+DELLA (``sparsify="magprune"``, mergekit's ``della_magprune``): within each row
+(along dim 1; a vector is one row) the entry of ascending-|δ| rank r of d keeps
+with probability p = density − ε + 2ε · r / (d − 1) (a one-entry row: p = density;
+mergekit fails there), drawn as DARE's masks are (u < p, u from the same seeded
+stream; equal magnitudes ranked by index), then rescaled to the tensor's L1 norm
+as mergekit does (not the paper's 1/p per entry). Its first pass ranks the rows
+chunk by chunk (scratch: ~30 bytes per chunk element), so its peak per tensor is
+DARE's: the base, one source and N one-byte masks.
+SCE (``sparsify="variance"``, ``weighting="energy"``, mergekit's ``sce``): one mask
+for all sources keeps the ``density`` fraction of the entries of non-zero variance
+across the task vectors with the largest variance (mergekit's ``select_topk``);
+each source's weight is the mean square of its masked task vector, normalised to
+sum 1 (uniform when that sum is below 1e-6: the given weights are not used); the
+sign is elected on the unweighted sum of the masked task vectors and the agreeing
+sources' weights are the divisor (clamped at 1e-6). Three passes per tensor: the
+variance (into a whole-tensor float32 buffer for its k-th-value threshold), the
+mask (one byte per entry) with the weights, the merge.
 """
 
 from __future__ import annotations
@@ -38,7 +56,9 @@ import torch
 from mu.merge import chunks
 
 StateDict = dict[str, torch.Tensor]
-SPARSIFY = ("none", "magnitude", "random", "breadcrumbs")
+SPARSIFY = ("none", "magnitude", "random", "breadcrumbs", "magprune", "variance")
+WEIGHTING = ("given", "energy")
+SCE_EPS = 1e-6  # mergekit's sce: uniform weights below this sum; the divisor's clamp
 RESCALE_EPS = 1e-7  # mergekit's rescaled_masked_tensor: no rescaling when either L1 norm is below this
 
 
@@ -177,9 +197,31 @@ def _rng(seed: int, key: str, name: str) -> np.random.Generator:
         [seed, zlib.crc32(key.encode()), zlib.crc32(name.encode())])))
 
 
-def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, *, density: float, gamma: float,
-             rescale: bool, rng: np.random.Generator, step: int) -> dict:
-    """One source's whole-tensor sparsification state: ranks or DARE drop mask, and its rescale factor."""
+def _magprune_keep(mag: torch.Tensor, shape: tuple[int, ...], density: float, epsilon: float,
+                   rng: np.random.Generator, step: int) -> torch.Tensor:
+    """DELLA's MAGPRUNE mask of one task vector (``mag``: its |δ|, flat): per row along dim 1, keep
+    probabilities rising linearly with the magnitude's rank; ranked and drawn chunk by chunk of rows."""
+    keep = torch.empty(mag.numel(), dtype=torch.bool)
+    if mag.numel() == 0:
+        return keep
+    rows, d1 = (shape[0], shape[1]) if len(shape) >= 2 else (1, mag.numel())
+    view = mag.view(rows, d1, -1)
+    per = max(1, step // view[0].numel())
+    for r0 in range(0, rows, per):
+        m = view[r0:r0 + per]
+        order = torch.argsort(m, dim=1, stable=True)
+        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(d1, device=m.device).view(1, -1, 1)
+                                                 .expand_as(order))
+        rank_norm = (ranks.float() / (d1 - 1)).clamp(0, 1) if d1 > 1 else torch.full(m.shape, 0.5)
+        probs = (density - epsilon) + rank_norm * 2 * epsilon  # mergekit's expression, in float32
+        u = torch.from_numpy(rng.random(m.numel(), dtype=np.float32))  # one sequential stream, as DARE's
+        keep[r0 * view[0].numel():r0 * view[0].numel() + m.numel()] = (u < probs.cpu().reshape(-1))
+    return keep
+
+
+def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, shape: tuple[int, ...], *, density: float,
+             gamma: float, epsilon: float, rescale: bool, rng: np.random.Generator, step: int) -> dict:
+    """One source's whole-tensor sparsification state: ranks or DARE / DELLA drop mask, and its rescale factor."""
     state: dict = {"scale": 1.0}
     n = theta.numel()
     if sparsify in ("magnitude", "breadcrumbs"):
@@ -188,17 +230,21 @@ def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, *, density:
             return state
         sel = _Ranks(theta.sub_(base).abs_(), *ranks)
         state["ranks"], total, kept = sel, sel.total, sel.kept
-    elif sparsify == "random":
+    elif sparsify in ("random", "magprune"):
         if density >= 1.0:
             return state
-        keep = torch.empty(n, dtype=torch.bool)
-        for start in range(0, n, step):  # one sequential stream: the mask does not depend on `step`
-            keep[start:start + step] = torch.from_numpy(rng.random(min(step, n - start), dtype=np.float32)
-                                                        < density)
+        if sparsify == "magprune":
+            mag = theta.sub_(base).abs_()
+            keep = _magprune_keep(mag, shape, density, epsilon, rng, step)
+        else:
+            keep = torch.empty(n, dtype=torch.bool)
+            for start in range(0, n, step):  # one sequential stream: the mask does not depend on `step`
+                keep[start:start + step] = torch.from_numpy(rng.random(min(step, n - start), dtype=np.float32)
+                                                            < density)
         state["keep"] = keep
         if not rescale:
             return state
-        mag = theta.sub_(base).abs_()
+        mag = mag if sparsify == "magprune" else theta.sub_(base).abs_()
         total = float(mag.sum())
         kept = float(mag.mul_(keep.to(mag.device)).sum())
     else:
@@ -225,10 +271,12 @@ def task_vectors(
     weights: Mapping[str, float],
     base: StateDict | None = None,
     *,
-    sparsify: Literal["none", "magnitude", "random", "breadcrumbs"] = "none",
+    sparsify: Literal["none", "magnitude", "random", "breadcrumbs", "magprune", "variance"] = "none",
     consensus: bool = False,
+    weighting: Literal["given", "energy"] = "given",
     density: float = 1.0,
     gamma: float = 0.01,
+    epsilon: float = 0.15,
     lambda_: float = 1.0,
     rescale: bool = False,
     seed: int = 42,
@@ -239,9 +287,14 @@ def task_vectors(
 
     ``sparsify``: keep a ``density`` fraction of each task vector by magnitude
     (TIES), at random (DARE, seeded by ``seed``, the tensor and the source's
-    name) or by magnitude after dropping the top ``gamma`` outliers
-    (breadcrumbs). ``consensus``: TIES sign election (sum rule). ``rescale``:
-    rescale each kept task vector to its original L1 norm (as mergekit does).
+    name), by magnitude after dropping the top ``gamma`` outliers
+    (breadcrumbs), at random with probabilities density ± ``epsilon`` by
+    magnitude rank within each row (DELLA's MAGPRUNE, seeded as DARE), or one
+    mask for all sources by the variance across them (SCE's select).
+    ``consensus``: TIES sign election (sum rule). ``weighting``: ``"given"`` (the
+    weights) or ``"energy"`` (SCE: per tensor, each masked task vector's mean
+    square, the sign elected on the unweighted sum). ``rescale``: rescale each
+    kept task vector to its original L1 norm (as mergekit does).
     ``device`` (None: CUDA when available) and ``chunk_elements`` set where and in
     what pieces it computes, not the result (to float32 rounding).
     """
@@ -249,8 +302,14 @@ def task_vectors(
         raise ValueError("task-vector methods need the base (pretrained) state dict")
     if sparsify not in SPARSIFY:
         raise ValueError(f"unknown sparsify {sparsify!r}; valid: {list(SPARSIFY)}")
+    if weighting not in WEIGHTING:
+        raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTING)}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if sparsify == "magprune" and density < 1.0 and not (epsilon >= 0 and 0 < density - epsilon
+                                                        and density + epsilon < 1):
+        raise ValueError(f"epsilon={epsilon} with density={density}: epsilon must be >= 0 and density ± epsilon "
+                         "in (0, 1)")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
     names = list(state_dicts)
     w32 = torch.tensor([float(weights[name]) for name in names], dtype=torch.float32)  # mergekit's float32 weights
@@ -260,45 +319,108 @@ def task_vectors(
     with chunks.single_threaded(dev):
         for key in base:
             out[key] = _task_vector_tensor(state_dicts, names, w, divisor, base, key, dev, step, sparsify=sparsify,
-                                           consensus=consensus, density=density, gamma=gamma, lambda_=lambda_,
-                                           rescale=rescale, seed=seed)
+                                           consensus=consensus, weighting=weighting, density=density, gamma=gamma,
+                                           epsilon=epsilon, lambda_=lambda_, rescale=rescale, seed=seed)
     return out
+
+
+def _select_calculate(state_dicts: Mapping[str, StateDict], names: list[str], key: str, base_t: torch.Tensor,
+                      shape: tuple[int, ...], spans: list, dev: torch.device, bufs: list[torch.Tensor],
+                      scratch: tuple[torch.Tensor, torch.Tensor], *, density: float,
+                      energy: bool) -> tuple[torch.Tensor | None, list[float] | None]:
+    """SCE's select and calculate steps for one tensor: the mask shared by all sources (None: keep all) and
+    the energy weights (None unless ``energy``)."""
+
+    def deltas(span: chunks.Span) -> tuple[slice, list[torch.Tensor]]:
+        where = chunks.flat(shape, span)
+        return where, [chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(base_t[where])
+                       for name, buf in zip(names, bufs)]
+
+    ranks = None
+    if density < 1.0:  # pass 1: the variance across the task vectors, its k-th-value threshold
+        var = torch.empty(base_t.numel(), device=dev)
+        for span in spans:
+            where, ds = deltas(span)
+            var[where] = torch.var(torch.stack(ds), dim=0, unbiased=False)
+        ranks = _Ranks(var, 0, int(int(torch.count_nonzero(var)) * density))
+        del var
+    if ranks is None and not energy:
+        return None, None
+    keep = torch.empty(base_t.numel(), dtype=torch.bool) if ranks is not None else None
+    sq = torch.zeros(len(names), dtype=torch.float64)
+    for span in spans:  # pass 2: the mask (the same variance, recomputed), the masked task vectors' squares
+        where, ds = deltas(span)
+        if ranks is not None:
+            v = torch.var(torch.stack(ds), dim=0, unbiased=False)
+            ranks.apply(v, scratch[0][:v.numel()], scratch[1][:v.numel()])
+            kept = v > 0  # kept variances are at least the k-th largest, which is positive
+            keep[where] = kept.cpu()
+            ds = [d.mul_(kept) for d in ds]
+        if energy:
+            sq += torch.stack([torch.linalg.vecdot(d, d).double() for d in ds]).cpu()
+    if not energy:
+        return keep, None
+    means = sq / max(base_t.numel(), 1)
+    total = float(means.sum())
+    return keep, [1.0 / len(names)] * len(names) if abs(total) < SCE_EPS else (means / total).tolist()
 
 
 def _task_vector_tensor(state_dicts: Mapping[str, StateDict], names: list[str], w: list[float], divisor: float,
                         base: StateDict, key: str, dev: torch.device, step: int, *, sparsify: str, consensus: bool,
-                        density: float, gamma: float, lambda_: float, rescale: bool, seed: int) -> torch.Tensor:
+                        weighting: str, density: float, gamma: float, epsilon: float, lambda_: float, rescale: bool,
+                        seed: int) -> torch.Tensor:
     shape, dtype = chunks.shape_dtype(base, key)
     whole = None if not shape else (0, shape[0])
     base_t = chunks.read(base, key, whole, dev)
-    states = [_prepare(sparsify, chunks.read(state_dicts[name], key, whole, dev, copy=True), base_t,
-                       density=density, gamma=gamma, rescale=rescale, rng=_rng(seed, key, name), step=step)
-              if sparsify != "none" else {"scale": 1.0} for name in names]
-    res = torch.empty(shape, dtype=dtype)
-    dst = res.reshape(-1)
     spans = chunks.spans(shape, step)
     size = chunks.flat(shape, spans[0]).stop
     bufs = [torch.empty(size, device=dev) for _ in names]  # one chunk per source, reused: no allocation per chunk
     mixed_buf, div_buf, sign_buf, mag_buf, ind_buf = (torch.empty(size, device=dev) for _ in range(5))
+    energy = weighting == "energy"
+    if sparsify == "variance" or energy:  # SCE: one mask for all sources, weights from the task vectors
+        keep, energy_w = _select_calculate(state_dicts, names, key, base_t, shape, spans, dev, bufs,
+                                           (mag_buf, ind_buf), density=density if sparsify == "variance" else 1.0,
+                                           energy=energy)
+        states = [{"scale": 1.0, **({"keep": keep} if keep is not None else {})} for _ in names]
+        if energy:
+            w, divisor = energy_w, 1.0
+    else:
+        states = [_prepare(sparsify, chunks.read(state_dicts[name], key, whole, dev, copy=True), base_t, shape,
+                           density=density, gamma=gamma, epsilon=epsilon, rescale=rescale,
+                           rng=_rng(seed, key, name), step=step)
+                  if sparsify != "none" else {"scale": 1.0} for name in names]
+    res = torch.empty(shape, dtype=dtype)
+    dst = res.reshape(-1)
     for span in spans:
         where = chunks.flat(shape, span)
         b = base_t[where]
         m = b.numel()
         deltas = [_sparsified(chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(b), state, where,
-                              mag_buf, ind_buf).mul_(w[i])
-                  for i, (name, state, buf) in enumerate(zip(names, states, bufs))]
+                              mag_buf, ind_buf)
+                  for name, state, buf in zip(names, states, bufs)]
+        if consensus and energy:  # SCE elects the sign on the unweighted sum
+            sign = sign_buf[:m].copy_(deltas[0])
+            for d in deltas[1:]:
+                sign.add_(d)
+            sign.sign_().add_(0.5).sign_()
+        for i, d in enumerate(deltas):
+            d.mul_(w[i])
         mixed = mixed_buf[:m].copy_(deltas[0])
         for d in deltas[1:]:
             mixed.add_(d)
         if consensus:  # keep the entries whose sign agrees with sign(Σ w_i δ_i) (>= 0 counts as +)
-            sign = torch.sign(mixed, out=sign_buf[:m]).add_(0.5).sign_()  # +1 / -1, zero counted as +
+            if not energy:
+                sign = torch.sign(mixed, out=sign_buf[:m]).add_(0.5).sign_()  # +1 / -1, zero counted as +
             div, ind = div_buf[:m].zero_(), ind_buf[:m]
             mixed.zero_()
             for i, d in enumerate(deltas):
                 d.mul_(sign)  # > 0 where δ_i has the majority's sign (zeros never agree)
                 div.add_(torch.sign(d, out=ind).clamp_min_(0.0), alpha=w[i])
                 mixed.add_(d.clamp_min_(0.0))
-            div.add_(torch.sign(div, out=ind).neg_().add_(1.0))  # no agreeing source: divide by 1
+            if energy:
+                div.clamp_min_(SCE_EPS)  # mergekit's sce
+            else:
+                div.add_(torch.sign(div, out=ind).neg_().add_(1.0))  # no agreeing source: divide by 1
             mixed.mul_(sign).div_(div)
         else:
             mixed.div_(divisor)
