@@ -11,12 +11,14 @@ from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
     ADAPTIVE,
+    EXACT_SOURCES,
     IGNORES_WEIGHTS,
     METHODS,
     NEEDS_BASE,
     STATISTICS,
     STREAMED,
     USES_BASE,
+    WHOLE_MATRICES,
     check_weights,
     knobs,
     knobs_for,
@@ -27,7 +29,8 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "STREAMED", "USES_BASE", "adapt_from",
+    "ADAPTIVE", "EXACT_SOURCES", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "STREAMED", "USES_BASE",
+    "WHOLE_MATRICES", "adapt_from",
     "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
     "merge_models", "merged_dir",
     "regmean_grams",

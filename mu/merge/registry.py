@@ -29,6 +29,9 @@ mergekit 0.1.5's to float32 rounding; tests compare the two):
   around ``base`` (on task vectors) when a base is given, on raw weights otherwise.
 * ``model_stock``: needs base and at least two sources; it ignores the weights
   (its ratio comes from the angle between task vectors), they only pick the sources.
+* ``tsv_m``, ``iso_c``, ``iso_cts`` (``mu.merge.spectral``) and ``widen`` (``mu.merge.widen``), written in
+  ``mu`` after the papers and their authors' code (mergekit has none): each task vector is scaled by
+  N·w_i first, so equal weights give the published method; θ = θ_base + λ·Δ (``lambda_``; widen: none).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, taskvec
+from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, spectral, taskvec, widen
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -83,6 +86,16 @@ TASK_VECTOR_KNOBS = {
     "random": {"density", "lambda_", "rescale", "seed"},
     "breadcrumbs": {"density", "gamma", "lambda_", "rescale"},
 }
+# Spectral and disentanglement task-vector methods (mu.merge.spectral, mu.merge.widen), all on the base:
+# tsv_m / iso_c / iso_cts read each weight matrix whole, one source at a time (WHOLE_MATRICES, given unread
+# tensors like STREAMED); widen reads row chunks.
+METHODS.update(spectral.METHODS, widen=widen.widen)
+WHOLE_MATRICES = frozenset(spectral.METHODS)
+NEEDS_BASE |= WHOLE_MATRICES | {"widen"}
+USES_BASE |= NEEDS_BASE
+STREAMED |= {"widen"}
+# Methods defined for an exact number of sources (the others take any number).
+EXACT_SOURCES = {"slerp": 2}
 HEAD_PREFIX = "classifier."
 EMBEDDINGS_PREFIX = "roberta.embeddings."
 
@@ -198,7 +211,7 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
-        if method in STREAMED:  # the tensor still unread: the method reads it in row chunks
+        if method in STREAMED or method in WHOLE_MATRICES:  # the tensor still unread: the method reads it
             out.update(fn({s: lazy.select(state_dicts[s], [key]) for s in sources}, w,
                           lazy.select(base, [key]) if base is not None else None, device=dev, **knobs_))
             continue
