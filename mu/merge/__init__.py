@@ -7,6 +7,7 @@ saved in HF format with ``merge_details.json``). Both take ``device`` (None:
 CUDA when available); the ``STREAMED`` methods compute in row chunks.
 """
 
+from mu.merge import sweep  # notebook 03's compare_methods: every method on one target
 from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
@@ -33,5 +34,5 @@ __all__ = [
     "WHOLE_MATRICES", "adapt_from",
     "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
     "merge_models", "merged_dir",
-    "regmean_grams",
+    "regmean_grams", "sweep",
 ]
