@@ -57,3 +57,25 @@ def test_compare_runs_each_method_under_every_weighting(perturbed_sources, toy_b
     assert not table[table["system"].notna()]["accuracy"].isna().any()
     # the data-dependent method computed its Fishers on each source's own train split (cached)
     assert len(list(paths.cache_dir("merge_stats").glob("fishers-*"))) >= 3
+
+
+def test_compare_skips_only_what_ran_at_its_defaults(monkeypatch):
+    calls = []
+
+    def fake(method, target, weightings, **kw):
+        calls.append((method, kw))
+        return [{"system": f"merge/{method}/{w}", "family": "merge", "accuracy": 0.5, "sources": dict(ws),
+                 "model": f"/nowhere/{method}-{w}", "model_sha256": "0" * 64} for w, ws in weightings.items()]
+
+    monkeypatch.setattr(mm.sweep, "evaluate_merges", fake)
+    weightings = {"similarity": {"a": 0.6, "b": 0.4}, "average": {"a": 0.5, "b": 0.5}}
+    table, records = mm.sweep.compare(["linear", "ties", "slerp"], "sw-KE", weightings, mode="similarity",
+                                      skip=["linear", "ties-density0.3"], models_dir="m", data="toy",
+                                      base_model=None, keep_merged=False, seed=1)
+    assert [m for m, _ in calls] == ["ties", "slerp"]  # ties ran with other knobs in the main cells: default here
+    assert all(kw["keep_merged"] is False and kw["seed"] == 1 and "density" not in kw for _, kw in calls)
+    assert set(records) == {"ties-similarity", "slerp-similarity"}
+    assert records["ties-similarity"]["inputs"]["merge/ties/average"] == {"path": "/nowhere/ties-average",
+                                                                         "sha256": "0" * 64}
+    assert list(table["system"]) == ["merge/ties/similarity", "merge/ties/average", "merge/slerp/similarity",
+                                     "merge/slerp/average"]

@@ -59,8 +59,9 @@ def compare(compare_methods: str | Sequence[str], target: str, weightings: Mappi
             mode: str, skip: Sequence[str] = (), models_dir: str | os.PathLike, data: str | os.PathLike,
             base_model: str | os.PathLike | None, keep_merged: bool = True,
             **merge_kw: Any) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    """Merge ``target``'s sources under every weighting with each method of ``compare_methods`` but
-    ``skip`` (the notebook's main ``method``, already run) and evaluate each merge on the target.
+    """Merge ``target``'s sources under every weighting with each method of ``compare_methods`` (at its
+    defaults) and evaluate each merge on the target; ``skip``: merge labels already run (notebook 03's main
+    ``method`` with its knobs, ``mu.merge.label``), so a method is skipped only if it ran at its defaults.
 
     ``mode`` (the main weighting) names the records; ``merge_kw`` goes to ``evaluate_merges`` (seed,
     statistics sizes, batch_size, max_seq_length; never a method's knobs). ``keep_merged=False`` deletes
@@ -68,7 +69,7 @@ def compare(compare_methods: str | Sequence[str], target: str, weightings: Mappi
     method and weighting: accuracy, or why not run; seconds per method) and ``{record name: {"rows",
     "results", "inputs"}}`` for ``mu.report.save``.
     """
-    methods = [m for m in check_methods(compare_methods) if m not in set(skip)]
+    methods = [m for m in check_methods(compare_methods) if registry.label(m) not in set(skip)]
     table, records = [], {}
     for method in methods:
         run = {w: dict(weights) for w, weights in weightings.items() if not_applicable(method, weights) is None}
