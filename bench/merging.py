@@ -2,8 +2,12 @@
 I/O floor.
 
 Every measurement runs in its own process (``bench.proc``). Every data-free
-method is measured with ``mu`` (its defaults: TIES density 0.5, DARE density 0.5
-rescaled, breadcrumbs density 0.9 / gamma 0.01, λ = 1, normalised; fp32 out).
+method of ``mu.merge.METHODS`` (all but those needing data statistics or target
+texts: ``mu.merge.STATISTICS``) is measured with ``mu`` at its defaults (e.g. TIES
+density 0.5, DARE density 0.5 rescaled, breadcrumbs density 0.9 / gamma 0.01,
+λ = 1, normalised; fp32 out): linear and TIES first, then the chunk-streamed
+methods, then those holding whole tensors (``peak_estimate`` says beforehand
+whether they fit the memory limit; a merge that would not is skipped, with why).
 For ``MERGEKIT`` methods the mergekit CLI gets the same checkpoints, weights and
 settings, and the two outputs are compared tensor by tensor (``max_abs_diff``)
 so the two timings are of the same computation.
@@ -11,6 +15,7 @@ so the two timings are of the same computation.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -23,8 +28,18 @@ from bench import proc
 from mu import paths
 from mu.merge import lazy
 
-METHODS = ("linear", "ties", "task_arithmetic", "breadcrumbs", "dare_ties", "model_stock", "multislerp", "slerp",
-           "dare_linear")  # measured in this order: what the budget cuts first comes last
+
+
+def data_free() -> tuple[str, ...]:
+    """The measured methods in order (what the budget cuts first comes last): linear and TIES (beside
+    mergekit), the other streamed methods, then those reading whole tensors, each in registry order."""
+    from mu.merge import METHODS as ALL, STATISTICS, STREAMED
+
+    rest = [m for m in ALL if m not in STATISTICS and m not in ("linear", "ties")]
+    return ("linear", "ties", *sorted(rest, key=lambda m: (m not in STREAMED, rest.index(m))))
+
+
+METHODS = data_free()
 MERGEKIT = ("linear", "ties")  # methods also timed with the mergekit CLI (the same computation)
 TIES_DENSITY = 0.5
 WARM_PASSES = 3  # warm reads per file in the floor; the fastest counts
@@ -41,6 +56,26 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"the benchmark merges with {list(METHODS)}, not {method!r}")
     return method
+
+
+def peak_estimate(method: str, n: int, base: Path) -> tuple[float, str] | None:
+    """mu's peak bytes merging ``n`` checkpoints shaped like ``base`` with a method that holds whole tensors
+    (None for the chunk-streamed ones, whose peak is measured and extrapolated): the output (4 bytes per
+    parameter) plus, per tensor, what the method holds of it (see ``mu.merge.run`` / ``mu.merge.spectral``)."""
+    from mu.merge import STREAMED, WHOLE_MATRICES, spectral
+
+    if method in STREAMED:
+        return None
+    meta = lazy.open_model(base)
+    shapes = {k: s for k, (s, _) in lazy.meta(meta).items()}
+    out = 4.0 * sum(math.prod(s) for s in shapes.values())
+    if method in WHOLE_MATRICES:  # one SVD-merged matrix at a time (~8 copies); the rest as task_arithmetic
+        svd = max((math.prod(s) for k, s in shapes.items() if spectral.is_matrix(k, s)), default=0)
+        rest = max((math.prod(s) for k, s in shapes.items() if not spectral.is_matrix(k, s)), default=0)
+        return out + 4.0 * max(8 * svd, rest), (f"output + max(8 × largest SVD-merged matrix ({svd / 1e6:.1f}M), "
+                                                f"the base's largest other tensor ({rest / 1e6:.0f}M))")
+    largest = max(math.prod(s) for s in shapes.values())  # every source's tensor, the base's, ~4 scratch
+    return out + (n + 5) * 4.0 * largest, f"output + (N + 5) × largest tensor ({largest / 1e6:.0f}M)"
 
 
 def uses_base(method: str) -> bool:

@@ -6,9 +6,10 @@ one untimed warm-up merge → linear merges for every N (mu and mergekit) → TI
 (mu, and mergekit where it fits in memory) → the other data-free methods (mu)
 → evaluation → ensembling.
 Before each merge the time and peak memory of each tool are predicted from the
-same method at smaller N (linear in N); a merge predicted to overrun the budget
-or the memory limit (``max_rss_gb``, and what the machine has available) is
-skipped and recorded as skipped (with why), never silently dropped.
+same method at smaller N (linear in N), or for the first N of a method that holds whole
+tensors, estimated from the checkpoint's shapes (``merging.peak_estimate``); a merge
+predicted to overrun the budget or the memory limit (``max_rss_gb``, and what the machine
+has available) is skipped and recorded as skipped (with why), never silently dropped.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path],
                 reasons.append(f"predicted {guess[0]:.0f} s > {max(left, 0):.0f} s left of the budget")
             if guess and guess[1] > limit:
                 reasons.append(f"predicted peak {guess[1] / 1e9:.1f} GB > {limit / 1e9:.1f} GB limit")
+        estimate = merging.peak_estimate(method, n, base) if not _predict(done, n, "mu") else None
+        if estimate and estimate[0] > limit:  # whole tensors per source: known before the first run
+            why["mu"].append(f"estimated peak {estimate[0] / 1e9:.1f} GB ({estimate[1]}) > {limit / 1e9:.1f} GB limit")
         if why["mu"]:
             skipped.append({"method": method, "n": n, "reason": "; ".join(why["mu"])})
             continue

@@ -137,7 +137,7 @@ def project(units: dict[str, Any], merge_s: dict[str, float]) -> dict[str, Any]:
     linear = merge_s.get("linear")
     per_method = dict(data_free)
     if linear is not None:  # the data-dependent methods: one weighted pass like linear, plus statistics
-        per_method.update({"fisher_simple": linear, "fisher_dataset": linear, "regmean": linear})
+        per_method.update({m: linear for m in ("fisher_simple", "fisher_dataset", "regmean") if m not in per_method})
     merges_s = sum(s["locales"] * s["merge_modes"] * (t + eval_s) for t in per_method.values())
     stats_s = s["locales"] * (fisher_s + regmean_s)
     cycles = s["iterative_epochs"] // s["merge_frequency"]

@@ -197,3 +197,29 @@ def similarity_vs_transfer(pairs: pd.DataFrame, path: str | os.PathLike, *, titl
     fig.suptitle(title)
     save(fig, path)
     return fig
+
+
+def method_dots(frame: pd.DataFrame, path: str | os.PathLike, *, references: dict[str, float] | None = None,
+                title: str = "") -> plt.Figure:
+    """Mean accuracy per merge method (rows) and weighting (colours) with its interval (``frame``: ``method``,
+    ``weighting``, ``mean``, ``ci_low``, ``ci_high``, e.g. ``mu.methods_table.table``); ``references``
+    ({label: mean}) are drawn as vertical lines."""
+    data = frame.dropna(subset=["mean"])
+    methods = list(dict.fromkeys(data["method"]))
+    weightings = list(dict.fromkeys(data["weighting"]))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(methods) + 1.6))
+    colours = dict(zip(weightings, sns.color_palette("deep", len(weightings))))
+    for j, w in enumerate(weightings):
+        part = data[data["weighting"] == w]
+        y = [methods.index(m) + (j - (len(weightings) - 1) / 2) * 0.22 for m in part["method"]]
+        ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["ci_low"].fillna(part["mean"]),
+                                           part["ci_high"].fillna(part["mean"]) - part["mean"]],
+                    fmt="o", color=colours[w], label=w, capsize=2, markersize=4, linewidth=0.9)
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.")):
+        ax.axvline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.3f})")
+    ax.set_yticks(range(len(methods)), methods)
+    ax.invert_yaxis()
+    ax.set(xlabel="mean accuracy over targets (95% bootstrap interval)", title=title)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    save(fig, path)
+    return fig

@@ -128,7 +128,7 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     out = paths.reports_dir("bench", "results-test.json")
     results = run.run(merge_size="tiny", eval_size="tiny", ns=[2, 3], ties_ns=[2], test_sizes=[16, 32], k=2,
                       ensemble_size=16, budget_s=600, out=out, repeats=2, cold_read=False,
-                      other_methods=("dare_ties", "slerp"), device="cpu")
+                      other_methods=("dare_ties", "slerp", "tsv_m", "widen"), device="cpu")
     assert paths.read_json(out)["settings"] == results["settings"]
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "| 2 | linear |" in table and "| 2 | ties |" in table and "speedup" in table
@@ -136,10 +136,10 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
 
     rows = results["merge"]["rows"]
     assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2), ("dare_ties", 2),
-                                                     ("slerp", 2)]
+                                                     ("slerp", 2), ("tsv_m", 2), ("widen", 2)]
     assert results["merge"]["skipped"] == []
     raw = results["merge"]["raw"]
-    assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1, 1, 1]  # linear repeated, the others once
+    assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1, 1, 1, 1, 1]  # linear repeated, the others once
     assert raw[0]["mu"]["wall_s"] == min(r["wall_s"] for r in raw[0]["runs"]["mu"])
     for r in rows[:3]:
         assert r["status"] == {"mu": "ok", "mergekit": "ok"}
@@ -200,3 +200,35 @@ def test_study_projection_from_unit_costs(tmp_path):
     assert p["hours"]["N×N 51×51 cells"] == pytest.approx(51 * 51 * eval_s / 3600)
     assert p["methods_counted"] == ["fisher_dataset", "fisher_simple", "linear", "regmean", "ties"]
     assert p["total_hours"] == pytest.approx(sum(p["hours"].values()))
+
+
+def test_bench_methods_are_every_data_free_method_of_the_registry():
+    from mu import merge as mm
+
+    assert set(merging.METHODS) == set(mm.METHODS) - set(mm.STATISTICS)
+    assert merging.METHODS[:2] == ("linear", "ties") and {"tsv_m", "iso_c", "iso_cts", "widen"} <= set(merging.METHODS)
+    streamed = [m in mm.STREAMED for m in merging.METHODS[2:]]
+    assert streamed == sorted(streamed, reverse=True)  # chunk-streamed first, whole-tensor methods last
+
+
+def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(monkeypatch, mu_root):
+    base, sources = checkpoints.build("tiny", 2)
+    assert merging.peak_estimate("ties", 2, base) is None  # streamed: measured, then extrapolated
+    tsv, why = merging.peak_estimate("tsv_m", 2, base)
+    one, _ = merging.peak_estimate("fisher_simple", 2, base)
+    ten, _ = merging.peak_estimate("fisher_simple", 10, base)
+    model = 4.0 * sizes.num_parameters("tiny")
+    assert model < tsv < one < ten and "SVD" in why and ten - one == pytest.approx(8 * (one - model) / 7)
+
+    def fake_measure(method, base, chosen, **_):
+        tool = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1.0}
+        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool, "runs": {"mu": [tool]}}
+
+    monkeypatch.setattr(merging, "measure", fake_measure)
+    skipped: list = []
+    done = run._merges("fisher_simple", [2], base, sources, workdir=base, deadline=time.perf_counter() + 600,
+                       repeats=1, skipped=skipped, max_rss_bytes=int(one) - 1)
+    assert done == [] and skipped[0]["reason"].startswith("estimated peak")
+    done = run._merges("fisher_simple", [2], base, sources, workdir=base, deadline=time.perf_counter() + 600,
+                       repeats=1, skipped=skipped, max_rss_bytes=int(one) + 1)
+    assert [d["n"] for d in done] == [2] and len(skipped) == 1

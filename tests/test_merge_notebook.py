@@ -28,6 +28,8 @@ def toy_setup(perturbed_sources):
 def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     params = dict(profile=PROFILE, target_lang="es-ES", models_dir=MODELS_DIR, method=method, mode="similarity",
                   num_languages=3, max_seq_length=32)
+    if method == "linear":  # every other method through the knob (two here), merged models not kept
+        params.update(compare_methods=["iso_c", "slerp"], keep_merged=False)
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
                                progress_bar=False)
     record = paths.read_json(report.record_path("03_merging", "es-ES", f"{method}-similarity"))
@@ -46,6 +48,12 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {r["system"]: r["family"] for r in adapted["rows"]} == {
         "adapted/adamerging/similarity": "adapted", "adapted/adamerging/average": "adapted"}
     assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
+    if method == "linear":
+        iso = paths.read_json(report.record_path("03_merging", "es-ES", "iso_c-similarity"))
+        assert {r["system"] for r in iso["rows"]} == {"merge/iso_c/similarity", "merge/iso_c/average"}
+        assert iso["params"]["compare_methods"] == ["iso_c", "slerp"] and iso["results"]["run_by"] == "compare_methods"
+        assert not any(Path(r["model"]).exists() for r in iso["rows"])
+        assert not report.record_path("03_merging", "es-ES", "slerp-similarity").exists()  # 3 sources: not run
     # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
     sts = record["results"]["sts"]
     assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}

@@ -240,9 +240,11 @@ def test_notebook_06_runs_on_records_and_reruns_nothing(root):
     summary = runner.run(["06"], [], **kwargs)
     assert summary["status"].tolist() == ["done"], summary["error"].tolist()
     out = aggregate.summary_dir("toy")
-    for name in ("summary.md", "summary.csv", "per_target.png", "means.png"):
+    for name in ("summary.md", "summary.csv", "per_target.png", "means.png", "methods.csv", "methods.png"):
         assert (out / name).is_file()
+    assert "## Which merge method works across languages" in (out / "summary.md").read_text()
     rec = paths.read_json(report.record_path("06_aggregation", "toy", "summary"))
+    assert {r["system"] for r in rec["results"]["methods"]} == set(pd.read_csv(out / "methods.csv")["system"])
     assert rec["rows"] == [] and rec["results"]["table"]["de-DE"]["native"] == make_nxn().at["de-DE", "de-DE"]
     assert "nxn" in rec["inputs"] and rec["params"]["profile"] == "toy"
     assert runner.run(["06"], [], **kwargs)["status"].tolist() == ["skipped"]

@@ -7,10 +7,12 @@ saved in HF format with ``merge_details.json``). Both take ``device`` (None:
 CUDA when available); the ``STREAMED`` methods compute in row chunks.
 """
 
+from mu.merge import sweep  # notebook 03's compare_methods: every method on one target
 from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
     ADAPTIVE,
+    EXACT_SOURCES,
     IGNORES_WEIGHTS,
     METHODS,
     NEEDS_BASE,
@@ -18,6 +20,7 @@ from mu.merge.registry import (
     STATISTICS,
     STREAMED,
     USES_BASE,
+    WHOLE_MATRICES,
     check_weights,
     knobs,
     knobs_for,
@@ -28,9 +31,9 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "PAIRWISE", "STATISTICS", "STREAMED", "USES_BASE",
-    "adapt_from",
+    "ADAPTIVE", "EXACT_SOURCES", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "PAIRWISE", "STATISTICS", "STREAMED",
+    "USES_BASE", "WHOLE_MATRICES", "adapt_from",
     "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
     "merge_models", "merged_dir",
-    "regmean_grams",
+    "regmean_grams", "sweep",
 ]

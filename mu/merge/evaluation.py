@@ -4,11 +4,12 @@ beside the N×N baselines (notebook 03)."""
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Mapping
 
 import pandas as pd
 
-from mu import aggregate, models, paths
+from mu import aggregate, models, paths, report
 from mu.merge.run import merge_models
 
 
@@ -39,7 +40,7 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
                     models_dir: str | os.PathLike, data: str | os.PathLike,
                     base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
                     adapt_split: str | None = None, adapt_num_examples: int | None = None,
-                    **merge_kw: Any) -> list[dict[str, Any]]:
+                    keep_merged: bool = True, **merge_kw: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
     Rows are named ``merge/<label>/<mode>`` with ``label = mu.merge.label(method, **knobs)``
@@ -55,6 +56,9 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     (``mu.data.unlabeled``; ``train`` is the usual choice; ``test`` is transductive, recorded, and
     named ``<label>-adapttest``). For them ``adapt_split``, ``adapt_num_examples`` and ``seed`` (which
     draws the utterances) must be given: no hidden default decides what the adaptation sees.
+
+    ``keep_merged=False`` deletes each merged model once evaluated, after recording its sha256 in the
+    row (``model_sha256``); a rerun merges again (deterministic) and reads its evaluation from the logits cache.
     """
     from mu import data as mu_data
     from mu import evaluate
@@ -87,6 +91,9 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
                                    max_seq_length=max_seq_length)
         rows.append({"system": f"{family}/{name}/{mode}", "family": family, "target": target, **scores,
                      "sources": dict(weights), "model": str(merged)})
+        if not keep_merged:
+            rows[-1]["model_sha256"] = report.sha256(merged)
+            shutil.rmtree(merged)
     return rows
 
 

@@ -38,6 +38,9 @@ mergekit 0.1.5's to float32 rounding; tests compare the two):
   the pretrained base unused) (``mu.merge.selective``). ``passthrough`` (layer
   stacking) does not apply: it builds a model with more layers, not a classifier of
   the sources' architecture.
+* ``tsv_m``, ``iso_c``, ``iso_cts`` (``mu.merge.spectral``) and ``widen`` (``mu.merge.widen``), written in
+  ``mu`` after the papers and their authors' code (mergekit has none): each task vector is scaled by
+  N·w_i first, so equal weights give the published method; θ = θ_base + λ·Δ (``lambda_``; widen: none).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, selective, taskvec
+from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, selective, spectral, taskvec, widen
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -113,6 +116,16 @@ FIXED = FIXED | {"weighting"}
 TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "seed"},
                          variance={"density", "lambda_"})
 PAIRWISE = frozenset({"slerp", "nuslerp", "nearswap", "arcee_fusion"})  # merge exactly two sources
+# Spectral and disentanglement task-vector methods (mu.merge.spectral, mu.merge.widen), all on the base:
+# tsv_m / iso_c / iso_cts read each weight matrix whole, one source at a time (WHOLE_MATRICES, given unread
+# tensors like STREAMED); widen reads row chunks.
+METHODS.update(spectral.METHODS, widen=widen.widen)
+WHOLE_MATRICES = frozenset(spectral.METHODS)
+NEEDS_BASE |= WHOLE_MATRICES | {"widen"}
+USES_BASE |= NEEDS_BASE
+STREAMED |= {"widen"}
+# Methods defined for an exact number of sources (the others take any number).
+EXACT_SOURCES = {m: 2 for m in PAIRWISE}
 HEAD_PREFIX = "classifier."
 EMBEDDINGS_PREFIX = "roberta.embeddings."
 
@@ -228,7 +241,7 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
-        if method in STREAMED:  # the tensor still unread: the method reads it in row chunks
+        if method in STREAMED or method in WHOLE_MATRICES:  # the tensor still unread: the method reads it
             out.update(fn({s: lazy.select(state_dicts[s], [key]) for s in sources}, w,
                           lazy.select(base, [key]) if base is not None else None, device=dev, **knobs_))
             continue

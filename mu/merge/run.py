@@ -1,8 +1,9 @@
 """``merge_models``: merge model folders on disk into a new HF model folder with ``merge_details``.
 
 Streaming: sources (and base, Fishers, Grams) are read lazily (``mu.merge.lazy``).
-The methods in ``mu.merge.STREAMED`` (every data-free method) read
-each tensor in row chunks of ≤ ``mu.merge.chunks.CHUNK_ELEMENTS`` into reused
+The methods in ``mu.merge.STREAMED`` read
+each tensor in row chunks (``tsv_m`` / ``iso_c`` / ``iso_cts`` only their non-matrix tensors; they read
+each weight matrix whole, one source at a time) of ≤ ``mu.merge.chunks.CHUNK_ELEMENTS`` into reused
 buffers; for N sources of P parameters (fp32) whose largest tensor has T
 parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
 250002×768 ≈ 0.77 GB):
@@ -17,6 +18,8 @@ parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
            + 24 bytes per vector (float64 partials; per tensor: none)    nuslerp
            + ≤ 1M importances (+ 1M int64 sample positions)              arcee_fusion
            + nothing more (N × N Gram; counts)                           karcher, nearswap, ram, ramplus_tl
+           + max(8 × the largest weight matrix, 4T (base))               tsv_m, iso_c, iso_cts
+           + 2N floats per row of the largest tensor                     widen
 
 The Fisher / RegMean methods hold one
 tensor per input (and per statistic) plus their scratch. ``make bench``
