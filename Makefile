@@ -1,4 +1,4 @@
-# The README's contract: `make demo` runs the main job end to end, `make test` runs all tests.
+# The README's contract: `make demo` runs the main job end to end, `make test` runs all tests; `make help` lists every target.
 # Both create .venv (Python 3.11, torch==2.13.0 CPU, setuptools<81) on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -54,7 +54,7 @@ MASSIVE ?= ../shared/massive/1.1
 bench-study: $(STAMP) ## the real study's unit costs on MASSIVE text and its projected total -> reports/bench/study.{json,md}
 	$(PY) -m bench.study --massive $(MASSIVE)
 
-# The study at its real shape on real MASSIVE (profile mini; README "Real MASSIVE (mini profile)"): needs
+# The study at its real shape on real MASSIVE (profile mini; docs/study.md): needs
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
 # the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
 STUDY_ROOT ?= $(CURDIR)/studies/mini

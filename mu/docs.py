@@ -15,6 +15,7 @@ copies a finished run's small summary files (results, never MASSIVE data) into
 * ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
   per-target table (``reports/06_aggregation/<profile>/``);
 * ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
+* ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
 * ``timings.json``: seconds per notebook from the runner's done-markers, and the study's stages
   (``reports/study/<profile>/timings.json``) when there are any;
 * ``run.json``: targets, notebook 06's parameters and the package versions of the run;
@@ -44,9 +45,19 @@ BENCH = "reports/bench"
 AVERAGE, ORACLE, TOP1 = "merge/linear/average", families.BEST_ZERO_SHOT, families.URIEL_TOP1
 BASELINES = {"average": "the average merge of the same sources", "oracle": f"`{ORACLE}` (oracle)",
              "top1": f"`{TOP1}`"}
-HEADLINE = (families.NATIVE, ORACLE, TOP1, "merge/linear/similarity", AVERAGE, "merge/linear/transfer",
-            "ensemble/soft/similarity", "ensemble/soft/transfer", "adapted/adamerging/similarity",
-            "adapted/distilled-soft/similarity", "iterative/linear/similarity")
+HEADLINE = {  # the README's systems, each with what it is
+    families.NATIVE: "the target's own model (upper reference)",
+    ORACLE: "best single other-language model, picked with the target's test labels (upper bound)",
+    TOP1: "the single source URIEL ranks first",
+    "merge/linear/similarity": "linear merge of the 5 URIEL-closest sources, URIEL weights",
+    AVERAGE: "the same sources, equal weights",
+    "merge/linear/transfer": "linear merge, sources and weights from measured transfer (leave-target-out)",
+    "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
+    "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
+    "adapted/adamerging/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
+    "adapted/distilled-soft/similarity": "one student distilled from the soft ensemble on unlabeled text",
+    "iterative/linear/similarity": "the URIEL sources trained with a merge every few epochs",
+}
 PROFILES = ("toy", "mini")
 
 
@@ -138,13 +149,14 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
     """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
     names = profiles.split(",")
     frames = {p: _csv(p, "means.csv").set_index("system") for p in names if collected(p)}
-    head = ["system", "sees"] + [f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p for p in names]
+    head = ["system", "what", "sees"] + [f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p
+                                         for p in names]
     rows = []
-    for system in HEADLINE:
+    for system, what in HEADLINE.items():
         cells = [_mean_ci(frames[p].loc[system]) if p in frames and system in frames[p].index
                  and frames[p].loc[system, "n"] > 0 else ("not yet collected" if p not in frames else "—")
                  for p in names]
-        rows.append([f"`{system}`", families.sees(system), *cells])
+        rows.append([f"`{system}`", what, families.sees(system), *cells])
     return _table(head, rows)
 
 
@@ -167,13 +179,31 @@ def spread(profile: str) -> str:
     if not _results(profile, "spread.csv").is_file():
         return not_collected(profile)
     s = _csv(profile, "spread.csv")
-    what = {"kept": "sources kept by top-K (of `candidates`)", "max": "largest Sinkhorn weight in a row",
-            "min": "smallest Sinkhorn weight in a row", "max_over_min": "largest / smallest in a row",
-            "effective": "effective number of sources (1/Σw²)", "chosen_max": "largest of the weights a merge gets",
-            "chosen_min": "smallest of the weights a merge gets", "chosen_effective": "effective number among those"}
-    rows = [[what[c], _num(s[c].min()), _num(s[c].median()), _num(s[c].max())] for c in what]
-    rows[0][0] += f" ({int(s['candidates'].iloc[0])} candidates, {len(s)} targets)"
+    what = {"kept": ("sources kept by top-K", 0), "max": ("largest Sinkhorn weight in a row", 3),
+            "min": ("smallest Sinkhorn weight in a row", 3), "max_over_min": ("largest / smallest in a row", 2),
+            "effective": ("effective number of sources (1/Σw²)", 2),
+            "chosen_max": ("largest of the weights a merge gets", 3),
+            "chosen_min": ("smallest of the weights a merge gets", 3),
+            "chosen_effective": ("effective number among those", 2)}
+    rows = [[label, *[_num(f(s[c]), digits) for f in (pd.Series.min, pd.Series.median, pd.Series.max)]]
+            for c, (label, digits) in what.items()]
+    rows[0][0] += f" (of {int(s['candidates'].iloc[0])} candidates; {len(s)} targets)"
     return _table(["statistic over targets", "min", "median", "max"], rows)
+
+
+def sts(profile: str) -> str:
+    """Encoder STS (Spearman) per target: the untrained base, the best source and each merge (notebook 03)."""
+    if not _results(profile, "sts.csv").is_file():
+        return not_collected(profile)
+    s = _csv(profile, "sts.csv")
+    merges = sorted(m for m in s["model"].unique() if "/" in m)
+    rows = []
+    for target, g in s.groupby("target"):
+        v = dict(zip(g["model"], g["spearman"]))
+        src = {m: x for m, x in v.items() if m != "base" and "/" not in m}
+        best = max(src, key=src.get)
+        rows.append([target, _num(v.get("base")), f"{_num(src[best])} ({best})", *[_num(v.get(m)) for m in merges]])
+    return _table(["target", "base", "best source"] + [f"`{m}`" for m in merges], rows)
 
 
 def _duration(seconds: float) -> str:
@@ -264,7 +294,7 @@ def study_cost() -> str:
 
 
 TABLES: dict[str, Callable[..., str]] = {
-    "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "timings": timings,
+    "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
     "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
     "bench-eval": bench_eval, "study-cost": study_cost,
 }
@@ -349,6 +379,14 @@ def collect(profile: str, root: str | Path) -> Path:
         paths.write_text(out / "uriel.csv", u.to_csv())
         s = pd.DataFrame.from_dict(typology["weight_spread"], orient="index").rename_axis("target")
         paths.write_text(out / "spread.csv", s.to_csv())
+    scores = []
+    for path in sorted(reports.glob("03_merging/*/*.json")):
+        rec = _json(path)
+        if (rec.get("params") or {}).get("profile", profile) == profile and (rec.get("results") or {}).get("sts"):
+            scores += [{"target": rec["target"], "model": m, "spearman": v} for m, v in rec["results"]["sts"].items()]
+    if scores:
+        frame = pd.DataFrame(scores).drop_duplicates(["target", "model"], keep="last")
+        paths.write_text(out / "sts.csv", frame.to_csv(index=False))
     jobs: dict[str, dict[str, float]] = {}
     for marker in sorted(reports.glob("*/*.done.json")):
         m = _json(marker)

@@ -159,7 +159,7 @@ COMMANDS = ("pretrain", "compare-objectives", "study")
 STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
 
-# The study's encoder (README "Real MASSIVE"): the recipe that cleared the lexical baseline.
+# The study's encoder (docs/study.md): the recipe that cleared the lexical baseline.
 STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
 
 

@@ -69,6 +69,10 @@ def _fake_run(root: Path, profile: str) -> pd.DataFrame:
         "versions": {"mu": "0.1.0"}, "created": "2026-01-01T00:00:00+00:00",
         "results": {"table": json.loads(table.to_json(orient="index")),
                     "uriel_transfer": {"summary": uriel, "weight_spread": spread}}}))
+    (root / "reports" / "03_merging" / "t0").mkdir(parents=True)
+    (root / "reports" / "03_merging" / "t0" / "linear-similarity.json").write_text(json.dumps({
+        "notebook": "03_merging", "target": "t0", "rows": [], "params": {"profile": profile},
+        "results": {"sts": {"base": 0.5, "de-DE": 0.7, "fr-FR": 0.8, "merge/linear/similarity": 0.75}}}))
     for nb, target, seconds in (("03_merging", "t0", 61.5), ("03_merging", "t1", 60.0), ("02_training", profile, 5)):
         (root / "reports" / nb).mkdir(parents=True, exist_ok=True)
         (root / "reports" / nb / f"{target}.done.json").write_text(json.dumps(
@@ -81,7 +85,7 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert "Not yet collected" in mu.docs.render("systems profile=fake")
     table = _fake_run(tmp_path / "run", "fake")
     out = mu.docs.collect("fake", tmp_path / "run")
-    assert sorted(p.name for p in out.iterdir()) == ["means.csv", "run.json", "spread.csv", "summary.csv",
+    assert sorted(p.name for p in out.iterdir()) == ["means.csv", "run.json", "spread.csv", "sts.csv", "summary.csv",
                                                      "tests.csv", "timings.json", "uriel.csv"]
     shown = mu.docs.render("systems profile=fake vs=average,oracle,top1")
     for system in table.columns:
@@ -90,6 +94,7 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert f"{diff:+.3f} (" in shown
     assert "0.250 [0.100, 0.400]" in mu.docs.render("uriel profile=fake") and "5 / 6" in mu.docs.render("uriel profile=fake")
     assert "| `03_merging` | 2 | 2 min 02 s |" in mu.docs.render("timings profile=fake")
+    assert "| t0 | 0.500 | 0.800 (fr-FR) | 0.750 |" in mu.docs.render("sts profile=fake")
     head = mu.docs.render("headline profiles=fake,absent")
     assert "fake (6 targets)" in head and "not yet collected" in head
     assert f"{table['native'].mean():.3f}" in head
