@@ -1,4 +1,4 @@
-# The README's contract: `make demo` runs the main job end to end, `make test` runs all tests.
+# The README's contract: `make demo` runs the main job end to end, `make test` runs all tests; `make help` lists every target.
 # Both create .venv (Python 3.11, torch==2.13.0 CPU, setuptools<81) on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -6,9 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-study study venv clean-reports
+.PHONY: help demo test lab docs docs-check bench bench-study study venv clean-reports
+.DEFAULT_GOAL := help
 
-venv: $(STAMP)
+help: ## this list (each target's one line is the comment after its name)
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv (Python 3.11, torch CPU, the package editable with its test extras)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,29 +22,45 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mu)" >/dev/null
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) ## the whole toy pipeline, notebooks 01-06 on 5 targets, offline; then open reports/index.html
 	$(PY) -m mu demo
 
+# JupyterLab (the `lab` extra) on notebooks/, with the venv's `python3` kernel (installed by `venv`).
+# LAB_ARGS: more options, e.g. LAB_ARGS="--no-browser --port 8890"; root (in a container) needs --allow-root.
+LAB_STAMP := $(VENV)/.lab-installed
+LAB_ARGS  ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[lab]"
+	@touch $(LAB_STAMP)
+lab: $(LAB_STAMP) ## JupyterLab on notebooks/ with the project's kernel (installs the `lab` extra first)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
+
+# The tables in README.md and docs/*.md, regenerated from the committed result files (docs/results/, reports/bench/).
+docs: $(STAMP) ## rewrite every results table in README.md and docs/ from the committed result files
+	$(PY) -m mu docs
+docs-check: $(STAMP) ## exit 1 if a committed table differs from what `make docs` would write
+	$(PY) -m mu docs --check
+
 # pytest exits 5 when it collects nothing; that is not a failure of the suite itself.
-test: $(STAMP)
+test: $(STAMP) ## every unit test and every notebook (pytest + nbmake), offline
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-bench: $(STAMP)
+bench: $(STAMP) ## merge / evaluation / ensemble timings at xlm-roberta-base size -> reports/bench/results.{json,md}
 	$(PY) -m bench
 
 # The real study's unit costs (xlm-roberta-base size, MASSIVE text) and its projected total; after `make bench`.
 MASSIVE ?= ../shared/massive/1.1
-bench-study: $(STAMP)
+bench-study: $(STAMP) ## the real study's unit costs on MASSIVE text and its projected total -> reports/bench/study.{json,md}
 	$(PY) -m bench.study --massive $(MASSIVE)
 
-# The study at its real shape on real MASSIVE (profile mini; README "Real MASSIVE (mini profile)"): needs
+# The study at its real shape on real MASSIVE (profile mini; docs/study.md): needs
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
 # the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
 STUDY_ROOT ?= $(CURDIR)/studies/mini
 STUDY_ARGS ?= --workers 2  # the encoder recipe and subsample sizes are `python -m mu study`'s defaults (mu.study.STUDY_PRETRAIN)
-study: $(STAMP)
+study: $(STAMP) ## the mini study on real MASSIVE (51 targets; hours on a CPU), resumable, under STUDY_ROOT
 	MU_ROOT=$(STUDY_ROOT) $(PY) -m mu study $(STUDY_ARGS)
 
-clean-reports:
+clean-reports: ## delete generated reports (reports/0*) and the logits cache
 	rm -rf reports/0* cache/logits

@@ -7,6 +7,7 @@
     python -m mu pretrain --profile mini --objective mlm+tlm+align --steps N [--minutes M]
     python -m mu compare-objectives --locales en-US de-DE ... --steps N   # pretraining objectives vs lexical
     python -m mu study --steps N [--train 2000 --test 500]                # the mini profile end to end
+    python -m mu docs [--check] [--collect PROFILE --from ROOT]           # README/docs tables from results
 
 Both print a table of done / skipped / failed runs and exit 1 if any failed, 2 if nothing
 could run (unknown notebook, profile or target, a params key that is no notebook parameter).
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mu import aggregate, params, paths, runner, site, study
+from mu import aggregate, docs, params, paths, runner, site, study
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
 
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
     study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
+    docs.add_parser(sub)  # the results tables of README.md and docs/
     return ap
 
 
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in study.COMMANDS:
         return study.main(args)
+    if args.command == "docs":
+        return docs.main(args)
     profile = args.profile if args.command == "run" else "toy"
     notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
     try:

@@ -164,7 +164,7 @@ TUNE_LOCALES = ("en-US", "hi-IN", "sw-KE")
 TUNE_EPOCHS = (3, 5, 8)
 TUNE_LRS = (5e-4, 1e-3, 2e-3)
 
-# The study's encoder (README "Real MASSIVE"): the recipe that cleared the lexical baseline.
+# The study's encoder (docs/study.md): the recipe that cleared the lexical baseline.
 STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
 
 

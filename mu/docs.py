@@ -1,0 +1,430 @@
+"""The results tables of README.md and docs/*.md, generated from committed result files.
+
+A generated table sits between two markers in a Markdown file; the opening one names the table
+and its arguments::
+
+    <!-- mu:table systems profile=toy vs=average,oracle -->
+    | ... generated ... |
+    <!-- /mu:table -->
+
+``python -m mu docs`` rewrites every block; ``--check`` changes nothing and exits 1 when a block
+differs from what would be written (so a hand-edited number fails a test); ``--collect PROFILE``
+copies a finished run's small summary files (results, never MASSIVE data) into
+``docs/results/<PROFILE>/``, the committed inputs of the tables with ``reports/bench/*.json``:
+
+* ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
+  per-target table (``reports/06_aggregation/<profile>/``);
+* ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
+* ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
+* ``timings.json``: seconds per notebook from the runner's done-markers, and the study's stages
+  (``reports/study/<profile>/timings.json``) when there are any;
+* ``run.json``: targets, notebook 06's parameters and the package versions of the run;
+* ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
+
+Paths resolve against the checkout (code and docs), never ``MU_ROOT``; ``--from`` names the run's root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from mu import families, params, paths
+
+OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
+CLOSE = "<!-- /mu:table -->"
+PAGES = ("README.md", "docs/*.md")
+RESULTS = "docs/results"
+BENCH = "reports/bench"
+AVERAGE, ORACLE, TOP1 = "merge/linear/average", families.BEST_ZERO_SHOT, families.URIEL_TOP1
+BASELINES = {"average": "the average merge of the same sources", "oracle": f"`{ORACLE}` (oracle)",
+             "top1": f"`{TOP1}`"}
+HEADLINE = {  # the README's systems, each with what it is
+    families.NATIVE: "the target's own model (upper reference)",
+    ORACLE: "best single other-language model, picked with the target's test labels (upper bound)",
+    TOP1: "the single source URIEL ranks first",
+    "merge/linear/similarity": "linear merge of the 5 URIEL-closest sources, URIEL weights",
+    AVERAGE: "the same sources, equal weights",
+    "merge/linear/transfer": "linear merge, sources and weights from measured transfer (leave-target-out)",
+    "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
+    "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
+    "adapted/adamerging/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
+    "adapted/distilled-soft/similarity": "one student distilled from the soft ensemble on unlabeled text",
+    "iterative/linear/similarity": "the URIEL sources trained with a merge every few epochs",
+}
+PROFILES = ("toy", "mini")
+
+
+def checkout(*parts: str) -> Path:
+    return params.source_dir(Path(*parts))
+
+
+# --------------------------------------------------------------------------- reading committed results
+
+def _results(profile: str, name: str) -> Path:
+    return checkout(RESULTS, profile, name)
+
+
+def collected(profile: str) -> bool:
+    return _results(profile, "means.csv").is_file()
+
+
+def not_collected(profile: str) -> str:
+    return (f"*Not yet collected: `docs/results/{profile}/` is empty. After the run: "
+            f"`python -m mu docs --collect {profile} --from <its MU_ROOT>`, then `python -m mu docs`.*")
+
+
+def _csv(profile: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(_results(profile, name))
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _num(v: Any, digits: int = 3, signed: bool = False) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    return f"{float(v):+.{digits}f}" if signed else f"{float(v):.{digits}f}"
+
+
+def _p(v: Any) -> str:
+    return "n.c." if v is None or pd.isna(v) else f"{float(v):.2g}"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean_ci(row: pd.Series) -> str:
+    return f"{_num(row['mean'])} [{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
+
+
+def _vs(tests: pd.DataFrame, system: str, which: str) -> str:
+    if which == "average":
+        mine = tests[(tests["system"] == system) & tests["baseline"].str.startswith("merge/")
+                     & tests["baseline"].str.endswith("/average")]
+    else:
+        mine = tests[(tests["system"] == system) & (tests["baseline"] == {"oracle": ORACLE, "top1": TOP1}[which])]
+    if mine.empty or mine.iloc[0]["n"] == 0:
+        return ""
+    t = mine.iloc[0]
+    holm = f", Holm {_p(t['p_holm'])}" if "p_holm" in t and pd.notna(t["p_holm"]) else ""
+    return f"{_num(t['mean_diff'], signed=True)} ({int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])}, p {_p(t['p_value'])}{holm})"
+
+
+# --------------------------------------------------------------------------- tables
+
+def systems(profile: str, vs: str = "average,oracle", families_: str = "", systems_: str = "") -> str:
+    """Every system of a profile (or those of ``families_`` / the listed ``systems_``): what it sees, targets,
+    mean [95% bootstrap CI], and paired differences (wins/ties/losses, Wilcoxon p, Holm-adjusted p)."""
+    cols = [c for c in vs.split(",") if c]
+    unknown = [c for c in cols if c not in BASELINES]
+    if unknown:
+        raise ValueError(f"vs={unknown}: valid baselines are {sorted(BASELINES)}")
+    if not collected(profile):
+        return not_collected(profile)
+    means, tests = _csv(profile, "means.csv"), _csv(profile, "tests.csv")
+    means = means[means["n"] > 0]
+    if families_:
+        means = means[means["system"].str.split("/").str[0].isin(families_.split(","))]
+    if systems_:
+        means = means[means["system"].isin(systems_.split(","))]
+    means = means.sort_values(["mean", "system"], ascending=[False, True])
+    head = ["system", "sees", "targets", "mean [95% CI]"] + [f"vs {BASELINES[c]} (w/t/l, p)" for c in cols]
+    rows = [[f"`{r['system']}`", families.sees(r["system"]), int(r["n"]), _mean_ci(r),
+             *[_vs(tests, r["system"], c) for c in cols]] for _, r in means.iterrows()]
+    return _table(head, rows)
+
+
+def headline(profiles: str = ",".join(PROFILES)) -> str:
+    """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
+    names = profiles.split(",")
+    frames = {p: _csv(p, "means.csv").set_index("system") for p in names if collected(p)}
+    head = ["system", "what", "sees"] + [f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p
+                                         for p in names]
+    rows = []
+    for system, what in HEADLINE.items():
+        cells = [_mean_ci(frames[p].loc[system]) if p in frames and system in frames[p].index
+                 and frames[p].loc[system, "n"] > 0 else ("not yet collected" if p not in frames else "—")
+                 for p in names]
+        rows.append([f"`{system}`", what, families.sees(system), *cells])
+    return _table(head, rows)
+
+
+def uriel(profile: str) -> str:
+    """Spearman's rho between URIEL cosine and measured transfer, per feature set (notebook 06)."""
+    if not _results(profile, "uriel.csv").is_file():
+        return not_collected(profile)
+    u = _csv(profile, "uriel.csv")
+    head = ["feature set", "mean per-target ρ [95% CI]", "targets with ρ > 0", "Wilcoxon p", "donor-adjusted ρ",
+            "pooled ρ (pairs)"]
+    rows = [[f"`{r['feature_set']}`", f"{_num(r['mean_rho_per_target'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+             f"{int(r['targets_positive'])} / {int(r['targets'])}", _p(r["wilcoxon_p"]),
+             _num(r["mean_rho_donor_adjusted"]), f"{_num(r['pooled_rho'])} ({int(r['pairs'])})"]
+            for _, r in u.iterrows()]
+    return _table(head, rows)
+
+
+def spread(profile: str) -> str:
+    """How spread the URIEL weights are over the targets: min / median / max of each statistic."""
+    if not _results(profile, "spread.csv").is_file():
+        return not_collected(profile)
+    s = _csv(profile, "spread.csv")
+    what = {"kept": ("sources kept by top-K", 0), "max": ("largest Sinkhorn weight in a row", 3),
+            "min": ("smallest Sinkhorn weight in a row", 3), "max_over_min": ("largest / smallest in a row", 2),
+            "effective": ("effective number of sources (1/Σw²)", 2),
+            "chosen_max": ("largest of the weights a merge gets", 3),
+            "chosen_min": ("smallest of the weights a merge gets", 3),
+            "chosen_effective": ("effective number among those", 2)}
+    rows = [[label, *[_num(f(s[c]), digits) for f in (pd.Series.min, pd.Series.median, pd.Series.max)]]
+            for c, (label, digits) in what.items()]
+    rows[0][0] += f" (of {int(s['candidates'].iloc[0])} candidates; {len(s)} targets)"
+    return _table(["statistic over targets", "min", "median", "max"], rows)
+
+
+def sts(profile: str) -> str:
+    """Encoder STS (Spearman) per target: the untrained base, the best source and each merge (notebook 03)."""
+    if not _results(profile, "sts.csv").is_file():
+        return not_collected(profile)
+    s = _csv(profile, "sts.csv")
+    merges = sorted(m for m in s["model"].unique() if "/" in m)
+    rows = []
+    for target, g in s.groupby("target"):
+        v = dict(zip(g["model"], g["spearman"]))
+        src = {m: x for m, x in v.items() if m != "base" and "/" not in m}
+        best = max(src, key=src.get)
+        rows.append([target, _num(v.get("base")), f"{_num(src[best])} ({best})", *[_num(v.get(m)) for m in merges]])
+    return _table(["target", "base", "best source"] + [f"`{m}`" for m in merges], rows)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(float(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+
+
+def timings(profile: str) -> str:
+    """Seconds per notebook (sum over its jobs, from the runner's done-markers) and, for a study, per stage."""
+    path = _results(profile, "timings.json")
+    if not path.is_file():
+        return not_collected(profile)
+    t = _json(path)
+    rows = [[f"`{nb}`", v["jobs"], _duration(v["seconds"])] for nb, v in sorted(t["notebooks"].items())]
+    out = _table(["notebook", "jobs", "job time (sum)"], rows)
+    if t.get("study"):
+        last = t["study"][-1]
+        stages = [[stage, _duration(sec)] for stage, sec in last["seconds"].items()]
+        out += ("\n\n" + _table(["study stage (last invocation of `python -m mu study`)", "wall time"], stages)
+                + f"\n\n{len(t['study'])} invocation(s) recorded; the last over {last['targets']} targets, "
+                  f"{last['workers']} worker(s).")
+    return out
+
+
+def objectives(name: str) -> str:
+    """A ``python -m mu compare-objectives`` comparison: native accuracy and N×N transfer per encoder."""
+    path = checkout(RESULTS, "pretrain", f"{name}.json")
+    if not path.is_file():
+        return (f"*Not yet collected: no `docs/results/pretrain/{name}.json`. Run `python -m mu compare-objectives "
+                f"--name {name} ...`, then `python -m mu docs --collect <profile> --from <its MU_ROOT>`.*")
+    c = _json(path)
+    cols = [k for k in ("native", "transfer", "same_script", "cross_script", "transfer_over_native")
+            if k in c["table"][0]]
+    rows = [[r["system"], _num(r.get("dev_mlm_loss_mean"), 2), *[_num(r[k]) for k in cols]] for r in c["table"]]
+    ft = c["finetune"]
+    return (_table(["system", "dev MLM loss"] + cols, rows)
+            + f"\n\nLocales: {', '.join(c['locales'])}; fine-tuning {ft['epochs']} epochs, lr {ft['lr']}; "
+              f"pretraining {c['pretrain'].get('steps')} steps, `{c['pretrain'].get('embedding_init', 'random')}` init.")
+
+
+def _bench() -> dict[str, Any]:
+    return _json(checkout(BENCH, "results.json"))
+
+
+def bench_machine(file: str = "results") -> str:
+    m = _json(checkout(BENCH, f"{file}.json"))["machine"]
+    return _table(["cores", "CPU", "RAM GB", "GPU", "torch (threads)", "load average at start", "date"],
+                  [[m["cpu_count"], m["cpu_model"], f"{m['ram_total_gb']:.0f}", m["gpu"] or "none",
+                    f"{m['torch']} ({m['torch_threads']})", ", ".join(f"{x:.1f}" for x in m["load_avg_at_start"]),
+                    m["date"][:10]]])
+
+
+def bench_merge() -> str:
+    """Per method: mu's merge time at each N, its ratio to the I/O floor, its peak memory, and mergekit's."""
+    rows = _bench()["merge"]["rows"]
+    head = ["method", "N", "mu merge s", "mu / I/O floor", "mu peak GB", "(N+2)×model GB", "mergekit s (peak GB)"]
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+        mk = [f"{_num(r['mergekit_wall_s'], 1)} ({_num(r['mergekit_peak_rss_gb'], 1)})"
+              if r["mergekit_wall_s"] is not None else "—" for r in mine]
+        out.append([f"`{method}`", " / ".join(str(r["n"]) for r in mine),
+                    " / ".join(_num(r["mu_op_s"], 1) for r in mine),
+                    " / ".join(_num(r["mu_over_io_floor"], 2) for r in mine),
+                    " / ".join(_num(r["mu_peak_rss_gb"], 1) for r in mine),
+                    " / ".join(_num(r["peak_limit_gb"], 1) for r in mine), " / ".join(mk)])
+    return _table(head, out)
+
+
+def bench_eval() -> str:
+    b = _bench()
+    ev, en = b["evaluation"], b["ensemble"]
+    rows = [[f"evaluation, {ev['n']} utterances", f"`mu.evaluate` {_num(ev['mu_examples_per_s'], 1)} ex/s",
+             f"naive loop {_num(ev['naive_examples_per_s'], 1)} ex/s", f"{_num(ev['speedup'], 2)}×"],
+            [f"ensemble K = {en['k']} ({en['method']}), {en['n']} utterances",
+             f"from cached logits {_num(en['cached_s'], 2)} s", f"recomputing {_num(en['recompute_s'], 1)} s",
+             f"{_num(en['speedup'], 0)}×"]]
+    return _table(["measurement", "mu", "reference", "ratio"], rows)
+
+
+def study_cost() -> str:
+    s = _json(checkout(BENCH, "study.json"))
+    rows = [[unit, _num(sec, 1), _num(sec / 3600, 2)] for unit, sec in s["projection"]["unit_s"].items()]
+    parts = [[part, _num(h, 1)] for part, h in s["projection"]["hours"].items()]
+    return (_table(["projected unit (CPU)", "seconds", "hours"], rows) + "\n\n"
+            + _table(["projected study part (CPU)", "hours"], parts))
+
+
+TABLES: dict[str, Callable[..., str]] = {
+    "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
+    "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
+    "bench-eval": bench_eval, "study-cost": study_cost,
+}
+
+
+def render(spec: str) -> str:
+    """The Markdown of one table from its marker's spec: a name, then ``key=value`` arguments."""
+    name, *args = spec.split()
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; valid: {sorted(TABLES)}")
+    kwargs = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ValueError(f"table {name!r}: argument {arg!r} is not key=value")
+        kwargs[{"families": "families_", "systems": "systems_"}.get(key, key)] = value
+    try:
+        return TABLES[name](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"table {name!r}: bad arguments {args}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- rewriting pages
+
+def rewrite(text: str, where: str = "<text>") -> str:
+    """``text`` with every marked block regenerated; an unclosed or nested marker is an error naming the line."""
+    out, lines, i = [], text.split("\n"), 0
+    while i < len(lines):
+        out.append(lines[i])
+        match = OPEN.match(lines[i].strip())
+        i += 1
+        if not match:
+            continue
+        start = i
+        while i < len(lines) and lines[i].strip() != CLOSE:
+            if OPEN.match(lines[i].strip()):
+                raise ValueError(f"{where}:{i + 1}: a table opens inside the one opened at line {start}")
+            i += 1
+        if i == len(lines):
+            raise ValueError(f"{where}:{start}: `{lines[start - 1].strip()}` is never closed by `{CLOSE}`")
+        try:
+            out += [render(match["spec"]), lines[i]]
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise ValueError(f"{where}:{start}: {exc}") from None
+        i += 1
+    return "\n".join(out)
+
+
+def pages() -> list[Path]:
+    return sorted(p for pattern in PAGES for p in checkout().glob(pattern))
+
+
+def update(check: bool = False) -> list[Path]:
+    """Regenerate every page's tables; the pages that differ (``check``: left as they are)."""
+    changed = []
+    for page in pages():
+        text = page.read_text(encoding="utf-8")
+        new = rewrite(text, str(page.relative_to(checkout())))
+        if new != text:
+            changed.append(page)
+            if not check:
+                paths.write_text(page, new)
+    return changed
+
+
+# --------------------------------------------------------------------------- collecting a run's summary files
+
+def collect(profile: str, root: str | Path) -> Path:
+    """Copy a finished run's summary files (see the module doc) into ``docs/results/<profile>/``."""
+    reports = Path(root).resolve() / "reports"
+    agg = reports / "06_aggregation" / profile
+    missing = [n for n in ("means.csv", "tests.csv", "summary.csv", "summary.json") if not (agg / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{agg} lacks {missing}: run notebook 06 for profile {profile!r} under {root} first")
+    out = checkout(RESULTS, profile)
+    for name in ("means.csv", "tests.csv", "summary.csv"):
+        paths.write_text(out / name, (agg / name).read_text(encoding="utf-8"))
+    record = _json(agg / "summary.json")
+    typology = record["results"].get("uriel_transfer")
+    if typology:
+        u = pd.DataFrame.from_dict(typology["summary"], orient="index").rename_axis("feature_set")
+        paths.write_text(out / "uriel.csv", u.to_csv())
+        s = pd.DataFrame.from_dict(typology["weight_spread"], orient="index").rename_axis("target")
+        paths.write_text(out / "spread.csv", s.to_csv())
+    scores = []
+    for path in sorted(reports.glob("03_merging/*/*.json")):
+        rec = _json(path)
+        if (rec.get("params") or {}).get("profile", profile) == profile and (rec.get("results") or {}).get("sts"):
+            scores += [{"target": rec["target"], "model": m, "spearman": v} for m, v in rec["results"]["sts"].items()]
+    if scores:
+        frame = pd.DataFrame(scores).drop_duplicates(["target", "model"], keep="last")
+        paths.write_text(out / "sts.csv", frame.to_csv(index=False))
+    jobs: dict[str, dict[str, float]] = {}
+    for marker in sorted(reports.glob("*/*.done.json")):
+        m = _json(marker)
+        if m.get("parameters", {}).get("profile", profile) == profile:
+            entry = jobs.setdefault(m["notebook"], {"jobs": 0, "seconds": 0.0})
+            entry["jobs"] += 1
+            entry["seconds"] = round(entry["seconds"] + m["seconds"], 2)
+    study = reports / "study" / profile / "timings.json"
+    paths.write_json(out / "timings.json", {"notebooks": jobs, "study": _json(study) if study.is_file() else []})
+    paths.write_json(out / "run.json", {"profile": profile, "targets": sorted(record["results"]["table"]),
+                                        "params": record.get("params"), "versions": record.get("versions"),
+                                        "created": record.get("created")})
+    for comparison in sorted(reports.glob("pretrain/*/comparison.json")):
+        paths.write_text(checkout(RESULTS, "pretrain", f"{comparison.parent.name}.json"),
+                         comparison.read_text(encoding="utf-8"))
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("docs", help="rewrite the results tables of README.md and docs/ from committed result files")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs")
+    p.add_argument("--collect", metavar="PROFILE", help="first copy PROFILE's summary files into docs/results/")
+    p.add_argument("--from", dest="root", default=None, help="the run's root for --collect (default: MU_ROOT or the checkout)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.collect:
+            print(f"collected: {collect(args.collect, args.root or paths.root())}")
+        changed = update(check=args.check)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for page in changed:
+        print(f"{'differs' if args.check else 'rewritten'}: {page.relative_to(checkout())}")
+    if args.check and changed:
+        print("run `python -m mu docs` to regenerate them from the committed result files", file=sys.stderr)
+        return 1
+    return 0

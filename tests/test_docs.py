@@ -1,0 +1,142 @@
+"""README.md and docs/: generated tables match the committed result files, every relative link
+resolves, and `make help` lists every target (mu.docs, Makefile)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mu.docs
+from mu import aggregate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_tables_are_what_the_command_generates():
+    """`python -m mu docs --check`: regenerating every table from the committed files changes nothing."""
+    assert mu.docs.update(check=True) == [], "run `python -m mu docs` and commit the result"
+    tables = sum(len(re.findall(r"^<!-- mu:table ", p.read_text(), re.M)) for p in mu.docs.pages())
+    assert tables >= 10, "README and docs should show their results as generated tables"
+
+
+def test_rewrite_regenerates_only_the_marked_block_and_is_idempotent():
+    text = "intro 0.123\n<!-- mu:table bench-eval -->\n| stale | 0.999 |\n<!-- /mu:table -->\noutro 0.456\n"
+    new = mu.docs.rewrite(text)
+    assert "0.999" not in new and new.startswith("intro 0.123\n") and new.endswith("outro 0.456\n")
+    assert new.count("<!-- mu:table bench-eval -->") == 1 and "`mu.evaluate`" in new
+    assert mu.docs.rewrite(new) == new
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a\n<!-- mu:table bench-eval -->\n| x |\n", "page.md:2: .* never closed"),
+    ("<!-- mu:table nosuch -->\n<!-- /mu:table -->", "unknown table 'nosuch'; valid: .*bench-merge"),
+    ("<!-- mu:table systems toy -->\n<!-- /mu:table -->", "argument 'toy' is not key=value"),
+    ("<!-- mu:table systems profile=toy vs=best -->\n<!-- /mu:table -->", "valid baselines are"),
+    ("<!-- mu:table bench-eval -->\n<!-- mu:table bench-eval -->\n<!-- /mu:table -->", "opens inside"),
+])
+def test_bad_markers_are_errors_naming_file_and_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        mu.docs.rewrite(text, "page.md")
+
+
+def _fake_run(root: Path, profile: str) -> pd.DataFrame:
+    """The files notebook 06 and the runner leave for ``profile`` under ``root``, from a synthetic table."""
+    rng = np.random.default_rng(0)
+    targets = [f"t{i}" for i in range(6)]
+    systems = ["native", "zero-shot/best", "zero-shot/uriel-top1", "merge/linear/similarity",
+               "merge/linear/average", "ensemble/soft/similarity"]
+    table = pd.DataFrame(rng.uniform(0.3, 0.9, (6, 6)), index=targets, columns=systems)
+    agg = root / "reports" / "06_aggregation" / profile
+    agg.mkdir(parents=True)
+    means, tests = aggregate.means(table, n_boot=200), aggregate.paired_tests(table)
+    means.to_csv(agg / "means.csv", index=False)
+    tests.to_csv(agg / "tests.csv", index=False)
+    table.rename_axis("target").to_csv(agg / "summary.csv")
+    uriel = {"fam": {"mean_rho_per_target": 0.25, "ci_low": 0.1, "ci_high": 0.4, "targets": 6,
+                     "targets_positive": 5, "wilcoxon_p": 0.03, "mean_rho_donor_adjusted": 0.2,
+                     "pooled_rho": 0.3, "pooled_p": 0.01, "pairs": 30}}
+    spread = {t: {"candidates": 5, "kept": 4, "max": 0.4, "min": 0.1, "max_over_min": 4.0, "effective": 3.2,
+                  "chosen_max": 0.5, "chosen_min": 0.1, "chosen_effective": 2.9} for t in targets}
+    (agg / "summary.json").write_text(json.dumps({
+        "notebook": "06_aggregation", "target": profile, "rows": [], "params": {"profile": profile},
+        "versions": {"mu": "0.1.0"}, "created": "2026-01-01T00:00:00+00:00",
+        "results": {"table": json.loads(table.to_json(orient="index")),
+                    "uriel_transfer": {"summary": uriel, "weight_spread": spread}}}))
+    (root / "reports" / "03_merging" / "t0").mkdir(parents=True)
+    (root / "reports" / "03_merging" / "t0" / "linear-similarity.json").write_text(json.dumps({
+        "notebook": "03_merging", "target": "t0", "rows": [], "params": {"profile": profile},
+        "results": {"sts": {"base": 0.5, "de-DE": 0.7, "fr-FR": 0.8, "merge/linear/similarity": 0.75}}}))
+    for nb, target, seconds in (("03_merging", "t0", 61.5), ("03_merging", "t1", 60.0), ("02_training", profile, 5)):
+        (root / "reports" / nb).mkdir(parents=True, exist_ok=True)
+        (root / "reports" / nb / f"{target}.done.json").write_text(json.dumps(
+            {"notebook": nb, "target": target, "seconds": seconds, "parameters": {"profile": profile}}))
+    return table
+
+
+def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(mu.docs, "RESULTS", str(tmp_path / "results"))
+    assert "Not yet collected" in mu.docs.render("systems profile=fake")
+    table = _fake_run(tmp_path / "run", "fake")
+    out = mu.docs.collect("fake", tmp_path / "run")
+    assert sorted(p.name for p in out.iterdir()) == ["means.csv", "run.json", "spread.csv", "sts.csv", "summary.csv",
+                                                     "tests.csv", "timings.json", "uriel.csv"]
+    shown = mu.docs.render("systems profile=fake vs=average,oracle,top1")
+    for system in table.columns:
+        assert f"`{system}`" in shown and f"{table[system].mean():.3f}" in shown
+    diff = (table["ensemble/soft/similarity"] - table["merge/linear/average"]).mean()
+    assert f"{diff:+.3f} (" in shown
+    assert "0.250 [0.100, 0.400]" in mu.docs.render("uriel profile=fake") and "5 / 6" in mu.docs.render("uriel profile=fake")
+    assert "| `03_merging` | 2 | 2 min 02 s |" in mu.docs.render("timings profile=fake")
+    assert "| t0 | 0.500 | 0.800 (fr-FR) | 0.750 |" in mu.docs.render("sts profile=fake")
+    head = mu.docs.render("headline profiles=fake,absent")
+    assert "fake (6 targets)" in head and "not yet collected" in head
+    assert f"{table['native'].mean():.3f}" in head
+    assert mu.docs.render("systems profile=fake families=merge").count("`merge/") == 2
+
+
+def test_collect_without_an_aggregation_names_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(mu.docs, "RESULTS", str(tmp_path / "results"))
+    with pytest.raises(FileNotFoundError, match="lacks .*means.csv.*run notebook 06"):
+        mu.docs.collect("toy", tmp_path)
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|<img[^>]+src=\"([^\"]+)\"")
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # code blocks are not links
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [a or b for a, b in LINK.findall(text)]
+
+
+def test_every_relative_link_and_image_resolves():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    checked, broken = 0, []
+    for page in pages:
+        for link in _links(page):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", link) or link.startswith("#"):
+                continue
+            target = (page.parent / link.split("#")[0]).resolve()
+            checked += 1
+            if not target.exists() or REPO not in [target, *target.parents]:
+                broken.append(f"{page.relative_to(REPO)}: {link}")
+    assert not broken, f"links that resolve to no file of the repository: {broken}"
+    assert checked >= 20
+
+
+def test_make_help_lists_every_target_with_one_line():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    listed = dict(re.findall(r"^  make (\S+)\s+(.+)$", out, re.M))
+    phony = re.search(r"^\.PHONY:(.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    assert set(phony) <= set(listed), f"targets without a `## ` line: {set(phony) - set(listed)}"
+    for target in ("demo", "test", "lab", "docs", "study", "bench", "bench-study"):
+        assert listed[target].strip()
