@@ -169,6 +169,21 @@ def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd
     return fig
 
 
+def metric_curves(frame: pd.DataFrame, path: str | os.PathLike, *, x: str = "step", hue: str = "granularity",
+                  style: str | None = "target", title: str = "") -> plt.Figure:
+    """One panel per ``metric`` of a long frame (``metric``, ``value``, ``x``, ``hue``[, ``style``]), e.g.
+    ``mu.selection.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
+    metrics = list(dict.fromkeys(frame["metric"]))
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.lineplot(frame[frame["metric"] == metric], x=x, y="value", hue=hue, style=style, marker="o", ax=ax)
+        ax.set(xlabel=x, ylabel=metric, title=metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save(fig, path)
+    return fig
+
+
 def clustered_heatmap(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "", cmap: str = "viridis",
                       vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
     """A square matrix (the N×N transfer matrix) with rows and columns ordered by hierarchical

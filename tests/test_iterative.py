@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mu import iterative, models, paths, plots, schedule
+from mu import iterative, iterative_results, models, paths, plots, schedule
 from mu.merge import lazy
 
 TARGET = "it-IT"
@@ -71,7 +71,7 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert iterative.completed_cycles(out) == [2]
     details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
-    png = plots.iterative_curves(iterative.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    png = plots.iterative_curves(iterative_results.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
     assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
 
 
@@ -192,9 +192,9 @@ def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
         assert pieces[0][0] == pytest.approx(ADAPTIVE["lr"])
         assert all(a[1] == pytest.approx(b[0]) for a, b in zip(pieces, pieces[1:]))
         assert pieces[-1][1] == pytest.approx(ADAPTIVE["lr"] * (1 - n / ADAPTIVE["max_interval"]))
-    merges = iterative.merges_frame(log)
+    merges = iterative_results.merges_frame(log)
     assert list(merges["reason"]) == [e["merge_reason"] for e in log] and merges["detail"].str.len().min() > 0
-    table = iterative.compare({"adaptive": adaptive_run})
+    table = iterative_results.compare({"adaptive": adaptive_run})
     assert table.loc["adaptive", "source_epochs"] == 3 * len(SOURCES)
     assert table.loc["adaptive", "merges"] == len(log) and table.loc["adaptive", "fits"] == 3 * len(SOURCES)
 
@@ -249,7 +249,7 @@ def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
 def test_report_rows_name_each_run_in_the_iterative_family():
     fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}}
     adaptive = {"test": {"accuracy": 0.6, "macro_f1": 0.5, "n": 96}}
-    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
+    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
                                  {"de-DE": 0.6, "nl-NL": 0.4})
     assert [(r["system"], r["family"], r["accuracy"]) for r in rows] == [
         ("iterative/linear/similarity", "iterative", 0.5), ("iterative-adaptive/linear/similarity", "iterative", 0.6)]
@@ -260,8 +260,8 @@ def test_a_run_not_made_is_left_out_of_rows_comparison_and_inputs(tmp_path):
     fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}, "merged": str(tmp_path / "m"),
              "log": [{"epochs": [0, 2], "elapsed_s": 1.0, "sources": {}}]}
     (tmp_path / "m").write_text("x")
-    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
+    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
     assert [r["system"] for r in rows] == ["iterative/linear/similarity"]
-    assert list(iterative.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
-    got = iterative.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
+    assert list(iterative_results.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
+    got = iterative_results.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
     assert set(got) == {"base_model", "merged_model"}

@@ -7,7 +7,7 @@ saved in HF format with ``merge_details.json``). Both take ``device`` (None:
 CUDA when available); the ``STREAMED`` methods compute in row chunks.
 """
 
-from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
+from mu.merge.evaluation import adapt_from, adaptation_texts, comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
     ADAPTIVE,
@@ -28,7 +28,6 @@ from mu.merge.run import merge_models
 
 __all__ = [
     "ADAPTIVE", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "STATISTICS", "STREAMED", "USES_BASE", "adapt_from",
-    "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
-    "merge_models", "merged_dir",
-    "regmean_grams",
+    "adaptation_texts", "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for",
+    "label", "merge", "merge_models", "merged_dir", "regmean_grams",
 ]
