@@ -31,7 +31,8 @@ def subset(candidates: Sequence[str] = locales.LOCALES, *, exclude: Sequence[str
     """Every ``every``-th locale of ``candidates`` (in that order, from the first) once ``exclude`` is left out."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    locales.check_locales([*candidates, *exclude])
+    locales.check_locales(list(candidates))
+    locales.check_locales(list(exclude))
     kept = [loc for loc in candidates if loc not in set(exclude)]
     return kept[::every]
 

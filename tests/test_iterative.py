@@ -265,3 +265,60 @@ def test_a_run_not_made_is_left_out_of_rows_comparison_and_inputs(tmp_path):
     assert list(iterative_results.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
     got = iterative_results.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
     assert set(got) == {"base_model", "merged_model"}
+
+
+# --- like for like, cost, the declared subset (mu.iterative_results) ---
+
+
+def _trained(models_dir, recipes):
+    """Fake notebook-02 sources: only their training_args.json (what like_for_like and costs read)."""
+    for loc, (epochs, lr, runtime) in recipes.items():
+        folder = paths.resolve(models.source_path(loc, models_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.write_json(folder / "training_args.json", {
+            "params": {"locale": loc, "epochs": epochs, "lr": lr, "batch_size": 32},
+            "log_history": [{"loss": 1.0}, {"train_runtime": runtime, "epoch": epochs}]})
+
+
+def test_like_for_like_takes_the_one_shot_sources_epochs_and_lr(mu_root):
+    from mu import notes, protocol
+
+    _trained("models/lfl", {"de-DE": (5, 1e-3, 20.0), "nl-NL": (5, 1e-3, 22.5)})
+    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE", "nl-NL"], max_epochs=None, lr=None) == (5, 1e-3)
+    assert protocol.load("lfl")["05.max_epochs"]["value"] == 5
+    notes.clear()
+    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE"], max_epochs=2, lr=None) == (2, 1e-3)
+    assert any("not like for like" in n for n in notes.noted())
+    _trained("models/lfl", {"sv-SE": (3, 1e-3, 9.0)})
+    with pytest.raises(ValueError, match="different recipes"):
+        iterative_results.source_recipe("models/lfl", ["de-DE", "sv-SE"])
+    with pytest.raises(FileNotFoundError, match="run 02 first, or give max_epochs and lr"):
+        iterative_results.like_for_like("lfl", "models/lfl", ["fr-FR"], max_epochs=None, lr=None)
+    run = {"test": {"accuracy": 0.5}, "log": [{"elapsed_s": 10.0}, {"elapsed_s": 5.5}]}
+    cost = iterative_results.costs({"iterative": run, "iterative-adaptive": None}, "linear", "similarity", "models/lfl",
+                                   ["de-DE", "nl-NL"], {"seconds": 0.5, "model": None}).set_index("system")
+    assert cost.at["iterative/linear/similarity", "seconds"] == 15.5
+    assert cost.at["merge/linear/similarity", "seconds"] == pytest.approx(43.0)  # 20 + 22.5 of 02, + the merge
+    assert cost.at["ensemble/*/similarity", "seconds"] == pytest.approx(42.5)
+    assert "iterative-adaptive/linear/similarity" not in cost.index
+
+
+def test_the_declared_subset_is_every_third_locale_without_the_tuning_targets():
+    from mu import locales
+
+    assert iterative_results.subset() == list(locales.LOCALES)[::3] and len(iterative_results.subset()) == 17
+    tuning = ["de-DE", "hi-IN", "ja-JP", "sw-KE", "ar-SA"]
+    got = iterative_results.subset(exclude=tuning)
+    assert len(got) >= 15 and not set(got) & set(tuning)
+    with pytest.raises(ValueError):
+        iterative_results.subset(["xx-XX"])
+
+
+def test_studies_train_the_iterative_sources_as_long_as_the_one_shot_ones():
+    """Equal source-epochs: 05's max_epochs / lr are None (the one-shot sources' own) or 02's values."""
+    from mu import params
+
+    for profile in ("mini", "massive"):
+        p02, p05 = params.load_params("02_training", profile), params.load_params("05_iterative", profile)
+        assert p05["max_epochs"] in (None, p02["epochs"]) and p05["lr"] in (None, p02["lr"]), profile
+        assert p05["batch_size"] == p02["batch_size"] and p05["adaptive_schedule"] is True, profile
