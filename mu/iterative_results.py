@@ -109,7 +109,7 @@ def costs(runs: Mapping[str, Mapping[str, Any] | None], merge_algorithm: str, mo
                 "merge_s": merge_s, "what": "one-shot: the sources' fine-tuning (02) + the merge (03)"})
     out.append({"system": f"ensemble/*/{mode}", "seconds": train_s, "train_s": train_s, "merge_s": None,
                 "what": "the same sources' fine-tuning (02); inference not timed"})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, dtype=object)  # None stays None (not NaN) in the JSON record
 
 
 def log_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

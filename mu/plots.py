@@ -120,7 +120,7 @@ def sts_bars(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -
 
 
 def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Iterative training per cycle (the long frame of ``mu.iterative.log_frame``): sources' train
+    """Iterative training per cycle (the long frame of ``mu.iterative_results.log_frame``): sources' train
     loss, and accuracy of each source on its own dev split next to the merged model's on the target
     (dev and test)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

@@ -217,6 +217,6 @@ def test_head_to_head_pairs_over_targets_with_bootstrap_and_wilcoxon():
 def test_adaptive_merge_needs_its_adaptation_settings_spelled_out(setup):
     """No hidden default decides which unlabeled target texts AdaMerging sees (notebook 03's plain
     ``method`` cell passes none: ``method=adamerging`` is refused, naming what is missing)."""
-    with pytest.raises(ValueError, match=r"pass \['adapt_split'\].*adamerging=layer\|task"):
+    with pytest.raises(ValueError, match=r"pass \['adapt_split'\].*--set adamerging=\[task\]"):
         evaluate_merges("adamerging", TARGET, {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}}, models_dir=MODELS_DIR,
                         data="toy", base_model=setup["base"], seed=0)

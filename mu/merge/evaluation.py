@@ -68,8 +68,8 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
         missing = [k for k, v in (("adapt_split", adapt_split), ("seed", merge_kw.get("seed"))) if v is None]
         if missing:
             raise ValueError(f"{method} fits on the target's unlabeled utterances: pass {missing}. Notebook 03 "
-                             f"runs it in its own cells with the adapt_* parameters: set adamerging=layer|task|select "
-                             f"(--set adamerging=task), not method={method}")
+                             f"runs it in its own cells with the adamerging (granularities) and adapt_* parameters "
+                             f"(--set adamerging=[task]), not method={method}")
         merge_kw["adapt_texts"], _, merge_kw["adapt_from"] = adaptation_texts(
             target, adapt_split, data, num_examples=adapt_num_examples, held_out=adapt_held_out, seed=merge_kw["seed"])
         name += "" if adapt_split == "train" else f"-adapt{adapt_split}"
