@@ -236,7 +236,8 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
     utterances without labels (``mu.merge.adaptation_texts``; ``test`` is transductive and recorded).
     ``knobs``: ``temperature``, ``epochs``, ``lr``, ``batch_size``, ``eval_every``, ``patience``.
     Each row carries its cost: ``seconds`` (teacher forwards and training) beside ``merge_seconds``
-    (the plain merge it starts from).
+    (the plain merge it starts from), and its stopping: ``best_step``, ``steps``, ``stopped``,
+    ``agreement_curve`` (held-out agreement with the teacher at each evaluation).
     """
     from mu import evaluate, merge, models
 
@@ -260,7 +261,8 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
                      "sources": dict(weights), "model": str(student), "teacher": f"ensemble/{teacher_method}/{mode}",
                      "seconds": round(details["seconds"], 2),
                      "merge_seconds": round(paths.read_json(init / "merge_details.json")["elapsed_s"], 2),
-                     "best_step": details["best_step"], "steps": details["steps"]})
+                     "best_step": details["best_step"], "steps": details["steps"], "stopped": details["stopped"],
+                     "agreement_curve": details["agreement_curve"]})
     return rows
 
 
