@@ -95,7 +95,8 @@ def costs(runs: Mapping[str, Mapping[str, Any] | None], merge_algorithm: str, mo
     sources' fine-tuning in notebook 02, ``train_runtime`` of their ``training_args.json``, plus the merge
     of ``one_shot``, notebook 03's row, when there is one) and the ensembles of those sources (their
     fine-tuning; inference is not timed). Measured on whatever machine and load each stage ran under."""
-    train_s = round(sum(_training_args(models_dir, loc)["log_history"][-1]["train_runtime"] for loc in sources), 1)
+    runtimes = [_training_args(models_dir, loc)["log_history"][-1].get("train_runtime") for loc in sources]
+    train_s = None if None in runtimes else round(sum(runtimes), 1)
     out = [{"system": f"{name}/{merge_algorithm}/{mode}", "seconds": _wall(r), "train_s": _wall(r), "merge_s": None,
             "what": "iterative: source training, merges and the merged model's evaluation per cycle"}
            for name, r in runs.items() if r is not None]
@@ -105,7 +106,8 @@ def costs(runs: Mapping[str, Mapping[str, Any] | None], merge_algorithm: str, mo
         details = paths.resolve(one_shot.get("model") or "") / "merge_details.json"
         if merge_s is None and one_shot.get("model") and details.is_file():
             merge_s = round(paths.read_json(details)["elapsed_s"], 2)
-    out.append({"system": f"merge/{merge_algorithm}/{mode}", "seconds": train_s + (merge_s or 0.0), "train_s": train_s,
+    out.append({"system": f"merge/{merge_algorithm}/{mode}", "train_s": train_s,
+                "seconds": None if train_s is None else train_s + (merge_s or 0.0),
                 "merge_s": merge_s, "what": "one-shot: the sources' fine-tuning (02) + the merge (03)"})
     out.append({"system": f"ensemble/*/{mode}", "seconds": train_s, "train_s": train_s, "merge_s": None,
                 "what": "the same sources' fine-tuning (02); inference not timed"})

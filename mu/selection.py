@@ -56,6 +56,12 @@ def _check(tuning_targets: Sequence[str], criterion: str, select_kw: Mapping[str
     return list(locales.check_locales(list(tuning_targets)))
 
 
+def _nonempty(**grids: Sequence[Any]) -> None:
+    empty = sorted(k for k, v in grids.items() if not len(v))
+    if empty:
+        raise ValueError(f"{empty}: give at least one candidate (one candidate is a declared value)")
+
+
 def _dev(target: str, data: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """(texts, labels) of a tuning target's dev split: the only labels this module reads."""
     ds = mu_data.load_split(target, "dev", data)
@@ -154,6 +160,7 @@ def choose_distill_lr(profile: str, tuning_targets: Sequence[str], *, teacher_me
     _declare(profile, "04.distill", {"temperature": temperature, "max_epochs": epochs, "batch_size": batch_size,
                                      "eval_every": eval_every, "patience": patience, "held_out": held_out},
              "the student's budget and label-free stopping rule (held-out agreement with the teacher)")
+    _nonempty(lrs=lrs)
     if len(lrs) == 1:
         protocol.record(profile, "04.distill.lr", float(lrs[0]), chosen_by="declared", data="none")
         return {"lr": float(lrs[0]), "evidence": []}
@@ -214,6 +221,7 @@ def choose_adamerging(profile: str, tuning_targets: Sequence[str], *, granularit
     ``granularities``. Records ``03.adamerging.granularity`` / ``.steps`` and the declared knobs."""
     _declare(profile, "03.adamerging", {"constraint": constraint, "lr": lr, "batch_size": batch_size,
                                         "held_out": held_out}, "AdaMerging's declared fit settings")
+    _nonempty(granularities=granularities, steps=steps)
     for g in granularities:
         adamerging.check_knobs(g, constraint, max(steps), lr)
     if len(granularities) == 1 and len(steps) == 1:
@@ -254,10 +262,8 @@ def choose_adamerging(profile: str, tuning_targets: Sequence[str], *, granularit
         return rows
 
     rows = _cached(profile, "adamerging", args, compute)
-    candidates = [r for r in rows if r["step"] in set(map(int, steps))]
     order = {g: i for i, g in enumerate(granularities)}
-    for r in candidates:
-        r["order"] = order[r["granularity"]]
+    candidates = [{**r, "order": order[r["granularity"]]} for r in rows if r["step"] in set(map(int, steps))]
     score = "dev_accuracy" if criterion == "tuning-targets" else "held_out_entropy"
     means, best = _best(candidates, ["granularity", "step"], score, higher=criterion == "tuning-targets",
                         tie=["step", "order"])
