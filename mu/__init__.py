@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "paths", "locales", "similarity", "data", "models", "train", "evaluate",
-    "merge", "ensemble", "distill", "iterative", "schedule", "tracking", "sts", "params", "runner", "report",
+    "merge", "ensemble", "distill", "selection", "iterative", "iterative_results", "schedule", "tracking", "sts", "params", "runner", "report",
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
     "pretrain", "lexical", "study", "typology", "methods_table", "docs", "protocol", "tuning", "stats",
 )

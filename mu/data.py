@@ -144,6 +144,20 @@ def unlabeled(locale: str, split: str, source: str | os.PathLike = "toy", *, num
     return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), num_examples))]
 
 
+def held_out(texts: Sequence[str], fraction: float, seed: int = 42) -> tuple[list[str], list[str]]:
+    """(fit, held-out) of unlabeled ``texts``: ``round(fraction * n)`` texts drawn with ``seed`` are held
+    out (at least one when ``fraction`` > 0, never all), both parts in their original order. The label-free
+    stopping and selection rules of the adapted family score the held-out part; training sees the rest."""
+    texts = [str(t) for t in texts]
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+    n = 0 if fraction == 0 else min(len(texts) - 1, max(1, round(fraction * len(texts))))
+    if n < (fraction > 0):
+        raise ValueError(f"cannot hold out a fraction {fraction} of {len(texts)} text(s) and keep one to train on")
+    held = set(random.Random(seed).sample(range(len(texts)), n))
+    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+
+
 def fingerprint(ds: Dataset) -> str:
     """sha256 over the (id, text, label) rows of a split: identifies its content in caches."""
     h = hashlib.sha256()

@@ -266,8 +266,11 @@ def table(
     nxn: pd.DataFrame | str | os.PathLike | None = None,
     split: str = "test",
     max_seq_length: int = 128,
+    compute: bool = False,
+    batch_size: int = 64,
 ) -> pd.DataFrame:
-    """Every ensemble method × weighting mode on ``target``, from cached logits (no forward).
+    """Every ensemble method × weighting mode on ``target``'s ``split``, from cached logits (no forward;
+    ``compute=True`` computes and caches what is missing, as ``source_logits``).
 
     Weights come from ``mu.similarity.select`` (the same as merging) over the
     sources that have a model in ``models_dir``; each source's logits are read
@@ -282,7 +285,7 @@ def table(
     by_mode = {mode: similarity.select(target, available, mode=mode, **select_kw) for mode in modes}
     needed = list(dict.fromkeys(loc for w in by_mode.values() for loc in w))
     logits, labels = source_logits(target, needed, models_dir=models_dir, data=data, split=split,
-                                   max_seq_length=max_seq_length)
+                                   max_seq_length=max_seq_length, compute=compute, batch_size=batch_size)
     num_labels = next(iter(logits.values())).shape[1]
     rows = []
     for mode, w in by_mode.items():

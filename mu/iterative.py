@@ -14,7 +14,8 @@ sources are merged with ``mu.merge.merge`` (methods that use a base get the
 cycle's start model, the common ancestor of this cycle's fine-tunes), the merged
 model is evaluated on the target's dev and test splits, and every source resumes
 from it in the next cycle. The log says, per cycle, why it merged. The target's
-own data is never trained on.
+own data is never trained on. What a finished run is compared with (the one-shot merge
+of the same sources, its cost, equal source-epochs) is ``mu.iterative_results``.
 
 Layout of ``out_dir``::
 
@@ -48,13 +49,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import pandas as pd
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from mu import data as mu_data
-from mu import aggregate, evaluate, locales, merge, models, paths, report, schedule, tracking, train
+from mu import evaluate, locales, merge, models, paths, report, schedule, tracking, train
 from mu.merge.run import STATS_DEFAULTS
 from mu.merge import lazy
 
@@ -372,74 +372,3 @@ def run(
     }
     paths.write_json(out / RESULT_JSON, result)
     return result
-
-
-def log_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The per-cycle log as a long DataFrame: cycle, epoch, series, metric, value."""
-    rows = []
-    for e in log:
-        epoch = e["epochs"][1]
-        for loc, s in e["sources"].items():
-            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"{loc} (source, own dev)",
-                         "metric": "accuracy", "value": s["dev_accuracy"]})
-            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"{loc} (source)",
-                         "metric": "train_loss", "value": s["train_loss"]})
-        for split, m in e["merged"].items():
-            rows.append({"cycle": e["cycle"], "epoch": epoch, "series": f"merged (target {split})",
-                         "metric": "accuracy", "value": m["accuracy"]})
-    return pd.DataFrame(rows, columns=["cycle", "epoch", "series", "metric", "value"])
-
-
-def merges_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per merge: cycle, epoch, reason, detail, the merged model's target dev / test accuracy."""
-    return pd.DataFrame([{"cycle": e["cycle"], "epoch": e["epochs"][1], "reason": e["merge_reason"],
-                          "detail": e["merge_detail"], "target_dev": e["merged"]["dev"]["accuracy"],
-                          "target_test": e["merged"]["test"]["accuracy"]} for e in log])
-
-
-def compare(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
-    """Runs side by side (``{name: run(...) result}``; a None run, not made, is left out): test accuracy
-    and training cost (epochs, merges, source-epochs and optimiser steps trained, ``fit`` calls, wall
-    seconds of the cycles)."""
-    rows = []
-    for name, r in results.items():
-        if r is None:
-            continue
-        log = r["log"]
-        rows.append({"run": name, "accuracy": r["test"]["accuracy"], "macro_f1": r["test"]["macro_f1"],
-                     "epochs": log[-1]["epochs"][1], "merges": len(log),
-                     "source_epochs": sum(len(s["dev_accuracy_per_epoch"]) for e in log for s in e["sources"].values()),
-                     "optimizer_steps": sum(s["global_step"] for e in log for s in e["sources"].values()),
-                     "fits": sum(len(s["seeds"]) for e in log for s in e["sources"].values()),
-                     "wall_s": round(sum(e["elapsed_s"] for e in log), 1),
-                     "merge_epochs": [e["epochs"][1] for e in log]})
-    return pd.DataFrame(rows).set_index("run")
-
-
-def report_rows(runs: Mapping[str, Mapping[str, Any]], merge_algorithm: str, mode: str,
-                weights: Mapping[str, float]) -> list[dict[str, Any]]:
-    """One ``mu.report`` row per run ``{"iterative": result, "iterative-adaptive": result}`` (None: not
-    made, no row): ``<name>/<merge_algorithm>/<mode>`` in the ``iterative`` family, with its test scores
-    and sources."""
-    return [{"system": f"{name}/{merge_algorithm}/{mode}", "family": "iterative", **run["test"],
-             "sources": dict(weights)} for name, run in runs.items() if run is not None]
-
-
-def inputs(base: str | os.PathLike, runs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
-    """``inputs`` of notebook 05's record: the base and each made run's merged model (``{name: result}``)."""
-    return {"base_model": report.describe_input(base),
-            **{name: report.describe_input(r["merged"]) for name, r in runs.items() if r is not None}}
-
-
-def one_shot_row(target_lang: str, merge_algorithm: str, mode: str, profile: str,
-                 sources: Mapping[str, float]) -> dict[str, Any] | None:
-    """Notebook 03's one-shot merge of the same sources for this target, method and mode
-    (row ``merge/<method>/<mode>`` whose sources are ``sources``' locales), with its record's
-    path; None when notebook 03 has not produced it for this profile."""
-    system = f"merge/{merge_algorithm}/{mode}"
-    for rec in aggregate.load_records(profile):
-        if rec["notebook"] == "03_merging" and rec["target"] == target_lang:
-            for row in rec["rows"]:
-                if row["system"] == system and set(row.get("sources") or {}) == set(sources):
-                    return {**row, "record": rec["path"]}
-    return None

@@ -120,7 +120,7 @@ def sts_bars(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -
 
 
 def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Iterative training per cycle (the long frame of ``mu.iterative.log_frame``): sources' train
+    """Iterative training per cycle (the long frame of ``mu.iterative_results.log_frame``): sources' train
     loss, and accuracy of each source on its own dev split next to the merged model's on the target
     (dev and test)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -164,6 +164,21 @@ def adaptation(curve: pd.DataFrame, path: str | os.PathLike, *, coefficients: pd
         axes[0, 0].legend(fontsize=7)
     sns.lineplot(curve, x="step", y="value", hue="weighting", ax=axes[0, -1])
     axes[0, -1].set(xlabel="optimiser step", ylabel=curve_label, title="objective")
+    fig.suptitle(title)
+    save(fig, path)
+    return fig
+
+
+def metric_curves(frame: pd.DataFrame, path: str | os.PathLike, *, x: str = "step", hue: str = "granularity",
+                  style: str | None = "target", title: str = "") -> plt.Figure:
+    """One panel per ``metric`` of a long frame (``metric``, ``value``, ``x``, ``hue``[, ``style``]), e.g.
+    ``mu.selection.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
+    metrics = list(dict.fromkeys(frame["metric"]))
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.lineplot(frame[frame["metric"] == metric], x=x, y="value", hue=hue, style=style, marker="o", ax=ax)
+        ax.set(xlabel=x, ylabel=metric, title=metric)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     save(fig, path)
     return fig

@@ -132,9 +132,10 @@ def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
     details = paths.read_json(Path(merged[0]["model"]) / "merge_details.json")
     assert details["statistics_params"]["adapt_from"] == {
         "target": TARGET, "split": "train", "data": "toy", "num_texts": 48, "seed": 0, "labels": "none",
-        "transductive": False}
+        "transductive": False, "num_held_out": 0}
     curve = distill.curves(students)
     assert len(curve) == -(-48 // 16) and curve["value"].map(math.isfinite).all()
+    assert all(r["seconds"] > 0 for r in merged + students) and students[0]["merge_seconds"] > 0
 
 
 def test_distillation_is_deterministic_and_moves_the_student_towards_the_teacher(setup, tmp_path):
@@ -216,6 +217,6 @@ def test_head_to_head_pairs_over_targets_with_bootstrap_and_wilcoxon():
 def test_adaptive_merge_needs_its_adaptation_settings_spelled_out(setup):
     """No hidden default decides which unlabeled target texts AdaMerging sees (notebook 03's plain
     ``method`` cell passes none: ``method=adamerging`` is refused, naming what is missing)."""
-    with pytest.raises(ValueError, match=r"pass \['adapt_split', 'adapt_num_examples'\].*adamerging=layer\|task"):
+    with pytest.raises(ValueError, match=r"pass \['adapt_split'\].*--set adamerging=\[task\]"):
         evaluate_merges("adamerging", TARGET, {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}}, models_dir=MODELS_DIR,
                         data="toy", base_model=setup["base"], seed=0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import XLMRobertaForSequenceClassification
 
-from mu import data, ensemble, evaluate, models, paths, plots, report, similarity
+from mu import data, ensemble, evaluate, models, paths, plots, protocol, report, similarity
 
 EQUAL3 = {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
 
@@ -458,6 +458,12 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     assert {"nxn", *(f"logits/{loc}" for loc in SOURCES)} <= set(record["inputs"])
     for png in ("methods_x_modes.png", "accuracy_vs_k.png", "distillation.png"):
         assert paths.reports_dir("04_ensembling", TARGET, png).is_file()
-    distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled-similarity"))["rows"]
-    assert [(r["system"], r["family"], r["n"]) for r in distilled] == [
-        ("adapted/distilled-soft/similarity", "adapted", record["rows"][0]["n"])]
+    distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled"))
+    teacher = distilled["results"]["teacher"]  # the best ensemble on the tuning targets' dev splits
+    assert [(r["system"], r["family"], r["n"], r["teacher"]) for r in distilled["rows"]] == [
+        (f"adapted/distilled-{teacher['method']}/{teacher['mode']}", "adapted", record["rows"][0]["n"],
+         f"ensemble/{teacher['method']}/{teacher['mode']}")]
+    chosen = protocol.load("ens-test")
+    assert chosen["04.distill.teacher"]["chosen_by"] == "tuning-targets" and chosen["04.distill.lr"]["value"] == \
+        distilled["results"]["lr"]
+    assert set(distilled["results"]["cost_s"]) == {distilled["rows"][0]["system"], f"merge/linear/{teacher['mode']}"}

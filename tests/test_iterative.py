@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mu import iterative, models, paths, plots, schedule
+from mu import iterative, iterative_results, models, paths, plots, schedule
 from mu.merge import lazy
 
 TARGET = "it-IT"
@@ -71,7 +71,7 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert iterative.completed_cycles(out) == [2]
     details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
-    png = plots.iterative_curves(iterative.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    png = plots.iterative_curves(iterative_results.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
     assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
 
 
@@ -192,9 +192,9 @@ def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
         assert pieces[0][0] == pytest.approx(ADAPTIVE["lr"])
         assert all(a[1] == pytest.approx(b[0]) for a, b in zip(pieces, pieces[1:]))
         assert pieces[-1][1] == pytest.approx(ADAPTIVE["lr"] * (1 - n / ADAPTIVE["max_interval"]))
-    merges = iterative.merges_frame(log)
+    merges = iterative_results.merges_frame(log)
     assert list(merges["reason"]) == [e["merge_reason"] for e in log] and merges["detail"].str.len().min() > 0
-    table = iterative.compare({"adaptive": adaptive_run})
+    table = iterative_results.compare({"adaptive": adaptive_run})
     assert table.loc["adaptive", "source_epochs"] == 3 * len(SOURCES)
     assert table.loc["adaptive", "merges"] == len(log) and table.loc["adaptive", "fits"] == 3 * len(SOURCES)
 
@@ -249,7 +249,7 @@ def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
 def test_report_rows_name_each_run_in_the_iterative_family():
     fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}}
     adaptive = {"test": {"accuracy": 0.6, "macro_f1": 0.5, "n": 96}}
-    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
+    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
                                  {"de-DE": 0.6, "nl-NL": 0.4})
     assert [(r["system"], r["family"], r["accuracy"]) for r in rows] == [
         ("iterative/linear/similarity", "iterative", 0.5), ("iterative-adaptive/linear/similarity", "iterative", 0.6)]
@@ -260,8 +260,65 @@ def test_a_run_not_made_is_left_out_of_rows_comparison_and_inputs(tmp_path):
     fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}, "merged": str(tmp_path / "m"),
              "log": [{"epochs": [0, 2], "elapsed_s": 1.0, "sources": {}}]}
     (tmp_path / "m").write_text("x")
-    rows = iterative.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
+    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
     assert [r["system"] for r in rows] == ["iterative/linear/similarity"]
-    assert list(iterative.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
-    got = iterative.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
+    assert list(iterative_results.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
+    got = iterative_results.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
     assert set(got) == {"base_model", "merged_model"}
+
+
+# --- like for like, cost, the declared subset (mu.iterative_results) ---
+
+
+def _trained(models_dir, recipes):
+    """Fake notebook-02 sources: only their training_args.json (what like_for_like and costs read)."""
+    for loc, (epochs, lr, runtime) in recipes.items():
+        folder = paths.resolve(models.source_path(loc, models_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.write_json(folder / "training_args.json", {
+            "params": {"locale": loc, "epochs": epochs, "lr": lr, "batch_size": 32},
+            "log_history": [{"loss": 1.0}, {"train_runtime": runtime, "epoch": epochs}]})
+
+
+def test_like_for_like_takes_the_one_shot_sources_epochs_and_lr(mu_root):
+    from mu import notes, protocol
+
+    _trained("models/lfl", {"de-DE": (5, 1e-3, 20.0), "nl-NL": (5, 1e-3, 22.5)})
+    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE", "nl-NL"], max_epochs=None, lr=None) == (5, 1e-3)
+    assert protocol.load("lfl")["05.max_epochs"]["value"] == 5
+    notes.clear()
+    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE"], max_epochs=2, lr=None) == (2, 1e-3)
+    assert any("not like for like" in n for n in notes.noted())
+    _trained("models/lfl", {"sv-SE": (3, 1e-3, 9.0)})
+    with pytest.raises(ValueError, match="different recipes"):
+        iterative_results.source_recipe("models/lfl", ["de-DE", "sv-SE"])
+    with pytest.raises(FileNotFoundError, match="run 02 first, or give max_epochs and lr"):
+        iterative_results.like_for_like("lfl", "models/lfl", ["fr-FR"], max_epochs=None, lr=None)
+    run = {"test": {"accuracy": 0.5}, "log": [{"elapsed_s": 10.0}, {"elapsed_s": 5.5}]}
+    cost = iterative_results.costs({"iterative": run, "iterative-adaptive": None}, "linear", "similarity", "models/lfl",
+                                   ["de-DE", "nl-NL"], {"seconds": 0.5, "model": None}).set_index("system")
+    assert cost.at["iterative/linear/similarity", "seconds"] == 15.5
+    assert cost.at["merge/linear/similarity", "seconds"] == pytest.approx(43.0)  # 20 + 22.5 of 02, + the merge
+    assert cost.at["ensemble/*/similarity", "seconds"] == pytest.approx(42.5)
+    assert "iterative-adaptive/linear/similarity" not in cost.index
+
+
+def test_the_declared_subset_is_every_third_locale_without_the_tuning_targets():
+    from mu import locales
+
+    assert iterative_results.subset() == list(locales.LOCALES)[::3] and len(iterative_results.subset()) == 17
+    tuning = ["de-DE", "hi-IN", "ja-JP", "sw-KE", "ar-SA"]
+    got = iterative_results.subset(exclude=tuning)
+    assert len(got) >= 15 and not set(got) & set(tuning)
+    with pytest.raises(ValueError):
+        iterative_results.subset(["xx-XX"])
+
+
+def test_studies_train_the_iterative_sources_as_long_as_the_one_shot_ones():
+    """Equal source-epochs: 05's max_epochs / lr are None (the one-shot sources' own) or 02's values."""
+    from mu import params
+
+    for profile in ("mini", "massive"):
+        p02, p05 = params.load_params("02_training", profile), params.load_params("05_iterative", profile)
+        assert p05["max_epochs"] in (None, p02["epochs"]) and p05["lr"] in (None, p02["lr"]), profile
+        assert p05["batch_size"] == p02["batch_size"] and p05["adaptive_schedule"] is True, profile

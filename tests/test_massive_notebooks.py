@@ -6,8 +6,8 @@ Only what cannot run offline is replaced: ``data`` (the hub → a subsample of .
 ``locales`` (51 → 4), the base (xlm-roberta-base → a tiny encoder pretrained by ``mu.pretrain``, which
 notebook 02 takes through the ``mini`` profile's ``ensure_base``) and, for that tiny base, ``lr``
 (5e-5 → 2e-3: at xlm-roberta-base's rate it learns nothing in 3 epochs, and the ``transfer`` weights of
-an all-zero N×N matrix are, rightly, an error), and 03's ``sts_data`` (the hub's STS-B → toy pairs in
-the profile's ``sts_locale``, en-US).
+an all-zero N×N matrix are, rightly, an error), 03's ``sts_data`` (the hub's STS-B → toy pairs in
+the profile's ``sts_locale``, en-US) and the declared tuning targets (two of the four locales).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ pytestmark = [
 def _params(stem: str) -> dict:
     values = params.load_params(stem, "massive")
     values.update(profile="mini", data=DATA)
-    overrides = (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET), ("sts_data", "toy"))
+    overrides = (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET), ("sts_data", "toy"),
+                 ("tuning_targets", ["de-DE", "sw-KE"]))
     for key, value in overrides:
         if key in params.notebook_parameters(REPO / "notebooks" / f"{stem}.ipynb"):
             values[key] = value

@@ -7,7 +7,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from mu import evaluate, paths, report
+from mu import evaluate, merge, paths, protocol, report
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_merging.ipynb"
 PROFILE = "test03"  # own N×N path (reports/02_training/test03/) and models folder: no clash with other tests
@@ -45,9 +45,16 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert record["params"]["method"] == method and "nxn" in record["inputs"]
     assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
     adapted = paths.read_json(report.record_path("03_merging", "es-ES", "adamerging-similarity"))  # own record
+    # granularity and steps chosen on the tuning targets' dev splits (the toy's de-DE, en-US), named as merges are
+    label = merge.label("adamerging", **{k: v for k, v in adapted["results"]["knobs"].items() if k != "constraint"})
     assert {r["system"]: r["family"] for r in adapted["rows"]} == {
-        "adapted/adamerging/similarity": "adapted", "adapted/adamerging/average": "adapted"}
+        f"adapted/{label}/similarity": "adapted", f"adapted/{label}/average": "adapted"}
+    assert all(r["seconds"] > 0 for r in adapted["rows"]) and set(adapted["results"]["cost_s"]) >= set(systems)
     assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
+    chosen = protocol.load(PROFILE)
+    assert chosen["03.adamerging.steps"]["chosen_by"] == "tuning-targets"
+    assert chosen["03.adamerging.steps"]["value"] == adapted["results"]["knobs"]["steps"]
+    assert paths.reports_dir("study", PROFILE, "adamerging-selection.png").is_file()
     if method == "linear":
         iso = paths.read_json(report.record_path("03_merging", "es-ES", "iso_c-similarity"))
         assert {r["system"] for r in iso["rows"]} == {"merge/iso_c/similarity", "merge/iso_c/average"}

@@ -8,7 +8,7 @@ CUDA when available); the ``STREAMED`` methods compute in row chunks.
 """
 
 from mu.merge import sweep  # notebook 03's compare_methods: every method on one target
-from mu.merge.evaluation import adapt_from, comparison, evaluate_merges, merged_dir, with_average
+from mu.merge.evaluation import adapt_from, adaptation_texts, comparison, evaluate_merges, merged_dir, with_average
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.registry import (
     ADAPTIVE,
@@ -32,7 +32,7 @@ from mu.merge.run import merge_models
 
 __all__ = [
     "ADAPTIVE", "EXACT_SOURCES", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "PAIRWISE", "STATISTICS", "STREAMED",
-    "USES_BASE", "WHOLE_MATRICES", "adapt_from",
+    "USES_BASE", "WHOLE_MATRICES", "adapt_from", "adaptation_texts",
     "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
     "merge_models", "merged_dir",
     "regmean_grams", "sweep",

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.func import functional_call
@@ -81,10 +82,21 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
+def mean_entropy(logits: np.ndarray) -> float:
+    """Mean Shannon entropy (nats) of the predicted distributions of ``logits`` [n, C]."""
+    return float(_entropy(torch.as_tensor(np.asarray(logits))))
+
+
+# ``probe(step, predict)`` -> {metric: value}: called at each checkpoint with ``predict(texts) -> logits [n, C]``
+# of the current merge θ(λ) (no gradient). The fit passes texts only; what the probe scores them with is the caller's.
+Probe = Callable[[int, Callable[[Sequence[str]], np.ndarray]], Mapping[str, Any]]
+
+
 def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor],
         state_dicts: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float], texts: Sequence[str], *,
         granularity: str = "layer", constraint: str = "simplex", steps: int = 100, lr: float = 0.05,
-        batch_size: int = 16, max_seq_length: int = 128, seed: int = 42, progress: bool = True) -> dict[str, Any]:
+        batch_size: int = 16, max_seq_length: int = 128, seed: int = 42, progress: bool = True,
+        checkpoints: Sequence[int] = (), probe: Probe | None = None) -> dict[str, Any]:
     """Fit AdaMerging coefficients on unlabeled ``texts`` (a list of strings: nothing else reaches here).
 
     ``model``: a module of the sources' architecture (its own parameters are replaced by θ(λ)
@@ -93,8 +105,16 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     ``seed`` (reshuffled every pass). Returns ``{"coefficients": {locale: {tensor: λ}},
     "entropy_curve": [mean entropy of each step's batch], "entropy_before" / "entropy_after":
     mean entropy over all texts at the start / end, "seconds"}``.
+
+    ``checkpoints`` (steps in [0, ``steps``]; 0 is the starting merge) with ``probe``: after each
+    of those steps ``probe(step, predict)`` scores the current merge, e.g. the entropy of held-out
+    unlabeled texts (``entropy_probe``) or, for a declared tuning target, its dev accuracy; the
+    results go to ``"checkpoints"`` (``[{"step": s, **probe(...)}]``).
     """
     check_knobs(granularity, constraint, steps, lr)
+    bad = sorted(s for s in checkpoints if not 0 <= s <= steps)
+    if bad or (checkpoints and probe is None):
+        raise ValueError(f"adamerging checkpoints must lie in [0, steps={steps}] and need a probe; got {bad or list(checkpoints)}")
     texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("adamerging needs at least one unlabeled text of the target")
@@ -120,20 +140,21 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
         return {k: base_t[k] + torch.tensordot(lam[:, group[k]], taus[k], dims=1) for k in keys}
 
     @torch.no_grad()
-    def mean_entropy() -> float:
+    def predict(some: Sequence[str]) -> np.ndarray:
         p = params(_lambdas(raw, constraint))
-        total = 0.0
-        for start in range(0, len(texts), 64):
-            idx = range(start, min(start + 64, len(texts)))
-            total += float(_entropy(functional_call(model, p, kwargs=batch(idx)).logits)) * len(idx)
-        return total / len(texts)
+        ids = tokenizer([str(t) for t in some], truncation=True, max_length=max_seq_length)["input_ids"]
+        out = [functional_call(model, p, kwargs=tokenizer.pad({"input_ids": ids[i:i + 64]}, return_tensors="pt")
+                               .to(device)).logits.float().cpu() for i in range(0, len(ids), 64)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
     model.eval()
-    before = mean_entropy()
+    before = mean_entropy(predict(texts))
+    marks = sorted(set(checkpoints))
+    probed = [{"step": 0, **probe(0, predict)}] if marks[:1] == [0] else []
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     curve = []
-    for _ in tqdm(range(steps), desc=f"adamerging ({granularity})", leave=False, disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc=f"adamerging ({granularity})", leave=False, disable=not progress):
         if len(order) < min(batch_size, len(texts)):
             order += torch.randperm(len(texts), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
@@ -145,12 +166,22 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
             with torch.no_grad():
                 raw.clamp_(0.0, 1.0)
         curve.append(float(loss.detach()))
+        if step in marks:
+            probed.append({"step": step, **probe(step, predict)})
     lam = _lambdas(raw, constraint).detach().cpu()
     if not torch.isfinite(lam).all():
         raise ValueError("adamerging: the fitted coefficients are not finite (lower lr)")
     return {"coefficients": {s: {k: float(lam[i, group[k]]) for k in keys} for i, s in enumerate(sources)},
-            "entropy_curve": curve, "entropy_before": before, "entropy_after": mean_entropy(),
-            "seconds": time.perf_counter() - started}
+            "entropy_curve": curve, "entropy_before": before, "entropy_after": mean_entropy(predict(texts)),
+            "checkpoints": probed, "seconds": time.perf_counter() - started}
+
+
+def entropy_probe(texts: Sequence[str], name: str = "held_out_entropy") -> Probe:
+    """A label-free probe: the mean entropy of the merge's predictions on ``texts`` (e.g. held-out unlabeled text)."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("entropy_probe needs at least one text")
+    return lambda step, predict: {name: mean_entropy(predict(texts))}
 
 
 def fit_models(base_dir: str | Path, state_dicts: Mapping[str, Mapping[str, torch.Tensor]],

@@ -40,7 +40,7 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
                     models_dir: str | os.PathLike, data: str | os.PathLike,
                     base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
                     adapt_split: str | None = None, adapt_num_examples: int | None = None,
-                    keep_merged: bool = True, **merge_kw: Any) -> list[dict[str, Any]]:
+                    adapt_held_out: float = 0.0, keep_merged: bool = True, **merge_kw: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
     Rows are named ``merge/<label>/<mode>`` with ``label = mu.merge.label(method, **knobs)``
@@ -52,31 +52,30 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     The target is never a source (ValueError).
 
     Adaptive methods (``adamerging``) are the ``adapted`` family (``adapted/<label>/<mode>``):
-    they fit on ``adapt_num_examples`` of the target's ``adapt_split`` utterances *without labels*
-    (``mu.data.unlabeled``; ``train`` is the usual choice; ``test`` is transductive, recorded, and
-    named ``<label>-adapttest``). For them ``adapt_split``, ``adapt_num_examples`` and ``seed`` (which
-    draws the utterances) must be given: no hidden default decides what the adaptation sees.
+    they fit on ``adapt_num_examples`` (None: all) of the target's ``adapt_split`` utterances
+    *without labels*, less the ``adapt_held_out`` fraction (``adaptation_texts``: the texts distillation
+    trains on; ``train`` is the usual split; ``test`` is transductive, recorded, and named
+    ``<label>-adapttest``). For them ``adapt_split`` and ``seed`` (which draws the utterances) must
+    be given: no hidden default decides what the adaptation sees.
+    Every row carries ``seconds``: what its merge took (AdaMerging: the fit included), read from
+    ``merge_details.json`` (so a reused merge reports what it cost when it was made).
 
     ``keep_merged=False`` deletes each merged model once evaluated, after recording its sha256 in the
     row (``model_sha256``); a rerun merges again (deterministic) and reads its evaluation from the logits cache.
     """
-    from mu import data as mu_data
     from mu import evaluate
     from mu.merge.registry import ADAPTIVE, knobs, label
 
     name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
     family = "adapted" if method in ADAPTIVE else "merge"
     if family == "adapted":
-        missing = [k for k, v in (("adapt_split", adapt_split), ("adapt_num_examples", adapt_num_examples),
-                                  ("seed", merge_kw.get("seed"))) if v is None]
+        missing = [k for k, v in (("adapt_split", adapt_split), ("seed", merge_kw.get("seed"))) if v is None]
         if missing:
             raise ValueError(f"{method} fits on the target's unlabeled utterances: pass {missing}. Notebook 03 "
-                             f"runs it in its own cells with the adapt_* parameters: set adamerging=layer|task "
-                             f"(--set adamerging=task), not method={method}")
-        seed = merge_kw["seed"]
-        merge_kw["adapt_texts"] = mu_data.unlabeled(target, adapt_split, data, num_examples=adapt_num_examples,
-                                                    seed=seed)
-        merge_kw["adapt_from"] = adapt_from(target, adapt_split, data, len(merge_kw["adapt_texts"]), seed)
+                             f"runs it in its own cells with the adamerging (granularities) and adapt_* parameters "
+                             f"(--set adamerging=[task]), not method={method}")
+        merge_kw["adapt_texts"], _, merge_kw["adapt_from"] = adaptation_texts(
+            target, adapt_split, data, num_examples=adapt_num_examples, held_out=adapt_held_out, seed=merge_kw["seed"])
         name += "" if adapt_split == "train" else f"-adapt{adapt_split}"
     rows = []
     for mode, weights in weightings.items():
@@ -90,7 +89,8 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
         scores = evaluate.evaluate(merged, target, "test", data=data, batch_size=batch_size,
                                    max_seq_length=max_seq_length)
         rows.append({"system": f"{family}/{name}/{mode}", "family": family, "target": target, **scores,
-                     "sources": dict(weights), "model": str(merged)})
+                     "sources": dict(weights), "model": str(merged),
+                     "seconds": round(paths.read_json(paths.resolve(merged) / "merge_details.json")["elapsed_s"], 3)})
         if not keep_merged:
             rows[-1]["model_sha256"] = report.sha256(merged)
             shutil.rmtree(merged)
@@ -101,6 +101,18 @@ def adapt_from(target: str, split: str, data: str | os.PathLike, num_texts: int,
     """Where an adapted system's unlabeled texts come from (recorded); ``test`` is transductive."""
     return {"target": target, "split": split, "data": str(data), "num_texts": num_texts, "seed": seed,
             "labels": "none", "transductive": split == "test"}
+
+
+def adaptation_texts(target: str, split: str, data: str | os.PathLike, *, num_examples: int | None,
+                     held_out: float, seed: int) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(fit texts, held-out texts, where they come from) of ``target``'s unlabeled ``split``: what both
+    adapted systems (AdaMerging, distillation) learn from. ``num_examples`` None: all of the split;
+    ``held_out``: the fraction kept apart for label-free stopping and selection (``mu.data.held_out``)."""
+    from mu import data as mu_data
+
+    texts = mu_data.unlabeled(target, split, data, num_examples=num_examples, seed=seed)
+    fit, held = mu_data.held_out(texts, held_out, seed)
+    return fit, held, {**adapt_from(target, split, data, len(fit), seed), "num_held_out": len(held)}
 
 
 def comparison(rows: list[Mapping[str, Any]], nxn: pd.DataFrame, target: str) -> pd.DataFrame:

@@ -1,0 +1,189 @@
+"""The adapted family's protocol choices (mu.selection) and what they rest on: teacher distributions
+(mu.distill.teacher_probs), the held-out slice (mu.data.held_out), the student's label-free stopping
+rule, AdaMerging checkpoints. The selection is run with test splits that raise when read: it cannot
+see them. Tiny toy models (the base perturbed), a few steps: seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mu.data
+from mu import distill, ensemble, models, paths, protocol, selection
+from mu.merge import adamerging
+
+MODELS_DIR = "models/test_selection"
+LOCALES = ["de-DE", "nl-NL", "fr-FR", "es-ES"]
+TUNING = ["de-DE", "nl-NL"]
+SELECT = dict(num_languages=2, top_k=20, sinkhorn_iters=20)
+
+
+@pytest.fixture(scope="module")
+def sources(toy_base, perturbed_sources):
+    return perturbed_sources(LOCALES, MODELS_DIR, seed=500, scale=0.2)
+
+
+def test_teacher_probs_of_every_ensemble_method():
+    rng = np.random.default_rng(0)
+    logits = {"a": rng.normal(size=(6, 5)), "b": rng.normal(size=(6, 5)), "c": rng.normal(size=(6, 5))}
+    w = {"a": 0.5, "b": 0.3, "c": 0.2}
+    for method in ensemble.METHODS:
+        p = distill.teacher_probs(method, logits, w, temperature=2.0)
+        assert p.shape == (6, 5) and np.allclose(p.sum(axis=1), 1.0) and (p >= 0).all()
+    soft = sum(w[k] * ensemble.softmax(z / 2.0) for k, z in logits.items())
+    np.testing.assert_allclose(distill.teacher_probs("soft", logits, w, 2.0), soft)
+    for method in ("soft", "uriel_logits"):  # the teacher's argmax is the ensemble's prediction
+        assert (distill.teacher_probs(method, logits, w, 2.0).argmax(1) == ensemble.combine(method, logits, w)).all()
+    votes = distill.teacher_probs("majority", logits, w, 2.0)
+    assert set(np.round(votes.ravel() * 3, 9)) <= {0.0, 1.0, 2.0, 3.0}
+    with pytest.raises(ValueError, match="unknown ensemble method 'mean'"):
+        distill.teacher_probs("mean", logits, w, 2.0)
+
+
+def test_held_out_slice_is_deterministic_disjoint_and_keeps_order():
+    texts = [f"t{i}" for i in range(50)]
+    fit, held = mu.data.held_out(texts, 0.1, seed=3)
+    assert len(held) == 5 and len(fit) == 45 and sorted(fit + held, key=texts.index) == texts
+    assert fit == sorted(fit, key=texts.index) and (fit, held) == mu.data.held_out(texts, 0.1, seed=3)
+    assert mu.data.held_out(texts, 0.0) == (texts, [])
+    assert len(mu.data.held_out(texts[:3], 0.01)[1]) == 1  # at least one when asked for some
+    with pytest.raises(ValueError, match=r"held-out fraction must be in \[0, 1\)"):
+        mu.data.held_out(texts, 1.0)
+
+
+def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sources):
+    texts = mu.data.unlabeled("af-ZA", "train", "toy", num_examples=80, seed=0)
+    fit, held = mu.data.held_out(texts, 0.25, seed=0)
+    w = {"de-DE": 0.5, "fr-FR": 0.5}
+    probs = distill.teacher("uriel_logits", fit + held, {k: sources[k] for k in w}, w, temperature=2.0,
+                            max_seq_length=32)
+    model, tokenizer, log = distill.fit_student(sources["nl-NL"], fit, probs[:len(fit)], held_out=held,
+                                                held_out_probs=probs[len(fit):], temperature=2.0, epochs=6, lr=3e-3,
+                                                batch_size=16, eval_every=2, patience=2, max_seq_length=32, seed=1,
+                                                progress=False)
+    curve = log["agreement_curve"]
+    assert curve[0]["step"] == 0 and [c["step"] for c in curve] == sorted({c["step"] for c in curve})
+    best = max(curve, key=lambda c: c["agreement"])  # earliest of the best
+    assert (log["best_step"], log["best_agreement"]) == (best["step"], best["agreement"])
+    if log["stopped"] == "patience":
+        assert [c["agreement"] for c in curve[-2:]] and all(c["agreement"] <= best["agreement"] for c in curve[-2:])
+        assert log["steps"] < 6 * -(-len(fit) // 16)
+    # the model handed back is the best checkpoint, not the last step
+    again = distill.agreement(model, tokenizer, held, probs[len(fit):].argmax(1), max_seq_length=32)
+    assert again == pytest.approx(log["best_agreement"])
+
+
+def test_adamerging_checkpoints_call_the_probe_with_the_current_merge(toy_base, sources):
+    model, tokenizer = models.load_classifier(toy_base)
+    sds = {k: models.load_state_dict(sources[k]) for k in ("de-DE", "fr-FR")}
+    texts = mu.data.unlabeled("af-ZA", "train", "toy", num_examples=40, seed=0)
+    seen = []
+    probe = adamerging.entropy_probe(texts[:10])
+    out = adamerging.fit(model, tokenizer, model.state_dict(), sds, {"de-DE": 0.5, "fr-FR": 0.5}, texts, steps=6,
+                         lr=0.1, max_seq_length=32, progress=False, checkpoints=[0, 3, 6],
+                         probe=lambda s, predict: (seen.append(s), probe(s, predict))[1])
+    assert seen == [0, 3, 6] and [c["step"] for c in out["checkpoints"]] == [0, 3, 6]
+    assert all(np.isfinite(c["held_out_entropy"]) for c in out["checkpoints"])
+    with pytest.raises(ValueError, match="checkpoints must lie in"):
+        adamerging.fit(model, tokenizer, model.state_dict(), sds, {"de-DE": 0.5, "fr-FR": 0.5}, texts, steps=2,
+                       checkpoints=[3], probe=probe)
+
+
+class TextsOnly:
+    """A train split whose texts can be read but whose labels raise."""
+
+    def __init__(self, ds):
+        self.texts = list(ds["text"])
+
+    def __getitem__(self, column):
+        if column == "text":
+            return self.texts
+        raise AssertionError(f"the selection read the {column!r} column of a train split")
+
+
+@pytest.fixture()
+def no_test_split(monkeypatch):
+    """Every test split raises when loaded; train splits give texts only."""
+    real = mu.data.load_split
+
+    def guarded(locale, split, source="toy"):
+        if split == "test":
+            raise AssertionError(f"the selection loaded the test split of {locale}")
+        return TextsOnly(real(locale, split, source)) if split == "train" else real(locale, split, source)
+
+    monkeypatch.setattr(mu.data, "load_split", guarded)
+
+
+def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_base, no_test_split, monkeypatch):
+    common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
+    teacher = selection.choose_teacher("sel", TUNING, methods=["soft", "uriel_logits"], modes=["similarity", "average"],
+                                       **common)
+    assert {r["target"] for r in teacher["evidence"]} == set(TUNING) and len(teacher["evidence"]) == 8
+    lr = selection.choose_distill_lr("sel", TUNING, teacher_method=teacher["method"], mode=teacher["mode"],
+                                     lrs=[1e-3, 1e-2], criterion="tuning-targets", base_model=toy_base, temperature=2.0,
+                                     epochs=1, batch_size=32, eval_every=None, patience=1, held_out=0.1,
+                                     adapt_num_examples=64, **common)
+    assert lr["lr"] in (1e-3, 1e-2) and {(r["target"], r["lr"]) for r in lr["evidence"]} == {
+        (t, x) for t in TUNING for x in (1e-3, 1e-2)}
+    ada = selection.choose_adamerging("sel", TUNING, granularities=["layer", "task"], steps=[2, 4],
+                                      criterion="label-free", mode="similarity", constraint="simplex", lr=0.05,
+                                      batch_size=16, held_out=0.1, base_model=toy_base, adapt_num_examples=64, **common)
+    assert {(r["granularity"], r["step"]) for r in ada["evidence"]} == {(g, s) for g in ("layer", "task")
+                                                                       for s in (0, 2, 4)}
+    curves = selection.adamerging_curves(ada)
+    assert set(curves["metric"]) == {"dev_accuracy", "dev_entropy", "held_out_entropy"}
+    ranked = curves[(curves["metric"] == "held_out_entropy") & (curves["step"] > 0)].groupby(
+        ["granularity", "step"])["value"].mean()
+    assert (ada["granularity"], ada["steps"]) == ranked.idxmin()
+    recorded = protocol.load("sel")
+    assert recorded["04.distill.teacher"]["value"] == f"{teacher['method']}/{teacher['mode']}"
+    assert recorded["04.distill.teacher"]["chosen_by"] == "tuning-targets"
+    assert recorded["04.distill.lr"]["chosen_by"] == "tuning-targets" and recorded["04.distill.lr"]["value"] == lr["lr"]
+    assert recorded["03.adamerging.steps"]["chosen_by"] == "label-free"
+    assert recorded["04.distill.patience"]["chosen_by"] == "declared"
+    # a rerun with the same arguments measures nothing (cached); other arguments measure again
+    monkeypatch.setattr(distill, "fit_student", lambda *a, **k: pytest.fail("measured again"))
+    assert selection.choose_distill_lr("sel", TUNING, teacher_method=teacher["method"], mode=teacher["mode"],
+                                       lrs=[1e-3, 1e-2], criterion="label-free", base_model=toy_base, temperature=2.0,
+                                       epochs=1, batch_size=32, eval_every=None, patience=1, held_out=0.1,
+                                       adapt_num_examples=64, **common)["lr"] in (1e-3, 1e-2)
+    assert protocol.load("sel")["04.distill.lr"]["chosen_by"] == "label-free"
+    assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
+
+
+def test_one_candidate_is_declared_and_bad_settings_are_clear_errors(sources, toy_base):
+    common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
+    got = selection.choose_teacher("sel2", [], methods=["soft", "uriel_logits"], modes=["similarity"],
+                                   only=["uriel_logits/similarity"], **common)
+    assert (got["method"], got["mode"]) == ("uriel_logits", "similarity")
+    assert protocol.load("sel2")["04.distill.teacher"]["chosen_by"] == "declared"
+    with pytest.raises(ValueError, match=r"not among the ensembles"):
+        selection.choose_teacher("sel2", TUNING, methods=["soft"], modes=["similarity"], only=["soft/oracle"], **common)
+    with pytest.raises(ValueError, match="needs at least one declared tuning target"):
+        selection.choose_teacher("sel2", [], methods=["soft", "majority"], modes=["similarity"], **common)
+    kw = dict(granularities=["layer", "task"], steps=[2], mode="similarity", constraint="simplex", lr=0.05,
+              batch_size=16, base_model=toy_base, **common)
+    with pytest.raises(ValueError, match="selection criterion 'test'"):
+        selection.choose_adamerging("sel2", TUNING, criterion="test", held_out=0.1, **kw)
+    with pytest.raises(ValueError, match="held-out fraction > 0"):
+        selection.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.0, **kw)
+    with pytest.raises(ValueError, match="granularity 'block'"):
+        selection.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.1,
+                                    **{**kw, "granularities": ["block"]})
+
+
+def test_distilled_row_names_its_teacher_and_costs(sources, toy_base):
+    w = {"de-DE": 0.6, "fr-FR": 0.4}
+    rows = distill.evaluate_distilled("af-ZA", {"similarity": w}, teacher_method="uriel_logits", models_dir=MODELS_DIR,
+                                      data="toy", base_model=toy_base, adapt_num_examples=None, held_out=0.1,
+                                      max_seq_length=32, epochs=1, lr=1e-3, batch_size=32, patience=1)
+    (row,) = rows
+    assert row["system"] == "adapted/distilled-uriel_logits/similarity"
+    assert row["teacher"] == "ensemble/uriel_logits/similarity" and row["seconds"] > 0 and row["merge_seconds"] >= 0
+    details = paths.read_json(paths.resolve(row["model"]) / distill.DETAILS_JSON)
+    n = len(mu.data.unlabeled("af-ZA", "train", "toy", num_examples=None))
+    assert details["texts"]["num_texts"] + details["texts"]["num_held_out"] == n  # all of the train split
+    assert details["texts"]["num_held_out"] == round(0.1 * n) and details["agreement_curve"][0]["step"] == 0
+    assert not distill.curves(rows, "agreement").empty
+    assert torch.isfinite(torch.tensor(row["accuracy"]))
