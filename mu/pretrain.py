@@ -47,7 +47,7 @@ from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from mu import data as mu_data
 from mu import locales as mu_locales
-from mu import checkpoint, models, paths, report
+from mu import checkpoint, models, paths, report, threads
 
 OBJECTIVES = ("mlm", "mlm+tlm", "mlm+tlm+align")
 EMBEDDING_INITS = ("random", "parallel-svd")
@@ -253,6 +253,7 @@ CHECKPOINT_ENTRIES = {"args": dict, "model": dict, "optimizer": dict, "scheduler
                       "elapsed": (int, float), "log": list, "torch_rng": torch.Tensor}
 
 
+@threads.on_free_cores
 def pretrain(
     out_dir: str | os.PathLike,
     *,
@@ -281,7 +282,8 @@ def pretrain(
     Trains ``steps`` optimiser steps (AdamW, linear warmup over ``warmup_steps`` then linear decay
     to 0 at ``steps``), or stops earlier once ``minutes`` of training time (summed over resumed
     runs) have passed; ``pretrain.json`` records which, the loss log, the time, the dev masked-LM
-    loss per locale and the package versions. Rerunning with the same arguments after a finished
+    loss per locale, the torch threads (``mu.threads.count()``: the free cores it may use, or
+    ``OMP_NUM_THREADS``) and the package versions. Rerunning with the same arguments after a finished
     run does nothing; after an interrupted one it resumes from ``checkpoint.pt``.
     """
     terms = check_objective(objective)
@@ -370,7 +372,7 @@ def pretrain(
     models.save_classifier(model, tok, encoder_dir)
     record = {"args": args, "steps_done": step, "stopped_by": stopped, "train_seconds": round(elapsed, 1),
               "examples_per_second": round(step * batch_size / max(elapsed, 1e-9), 1),
-              "parameters": sum(p.numel() for p in model.parameters()),
+              "parameters": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
               "dev_mlm_loss": dev, "dev_mlm_loss_mean": float(np.mean(list(dev.values()))), "log": log,
               "saw": "the unlabeled train-split utterances of every locale listed"
                      + ("" if terms == ["mlm"] else ", and MASSIVE's translation pairs (same id) among them"),

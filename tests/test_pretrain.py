@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mu import models, notes, paths, pretrain
+from mu import models, notes, paths, pretrain, threads
 
 LOCALES = ["de-DE", "nl-NL", "fr-FR"]
 TINY = dict(locales=LOCALES, source="toy", steps=6, vocab_size=300, hidden_size=32, num_hidden_layers=1,
@@ -144,6 +144,22 @@ def test_checkpoint_save_refuses_what_would_need_pickle(tmp_path):
     with pytest.raises(TypeError, match="pretrain arguments\\['lr'\\]: float32"):
         pretrain.pretrain(tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, "lr": np.float32(1e-3)})
     assert torch.load(tmp_path / "c.pt", weights_only=True)["a"] == [1, 2.5, "x", None, (True,)]
+
+
+def test_pretraining_runs_on_the_chosen_threads(monkeypatch, tmp_path):
+    """Pretraining sets torch's threads to ``threads.count()`` while it trains (recorded), and restores them
+    (the choice itself: tests/test_threads.py)."""
+    seen = []
+    real = pretrain.step_loss
+    monkeypatch.setattr(pretrain, "step_loss", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2])
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # one of the 3 cores busy: 2 threads
+    before = torch.get_num_threads()
+    pretrain.pretrain(tmp_path / "run", objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
+    assert set(seen) == {2} and len(seen) == TINY["steps"]
+    assert paths.read_json(tmp_path / "run" / "pretrain.json")["torch_threads"] == 2
+    assert torch.get_num_threads() == before
 
 
 def test_unknown_objective_and_masking():
