@@ -176,25 +176,44 @@ def _to_dataset(rows: list[dict], where: str) -> Dataset:
     })
 
 
+def raw_lines(path: str | os.PathLike) -> Iterator[bytes]:
+    """The lines (bytes) of a file, gunzipped when its name ends in ``.gz`` (as in the MASSIVE release
+    copies); a ``.gz`` that is not gzip, truncated or damaged is a ValueError naming the file."""
+    if not str(path).endswith(".gz"):
+        with open(path, "rb") as f:
+            yield from f
+        return
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                yield raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        if lineno == 0 and isinstance(e, gzip.BadGzipFile):
+            raise ValueError(f"{path}: not a gzip file ({e}); a .gz data file must be gzip-compressed JSONL") from None
+        raise ValueError(f"{path}: truncated or damaged gzip data after line {lineno} ({type(e).__name__}: {e})"
+                         ) from None
+
+
 def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, JSON object) for each non-empty line of a JSONL file; a line that is not valid
-    UTF-8 or not a JSON object is a ValueError naming the file and line."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:  # .jsonl.gz as in the release copies
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
-                                 f"{e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    """(line number, JSON object) for each non-empty line of a JSONL file (``.jsonl.gz``: gunzipped); a
+    line that is not valid UTF-8 or not a JSON object, or a damaged ``.gz``, is a ValueError naming the file
+    (and line)."""
+    for lineno, raw in enumerate(raw_lines(path), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
+                             f"{e.start + 1})") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[dict]]:

@@ -34,7 +34,7 @@ from transformers import (
     XLMRobertaTokenizer,
 )
 
-from mu import data, paths
+from mu import data, paths, threads
 
 NAME_PATTERN = "xlm-roberta-base_massive_k_{locale}"
 HUB_ORG = "haryoaw"
@@ -222,20 +222,17 @@ def save_classifier(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pa
 
 @contextlib.contextmanager
 def cpu_threads(model: torch.nn.Module) -> Iterator[None]:
-    """Run a tiny model (< ``TINY_PARAMS`` parameters) with one torch thread when there is no GPU.
-
-    Intra-op threading only costs time on such models, and on a busy machine spin-waiting
-    threads make training several times slower. The previous thread count is restored.
-    """
-    tiny = not torch.cuda.is_available() and sum(p.numel() for p in model.parameters()) < TINY_PARAMS
-    old = torch.get_num_threads()
-    if tiny:
-        torch.set_num_threads(1)
-    try:
+    """Torch threads for running ``model`` on the CPU (nothing changes when there is a GPU): one for a
+    tiny model (< ``TINY_PARAMS`` parameters), whose operations are too small to gain from more, else
+    ``mu.threads.count()``: the free cores this process may use (``OMP_NUM_THREADS`` when set). On a
+    busy machine threads beyond the free cores make training several times slower. The previous
+    thread count is restored."""
+    if torch.cuda.is_available():
         yield
-    finally:
-        if tiny:
-            torch.set_num_threads(old)
+        return
+    tiny = sum(p.numel() for p in model.parameters()) < TINY_PARAMS
+    with threads.limited(1 if tiny else threads.count()):
+        yield
 
 
 def _config_of(item: str | os.PathLike | PretrainedConfig) -> tuple[PretrainedConfig, str | None]:

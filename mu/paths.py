@@ -13,11 +13,13 @@ The root is ``$MU_ROOT`` when set, else the repository that holds this package
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -60,16 +62,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     yielded path). On error the temporary is removed and ``path`` is untouched. The
     temporary's name records its owner (host, pid), so the next write to ``path`` removes
     those a killed run left (``remove_stale_temporaries``), never those of a live one.
+    What is renamed into place has the modes of the umask (``follow_umask``), whatever
+    wrote it; a write that fails for want of room or rights (disk full, file-size limit,
+    read-only) is a ``WriteError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_OWNER}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_OWNER}-{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    except Exception as e:
+        _raise_write_error(e, path)
+        raise
     target = tmp / ("out" + suffix)
     try:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"atomic_path: nothing was written to {target} for {path}")
+        follow_umask(target)
         if path.is_dir() and not path.is_symlink():
             old = tmp.with_name(tmp.name[: -len(".tmp")] + "-old.tmp")
             os.replace(path, old)
@@ -77,8 +87,64 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(target, path)
+    except Exception as e:
+        _raise_write_error(e, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class WriteError(OSError):
+    """Writing an output failed for want of room or rights; the message names the output."""
+
+
+# Why a write fails on a full disk, a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored), a quota, a
+# read-only or failing disk, or missing rights.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+
+
+def _raise_write_error(e: Exception, path: Path) -> None:
+    """Raise a ``WriteError`` naming ``path`` if ``e`` is a failed write (an OSError with one of
+    ``WRITE_ERRNOS``, or what Rust writers raise for one: safetensors' ``SafetensorError`` and tokenizers'
+    plain ``Exception`` carry "os error N" in their text); return otherwise (other errors are the caller's)."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (type(e) is Exception or type(e).__name__ == "SafetensorError"):
+        found = re.search(r"os error (\d+)", str(e))
+        code = int(found[1]) if found else None
+    if code not in WRITE_ERRNOS:
+        return
+    cause = e.__cause__ if isinstance(e, WriteError) and e.__cause__ is not None else e  # a nested write's
+    raise WriteError(code, f"cannot write {path}: {os.strerror(code)} ({type(cause).__name__}: {cause})") from cause
+
+
+def umask() -> int:
+    """The process's umask (Linux: read from /proc, so it is never changed, not even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a folder: with everything in it) the modes ``open`` and ``mkdir`` give under the
+    umask (022: files 0644, folders 0755; executables keep their x bits). Writers that go through their
+    own temporaries do not: ``tempfile.mkdtemp`` makes 0700, safetensors writes 0600, which another user of
+    a shared ``MU_ROOT`` cannot read."""
+    mask = umask()
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+        if stat.S_IMODE(st.st_mode) != full & ~mask:
+            os.chmod(p, full & ~mask)
 
 
 _OWNER = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"

@@ -22,15 +22,17 @@ in translations of the same utterances start close, whatever their script. Train
 
 Fast on a CPU: the LM head runs on the masked positions only, batches are padded to their
 longest sequence. Deterministic from ``seed`` (each step's batch and masking are drawn from
-``(seed, step)``; the torch RNG is checkpointed). Resumable: ``checkpoint.pt`` is written
-atomically every ``checkpoint_every`` steps and picked up by a rerun with the same arguments;
-a finished run (``pretrain.json`` with the same arguments) is not repeated.
+``(seed, step)``; the torch RNG is checkpointed). Resumable: ``checkpoint.pt`` (tensors and plain
+data only, ``mu.checkpoint``; the one before kept as ``checkpoint.prev.pt``) is written atomically
+every ``checkpoint_every`` steps and picked up by a rerun with the same arguments; a damaged one
+(truncated, or a pickle that would run code: never loaded) is named in a warning and the previous
+one, else a fresh start, is used. A finished run (``pretrain.json`` with the same arguments) is not
+repeated.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import time
@@ -45,7 +47,7 @@ from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from mu import data as mu_data
 from mu import locales as mu_locales
-from mu import models, paths, report
+from mu import checkpoint, models, paths, report, threads
 
 OBJECTIVES = ("mlm", "mlm+tlm", "mlm+tlm+align")
 EMBEDDING_INITS = ("random", "parallel-svd")
@@ -240,13 +242,18 @@ def dev_loss(model: XLMRobertaForMaskedLM, tok: Any, locales: Sequence[str], sou
 
 
 def _save_checkpoint(path: Path, args: dict, model, optimizer, scheduler, step: int, elapsed: float, log: list) -> None:
-    buf = io.BytesIO()
-    torch.save({"args": args, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "elapsed": elapsed, "log": log, "torch_rng": torch.get_rng_state()}, buf)
-    with paths.atomic_path(path, suffix=".pt") as tmp:
-        tmp.write_bytes(buf.getvalue())
+    """Tensors and plain data only (``mu.checkpoint``): weights, AdamW and LR-schedule state, the torch RNG."""
+    checkpoint.save(path, {"args": args, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "step": step, "elapsed": float(elapsed), "log": log,
+                           "torch_rng": torch.get_rng_state()})
 
 
+# What a resumable checkpoint must hold (anything else is taken for a damaged one).
+CHECKPOINT_ENTRIES = {"args": dict, "model": dict, "optimizer": dict, "scheduler": dict, "step": int,
+                      "elapsed": (int, float), "log": list, "torch_rng": torch.Tensor}
+
+
+@threads.on_free_cores
 def pretrain(
     out_dir: str | os.PathLike,
     *,
@@ -275,7 +282,8 @@ def pretrain(
     Trains ``steps`` optimiser steps (AdamW, linear warmup over ``warmup_steps`` then linear decay
     to 0 at ``steps``), or stops earlier once ``minutes`` of training time (summed over resumed
     runs) have passed; ``pretrain.json`` records which, the loss log, the time, the dev masked-LM
-    loss per locale and the package versions. Rerunning with the same arguments after a finished
+    loss per locale, the torch threads (``mu.threads.count()``: the free cores it may use, or
+    ``OMP_NUM_THREADS``) and the package versions. Rerunning with the same arguments after a finished
     run does nothing; after an interrupted one it resumes from ``checkpoint.pt``.
     """
     terms = check_objective(objective)
@@ -293,6 +301,7 @@ def pretrain(
             "dev_per_locale": dev_per_locale}
     if embedding_init != "random":  # absent means random: records written before the option stay valid
         args["embedding_init"] = embedding_init
+    checkpoint.check_plain(args, "pretrain arguments")  # they go into every checkpoint: refused now, not at its save
     record_path, encoder_dir, ckpt_path = out / "pretrain.json", out / "encoder", out / "checkpoint.pt"
     if record_path.is_file():
         old = paths.read_json(record_path)
@@ -318,10 +327,11 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(warmup_steps, 1), max(0.0, (steps - s) / max(steps - warmup_steps, 1))))
     step, elapsed, log = 0, 0.0, []
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = checkpoint.load(ckpt_path, CHECKPOINT_ENTRIES)  # a damaged one: named, the previous one or scratch
+    if ckpt is not None:
         if ckpt["args"] != args:
-            raise ValueError(f"{ckpt_path} belongs to a run with other arguments; delete it to start afresh")
+            raise ValueError(f"the checkpoint in {out} belongs to a run with other arguments; delete {ckpt_path.name} "
+                             f"and {checkpoint.previous(ckpt_path).name} to start afresh")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -362,13 +372,13 @@ def pretrain(
     models.save_classifier(model, tok, encoder_dir)
     record = {"args": args, "steps_done": step, "stopped_by": stopped, "train_seconds": round(elapsed, 1),
               "examples_per_second": round(step * batch_size / max(elapsed, 1e-9), 1),
-              "parameters": sum(p.numel() for p in model.parameters()),
+              "parameters": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
               "dev_mlm_loss": dev, "dev_mlm_loss_mean": float(np.mean(list(dev.values()))), "log": log,
               "saw": "the unlabeled train-split utterances of every locale listed"
                      + ("" if terms == ["mlm"] else ", and MASSIVE's translation pairs (same id) among them"),
               "versions": report.versions()}
     paths.write_json(record_path, record)
-    ckpt_path.unlink(missing_ok=True)
+    checkpoint.discard(ckpt_path)
     return encoder_dir
 
 

@@ -56,7 +56,7 @@ from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
 from traitlets import CaselessStrEnum, default
 
-from mu import paths, report, site
+from mu import paths, report, site, threads
 from mu.params import INJECTED, KERNEL, check_keys, find_notebooks, load_params, notebook_parameters, params_file
 
 EXECUTORS = ("local", "ray")
@@ -285,12 +285,10 @@ def _base_env() -> dict[str, str]:
 
 
 def kernel_env(workers: int) -> dict[str, str]:
-    """Environment for the kernels: this ``MU_ROOT``, and unless set, the CPU cores shared
-    out among ``workers`` parallel kernels as torch/OpenMP threads (no oversubscription)."""
-    env = _base_env()
-    if "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    return env
+    """Environment for the kernels: this ``MU_ROOT``, and unless set, the free cores this process may
+    use shared out among ``workers`` parallel kernels as torch/OpenMP threads (``mu.threads.count``:
+    workers x threads <= cores, no oversubscription)."""
+    return {**_base_env(), threads.ENV: str(threads.count(workers))}
 
 
 def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:

@@ -159,6 +159,23 @@ def test_gzipped_folder_loads_like_plain(tmp_path, massive_fixture_dir):
         data.load_split("sw-KE", "test", tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not-gzip", "corrupt"])
+def test_damaged_gzip_is_a_value_error_naming_the_file(damage, tmp_path, massive_fixture_dir):
+    """A truncated ``.jsonl.gz`` (EOFError inside gzip), one that is not gzip (BadGzipFile) or has damaged
+    deflate data (zlib.error) is a ValueError naming the file, never the raw gzip exception."""
+    import gzip
+
+    text = (massive_fixture_dir / "de-DE.jsonl").read_text(encoding="utf-8")
+    packed = gzip.compress(text.encode())
+    body = {"truncated": packed[: len(packed) // 2], "not-gzip": text.encode(),
+            "corrupt": packed[:12] + bytes(b ^ 0x5A for b in packed[12:-8]) + packed[-8:]}[damage]
+    (tmp_path / "de-DE.jsonl.gz").write_bytes(body)
+    what = {"truncated": "truncated or damaged gzip", "not-gzip": "not a gzip file",
+            "corrupt": "truncated or damaged gzip"}[damage]
+    with pytest.raises(ValueError, match=rf"de-DE\.jsonl\.gz: {what}"):
+        data.load_split("de-DE", "train", tmp_path)
+
+
 def test_massive_source_is_the_env_folder_or_shared_beside_the_checkout(tmp_path, monkeypatch, massive_fixture_dir):
     monkeypatch.delenv(data.MASSIVE_ENV, raising=False)
     checkout = Path(data.__file__).resolve().parent.parent

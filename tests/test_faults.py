@@ -134,6 +134,30 @@ def test_merge_refuses_a_non_finite_input_naming_source_and_tensor(toy_sources, 
     assert not out.exists() and not list(tmp_path.glob(".merged*"))
 
 
+@pytest.mark.parametrize("method", ["linear", "ties", "fisher_simple"])
+def test_merge_in_memory_checks_its_inputs_as_merge_models_does(method, toy_sources):
+    """``mu.merge.merge`` on state dicts in memory (a notebook user's call) refuses a NaN source or base,
+    naming it and the tensor (the check ``merge_models`` uses), and tensors missing from one input."""
+    sds = {loc: models.load_state_dict(toy_sources[loc]) for loc in ("de-DE", "nl-NL")}
+    base = models.load_state_dict(toy_sources["fr-FR"])
+    weights = {"de-DE": 0.5, "nl-NL": 0.5}
+    key = "roberta.encoder.layer.0.output.dense.weight"
+    ok = mm.merge(method, sds, weights, base)
+    assert set(ok) == set(sds["de-DE"]) and all(bool(torch.isfinite(v).all()) for v in ok.values())
+    sds["nl-NL"][key][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=rf"merge input nl-NL: tensor {key} has 1 non-finite value"):
+        mm.merge(method, sds, weights, base)
+    sds["nl-NL"][key][0, 0] = 0.0
+    if method in mm.USES_BASE:
+        base[key][1, 1] = float("inf")
+        with pytest.raises(ValueError, match=rf"merge input <base>: tensor {key} has 1 non-finite value"):
+            mm.merge(method, sds, weights, base)
+        base[key][1, 1] = 0.0
+    del sds["de-DE"]["classifier.dense.bias"]
+    with pytest.raises(ValueError, match=r"different tensors: only in .*classifier\.dense\.bias"):
+        mm.merge(method, sds, weights, base)
+
+
 def test_merge_output_is_checked_before_writing(toy_sources):
     config = AutoConfig.from_pretrained(toy_sources["de-DE"])
     merged = models.load_state_dict(toy_sources["de-DE"])

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from mu import aggregate, compare, methods_table, paths, plots
+from mu import stats as mu_stats
 
 TARGETS = [f"t{i:02d}" for i in range(12)]
 
@@ -42,7 +43,7 @@ def test_table_means_tests_and_holm_families():
         assert mine.at[r.system, "vs_average_p_holm"] == pytest.approx(r.p_holm)
     assert np.isnan(mine.at["merge/linear/average", "vs_average_p"])  # not tested against itself
     raw = mine["vs_zero_shot_p"].to_numpy(dtype=float)
-    np.testing.assert_allclose(mine["vs_zero_shot_p_holm"].to_numpy(dtype=float), aggregate.holm(raw))
+    np.testing.assert_allclose(mine["vs_zero_shot_p_holm"].to_numpy(dtype=float), mu_stats.holm(raw))
     assert (mine.loc["merge/dare_ties/similarity", ["vs_zero_shot_wins", "vs_zero_shot_losses"]] == [0, 12]).all()
 
 

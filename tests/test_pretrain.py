@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mu import models, paths, pretrain
+from mu import models, notes, paths, pretrain, threads
 
 LOCALES = ["de-DE", "nl-NL", "fr-FR"]
 TINY = dict(locales=LOCALES, source="toy", steps=6, vocab_size=300, hidden_size=32, num_hidden_layers=1,
@@ -41,7 +41,7 @@ def test_deterministic_resumable_and_not_repeated(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "step_loss", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
     monkeypatch.setattr(pretrain, "step_loss", real)
     b = pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY)
     wa, wb = _weights(a), _weights(b)
@@ -52,6 +52,114 @@ def test_deterministic_resumable_and_not_repeated(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"other arguments.*'seed': \(3, 4\)"):
         pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok",
                           **{**TINY, "seed": 4})
+
+
+def _interrupted(tmp_path, monkeypatch, run, at_step, **kw):
+    """Run ``run`` until the step ``at_step`` raises (a kill): checkpoints are left as a killed run leaves them."""
+    real = pretrain.step_loss
+
+    def crash(model, corpus, term, batch_size, seed, step):
+        if step == at_step:
+            raise KeyboardInterrupt("killed")
+        return real(model, corpus, term, batch_size, seed, step)
+
+    monkeypatch.setattr(pretrain, "step_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(tmp_path / run, objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
+    monkeypatch.setattr(pretrain, "step_loss", real)
+    return tmp_path / run
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_hold_plain_data_and_a_damaged_one_falls_back(tmp_path, monkeypatch):
+    """Checkpoints load with ``weights_only=True``; a truncated one is named in a warning and the run
+    resumes from the previous checkpoint (kept), or from scratch when none is readable: either way it ends
+    with the weights of an uninterrupted run."""
+    kw = {"checkpoint_every": 1}
+    ref = pretrain.pretrain(tmp_path / "ref", objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
+    run = _interrupted(tmp_path, monkeypatch, "cut", 4, **kw)
+    ckpt, prev = run / "checkpoint.pt", run / "checkpoint.prev.pt"
+    assert torch.load(ckpt, weights_only=True)["step"] == 4 and torch.load(prev, weights_only=True)["step"] == 3
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a write cut short (disk full, copy)
+    steps_done = []
+    real = pretrain.step_loss
+    monkeypatch.setattr(pretrain, "step_loss", lambda *a: steps_done.append(a[-1]) or real(*a))
+    with pytest.warns(notes.MuWarning) as caught:
+        enc = pretrain.pretrain(run, objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
+    messages = [str(w.message) for w in caught]
+    assert any(f"corrupt checkpoint {ckpt}" in m for m in messages), messages
+    assert any(f"resuming from the previous checkpoint {prev}" in m for m in messages), messages
+    assert steps_done == [3, 4, 5]  # from the previous checkpoint's step 3
+    assert _same_weights(ref, enc) and not ckpt.exists() and not prev.exists()
+
+    run = _interrupted(tmp_path, monkeypatch, "both", 4, **kw)  # both damaged: from scratch
+    for f in (run / "checkpoint.pt", run / "checkpoint.prev.pt"):
+        f.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.warns(notes.MuWarning, match="no readable checkpoint left .* restarts from scratch"):
+        enc = pretrain.pretrain(run, objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
+    assert _same_weights(ref, enc)
+
+
+class _Planted:
+    """A pickle that runs code on loading: creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
+    """A ``checkpoint.pt`` whose pickle would run code on loading is refused (``weights_only=True``): the
+    code does not run, the file is named as corrupt and deleted, training starts from scratch."""
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    planted = {"args": {}, "step": 3, "payload": _Planted(marker)}
+    torch.save(planted, run / "checkpoint.pt")
+    torch.load(run / "checkpoint.pt", weights_only=False)  # the plant is live: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.warns(notes.MuWarning, match=rf"corrupt checkpoint {run / 'checkpoint.pt'} .*refused by weights_only=True: loading "
+                                           r"it could run code \(Unsupported global: GLOBAL io\.open"):
+        enc = pretrain.pretrain(run, objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
+    assert not marker.exists()
+    ref = pretrain.pretrain(tmp_path / "ref", objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
+    assert _same_weights(ref, enc)
+
+
+def test_checkpoint_save_refuses_what_would_need_pickle(tmp_path):
+    import numpy as np
+
+    from mu import checkpoint
+
+    checkpoint.save(tmp_path / "c.pt", {"a": [1, 2.5, "x", None, (True,)], "t": torch.ones(2)})
+    with pytest.raises(TypeError, match=r"checkpoint\['log'\]\[0\]: float64 is neither a tensor nor plain data"):
+        checkpoint.save(tmp_path / "c.pt", {"log": [np.float64(1.0)]})
+    with pytest.raises(TypeError, match="pretrain arguments\\['lr'\\]: float32"):
+        pretrain.pretrain(tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, "lr": np.float32(1e-3)})
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["a"] == [1, 2.5, "x", None, (True,)]
+
+
+def test_pretraining_runs_on_the_chosen_threads(monkeypatch, tmp_path):
+    """Pretraining sets torch's threads to ``threads.count()`` while it trains (recorded), and restores them
+    (the choice itself: tests/test_threads.py)."""
+    seen = []
+    real = pretrain.step_loss
+    monkeypatch.setattr(pretrain, "step_loss", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2])
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # one of the 3 cores busy: 2 threads
+    before = torch.get_num_threads()
+    pretrain.pretrain(tmp_path / "run", objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
+    assert set(seen) == {2} and len(seen) == TINY["steps"]
+    assert paths.read_json(tmp_path / "run" / "pretrain.json")["torch_threads"] == 2
+    assert torch.get_num_threads() == before
 
 
 def test_unknown_objective_and_masking():

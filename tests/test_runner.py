@@ -224,11 +224,13 @@ def test_notebooks_and_params_resolve_against_the_checkout_not_mu_root(project):
 def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    monkeypatch.setattr(runner.threads, "busy_cores", lambda: 0.0)  # an idle machine (tests/test_threads.py: busy)
     env = runner.kernel_env(workers=2)
-    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
+    cores = len(os.sched_getaffinity(0))
+    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, cores // 2)),
                    "PYTHONWARNINGS": runner.QUIET_WARNINGS}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert "OMP_NUM_THREADS" not in runner.kernel_env(workers=2)  # the user's setting is kept
+    assert runner.kernel_env(workers=2)["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
 
 
 def test_current_params_reads_names_from_the_parameters_cell():
@@ -257,7 +259,8 @@ def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(pr
 
 def test_a_stage_of_one_job_gets_every_core(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runner.threads, "allowed_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(runner.threads, "busy_cores", lambda: 0.0)
     seen = []
 
     class Pool:  # records the environment each job would run with

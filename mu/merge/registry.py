@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mu.merge import adamerging, chunks, fisher, geometric, lazy, regmean, selective, spectral, taskvec, widen
+from mu.merge import adamerging, checks, chunks, fisher, geometric, lazy, regmean, selective, spectral, taskvec, widen
 from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
@@ -209,6 +209,8 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
 
     ``head`` / ``embeddings``: ``"merge"`` (default) or a source locale whose
     ``classifier.*`` / ``roberta.embeddings.*`` tensors are kept unchanged.
+    Inputs are checked as ``merge_models`` checks them (``mu.merge.checks``): the same tensors, shapes
+    and floating dtypes everywhere, every value finite (a ValueError names the source and tensor).
     ``knobs_`` are the method's parameters (see ``knobs(method)``); fishers /
     grams are given per source and sliced per tensor here. The base is passed
     only to methods that use it. Inputs may be lazily read state dicts.
@@ -228,6 +230,9 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
                          f"{sorted(NEEDS_BASE)}")
     base = base if method in USES_BASE else None
     keys = check_state_dicts({s: state_dicts[s] for s in sources}, base)
+    # finite inputs, named by source and tensor: checked now in memory, as read when lazy (merge_models' check)
+    state_dicts = checks.checked_inputs({s: state_dicts[s] for s in sources})
+    base = checks.checked_inputs({"<base>": base})["<base>"] if base is not None else None
     keep = {HEAD_PREFIX: _keep(head, HEAD_PREFIX, "head", sources, keys),
             EMBEDDINGS_PREFIX: _keep(embeddings, EMBEDDINGS_PREFIX, "embeddings", sources, keys)}
     stat = STATISTICS.get(method)
