@@ -293,8 +293,20 @@ def study_cost() -> str:
             + _table(["projected study part (CPU)", "hours"], parts))
 
 
+def threads() -> str:
+    """Pretraining seconds per step, torch's default threads against ``mu.threads.count()``, alone and beside a
+    busy process (``python -m bench.threads`` → ``reports/bench/threads.json``)."""
+    d = _json(checkout(BENCH, "threads.json"))
+    rows = [["torch default" if r["variant"] == "before" else "`mu.threads.count()`", "yes" if r["competitor"] else "no",
+             _num(r["min_s"], 2), _num(r["median_s"], 2), r["runs"], "/".join(map(str, r["torch_threads"]))]
+            for r in d["summary"]]
+    loads = [r["load_1min_before"] for r in d["rows"]]
+    return (_table(["threads", "competing busy process", "s/step min", "s/step median", "runs", "torch threads"], rows)
+            + f"\n\n{len(d['cpus'])} allowed CPUs; 1-minute load average before the runs {min(loads):.1f}–{max(loads):.1f}.")
+
+
 TABLES: dict[str, Callable[..., str]] = {
-    "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
+    "threads": threads, "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
     "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
     "bench-eval": bench_eval, "study-cost": study_cost,
 }
