@@ -16,6 +16,7 @@ _SUBMODULES = (
     "merge", "ensemble", "distill", "iterative", "schedule", "tracking", "sts", "params", "runner", "report",
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
     "pretrain", "lexical", "study", "typology",
+    "seeds", "budget", "declare", "objectives",
 )
 
 

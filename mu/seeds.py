@@ -165,6 +165,15 @@ def report(profile: str, seeds: Sequence[int], targets: Sequence[str], *,
     return result
 
 
+def results(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The report as JSON-safe ``results`` for ``mu.report.save`` (NaN -> None)."""
+    import json
+
+    return {"seeds": list(result["seeds"]), "targets": list(result["targets"]), "alpha": result["alpha"],
+            "spread": json.loads(result["spread"].to_json(orient="records")),
+            "effects": json.loads(result["effects"].to_json(orient="records")), "notes": list(result["notes"])}
+
+
 def write(result: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     """``seeds.csv`` (the spread) and ``seeds_per_seed.csv`` (every seed's tests) under ``out_dir``, atomically."""
     out = paths.resolve(out_dir)

@@ -269,7 +269,10 @@ def test_notebook_06_runs_on_records_and_reruns_nothing(root):
     for name in ("summary.md", "summary.csv", "per_target.png", "means.png"):
         assert (out / name).is_file()
     rec = paths.read_json(report.record_path("06_aggregation", "toy", "summary"))
-    assert rec["rows"] == [] and rec["results"]["table"]["de-DE"]["native"] == make_nxn().at["de-DE", "de-DE"]
+    assert rec["rows"] == [] and rec["results"]["table"]["af-ZA"]["native"] == make_nxn().at["af-ZA", "af-ZA"]
+    # the toy profile's declared tuning targets (params/06_aggregation.yaml) are reported apart
+    assert "de-DE" not in rec["results"]["table"] and set(rec["results"]["tuning_targets"]) == {"de-DE", "en-US"}
+    assert rec["results"]["seeds"] is None  # no seeds declared for the toy profile
     assert "nxn" in rec["inputs"] and rec["params"]["profile"] == "toy"
     assert runner.run(["06"], [], **kwargs)["status"].tolist() == ["skipped"]
 
