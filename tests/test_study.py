@@ -41,6 +41,14 @@ def test_cli_has_the_study_commands():
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
+    args = cli.parser().parse_args(["study"])  # the protocol's declared defaults
+    assert (args.tune_locales, args.tune_epochs, args.tune_lrs) == (list(study.TUNE_LOCALES), list(study.TUNE_EPOCHS),
+                                                                    list(study.TUNE_LRS))
+    assert (args.seeds, args.seed_targets, args.subset_notebooks, args.budget) == (None, None, ["05"], False)
+    args = cli.parser().parse_args(["study", "--tune-locales", "--tune-epochs", "2", "2.5", "--seeds", "42", "43",
+                                    "--seed-targets", "nl-NL", "--budget"])
+    assert (args.tune_locales, args.tune_epochs, args.seeds, args.seed_targets) == ([], [2, 2.5], [42, 43], ["nl-NL"])
+    assert isinstance(args.tune_epochs[0], int) and args.budget
 
 
 def test_the_declared_target_sets_follow_their_rules_and_the_params_files():
