@@ -69,8 +69,7 @@ def estimate(plan: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> p
 
 def markdown(frame: pd.DataFrame, *, workers: int) -> str:
     """The budget table: estimated minutes per stage (from scratch), its total, and what shrinks each stage."""
-    shrink = [(SHRINK["seed"] + "; " if s.startswith("seed ") else "") + SHRINK.get(_generic(s), "")
-              for s in frame["stage"]]
+    shrink = [SHRINK["seed"] if s.startswith("seed ") else SHRINK.get(s, "") for s in frame["stage"]]
     lines = ["| stage | jobs | s per job (measured) | estimate (min, from scratch) | priced from | what shrinks it |",
              "|---|---|---|---|---|---|"]
     for row, knob in zip(frame.itertuples(index=False), shrink):
@@ -79,7 +78,8 @@ def markdown(frame: pd.DataFrame, *, workers: int) -> str:
         lines.append(f"| {row.stage} | {row.jobs} | {rate} | {est} | {row[4]} | {knob} |")
     total = frame["estimate_min"].sum(min_count=1)
     unknown = int(frame["estimate_min"].isna().sum())
-    lines += ["", f"Total: {total:.0f} min" + (f" plus {unknown} stage(s) never measured" if unknown else "")
+    lines += ["", (f"Total: {total:.0f} min" if pd.notna(total) else "Total: unknown") +
+              (f" plus {unknown} stage(s) never measured" if unknown else "")
               + f" of wall time if every stage ran from scratch (seconds per job: a stage's wall time over the jobs "
               f"it ran, so they hold for the worker count then; this run: {workers} notebook worker(s))."]
     return "\n".join(lines) + "\n"

@@ -105,6 +105,7 @@ def test_budget_prices_a_plan_from_the_last_timings_that_ran():
     md = budget.markdown(frame.reset_index(), workers=2)
     assert "| notebook 03 | 51 | 10.0 | 8.5 | this stage |" in md and "plus 1 stage(s) never measured" in md
     assert "`--seeds`" in md.split("| seed 44 notebook 03 |")[1].splitlines()[0]
+    assert "Total: unknown plus 1 stage(s)" in budget.markdown(frame.reset_index().iloc[-1:], workers=1)
 
 
 @pytest.mark.slow
