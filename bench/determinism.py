@@ -34,8 +34,8 @@ PRETRAIN_LOCALES = ["de-DE", "nl-NL", "sw-KE"]
 
 
 def _shared(folder: Path) -> None:
-    """What every fine-tuning / pretraining run starts from, made once (``mu.models.train_tokenizer`` is not
-    deterministic from one process to the next, so each run training its own would mix that in)."""
+    """What every fine-tuning / pretraining run starts from, made once, so that only the thread count differs
+    (``mu.models.train_tokenizer`` varied from one process to the next before its scores were rounded)."""
     from mu import models, pretrain
 
     models.build_toy_base(folder / "base", seed=42)

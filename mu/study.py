@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -115,22 +116,19 @@ class _Stages:
         return frame
 
 
-class _Root:
+@contextlib.contextmanager
+def _root(root: Path) -> Iterator[None]:
     """Run with ``MU_ROOT`` set to another project root (an extra seed's), restored afterwards."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.old = root, None
-
-    def __enter__(self) -> None:
-        self.old = os.environ.get("MU_ROOT")
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.environ["MU_ROOT"] = str(self.root)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.old is None:
+    old = os.environ.get("MU_ROOT")
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["MU_ROOT"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
             os.environ.pop("MU_ROOT", None)
         else:
-            os.environ["MU_ROOT"] = self.old
+            os.environ["MU_ROOT"] = old
 
 
 def _design(profile: str, notebooks: Sequence[str], targets: Sequence[str] | None, extra: dict[str, Any],
@@ -157,7 +155,8 @@ def _design(profile: str, notebooks: Sequence[str], targets: Sequence[str] | Non
     if extra_seeds and not seed_targets:
         raise ValueError(f"seeds {extra_seeds}: none of seed_targets {p06.get('seed_targets')} is a target of this run")
     return {"p02": p02, "parameters": parameters, "notebooks": run_nbs, "targets": targets, "subset": subset,
-            "per_nb_targets": {nb: subset if nb in subset_notebooks else targets for nb in run_nbs},
+            "per_nb_targets": {nb: subset if nb in {s.split("_")[0] for s in subset_notebooks} else targets
+                               for nb in run_nbs},
             "seeds": extra_seeds, "seed_targets": seed_targets, "seed_notebooks": [num[n] for n in seed_notebooks],
             "tune": bool(tune_locales) and not set(TUNED) <= set(extra) and ("02" in run_nbs or bool(extra_seeds))}
 
@@ -279,7 +278,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
                                        _nb_extra(nb, design, extra, tuned)))
     shared = {"data": _absolute(p02["data"]), "base_model": _absolute(p02["base_model"])}
     for seed in design["seeds"]:
-        with _Root(mu_seeds.seed_root(seed)):
+        with _root(mu_seeds.seed_root(seed)):
             for nb in design["seed_notebooks"]:
                 mine = {**_nb_extra(nb, design, extra, tuned), **SEED_PARAMS.get(nb, {}),
                         **{k: v for k, v in shared.items() if k in design["parameters"][nb]},
