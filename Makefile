@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lab docs docs-check bench bench-study study venv clean-reports
+.PHONY: help demo test lab docs docs-check bench bench-study study study-budget venv clean-reports
 .DEFAULT_GOAL := help
 
 help: ## this list (each target's one line is the comment after its name)
@@ -55,12 +55,17 @@ bench-study: $(STAMP) ## the real study's unit costs on MASSIVE text and its pro
 	$(PY) -m bench.study --massive $(MASSIVE)
 
 # The study at its real shape on real MASSIVE (profile mini; docs/study.md): needs
-# ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → notebooks 01-06 over
-# the 51 targets; resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout.
+# ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → 02's recipe tuned on dev →
+# notebooks 01-05 over the 51 targets (05 over the declared subset) → 02-04 again per extra fine-tuning seed → 06;
+# resumable (rerun it after an interruption). Outputs under STUDY_ROOT, not in the checkout; protocol.md,
+# timings.json and budget.md in $(STUDY_ROOT)/reports/study/mini/.
 STUDY_ROOT ?= $(CURDIR)/studies/mini
 STUDY_ARGS ?= --workers 2  # the encoder recipe and subsample sizes are `python -m mu study`'s defaults (mu.study.STUDY_PRETRAIN)
-study: $(STAMP) ## the mini study on real MASSIVE (51 targets; hours on a CPU), resumable, under STUDY_ROOT
+study: $(STAMP) ## the mini study on real MASSIVE: tune, 01-05, the seeds' runs, 06 (resumable; times per stage)
 	MU_ROOT=$(STUDY_ROOT) $(PY) -m mu study $(STUDY_ARGS)
+
+study-budget: $(STAMP) ## the mini study's time budget per stage from its last timings (runs nothing)
+	MU_ROOT=$(STUDY_ROOT) $(PY) -m mu study $(STUDY_ARGS) --budget
 
 clean-reports: ## delete generated reports (reports/0*) and the logits cache
 	rm -rf reports/0* cache/logits

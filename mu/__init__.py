@@ -16,7 +16,7 @@ _SUBMODULES = (
     "merge", "ensemble", "distill", "selection", "iterative", "iterative_results", "schedule", "tracking", "sts", "params", "runner", "report",
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
     "pretrain", "lexical", "study", "typology", "methods_table", "docs", "protocol", "tuning", "stats",
-    "checkpoint", "threads",
+    "checkpoint", "threads", "seeds", "budget", "declare", "objectives",
 )
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from mu import families, paths
 from mu import stats as stats_
+from mu.stats import bootstrap_ci, wilson_interval  # noqa: F401 (their home is mu.stats; callers use these names)
 from mu.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1
 from mu.report import ROW_KEYS, describe_input
 
@@ -67,16 +68,6 @@ def read_nxn(nxn: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         frame = pd.read_csv(path, index_col=0).astype(float)
     frame.index.name, frame.columns.name = "source", "target"
     return frame
-
-
-def wilson_interval(accuracy: float, n: int | None, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy measured on ``n`` examples (NaN if n unknown)."""
-    if n is None or not np.isfinite(n) or n <= 0 or not np.isfinite(accuracy):
-        return (np.nan, np.nan)
-    denom = 1 + z * z / n
-    centre = (accuracy + z * z / (2 * n)) / denom
-    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
-    return (centre - half, centre + half)
 
 
 def record_rows(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
@@ -202,18 +193,6 @@ def per_target_table(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 10000, seed: int = 42,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (NaN with fewer than 2 values)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if len(v) < 2:
-        return (np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return (float(lo), float(hi))
-
-
 def means(table: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42) -> pd.DataFrame:
     """Mean accuracy over targets per system with a seeded 95% bootstrap interval."""
     out = []
@@ -290,6 +269,7 @@ def aggregate(
     seed: int = 42,
     min_pairs: int = 5,
     average_system: str = AVERAGE_MERGE,
+    tuning_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything notebook 06 reports, as plain frames.
 
@@ -298,7 +278,9 @@ def aggregate(
     or iterative result. Returns
     ``{"rows": long frame (with 95% Wilson intervals where n is known), "table": per-target
     accuracy, "means": mean ± bootstrap CI, "tests": paired Wilcoxon tests, "notes":
-    [str], "inputs": {name: {path, sha256}}, "nxn": the N×N matrix}``.
+    [str], "inputs": {name: {path, sha256}}, "nxn": the N×N matrix, "tuning": per-target table of the
+    ``tuning_targets``}``. Tuning targets (whose dev labels target-side selections may use) are left out of
+    rows, table, means and tests, and reported apart in ``tuning``.
     """
     records = load_records(profile, reports)
     rows, notes = record_rows(records)
@@ -324,6 +306,13 @@ def aggregate(
     ci = [wilson_interval(a, n) for a, n in zip(rows["accuracy"], rows["n"])]
     rows = rows.assign(ci_low=[c[0] for c in ci], ci_high=[c[1] for c in ci])
     rows = rows.sort_values(["target", "system"]).reset_index(drop=True)
+    apart = rows["target"].isin(list(tuning_targets))
+    if apart.all():
+        raise ValueError(f"every target {targets} is a tuning target: nothing left for the main table")
+    if apart.any():
+        notes.append(f"tuning targets {sorted(set(rows.loc[apart, 'target']))} are left out of the tables and "
+                     "tests above (their dev labels may have chosen target-side settings); reported apart")
+    rows, tuning = rows[~apart].reset_index(drop=True), rows[apart]
     table = per_target_table(rows)
     used = sorted({o for o in rows["origin"] if o != "N×N"})
     inputs.update({Path(p).relative_to(paths.root()).as_posix() if Path(p).is_relative_to(paths.root())
@@ -336,6 +325,7 @@ def aggregate(
         "notes": notes,
         "inputs": inputs,
         "nxn": matrix,
+        "tuning": per_target_table(tuning).reindex(columns=table.columns) if len(tuning) else table.iloc[:0],
     }
 
 
@@ -404,6 +394,12 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
         "## Sources (weights) and the single models behind the baselines", "",
         markdown_table(src), "",
     ]
+    tuning = summary.get("tuning")
+    if tuning is not None and len(tuning):
+        mean = tuning.mean().to_frame("mean over them").T
+        parts += ["## Tuning targets (reported apart)", "", f"{len(tuning)} targets whose dev labels target-side "
+                  "settings may have used (protocol criterion `tuning-targets`): not in the tables, means or tests "
+                  "above.", "", markdown_table(pd.concat([tuning, mean]).rename_axis("target")), ""]
     for title, body in (sections or {}).items():
         parts += [f"## {title}", "", body, ""]
     if summary["notes"]:
@@ -421,6 +417,7 @@ def write_summary(summary: Mapping[str, Any], profile: str, sections: Mapping[st
         "rows.csv": paths.write_text(out / "rows.csv", rows.to_csv(index=False)),
         "means.csv": paths.write_text(out / "means.csv", summary["means"].to_csv(index=False)),
         "tests.csv": paths.write_text(out / "tests.csv", summary["tests"].to_csv(index=False)),
+        "tuning.csv": paths.write_text(out / "tuning.csv", summary["tuning"].rename_axis("target").to_csv()),
         "summary.md": paths.write_text(out / "summary.md", summary_markdown(summary, profile, sections)),
     }
     return written
@@ -436,5 +433,6 @@ def summary_results(summary: Mapping[str, Any]) -> dict[str, Any]:
         "means": records(summary["means"]),
         "tests": records(summary["tests"]),
         "notes": list(summary["notes"]),
+        "tuning_targets": json.loads(summary["tuning"].to_json(orient="index")),
         "families": records(families.table(summary["table"].columns)),
     }

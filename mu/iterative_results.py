@@ -28,13 +28,13 @@ ITERATIVE_EVERY = 3
 
 def subset(candidates: Sequence[str] = locales.LOCALES, *, exclude: Sequence[str] = (),
            every: int = ITERATIVE_EVERY) -> list[str]:
-    """Every ``every``-th locale of ``candidates`` (in that order, from the first) once ``exclude`` is left out."""
+    """Every ``every``-th locale of ``candidates`` (in that order, from the first), less ``exclude`` (the study's
+    declared subset, ``mu.study.SUBSET``: the 51 locales alphabetically, every third, less the tuning targets)."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     locales.check_locales(list(candidates))
     locales.check_locales(list(exclude))
-    kept = [loc for loc in candidates if loc not in set(exclude)]
-    return kept[::every]
+    return [loc for loc in list(candidates)[::every] if loc not in set(exclude)]
 
 
 def _training_args(models_dir: str | os.PathLike, locale: str) -> dict[str, Any]:

@@ -300,7 +300,11 @@ def check_compatible(models: Sequence[str | os.PathLike | PretrainedConfig]
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenizer:
-    """A small unigram tokenizer (sentencepiece-style) with XLM-R's special tokens and ids."""
+    """A small unigram tokenizer (sentencepiece-style) with XLM-R's special tokens and ids.
+
+    The same in every process: the trainer's piece scores vary in their last bits from one process to the
+    next (its float sums run in varying order), which reorders near-tied pieces and so their ids; scores are
+    rounded to 1e-9 and the pieces sorted by (score, piece) after training."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -310,6 +314,10 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenize
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4; pad=1 as XLM-R expects
     tok.train_from_iterator(list(texts), trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    trained = json.loads(tok.to_str())["model"]
+    pieces = sorted(((p, round(s, 9)) for p, s in trained["vocab"][len(specials):]), key=lambda x: (-x[1], x[0]))
+    tok.model = models.Unigram([tuple(v) for v in trained["vocab"][:len(specials)]] + pieces,
+                               unk_id=trained["unk_id"], byte_fallback=False)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
     return XLMRobertaTokenizer(tokenizer_object=tok, model_max_length=512)

@@ -1,4 +1,5 @@
-"""Multiple-comparison adjustment for families of paired tests (many systems against one baseline)."""
+"""Statistics of the aggregation: Wilson intervals of an accuracy, bootstrap intervals of a mean over targets,
+and the multiple-comparison adjustment for families of paired tests (many systems against one baseline)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,25 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
     return out
+
+
+def wilson_interval(accuracy: float, n: int | None, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy measured on ``n`` examples (NaN if n unknown)."""
+    if n is None or not np.isfinite(n) or n <= 0 or not np.isfinite(accuracy):
+        return (np.nan, np.nan)
+    denom = 1 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / denom
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
+    return (centre - half, centre + half)
+
+
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 10000, seed: int = 42,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (NaN with fewer than 2 values)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return (float(lo), float(hi))

@@ -1,27 +1,32 @@
-"""The study at its real shape on real MASSIVE (the ``mini`` profile), and the pretraining objective comparison.
+"""The study at its real shape on real MASSIVE (the ``mini`` profile): data, driver and command line.
 
 * ``subsample``: a MASSIVE-layout folder with at most ``train``/``dev``/``test`` utterances per
   locale and split, the *same ids* in every locale (MASSIVE is parallel, so the N×N test sets stay
   parallel); the documented subsampling knob of the mini study.
-* ``compare_objectives``: for each pretraining objective, fine-tune a few locales from its base and measure
-  native accuracy and the N×N transfer, beside the char n-gram baseline (``mu.lexical``).
-* ``run``: subsample (if needed) → pretrain (if needed) → notebooks 01–06 of a profile over every
-  target, through ``mu.runner`` (resumable, progress), timing each stage.
+* ``compare_objectives`` (``mu.objectives``): the pretraining objectives, native accuracy and N×N transfer beside
+  the char n-gram baseline.
+* ``run``: subsample → pretrain → the fine-tuning recipe chosen on dev (``mu.tuning``) → every knob recorded
+  (``mu.declare``, ``mu.protocol``) → notebooks 01–05 over every target (05 over the declared subset) →
+  the headline notebooks again per extra fine-tuning seed (``mu.seeds``) → 06; resumable, each stage
+  timed, with a time budget (``mu.budget``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
 from mu import data as mu_data
-from mu import evaluate, lexical, paths, pretrain, report, train
+from mu import locales as mu_locales
+from mu import paths, pretrain, report
+from mu.objectives import compare_objectives  # noqa: F401 (python -m mu compare-objectives)
 
 SUBSAMPLE_VERSION = 1
 
@@ -60,105 +65,6 @@ def subsample(source: str | os.PathLike, out_dir: str | os.PathLike, locales: Se
     return out
 
 
-def compare_objectives(objectives: Sequence[str], locales: Sequence[str], *, data: str | os.PathLike, profile: str,
-            epochs: float, batch_size: int, lr: float, max_seq_length: int, seed: int,
-            pretrain_kwargs: dict[str, Any]) -> pd.DataFrame:
-    """Native accuracy and mean N×N transfer over ``locales`` for each objective's encoder and for the
-    lexical baseline; one row each. Encoders: ``mu.pretrain.ensure(f"{profile}-{objective}", ...)``
-    (pretrained on ``pretrain_kwargs['locales']``, one tokenizer ``models/<profile>/tokenizer`` for all);
-    each objective's sources and N×N matrix live under its own profile name. Writes ``reports/pretrain/<profile>/comparison.{json,md}`` and each N×N CSV."""
-    out = paths.reports_dir("pretrain", profile)
-    rows, frames, timings = [], {}, {}
-    t0 = time.perf_counter()
-    frames["lexical"] = lexical.nxn(locales, data=data)
-    timings["lexical"] = round(time.perf_counter() - t0, 1)
-    for objective in objectives:
-        name = f"{profile}-{objective.replace('+', '-')}"
-        t0 = time.perf_counter()
-        base = pretrain.ensure(name, objective=objective, seed=seed, tokenizer_dir=paths.models_dir(profile, "tokenizer"),
-                               **pretrain_kwargs)
-        t1 = time.perf_counter()
-        sources = train.train_locales(locales, base_model=base, data=data, models_dir=paths.models_dir(name),
-                                      epochs=epochs, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length,
-                                      seed=seed)
-        t2 = time.perf_counter()
-        frames[objective] = evaluate.nxn(sources, locales, data=data, profile=name, max_seq_length=max_seq_length)
-        timings[objective] = {"pretrain_s": round(t1 - t0, 1), "finetune_s": round(t2 - t1, 1),
-                              "nxn_s": round(time.perf_counter() - t2, 1)}
-        record = paths.read_json(paths.models_dir(name, "pretrained", objective.replace("+", "-"), "pretrain.json"))
-        rows.append({"system": objective, **lexical.summary(frames[objective]),
-                     "dev_mlm_loss_mean": record["dev_mlm_loss_mean"], "pretrain_steps": record["steps_done"],
-                     "pretrain_seconds": record["train_seconds"]})
-    rows.insert(0, {"system": "lexical (char n-gram SVM)", **lexical.summary(frames["lexical"])})
-    table = pd.DataFrame(rows)
-    lex = lexical.summary(frames["lexical"])["transfer"]
-    table["transfer_minus_lexical"] = table["transfer"] - lex
-    out.mkdir(parents=True, exist_ok=True)
-    for key, frame in frames.items():
-        with paths.atomic_path(out / f"nxn-{key.replace('+', '-')}.csv", suffix=".csv") as tmp:
-            frame.to_csv(tmp)
-    paths.write_json(out / "comparison.json", {
-        "table": table.to_dict(orient="records"), "seconds": timings, "locales": list(locales), "data": str(data),
-        "finetune": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_seq_length": max_seq_length,
-                     "seed": seed}, "pretrain": {k: v for k, v in pretrain_kwargs.items() if k != "locales"},
-        "versions": report.versions()})
-    paths.write_text(out / "comparison.md", f"Locales: {', '.join(locales)}\n\n```\n{table.round(3).to_string(index=False)}\n```\n")
-    return table
-
-
-NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
-
-
-def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: int | None, dev: int | None,
-        test: int | None, objective: str, steps: int, minutes: float | None = None,
-        targets: Sequence[str] | None = None, notebooks: Sequence[str] = NOTEBOOKS, workers: int = 1,
-        extra_params: dict[str, Any] | None = None, pretrain_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The whole study of ``profile``: subsample ``source`` into the profile's ``data`` folder (unless
-    ``data`` is ``source`` itself: full size), pretrain its base from ``source``'s train text, then run
-    ``notebooks`` over ``targets`` (default: every locale of the profile) with ``mu.runner``.
-    ``extra_params`` override notebook parameters where a notebook has them (``python -m mu run --set``),
-    e.g. ``locales`` for a smaller study (02's values choose what is subsampled and pretrained on).
-    Every stage is skipped when done. Returns the runner's rows; the seconds of each stage go to
-    ``reports/study/<profile>/timings.json`` (one entry per invocation)."""
-    from mu import params, runner
-
-    extra = dict(extra_params or {})
-    p02 = {**params.load_params("02_training", profile), **extra}
-    locales = list(p02["locales"])
-    targets = list(targets) if targets is not None else locales
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if str(p02["data"]) != str(source):
-        subsample(source, p02["data"], locales, train=train, dev=dev, test=test, seed=p02["seed"])
-    timings["subsample"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    pretrain.ensure(profile, objective=objective, base_model=p02["base_model"], seed=p02["seed"],
-                    locales=locales, source=source, steps=steps, minutes=minutes, **(pretrain_kwargs or {}))
-    timings["pretrain"] = round(time.perf_counter() - t0, 1)
-    frames = []
-    for nb in notebooks:
-        t0 = time.perf_counter()
-        parameters = params.notebook_parameters(params.find_notebooks([nb])[0])
-        frames.append(runner.run([nb], targets, profile=profile, workers=workers,
-                                 extra_params={k: v for k, v in extra.items() if k in parameters}))
-        timings[f"notebook {nb}"] = round(time.perf_counter() - t0, 1)
-        print(runner.format_summary(frames[-1]), flush=True)
-    path = paths.reports_dir("study", profile, "timings.json")
-    history = paths.read_json(path) if path.is_file() else []
-    history.append({"seconds": timings, "targets": len(targets), "extra_params": extra, "train": train, "dev": dev,
-                    "test": test,
-                    "objective": objective, "steps": steps, "workers": workers, "versions": report.versions()})
-    paths.write_json(path, history)
-    return pd.concat(frames, ignore_index=True)
-
-
-# --------------------------------------------------------------------------- command line
-
-COMMANDS = ("pretrain", "compare-objectives", "study", "tune")
-
-STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
-
-
 # The fine-tuning probe (mu.tuning): declared before any result; the choice is made on these sources' dev splits.
 TUNE_LOCALES = ("en-US", "hi-IN", "sw-KE")
 TUNE_EPOCHS = (3, 5, 8)
@@ -166,6 +72,242 @@ TUNE_LRS = (5e-4, 1e-3, 2e-3)
 
 # The study's encoder (docs/study.md): the recipe that cleared the lexical baseline.
 STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
+
+
+NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
+
+# Declared before any result of the new study (issue 19), by rules on the alphabetical list of the 51 locales.
+_ALPHABETICAL = tuple(sorted(mu_locales.LOCALES))
+TUNING_TARGETS_RULE = "every 10th locale in alphabetical order from the 6th (5 of 51)"
+TUNING_TARGETS = _ALPHABETICAL[5::10]  # dev labels usable by target-side selections; 06 reports them apart
+SUBSET_RULE = "every 3rd locale in alphabetical order from the 1st, less the tuning targets (15 of 51)"
+SUBSET = tuple(t for t in _ALPHABETICAL[::3] if t not in TUNING_TARGETS)  # = mu.iterative_results.subset(exclude=TUNING_TARGETS)
+SUBSET_NOTEBOOKS = ("05",)  # too costly for every target at equal source-epochs: run on SUBSET
+# The seeds' runs (mu.seeds): notebook 02 again, then the headline notebooks without the adapted systems.
+SEED_NOTEBOOKS = ("02", "03", "04")
+SEED_PARAMS = {"03": {"adamerging": []}, "04": {"distill": False, "max_k": 1}}
+TUNED = ("epochs", "lr")  # notebook 02's knobs mu.tuning chooses on the probe sources' dev splits
+RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
+PRETRAIN_NOTE = ("the encoder recipe of README 'Real MASSIVE' (python -m mu study's defaults), carried over from the "
+                 "earlier objective comparison, which compared recipes on 8 locales' test transfer; not re-chosen here")
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+class _Stages:
+    """Wall seconds, jobs and jobs that ran (not skipped) per stage of one ``run``."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+
+    def add(self, name: str, t0: float, jobs: int, ran: int) -> None:
+        self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1), "jobs": jobs, "ran": ran}
+
+    def notebook(self, name: str, nb: str, targets: Sequence[str], profile: str, workers: int,
+                 extra: dict[str, Any]) -> pd.DataFrame:
+        from mu import runner
+
+        t0 = time.perf_counter()
+        frame = runner.run([nb], targets, profile=profile, workers=workers, extra_params=extra)
+        self.add(name, t0, len(frame), int((frame["status"] != "skipped").sum()))
+        print(f"{name}:\n{runner.format_summary(frame)}", flush=True)
+        return frame
+
+
+@contextlib.contextmanager
+def _root(root: Path) -> Iterator[None]:
+    """Run with ``MU_ROOT`` set to another project root (an extra seed's), restored afterwards."""
+    old = os.environ.get("MU_ROOT")
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["MU_ROOT"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MU_ROOT", None)
+        else:
+            os.environ["MU_ROOT"] = old
+
+
+def _design(profile: str, notebooks: Sequence[str], targets: Sequence[str] | None, extra: dict[str, Any],
+            tune_locales: Sequence[str], subset_notebooks: Sequence[str], seed_notebooks: Sequence[str]) -> dict:
+    """What a study run will do, checked before anything runs: notebooks (by number) with their parameters,
+    targets per notebook, the seeds to run and whether to tune."""
+    from mu import params
+
+    paths_ = {nb: params.find_notebooks([nb])[0] for nb in dict.fromkeys([*notebooks, *seed_notebooks])}
+    num = {nb: p.stem.split("_")[0] for nb, p in paths_.items()}
+    parameters = {num[nb]: params.notebook_parameters(p) for nb, p in paths_.items()}
+    run_nbs = [num[nb] for nb in notebooks]
+    p02 = {**params.load_params("02_training", profile), **extra}
+    p06 = {**params.load_params("06_aggregation", profile), **extra}
+    seeds = [int(s) for s in p06.get("seeds", [])] if "06" in run_nbs else []
+    extra_seeds = [s for s in seeds if s != p02["seed"]]
+    used = set().union(*[parameters[nb] for nb in [*run_nbs, *([num[n] for n in seed_notebooks] if extra_seeds else [])]])
+    unknown = sorted(set(extra) - used)
+    if unknown:
+        raise ValueError(f"--set {unknown}: parameters of none of the notebooks this study runs; valid: {sorted(used)}")
+    targets = list(targets) if targets is not None else list(p02["locales"])
+    subset = [t for t in SUBSET if t in targets]
+    seed_targets = [t for t in p06.get("seed_targets", []) if t in targets]
+    if extra_seeds and not seed_targets:
+        raise ValueError(f"seeds {extra_seeds}: none of seed_targets {p06.get('seed_targets')} is a target of this run")
+    return {"p02": p02, "parameters": parameters, "notebooks": run_nbs, "targets": targets, "subset": subset,
+            "per_nb_targets": {nb: subset if nb in {s.split("_")[0] for s in subset_notebooks} else targets
+                               for nb in run_nbs},
+            "seeds": extra_seeds, "seed_targets": seed_targets, "seed_notebooks": [num[n] for n in seed_notebooks],
+            "tune": bool(tune_locales) and not set(TUNED) <= set(extra) and ("02" in run_nbs or bool(extra_seeds))}
+
+
+def plan(design: dict, tune_jobs: int) -> dict[str, int]:
+    """{stage: jobs} of a run from scratch (``mu.budget`` prices it)."""
+    per_target = {nb: "target_lang" in p for nb, p in design["parameters"].items()}
+    out = {"subsample": 1, "pretrain": 1, **({"tune": tune_jobs} if design["tune"] else {})}
+    for nb in design["notebooks"]:
+        if nb != "06":
+            out[f"notebook {nb}"] = len(design["per_nb_targets"][nb]) if per_target[nb] else 1
+    for s in design["seeds"]:
+        for nb in design["seed_notebooks"]:
+            out[f"seed {s} notebook {nb}"] = len(design["seed_targets"]) if per_target[nb] else 1
+    if "06" in design["notebooks"]:
+        out["notebook 06"] = 1
+    return out
+
+
+def _declare_all(profile: str, design: dict, extra: dict[str, Any], tuned: dict[str, Any], study_knobs: dict) -> None:
+    """Record every knob the study uses in its protocol (``mu.declare``), before any notebook runs."""
+    from mu import declare, params
+
+    nbs = [*design["notebooks"], *(design["seed_notebooks"] if design["seeds"] else [])]
+    for nb in dict.fromkeys(nbs):
+        stem = params.find_notebooks([nb])[0].stem
+        defaults = {k: v for k, v in design["parameters"][nb].items() if k not in params.INJECTED}
+        values = {**defaults, **params.load_params(stem, profile), **_nb_extra(nb, design, extra, tuned)}
+        declare.notebook(profile, nb, values, source=f"params/{stem}.yaml, profile {profile} (else the notebook's "
+                         "default)", user_set=set(extra), measured=set(tuned) if nb == "02" else (),
+                         owned=TUNED if nb == "02" else (), notes=RULES)
+    declare.values(profile, study_knobs, source="python -m mu study's arguments (defaults in mu.study)",
+                   notes={"study.subset_targets": SUBSET_RULE, **{k: PRETRAIN_NOTE for k in study_knobs
+                                                                  if k.startswith("pretrain.")}})
+
+
+def _nb_extra(nb: str, design: dict, extra: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """What the study passes to notebook ``nb`` beyond its params file: the user's ``--set`` values that are
+    its parameters and, for 02, the recipe ``mu.tuning`` chose."""
+    mine = {k: v for k, v in extra.items() if k in design["parameters"][nb]}
+    return {**mine, **(tuned if nb == "02" else {})}
+
+
+def _absolute(value: Any) -> Any:
+    p = paths.resolve(str(value))
+    return str(p) if p.exists() else value
+
+
+def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: int | None, dev: int | None,
+        test: int | None, objective: str, steps: int, minutes: float | None = None,
+        targets: Sequence[str] | None = None, notebooks: Sequence[str] = NOTEBOOKS, workers: int = 1,
+        extra_params: dict[str, Any] | None = None, pretrain_kwargs: dict[str, Any] | None = None,
+        tune_locales: Sequence[str] = TUNE_LOCALES, tune_epochs: Sequence[float] = TUNE_EPOCHS,
+        tune_lrs: Sequence[float] = TUNE_LRS, subset_notebooks: Sequence[str] = SUBSET_NOTEBOOKS,
+        seed_notebooks: Sequence[str] = SEED_NOTEBOOKS, budget_only: bool = False) -> pd.DataFrame:
+    """The whole study of ``profile``, resumable (every stage skips what is done):
+
+    1. subsample ``source`` into the profile's ``data`` folder (unless ``data`` is ``source``: full size) and
+       pretrain its base from ``source``'s train text;
+    2. choose notebook 02's epochs and lr on the dev splits of ``tune_locales`` (``mu.tuning``; grid
+       ``tune_epochs`` × ``tune_lrs``) unless the user set both (``--set``; one set: the grid keeps it);
+    3. record every knob in the protocol (``mu.declare``), before any result;
+    4. run ``notebooks`` but 06 over ``targets`` (default: every locale of the profile; ``subset_notebooks``
+       only over the declared ``SUBSET``), 02 with the tuned recipe;
+    5. with 06 and seeds beyond 02's own (06's ``seeds``): per extra seed, ``seed_notebooks`` under
+       ``mu.seeds.seed_root(seed)`` (02 with that seed, the rest with ``SEED_PARAMS``) on 06's ``seed_targets``;
+    6. notebook 06 (rerun when a seed's run did anything), then ``protocol.md``, ``timings.json`` and ``budget.md``
+       under ``reports/study/<profile>/``.
+
+    ``extra_params`` (``--set``) override notebook parameters where a notebook has them; a key no notebook of
+    the run has is an error. ``budget_only``: write and print ``budget.md`` for this run, run nothing.
+    Returns the runner's rows (one per notebook job)."""
+    from mu import budget, params, protocol, runner, seeds as mu_seeds, tuning
+
+    extra = dict(extra_params or {})
+    design = _design(profile, notebooks, targets, extra, tune_locales, subset_notebooks, seed_notebooks)
+    p02, targets = design["p02"], design["targets"]
+    grid = ([extra["epochs"]] if "epochs" in extra else list(tune_epochs), [extra["lr"]] if "lr" in extra else list(tune_lrs))
+    if budget_only:
+        print(budget.write(profile, plan(design, len(tune_locales) * len(grid[0]) * len(grid[1])), workers=workers)
+              .read_text(encoding="utf-8"))
+        return pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
+    log = _Stages()
+    t0, stamp = time.perf_counter(), paths.resolve(p02["data"]) / "subsample_args.json"
+    before = _mtime(stamp)
+    if str(p02["data"]) != str(source):
+        subsample(source, p02["data"], p02["locales"], train=train, dev=dev, test=test, seed=p02["seed"])
+    log.add("subsample", t0, 1, int(_mtime(stamp) != before))
+    t0, record = time.perf_counter(), paths.models_dir(profile, "pretrained", objective.replace("+", "-"), "pretrain.json")
+    before = _mtime(record)
+    pretrain.ensure(profile, objective=objective, base_model=p02["base_model"], seed=p02["seed"],
+                    locales=p02["locales"], source=source, steps=steps, minutes=minutes, **(pretrain_kwargs or {}))
+    log.add("pretrain", t0, 1, int(_mtime(record) != before))
+    tuned: dict[str, Any] = {}
+    if design["tune"]:
+        t0, cache = time.perf_counter(), paths.reports_dir("study", profile, "tuning", "finetune.json")
+        before = _mtime(cache)
+        chosen = tuning.tune_finetuning(profile, tune_locales, base_model=p02["base_model"], data=p02["data"],
+                                        epochs_grid=grid[0], lr_grid=grid[1], batch_size=p02["batch_size"],
+                                        max_seq_length=p02["max_seq_length"], seed=p02["seed"])
+        tuned = {k: chosen[k] for k in TUNED if k not in extra}
+        jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
+        log.add("tune", t0, jobs, jobs if _mtime(cache) != before else 0)
+    args = {"embedding_init": "random", **paths.read_json(record)["args"]}  # absent in the record means random
+    study_knobs = {"study.source": str(source), "study.train": train, "study.dev": dev, "study.test": test,
+                   "study.subsample_seed": p02["seed"], "study.targets": targets,
+                   "study.subset_notebooks": list(subset_notebooks), "study.subset_targets": design["subset"],
+                   **{f"pretrain.{k}": v for k, v in args.items() if k not in ("locales", "source", "texts_sha256")},
+                   **({"tune.locales": list(tune_locales), "tune.epochs_grid": grid[0], "tune.lr_grid": grid[1]}
+                      if design["tune"] else {}),
+                   **({"study.seed_notebooks": design["seed_notebooks"], "study.seed_params": SEED_PARAMS}
+                      if design["seeds"] else {})}
+    _declare_all(profile, design, extra, tuned, study_knobs)
+    protocol.write(profile)
+    frames = []
+    for nb in design["notebooks"]:
+        if nb != "06":
+            frames.append(log.notebook(f"notebook {nb}", nb, design["per_nb_targets"][nb], profile, workers,
+                                       _nb_extra(nb, design, extra, tuned)))
+    shared = {"data": _absolute(p02["data"]), "base_model": _absolute(p02["base_model"])}
+    for seed in design["seeds"]:
+        with _root(mu_seeds.seed_root(seed)):
+            for nb in design["seed_notebooks"]:
+                mine = {**_nb_extra(nb, design, extra, tuned), **SEED_PARAMS.get(nb, {}),
+                        **{k: v for k, v in shared.items() if k in design["parameters"][nb]},
+                        **({"seed": seed} if nb == "02" else {})}
+                frames.append(log.notebook(f"seed {seed} notebook {nb}", nb, design["seed_targets"], profile, workers,
+                                           mine))
+    if "06" in design["notebooks"]:
+        if any(s["ran"] for name, s in log.stages.items() if name.startswith("seed ")):
+            runner.plan(["06"], [], profile=profile, extra_params=_nb_extra("06", design, extra, tuned))[0].marker.unlink(
+                missing_ok=True)  # the seeds' section of 06 reads their new results
+        frames.append(log.notebook("notebook 06", "06", targets, profile, workers, _nb_extra("06", design, extra, tuned)))
+    protocol.write(profile)
+    path = paths.reports_dir("study", profile, "timings.json")
+    history = paths.read_json(path) if path.is_file() else []
+    history.append({"seconds": {k: v["seconds"] for k, v in log.stages.items()}, "stages": log.stages,
+                    "targets": len(targets), "extra_params": extra, "tuned": tuned, "train": train, "dev": dev,
+                    "test": test, "objective": objective, "steps": steps, "workers": workers,
+                    "versions": report.versions()})
+    paths.write_json(path, history)
+    tune_jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
+    print(budget.write(profile, plan(design, tune_jobs), workers=workers).read_text(encoding="utf-8"), flush=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
+
+
+# --------------------------------------------------------------------------- command line
+
+COMMANDS = ("pretrain", "compare-objectives", "study", "tune")
+
+STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
 
 
 def _pretrain_args(p, defaults: dict[str, Any] | None = None) -> None:
@@ -200,7 +342,7 @@ def add_parsers(sub, key_value) -> None:
     cmp_.add_argument("--epochs", type=float, default=2)
     cmp_.add_argument("--ft-lr", type=float, default=3e-4)
     _pretrain_args(cmp_)
-    st = sub.add_parser("study", help="subsample, pretrain, then notebooks 01-06 over every target")
+    st = sub.add_parser("study", help="subsample, pretrain, tune on dev, notebooks 01-05, the seeds' runs, 06")
     st.add_argument("--profile", default="mini")
     st.add_argument("--targets", nargs="*", default=None, help=f"default: {STUDY_LOCALES}")
     st.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS))
@@ -210,12 +352,29 @@ def add_parsers(sub, key_value) -> None:
     st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
     st.add_argument("--dev", type=int, default=200)
     st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
+    st.add_argument("--tune-locales", nargs="*", default=list(TUNE_LOCALES),
+                    help="probe sources whose dev splits choose 02's epochs and lr (none: no tuning; default %(default)s)")
+    st.add_argument("--tune-epochs", nargs="+", type=_number, default=list(TUNE_EPOCHS))
+    st.add_argument("--tune-lrs", nargs="+", type=float, default=list(TUNE_LRS))
+    st.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="fine-tuning seeds of the headline comparisons (06's `seeds`; default: params/06_aggregation.yaml)")
+    st.add_argument("--seed-targets", nargs="+", default=None, help="targets of the seeds' runs (06's `seed_targets`)")
+    st.add_argument("--seed-notebooks", nargs="+", default=list(SEED_NOTEBOOKS))
+    st.add_argument("--subset-notebooks", nargs="*", default=list(SUBSET_NOTEBOOKS),
+                    help=f"notebooks run only over the declared subset ({SUBSET_RULE}; default %(default)s)")
+    st.add_argument("--budget", action="store_true", help="write and print the time budget of this run; run nothing")
     _pretrain_args(st, STUDY_PRETRAIN)
     tu = sub.add_parser("tune", help="choose the fine-tuning recipe (epochs, lr) on the probe sources' dev splits")
     tu.add_argument("--profile", default="mini")
     tu.add_argument("--locales", nargs="+", default=list(TUNE_LOCALES), help="probe sources (default %(default)s)")
     tu.add_argument("--epochs", nargs="+", type=float, default=list(TUNE_EPOCHS))
     tu.add_argument("--lrs", nargs="+", type=float, default=list(TUNE_LRS))
+
+
+def _number(text: str) -> int | float:
+    """An epochs value: an int when it is one (``5``), else a float (``2.5``)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def _pretrain_kwargs(args) -> dict[str, Any]:
@@ -245,9 +404,13 @@ def main(args) -> int:
         print(table.round(3).to_string(index=False))
     else:
         kwargs = _pretrain_kwargs(args)
+        extra = dict(args.extra)
+        extra.update({k: v for k, v in (("seeds", args.seeds), ("seed_targets", args.seed_targets)) if v is not None})
         frame = run(args.profile, source=args.source, train=args.train, dev=args.dev, test=args.test,
                     objective=args.objective, steps=args.steps, minutes=args.minutes, targets=args.targets,
-                    notebooks=args.notebooks, workers=args.workers, extra_params=dict(args.extra),
-                    pretrain_kwargs=kwargs)
+                    notebooks=args.notebooks, workers=args.workers, extra_params=extra, pretrain_kwargs=kwargs,
+                    tune_locales=args.tune_locales, tune_epochs=args.tune_epochs, tune_lrs=args.tune_lrs,
+                    subset_notebooks=args.subset_notebooks, seed_notebooks=args.seed_notebooks,
+                    budget_only=args.budget)
         return 1 if (frame["status"] == "failed").any() else 0
     return 0

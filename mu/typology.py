@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from mu import aggregate, similarity
+from mu import stats as mu_stats
 
 MIN_SOURCES = 3  # a target needs this many sources for a rank correlation
 
@@ -78,7 +79,10 @@ def correlations(nxn: pd.DataFrame, feature_sets: Sequence[str], *, n_boot: int 
                      "mean_rho_donor_adjusted": float(per_target(frame, "transfer_vs_source_mean").mean()),
                      "pooled_rho": float(pooled.statistic) if pooled else np.nan,
                      "pooled_p": float(pooled.pvalue) if pooled else np.nan, "pairs": len(frame)})
-    return {"summary": pd.DataFrame(rows).set_index("feature_set"), "per_target": pd.DataFrame(per),
+    summary = pd.DataFrame(rows).set_index("feature_set")
+    for col in ("wilcoxon_p", "pooled_p"):  # Holm over the family of feature sets, beside the raw p
+        summary.insert(summary.columns.get_loc(col) + 1, f"{col}_holm", mu_stats.holm(summary[col].to_numpy()))
+    return {"summary": summary, "per_target": pd.DataFrame(per),
             "pairs": pd.concat(all_pairs, ignore_index=True)}
 
 
@@ -114,12 +118,12 @@ def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int,
     lines = [
         "Spearman's rho between URIEL cosine and measured zero-shot transfer (N×N matrix). `mean_rho_per_target`: "
         "the mean over targets of the rank correlation among that target's sources (95% bootstrap interval over "
-        "targets; `wilcoxon_p`: per-target rhos against 0); `mean_rho_donor_adjusted`: the same after subtracting each "
+        "targets; `wilcoxon_p`: per-target rhos against 0; `_holm`: Holm-adjusted over the feature sets); `mean_rho_donor_adjusted`: the same after subtracting each "
         "source's mean transfer to the other targets (donor quality). `pooled_rho` ranks all pairs at once; its p-value "
         "ignores that pairs share sources and targets.",
         "",
         aggregate.markdown_table(corr["summary"].assign(**{c: [f"{v:.2g}" if np.isfinite(v) else "—" for v in
-                                                              corr["summary"][c]] for c in ("wilcoxon_p", "pooled_p")})),
+                                                              corr["summary"][c]] for c in ("wilcoxon_p", "wilcoxon_p_holm", "pooled_p", "pooled_p_holm")})),
         "",
         f"URIEL weights at top-K {top_k} over {int(s['candidates'].iloc[0])} candidate sources ({len(s)} targets): "
         f"the Sinkhorn row keeps {_span(s['kept'])} sources, weights "

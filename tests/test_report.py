@@ -139,6 +139,32 @@ def test_tests_carry_holm_per_baseline(root):
         assert (fam.loc[ok, "p_holm"] >= fam.loc[ok, "p_value"]).all()
 
 
+def test_tuning_targets_are_left_out_of_the_main_table_and_reported_apart(root):
+    write_results()
+    full = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=200)
+    apart = ["de-DE", "fr-FR"]
+    summary = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=200, min_pairs=4,
+                                  tuning_targets=[*apart, "ja-JP"])  # ja-JP has no result: nothing to leave out
+    table, tuning = summary["table"], summary["tuning"]
+    main = sorted(set(LOCALES) - set(apart))
+    assert list(table.index) == main and list(tuning.index) == apart
+    assert not summary["rows"]["target"].isin(apart).any()
+    pd.testing.assert_frame_equal(table, full["table"].loc[main, table.columns])
+    pd.testing.assert_frame_equal(tuning, full["table"].loc[apart, table.columns])
+    means = summary["means"].set_index("system")
+    assert means.at["merge/linear/similarity", "mean"] == pytest.approx(table["merge/linear/similarity"].mean())
+    got = summary["tests"].set_index(["system", "baseline"]).loc[("merge/linear/similarity", "merge/linear/average")]
+    expected = stats.wilcoxon(table["merge/linear/similarity"], table["merge/linear/average"])
+    assert got["n"] == len(main) and got["p_value"] == pytest.approx(expected.pvalue)
+    md = aggregate.summary_markdown(summary, "toy")
+    assert "## Tuning targets (reported apart)" in md and "| de-DE |" in md.split("## Tuning targets")[1]
+    assert not any(line.startswith("| de-DE |") for line in md.split("## Tuning targets")[0].splitlines())
+    assert "mean over them" in md
+    assert "de-DE" in aggregate.summary_results(summary)["tuning_targets"]
+    with pytest.raises(ValueError, match="every target .* is a tuning target"):
+        aggregate.aggregate("toy", nxn=make_nxn(), tuning_targets=LOCALES)
+
+
 def test_too_few_targets_is_not_computable(root):
     write_results(targets=LOCALES[:3])
     summary = aggregate.aggregate("toy", nxn=make_nxn(), min_pairs=5)
@@ -202,7 +228,7 @@ def test_written_summary_files_and_figures(root):
     summary = aggregate.aggregate("toy", nxn=nxn_file, n_boot=500)
     written = aggregate.write_summary(summary, "toy")
     out = aggregate.summary_dir("toy")
-    assert set(written) == {"summary.csv", "rows.csv", "means.csv", "tests.csv", "summary.md"}
+    assert set(written) == {"summary.csv", "rows.csv", "means.csv", "tests.csv", "tuning.csv", "summary.md"}
     csv = pd.read_csv(out / "summary.csv", index_col="target")
     pd.testing.assert_frame_equal(csv, summary["table"], check_names=False)
     md = (out / "summary.md").read_text()
@@ -245,7 +271,10 @@ def test_notebook_06_runs_on_records_and_reruns_nothing(root):
     assert "## Which merge method works across languages" in (out / "summary.md").read_text()
     rec = paths.read_json(report.record_path("06_aggregation", "toy", "summary"))
     assert {r["system"] for r in rec["results"]["methods"]} == set(pd.read_csv(out / "methods.csv")["system"])
-    assert rec["rows"] == [] and rec["results"]["table"]["de-DE"]["native"] == make_nxn().at["de-DE", "de-DE"]
+    assert rec["rows"] == [] and rec["results"]["table"]["af-ZA"]["native"] == make_nxn().at["af-ZA", "af-ZA"]
+    # the toy profile's declared tuning targets (params/06_aggregation.yaml) are reported apart
+    assert "de-DE" not in rec["results"]["table"] and set(rec["results"]["tuning_targets"]) == {"de-DE", "en-US"}
+    assert rec["results"]["seeds"] is None  # no seeds declared for the toy profile
     assert "nxn" in rec["inputs"] and rec["params"]["profile"] == "toy"
     assert runner.run(["06"], [], **kwargs)["status"].tolist() == ["skipped"]
 

@@ -237,7 +237,8 @@ def test_current_params_reads_names_from_the_parameters_cell():
     import mu.runner
 
     ns = {"profile": "toy", "n_boot": 7, "seed": 1, "min_pairs": 5, "average_system": "x", "feature_sets": ["fam"],
-          "top_k": 20, "sinkhorn_iters": 20, "num_languages": 5, "other": 3}
+          "top_k": 20, "sinkhorn_iters": 20, "num_languages": 5, "tuning_targets": [], "seeds": [], "seed_targets": [],
+          "other": 3}
     got = mu.params.current_params("06_aggregation", ns)
     assert got == {k: ns[k] for k in mu.params.notebook_parameters(mu.params.find_notebooks(["06"])[0])}
     assert "other" not in got and got["n_boot"] == 7

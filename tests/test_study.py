@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from mu import __main__ as cli
@@ -39,24 +41,127 @@ def test_cli_has_the_study_commands():
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
+    args = cli.parser().parse_args(["study"])  # the protocol's declared defaults
+    assert (args.tune_locales, args.tune_epochs, args.tune_lrs) == (list(study.TUNE_LOCALES), list(study.TUNE_EPOCHS),
+                                                                    list(study.TUNE_LRS))
+    assert (args.seeds, args.seed_targets, args.subset_notebooks, args.budget) == (None, None, ["05"], False)
+    args = cli.parser().parse_args(["study", "--tune-locales", "--tune-epochs", "2", "2.5", "--seeds", "42", "43",
+                                    "--seed-targets", "nl-NL", "--budget"])
+    assert (args.tune_locales, args.tune_epochs, args.seeds, args.seed_targets) == ([], [2, 2.5], [42, 43], ["nl-NL"])
+    assert isinstance(args.tune_epochs[0], int) and args.budget
+
+
+def test_the_declared_target_sets_follow_their_rules_and_the_params_files():
+    from mu import locales, params
+
+    alphabetical = sorted(locales.LOCALES)
+    assert list(study.TUNING_TARGETS) == alphabetical[5::10] and len(study.TUNING_TARGETS) == 5
+    assert list(study.SUBSET) == [t for t in alphabetical[::3] if t not in study.TUNING_TARGETS]
+    assert len(study.SUBSET) >= 15 and not set(study.SUBSET) & set(study.TUNING_TARGETS)
+    p06 = params.load_params("06_aggregation", "mini")
+    assert p06["tuning_targets"] == list(study.TUNING_TARGETS) and p06["seed_targets"] == list(study.SUBSET)
+    assert len(p06["seeds"]) >= 3 and params.load_params("02_training", "mini")["seed"] in p06["seeds"]
+    for stem in params.all_notebooks():  # every notebook taking tuning targets has 06's, profile by profile
+        for profile, values in params.read_params_file(params.params_file(stem))["profiles"].items():
+            got = {**params.read_params_file(params.params_file(stem))["shared"], **values}.get("tuning_targets")
+            assert got is None or got == params.load_params("06_aggregation", profile)["tuning_targets"], (stem, profile)
+
+
+def test_declare_keeps_measured_choices_unless_the_user_set_them(mu_root):
+    from mu import declare, protocol
+
+    protocol.record("decl", "04.distill_lr", 3e-3, chosen_by="label-free", data="held-out unlabeled text")
+    protocol.record("decl", "02.epochs", 8, chosen_by="dev", data="dev split of en-US")
+    protocol.record("decl", "02.lr", 2e-3, chosen_by="dev", data="dev split of en-US")
+    values = {"data": "x", "report_to": "none", "distill_lr": 1e-3, "max_k": 10, "tuning_targets": ["cy-GB"]}
+    names = declare.notebook("decl", "04", values, source="params/04.yaml", notes={"tuning_targets": "a rule"})
+    assert names == ["04.distill_lr", "04.max_k", "04.tuning_targets"]  # plumbing (data, report_to) is no knob
+    got = protocol.load("decl")
+    assert got["04.distill_lr"]["chosen_by"] == "label-free" and got["04.max_k"]["chosen_by"] == "declared"
+    assert got["04.max_k"]["data"] == declare.DECLARED and "params/04.yaml" in got["04.max_k"]["note"]
+    assert "a rule" in got["04.tuning_targets"]["note"]
+    declare.notebook("decl", "04", {"distill_lr": 1e-2}, source="params/04.yaml", user_set={"distill_lr"})
+    assert protocol.load("decl")["04.distill_lr"]["value"] == 1e-2
+    assert protocol.load("decl")["04.distill_lr"]["note"] == "set by the user (--set)"
+    # 02's recipe: measured now (kept), or not measured this time (its old dev record is replaced)
+    declare.notebook("decl", "02", {"epochs": 8, "lr": 5e-4}, source="p", measured={"epochs"}, owned=("epochs", "lr"))
+    got = protocol.load("decl")
+    assert got["02.epochs"]["chosen_by"] == "dev" and (got["02.lr"]["chosen_by"], got["02.lr"]["value"]) == ("declared", 5e-4)
+
+
+def test_budget_prices_a_plan_from_the_last_timings_that_ran():
+    from mu import budget
+
+    entries = [{"stages": {"notebook 03": {"seconds": 100.0, "jobs": 10, "ran": 10},
+                           "seed 43 notebook 02": {"seconds": 600.0, "jobs": 1, "ran": 1}}},
+               {"stages": {"notebook 03": {"seconds": 1.0, "jobs": 10, "ran": 0},  # resumed: nothing ran
+                           "notebook 02": {"seconds": 900.0, "jobs": 1, "ran": 1}}}]
+    plan = {"notebook 02": 1, "notebook 03": 51, "seed 44 notebook 02": 1, "seed 44 notebook 03": 15, "tune": 27}
+    frame = budget.estimate(plan, entries).set_index("stage")
+    assert frame.at["notebook 03", "seconds_per_job"] == 10.0 and frame.at["notebook 03", "estimate_min"] == 8.5
+    assert frame.at["seed 44 notebook 02", "seconds_per_job"] == 600.0  # another seed's measurement
+    assert frame.at["seed 44 notebook 03", "from"] == "the main run's notebook 03"
+    assert frame.at["tune", "from"] == "never measured" and pd.isna(frame.at["tune", "estimate_min"])
+    md = budget.markdown(frame.reset_index(), workers=2)
+    assert "| notebook 03 | 51 | 10.0 | 8.5 | this stage |" in md and "plus 1 stage(s) never measured" in md
+    assert "`--seeds`" in md.split("| seed 44 notebook 03 |")[1].splitlines()[0]
+    assert "Total: unknown plus 1 stage(s)" in budget.markdown(frame.reset_index().iloc[-1:], workers=1)
 
 
 @pytest.mark.slow
-def test_study_run_subsamples_pretrains_and_runs_the_notebooks(mu_root):
-    """``python -m mu study`` end to end at toy size: the mini profile narrowed to 3 toy locales."""
-    from mu import paths, report
+def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
+    """``python -m mu study`` end to end at toy size: the mini profile narrowed to 4 toy locales, a 1×2 tuning
+    grid, notebooks 02, 03, 06 over 2 targets (one a tuning target), one extra seed (02, 03 on one target)."""
+    from mu import declare, params, paths, protocol, report, seeds
 
-    toy3 = ["de-DE", "nl-NL", "sw-KE"]
-    kwargs = dict(source="toy", train=48, dev=8, test=24, objective="mlm", steps=4, targets=["nl-NL"],
-                  notebooks=["01", "02"], extra_params={"locales": toy3, "epochs": 1, "lr": 2e-3},
+    toy4 = ["de-DE", "fr-FR", "nl-NL", "sw-KE"]  # 06 needs an N×N over >= 4 locales
+    kwargs = dict(source="toy", train=48, dev=8, test=24, objective="mlm", steps=4, targets=["nl-NL", "sw-KE"],
+                  notebooks=["02", "03", "06"], tune_locales=["de-DE"], tune_epochs=[2], tune_lrs=[5e-4, 2e-3],
+                  seed_notebooks=["02", "03"], subset_notebooks=[],
+                  extra_params={"locales": toy4, "epochs": 1, "adamerging": None, "compare_modes": [], "tuning_targets": ["sw-KE"],
+                                "seeds": [42, 43], "seed_targets": ["nl-NL"]},
                   pretrain_kwargs=dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64, batch_size=8, warmup_steps=1, dev_per_locale=4))
     rows = study.run("mini", **kwargs)
-    assert set(rows["status"]) == {"done"} and list(rows["notebook"]) == ["01_similarity", "02_training"]
+    assert set(rows["status"]) == {"done"}, rows[["notebook", "target", "error"]]
+    assert list(rows["notebook"]) == ["02_training", "03_merging", "03_merging", "02_training", "03_merging",
+                                      "06_aggregation"]
     assert len(data.load_split("sw-KE", "test", "cache/data/mini")) == 24
-    record = paths.read_json(report.record_path("02_training", "mini", "training"))
-    assert set(record["results"]["evaluation_matrix"]) == set(toy3)
+
+    # the protocol: every knob of every notebook run, nothing on test labels, 02's lr chosen on dev
+    got = protocol.load("mini")
+    for stem in ("02_training", "03_merging", "06_aggregation"):
+        nb = params.find_notebooks([stem])[0]
+        knobs = declare.knobs({**params.notebook_parameters(nb), **params.load_params(stem, "mini")})
+        missing = [k for k in knobs if f"{stem[:2]}.{k}" not in got and k not in params.INJECTED]
+        assert not missing, (stem, missing)
+    assert {r["chosen_by"] for r in got.values()} <= set(protocol.CHOSEN_BY)
+    assert got["02.lr"]["chosen_by"] == "dev" and got["02.lr"]["value"] in (5e-4, 2e-3)
+    assert got["02.epochs"]["value"] == 1 and got["02.epochs"]["note"] == "set by the user (--set)"
+    assert got["06.tuning_targets"]["value"] == ["sw-KE"] and got["study.seed_params"]["value"] == study.SEED_PARAMS
+    assert {"pretrain.steps", "pretrain.embedding_init", "tune.lr_grid", "study.train"} <= set(got)
+    md = paths.reports_dir("study", "mini", "protocol.md").read_text()
+    assert all(f"| `{k}` |" in md for k in got)
+    trained = paths.read_json(report.record_path("02_training", "mini", "training"))["params"]
+    assert (trained["lr"], trained["epochs"]) == (got["02.lr"]["value"], 1)  # 02 ran with the tuned recipe
+
+    # the extra seed's run: its own root, sources trained with seed 43 from the main run's base and data
+    s43 = seeds.seed_root(43) / "reports" / "02_training" / "mini" / "training.json"
+    assert paths.read_json(s43)["params"]["seed"] == 43 and seeds.main_seed("mini") == 42
+    summary = paths.reports_dir("06_aggregation", "mini", "summary.md").read_text()
+    assert "## Tuning targets (reported apart)" in summary and "| sw-KE |" in summary.split("## Tuning targets")[1]
+    assert "## Headline effects over fine-tuning seeds" in summary and "| seed 42 | seed 43 |" in summary
+    spread = pd.read_csv(paths.reports_dir("06_aggregation", "mini", "seeds.csv")).set_index(["system", "baseline"])
+    sim = spread.loc[("merge/linear/similarity", "merge/linear/average")]
+    assert sim["n"] == 1 and np.isfinite(sim["s42"]) and np.isfinite(sim["s43"])
+
     timings = paths.read_json(paths.reports_dir("study", "mini", "timings.json"))
-    assert set(timings[-1]["seconds"]) == {"subsample", "pretrain", "notebook 01", "notebook 02"}
+    assert set(timings[-1]["stages"]) == {"subsample", "pretrain", "tune", "notebook 02", "notebook 03",
+                                          "seed 43 notebook 02", "seed 43 notebook 03", "notebook 06"}
+    assert timings[-1]["stages"]["notebook 03"] == {**timings[-1]["stages"]["notebook 03"], "jobs": 2, "ran": 2}
+    assert "| notebook 03 | 2 |" in paths.reports_dir("study", "mini", "budget.md").read_text()
     again = study.run("mini", **kwargs)  # resumable: everything is done already
     assert set(again["status"]) == {"skipped"}
+    assert not any(s["ran"] for s in paths.read_json(paths.reports_dir("study", "mini", "timings.json"))[-1]["stages"].values())
+    with pytest.raises(ValueError, match="parameters of none of the notebooks"):
+        study.run("mini", **{**kwargs, "extra_params": {**kwargs["extra_params"], "epochz": 3}})

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from mu import plots, similarity, typology
+from mu import stats as mu_stats
 
 LOCS = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES", "it-IT", "ru-RU", "ja-JP", "sw-KE"]
 FS = similarity.DEFAULT_FEATURE_SET
@@ -26,6 +27,10 @@ def test_transfer_that_follows_cosine_correlates_perfectly_per_target():
     assert row["ci_low"] <= 1.0 <= row["ci_high"] + 1e-12 and row["wilcoxon_p"] < 0.01
     assert set(got["pairs"]["feature_set"]) == {FS, "fam"} and len(got["pairs"]) == 2 * len(LOCS) * (len(LOCS) - 1)
     assert list(got["per_target"].columns) == [FS, "fam"]
+    summary = got["summary"]  # Holm over the feature sets, beside each raw p-value
+    for col in ("wilcoxon_p", "pooled_p"):
+        np.testing.assert_allclose(summary[f"{col}_holm"], mu_stats.holm(summary[col].to_numpy()))
+        assert list(summary.columns).index(f"{col}_holm") == list(summary.columns).index(col) + 1
 
 
 def test_transfer_unrelated_to_cosine_does_not_correlate():
