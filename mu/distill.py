@@ -64,7 +64,8 @@ def train_student(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], 
     gen = torch.Generator().manual_seed(seed)
     curve = []
     model.train()
-    for _ in tqdm(range(epochs), desc="distill", unit="epoch", leave=False, disable=not progress):
+    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
+    for _ in tqdm(range(epochs), desc="distill", unit="epoch", leave=False, disable=None if progress else True):
         for idx in torch.randperm(len(texts), generator=gen).split(batch_size):
             batch = tokenizer.pad({"input_ids": [enc[i] for i in idx.tolist()]}, return_tensors="pt").to(device)
             logp = torch.log_softmax(model(**dict(batch)).logits.float() / temperature, dim=-1)

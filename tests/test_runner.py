@@ -226,7 +226,7 @@ def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
     env = runner.kernel_env(workers=2)
     assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
-                   "PYTHONWARNINGS": runner.QUIET_WARNINGS}
+                   "PYTHONWARNINGS": runner.QUIET_WARNINGS, **runner.QUIET_ENV}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert "OMP_NUM_THREADS" not in runner.kernel_env(workers=2)  # the user's setting is kept
 
