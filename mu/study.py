@@ -126,6 +126,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     p02 = {**params.load_params("02_training", profile), **extra}
     locales = list(p02["locales"])
     targets = list(targets) if targets is not None else locales
+    runner.plan(list(notebooks), targets, profile=profile, extra_params=extra)  # every parameter checked up front
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if str(p02["data"]) != str(source):

@@ -132,3 +132,13 @@ def test_mu_root_that_is_no_folder_is_an_error_line(tmp_path):
 def test_check_root_creates_a_missing_root(tmp_path, monkeypatch):
     monkeypatch.setenv("MU_ROOT", str(tmp_path / "new" / "root"))
     assert paths.check_root() == tmp_path / "new" / "root" and (tmp_path / "new" / "root").is_dir()
+
+
+def test_the_study_checks_its_parameters_before_subsampling_and_pretraining(tmp_path, monkeypatch):
+    from mu import study
+
+    monkeypatch.setenv("MU_ROOT", str(tmp_path))
+    with pytest.raises(ValueError, match=r"02_training: epochs=0 \(--set\) is not valid; valid: a number > 0"):
+        study.run("mini", source="toy", train=8, dev=8, test=8, objective="mlm", steps=1, notebooks=["01", "02"],
+                  extra_params={"epochs": 0})
+    assert not (tmp_path / "cache" / "data").exists() and not (tmp_path / "models").exists()  # nothing made
