@@ -15,7 +15,7 @@ _SUBMODULES = (
     "paths", "locales", "similarity", "data", "models", "train", "evaluate",
     "merge", "ensemble", "distill", "iterative", "schedule", "tracking", "sts", "params", "runner", "report",
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
-    "pretrain", "lexical", "study", "typology",
+    "pretrain", "lexical", "study", "typology", "checks", "kernels",
 )
 
 

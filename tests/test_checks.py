@@ -142,3 +142,10 @@ def test_the_study_checks_its_parameters_before_subsampling_and_pretraining(tmp_
         study.run("mini", source="toy", train=8, dev=8, test=8, objective="mlm", steps=1, notebooks=["01", "02"],
                   extra_params={"epochs": 0})
     assert not (tmp_path / "cache" / "data").exists() and not (tmp_path / "models").exists()  # nothing made
+
+
+def test_every_module_is_reachable_as_an_attribute_of_mu():
+    import mu
+
+    modules = {p.stem for p in (REPO / "mu").glob("*.py") if not p.stem.startswith("_")} | {"merge"}
+    assert modules <= set(mu._SUBMODULES), sorted(modules - set(mu._SUBMODULES))
