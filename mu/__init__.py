@@ -17,6 +17,7 @@ _SUBMODULES = (
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
     "pretrain", "lexical", "study", "typology", "methods_table", "docs", "protocol", "tuning", "stats",
     "checkpoint", "threads", "seeds", "budget", "declare", "objectives",
+    "checks", "kernels",
 )
 
 

@@ -23,16 +23,22 @@ from typing import Any, Sequence
 
 import yaml
 
-from mu import aggregate, docs, params, paths, runner, site, study
+from mu import params, paths, runner, site
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
+BATCH_COMMANDS = ("run", "demo")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:  # safe_load: a YAML tag such as !!python/object is refused, never constructed
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a plain YAML value ({problem}); "
+                                         "give a number, string, true/false, null or a [list]") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +53,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None, help="default: reports/")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``study_commands=False`` leaves out those of ``mu.study`` (whose import takes
+    torch and transformers, seconds), so ``run`` / ``demo`` answer a bad argument at once."""
     ap = argparse.ArgumentParser(prog="python -m mu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute notebooks × targets with papermill")
@@ -59,20 +67,36 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
-    study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
-    docs.add_parser(sub)  # the results tables of README.md and docs/
+    if study_commands:
+        from mu import docs
+
+        docs.add_parser(sub)  # the results tables of README.md and docs/
+        if argv0 != "docs":
+            from mu import study
+
+            study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command in study.COMMANDS:
-        return study.main(args)
-    if args.command == "docs":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(study_commands=not argv or argv[0] not in BATCH_COMMANDS, argv0=argv[0] if argv else None).parse_args(argv)
+    if args.command == "docs":  # reads committed files in the checkout; no MU_ROOT, no torch
+        from mu import docs
+
         return docs.main(args)
-    profile = args.profile if args.command == "run" else "toy"
-    notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
     try:
+        paths.check_root()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command not in BATCH_COMMANDS:
+        from mu import study
+
+        return study.main(args)
+    profile = args.profile if args.command == "run" else "toy"
+    try:
+        notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
         summary = runner.run(
             notebooks, args.targets, profile=profile, executor=args.executor, workers=args.workers,
             num_gpus=args.num_gpus, params_dir=args.params_dir, notebooks_dir=args.notebooks_dir,
@@ -95,6 +119,8 @@ SHOWN = ("## Accuracy per target", "## Mean over targets")
 
 def demo_summary(profile: str, failed: bool) -> str:
     """The aggregated summary's per-target and mean tables (from summary.md) and where the figures are."""
+    from mu import aggregate
+
     md = aggregate.summary_dir(profile) / "summary.md"
     if not md.is_file():
         return f"\nno aggregated report at {_here(md)}"

@@ -127,7 +127,9 @@ def train_student(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], 
 
     model.train()
     stop = bool(held) and check()
-    for _ in tqdm(range(epochs), desc="distill", unit="epoch", leave=False, disable=not progress or stop):
+    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
+    for _ in tqdm(range(epochs), desc="distill", unit="epoch", leave=False,
+                  disable=True if (not progress or stop) else None):
         for idx in torch.randperm(len(texts), generator=gen).split(batch_size):
             batch = tokenizer.pad({"input_ids": [enc[i] for i in idx.tolist()]}, return_tensors="pt").to(device)
             logp = torch.log_softmax(model(**dict(batch)).logits.float() / temperature, dim=-1)

@@ -9,6 +9,7 @@ never against ``MU_ROOT``. A notebook records what it ran with through
 from __future__ import annotations
 
 import ast
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,21 +21,37 @@ INJECTED = ("profile", "target_lang")
 
 
 def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``parameters`` cell of a notebook as {name: default value} (literals only)."""
-    import nbformat
-    import papermill
+    """The ``parameters`` cell of a notebook as {name: default value} (literals only).
 
-    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    Read from the notebook's JSON with ``ast`` (as ``papermill.inspect_notebook`` reads it, which
+    tests/test_checks.py compares), without importing nbformat: its schema validator takes
+    seconds to import, and the runner reads every notebook before any kernel starts."""
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the notebook: {exc}") from exc
+    spec = nb.get("metadata", {}).get("kernelspec", {})
     if spec.get("name") != KERNEL:
         raise ValueError(f"{path}: metadata.kernelspec must name the {KERNEL!r} kernel "
                          f"(papermill needs it to read the parameters cell), got {spec or None}")
+    cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"
+             and "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return {}
+    source = cells[0].get("source", "")
     out = {}
-    for name, info in papermill.inspect_notebook(str(path)).items():
+    for node in ast.parse(source if isinstance(source, str) else "".join(source)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value = node.target.id, node.value
+        else:
+            raise ValueError(f"{path}: the parameters cell holds only `name = literal` lines, got {ast.unparse(node)!r}")
         try:
-            out[name] = ast.literal_eval(info["default"])
+            out[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError) as exc:
             raise ValueError(
-                f"{path}: parameter {name} = {info['default']} is not a flat literal "
+                f"{path}: parameter {name} = {ast.unparse(value)} is not a flat literal "
                 f"(str/int/float/bool/list)"
             ) from exc
     return out

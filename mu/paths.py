@@ -36,6 +36,22 @@ def root() -> Path:
     return Path.cwd().resolve()
 
 
+def check_root() -> Path:
+    """The project root, created if missing; a ``ValueError`` naming ``MU_ROOT`` when it is not a
+    folder this process can create and write (checked where a run enters: the command line, ``mu.runner.run``)."""
+    where = root()
+    name = f"MU_ROOT={os.environ['MU_ROOT']!r}" if os.environ.get("MU_ROOT") else f"the project root {where}"
+    if where.exists() and not where.is_dir():
+        raise ValueError(f"{name} is not a directory; point MU_ROOT at a folder (it is created if missing)")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{name} cannot be created: {e.strerror or e}") from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} is not writable by this user")
+    return where
+
+
 def reports_dir(*parts: str) -> Path:
     return root().joinpath("reports", *parts)
 

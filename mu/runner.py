@@ -19,7 +19,7 @@ Outputs, all written atomically under ``out_dir`` (default ``reports/``)::
 Two runners on one ``MU_ROOT`` never execute the same job at once: each job runs under a lock
 file (``<stem>/.<target>.lock``) and re-checks its done-marker once it holds it, so the second
 waits and then skips what the first finished (and a job only reads what earlier, finished
-jobs wrote). Kernels talk to papermill over IPC, not TCP (``LocalKernelManager``).
+jobs wrote). Kernels talk to papermill over IPC, not TCP (``mu.kernels.LocalKernelManager``).
 
 A (notebook, target) is skipped when its done-marker holds the same key: a hash of the
 injected parameters, the notebook's content and the done-markers of the batch's earlier
@@ -44,20 +44,19 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import filelock
-import pandas as pd
-from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
-from traitlets import CaselessStrEnum, default
 
-from mu import paths, report, site, threads
+from mu import checks, paths, report, site, threads
 from mu.params import INJECTED, KERNEL, check_keys, find_notebooks, load_params, notebook_parameters, params_file
+
+if TYPE_CHECKING:  # pandas and jupyter_client are imported where used: checking a batch needs neither
+    import pandas as pd
 
 EXECUTORS = ("local", "ray")
 SUMMARY_COLUMNS = ("notebook", "target", "status", "seconds", "output", "error")
@@ -135,6 +134,7 @@ def plan(
         check_keys(str(params_file(nb.stem, params_dir)), params, parameters)
         mine = {k: v for k, v in extra.items() if k in parameters}
         used_extra.update(mine)
+        checks.check_batch(nb.stem, parameters, params, mine, f"{params_file(nb.stem, params_dir).name} [{profile}]")
         base = {**params, **mine}
         if "profile" in parameters:
             base["profile"] = profile
@@ -210,19 +210,6 @@ def is_done(job: Job, key: str) -> bool:
     return (_marker(job) or {}).get("key") == key
 
 
-class LocalKernelManager(AsyncKernelManager):
-    """The kernel on this machine over IPC (unix sockets) instead of TCP: nothing listens on a
-    network port, and ipykernel has no reason to warn that TCP traffic is unencrypted."""
-
-    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-
-    @default("ip")
-    def _unique_ipc_path(self) -> str:
-        # jupyter_client's default is "kernel-ipc" in the working directory when no connection file is
-        # set yet: two kernels started at once from one folder would then share their sockets.
-        return os.path.join(tempfile.gettempdir(), f"mu-kernel-{uuid.uuid4().hex[:16]}-ipc")
-
-
 def job_lock(job: Job) -> filelock.FileLock:
     """The job's lock file ``<out>/<stem>/.<target>.lock``: held while the job executes and marks
     itself done, so two runners on one ``MU_ROOT`` never run the same job at once."""
@@ -240,6 +227,8 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
     ``failed_output``.
     """
     import papermill
+
+    from mu.kernels import LocalKernelManager
 
     os.environ.update(env)
     start = time.perf_counter()
@@ -263,8 +252,7 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
             evalue = getattr(exc, "evalue", str(exc))
             return {"status": "failed", "seconds": time.perf_counter() - start,
                     "error": f"{ename}: {evalue}".strip()}
-        for stale in (job.failed_output, job.failed_output.with_suffix(".html")):
-            stale.unlink(missing_ok=True)
+        clear_failure(job)
         result = {"status": "done", "seconds": time.perf_counter() - start, "error": None}
         try:
             site.render_notebook(job.output)
@@ -277,11 +265,16 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
 # tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an
 # executed (and rendered) notebook that is noise on every page, not information.
 QUIET_WARNINGS = "ignore:IProgress not found"
+# Progress belongs to the runner's bar: in a kernel, the bars of mu (tqdm), transformers ("Loading weights",
+# "Writing model shards", through huggingface_hub) and datasets ("Map") are only red stderr blocks on every
+# rendered page. Warnings still show.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _base_env() -> dict[str, str]:
     warn = os.environ.get("PYTHONWARNINGS")
-    return {"MU_ROOT": str(paths.root()), "PYTHONWARNINGS": f"{warn},{QUIET_WARNINGS}" if warn else QUIET_WARNINGS}
+    return {"MU_ROOT": str(paths.root()), "PYTHONWARNINGS": f"{warn},{QUIET_WARNINGS}" if warn else QUIET_WARNINGS,
+            **QUIET_ENV}
 
 
 def kernel_env(workers: int) -> dict[str, str]:
@@ -289,6 +282,13 @@ def kernel_env(workers: int) -> dict[str, str]:
     use shared out among ``workers`` parallel kernels as torch/OpenMP threads (``mu.threads.count``:
     workers x threads <= cores, no oversubscription)."""
     return {**_base_env(), threads.ENV: str(threads.count(workers))}
+
+
+def clear_failure(job: Job) -> None:
+    """Remove the job's failed notebook and its page: a success of the parameters asked for (just run, or
+    done before and skipped) is the job's state now, whatever failed since with other parameters."""
+    for stale in (job.failed_output, job.failed_output.with_suffix(".html")):
+        stale.unlink(missing_ok=True)
 
 
 def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
@@ -371,6 +371,7 @@ def run(
         raise ValueError(f"unknown executor {executor!r}; valid: {list(EXECUTORS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    paths.check_root()
     jobs = plan(notebooks, targets, profile=profile, params_dir=params_dir,
                 notebooks_dir=notebooks_dir, out_dir=out_dir, extra_params=extra_params)
     kernel = kernel_name()
@@ -379,6 +380,8 @@ def run(
     bar = tqdm(total=len(jobs), desc="notebooks", unit="run")
 
     def on_result(job: Job, result: Mapping[str, Any]) -> None:
+        if result["status"] == "skipped":
+            clear_failure(job)
         output = job.output if result["status"] != "failed" else job.failed_output
         rows.append({"notebook": job.stem, "target": job.target, "status": result["status"],
                      "seconds": round(result["seconds"], 2), "output": str(output),
@@ -408,6 +411,8 @@ def run(
         bar.close()
         if pool is not None:
             pool.shutdown()
+    import pandas as pd
+
     site.build_index(out_dir)
     order = {(j.stem, j.target): i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["notebook"], r["target"])])

@@ -75,21 +75,28 @@ def _papermill_parameters(ipynb: Path) -> dict[str, Any]:
 
 
 def notebooks(out: Path) -> list[dict[str, Any]]:
-    """Every executed notebook under ``out`` (``<stem>/<target>[.failed].ipynb``) with its profile
-    (from the parameters papermill recorded in it) and its HTML, rendered when missing or older."""
-    found = []
-    for ipynb in sorted(out.glob("*/*.ipynb")):
+    """The newest executed notebook of each job under ``out`` (``<stem>/<target>[.failed].ipynb``) with
+    its profile (from the parameters papermill recorded in it) and its HTML, rendered when missing or
+    older. A failure newer than the job's success is the job's state (the success is from an earlier
+    run, e.g. with other parameters) and is shown; an older one was superseded and is not."""
+    newest: dict[tuple[str, str], tuple[int, bool, Path]] = {}
+    for ipynb in out.glob("*/*.ipynb"):
         name = ipynb.name[: -len(".ipynb")]
         failed = name.endswith(FAILED)
         target = name[: -len(FAILED)] if failed else name
-        if failed and (ipynb.parent / f"{target}.ipynb").is_file() and not _stale(ipynb.parent / f"{target}.ipynb",
-                                                                                  ipynb):
-            continue  # an older failure, superseded by a success
+        try:
+            state = (ipynb.stat().st_mtime_ns, failed)  # same time: the failure, never hide one
+        except FileNotFoundError:  # removed meanwhile (a run finishing)
+            continue
+        if (ipynb.parent.name, target) not in newest or state > newest[ipynb.parent.name, target][:2]:
+            newest[ipynb.parent.name, target] = (*state, ipynb)
+    found = []
+    for (stem, target), (_, failed, ipynb) in sorted(newest.items()):
         page = ipynb.with_suffix(".html")
         if _stale(ipynb, page):
             render_notebook(ipynb)
         params = _papermill_parameters(ipynb)
-        found.append({"stem": ipynb.parent.name, "target": target, "failed": failed, "html": page,
+        found.append({"stem": stem, "target": target, "failed": failed, "html": page,
                       "profile": params.get("profile", target), "per_target": "target_lang" in params})
     return found
 

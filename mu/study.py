@@ -234,6 +234,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     extra = dict(extra_params or {})
     design = _design(profile, notebooks, targets, extra, tune_locales, subset_notebooks, seed_notebooks)
     p02, targets = design["p02"], design["targets"]
+    runner.plan(design["notebooks"], targets, profile=profile, extra_params=extra)  # every parameter, before anything runs
     grid = ([extra["epochs"]] if "epochs" in extra else list(tune_epochs), [extra["lr"]] if "lr" in extra else list(tune_lrs))
     if budget_only:
         print(budget.write(profile, plan(design, len(tune_locales) * len(grid[0]) * len(grid[1])), workers=workers)

@@ -228,7 +228,7 @@ def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     env = runner.kernel_env(workers=2)
     cores = len(os.sched_getaffinity(0))
     assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, cores // 2)),
-                   "PYTHONWARNINGS": runner.QUIET_WARNINGS}
+                   "PYTHONWARNINGS": runner.QUIET_WARNINGS, **runner.QUIET_ENV}
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert runner.kernel_env(workers=2)["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
 

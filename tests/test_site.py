@@ -136,3 +136,58 @@ def test_index_links_every_rendered_notebook_summary_and_figure(project):
     text = index.read_text(encoding="utf-8")
     assert "03_step/sw-KE.html" in text and "failed.html" not in text
     assert not (out / "03_step" / "sw-KE.failed.html").exists()
+
+
+SCALED = (  # fails when scale < 0: a rerun with other parameters that fails
+    "import mu\n"
+    'if scale < 0:\n'
+    '    raise RuntimeError(f"deliberate failure with scale={scale}")\n'
+    'mu.report.save("03_scaled", target_lang, "scaled", params={"profile": profile, "scale": scale},\n'
+    '               rows=[{"system": "merge/linear/similarity", "family": "merge", "accuracy": 0.5}])'
+)
+
+
+def _index_links(out: Path) -> set[str]:
+    parser = _Links()
+    parser.feed((out / site.INDEX).read_text(encoding="utf-8"))
+    return {unquote(urlparse(x).path) for x in parser.links if not x.startswith("#")}
+
+
+def test_a_failure_newer_than_the_success_is_what_the_index_shows(project):
+    from mu import runner
+
+    write_notebook(project / "notebooks" / "03_scaled.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0',
+                   SCALED)
+    (project / "params" / "03_scaled.yaml").write_text("shared: {}\nprofiles: {toy: {}}\n")
+    where = {"notebooks_dir": project / "notebooks", "params_dir": project / "params"}
+    assert list(runner.run(["03_scaled"], ["af-ZA"], **where)["status"]) == ["done"]
+    out = paths.reports_dir()
+    assert "03_scaled/af-ZA.html" in _index_links(out)
+    # rerun with other parameters, failing: the success stays on disk, but the index shows the failure
+    assert list(runner.run(["03_scaled"], ["af-ZA"], extra_params={"scale": -1.0}, **where)["status"]) == ["failed"]
+    assert (out / "03_scaled" / "af-ZA.ipynb").is_file()
+    links = _index_links(out)
+    assert "03_scaled/af-ZA.failed.html" in links and "03_scaled/af-ZA.html" not in links
+    page = (out / "03_scaled" / "af-ZA.failed.html").read_text(encoding="utf-8")
+    assert "deliberate failure with scale=-1.0" in page
+    assert 'class="failed"><a href="03_scaled/af-ZA.failed.html">failed</a>' in (out / site.INDEX).read_text()
+    # asked again with the first parameters: done before, skipped, and that success is the state again
+    assert list(runner.run(["03_scaled"], ["af-ZA"], **where)["status"]) == ["skipped"]
+    links = _index_links(out)
+    assert "03_scaled/af-ZA.html" in links and "03_scaled/af-ZA.failed.html" not in links
+    assert not (out / "03_scaled" / "af-ZA.failed.ipynb").exists()
+
+
+def test_the_index_keeps_the_newest_of_a_success_and_a_failure(tmp_path):
+    import nbformat
+
+    for name, when in (("af-ZA.ipynb", 100), ("af-ZA.failed.ipynb", 200), ("fr-FR.ipynb", 300),
+                       ("fr-FR.failed.ipynb", 200)):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["papermill"] = {"parameters": {"profile": "toy", "target_lang": name[:5]}}
+        path = tmp_path / "03_x" / name
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, path)
+        os.utime(path, ns=(when * 10**9, when * 10**9))
+    got = {(e["target"], e["failed"], e["html"].name) for e in site.notebooks(tmp_path)}
+    assert got == {("af-ZA", True, "af-ZA.failed.html"), ("fr-FR", False, "fr-FR.html")}

@@ -154,7 +154,9 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     curve = []
-    for step in tqdm(range(1, steps + 1), desc=f"adamerging ({granularity})", leave=False, disable=not progress):
+    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
+    for step in tqdm(range(1, steps + 1), desc=f"adamerging ({granularity})", leave=False,
+                     disable=None if progress else True):
         if len(order) < min(batch_size, len(texts)):
             order += torch.randperm(len(texts), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]

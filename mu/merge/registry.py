@@ -241,7 +241,8 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
         raise ValueError(f"{method}: {stat} missing for sources {sorted(set(sources) - set(stats))}; "
                          f"given for {sorted(stats)}")
     out: StateDict = {}
-    for key in tqdm(keys, desc=f"merge {method}", disable=not progress, leave=False):
+    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
+    for key in tqdm(keys, desc=f"merge {method}", disable=None if progress else True, leave=False):
         owner = next((loc for prefix, loc in keep.items() if loc and key.startswith(prefix)), None)
         if owner is not None:
             out[key] = state_dicts[owner][key]
