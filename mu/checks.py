@@ -28,7 +28,10 @@ NAMES: dict[str, tuple[str, ...]] = {
     "mu.ensemble:METHODS": ("majority", "weighted_majority", "soft", "uriel_logits"),
     "mu.merge.registry:METHODS": (
         "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "slerp", "multislerp",
-        "model_stock", "fisher_simple", "fisher_dataset", "regmean", "adamerging"),
+        "model_stock", "fisher_simple", "fisher_dataset", "regmean", "adamerging", "breadcrumbs_ties", "della",
+        "della_linear", "sce", "karcher", "nuslerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "tsv_m", "iso_c",
+        "iso_cts", "widen"),
+    "mu.selection:CRITERIA": ("tuning-targets", "label-free"),
     "mu.merge.adamerging:GRANULARITIES": ("layer", "task"),
     "mu.merge.adamerging:CONSTRAINTS": ("simplex", "clamp", "none"),
     "mu.data:SPLITS": ("train", "dev", "test"),
@@ -147,7 +150,9 @@ PARAMETERS: dict[str, Spec] = {
     # data, models and what they are trained on
     "data": Spec("'toy', 'hub', 'massive' or a folder in MASSIVE layout (a non-empty string)", TEXT.ok),
     "models_dir": TEXT, "base_model": TEXT, "locales": list_of(LOCALE),
-    "epochs": number(0, open_low=True), "max_epochs": POSITIVE, "batch_size": POSITIVE, "lr": number(0, open_low=True),
+    # max_epochs / lr None (notebook 05): the one-shot sources' own (like for like, mu.iterative_results)
+    "epochs": number(0, open_low=True), "max_epochs": optional(POSITIVE), "batch_size": POSITIVE,
+    "lr": optional(number(0, open_low=True)),
     "max_seq_length": integer(2, 512), "seed": integer(0), "report_to": either(one_of("mu.tracking:BACKENDS", "none"),
                                                                                 list_of(BACKEND)),
     # source selection and weights (mu.similarity)
@@ -162,9 +167,16 @@ PARAMETERS: dict[str, Spec] = {
     "embeddings": either(Spec("'merge'", lambda v: v == "merge"), LOCALE),
     "fisher_num_examples": POSITIVE, "fisher_batch_size": POSITIVE,
     # label-free adaptation: AdaMerging and distillation on the target's unlabeled utterances
-    "adamerging": optional(one_of("mu.merge.adamerging:GRANULARITIES")),
-    "adapt_constraint": one_of("mu.merge.adamerging:CONSTRAINTS"), "adapt_steps": integer(0),
-    "adapt_lr": number(0, open_low=True), "adapt_split": one_of("mu.data:SPLITS"), "adapt_num_examples": POSITIVE,
+    "compare_methods": either(Spec("'all'", lambda v: v == "all"),
+                              list_of(one_of("mu.merge.registry:METHODS"), empty=True)),
+    "adamerging": list_of(one_of("mu.merge.adamerging:GRANULARITIES"), empty=True),
+    "adapt_constraint": one_of("mu.merge.adamerging:CONSTRAINTS"), "adapt_steps": list_of(integer(0)),
+    "adapt_selection": one_of("mu.selection:CRITERIA"), "adapt_held_out": number(0, 1, open_high=True),
+    "tuning_targets": list_of(LOCALE, empty=True),
+    "distill": BOOLEAN, "distill_teachers": optional(list_of(TEXT)), "distill_selection": one_of("mu.selection:CRITERIA"),
+    "distill_lrs": list_of(number(0, open_low=True)), "distill_eval_every": optional(POSITIVE),
+    "distill_patience": POSITIVE,
+    "adapt_lr": number(0, open_low=True), "adapt_split": one_of("mu.data:SPLITS"), "adapt_num_examples": optional(POSITIVE),
     "adapt_batch_size": POSITIVE, "distill_mode": optional(MODE), "distill_temperature": number(0, open_low=True),
     "distill_epochs": POSITIVE, "distill_lr": number(0, open_low=True), "distill_batch_size": POSITIVE,
     # STS of base, sources and merges (mu.sts)
@@ -177,6 +189,7 @@ PARAMETERS: dict[str, Spec] = {
     "patience": POSITIVE, "convergence_threshold": number(0), "performance_drop": number(0),
     # aggregation (mu.aggregate)
     "n_boot": POSITIVE, "min_pairs": POSITIVE, "average_system": TEXT,
+    "seeds": list_of(integer(0), empty=True), "seed_targets": list_of(LOCALE, empty=True),
 }
 
 # Rules between parameters, checked once each one is valid on its own: (names, test, what is valid).

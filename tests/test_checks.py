@@ -69,9 +69,9 @@ def test_the_notebook_check_says_what_the_runner_says():
     (("locales", "af-ZA"), False), (("head", "merge"), True), (("head", "de-DE"), True), (("head", "x"), False),
     (("report_to", "none"), True), (("report_to", ["tensorboard"]), True), (("report_to", "tensorbord"), False),
     (("feature_set", "syntax_knn+fam"), True), (("feature_set", "syntax_knn+"), False),
-    (("compare_modes", []), True), (("modes", []), False), (("adamerging", None), True), (("adamerging", "x"), False),
+    (("compare_modes", []), True), (("modes", []), False), (("adamerging", []), True), (("adamerging", ["x"]), False),
     (("sts_score_range", [0, 5]), True), (("sts_score_range", [5, 0]), False), (("max_seq_length", 513), False),
-    (("keep_merged", 1), False), (("data", ""), False), (("seed", -1), False), (("adapt_steps", 0), True),
+    (("keep_merged", 1), False), (("data", ""), False), (("seed", -1), False), (("adapt_steps", [0, 50]), True),
 ])
 def test_declarations_take_type_and_range(value, ok):
     name, v = value
