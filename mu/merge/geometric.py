@@ -177,16 +177,22 @@ def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float
     return out
 
 
+def _two(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str,
+         instead: str) -> tuple[str, str, float]:
+    """(first, second, t = the second's normalised weight) of a method that merges exactly two sources."""
+    if len(state_dicts) != 2:
+        raise ValueError(f"{method} merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
+                         f"use {instead} for more")
+    first, second = list(state_dicts)
+    return first, second, float(weights[second]) / (float(weights[first]) + float(weights[second]))
+
+
 @torch.no_grad()
 def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
           *, device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
     """Spherical interpolation from the first source to the second, ``t`` = the second's (normalised) weight."""
-    if len(state_dicts) != 2:
-        raise ValueError(f"slerp merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
-                         "use multislerp for more")
+    first, second, t = _two(state_dicts, weights, "slerp", "multislerp")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    first, second = list(state_dicts)
-    t = float(weights[second]) / (float(weights[first]) + float(weights[second]))
     out: StateDict = {}
     with chunks.single_threaded(dev):
         for key in state_dicts[first]:
@@ -295,12 +301,8 @@ def nuslerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], 
             chunk_elements: int | None = None) -> StateDict:
     """mergekit's ``nuslerp``: spherical interpolation of two sources (of their task vectors around ``base``
     when given) with t = the second's weight, per tensor (``flatten``), per row, or per column (``row_wise``)."""
-    if len(state_dicts) != 2:
-        raise ValueError(f"nuslerp merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
-                         "use multislerp or karcher for more")
+    first, second, t = _two(state_dicts, weights, "nuslerp", "multislerp or karcher")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    first, second = list(state_dicts)
-    t = float(weights[second]) / (float(weights[first]) + float(weights[second]))
     out: StateDict = {}
     with chunks.single_threaded(dev):
         for key in state_dicts[first]:

@@ -123,12 +123,15 @@ def _ram(state_dicts: Mapping[str, StateDict], base: StateDict | None, *, epsilo
     return out
 
 
-def _pair(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str) -> tuple[str, str]:
-    """(a, b): mergekit's base (the larger weight; the first on a tie) and the other of exactly two sources."""
+def _pair(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
+          method: str) -> tuple[str, str, dict[str, StateDict]]:
+    """(a, b, {a: .., b: ..}): mergekit's base (the larger weight; the first on a tie) and the other of exactly
+    two sources."""
     if len(state_dicts) != 2:
         raise ValueError(f"{method} merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}")
     first, second = list(state_dicts)
-    return (second, first) if float(weights[second]) > float(weights[first]) else (first, second)
+    a, b = (second, first) if float(weights[second]) > float(weights[first]) else (first, second)
+    return a, b, {a: state_dicts[a], b: state_dicts[b]}
 
 
 @torch.no_grad()
@@ -138,8 +141,7 @@ def nearswap(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
     """NearSwap: the larger-weighted source a, moved to the other b where they differ by less than ~``t``."""
     if not t >= 0:
         raise ValueError(f"nearswap: t must be >= 0, got {t}")
-    a_name, b_name = _pair(state_dicts, weights, "nearswap")
-    pair = {a_name: state_dicts[a_name], b_name: state_dicts[b_name]}
+    a_name, b_name, pair = _pair(state_dicts, weights, "nearswap")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
     out: StateDict = {}
     with chunks.single_threaded(dev):
@@ -173,8 +175,7 @@ def arcee_fusion(state_dicts: Mapping[str, StateDict], weights: Mapping[str, flo
                  chunk_elements: int | None = None) -> StateDict:
     """Arcee Fusion: the larger-weighted source a plus the other's changes b − a where they are important
     (importance ≥ median + 1.5 IQR)."""
-    a_name, b_name = _pair(state_dicts, weights, "arcee_fusion")
-    pair = {a_name: state_dicts[a_name], b_name: state_dicts[b_name]}
+    a_name, b_name, pair = _pair(state_dicts, weights, "arcee_fusion")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
     out: StateDict = {}
     with chunks.single_threaded(dev):
