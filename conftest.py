@@ -27,8 +27,28 @@ def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _is_notebook(item) -> bool:
+    return str(item.fspath).endswith(".ipynb")
+
+
 def pytest_collection_modifyitems(config, items):
-    # notebooks 01 -> 06 build on each other's results: keep them on one xdist worker, in order
+    # notebooks 01 -> 06 build on each other's results: keep them on one xdist worker, in order (collected
+    # first, testpaths, so this longest chain starts at once while the other worker runs the unit tests)
     for item in items:
-        if str(item.fspath).endswith(".ipynb"):
+        if _is_notebook(item):
             item.add_marker(pytest.mark.xdist_group("notebooks"))
+
+
+def pytest_runtest_setup(item):
+    # the notebooks' chain gets a root of its own: unit tests on the same worker write records of the same
+    # profile (and clean some up) in the worker's root; the kernels inherit MU_ROOT when they start
+    if _is_notebook(item):
+        item.mu_saved_root = os.environ["MU_ROOT"]
+        os.environ["MU_ROOT"] = os.path.join(item.mu_saved_root, "notebooks")
+        os.makedirs(os.environ["MU_ROOT"], exist_ok=True)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    saved = getattr(item, "mu_saved_root", None)
+    if saved is not None:
+        os.environ["MU_ROOT"] = saved
