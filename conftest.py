@@ -31,6 +31,7 @@ def _is_notebook(item) -> bool:
     return str(item.fspath).endswith(".ipynb")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     # notebooks 01 -> 06 build on each other's results: keep them on one xdist worker, in order (collected
     # first, testpaths, so this longest chain starts at once while the other worker runs the unit tests)
