@@ -31,13 +31,18 @@ def _is_notebook(item) -> bool:
     return str(item.fspath).endswith(".ipynb")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    # notebooks 01 -> 06 build on each other's results: keep them on one xdist worker, in order (collected
-    # first, testpaths, so this longest chain starts at once while the other worker runs the unit tests)
-    for item in items:
-        if _is_notebook(item):
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
+def pytest_xdist_make_scheduler(config, log):
+    # notebooks 01 -> 06 build on each other's results: one work unit, sent to one xdist worker and run in
+    # order (collected first, testpaths, so this longest chain starts at once while the other worker runs the
+    # unit tests); every other test is a unit of its own, as with --dist load. (An xdist_group mark does not
+    # reach nbmake's items, whose node ids xdist cannot suffix.)
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if nodeid.split("::")[0].endswith(".ipynb") else nodeid
+
+    return NotebooksTogether(config, log)
 
 
 def pytest_runtest_setup(item):
