@@ -305,8 +305,16 @@ def threads() -> str:
             + f"\n\n{len(d['cpus'])} allowed CPUs; 1-minute load average before the runs {min(loads):.1f}–{max(loads):.1f}.")
 
 
+def make_test() -> str:
+    """``make test`` on a fresh clone (``reports/bench/make-test.json``, from that run's log)."""
+    r = _json(checkout(BENCH, "make-test.json"))
+    return _table(["date", "commit", "fresh clone `bash .ci/run` (venv included)", "pytest", "passed / skipped / failed",
+                   "workers", "load before"], [[r["date"], f"`{r['commit']}`", _duration(r["wall_s"]), _duration(r["pytest_s"]),
+                   f"{r['passed']} / {r['skipped']} / {r['failed']}", r["workers"], r["load_before"]]])
+
+
 TABLES: dict[str, Callable[..., str]] = {
-    "threads": threads, "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
+    "make-test": make_test, "threads": threads, "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
     "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
     "bench-eval": bench_eval, "study-cost": study_cost,
 }
