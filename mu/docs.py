@@ -20,13 +20,13 @@ copies a finished run's small summary files (results, never MASSIVE data) into
   (``reports/study/<profile>/timings.json``) when there are any;
 * ``run.json``: targets, notebook 06's parameters and the package versions of the run;
 * ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
-
 Paths resolve against the checkout (code and docs), never ``MU_ROOT``; ``--from`` names the run's root.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import re
 import sys
@@ -54,8 +54,8 @@ HEADLINE = {  # the README's systems, each with what it is
     "merge/linear/transfer": "linear merge, sources and weights from measured transfer (leave-target-out)",
     "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
     "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
-    "adapted/adamerging/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
-    "adapted/distilled-soft/similarity": "one student distilled from the soft ensemble on unlabeled text",
+    "adapted/adamerging*/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
+    "adapted/distilled-*/similarity": "one student distilled from the chosen ensemble on unlabeled text",
     "iterative/linear/similarity": "the URIEL sources trained with a merge every few epochs",
 }
 PROFILES = ("toy", "mini")
@@ -152,11 +152,11 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
     head = ["system", "what", "sees"] + [f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p
                                          for p in names]
     rows = []
-    for system, what in HEADLINE.items():
-        cells = [_mean_ci(frames[p].loc[system]) if p in frames and system in frames[p].index
-                 and frames[p].loc[system, "n"] > 0 else ("not yet collected" if p not in frames else "—")
+    for key, what in HEADLINE.items():  # a key may be a pattern: the adapted systems are named by their chosen knobs
+        found = {p: next((s for s in f.index if fnmatch.fnmatchcase(s, key) and f.loc[s, "n"] > 0), None) for p, f in frames.items()}
+        cells = [_mean_ci(frames[p].loc[found[p]]) if found.get(p) else ("not yet collected" if p not in frames else "—")
                  for p in names]
-        rows.append([f"`{system}`", what, families.sees(system), *cells])
+        rows.append([f"`{(system := next((s for s in found.values() if s), key))}`", what, families.sees(system), *cells])
     return _table(head, rows)
 
 
@@ -307,10 +307,10 @@ def threads() -> str:
 
 def make_test() -> str:
     """``make test`` on a fresh clone (``reports/bench/make-test.json``, from that run's log)."""
-    r = _json(checkout(BENCH, "make-test.json"))
-    return _table(["date", "commit", "fresh clone `bash .ci/run` (venv included)", "pytest", "passed / skipped / failed",
-                   "workers", "load before"], [[r["date"], f"`{r['commit']}`", _duration(r["wall_s"]), _duration(r["pytest_s"]),
-                   f"{r['passed']} / {r['skipped']} / {r['failed']}", r["workers"], r["load_before"]]])
+    r, head = _json(checkout(BENCH, "make-test.json")), ["date", "commit", "fresh clone `bash .ci/run` (venv included)"]
+    return _table(head + ["pytest", "passed / skipped / failed", "workers", "load before"], [[
+        r["date"], f"`{r['commit']}`", _duration(r["wall_s"]), _duration(r["pytest_s"]),
+        f"{r['passed']} / {r['skipped']} / {r['failed']}", r["workers"], r["load_before"]]])
 
 
 TABLES: dict[str, Callable[..., str]] = {
