@@ -254,10 +254,7 @@ def paired_tests(table: pd.DataFrame, *, min_pairs: int = 5, average_system: str
             out.append({**row, "note": note})
     frame = pd.DataFrame(out, columns=["system", "baseline", "n", "mean_diff", "wins", "ties",
                                        "losses", "statistic", "p_value", "note"])
-    frame.insert(frame.columns.get_loc("p_value") + 1, "p_holm", np.nan)
-    for _, idx in frame.groupby("baseline").groups.items():
-        frame.loc[idx, "p_holm"] = stats_.holm(frame.loc[idx, "p_value"].to_numpy(dtype=float))
-    return frame
+    return stats_.holm_by(frame)
 
 
 def aggregate(

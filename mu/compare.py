@@ -39,8 +39,7 @@ def head_to_head(table: pd.DataFrame, systems: Sequence[str], baselines: Sequenc
     columns = list(dict.fromkeys([*systems, *baselines]))
     tests = aggregate.paired_tests(table[columns], min_pairs=min_pairs, others=baselines)
     tests = tests[tests["system"].isin(systems) & tests["baseline"].isin(baselines)].reset_index(drop=True)
-    for _, idx in tests.groupby("baseline").groups.items():
-        tests.loc[idx, "p_holm"] = stats.holm(tests.loc[idx, "p_value"].to_numpy(dtype=float))
+    tests = stats.holm_by(tests)  # over the chosen systems only
     ci = [aggregate.bootstrap_ci((table[s] - table[b]).dropna().to_numpy(), n_boot=n_boot, seed=seed)
           for s, b in zip(tests["system"], tests["baseline"])]
     return tests.assign(diff_ci_low=[lo for lo, _ in ci], diff_ci_high=[hi for _, hi in ci])[

@@ -43,3 +43,13 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 10000, seed: int = 42
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
     lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return (float(lo), float(hi))
+
+
+def holm_by(frame, by: str = "baseline", p: str = "p_value", out: str = "p_holm"):
+    """``frame`` with ``out`` = ``holm`` of its ``p`` column within each group of ``by`` (the family of tests
+    against one baseline); the column is added after ``p`` when absent. Modifies and returns ``frame``."""
+    if out not in frame.columns:
+        frame.insert(frame.columns.get_loc(p) + 1, out, np.nan)
+    for _, idx in frame.groupby(by).groups.items():
+        frame.loc[idx, out] = holm(frame.loc[idx, p].to_numpy(dtype=float))
+    return frame
