@@ -9,25 +9,15 @@ and its arguments::
 
 ``python -m mu docs`` rewrites every block; ``--check`` changes nothing and exits 1 when a block
 differs from what would be written (so a hand-edited number fails a test); ``--collect PROFILE``
-copies a finished run's small summary files (results, never MASSIVE data) into
-``docs/results/<PROFILE>/``, the committed inputs of the tables with ``reports/bench/*.json``:
-
-* ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
-  per-target table (``reports/06_aggregation/<profile>/``);
-* ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
-* ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
-* ``timings.json``: seconds per notebook from the runner's done-markers, and the study's stages
-  (``reports/study/<profile>/timings.json``) when there are any;
-* ``run.json``: targets, notebook 06's parameters and the package versions of the run;
-* ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
-Paths resolve against the checkout (code and docs), never ``MU_ROOT``; ``--from`` names the run's root.
+first copies a finished run's small summary files into ``docs/results/<PROFILE>/`` (``mu.collect`` lists
+them), the committed inputs of the tables with ``reports/bench/*.json``. Paths resolve against the
+checkout (code and docs), never ``MU_ROOT``; ``--from`` names the run's root.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import re
 import sys
 from pathlib import Path
@@ -35,12 +25,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from mu import families, params, paths
+from mu import claims as mu_claims, families, methods_table, paths
+from mu.collect import RESULTS, checkout, collect, read_json as _json
 
 OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
 CLOSE = "<!-- /mu:table -->"
 PAGES = ("README.md", "docs/*.md")
-RESULTS = "docs/results"
 BENCH = "reports/bench"
 AVERAGE, ORACLE, TOP1 = "merge/linear/average", families.BEST_ZERO_SHOT, families.URIEL_TOP1
 BASELINES = {"average": "the average merge of the same sources", "oracle": f"`{ORACLE}` (oracle)",
@@ -61,10 +51,6 @@ HEADLINE = {  # the README's systems, each with what it is
 PROFILES = ("toy", "mini")
 
 
-def checkout(*parts: str) -> Path:
-    return params.source_dir(Path(*parts))
-
-
 # --------------------------------------------------------------------------- reading committed results
 
 def _results(profile: str, name: str) -> Path:
@@ -82,10 +68,6 @@ def not_collected(profile: str) -> str:
 
 def _csv(profile: str, name: str) -> pd.DataFrame:
     return pd.read_csv(_results(profile, name))
-
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _num(v: Any, digits: int = 3, signed: bool = False) -> str:
@@ -206,6 +188,45 @@ def sts(profile: str) -> str:
     return _table(["target", "base", "best source"] + [f"`{m}`" for m in merges], rows)
 
 
+def methods(profile: str, tests: str = "yes") -> str:
+    """Notebook 06's method × weighting means (``methods.csv``) after the answer in plain words
+    (``mu.methods_table.answer`` on ``methods_contrasts.csv``); ``tests=no``: the means table only."""
+    if not _results(profile, "methods.csv").is_file():
+        return not_collected(profile)
+    frame = _csv(profile, "methods.csv")
+    text = methods_table.markdown(frame)
+    if tests == "no":
+        text = text.split("\n\nPaired over targets")[0]
+    return text
+
+
+def methods_answer(profile: str) -> str:
+    """Which merge method works across languages, in plain words with the numbers (``mu.methods_table.answer``)."""
+    if not _results(profile, "methods_contrasts.csv").is_file():
+        return not_collected(profile)
+    return methods_table.answer(_csv(profile, "methods.csv"), _csv(profile, "methods_contrasts.csv"))
+
+
+def claims(profile: str) -> str:
+    """Whether one label-free served model beats the oracle, and each distilled student against its teacher
+    (``mu.claims.markdown`` on the committed per-target table ``summary.csv``)."""
+    if not collected(profile):
+        return not_collected(profile)
+    return mu_claims.markdown(pd.read_csv(_results(profile, "summary.csv"), index_col="target"))
+
+
+def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adaptive") -> str:
+    """Seconds per target of each system (its rows' ``seconds``: a merge's own time; for the adapted family the
+    fit included, e.g. teacher forwards and training; ``costs.csv``)."""
+    if not _results(profile, "costs.csv").is_file():
+        return not_collected(profile)
+    c = _csv(profile, "costs.csv")
+    c = c[c["system"].str.split("/").str[0].isin(families_.split(","))].sort_values(["median_s", "system"])
+    rows = [[f"`{r['system']}`", int(r["targets"]), _num(r["median_s"], 1), _num(r["max_s"], 1),
+             _duration(r["total_s"])] for _, r in c.iterrows()]
+    return _table(["system", "targets", "median s per target", "max s", "total"], rows)
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(round(float(seconds)), 60)
     h, m = divmod(m, 60)
@@ -316,7 +337,8 @@ def make_test() -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "make-test": make_test, "threads": threads, "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
     "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
-    "bench-eval": bench_eval, "study-cost": study_cost,
+    "bench-eval": bench_eval, "study-cost": study_cost, "methods": methods, "methods-answer": methods_answer,
+    "claims": claims, "costs": costs,
 }
 
 
@@ -378,51 +400,6 @@ def update(check: bool = False) -> list[Path]:
             if not check:
                 paths.write_text(page, new)
     return changed
-
-
-# --------------------------------------------------------------------------- collecting a run's summary files
-
-def collect(profile: str, root: str | Path) -> Path:
-    """Copy a finished run's summary files (see the module doc) into ``docs/results/<profile>/``."""
-    reports = Path(root).resolve() / "reports"
-    agg = reports / "06_aggregation" / profile
-    missing = [n for n in ("means.csv", "tests.csv", "summary.csv", "summary.json") if not (agg / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{agg} lacks {missing}: run notebook 06 for profile {profile!r} under {root} first")
-    out = checkout(RESULTS, profile)
-    for name in ("means.csv", "tests.csv", "summary.csv"):
-        paths.write_text(out / name, (agg / name).read_text(encoding="utf-8"))
-    record = _json(agg / "summary.json")
-    typology = record["results"].get("uriel_transfer")
-    if typology:
-        u = pd.DataFrame.from_dict(typology["summary"], orient="index").rename_axis("feature_set")
-        paths.write_text(out / "uriel.csv", u.to_csv())
-        s = pd.DataFrame.from_dict(typology["weight_spread"], orient="index").rename_axis("target")
-        paths.write_text(out / "spread.csv", s.to_csv())
-    scores = []
-    for path in sorted(reports.glob("03_merging/*/*.json")):
-        rec = _json(path)
-        if (rec.get("params") or {}).get("profile", profile) == profile and (rec.get("results") or {}).get("sts"):
-            scores += [{"target": rec["target"], "model": m, "spearman": v} for m, v in rec["results"]["sts"].items()]
-    if scores:
-        frame = pd.DataFrame(scores).drop_duplicates(["target", "model"], keep="last")
-        paths.write_text(out / "sts.csv", frame.to_csv(index=False))
-    jobs: dict[str, dict[str, float]] = {}
-    for marker in sorted(reports.glob("*/*.done.json")):
-        m = _json(marker)
-        if m.get("parameters", {}).get("profile", profile) == profile:
-            entry = jobs.setdefault(m["notebook"], {"jobs": 0, "seconds": 0.0})
-            entry["jobs"] += 1
-            entry["seconds"] = round(entry["seconds"] + m["seconds"], 2)
-    study = reports / "study" / profile / "timings.json"
-    paths.write_json(out / "timings.json", {"notebooks": jobs, "study": _json(study) if study.is_file() else []})
-    paths.write_json(out / "run.json", {"profile": profile, "targets": sorted(record["results"]["table"]),
-                                        "params": record.get("params"), "versions": record.get("versions"),
-                                        "created": record.get("created")})
-    for comparison in sorted(reports.glob("pretrain/*/comparison.json")):
-        paths.write_text(checkout(RESULTS, "pretrain", f"{comparison.parent.name}.json"),
-                         comparison.read_text(encoding="utf-8"))
-    return out
 
 
 # --------------------------------------------------------------------------- command line

@@ -4,12 +4,20 @@ as a method × weighting table of mean accuracy over targets with bootstrap inte
 
     summary = mu.aggregate.aggregate("mini")
     methods = mu.methods_table.table(summary["table"])
-    mu.methods_table.write(methods, "mini")      # reports/06_aggregation/mini/methods.csv
+    contrasts = mu.methods_table.contrasts(summary["table"])    # method vs linear, URIEL vs equal weights
+    mu.methods_table.write(methods, "mini", contrasts)         # methods.csv, methods_contrasts.csv
+    print(mu.methods_table.answer(methods, contrasts))         # the answer in plain words, from the numbers
 
 The tests are ``mu.compare.head_to_head``: mean paired difference with a percentile bootstrap interval,
 wins / ties / losses, the two-sided Wilcoxon p-value and ``p_holm``, Holm-adjusted over the family of
 every method × weighting tested against the same baseline. ``zero-shot/best`` is chosen with each
 target's test labels (an oracle upper bound on picking one source), not a zero-shot method.
+
+``contrasts`` asks the questions the seed's published runs answered, each a family of paired tests
+Holm-adjusted within itself: every method against ``linear`` under the same weighting (same sources, same
+weights: only the method differs); each method's URIEL weights against its equal weights
+(``similarity`` vs ``average``: the same sources); its transfer-chosen sources and weights against
+``average``. ``answer`` states the result in plain words, every number read from those tables.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mu import aggregate, compare, paths
+from mu import aggregate, compare, paths, stats
 from mu.families import BEST_ZERO_SHOT
 
 CSV = "methods.csv"
+CONTRASTS_CSV = "methods_contrasts.csv"
 BASELINES = {"average": aggregate.AVERAGE_MERGE, "zero_shot": BEST_ZERO_SHOT}  # column prefix: system
 WEIGHTING_ORDER = ("similarity", "average", "transfer")
 TITLE = "Which merge method works across languages"
@@ -110,9 +119,114 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
     ])
 
 
-def write(frame: pd.DataFrame, profile: str) -> Path:
-    """``reports/06_aggregation/<profile>/methods.csv`` (atomic)."""
+def write(frame: pd.DataFrame, profile: str, contrasts_: pd.DataFrame | None = None) -> Path:
+    """``reports/06_aggregation/<profile>/methods.csv`` and, given, ``methods_contrasts.csv`` (atomic)."""
+    if contrasts_ is not None:
+        paths.write_text(aggregate.summary_dir(profile) / CONTRASTS_CSV, contrasts_.to_csv(index=False))
     return paths.write_text(aggregate.summary_dir(profile) / CSV, frame.to_csv(index=False))
+
+
+# --------------------------------------------------------------------------- the questions, in plain words
+
+QUESTIONS = {  # family: (what is tested, baseline of a system merge/<m>/<w>)
+    "method_vs_linear": ("the method against linear under the same weighting", lambda m, w: f"merge/linear/{w}"),
+    "uriel_vs_equal": ("URIEL weights against equal weights, same method and sources", lambda m, w: f"merge/{m}/average"),
+    "transfer_vs_equal": ("transfer-chosen sources and weights against the equal-weight merge of the URIEL sources",
+                          lambda m, w: f"merge/{m}/average"),
+}
+ALPHA = 0.05
+
+
+def _pairs(merged: Sequence[str], family: str) -> list[tuple[str, str]]:
+    have, out = set(merged), []
+    for s in merged:
+        _, m, w = s.split("/")
+        if (family == "method_vs_linear" and m != "linear") or (family == "uriel_vs_equal" and w == "similarity") \
+                or (family == "transfer_vs_equal" and w == "transfer"):
+            base = QUESTIONS[family][1](m, w)
+            if base in have:
+                out.append((s, base))
+    return out
+
+
+def contrasts(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> pd.DataFrame:
+    """One row per paired comparison of the three families of ``QUESTIONS`` (``family``, ``method``,
+    ``weighting``, ``system``, ``baseline`` and ``mu.compare.head_to_head``'s columns), ``p_holm`` adjusted
+    over the tests of the same family."""
+    merged = systems(per_target.columns)
+    rows = []
+    for family in QUESTIONS:
+        pairs = _pairs(merged, family)
+        if not pairs:
+            continue
+        tests = pd.concat([compare.head_to_head(per_target, [s], [b], n_boot=n_boot, seed=seed, min_pairs=min_pairs)
+                           for s, b in pairs], ignore_index=True)
+        tests["p_holm"] = stats.holm(tests["p_value"].to_numpy(dtype=float))
+        tests.insert(0, "family", family)
+        rows.append(tests)
+    cols = ["family", "method", "weighting", "system", "baseline", "n", "mean_diff", "diff_ci_low", "diff_ci_high",
+            "wins", "ties", "losses", "p_value", "p_holm", "note"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(rows, ignore_index=True)
+    out["method"], out["weighting"] = out["system"].str.split("/").str[1], out["system"].str.split("/").str[2]
+    return out[cols]
+
+
+def _verdict(r: pd.Series) -> str:
+    if not np.isfinite(r["p_holm"]):
+        return "not testable"
+    if r["p_holm"] < ALPHA:
+        return "better" if r["mean_diff"] > 0 else "worse"
+    return "no detectable difference"
+
+
+def _cite(r: pd.Series) -> str:
+    return (f"`{r['system']}` {r['mean_diff']:+.3f} vs `{r['baseline']}` ({int(r['wins'])}/{int(r['ties'])}/"
+            f"{int(r['losses'])}, Holm p {_p(r['p_holm'])})")
+
+
+def answer(frame: pd.DataFrame, contrasts_: pd.DataFrame, *, alpha: float = ALPHA) -> str:
+    """The method comparison in plain words: the best merge and the oracle, which methods differ from linear
+    (and the seed's claims on DARE and TIES), whether URIEL weighting matters per method. Significance is
+    Holm-adjusted p < ``alpha`` within each family; every number comes from ``frame`` / ``contrasts_``."""
+    if frame.empty:
+        return markdown(frame)
+    best = frame.dropna(subset=["mean"]).sort_values("mean", ascending=False).iloc[0]
+    out = [f"- **Best merge:** `{best['system']}`, mean {best['mean']:.3f} over {int(best['n'])} targets."]
+    if "vs_zero_shot_diff" in frame and np.isfinite(best.get("vs_zero_shot_diff", np.nan)):
+        above = frame[(frame["vs_zero_shot_diff"] > 0) & (frame["vs_zero_shot_p_holm"] < alpha)]
+        out.append(f"  Against the oracle single source (`{BEST_ZERO_SHOT}`): {best['vs_zero_shot_diff']:+.3f} "
+                   f"(Holm p {_p(best['vs_zero_shot_p_holm'])}); merges significantly above it: "
+                   f"{', '.join(f'`{s}`' for s in above['system']) or 'none'}.")
+    c = contrasts_.assign(verdict=[_verdict(r) for _, r in contrasts_.iterrows()])
+    vs_lin = c[c["family"] == "method_vs_linear"]
+    if len(vs_lin):
+        for word in ("better", "worse"):
+            hit = vs_lin[vs_lin["verdict"] == word]
+            methods = sorted(set(hit["method"]))
+            out.append(f"- **{word.capitalize()} than linear** (same sources and weights; {len(vs_lin)} tests, Holm): "
+                       + (", ".join(f"`{m}` ({', '.join(hit[hit['method'] == m]['weighting'])})" for m in methods)
+                          or "none") + ".")
+        for family_name, names in (("DARE", ("dare_ties", "dare_linear")), ("TIES", ("ties",))):
+            rows = vs_lin[vs_lin["method"].isin(names)]
+            if len(rows):
+                verdicts = set(rows["verdict"])
+                word = ("worse than linear under every weighting" if verdicts == {"worse"} else
+                        "better than linear under every weighting" if verdicts == {"better"} else
+                        "indistinguishable from linear under every weighting" if verdicts == {"no detectable difference"}
+                        else "mixed: " + ", ".join(sorted(verdicts)))
+                out.append(f"- **{family_name}** ({', '.join(names)}): {word}; " + "; ".join(_cite(r) for _, r in rows.iterrows()) + ".")
+    for family, label in (("uriel_vs_equal", "URIEL weights vs equal weights"),
+                          ("transfer_vs_equal", "transfer-chosen sources vs the equal-weight merge")):
+        rows = c[c["family"] == family]
+        if len(rows):
+            sig = rows[rows["verdict"].isin(["better", "worse"])]
+            out.append(f"- **{label}** ({len(rows)} methods, Holm): "
+                       + (f"significant for {', '.join(f'`{m}` ({v}, {d:+.3f})' for m, v, d in zip(sig['method'], sig['verdict'], sig['mean_diff']))}"
+                          if len(sig) else "significant for no method")
+                       + f"; median difference over methods {rows['mean_diff'].median():+.3f}.")
+    return "\n".join(out)
 
 
 def references(means: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MERGE) -> dict[str, float]:

@@ -85,7 +85,7 @@ SUBSET = tuple(t for t in _ALPHABETICAL[::3] if t not in TUNING_TARGETS)  # = mu
 SUBSET_NOTEBOOKS = ("05",)  # too costly for every target at equal source-epochs: run on SUBSET
 # The seeds' runs (mu.seeds): notebook 02 again, then the headline notebooks without the adapted systems.
 SEED_NOTEBOOKS = ("02", "03", "04")
-SEED_PARAMS = {"03": {"adamerging": []}, "04": {"distill": False, "max_k": 1}}
+SEED_PARAMS = {"03": {"adamerging": [], "compare_methods": []}, "04": {"distill": False, "max_k": 1}}
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = ("the encoder recipe of README 'Real MASSIVE' (python -m mu study's defaults), carried over from the "
@@ -257,7 +257,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
         before = _mtime(cache)
         chosen = tuning.tune_finetuning(profile, tune_locales, base_model=p02["base_model"], data=p02["data"],
                                         epochs_grid=grid[0], lr_grid=grid[1], batch_size=p02["batch_size"],
-                                        max_seq_length=p02["max_seq_length"], seed=p02["seed"])
+                                        max_seq_length=p02["max_seq_length"], seed=p02["seed"], workers=workers)
         tuned = {k: chosen[k] for k in TUNED if k not in extra}
         jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
         log.add("tune", t0, jobs, jobs if _mtime(cache) != before else 0)

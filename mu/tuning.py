@@ -11,44 +11,64 @@ lr); ``tune_finetuning`` does both, records the choice in the protocol (``mu.pro
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import multiprocessing
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mu import data as mu_data
-from mu import evaluate, models, paths, protocol, report, train
+from mu import evaluate, models, paths, protocol, report, threads, train
+
+
+def _fit_one(job: tuple[str, float, float], base: Path, data: str | os.PathLike, batch_size: int,
+             max_seq_length: int, seed: int) -> dict[str, Any]:
+    """Fine-tune ``base`` on one locale's train split with one (epochs, lr) and measure its dev accuracy."""
+    loc, epochs, lr = job
+    t0 = time.perf_counter()
+    train_ds, dev_ds = mu_data.load_split(loc, "train", data), mu_data.load_split(loc, "dev", data)
+    model, tokenizer = models.load_classifier(base)
+    scratch = paths.cache_dir("train")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"tune-{loc}.", dir=scratch) as tmp:
+        train.fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
+                  max_seq_length=max_seq_length, seed=seed, output_dir=tmp)
+    with models.cpu_threads(model):
+        logits = evaluate.forward(model, tokenizer, list(dev_ds["text"]), batch_size=64, max_seq_length=max_seq_length)
+    acc = float(np.mean(logits.argmax(-1) == np.asarray(dev_ds["label"])))
+    return {"locale": loc, "epochs": epochs, "lr": lr, "dev_accuracy": acc, "n_dev": len(dev_ds),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _one_thread() -> None:
+    os.environ[threads.ENV] = "1"
+    torch.set_num_threads(1)
 
 
 def finetune_grid(locales: Sequence[str], *, base_model: str | os.PathLike, data: str | os.PathLike,
                   epochs_grid: Sequence[float], lr_grid: Sequence[float], batch_size: int, max_seq_length: int,
-                  seed: int) -> pd.DataFrame:
+                  seed: int, workers: int = 1) -> pd.DataFrame:
     """One row per (locale, epochs, lr): ``dev_accuracy`` of ``base_model`` fine-tuned on the locale's
-    train split with that recipe, and the seconds it took. Models are evaluated, not saved."""
+    train split with that recipe, and the seconds it took. Models are evaluated, not saved.
+    ``workers`` > 1: that many processes of one torch thread each (on a 2-core CPU two one-thread
+    fits finish sooner than one fit on two threads); the rows keep the grid's order."""
     base = paths.resolve(base_model)
     models.check_model_dir(base)
-    rows = []
-    scratch = paths.cache_dir("train")
-    scratch.mkdir(parents=True, exist_ok=True)
-    for loc in locales:
-        train_ds, dev_ds = mu_data.load_split(loc, "train", data), mu_data.load_split(loc, "dev", data)
-        for epochs in epochs_grid:
-            for lr in lr_grid:
-                t0 = time.perf_counter()
-                model, tokenizer = models.load_classifier(base)
-                with tempfile.TemporaryDirectory(prefix=f"tune-{loc}.", dir=scratch) as tmp:
-                    train.fit(model, tokenizer, train_ds, epochs=epochs, batch_size=batch_size, lr=lr,
-                              max_seq_length=max_seq_length, seed=seed, output_dir=tmp)
-                with models.cpu_threads(model):
-                    logits = evaluate.forward(model, tokenizer, list(dev_ds["text"]), batch_size=64,
-                                              max_seq_length=max_seq_length)
-                acc = float(np.mean(logits.argmax(-1) == np.asarray(dev_ds["label"])))
-                rows.append({"locale": loc, "epochs": epochs, "lr": lr, "dev_accuracy": acc, "n_dev": len(dev_ds),
-                             "seconds": round(time.perf_counter() - t0, 1)})
-    return pd.DataFrame(rows)
+    jobs = [(loc, epochs, lr) for loc in locales for epochs in epochs_grid for lr in lr_grid]
+    fit = functools.partial(_fit_one, base=base, data=data, batch_size=batch_size, max_seq_length=max_seq_length,
+                            seed=seed)
+    if workers <= 1:
+        return pd.DataFrame([fit(job) for job in jobs])
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+        return pd.DataFrame(list(pool.map(fit, jobs)))
 
 
 def choose(grid: pd.DataFrame) -> dict[str, Any]:
@@ -60,9 +80,9 @@ def choose(grid: pd.DataFrame) -> dict[str, Any]:
 
 def tune_finetuning(profile: str, locales: Sequence[str], *, base_model: str | os.PathLike,
                     data: str | os.PathLike, epochs_grid: Sequence[float], lr_grid: Sequence[float],
-                    batch_size: int, max_seq_length: int, seed: int) -> dict[str, Any]:
-    """``finetune_grid`` (cached in ``reports/study/<profile>/tuning/finetune.json`` by its arguments and
-    the base's sha256), ``choose``, and the protocol records ``02.epochs`` and ``02.lr``. Returns the choice."""
+                    batch_size: int, max_seq_length: int, seed: int, workers: int = 1) -> dict[str, Any]:
+    """``finetune_grid`` on ``workers`` processes (cached in ``reports/study/<profile>/tuning/finetune.json``
+    by its arguments and the base's sha256), ``choose``, and the protocol records ``02.epochs`` and ``02.lr``. Returns the choice."""
     if not locales or not epochs_grid or not lr_grid:
         raise ValueError("tune_finetuning needs at least one probe locale, one epochs value and one lr")
     bad = [v for v in [*epochs_grid, *lr_grid] if not v > 0]
@@ -77,7 +97,7 @@ def tune_finetuning(profile: str, locales: Sequence[str], *, base_model: str | o
         grid = pd.DataFrame(paths.read_json(cache)["grid"])
     else:
         grid = finetune_grid(locales, base_model=base, data=data, epochs_grid=epochs_grid, lr_grid=lr_grid,
-                             batch_size=batch_size, max_seq_length=max_seq_length, seed=seed)
+                             batch_size=batch_size, max_seq_length=max_seq_length, seed=seed, workers=workers)
         paths.write_json(cache, {"args": args, "grid": grid.to_dict(orient="records"), "versions": report.versions()})
     chosen = choose(grid)
     where = f"dev split of the probe sources {', '.join(locales)} ({int(grid['n_dev'].iloc[0])} utterances each)"

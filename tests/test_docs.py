@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mu.collect
 import mu.docs
+import mu.methods_table
 from mu import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +83,32 @@ def _fake_run(root: Path, profile: str) -> pd.DataFrame:
 
 
 def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr(mu.docs, "RESULTS", str(tmp_path / "results"))
+    for module in (mu.docs, mu.collect):
+        monkeypatch.setattr(module, "RESULTS", str(tmp_path / "results"))
     assert "Not yet collected" in mu.docs.render("systems profile=fake")
+    assert "Not yet collected" in mu.docs.render("methods-answer profile=fake")
     table = _fake_run(tmp_path / "run", "fake")
+    agg, study = tmp_path / "run" / "reports" / "06_aggregation" / "fake", tmp_path / "run" / "reports" / "study" / "fake"
+    methods = mu.methods_table.table(table, n_boot=200)
+    methods.to_csv(agg / "methods.csv", index=False)
+    mu.methods_table.contrasts(table, n_boot=200).to_csv(agg / "methods_contrasts.csv", index=False)
+    (study / "tuning").mkdir(parents=True)
+    (study / "protocol.md").write_text("# protocol\n")
+    (study / "budget.md").write_text("# budget\n")
+    (study / "tuning" / "finetune.json").write_text("{}")
+    rec = tmp_path / "run" / "reports" / "03_merging" / "t1" / "adamerging-similarity.json"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps({"notebook": "03_merging", "target": "t1", "params": {"profile": "fake"}, "rows": [
+        {"system": "adapted/adamerging/similarity", "seconds": 12.5}, {"system": "merge/linear/similarity", "seconds": 0.5}]}))
     out = mu.docs.collect("fake", tmp_path / "run")
-    assert sorted(p.name for p in out.iterdir()) == ["means.csv", "run.json", "spread.csv", "sts.csv", "summary.csv",
-                                                     "tests.csv", "timings.json", "uriel.csv"]
+    assert "| `adapted/adamerging/similarity` | 1 | 12.5 | 12.5 | 12 s |" in mu.docs.render("costs profile=fake")
+    assert sorted(p.name for p in out.iterdir()) == ["budget.md", "costs.csv", "means.csv", "methods.csv", "methods_contrasts.csv", "protocol.md",
+                                                     "run.json", "spread.csv", "sts.csv", "summary.csv", "tests.csv",
+                                                     "timings.json", "tuning", "uriel.csv"]
+    assert (out / "tuning" / "finetune.json").read_text() == "{}"
+    best = methods.sort_values("mean").iloc[-1]
+    assert f"**Best merge:** `{best['system']}`, mean {best['mean']:.3f}" in mu.docs.render("methods-answer profile=fake")
+    assert "| linear |" in mu.docs.render("methods profile=fake tests=no")
     shown = mu.docs.render("systems profile=fake vs=average,oracle,top1")
     for system in table.columns:
         assert f"`{system}`" in shown and f"{table[system].mean():.3f}" in shown
@@ -102,7 +124,7 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
 
 
 def test_collect_without_an_aggregation_names_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(mu.docs, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(mu.collect, "RESULTS", str(tmp_path / "results"))
     with pytest.raises(FileNotFoundError, match="lacks .*means.csv.*run notebook 06"):
         mu.docs.collect("toy", tmp_path)
 

@@ -69,3 +69,25 @@ def test_without_the_baselines_or_any_merge():
     assert frame["vs_zero_shot_p_holm"].notna().all()
     empty = methods_table.table(per_target[["native", "zero-shot/best"]], n_boot=200)
     assert empty.empty and "compare_methods=all" in methods_table.markdown(empty)
+
+
+def test_contrasts_families_holm_and_the_answer_in_words():
+    per_target = _per_target()
+    c = methods_table.contrasts(per_target, n_boot=500)
+    assert set(c["family"]) == {"method_vs_linear", "uriel_vs_equal", "transfer_vs_equal"}
+    vs_lin = c[c["family"] == "method_vs_linear"]
+    # ties and dare_ties against linear under each of the 3 weightings: one family of 6, Holm within it
+    assert len(vs_lin) == 6 and set(vs_lin["baseline"]) == {f"merge/linear/{w}" for w in ("similarity", "average", "transfer")}
+    assert (vs_lin["baseline"].str.split("/").str[2] == vs_lin["weighting"]).all()
+    np.testing.assert_allclose(vs_lin["p_holm"], mu_stats.holm(vs_lin["p_value"].to_numpy(dtype=float)))
+    one = compare.head_to_head(per_target, ["merge/ties/average"], ["merge/linear/average"], n_boot=500).iloc[0]
+    row = vs_lin.set_index("system").loc["merge/ties/average"]
+    assert row["mean_diff"] == pytest.approx(one["mean_diff"]) and row["p_value"] == pytest.approx(one["p_value"])
+    uriel = c[c["family"] == "uriel_vs_equal"]
+    assert list(uriel["baseline"]) == [f"merge/{m}/average" for m in ("linear", "ties", "dare_ties")]
+    text = methods_table.answer(methods_table.table(per_target, n_boot=500), c)
+    # dare_ties is 0.1 below linear on every target: worse everywhere; ties +0.02 on every target: better
+    assert "**DARE** (dare_ties, dare_linear): worse than linear under every weighting" in text
+    assert "**TIES** (ties): better than linear under every weighting" in text
+    assert "**Best merge:** `merge/ties/" in text and "merges significantly above it" in text
+    assert methods_table.contrasts(per_target[["native", "merge/linear/average"]], n_boot=100).empty

@@ -58,3 +58,15 @@ def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch
     assert tuning.tune_finetuning("tunetoy", ["de-DE"], **kw) == chosen and read == []  # cached: nothing trained
     with pytest.raises(ValueError, match="must be > 0"):
         tuning.tune_finetuning("tunetoy", ["de-DE"], **{**kw, "lr_grid": [0]})
+
+
+def test_finetune_grid_on_two_processes_gives_the_grid_in_order(toy_base):
+    kw = dict(base_model=toy_base, data="toy", epochs_grid=[1], lr_grid=[1e-3, 2e-3], batch_size=16,
+              max_seq_length=64, seed=42)
+    one = tuning.finetune_grid(["de-DE", "nl-NL"], **kw)
+    two = tuning.finetune_grid(["de-DE", "nl-NL"], **kw, workers=2)
+    cols = ["locale", "epochs", "lr", "n_dev"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+    assert list(two["locale"]) == ["de-DE", "de-DE", "nl-NL", "nl-NL"]
+    # one thread in each worker against the caller's count: float sums may differ, the accuracies barely
+    assert (abs(one["dev_accuracy"] - two["dev_accuracy"]) <= 0.05).all()

@@ -1,0 +1,106 @@
+"""The study's headline claims in plain words, computed from a run's per-target table (notebook 06's
+``summary.csv``, ``mu.aggregate.aggregate(...)["table"]``), never typed by hand.
+
+* ``single_models``: every *label-free single served model* (one set of weights, trained on nothing of
+  the target's labels: merges, the adapted family, iterative training, URIEL top-1) against the oracle
+  ``zero-shot/best`` (the best single source picked with the target's *test* labels), Holm-adjusted
+  over those candidates.
+* ``students``: each distilled student (``adapted/distilled-<m>/<w>``) against its teacher
+  (``ensemble/<m>/<w>``) and its initialisation (``merge/linear/<w>``, the merge of the same sources).
+* ``markdown``: the answer to "does one label-free model beat the oracle?", with the numbers.
+
+    table = pd.read_csv("docs/results/mini/summary.csv", index_col="target")
+    print(mu.claims.markdown(table))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mu import compare, stats
+from mu.families import BEST_ZERO_SHOT, URIEL_TOP1, family
+
+SINGLE_FAMILIES = ("merge", "adapted", "iterative", "iterative-adaptive")
+ALPHA = 0.05
+WITHIN = 0.005  # the issue's "within 0.005 of its teacher"
+
+
+def is_single_label_free(system: str) -> bool:
+    """One served model that saw no label of the target (an oracle weighting sees them: excluded)."""
+    parts = system.split("/")
+    if system == URIEL_TOP1:
+        return True
+    return family(system) in SINGLE_FAMILIES and len(parts) == 3 and "*" not in system and parts[2] != "oracle"
+
+
+def single_models(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> pd.DataFrame:
+    """Each label-free single model against ``zero-shot/best``: its mean, then ``mu.compare.head_to_head``'s
+    columns (``p_holm`` over these candidates), best mean first. Empty without the oracle or candidates."""
+    candidates = [c for c in per_target.columns if is_single_label_free(c) and per_target[c].notna().any()]
+    if BEST_ZERO_SHOT not in per_target.columns or not candidates:
+        return pd.DataFrame(columns=["system", "mean", "n", "mean_diff", "p_value", "p_holm"])
+    tests = compare.head_to_head(per_target, candidates, [BEST_ZERO_SHOT], n_boot=n_boot, seed=seed,
+                                 min_pairs=min_pairs)
+    tests.insert(1, "mean", [float(per_target[s].mean()) for s in tests["system"]])
+    return tests.sort_values("mean", ascending=False).reset_index(drop=True)
+
+
+def students(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> pd.DataFrame:
+    """Each distilled student against its teacher and its initialisation (rows: ``system``, ``baseline``,
+    ``role`` teacher | init, and ``head_to_head``'s columns; ``p_holm`` within each role)."""
+    rows = []
+    for s in per_target.columns:
+        parts = s.split("/")
+        if family(s) != "adapted" or not parts[1].startswith("distilled-") or len(parts) != 3:
+            continue
+        teacher = f"ensemble/{parts[1].removeprefix('distilled-').split('-')[0]}/{parts[2]}"
+        for role, base in (("teacher", teacher), ("init", f"merge/linear/{parts[2]}")):
+            if base in per_target.columns:
+                t = compare.head_to_head(per_target, [s], [base], n_boot=n_boot, seed=seed, min_pairs=min_pairs)
+                rows.append(t.assign(role=role))
+    if not rows:
+        return pd.DataFrame(columns=["system", "baseline", "role", "mean_diff", "p_value", "p_holm"])
+    out = pd.concat(rows, ignore_index=True)
+    return stats.holm_by(out, by="role")
+
+
+def _cite(r: pd.Series, baseline: str | None = None) -> str:
+    p = "not computable" if not np.isfinite(r["p_value"]) else f"p {r['p_value']:.2g}, Holm {r['p_holm']:.2g}"
+    return (f"{r['mean_diff']:+.3f} vs `{baseline or r['baseline']}` over {int(r['n'])} targets "
+            f"({int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])} wins/ties/losses, {p})")
+
+
+def _word(r: pd.Series) -> str:
+    if not np.isfinite(r["p_holm"]):
+        return "cannot be tested"
+    if r["p_holm"] < ALPHA:
+        return "beats" if r["mean_diff"] > 0 else "is below"
+    return "is not distinguishable from"
+
+
+def markdown(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> str:
+    """Does one label-free served model beat the oracle best single source? The best such model, every
+    one significantly above the oracle, and each distilled student against its teacher and its init."""
+    single = single_models(per_target, n_boot=n_boot, seed=seed, min_pairs=min_pairs)
+    if single.empty:
+        return f"*No label-free single model or no `{BEST_ZERO_SHOT}` in this run.*"
+    oracle = float(per_target[BEST_ZERO_SHOT].mean())
+    best = single.iloc[0]
+    above = single[(single["mean_diff"] > 0) & (single["p_holm"] < ALPHA)]
+    out = [f"- **One label-free model against the oracle.** The best label-free single model is `{best['system']}` "
+           f"(mean {best['mean']:.3f}); it {_word(best)} the oracle `{BEST_ZERO_SHOT}` (mean {oracle:.3f}, picked with "
+           f"each target's test labels): {_cite(best)}; Holm over the {len(single)} label-free single models.",
+           f"- Label-free single models significantly above the oracle: "
+           + (", ".join(f"`{s}` ({d:+.3f})" for s, d in zip(above["system"], above["mean_diff"])) or "none") + "."]
+    for _, g in students(per_target, n_boot=n_boot, seed=seed, min_pairs=min_pairs).groupby("system", sort=False):
+        by = g.set_index("role")
+        line = f"- **Distilled student** `{g['system'].iloc[0]}`"
+        if "teacher" in by.index:
+            t = by.loc["teacher"]
+            line += (f": against its teacher {_cite(t, t['baseline'])}, "
+                     f"{'within' if abs(t['mean_diff']) <= WITHIN else 'not within'} {WITHIN} of it")
+        if "init" in by.index:
+            line += f"; against its initialisation (the merge of the same sources) {_cite(by.loc['init'])}"
+        out.append(line + ".")
+    return "\n".join(out)

@@ -1,0 +1,97 @@
+"""Collecting a finished run's small summary files into ``docs/results/<profile>/`` (``python -m mu docs
+--collect PROFILE --from ROOT``): the committed inputs of the generated tables (``mu.docs``), never MASSIVE data.
+
+* ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
+  per-target table; ``methods.csv`` / ``methods_contrasts.csv``: its method × weighting table and the
+  questions of ``mu.methods_table.contrasts`` (``reports/06_aggregation/<profile>/``);
+* ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
+* ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
+* ``costs.csv``: per system, the seconds its rows record per target (a merge's own time; the adapted
+  family's fit included; records of notebooks 03–05): targets, median, max and total;
+* ``timings.json``: seconds per notebook from the runner's done-markers, and the study's stages
+  (``reports/study/<profile>/timings.json``) when there are any;
+* ``protocol.md`` (every knob, its value, what chose it, on which data), ``budget.md`` (minutes per
+  stage from the recorded timings) and ``tuning/*.json`` (the grids the choices measured: fine-tuning
+  recipe on dev, teacher, distillation lr, AdaMerging granularity × steps), from
+  ``reports/study/<profile>/`` when the run was a study;
+* ``run.json``: targets, notebook 06's parameters and the package versions of the run;
+* ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
+Paths resolve against the checkout (code and docs), never ``MU_ROOT``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mu import params, paths
+
+RESULTS = "docs/results"
+COPIED = ("means.csv", "tests.csv", "summary.csv", "methods.csv", "methods_contrasts.csv")
+
+
+def checkout(*parts: str) -> Path:
+    return params.source_dir(Path(*parts))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def collect(profile: str, root: str | Path) -> Path:
+    """Copy a finished run's summary files (see the module doc) into ``docs/results/<profile>/``."""
+    reports = Path(root).resolve() / "reports"
+    agg = reports / "06_aggregation" / profile
+    missing = [n for n in ("means.csv", "tests.csv", "summary.csv", "summary.json") if not (agg / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{agg} lacks {missing}: run notebook 06 for profile {profile!r} under {root} first")
+    out = checkout(RESULTS, profile)
+    for name in COPIED:
+        if (agg / name).is_file():
+            paths.write_text(out / name, (agg / name).read_text(encoding="utf-8"))
+    study_dir = reports / "study" / profile
+    for src in [study_dir / "protocol.md", study_dir / "budget.md", *sorted((study_dir / "tuning").glob("*.json"))]:
+        if src.is_file():
+            paths.write_text(out / src.relative_to(study_dir), src.read_text(encoding="utf-8"))
+    record = read_json(agg / "summary.json")
+    typology = record["results"].get("uriel_transfer")
+    if typology:
+        u = pd.DataFrame.from_dict(typology["summary"], orient="index").rename_axis("feature_set")
+        paths.write_text(out / "uriel.csv", u.to_csv())
+        s = pd.DataFrame.from_dict(typology["weight_spread"], orient="index").rename_axis("target")
+        paths.write_text(out / "spread.csv", s.to_csv())
+    scores = []
+    for path in sorted(reports.glob("03_merging/*/*.json")):
+        rec = read_json(path)
+        if (rec.get("params") or {}).get("profile", profile) == profile and (rec.get("results") or {}).get("sts"):
+            scores += [{"target": rec["target"], "model": m, "spearman": v} for m, v in rec["results"]["sts"].items()]
+    if scores:
+        frame = pd.DataFrame(scores).drop_duplicates(["target", "model"], keep="last")
+        paths.write_text(out / "sts.csv", frame.to_csv(index=False))
+    costs = [{"system": r["system"], "target": r.get("target", rec.get("target")), "seconds": r["seconds"]}
+             for path in sorted(reports.glob("0[345]_*/*/*.json")) for rec in [read_json(path)]
+             if (rec.get("params") or {}).get("profile", profile) == profile
+             for r in rec.get("rows") or [] if isinstance(r, dict) and r.get("seconds") is not None and "system" in r]
+    if costs:
+        c = pd.DataFrame(costs).drop_duplicates(["system", "target"], keep="last").groupby("system")["seconds"]
+        frame = pd.DataFrame({"targets": c.size(), "median_s": c.median(), "max_s": c.max(), "total_s": c.sum()})
+        paths.write_text(out / "costs.csv", frame.round(2).reset_index().to_csv(index=False))
+    jobs: dict[str, dict[str, float]] = {}
+    for marker in sorted(reports.glob("*/*.done.json")):
+        m = read_json(marker)
+        if m.get("parameters", {}).get("profile", profile) == profile:
+            entry = jobs.setdefault(m["notebook"], {"jobs": 0, "seconds": 0.0})
+            entry["jobs"] += 1
+            entry["seconds"] = round(entry["seconds"] + m["seconds"], 2)
+    study = study_dir / "timings.json"
+    paths.write_json(out / "timings.json", {"notebooks": jobs, "study": read_json(study) if study.is_file() else []})
+    paths.write_json(out / "run.json", {"profile": profile, "targets": sorted(record["results"]["table"]),
+                                        "params": record.get("params"), "versions": record.get("versions"),
+                                        "created": record.get("created")})
+    for comparison in sorted(reports.glob("pretrain/*/comparison.json")):
+        paths.write_text(checkout(RESULTS, "pretrain", f"{comparison.parent.name}.json"),
+                         comparison.read_text(encoding="utf-8"))
+    return out

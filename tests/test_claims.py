@@ -1,0 +1,58 @@
+"""The README's claims (``mu.claims``) on a hand-made per-target table whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mu import claims, compare
+from mu import stats as mu_stats
+
+TARGETS = [f"t{i:02d}" for i in range(20)]
+
+
+def _table() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    oracle = rng.uniform(0.5, 0.6, len(TARGETS))
+    noise = lambda: rng.normal(0, 0.002, len(TARGETS))  # noqa: E731
+    return pd.DataFrame({
+        "native": oracle + 0.1, "zero-shot/best": oracle, "zero-shot/uriel-top1": oracle - 0.05 + noise(),
+        "merge/linear/similarity": oracle - 0.03 + noise(), "merge/linear/oracle": oracle + 0.05,
+        "ensemble/soft/similarity": oracle + 0.02 + noise(),  # many models: not a single served model
+        "adapted/distilled-soft/similarity": oracle + 0.018 + noise(),  # 0.002 under its teacher, above the oracle
+        "iterative/linear/similarity": oracle - 0.1 + noise(),
+    }, index=TARGETS)
+
+
+def test_which_systems_are_label_free_single_models():
+    assert claims.is_single_label_free("merge/ties/average") and claims.is_single_label_free("zero-shot/uriel-top1")
+    assert claims.is_single_label_free("iterative-adaptive/linear/similarity")
+    assert not claims.is_single_label_free("merge/linear/oracle")  # the N×N column picks its sources
+    assert not claims.is_single_label_free("ensemble/soft/similarity")
+    assert not claims.is_single_label_free("zero-shot/best") and not claims.is_single_label_free("merge/*/similarity")
+
+
+def test_single_models_against_the_oracle_with_holm():
+    table = _table()
+    single = claims.single_models(table, n_boot=500)
+    assert single["system"].iloc[0] == "adapted/distilled-soft/similarity"
+    assert set(single["system"]) == {"zero-shot/uriel-top1", "merge/linear/similarity",
+                                     "adapted/distilled-soft/similarity", "iterative/linear/similarity"}
+    np.testing.assert_allclose(single["p_holm"], mu_stats.holm(single["p_value"].to_numpy(dtype=float)))
+    direct = compare.head_to_head(table, ["merge/linear/similarity"], ["zero-shot/best"], n_boot=500).iloc[0]
+    assert single.set_index("system").at["merge/linear/similarity", "mean_diff"] == pytest.approx(direct["mean_diff"])
+
+
+def test_students_and_the_answer_in_words():
+    table = _table()
+    st = claims.students(table, n_boot=500).set_index("role")
+    assert st.at["teacher", "baseline"] == "ensemble/soft/similarity"
+    assert st.at["init", "baseline"] == "merge/linear/similarity"
+    assert st.at["teacher", "mean_diff"] == pytest.approx(-0.002, abs=0.002)
+    text = claims.markdown(table, n_boot=500)
+    assert "best label-free single model is `adapted/distilled-soft/similarity`" in text
+    assert "it beats the oracle `zero-shot/best`" in text and "20/0/0 wins/ties/losses" in text
+    assert "within 0.005 of it" in text
+    assert "above the oracle: `adapted/distilled-soft/similarity` (+0.018)" in text
+    assert "No label-free single model" in claims.markdown(table[["native", "ensemble/soft/similarity"]])
