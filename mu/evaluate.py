@@ -9,10 +9,12 @@ process, so tests can check that.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mu import data as mu_data
 from mu import models as mu_models
-from mu import cache, paths, report
+from mu import cache, paths, report, threads
 from mu.aggregate import nxn_path, read_nxn  # noqa: F401  (mu.evaluate.nxn_path / read_nxn: one reader, torch-free)
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
@@ -101,6 +103,14 @@ def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> 
     _write(path, out, ds, {"model": str(model), "locale": locale, "split": split, "data": str(data),
                            "max_seq_length": max_seq_length})
     return out, np.asarray(ds["label"], dtype=np.int64)
+
+
+def _nxn_row(model: str | os.PathLike, *, targets: Sequence[str], split: str, data: str | os.PathLike,
+             batch_size: int, max_seq_length: int) -> list[float]:
+    """One row of the N×N matrix: ``model``'s accuracy on each target (the model loaded once)."""
+    load = functools.lru_cache(maxsize=1)(_load)
+    return [metrics(*_logits(model, t, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length,
+                             load=load))["accuracy"] for t in targets]
 
 
 def cached_logits(
@@ -182,23 +192,37 @@ def nxn(
     split: str = "test",
     batch_size: int = 64,
     max_seq_length: int = 128,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Accuracy of every source model (rows, ``{locale: model folder}``) on every target (columns).
 
     ``targets`` default: the models' locales. Written atomically to
     ``nxn_path(profile)`` with a heatmap PNG beside it (left as is when the matrix
-    is unchanged).
+    is unchanged). ``workers`` > 1 evaluates that many source models at once, each process on one
+    thread (every logit is cached, so the matrix is the same); ``None``: ``mu.models.fit_workers``.
     """
     targets = list(models) if targets is None else list(targets)
     if not models or not targets:
         raise ValueError(f"nxn needs at least one model and one target, got {list(models)} and {targets}")
     frame = pd.DataFrame(index=pd.Index(list(models), name="source"),
                          columns=pd.Index(targets, name="target"), dtype=float)
-    load = functools.lru_cache(maxsize=1)(_load)  # pairs are source-major: each model loads at most once
-    pairs = [(s, t) for s in models for t in targets]
-    for source, target in tqdm(pairs, desc="N×N", unit="pair"):
-        frame.loc[source, target] = metrics(*_logits(models[source], target, split, data=data, batch_size=batch_size,
-                                                     max_seq_length=max_seq_length, load=load))["accuracy"]
+    row = functools.partial(_nxn_row, targets=targets, split=split, data=data, batch_size=batch_size,
+                            max_seq_length=max_seq_length)
+    workers = mu_models.fit_workers(next(iter(models.values()))) if workers is None else workers
+    bar = tqdm(total=len(models) * len(targets), desc="N×N", unit="pair")
+    if workers <= 1 or len(models) <= 1:
+        for source, path in models.items():
+            frame.loc[source] = row(path)
+            bar.update(len(targets))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(models)), mp_context=ctx,
+                                                    initializer=threads.one_thread) as pool:
+            futures = {pool.submit(row, path): source for source, path in models.items()}
+            for future in concurrent.futures.as_completed(futures):
+                frame.loc[futures[future]] = future.result()
+                bar.update(len(targets))
+    bar.close()
     path = nxn_path(profile)
     png = path.with_suffix(".png")
     if path.is_file() and png.is_file() and _same(read_nxn(path), frame):

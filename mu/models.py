@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -69,6 +70,21 @@ def resolve(locale: str, models_dir: str | os.PathLike, allow_hub: bool = False)
         return hub_id(locale)
     raise ValueError(f"no model for {locale!r}: {folder} does not exist; "
                      f"locales with a model in {paths.resolve(models_dir)}: {available_sources(models_dir)}")
+
+
+def num_parameters(folder: str | os.PathLike) -> int:
+    """Number of parameters in a model folder's ``model.safetensors``, read from its header (no tensor loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
+        return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+
+
+def fit_workers(folder: str | os.PathLike) -> int:
+    """Processes to run at once over many models like the one in ``folder``: one per free core
+    (``mu.threads.count()``, ``OMP_NUM_THREADS`` when set) when it is tiny, since a tiny model runs on one
+    thread (``cpu_threads``); else 1, as a larger model uses those cores itself."""
+    return threads.count() if num_parameters(paths.resolve(folder)) < TINY_PARAMS else 1
 
 
 def check_model_dir(folder: str | os.PathLike) -> Path:

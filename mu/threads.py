@@ -111,3 +111,11 @@ def on_free_cores(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+def one_thread() -> None:
+    """A worker process's initializer: one torch / OpenMP thread (``OMP_NUM_THREADS=1`` for what it starts)."""
+    import torch
+
+    os.environ[ENV] = "1"
+    torch.set_num_threads(1)

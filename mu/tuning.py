@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mu import data as mu_data
 from mu import evaluate, models, paths, protocol, report, threads, train
@@ -47,11 +46,6 @@ def _fit_one(job: tuple[str, float, float], base: Path, data: str | os.PathLike,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _one_thread() -> None:
-    os.environ[threads.ENV] = "1"
-    torch.set_num_threads(1)
-
-
 def finetune_grid(locales: Sequence[str], *, base_model: str | os.PathLike, data: str | os.PathLike,
                   epochs_grid: Sequence[float], lr_grid: Sequence[float], batch_size: int, max_seq_length: int,
                   seed: int, workers: int = 1) -> pd.DataFrame:
@@ -67,7 +61,7 @@ def finetune_grid(locales: Sequence[str], *, base_model: str | os.PathLike, data
     if workers <= 1:
         return pd.DataFrame([fit(job) for job in jobs])
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=threads.one_thread) as pool:
         return pd.DataFrame(list(pool.map(fit, jobs)))
 
 

@@ -92,3 +92,14 @@ def test_native_rows_are_report_rows(toy_sources):
     assert rows[0]["system"] == "native" and rows[0]["family"] == "native" and rows[0]["target"] == "de-DE"
     assert rows[0]["sources"] == {"de-DE": 1.0}
     assert rows[0]["n"] == len(data.load_split("de-DE", "test", "toy"))
+
+
+def test_nxn_on_two_processes_gives_the_same_matrix(toy_sources):
+    import shutil
+
+    sources = {loc: toy_sources[loc] for loc in ("de-DE", "fr-FR", "es-ES")}
+    one = evaluate.nxn(sources, ["de-DE", "nl-NL"], data="toy", profile="toy-one", max_seq_length=64, workers=1)
+    shutil.rmtree(paths.cache_dir("logits"))  # the workers compute every logit again
+    two = evaluate.nxn(sources, ["de-DE", "nl-NL"], data="toy", profile="toy-two", max_seq_length=64, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    assert len(list(paths.cache_dir("logits").glob("*.npz"))) == 6  # written by the workers, reused afterwards

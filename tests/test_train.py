@@ -82,3 +82,14 @@ def test_fit_with_eval_set_reports_accuracy(toy_base, tmp_path):
 def test_missing_base_is_an_error(toy_train_args, tmp_path):
     with pytest.raises(ValueError, match="model folder .*nowhere does not exist"):
         train.train_locale("de-DE", **{**toy_train_args, "base_model": tmp_path / "nowhere"})
+
+
+def test_train_locales_on_two_processes_trains_the_same_models(toy_sources, toy_train_args, tmp_path):
+    # the fixture trained de-DE and nl-NL one after the other in this process; two one-thread workers retrain them
+    kw = {**toy_train_args, "models_dir": str(tmp_path / "two")}
+    assert models.num_parameters(paths.resolve(kw["base_model"])) < models.TINY_PARAMS  # workers=None: free cores
+    got = train.train_locales(["de-DE", "nl-NL"], workers=2, **kw)
+    assert list(got) == ["de-DE", "nl-NL"]
+    for loc, path in got.items():
+        mine, ref = models.load_state_dict(path), models.load_state_dict(toy_sources[loc])
+        assert all(torch.equal(mine[k], ref[k]) for k in ref), loc
