@@ -15,7 +15,7 @@ _SUBMODULES = (
     "paths", "locales", "similarity", "data", "models", "train", "evaluate",
     "merge", "ensemble", "distill", "selection", "iterative", "iterative_results", "schedule", "tracking", "sts", "params", "runner", "report",
     "aggregate", "compare", "families", "plots", "notes", "cache", "site",
-    "pretrain", "lexical", "study", "typology", "methods_table", "claims", "collect", "docs", "protocol", "tuning", "stats",
+    "pretrain", "lexical", "study", "typology", "methods_table", "claims", "collect", "docs", "docs_study", "protocol", "tuning", "stats",
     "checkpoint", "threads", "seeds", "budget", "declare", "objectives",
     "checks", "kernels",
 )

@@ -16,7 +16,8 @@
   ``reports/study/<profile>/`` when the run was a study;
 * ``run.json``: targets, notebook 06's parameters and the package versions of the run;
 * ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
-Paths resolve against the checkout (code and docs), never ``MU_ROOT``.
+Paths resolve against the checkout (code and docs), never ``MU_ROOT``. The readers below format them
+for the generated tables (``mu.docs``, ``mu.docs_study``).
 """
 
 from __future__ import annotations
@@ -95,3 +96,48 @@ def collect(profile: str, root: str | Path) -> Path:
         paths.write_text(checkout(RESULTS, "pretrain", f"{comparison.parent.name}.json"),
                          comparison.read_text(encoding="utf-8"))
     return out
+
+
+# --------------------------------------------------------------------------- reading them back (mu.docs, mu.docs_study)
+
+def results_path(profile: str, name: str) -> Path:
+    return checkout(RESULTS, profile, name)
+
+
+def collected(profile: str) -> bool:
+    return results_path(profile, "means.csv").is_file()
+
+
+def not_collected(profile: str) -> str:
+    return (f"*Not yet collected: `docs/results/{profile}/` is empty. After the run: "
+            f"`python -m mu docs --collect {profile} --from <its MU_ROOT>`, then `python -m mu docs`.*")
+
+
+def read_csv(profile: str, name: str, **kwargs: Any) -> pd.DataFrame:
+    return pd.read_csv(results_path(profile, name), **kwargs)
+
+
+def num(v: Any, digits: int = 3, signed: bool = False) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    return f"{float(v):+.{digits}f}" if signed else f"{float(v):.{digits}f}"
+
+
+def p_text(v: Any) -> str:
+    return "n.c." if v is None or pd.isna(v) else f"{float(v):.2g}"
+
+
+def md_table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_ci(row: pd.Series) -> str:
+    return f"{num(row['mean'])} [{num(row['ci_low'])}, {num(row['ci_high'])}]"
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(round(float(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")

@@ -25,8 +25,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from mu import claims as mu_claims, families, methods_table, paths
-from mu.collect import RESULTS, checkout, collect, read_json as _json
+from mu import docs_study, families, paths
+from mu.collect import (RESULTS, checkout, collect, collected, mean_ci as _mean_ci, md_table as _table,  # noqa: F401
+                        not_collected, num as _num, p_text as _p, read_csv as _csv, read_json as _json,
+                        results_path as _results, duration as _duration)
 
 OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
 CLOSE = "<!-- /mu:table -->"
@@ -52,43 +54,6 @@ PROFILES = ("toy", "mini")
 
 
 # --------------------------------------------------------------------------- reading committed results
-
-def _results(profile: str, name: str) -> Path:
-    return checkout(RESULTS, profile, name)
-
-
-def collected(profile: str) -> bool:
-    return _results(profile, "means.csv").is_file()
-
-
-def not_collected(profile: str) -> str:
-    return (f"*Not yet collected: `docs/results/{profile}/` is empty. After the run: "
-            f"`python -m mu docs --collect {profile} --from <its MU_ROOT>`, then `python -m mu docs`.*")
-
-
-def _csv(profile: str, name: str) -> pd.DataFrame:
-    return pd.read_csv(_results(profile, name))
-
-
-def _num(v: Any, digits: int = 3, signed: bool = False) -> str:
-    if v is None or pd.isna(v):
-        return "—"
-    return f"{float(v):+.{digits}f}" if signed else f"{float(v):.{digits}f}"
-
-
-def _p(v: Any) -> str:
-    return "n.c." if v is None or pd.isna(v) else f"{float(v):.2g}"
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _mean_ci(row: pd.Series) -> str:
-    return f"{_num(row['mean'])} [{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
-
 
 def _vs(tests: pd.DataFrame, system: str, which: str) -> str:
     if which == "average":
@@ -118,8 +83,8 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     means = means[means["n"] > 0]
     if families_:
         means = means[means["system"].str.split("/").str[0].isin(families_.split(","))]
-    if systems_:
-        means = means[means["system"].isin(systems_.split(","))]
+    if systems_:  # names or fnmatch patterns (merge/linear/*)
+        means = means[[any(fnmatch.fnmatchcase(s, pat) for pat in systems_.split(",")) for s in means["system"]]]
     means = means.sort_values(["mean", "system"], ascending=[False, True])
     head = ["system", "sees", "targets", "mean [95% CI]"] + [f"vs {BASELINES[c]} (w/t/l, p)" for c in cols]
     rows = [[f"`{r['system']}`", families.sees(r["system"]), int(r["n"]), _mean_ci(r),
@@ -188,51 +153,6 @@ def sts(profile: str) -> str:
     return _table(["target", "base", "best source"] + [f"`{m}`" for m in merges], rows)
 
 
-def methods(profile: str, tests: str = "yes") -> str:
-    """Notebook 06's method × weighting means (``methods.csv``) after the answer in plain words
-    (``mu.methods_table.answer`` on ``methods_contrasts.csv``); ``tests=no``: the means table only."""
-    if not _results(profile, "methods.csv").is_file():
-        return not_collected(profile)
-    frame = _csv(profile, "methods.csv")
-    text = methods_table.markdown(frame)
-    if tests == "no":
-        text = text.split("\n\nPaired over targets")[0]
-    return text
-
-
-def methods_answer(profile: str) -> str:
-    """Which merge method works across languages, in plain words with the numbers (``mu.methods_table.answer``)."""
-    if not _results(profile, "methods_contrasts.csv").is_file():
-        return not_collected(profile)
-    return methods_table.answer(_csv(profile, "methods.csv"), _csv(profile, "methods_contrasts.csv"))
-
-
-def claims(profile: str) -> str:
-    """Whether one label-free served model beats the oracle, and each distilled student against its teacher
-    (``mu.claims.markdown`` on the committed per-target table ``summary.csv``)."""
-    if not collected(profile):
-        return not_collected(profile)
-    return mu_claims.markdown(pd.read_csv(_results(profile, "summary.csv"), index_col="target"))
-
-
-def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adaptive") -> str:
-    """Seconds per target of each system (its rows' ``seconds``: a merge's own time; for the adapted family the
-    fit included, e.g. teacher forwards and training; ``costs.csv``)."""
-    if not _results(profile, "costs.csv").is_file():
-        return not_collected(profile)
-    c = _csv(profile, "costs.csv")
-    c = c[c["system"].str.split("/").str[0].isin(families_.split(","))].sort_values(["median_s", "system"])
-    rows = [[f"`{r['system']}`", int(r["targets"]), _num(r["median_s"], 1), _num(r["max_s"], 1),
-             _duration(r["total_s"])] for _, r in c.iterrows()]
-    return _table(["system", "targets", "median s per target", "max s", "total"], rows)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(float(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
-
-
 def timings(profile: str) -> str:
     """Seconds per notebook (sum over its jobs, from the runner's done-markers) and, for a study, per stage."""
     path = _results(profile, "timings.json")
@@ -242,11 +162,17 @@ def timings(profile: str) -> str:
     rows = [[f"`{nb}`", v["jobs"], _duration(v["seconds"])] for nb, v in sorted(t["notebooks"].items())]
     out = _table(["notebook", "jobs", "job time (sum)"], rows)
     if t.get("study"):
+        ran: dict[str, tuple[int, dict]] = {}  # stage: (invocation, its record) of the last invocation that ran it
+        for i, inv in enumerate(t["study"], 1):
+            for stage, rec in (inv.get("stages") or {}).items():
+                if rec.get("ran"):
+                    ran[stage] = (i, rec)
+        stages = [[stage, f"{rec['ran']} / {rec['jobs']}", _duration(rec["seconds"]), i] for stage, (i, rec) in ran.items()]
         last = t["study"][-1]
-        stages = [[stage, _duration(sec)] for stage, sec in last["seconds"].items()]
-        out += ("\n\n" + _table(["study stage (last invocation of `python -m mu study`)", "wall time"], stages)
-                + f"\n\n{len(t['study'])} invocation(s) recorded; the last over {last['targets']} targets, "
-                  f"{last['workers']} worker(s).")
+        out += ("\n\n" + _table(["study stage", "jobs run / planned", "wall time", "invocation"], stages)
+                + f"\n\nEach stage as measured in the last invocation of `python -m mu study` that ran it "
+                  f"({len(t['study'])} invocations recorded; a resumed invocation skips what is done); "
+                  f"{last['targets']} targets, {last['workers']} notebook worker(s).")
     return out
 
 
@@ -337,8 +263,7 @@ def make_test() -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "make-test": make_test, "threads": threads, "headline": headline, "systems": systems, "uriel": uriel, "spread": spread, "sts": sts, "timings": timings,
     "objectives": objectives, "bench-machine": bench_machine, "bench-merge": bench_merge,
-    "bench-eval": bench_eval, "study-cost": study_cost, "methods": methods, "methods-answer": methods_answer,
-    "claims": claims, "costs": costs,
+    "bench-eval": bench_eval, "study-cost": study_cost, **docs_study.TABLES,
 }
 
 

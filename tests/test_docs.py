@@ -95,7 +95,16 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     (study / "tuning").mkdir(parents=True)
     (study / "protocol.md").write_text("# protocol\n")
     (study / "budget.md").write_text("# budget\n")
-    (study / "tuning" / "finetune.json").write_text("{}")
+    stage = lambda sec, ran: {"seconds": sec, "jobs": 51, "ran": ran}  # noqa: E731
+    (study / "timings.json").write_text(json.dumps([
+        {"stages": {"pretrain": stage(700.0, 1), "notebook 03": stage(600.0, 51)}, "targets": 51, "workers": 2},
+        {"stages": {"pretrain": stage(1.0, 0), "notebook 03": stage(1200.0, 51)}, "targets": 51, "workers": 2}]))
+    grid = [{"locale": loc, "epochs": e, "lr": lr, "dev_accuracy": 0.1 * e + lr, "n_dev": 200, "seconds": 10.0}
+            for loc in ("en-US", "hi-IN") for e in (3, 5) for lr in (0.001, 0.002)]
+    (study / "tuning" / "finetune.json").write_text(json.dumps({"args": {"locales": ["en-US", "hi-IN"]}, "grid": grid}))
+    ada = [{"target": t, "granularity": "task", "step": s, "dev_accuracy": 0.5 + 0.01 * s, "dev_entropy": 2.0 - 0.01 * s,
+            "held_out_entropy": 2.1 - 0.01 * s, "fit_seconds": 3.0} for t in ("a", "b") for s in (0, 25)]
+    (study / "tuning" / "adamerging.json").write_text(json.dumps({"args": "x", "rows": ada}))
     rec = tmp_path / "run" / "reports" / "03_merging" / "t1" / "adamerging-similarity.json"
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps({"notebook": "03_merging", "target": "t1", "params": {"profile": "fake"}, "rows": [
@@ -105,7 +114,13 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert sorted(p.name for p in out.iterdir()) == ["budget.md", "costs.csv", "means.csv", "methods.csv", "methods_contrasts.csv", "protocol.md",
                                                      "run.json", "spread.csv", "sts.csv", "summary.csv", "tests.csv",
                                                      "timings.json", "tuning", "uriel.csv"]
-    assert (out / "tuning" / "finetune.json").read_text() == "{}"
+    assert json.loads((out / "tuning" / "finetune.json").read_text())["grid"] == grid
+    tuned = mu.docs.render("tuning profile=fake")
+    assert "| 5 | 0.501 | **0.502** |" in tuned and "chosen: 5 epochs, lr 0.002" in tuned
+    assert "grid's edge (most epochs, largest lr)" in tuned and "8 fits, 1 min 20 s" in tuned
+    ada_text = mu.docs.render("adamerging profile=fake")
+    assert "| task | 25 | 0.750 | 1.750 | 1.850 |" in ada_text
+    assert "`task`: from step 0 to 25, held-out entropy 2.100 → 1.850, dev accuracy 0.500 → 0.750" in ada_text
     best = methods.sort_values("mean").iloc[-1]
     assert f"**Best merge:** `{best['system']}`, mean {best['mean']:.3f}" in mu.docs.render("methods-answer profile=fake")
     assert "| linear |" in mu.docs.render("methods profile=fake tests=no")
@@ -115,7 +130,9 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     diff = (table["ensemble/soft/similarity"] - table["merge/linear/average"]).mean()
     assert f"{diff:+.3f} (" in shown
     assert "0.250 [0.100, 0.400]" in mu.docs.render("uriel profile=fake") and "5 / 6" in mu.docs.render("uriel profile=fake")
-    assert "| `03_merging` | 2 | 2 min 02 s |" in mu.docs.render("timings profile=fake")
+    timed = mu.docs.render("timings profile=fake")
+    assert "| `03_merging` | 2 | 2 min 02 s |" in timed
+    assert "| pretrain | 1 / 51 | 11 min 40 s | 1 |" in timed and "| notebook 03 | 51 / 51 | 20 min 00 s | 2 |" in timed
     assert "| t0 | 0.500 | 0.800 (fr-FR) | 0.750 |" in mu.docs.render("sts profile=fake")
     head = mu.docs.render("headline profiles=fake,absent")
     assert "fake (6 targets)" in head and "not yet collected" in head

@@ -1,0 +1,107 @@
+"""The study's tables for README.md and docs/ (``mu.docs`` renders them between markers): the method
+comparison and its answer in words, the headline claims, each system's cost, the fine-tuning grid
+measured on dev, and AdaMerging over steps on the tuning targets, all from ``docs/results/<profile>/``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+import pandas as pd
+
+from mu import claims as mu_claims, methods_table
+from mu.collect import (collected, duration, md_table, not_collected, num, read_csv, read_json, results_path)
+
+
+def methods(profile: str, tests: str = "yes") -> str:
+    """Notebook 06's method × weighting means (``methods.csv``) after the answer in plain words
+    (``mu.methods_table.answer`` on ``methods_contrasts.csv``); ``tests=no``: the means table only."""
+    if not results_path(profile, "methods.csv").is_file():
+        return not_collected(profile)
+    frame = read_csv(profile, "methods.csv")
+    text = methods_table.markdown(frame)
+    if tests == "no":
+        text = text.split("\n\nPaired over targets")[0]
+    return text
+
+
+def methods_answer(profile: str) -> str:
+    """Which merge method works across languages, in plain words with the numbers (``mu.methods_table.answer``)."""
+    if not results_path(profile, "methods_contrasts.csv").is_file():
+        return not_collected(profile)
+    return methods_table.answer(read_csv(profile, "methods.csv"), read_csv(profile, "methods_contrasts.csv"))
+
+
+def claims(profile: str) -> str:
+    """Whether one label-free served model beats the oracle, and each distilled student against its teacher
+    (``mu.claims.markdown`` on the committed per-target table ``summary.csv``)."""
+    if not collected(profile):
+        return not_collected(profile)
+    return mu_claims.markdown(read_csv(profile, "summary.csv", index_col="target"))
+
+
+def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adaptive", systems_: str = "") -> str:
+    """Seconds per target of each system (its rows' ``seconds``: a merge's own time; for the adapted family the
+    fit included, e.g. teacher forwards and training; ``costs.csv``)."""
+    if not results_path(profile, "costs.csv").is_file():
+        return not_collected(profile)
+    c = read_csv(profile, "costs.csv")
+    c = c[c["system"].str.split("/").str[0].isin(families_.split(","))].sort_values(["median_s", "system"])
+    if systems_:  # names or fnmatch patterns
+        c = c[[any(fnmatch.fnmatchcase(s, pat) for pat in systems_.split(",")) for s in c["system"]]]
+    rows = [[f"`{r['system']}`", int(r["targets"]), num(r["median_s"], 1), num(r["max_s"], 1),
+             duration(r["total_s"])] for _, r in c.iterrows()]
+    return md_table(["system", "targets", "median s per target", "max s", "total"], rows)
+
+
+def tuning(profile: str) -> str:
+    """The fine-tuning grid measured on the probe sources' dev splits (``tuning/finetune.json``): mean dev
+    accuracy per epochs × lr, the choice, and whether it lies on the grid's edge (values beyond untried)."""
+    path = results_path(profile, "tuning/finetune.json")
+    if not path.is_file():
+        return not_collected(profile)
+    record = read_json(path)
+    grid = pd.DataFrame(record["grid"])
+    mean = grid.groupby(["epochs", "lr"])["dev_accuracy"].mean().unstack("lr")
+    best = grid.groupby(["epochs", "lr"])["dev_accuracy"].mean().idxmax()
+    rows = [[f"{e:g}", *[("**" + num(v) + "**") if (e, lr) == best else num(v) for lr, v in r.items()]]
+            for e, r in mean.iterrows()]
+    edges = [what for what, v, values in (("most epochs", best[0], mean.index), ("largest lr", best[1], mean.columns))
+             if v == max(values)] + [what for what, v, values in (("fewest epochs", best[0], mean.index),
+                                                                   ("smallest lr", best[1], mean.columns)) if v == min(values)]
+    edge = (f" It lies on the grid's edge ({', '.join(edges)}): values beyond it were not tried." if edges else
+            " It lies inside the grid.")
+    return (md_table(["epochs \\ lr", *[f"{lr:g}" for lr in mean.columns]], rows)
+            + f"\n\nMean dev accuracy over the probe sources {', '.join(record['args']['locales'])} "
+              f"({int(grid['n_dev'].iloc[0])} dev utterances each); chosen: {best[0]:g} epochs, lr {best[1]:g}.{edge} "
+              f"{len(grid)} fits, {duration(grid['seconds'].sum())} of fitting.")
+
+
+def adamerging(profile: str) -> str:
+    """AdaMerging on the tuning targets over steps (``tuning/adamerging.json``), step 0 being the plain merge:
+    mean dev accuracy, dev entropy and held-out entropy per granularity; the diagnostic of why it gains or loses."""
+    path = results_path(profile, "tuning/adamerging.json")
+    if not path.is_file():
+        return not_collected(profile)
+    rows = pd.DataFrame(read_json(path)["rows"])
+    mean = rows.groupby(["granularity", "step"])[["dev_accuracy", "dev_entropy", "held_out_entropy"]].mean()
+    table = md_table(["granularity", "step", "mean dev accuracy", "mean dev entropy", "mean held-out entropy"],
+                     [[g, int(s), num(r["dev_accuracy"]), num(r["dev_entropy"]), num(r["held_out_entropy"])]
+                      for (g, s), r in mean.iterrows()])
+    lines = []
+    for g, m in mean.groupby(level="granularity"):
+        m = m.droplevel("granularity")
+        first, last = m.iloc[0], m.iloc[-1]
+        lines.append(f"`{g}`: from step 0 to {int(m.index[-1])}, held-out entropy {num(first['held_out_entropy'])} → "
+                     f"{num(last['held_out_entropy'])}, dev accuracy {num(first['dev_accuracy'])} → {num(last['dev_accuracy'])} "
+                     f"(best {num(m['dev_accuracy'].max())} at step {int(m['dev_accuracy'].idxmax())})")
+    targets = sorted(rows["target"].unique())
+    return (table + f"\n\nOver the tuning targets {', '.join(targets)}: " + "; ".join(lines)
+            + ". Entropy that falls while dev accuracy does not rise means a more confident merge, not a better one.")
+
+
+TABLES: dict[str, Callable[..., str]] = {
+    "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
+    "adamerging": adamerging,
+}
