@@ -9,12 +9,10 @@ process, so tests can check that.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -209,20 +207,10 @@ def nxn(
     row = functools.partial(_nxn_row, targets=targets, split=split, data=data, batch_size=batch_size,
                             max_seq_length=max_seq_length)
     workers = mu_models.fit_workers(next(iter(models.values()))) if workers is None else workers
-    bar = tqdm(total=len(models) * len(targets), desc="N×N", unit="pair")
-    if workers <= 1 or len(models) <= 1:
-        for source, path in models.items():
-            frame.loc[source] = row(path)
-            bar.update(len(targets))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(models)), mp_context=ctx,
-                                                    initializer=threads.one_thread) as pool:
-            futures = {pool.submit(row, path): source for source, path in models.items()}
-            for future in concurrent.futures.as_completed(futures):
-                frame.loc[futures[future]] = future.result()
-                bar.update(len(targets))
-    bar.close()
+    with tqdm(total=len(models) * len(targets), desc="N×N", unit="pair") as bar:
+        rows = threads.map_processes(row, list(models.values()), workers, done=lambda: bar.update(len(targets)))
+    for source, accuracies in zip(models, rows):
+        frame.loc[source] = accuracies
     path = nxn_path(profile)
     png = path.with_suffix(".png")
     if path.is_file() and png.is_file() and _same(read_nxn(path), frame):

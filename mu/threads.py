@@ -119,3 +119,25 @@ def one_thread() -> None:
 
     os.environ[ENV] = "1"
     torch.set_num_threads(1)
+
+
+def map_processes(fn: Callable[[Any], Any], items: list, workers: int, *,
+                  done: Callable[[], Any] | None = None) -> list:
+    """``[fn(x) for x in items]``, in order: here when ``workers`` <= 1 or there is one item, else on that many
+    spawned processes of one thread each (``one_thread``; ``fn`` and the items must pickle). ``done`` is
+    called as each item finishes (a progress bar's ``update``)."""
+    if workers <= 1 or len(items) <= 1:
+        out = []
+        for x in items:
+            out.append(fn(x))
+            done and done()
+        return out
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(items)), initializer=one_thread,
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        for _ in concurrent.futures.as_completed(futures):
+            done and done()
+        return [f.result() for f in futures]

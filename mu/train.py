@@ -7,8 +7,7 @@ saves it atomically with ``training_args.json``; ``train_locales`` does a list.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import functools
 import os
 import shutil
 import tempfile
@@ -186,10 +185,6 @@ def tracking_dir(locale: str, models_dir: str | os.PathLike) -> Path:
     return paths.resolve(models_dir) / "runs" / locale
 
 
-def _one_locale(locale: str, kwargs: dict[str, Any]) -> Path:
-    return train_locale(locale, **kwargs)
-
-
 def train_locales(locales: Sequence[str], *, workers: int | None = None, **kwargs: Any) -> dict[str, Path]:
     """``train_locale`` for each locale (same keyword arguments), with a progress bar.
 
@@ -197,21 +192,7 @@ def train_locales(locales: Sequence[str], *, workers: int | None = None, **kwarg
     models are the same as one after the other: a model under ``mu.models.TINY_PARAMS`` trains on one
     thread either way, tested). ``None``: ``mu.models.fit_workers`` (one per free core for a tiny base, else 1)."""
     locales = list(locales)
-    if workers is None:
-        workers = models.fit_workers(kwargs["base_model"])
-    bar = tqdm(total=len(locales), desc="train", unit="locale")
-    if workers <= 1 or len(locales) <= 1:
-        out = {}
-        for loc in locales:
-            out[loc] = train_locale(loc, **kwargs)
-            bar.update()
-        bar.close()
-        return out
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(locales)), mp_context=ctx,
-                                                initializer=threads.one_thread) as pool:
-        futures = {loc: pool.submit(_one_locale, loc, kwargs) for loc in locales}
-        for _ in concurrent.futures.as_completed(futures.values()):
-            bar.update()
-    bar.close()
-    return {loc: f.result() for loc, f in futures.items()}
+    workers = models.fit_workers(kwargs["base_model"]) if workers is None else workers
+    with tqdm(total=len(locales), desc="train", unit="locale") as bar:
+        paths_ = threads.map_processes(functools.partial(train_locale, **kwargs), locales, workers, done=bar.update)
+    return dict(zip(locales, paths_))

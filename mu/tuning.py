@@ -11,9 +11,7 @@ lr); ``tune_finetuning`` does both, records the choice in the protocol (``mu.pro
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import multiprocessing
 import os
 import tempfile
 import time
@@ -58,11 +56,7 @@ def finetune_grid(locales: Sequence[str], *, base_model: str | os.PathLike, data
     jobs = [(loc, epochs, lr) for loc in locales for epochs in epochs_grid for lr in lr_grid]
     fit = functools.partial(_fit_one, base=base, data=data, batch_size=batch_size, max_seq_length=max_seq_length,
                             seed=seed)
-    if workers <= 1:
-        return pd.DataFrame([fit(job) for job in jobs])
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=threads.one_thread) as pool:
-        return pd.DataFrame(list(pool.map(fit, jobs)))
+    return pd.DataFrame(threads.map_processes(fit, jobs, workers))
 
 
 def choose(grid: pd.DataFrame) -> dict[str, Any]:
