@@ -34,3 +34,16 @@ def read(path: str | os.PathLike, reader: Callable[[Path], T], what: str = "cach
                    stacklevel=2)
         path.unlink(missing_ok=True)
         return None
+
+
+_MEMO: dict[tuple, object] = {}
+
+
+def memo(key: tuple, compute: Callable[[], T], size: int = 16) -> T:
+    """``compute()`` once per process per ``key`` (e.g. a content digest: what parses a tokenizer the
+    merges of one target share); the oldest of ``size`` entries goes first. The value is shared: never mutate it."""
+    if key not in _MEMO:
+        if len(_MEMO) >= size:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = compute()
+    return _MEMO[key]  # type: ignore[return-value]

@@ -87,7 +87,7 @@ def logits(
 
 
 def _load(model: str | os.PathLike) -> tuple[Any, Any]:
-    classifier, tokenizer = mu_models.load_classifier(paths.resolve(model))
+    classifier, tokenizer = mu_models.load_classifier(paths.resolve(model), shared_tokenizer=True)
     return classifier.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 

@@ -147,3 +147,27 @@ def test_train_tokenizer_gives_the_same_vocabulary_in_every_process(mu_root):
     assert len(vocabs) == 1 and len(json.loads(vocabs.pop())) > 200
     tok = models.train_tokenizer(["anna tokyo", "tokyo anna"] * 20, 60)
     assert [tok.convert_tokens_to_ids(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
+
+
+def test_tokenizer_is_parsed_once_per_content(toy_sources, tmp_path):
+    """A target's merges carry their first source's tokenizer: parsed once per process, keyed by the files'
+    content (not the folder), so an edited tokenizer is parsed again and a corrupt one is still named."""
+    from transformers import AutoTokenizer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(toy_sources["de-DE"], copy)
+    first = models.load_tokenizer(toy_sources["de-DE"], "encode")
+    assert models.load_tokenizer(copy, "encode") is first
+    assert models.load_tokenizer(copy, "save") is not first  # an encoder's saved tokenizer.json holds its last call
+    text = ["hallo wereld, wie geht es"]
+    assert first(text)["input_ids"] == AutoTokenizer.from_pretrained(copy)(text)["input_ids"]
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    tok["model"]["vocab"][5][0] = "▁zzz"
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    assert models.load_tokenizer(copy, "encode") is not first
+    assert models.vocab_fingerprint(copy) != models.vocab_fingerprint(toy_sources["de-DE"])
+    (copy / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"corrupt tokenizer file .*copy/tokenizer.json"):
+        models.vocab_fingerprint(copy)
+    with pytest.raises(ValueError, match="role 'other'; valid: 'encode', 'save'"):
+        models.load_tokenizer(toy_sources["de-DE"], "other")

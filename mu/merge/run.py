@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from mu import cache, paths, report
 from mu.merge import adamerging, checks, chunks, lazy, registry
@@ -176,9 +176,11 @@ def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, f
 
 def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
     """HF folder: config and tokenizer of ``like``, the merged weights, merge_details.json / .txt (atomic)."""
+    from mu import models
+
     config = AutoConfig.from_pretrained(like)
     checks.check_output(config, merged, f"merged model for {out}")
-    tokenizer = AutoTokenizer.from_pretrained(like)
+    tokenizer = models.load_tokenizer(like, "save")
     with paths.atomic_path(out) as tmp:
         tmp.mkdir()
         config.save_pretrained(tmp)
