@@ -13,7 +13,7 @@ import argparse
 from bench import merging, run
 
 FULL = {"merge_size": "base", "eval_size": "eval", "test_sizes": [250, 500, 1000, 2000], "ensemble_size": 500,
-        "budget_s": 1800.0}
+        "budget_s": 5400.0}  # room for every data-free method at N = 2, 5, 10
 QUICK = {"merge_size": "quick", "eval_size": "quick-eval", "test_sizes": [100, 200, 400], "ensemble_size": 200,
          "budget_s": 300.0}
 

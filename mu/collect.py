@@ -8,6 +8,8 @@
 * ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
 * ``costs.csv``: per system, the seconds its rows record per target (a merge's own time; the adapted
   family's fit included; records of notebooks 03–05): targets, median, max and total;
+* ``sweep.csv``: notebook 03's ``compare_methods``: per target and method, the seconds of its merges and
+  evaluations under every weighting; ``methods.png``: 06's figure of the method × weighting means;
 * ``timings.json``: seconds per notebook from the runner's done-markers, and the study's stages
   (``reports/study/<profile>/timings.json``) when there are any;
 * ``protocol.md`` (every knob, its value, what chose it, on which data), ``budget.md`` (minutes per
@@ -80,6 +82,15 @@ def collect(profile: str, root: str | Path) -> Path:
         c = pd.DataFrame(costs).drop_duplicates(["system", "target"], keep="last").groupby("system")["seconds"]
         frame = pd.DataFrame({"targets": c.size(), "median_s": c.median(), "max_s": c.max(), "total_s": c.sum()})
         paths.write_text(out / "costs.csv", frame.round(2).reset_index().to_csv(index=False))
+    sweep = [{"target": rec["target"], "method": path.stem.rsplit("-", 1)[0], "seconds": rec["results"]["seconds"]}
+             for path in sorted(reports.glob("03_merging/*/*.json")) for rec in [read_json(path)]
+             if (rec.get("params") or {}).get("profile", profile) == profile
+             and (rec.get("results") or {}).get("run_by") == "compare_methods"]
+    if sweep:  # compare_methods: one method's merges and evaluations under every weighting, per target
+        paths.write_text(out / "sweep.csv", pd.DataFrame(sweep).round(2).to_csv(index=False))
+    if (agg / "methods.png").is_file():
+        with paths.atomic_path(out / "methods.png", suffix=".png") as tmp:
+            tmp.write_bytes((agg / "methods.png").read_bytes())
     jobs: dict[str, dict[str, float]] = {}
     for marker in sorted(reports.glob("*/*.done.json")):
         m = read_json(marker)

@@ -55,6 +55,25 @@ def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adap
     return md_table(["system", "targets", "median s per target", "max s", "total"], rows)
 
 
+def sweep_cost(profile: str) -> str:
+    """What the method comparison (notebook 03's ``compare_methods``, ``sweep.csv``) cost: per method, the
+    median seconds per target of its merges and evaluations under every weighting, and the total."""
+    if not results_path(profile, "sweep.csv").is_file():
+        return not_collected(profile)
+    s = read_csv(profile, "sweep.csv")
+    per = s.groupby("method")["seconds"].agg(["size", "median", "sum"]).sort_values("sum", ascending=False)
+    rows = [[f"`{m}`", int(r["size"]), num(r["median"], 1), duration(r["sum"])] for m, r in per.iterrows()]
+    per_target = s.groupby("target")["seconds"].sum()
+    timings = results_path(profile, "timings.json")
+    study = read_json(timings).get("study") if timings.is_file() else None
+    workers = int(study[-1].get("workers", 1)) if study else 1
+    return (md_table(["method", "targets", "median s per target", "total"], rows)
+            + f"\n\n{len(per)} methods over {len(per_target)} targets: {duration(per_target.sum())} of merging and "
+              f"evaluating, one target per process (median {num(per_target.median(), 0)} s per target), so about "
+              f"{duration(per_target.sum() / workers)} of wall time on the run's {workers} notebook worker(s), "
+              "besides each kernel's start and notebook 03's other cells.")
+
+
 def tuning(profile: str) -> str:
     """The fine-tuning grid measured on the probe sources' dev splits (``tuning/finetune.json``): mean dev
     accuracy per epochs × lr, the choice, and whether it lies on the grid's edge (values beyond untried)."""
@@ -103,5 +122,5 @@ def adamerging(profile: str) -> str:
 
 TABLES: dict[str, Callable[..., str]] = {
     "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
-    "adamerging": adamerging,
+    "adamerging": adamerging, "sweep-cost": sweep_cost,
 }

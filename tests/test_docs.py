@@ -109,11 +109,22 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps({"notebook": "03_merging", "target": "t1", "params": {"profile": "fake"}, "rows": [
         {"system": "adapted/adamerging/similarity", "seconds": 12.5}, {"system": "merge/linear/similarity", "seconds": 0.5}]}))
+    for target, seconds in (("t1", 6.0), ("t2", 8.0)):  # compare_methods records: a method's merges and evaluations
+        sweep = tmp_path / "run" / "reports" / "03_merging" / target / "ties-similarity.json"
+        sweep.parent.mkdir(parents=True, exist_ok=True)
+        sweep.write_text(json.dumps({"target": target, "params": {"profile": "fake"}, "rows": [],
+                                     "results": {"run_by": "compare_methods", "seconds": seconds}}))
+    (agg / "methods.png").write_bytes(b"\x89PNG figure")
     out = mu.docs.collect("fake", tmp_path / "run")
     assert "| `adapted/adamerging/similarity` | 1 | 12.5 | 12.5 | 12 s |" in mu.docs.render("costs profile=fake")
-    assert sorted(p.name for p in out.iterdir()) == ["budget.md", "costs.csv", "means.csv", "methods.csv", "methods_contrasts.csv", "protocol.md",
-                                                     "run.json", "spread.csv", "sts.csv", "summary.csv", "tests.csv",
-                                                     "timings.json", "tuning", "uriel.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["budget.md", "costs.csv", "means.csv", "methods.csv", "methods.png",
+                                                     "methods_contrasts.csv", "protocol.md", "run.json", "spread.csv",
+                                                     "sts.csv", "summary.csv", "sweep.csv", "tests.csv", "timings.json",
+                                                     "tuning", "uriel.csv"]
+    assert (out / "methods.png").read_bytes() == b"\x89PNG figure"
+    cost = mu.docs.render("sweep-cost profile=fake")
+    assert "| `ties` | 2 | 7.0 | 14 s |" in cost and "1 methods over 2 targets: 14 s" in cost
+    assert "about 7 s of wall time on the run's 2 notebook worker(s)" in cost
     assert json.loads((out / "tuning" / "finetune.json").read_text())["grid"] == grid
     tuned = mu.docs.render("tuning profile=fake")
     assert "| 5 | 0.501 | **0.502** |" in tuned and "chosen: 5 epochs, lr 0.002" in tuned
