@@ -44,6 +44,7 @@ HEADLINE = {  # the README's systems, each with what it is
     "merge/linear/similarity": "linear merge of the 5 URIEL-closest sources, URIEL weights",
     AVERAGE: "the same sources, equal weights",
     "merge/linear/transfer": "linear merge, sources and weights from measured transfer (leave-target-out)",
+    "merge/iso_c/average": "Iso-C merge of the same sources (a flat singular spectrum per weight matrix), equal weights",
     "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
     "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
     "adapted/adamerging*/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",

@@ -83,9 +83,10 @@ TUNING_TARGETS = _ALPHABETICAL[5::10]  # dev labels usable by target-side select
 SUBSET_RULE = "every 3rd locale in alphabetical order from the 1st, less the tuning targets (15 of 51)"
 SUBSET = tuple(t for t in _ALPHABETICAL[::3] if t not in TUNING_TARGETS)  # = mu.iterative_results.subset(exclude=TUNING_TARGETS)
 SUBSET_NOTEBOOKS = ("05",)  # too costly for every target at equal source-epochs: run on SUBSET
-# The seeds' runs (mu.seeds): notebook 02 again, then the headline notebooks without the adapted systems.
+# The seeds' runs (mu.seeds): notebook 02 again, then the headline notebooks without the adapted systems (03 with
+# iso_c beside linear: mu.seeds.HEADLINE tests it).
 SEED_NOTEBOOKS = ("02", "03", "04")
-SEED_PARAMS = {"03": {"adamerging": [], "compare_methods": []}, "04": {"distill": False, "max_k": 1}}
+SEED_PARAMS = {"03": {"adamerging": [], "compare_methods": ["iso_c"]}, "04": {"distill": False, "max_k": 1}}
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = ("the encoder recipe of README 'Real MASSIVE' (python -m mu study's defaults), carried over from the "
