@@ -36,8 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, help="time budget; merges predicted to overrun it are skipped")
     p.add_argument("--repeats", type=int, default=2, help="runs per tool of each linear merge (fastest kept)")
     p.add_argument("--no-cold-read", action="store_true", help="do not try to drop the page cache")
+    p.add_argument("--update", nargs="+", metavar="METHOD",
+                   help="measure only these methods again (N: --ties-ns) and replace their rows in the existing "
+                        "results, set against that run's stored floor")
     a = p.parse_args(argv)
     preset = QUICK if a.quick else FULL
+    if a.update:
+        for m in a.update:
+            merging.check_method(m)
+        updated = run.update(a.update, ns=a.ties_ns, out=run.results_path(a.quick), max_rss_gb=a.max_rss_gb,
+                             device=a.device)
+        print(f"updated {a.update} in {run.results_path(a.quick)} ({len(updated['merge']['rows'])} merge rows)")
+        return
     results = run.run(merge_size=preset["merge_size"], eval_size=preset["eval_size"], ns=a.ns, ties_ns=a.ties_ns,
                       test_sizes=a.test_sizes or preset["test_sizes"], k=a.k, ensemble_size=preset["ensemble_size"],
                       budget_s=a.budget_s or preset["budget_s"], out=run.results_path(a.quick), repeats=a.repeats,

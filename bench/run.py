@@ -14,6 +14,8 @@ has available) is skipped and recorded as skipped (with why), never silently dro
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import os
 import shutil
 import subprocess
@@ -88,6 +90,43 @@ def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path],
     return done
 
 
+def _ns(method: str, ns: list[int]) -> list[int]:
+    """The numbers of sources ``method`` is measured at: ``ns``, or 2 for the pairwise methods (slerp, ...)."""
+    from mu.merge.registry import EXACT_SOURCES
+
+    return [EXACT_SOURCES[method]] if method in EXACT_SOURCES else list(ns)
+
+
+def update(methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: float = 14.0,
+           device: str | None = None) -> dict[str, Any]:
+    """Measure ``methods`` again (N in ``ns``; pairwise ones at 2) on the checkpoints of the run in ``out``
+    and replace their rows there, set against that run's stored I/O floor (measured earlier in it; the
+    rows say ``"updated"``). For a method fixed after a run, without rerunning the other methods."""
+    out = Path(out)
+    results = paths.read_json(out)
+    base, sources = checkpoints.build(results["settings"]["merge_size"], max(ns))
+    workdir = paths.cache_dir("bench", "runs", results["settings"]["merge_size"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    floor, skipped, merged = results["merge"]["floor"], [], []
+    for method in methods:
+        merging.check_method(method)
+        merged += _merges(method, _ns(method, ns), base, sources, workdir=workdir, deadline=time.perf_counter() + 3600,
+                          repeats=1, skipped=skipped, max_rss_bytes=int(max_rss_gb * 1e9), device=device)
+    model_bytes = (base / "model.safetensors").stat().st_size
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) | {"updated": stamp}
+            for m in merged]
+    keep = lambda r: r["method"] not in methods  # noqa: E731
+    results["merge"]["rows"] = [r for r in results["merge"]["rows"] if keep(r)] + rows
+    results["merge"]["raw"] = [r for r in results["merge"]["raw"] if keep(r)] + merged
+    results["merge"]["skipped"] = [r for r in results["merge"]["skipped"] if keep(r)] + skipped
+    results["settings"]["updated"] = results["settings"].get("updated", []) + [{"methods": methods, "at": stamp}]
+    results["targets"] = summary.targets(results["merge"]["rows"], results["evaluation"])
+    paths.write_json(out, results)
+    paths.write_text(out.with_suffix(".md"), summary.markdown(results))
+    return results
+
+
 def gpu_section(raw: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Where the mu merges ran, and the GPU figures or why there are none."""
     import torch
@@ -155,7 +194,7 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, repeats=1,
                       skipped=skipped, max_rss_bytes=cap, device=device)
     for method in other_methods:
-        merged += _merges(method, [2] if method == "slerp" else ties_ns, base, sources, workdir=workdir,
+        merged += _merges(method, _ns(method, ties_ns), base, sources, workdir=workdir,
                           deadline=deadline, repeats=1, skipped=skipped, max_rss_bytes=cap, device=device)
 
     sets = evaluation.write_test_sets(workdir, sorted(set(test_sizes) | {ensemble_size}))

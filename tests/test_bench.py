@@ -171,6 +171,18 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     assert {t["met"] for t in results["targets"]} <= {True, False, None}
     assert any(t["target"].startswith("evaluation") for t in results["targets"])
 
+    # --update: a method measured again replaces its rows, against the run's stored floor; pairwise ones at N = 2
+    updated = run.update(["widen", "nearswap"], ns=[2, 3], out=out, device="cpu")
+    assert paths.read_json(out)["merge"]["rows"] == updated["merge"]["rows"]
+    again = updated["merge"]["rows"]
+    assert [(r["method"], r["n"]) for r in again] == [("linear", 2), ("linear", 3), ("ties", 2), ("dare_ties", 2),
+                                                      ("slerp", 2), ("tsv_m", 2), ("widen", 2), ("widen", 3),
+                                                      ("nearswap", 2)]
+    assert again[:6] == rows[:6] and all("updated" in r for r in again[6:])
+    assert updated["merge"]["floor"] == floor and updated["settings"]["updated"][0]["methods"] == ["widen", "nearswap"]
+    assert all(r["status"]["mu"] == "ok" for r in again)
+    assert "| 3 | widen |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
 
 def test_study_projection_from_unit_costs(tmp_path):
     """The study projection is arithmetic on measured units; MASSIVE files are cut to a test size."""

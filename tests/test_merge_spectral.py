@@ -276,3 +276,24 @@ def test_merging_nn_linear_modules(method):
         one = torch.nn.Linear(8, 6)
         one.load_state_dict(mm.merge(method, {"t0": sds["t0"]}, {"t0": 1.0}, pre.state_dict()))
         torch.testing.assert_close(one(x), tasks[0](x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_svd_float32_lapack_does_not_converge_on_is_done_in_float64(monkeypatch):
+    """LAPACK's float32 gesdd can fail on rank-deficient matrices with repeated singular values (Iso-CTS's
+    residuals on xlm-roberta-base-sized checkpoints, ``make bench``): the SVD is then done in float64."""
+    base, sds = _sds(3, seed=4)
+    expected = mm.merge("iso_cts", sds, {k: 1 / 3 for k in sds}, base, device="cpu")
+    svd, calls = torch.linalg.svd, []
+
+    def flaky(a, full_matrices=True):
+        calls.append(a.dtype)
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
+        return svd(a, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    out = mm.merge("iso_cts", sds, {k: 1 / 3 for k in sds}, base, device="cpu")
+    assert torch.float64 in calls and all(v.dtype == expected[k].dtype for k, v in out.items())
+    for key in out:
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5)
+

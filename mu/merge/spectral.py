@@ -63,9 +63,20 @@ def is_matrix(key: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and min(shape) > 0 and not any("embed" in part for part in key.split("."))
 
 
+def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD. A matrix LAPACK's float32 divide-and-conquer does not converge on (rank-deficient, with
+    many repeated singular values: Iso-CTS's residuals once the common subspace is projected out) is
+    decomposed again in float64 and rounded back."""
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+        return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
+
+
 def _polar(a: torch.Tensor) -> torch.Tensor:
     """The nearest matrix with orthonormal columns (or rows) to ``a``: P Qᵀ of a = P S Qᵀ (Procrustes)."""
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    p, _, qh = _svd(a)
     return p @ qh
 
 
@@ -77,7 +88,7 @@ def _tsv(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.devi
         return torch.zeros(shape, device=dev)
     u_cat = s_cat = v_cat = None
     for t in range(n_tasks):
-        u, s, vh = torch.linalg.svd(task(t), full_matrices=False)
+        u, s, vh = _svd(task(t))
         if u_cat is None:
             u_cat, s_cat, v_cat = u.new_zeros(m, r), s.new_zeros(r), vh.new_zeros(r, n)
         u_cat[:, t * k:(t + 1) * k], s_cat[t * k:(t + 1) * k], v_cat[t * k:(t + 1) * k] = u[:, :k], s[:k], vh[:k]
@@ -93,7 +104,7 @@ def _summed(task: TaskVector, n_tasks: int) -> torch.Tensor:
 
 
 def _iso_c(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.device) -> torch.Tensor:
-    u, s, vh = torch.linalg.svd(_summed(task, n_tasks), full_matrices=False)
+    u, s, vh = _svd(_summed(task, n_tasks))
     return u.mul_(s.mean()) @ vh
 
 
@@ -111,7 +122,7 @@ def _iso_cts(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.
     m, n = shape
     r = min(m, n)
     common, per_task = cts_split(r, n_tasks, common_fraction)
-    u, s, vh = torch.linalg.svd(_summed(task, n_tasks), full_matrices=False)
+    u, s, vh = _svd(_summed(task, n_tasks))
     u_cat, s_cat, v_cat = u.new_zeros(m, r), s.new_zeros(r), vh.new_zeros(r, n)
     u_c = u[:, :common].contiguous()
     at = n_tasks * per_task
@@ -121,7 +132,7 @@ def _iso_cts(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.
         for t in range(n_tasks):
             tau = task(t)
             tau.sub_(u_c @ (u_c.T @ tau))  # the common subspace projected out
-            ut, st, vt = torch.linalg.svd(tau, full_matrices=False)
+            ut, st, vt = _svd(tau)
             block = slice(t * per_task, (t + 1) * per_task)
             u_cat[:, block], s_cat[block], v_cat[block] = ut[:, :per_task], st[:per_task], vt[:per_task]
             del tau, ut, st, vt
