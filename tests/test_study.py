@@ -118,7 +118,8 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     kwargs = dict(source="toy", train=48, dev=8, test=24, objective="mlm", steps=4, targets=["nl-NL", "sw-KE"],
                   notebooks=["02", "03", "06"], tune_locales=["de-DE"], tune_epochs=[2], tune_lrs=[5e-4, 2e-3],
                   seed_notebooks=["02", "03"], subset_notebooks=[],
-                  extra_params={"locales": toy4, "epochs": 1, "adamerging": [], "compare_modes": [], "tuning_targets": ["sw-KE"],
+                  extra_params={"locales": toy4, "epochs": 1, "adamerging": [], "compare_modes": [], "compare_methods": ["iso_c"],
+                                "tuning_targets": ["sw-KE"],
                                 "seeds": [42, 43], "seed_targets": ["nl-NL"]},
                   pretrain_kwargs=dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64, batch_size=8, warmup_steps=1, dev_per_locale=4))
