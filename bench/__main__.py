@@ -42,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     preset = QUICK if a.quick else FULL
     if a.update:
-        for m in a.update:
-            merging.check_method(m)
         updated = run.update(a.update, ns=a.ties_ns, out=run.results_path(a.quick), max_rss_gb=a.max_rss_gb,
                              device=a.device)
         print(f"updated {a.update} in {run.results_path(a.quick)} ({len(updated['merge']['rows'])} merge rows)")

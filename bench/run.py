@@ -15,7 +15,6 @@ has available) is skipped and recorded as skipped (with why), never silently dro
 from __future__ import annotations
 
 import datetime as _dt
-
 import os
 import shutil
 import subprocess
@@ -102,6 +101,8 @@ def update(methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: fl
     """Measure ``methods`` again (N in ``ns``; pairwise ones at 2) on the checkpoints of the run in ``out``
     and replace their rows there, set against that run's stored I/O floor (measured earlier in it; the
     rows say ``"updated"``). For a method fixed after a run, without rerunning the other methods."""
+    for method in methods:  # every name checked before anything is measured
+        merging.check_method(method)
     out = Path(out)
     results = paths.read_json(out)
     base, sources = checkpoints.build(results["settings"]["merge_size"], max(ns))
@@ -109,7 +110,6 @@ def update(methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: fl
     workdir.mkdir(parents=True, exist_ok=True)
     floor, skipped, merged = results["merge"]["floor"], [], []
     for method in methods:
-        merging.check_method(method)
         merged += _merges(method, _ns(method, ns), base, sources, workdir=workdir, deadline=time.perf_counter() + 3600,
                           repeats=1, skipped=skipped, max_rss_bytes=int(max_rss_gb * 1e9), device=device)
     model_bytes = (base / "model.safetensors").stat().st_size
