@@ -45,6 +45,14 @@ def pytest_xdist_make_scheduler(config, log):
     return NotebooksTogether(config, log)
 
 
+def pytest_collection_modifyitems(config, items):
+    # Longest first: xdist hands the next unit to whichever worker is free, so a long test collected late
+    # (test_study sorts near the end) would finish the run alone on one worker while the other idles. The
+    # notebooks' chain and the tests marked `slow` (each ≥ ~30 s) go first, everything else after them, each
+    # group in collection order (a stable sort); both workers collect the same order, as xdist requires.
+    items.sort(key=lambda item: not (_is_notebook(item) or item.get_closest_marker("slow")))
+
+
 def pytest_runtest_setup(item):
     # the notebooks' chain gets a root of its own: unit tests on the same worker write records of the same
     # profile (and clean some up) in the worker's root; the kernels inherit MU_ROOT when they start

@@ -174,6 +174,7 @@ PARAMETERS: dict[str, Spec] = {
     "adapt_selection": one_of("mu.selection:CRITERIA"), "adapt_held_out": number(0, 1, open_high=True),
     "tuning_targets": list_of(LOCALE, empty=True),
     "distill": BOOLEAN, "distill_teachers": optional(list_of(TEXT)), "distill_selection": one_of("mu.selection:CRITERIA"),
+    "distill_inits": either(Spec("'all'", lambda v: v == "all"), list_of(one_of("mu.merge.registry:METHODS"))),
     "distill_lrs": list_of(number(0, open_low=True)), "distill_eval_every": optional(POSITIVE),
     "distill_patience": POSITIVE,
     "adapt_lr": number(0, open_low=True), "adapt_split": one_of("mu.data:SPLITS"), "adapt_num_examples": optional(POSITIVE),

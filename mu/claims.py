@@ -5,8 +5,9 @@
   the target's labels: merges, the adapted family, iterative training, URIEL top-1) against the oracle
   ``zero-shot/best`` (the best single source picked with the target's *test* labels), Holm-adjusted
   over those candidates.
-* ``students``: each distilled student (``adapted/distilled-<m>/<w>``) against its teacher
-  (``ensemble/<m>/<w>``) and its initialisation (``merge/linear/<w>``, the merge of the same sources).
+* ``students``: each distilled student (``adapted/distilled-<m>[-from_<init>]/<w>``) against its teacher
+  (``ensemble/<m>/<w>``) and its initialisation (``merge/<init>/<w>``, ``init`` linear unless named: the merge
+  of the same sources it started from).
 * ``markdown``: the answer to "does one label-free model beat the oracle?", with the numbers.
 
     table = pd.read_csv("docs/results/mini/summary.csv", index_col="target")
@@ -55,7 +56,8 @@ def students(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, m
         if family(s) != "adapted" or not parts[1].startswith("distilled-") or len(parts) != 3:
             continue
         teacher = f"ensemble/{parts[1].removeprefix('distilled-').split('-')[0]}/{parts[2]}"
-        for role, base in (("teacher", teacher), ("init", f"merge/linear/{parts[2]}")):
+        init = parts[1].split("-from_")[1] if "-from_" in parts[1] else "linear"  # mu.distill.name
+        for role, base in (("teacher", teacher), ("init", f"merge/{init}/{parts[2]}")):
             if base in per_target.columns:
                 t = compare.head_to_head(per_target, [s], [base], n_boot=n_boot, seed=seed, min_pairs=min_pairs)
                 rows.append(t.assign(role=role))

@@ -5,15 +5,16 @@ Teacher: one ensemble of ``mu.ensemble`` (a method over one weighting's sources)
 protocol (``mu.selection.choose_teacher``: dev accuracy of the declared tuning targets, never a
 test split), as one distribution per text (``teacher_probs``): ``soft`` Σ_i w_i softmax(z_i / T),
 ``uriel_logits`` softmax(Σ_i w_i z_i / T), ``weighted_majority`` / ``majority`` the (weighted)
-shares of the sources' votes. Student: initialised from the linear merge of the *same* sources and
-weights (``mu.merge.merge_models``, notebook 03's plain merge), trained with AdamW to minimise
+shares of the sources' votes. Student: initialised from a merge of the *same* sources and weights
+(``mu.merge.merge_models``; ``init``: ``linear``, notebook 03's plain merge, unless the protocol chose another
+method, ``mu.selection.choose_student_init``), trained with AdamW to minimise
 T²·KL(teacher ‖ softmax(z / T)) (Hinton et al., 2015) on the target's unlabeled train texts except
 a held-out slice (``mu.data.held_out``). Stopping is label-free: every ``eval_every`` steps the
 student's argmax agreement with the teacher on the held-out slice is measured, the best checkpoint
 is kept (step 0, the merge itself, included) and training stops after ``patience`` evaluations
 without improvement. Only texts reach this module (``mu.data.unlabeled``); the student is evaluated
 on the target's test split like every other system. Rows form the ``adapted`` family
-(``adapted/distilled-<teacher>/<mode>``): they see the target's unlabeled text, never its labels.
+(``adapted/distilled-<teacher>[-from_<init>]/<mode>``): they see the target's unlabeled text, never its labels.
 
 Kept apart from ``mu.ensemble`` (which it uses for the sources' logits) so that ``mu.ensemble``
 stays the cached output-space combiner and the two do not import each other.
@@ -212,28 +213,34 @@ def distill(student_init: str | os.PathLike, sources: Mapping[str, str | os.Path
     return models.save_classifier(model, tokenizer, out, extra_files={DETAILS_JSON: details})
 
 
-def name(teacher_method: str = "soft", adapt_split: str = "train", **knobs: Any) -> str:
-    """``distilled-<teacher>``, plus the temperature when not the default and ``-adapt<split>`` off the
-    train split. The training budget (epochs, lr, batch size, stopping rule) is recorded, not named."""
+def name(teacher_method: str = "soft", adapt_split: str = "train", init: str = "linear", **knobs: Any) -> str:
+    """``distilled-<teacher>``, plus the temperature when not the default, ``-adapt<split>`` off the
+    train split and ``-from_<init>`` when the student starts from another merge than ``linear``. The
+    training budget (epochs, lr, batch size, stopping rule) is recorded, not named."""
+    from mu import merge
+
     ensemble.check_method(teacher_method)
+    merge.sweep.check_methods([init])  # a method of mu.merge.METHODS, not the adapted family
     unknown = sorted(set(knobs) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"distillation does not take {unknown}; its knobs: {sorted(DEFAULTS)}")
     temperature = knobs.get("temperature", DEFAULTS["temperature"])
     out = f"distilled-{teacher_method}" + ("" if temperature == DEFAULTS["temperature"] else f"-temperature{temperature}")
-    return out + ("" if adapt_split == "train" else f"-adapt{adapt_split}")
+    out += "" if adapt_split == "train" else f"-adapt{adapt_split}"
+    return out + ("" if init == "linear" else f"-from_{init}")
 
 
 def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]], *, teacher_method: str = "soft",
                        models_dir: str | os.PathLike, data: str | os.PathLike, base_model: str | os.PathLike,
                        adapt_split: str = "train", adapt_num_examples: int | None = None, held_out: float = 0.1,
-                       eval_batch_size: int = 64, max_seq_length: int = 128, seed: int = 42,
+                       eval_batch_size: int = 64, max_seq_length: int = 128, seed: int = 42, init: str = "linear",
                        **knobs: Any) -> list[dict[str, Any]]:
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): distil, then evaluate on
     ``target``'s *test* split.
 
-    The student starts from the linear merge in ``mu.merge.merged_dir(models_dir, target, "linear",
-    mode)`` (notebook 03's plain merge, reused when unchanged) and goes to
+    The student starts from the ``init`` merge (a data-free method of ``mu.merge.METHODS`` at its defaults;
+    ``linear``: notebook 03's plain merge) in ``mu.merge.merged_dir(models_dir, target, init, mode)`` (reused
+    when unchanged) and goes to
     ``<models_dir>/distilled/<target>/<name>-<mode>``. It learns from the target's ``adapt_split``
     utterances without labels (``mu.merge.adaptation_texts``; ``test`` is transductive and recorded).
     ``knobs``: ``temperature``, ``epochs``, ``lr``, ``batch_size``, ``eval_every``, ``patience``.
@@ -243,7 +250,7 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
     """
     from mu import evaluate, merge, models
 
-    label = name(teacher_method, adapt_split, **knobs)
+    label = name(teacher_method, adapt_split, init, **knobs)
     texts, held, origin = merge.adaptation_texts(target, adapt_split, data, num_examples=adapt_num_examples,
                                                  held_out=held_out, seed=seed)
     rows = []
@@ -251,9 +258,9 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
         if target in weights:
             raise ValueError(f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}")
         sources = {loc: models.resolve(loc, models_dir) for loc in weights}
-        init = merge.merge_models("linear", sources, weights, merge.merged_dir(models_dir, target, "linear", mode),
-                                  base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length)
-        student = distill(init, sources, weights, texts, paths.resolve(models_dir) / "distilled" / target / f"{label}-{mode}",
+        start = merge.merge_models(init, sources, weights, merge.merged_dir(models_dir, target, init, mode),
+                                   base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length)
+        student = distill(start, sources, weights, texts, paths.resolve(models_dir) / "distilled" / target / f"{label}-{mode}",
                           teacher_method=teacher_method, held_out=held, max_seq_length=max_seq_length, seed=seed,
                           adapt_from=origin, **knobs)
         scores = evaluate.evaluate(student, target, "test", data=data, batch_size=eval_batch_size,
@@ -261,8 +268,9 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
         details = paths.read_json(student / DETAILS_JSON)
         rows.append({"system": f"adapted/{label}/{mode}", "family": "adapted", "target": target, **scores,
                      "sources": dict(weights), "model": str(student), "teacher": f"ensemble/{teacher_method}/{mode}",
+                     "init": f"merge/{init}/{mode}",
                      "seconds": round(details["seconds"], 2),
-                     "merge_seconds": round(paths.read_json(init / "merge_details.json")["elapsed_s"], 2),
+                     "merge_seconds": round(paths.read_json(start / "merge_details.json")["elapsed_s"], 2),
                      "best_step": details["best_step"], "steps": details["steps"], "stopped": details["stopped"],
                      "agreement_curve": details["agreement_curve"]})
     return rows

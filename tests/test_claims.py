@@ -56,3 +56,12 @@ def test_students_and_the_answer_in_words():
     assert "within 0.005 of it" in text
     assert "above the oracle: `adapted/distilled-soft/similarity` (+0.018)" in text
     assert "No label-free single model" in claims.markdown(table[["native", "ensemble/soft/similarity"]])
+
+
+def test_a_student_from_another_merge_is_tested_against_that_merge():
+    table = _table().rename(columns={"adapted/distilled-soft/similarity": "adapted/distilled-soft-from_iso_c/similarity"})
+    table["merge/iso_c/similarity"] = table["zero-shot/best"] + 0.01
+    st = claims.students(table, n_boot=500).set_index("role")
+    assert st.at["init", "baseline"] == "merge/iso_c/similarity"
+    assert st.at["teacher", "baseline"] == "ensemble/soft/similarity"
+    assert st.at["init", "mean_diff"] == pytest.approx(0.008, abs=0.002)

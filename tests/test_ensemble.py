@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import XLMRobertaForSequenceClassification
 
-from mu import data, ensemble, evaluate, models, paths, plots, protocol, report, similarity
+from mu import data, distill, ensemble, evaluate, models, paths, plots, protocol, report, similarity
 
 EQUAL3 = {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
 
@@ -460,10 +460,13 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
         assert paths.reports_dir("04_ensembling", TARGET, png).is_file()
     distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled"))
     teacher = distilled["results"]["teacher"]  # the best ensemble on the tuning targets' dev splits
-    assert [(r["system"], r["family"], r["n"], r["teacher"]) for r in distilled["rows"]] == [
-        (f"adapted/distilled-{teacher['method']}/{teacher['mode']}", "adapted", record["rows"][0]["n"],
-         f"ensemble/{teacher['method']}/{teacher['mode']}")]
+    init = distilled["results"]["init"]  # the toy profile's distill_inits: linear or iso_c, on the same dev splits
+    assert init in ("linear", "iso_c")
+    assert [(r["system"], r["family"], r["n"], r["teacher"], r["init"]) for r in distilled["rows"]] == [
+        (f"adapted/{distill.name(teacher['method'], init=init)}/{teacher['mode']}", "adapted", record["rows"][0]["n"],
+         f"ensemble/{teacher['method']}/{teacher['mode']}", f"merge/{init}/{teacher['mode']}")]
     chosen = protocol.load("ens-test")
     assert chosen["04.distill.teacher"]["chosen_by"] == "tuning-targets" and chosen["04.distill.lr"]["value"] == \
         distilled["results"]["lr"]
-    assert set(distilled["results"]["cost_s"]) == {distilled["rows"][0]["system"], f"merge/linear/{teacher['mode']}"}
+    assert (chosen["04.distill.init"]["value"], chosen["04.distill.init"]["chosen_by"]) == (init, "tuning-targets")
+    assert set(distilled["results"]["cost_s"]) == {distilled["rows"][0]["system"], f"merge/{init}/{teacher['mode']}"}

@@ -173,6 +173,22 @@ def test_fisher_simple_by_hand():
     torch.testing.assert_close(out, torch.tensor([(1 * 1 + 9 * 3) / 10, 0.0]))
 
 
+def test_fisher_merges_piece_by_piece_give_the_whole_tensors_numbers(monkeypatch):
+    from mu.merge import chunks
+
+    g = torch.Generator().manual_seed(5)
+    sds = {k: {"e": torch.randn(37, 11, generator=g), "b": torch.randn(5, generator=g), "s": torch.randn((), generator=g)}
+           for k in ("x", "y", "z")}
+    fishers = {k: {n: torch.rand(v.shape, generator=g) for n, v in sd.items()} for k, sd in sds.items()}
+    w = {"x": 0.2, "y": 0.5, "z": 0.3}
+    whole = {m: mm.merge(m, sds, w, **kw) for m, kw in (("fisher_simple", {}), ("fisher_dataset", {"fishers": fishers}))}
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 7)  # pieces that cut rows, and a last short piece
+    for method, kw in (("fisher_simple", {}), ("fisher_dataset", {"fishers": fishers})):
+        pieces = mm.merge(method, sds, w, **kw)
+        for key in sds["x"]:
+            assert pieces[key].shape == sds["x"][key].shape and torch.equal(pieces[key], whole[method][key]), (method, key)
+
+
 def test_fisher_dataset_equal_fisher_is_linear():
     base, sds = _sds(3)
     w = {"s0": 0.2, "s1": 0.3, "s2": 0.5}

@@ -70,6 +70,7 @@ def statuses(summary) -> dict[tuple[str, str], str]:
 TARGETS = ["af-ZA", "sw-KE", "fr-FR"]
 
 
+@pytest.mark.slow
 def test_failing_target_does_not_stop_the_others_and_rerun_skips(project):
     summary = runner.run(["01", "03_fake", "05"], TARGETS, workers=2, **dirs(project))
     assert statuses(summary) == {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mu.data
-from mu import distill, ensemble, models, paths, protocol, selection
+from mu import distill, ensemble, merge, models, paths, protocol, selection
 from mu.merge import adamerging
 
 MODELS_DIR = "models/test_selection"
@@ -152,6 +152,35 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
 
 
+def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept(sources, toy_base, no_test_split,
+                                                                                 monkeypatch):
+    common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, base_model=toy_base, teacher_method="soft",
+                  mode="similarity", held_out=0.1, temperature=2.0, adapt_num_examples=64,
+                  **{**SELECT, "num_languages": 3})
+    names = ["linear", "ties", "iso_c"]
+    got = selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="tuning-targets", **common)
+    assert {(r["target"], r["method"]) for r in got["evidence"]} == {(t, m) for t in TUNING for m in [*names, "slerp"]}
+    assert all("exactly 2 sources" in r["note"] for r in got["evidence"] if r["method"] == "slerp")  # 3 sources here
+    means = {m: np.mean([r["dev_accuracy"] for r in got["evidence"] if r["method"] == m]) for m in names}
+    assert got["method"] == max(names, key=lambda m: (means[m], -names.index(m)))  # ties: the order given
+    assert not any(paths.resolve(merge.merged_dir(MODELS_DIR, t, m, "similarity")).exists()
+                   for t in TUNING for m in ("ties", "iso_c"))  # scored, then deleted
+    recorded = protocol.load("init")["04.distill.init"]
+    assert (recorded["value"], recorded["chosen_by"]) == (got["method"], "tuning-targets")
+    assert "dev split of the tuning targets" in recorded["data"] and "not applicable: slerp" in recorded["note"]
+    free = selection.choose_student_init("init", TUNING, methods=names, criterion="label-free", **common)
+    agree = {m: np.mean([r["held_out_agreement"] for r in free["evidence"] if r["method"] == m]) for m in names}
+    assert free["method"] == max(names, key=lambda m: (agree[m], -names.index(m)))
+    assert all(0 <= a <= 1 for a in agree.values())
+    # cached: a rerun merges nothing; one name is declared; adamerging is no starting point
+    monkeypatch.setattr(selection.merge, "merge_models", lambda *a, **k: pytest.fail("merged again"))
+    assert selection.choose_student_init("init", TUNING, methods=names, criterion="label-free", **common) == free
+    assert selection.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)["method"] == "iso_c"
+    assert protocol.load("init")["04.distill.init"]["chosen_by"] == "declared"
+    with pytest.raises(ValueError, match="adamerging"):
+        selection.choose_student_init("init", TUNING, methods=["linear", "adamerging"], criterion="tuning-targets", **common)
+
+
 def test_one_candidate_is_declared_and_bad_settings_are_clear_errors(sources, toy_base):
     common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
     got = selection.choose_teacher("sel2", [], methods=["soft", "uriel_logits"], modes=["similarity"],
@@ -187,3 +216,12 @@ def test_distilled_row_names_its_teacher_and_costs(sources, toy_base):
     assert details["texts"]["num_held_out"] == round(0.1 * n) and details["agreement_curve"][0]["step"] == 0
     assert not distill.curves(rows, "agreement").empty
     assert torch.isfinite(torch.tensor(row["accuracy"]))
+    (iso,) = distill.evaluate_distilled("af-ZA", {"similarity": w}, teacher_method="uriel_logits", init="iso_c",
+                                        models_dir=MODELS_DIR, data="toy", base_model=toy_base, held_out=0.1,
+                                        max_seq_length=32, epochs=1, lr=1e-3, batch_size=32, patience=1)
+    assert iso["system"] == "adapted/distilled-uriel_logits-from_iso_c/similarity"
+    assert iso["init"] == "merge/iso_c/similarity" and row["init"] == "merge/linear/similarity"
+    assert paths.read_json(paths.resolve(iso["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"] != \
+        paths.read_json(paths.resolve(row["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"]
+    with pytest.raises(ValueError, match="adamerging"):
+        distill.name("soft", init="adamerging")

@@ -19,25 +19,37 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mu.merge import batches as _batches
+from mu.merge import chunks
 
 StateDict = dict[str, torch.Tensor]
 EPS = 1e-12
 
 
 def _weighted(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-              importance: Callable[[str, str, torch.Tensor], torch.Tensor], eps: float) -> StateDict:
-    """Σ w_i (F_i + eps) θ_i / Σ w_i (F_i + eps) per tensor, F_i = importance(locale, key, θ_i)."""
+              importance: Callable[[str, str, torch.Tensor, slice], torch.Tensor], eps: float) -> StateDict:
+    """Σ w_i (F_i + eps) θ_i / Σ w_i (F_i + eps) per tensor, F_i = importance(locale, key, θ_i, piece).
+
+    Elementwise, so computed over flat pieces of at most ``chunks.CHUNK_ELEMENTS`` elements (the same
+    numbers as whole tensors): the float32 scratch (numerator, denominator, one importance) stays a few
+    MB. Whole, it was three copies of the largest tensor, 2.3 GB for XLM-R's 250k × 768 word embeddings,
+    which put fisher_simple's peak above (N + 2) × the model in ``make bench``."""
+    step = chunks.CHUNK_ELEMENTS
     first = next(iter(state_dicts.values()))
     out: StateDict = {}
     for key, ref in first.items():
-        num = torch.zeros_like(ref, dtype=torch.float32)
-        den = torch.zeros_like(ref, dtype=torch.float32)
-        for loc, sd in state_dicts.items():
-            theta = sd[key].to(torch.float32)
-            f = importance(loc, key, theta).to(torch.float32).add(eps).mul_(weights[loc])
-            num.addcmul_(f, theta)
-            den.add_(f)
-        out[key] = num.div_(den).to(ref.dtype)
+        res = torch.empty(ref.shape, dtype=ref.dtype)
+        dst, n = res.reshape(-1), ref.numel()
+        for start in range(0, max(n, 1), step):
+            piece = slice(start, min(start + step, n))
+            num = torch.zeros(piece.stop - piece.start, dtype=torch.float32)
+            den = torch.zeros_like(num)
+            for loc, sd in state_dicts.items():
+                theta = sd[key].reshape(-1)[piece].to(torch.float32)
+                f = importance(loc, key, theta, piece).to(torch.float32).add(eps).mul_(weights[loc])
+                num.addcmul_(f, theta)
+                den.add_(f)
+            dst[piece] = num.div_(den)
+        out[key] = res
     return out
 
 
@@ -45,7 +57,7 @@ def _weighted(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float]
 def fisher_simple(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
                   base: StateDict | None = None, *, eps: float = EPS) -> StateDict:
     """Importance-weighted mean with importance F_i = θ_i² (the base is not used)."""
-    return _weighted(state_dicts, weights, lambda loc, key, theta: theta.square(), eps)
+    return _weighted(state_dicts, weights, lambda loc, key, theta, piece: theta.square(), eps)
 
 
 @torch.no_grad()
@@ -65,7 +77,7 @@ def fisher_dataset(state_dicts: Mapping[str, StateDict], weights: Mapping[str, f
             if f is None or f.shape != value.shape:
                 raise ValueError(f"fisher_dataset: Fisher of {loc} for tensor {key} is "
                                  f"{'missing' if f is None else tuple(f.shape)}; expected {tuple(value.shape)}")
-    return _weighted(state_dicts, weights, lambda loc, key, theta: fishers[loc][key], eps)
+    return _weighted(state_dicts, weights, lambda loc, key, theta, piece: fishers[loc][key].reshape(-1)[piece], eps)
 
 
 def fisher_diagonal(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, *, num_examples: int = 256,
