@@ -48,8 +48,10 @@ HEADLINE = {  # the README's systems, each with what it is
     "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
     "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
     "adapted/adamerging*/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
-    "adapted/distilled-*/similarity": "one student distilled from the chosen ensemble on unlabeled text",
-    "iterative/linear/similarity": "the URIEL sources trained with a merge every few epochs",
+    "adapted/distilled-*/*": "one student distilled from the chosen ensemble on unlabeled text",
+    "iterative/linear/similarity": "the URIEL sources trained together, merged every `merge_frequency` epochs "
+                                   "(mini: as many epochs as the one-shot sources)",
+    "iterative-adaptive/linear/similarity": "the same, merged when the sources' dev accuracy says so",
 }
 PROFILES = ("toy", "mini")
 
@@ -93,6 +95,12 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     return _table(head, rows)
 
 
+def _subset(frame: pd.DataFrame, system: str) -> str:
+    """`` (15 targets)`` when a system ran on fewer targets than the column's (a declared subset), else ''."""
+    n, full = int(frame.loc[system, "n"]), int(frame["n"].max())
+    return "" if n == full else f" ({n} targets)"
+
+
 def headline(profiles: str = ",".join(PROFILES)) -> str:
     """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
     names = profiles.split(",")
@@ -102,9 +110,12 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
     rows = []
     for key, what in HEADLINE.items():  # a key may be a pattern: the adapted systems are named by their chosen knobs
         found = {p: next((s for s in f.index if fnmatch.fnmatchcase(s, key) and f.loc[s, "n"] > 0), None) for p, f in frames.items()}
-        cells = [_mean_ci(frames[p].loc[found[p]]) if found.get(p) else ("not yet collected" if p not in frames else "—")
-                 for p in names]
-        rows.append([f"`{(system := next((s for s in found.values() if s), key))}`", what, families.sees(system), *cells])
+        cells = [(_mean_ci(frames[p].loc[found[p]]) + _subset(frames[p], found[p])) if found.get(p)
+                 else ("not yet collected" if p not in frames else "—") for p in names]
+        named = {p: s for p, s in found.items() if s}  # a pattern may name another system per profile: say which
+        label = (f"`{next(iter(named.values()))}`" if len(set(named.values())) == 1
+                 else ", ".join(f"`{s}` ({p})" for p, s in named.items()) or f"`{key}`")
+        rows.append([label, what, families.sees(next(iter(named.values()), key)), *cells])
     return _table(head, rows)
 
 

@@ -51,11 +51,27 @@ def test_students_and_the_answer_in_words():
     assert st.at["init", "baseline"] == "merge/linear/similarity"
     assert st.at["teacher", "mean_diff"] == pytest.approx(-0.002, abs=0.002)
     text = claims.markdown(table, n_boot=500)
-    assert "best label-free single model is `adapted/distilled-soft/similarity`" in text
+    assert "best label-free single model (largest paired gain over the oracle) is `adapted/distilled-soft/similarity`" in text
+    assert "over its 20 targets)" in text
     assert "it beats the oracle `zero-shot/best`" in text and "20/0/0 wins/ties/losses" in text
     assert "within 0.005 of it" in text
     assert "above the oracle: `adapted/distilled-soft/similarity` (+0.018)" in text
     assert "No label-free single model" in claims.markdown(table[["native", "ensemble/soft/similarity"]])
+
+
+def test_a_system_run_on_a_subset_is_ranked_by_its_paired_gain_and_says_so():
+    table = _table()
+    # iterative rows run on a declared subset: a low mean on easy-to-miss targets must not hide a large paired gain
+    subset = TARGETS[:8]
+    table["iterative/linear/similarity"] = np.nan
+    table.loc[subset, "iterative/linear/similarity"] = table.loc[subset, "zero-shot/best"] + 0.05
+    single = claims.single_models(table, n_boot=500).set_index("system")
+    row = single.loc["iterative/linear/similarity"]
+    assert single.index[0] == "iterative/linear/similarity" and row["n"] == 8
+    assert row["oracle_mean"] == pytest.approx(table.loc[subset, "zero-shot/best"].mean())
+    text = claims.markdown(table, n_boot=500)
+    assert "is `iterative/linear/similarity` (mean" in text and "over its 8 targets, a declared subset of the 20)" in text
+    assert "`iterative/linear/similarity` (+0.050, 8 targets)" in text
 
 
 def test_a_student_from_another_merge_is_tested_against_that_merge():

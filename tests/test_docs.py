@@ -55,6 +55,7 @@ def _fake_run(root: Path, profile: str) -> pd.DataFrame:
     systems = ["native", "zero-shot/best", "zero-shot/uriel-top1", "merge/linear/similarity",
                "merge/linear/average", "ensemble/soft/similarity"]
     table = pd.DataFrame(rng.uniform(0.3, 0.9, (6, 6)), index=targets, columns=systems)
+    table.loc[["t4", "t5"], "merge/linear/similarity"] = np.nan  # run on a subset of the targets (as notebook 05)
     agg = root / "reports" / "06_aggregation" / profile
     agg.mkdir(parents=True)
     means, tests = aggregate.means(table, n_boot=200), aggregate.paired_tests(table)
@@ -147,6 +148,7 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert "| t0 | 0.500 | 0.800 (fr-FR) | 0.750 |" in mu.docs.render("sts profile=fake")
     head = mu.docs.render("headline profiles=fake,absent")
     assert "fake (6 targets)" in head and "not yet collected" in head
+    assert f"{table['merge/linear/similarity'].mean():.3f}" in head and "] (4 targets) |" in head
     assert f"{table['native'].mean():.3f}" in head
     assert mu.docs.render("systems profile=fake families=merge").count("`merge/") == 2
 
