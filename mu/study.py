@@ -98,13 +98,23 @@ def _mtime(path: Path) -> int | None:
 
 
 class _Stages:
-    """Wall seconds, jobs and jobs that ran (not skipped) per stage of one ``run``."""
+    """Wall seconds, jobs and jobs that ran (not skipped) per stage of one ``run``, written to ``path``
+    (``timings.json``: one entry per invocation) after every stage, so an interrupted run keeps what it measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path, **meta: Any) -> None:
         self.stages: dict[str, dict[str, float]] = {}
+        self.path, self.meta = path, meta
+        self.prior = paths.read_json(path) if path.is_file() else []
 
     def add(self, name: str, t0: float, jobs: int, ran: int) -> None:
         self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1), "jobs": jobs, "ran": ran}
+        self.save()
+
+    def save(self, **meta: Any) -> None:
+        self.meta.update(meta)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"seconds": {k: v["seconds"] for k, v in self.stages.items()}, "stages": self.stages, **self.meta}
+        paths.write_json(self.path, [*self.prior, entry])
 
     def notebook(self, name: str, nb: str, targets: Sequence[str], profile: str, workers: int,
                  extra: dict[str, Any]) -> pd.DataFrame:
@@ -241,7 +251,9 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
         print(budget.write(profile, plan(design, len(tune_locales) * len(grid[0]) * len(grid[1])), workers=workers)
               .read_text(encoding="utf-8"))
         return pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
-    log = _Stages()
+    log = _Stages(paths.reports_dir("study", profile, "timings.json"), targets=len(targets), extra_params=extra,
+                  train=train, dev=dev, test=test, objective=objective, steps=steps, workers=workers,
+                  versions=report.versions())
     t0, stamp = time.perf_counter(), paths.resolve(p02["data"]) / "subsample_args.json"
     before = _mtime(stamp)
     if str(p02["data"]) != str(source):
@@ -262,6 +274,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
         tuned = {k: chosen[k] for k in TUNED if k not in extra}
         jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
         log.add("tune", t0, jobs, jobs if _mtime(cache) != before else 0)
+    log.save(tuned=tuned)
     args = {"embedding_init": "random", **paths.read_json(record)["args"]}  # absent in the record means random
     study_knobs = {"study.source": str(source), "study.train": train, "study.dev": dev, "study.test": test,
                    "study.subsample_seed": p02["seed"], "study.targets": targets,
@@ -293,13 +306,6 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
                 missing_ok=True)  # the seeds' section of 06 reads their new results
         frames.append(log.notebook("notebook 06", "06", targets, profile, workers, _nb_extra("06", design, extra, tuned)))
     protocol.write(profile)
-    path = paths.reports_dir("study", profile, "timings.json")
-    history = paths.read_json(path) if path.is_file() else []
-    history.append({"seconds": {k: v["seconds"] for k, v in log.stages.items()}, "stages": log.stages,
-                    "targets": len(targets), "extra_params": extra, "tuned": tuned, "train": train, "dev": dev,
-                    "test": test, "objective": objective, "steps": steps, "workers": workers,
-                    "versions": report.versions()})
-    paths.write_json(path, history)
     tune_jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
     print(budget.write(profile, plan(design, tune_jobs), workers=workers).read_text(encoding="utf-8"), flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,6 +90,22 @@ def test_declare_keeps_measured_choices_unless_the_user_set_them(mu_root):
     declare.notebook("decl", "02", {"epochs": 8, "lr": 5e-4}, source="p", measured={"epochs"}, owned=("epochs", "lr"))
     got = protocol.load("decl")
     assert got["02.epochs"]["chosen_by"] == "dev" and (got["02.lr"]["chosen_by"], got["02.lr"]["value"]) == ("declared", 5e-4)
+
+
+def test_each_stage_is_recorded_as_it_ends_so_an_interrupted_run_keeps_it(tmp_path):
+    path = tmp_path / "study" / "timings.json"
+    path.parent.mkdir()
+    path.write_text('[{"stages": {"notebook 02": {"seconds": 5.0, "jobs": 1, "ran": 1}}}]')
+    log = study._Stages(path, targets=3, workers=2)
+    log.add("notebook 05", time.perf_counter() - 2.0, 15, 15)  # then the run is killed: nothing else is written
+    got = json.loads(path.read_text())
+    assert len(got) == 2 and got[0]["stages"] == {"notebook 02": {"seconds": 5.0, "jobs": 1, "ran": 1}}
+    assert got[1]["stages"]["notebook 05"]["ran"] == 15 and got[1]["stages"]["notebook 05"]["seconds"] >= 2.0
+    assert (got[1]["targets"], got[1]["workers"]) == (3, 2)
+    log.add("notebook 06", time.perf_counter(), 1, 1)
+    log.save(tuned={"lr": 0.002})
+    got = json.loads(path.read_text())  # the same invocation's entry, completed; earlier ones untouched
+    assert len(got) == 2 and set(got[1]["stages"]) == {"notebook 05", "notebook 06"} and got[1]["tuned"] == {"lr": 0.002}
 
 
 def test_budget_prices_a_plan_from_the_last_timings_that_ran():
