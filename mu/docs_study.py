@@ -10,8 +10,9 @@ from typing import Callable
 
 import pandas as pd
 
-from mu import claims as mu_claims, methods_table
-from mu.collect import (collected, duration, md_table, not_collected, num, read_csv, read_json, results_path)
+from mu import claims as mu_claims, compare, methods_table, stats
+from mu.collect import (collected, duration, md_table, not_collected, num, p_text, read_csv, read_json,
+                        results_path)
 
 
 def methods(profile: str, tests: str = "yes") -> str:
@@ -120,7 +121,28 @@ def adamerging(profile: str) -> str:
             + ". Entropy that falls while dev accuracy does not rise means a more confident merge, not a better one.")
 
 
+def pairs(profile: str, systems_: str, baselines: str) -> str:
+    """Chosen systems against chosen baselines, each pair over the targets both have (``mu.compare.head_to_head``
+    on the committed per-target table ``summary.csv``): mean difference [95% bootstrap CI], wins/ties/losses,
+    Wilcoxon p, and Holm over every test of this table (one family)."""
+    if not collected(profile):
+        return not_collected(profile)
+    table = read_csv(profile, "summary.csv", index_col="target")
+    wanted, base = systems_.split(","), baselines.split(",")
+    missing = [s for s in [*wanted, *base] if s not in table.columns]
+    if missing:
+        raise ValueError(f"pairs: {missing} are not systems of {profile}'s summary.csv")
+    t = compare.head_to_head(table, wanted, base, n_boot=10000, seed=42)
+    t["p_table"] = stats.holm(t["p_value"].to_numpy(dtype=float))
+    rows = [[f"`{r['system']}`", f"`{r['baseline']}`", int(r["n"]),
+             f"{r['mean_diff']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]",
+             f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}", p_text(r["p_value"]), p_text(r["p_table"])]
+            for _, r in t.iterrows()]
+    return md_table(["system", "baseline", "targets", "mean difference [95% CI]", "w/t/l", "Wilcoxon p",
+                     f"Holm ({len(t)} tests)"], rows)
+
+
 TABLES: dict[str, Callable[..., str]] = {
     "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
-    "adamerging": adamerging, "sweep-cost": sweep_cost,
+    "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs,
 }

@@ -151,6 +151,13 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert f"{table['merge/linear/similarity'].mean():.3f}" in head and "] (4 targets) |" in head
     assert f"{table['native'].mean():.3f}" in head
     assert mu.docs.render("systems profile=fake families=merge").count("`merge/") == 2
+    pairs = mu.docs.render("pairs profile=fake systems=ensemble/soft/similarity baselines=merge/linear/similarity,native")
+    subset = table.dropna(subset=["merge/linear/similarity"])  # that system's targets only: the pair's
+    gain = (subset["ensemble/soft/similarity"] - subset["merge/linear/similarity"]).mean()
+    assert f"| `ensemble/soft/similarity` | `merge/linear/similarity` | 4 | {gain:+.3f} [" in pairs
+    assert "| `native` | 6 |" in pairs and "Holm (2 tests)" in pairs
+    with pytest.raises(ValueError, match=r"\['merge/nosuch/average'\] are not systems"):
+        mu.docs.render("pairs profile=fake systems=merge/nosuch/average baselines=native")
 
 
 def test_collect_without_an_aggregation_names_what_is_missing(tmp_path, monkeypatch):
