@@ -259,7 +259,8 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
             raise ValueError(f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}")
         sources = {loc: models.resolve(loc, models_dir) for loc in weights}
         start = merge.merge_models(init, sources, weights, merge.merged_dir(models_dir, target, init, mode),
-                                   base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length)
+                                   base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length,
+                                   seed=seed)  # as mu.selection.choose_student_init merged it
         student = distill(start, sources, weights, texts, paths.resolve(models_dir) / "distilled" / target / f"{label}-{mode}",
                           teacher_method=teacher_method, held_out=held, max_seq_length=max_seq_length, seed=seed,
                           adapt_from=origin, **knobs)

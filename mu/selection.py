@@ -252,7 +252,8 @@ def choose_distill_lr(profile: str, tuning_targets: Sequence[str], *, teacher_me
             w = _sources(t, mode, models_dir, select_kw)
             srcs = {loc: models.resolve(loc, models_dir) for loc in w}
             start = merge.merge_models(init, srcs, w, merge.merged_dir(models_dir, t, init, mode),
-                                       base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length)
+                                       base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length,
+                                       seed=seed)
             fit, held, _ = merge.adaptation_texts(t, "train", data, num_examples=adapt_num_examples,
                                                   held_out=held_out, seed=seed)
             probs = distill.teacher(teacher_method, fit + held, srcs, w, temperature=temperature,
