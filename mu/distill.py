@@ -238,7 +238,7 @@ def evaluate_distilled(target: str, weightings: Mapping[str, Mapping[str, float]
     """One ``mu.report`` row per weighting ({mode: {locale: weight}}): distil, then evaluate on
     ``target``'s *test* split.
 
-    The student starts from the ``init`` merge (a data-free method of ``mu.merge.METHODS`` at its defaults;
+    The student starts from the ``init`` merge (a method of ``mu.merge.METHODS`` but AdaMerging, at its defaults;
     ``linear``: notebook 03's plain merge) in ``mu.merge.merged_dir(models_dir, target, init, mode)`` (reused
     when unchanged) and goes to
     ``<models_dir>/distilled/<target>/<name>-<mode>``. It learns from the target's ``adapt_split``

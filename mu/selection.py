@@ -170,7 +170,8 @@ def choose_student_init(profile: str, tuning_targets: Sequence[str], *, methods:
         protocol.record(profile, "04.distill.init", names[0], chosen_by="declared", data="none")
         return {"method": names[0], "score": None, "evidence": []}
     targets = _check(tuning_targets, criterion, select_kw, held_out)
-    args = {"targets": targets, "methods": names, "criterion": criterion, "teacher": [teacher_method, mode],
+    # both scores are measured in one pass (as choose_distill_lr's grid): the other criterion reads the same cache
+    args = {"targets": targets, "methods": names, "teacher": [teacher_method, mode],
             "temperature": temperature, "held_out": held_out, "adapt_num_examples": adapt_num_examples,
             "data": str(data), "base": evaluate.model_fingerprint(base_model), "max_seq_length": max_seq_length,
             "seed": seed, "sources": _fingerprints(targets, mode, models_dir, select_kw)}

@@ -168,13 +168,14 @@ def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept
     recorded = protocol.load("init")["04.distill.init"]
     assert (recorded["value"], recorded["chosen_by"]) == (got["method"], "tuning-targets")
     assert "dev split of the tuning targets" in recorded["data"] and "not applicable: slerp" in recorded["note"]
-    free = selection.choose_student_init("init", TUNING, methods=names, criterion="label-free", **common)
+    monkeypatch.setattr(selection.merge, "merge_models", lambda *a, **k: pytest.fail("merged again"))
+    free = selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common)
+    assert free["evidence"] == got["evidence"]  # one grid, both scores: the other criterion merges nothing again
     agree = {m: np.mean([r["held_out_agreement"] for r in free["evidence"] if r["method"] == m]) for m in names}
     assert free["method"] == max(names, key=lambda m: (agree[m], -names.index(m)))
     assert all(0 <= a <= 1 for a in agree.values())
     # cached: a rerun merges nothing; one name is declared; adamerging is no starting point
-    monkeypatch.setattr(selection.merge, "merge_models", lambda *a, **k: pytest.fail("merged again"))
-    assert selection.choose_student_init("init", TUNING, methods=names, criterion="label-free", **common) == free
+    assert selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common) == free
     assert selection.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)["method"] == "iso_c"
     assert protocol.load("init")["04.distill.init"]["chosen_by"] == "declared"
     with pytest.raises(ValueError, match="adamerging"):
