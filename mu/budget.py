@@ -4,7 +4,9 @@
 its wall seconds, its jobs and how many of them ran (the rest were done already: a resumed stage costs
 nothing). ``estimate`` prices a plan (``{stage: jobs}``) from the last entry in which each stage ran,
 per job; a seed's stage never measured is priced like the main run's stage of the same notebook (an
-over-estimate: the seeds' runs skip the adapted systems). ``markdown`` adds the knobs that shrink each stage.
+over-estimate: the seeds' runs skip the adapted systems), and a stage the study never timed (a cached
+pretraining or tuning grid) by what its own record measured (``recorded``). ``markdown`` adds the knobs
+that shrink each stage.
 """
 
 from __future__ import annotations
@@ -51,9 +53,28 @@ def _generic(stage: str) -> str:
     return re.sub(r"^seed \d+ ", "", stage)
 
 
-def estimate(plan: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def recorded(profile: str, workers: int) -> dict[str, tuple[float, str]]:
+    """{stage: (seconds per job, where from)} for the stages whose own records time them, for those the study
+    never saw run: the encoder's pretraining (``pretrain.json``'s training seconds) and the fine-tuning grid
+    (its jobs' seconds in ``tuning/finetune.json``, over ``workers`` parallel processes)."""
+    out = {}
+    for record in sorted(paths.models_dir(profile, "pretrained").glob("*/pretrain.json")):
+        seconds = paths.read_json(record).get("train_seconds")
+        if seconds:
+            out["pretrain"] = (float(seconds), f"{record.parent.name}/pretrain.json (training only)")
+    grid = paths.reports_dir("study", profile, "tuning", "finetune.json")
+    if grid.is_file():
+        jobs = pd.DataFrame(paths.read_json(grid)["grid"])
+        if "seconds" in jobs and len(jobs):
+            out["tune"] = (float(jobs["seconds"].mean()) / workers, f"tuning/finetune.json (over {workers} workers)")
+    return out
+
+
+def estimate(plan: Mapping[str, int], entries: Sequence[Mapping[str, Any]],
+             recorded: Mapping[str, tuple[float, str]] | None = None) -> pd.DataFrame:
     """One row per planned stage: ``jobs``, ``seconds_per_job`` (measured; NaN if never), ``estimate_min``
-    (jobs × rate, everything redone from scratch), ``from`` (which measurement priced it)."""
+    (jobs × rate, everything redone from scratch), ``from`` (which measurement priced it). ``recorded``:
+    ``{stage: (seconds per job, source)}`` for a stage no entry measured (``recorded()``)."""
     r = rates(entries)
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
     rows = []
@@ -61,7 +82,8 @@ def estimate(plan: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> p
         key = re.sub(r"^seed \d+ ", "seed * ", stage)
         rate, source = (r[stage], "this stage") if stage in r else (
             (seeds[key], "another seed's run") if key in seeds else (
-                (r[_generic(stage)], f"the main run's {_generic(stage)}") if _generic(stage) in r else (float("nan"), "never measured")))
+                (r[_generic(stage)], f"the main run's {_generic(stage)}") if _generic(stage) in r else (
+                    (recorded or {}).get(stage, (float("nan"), "never measured")))))
         rows.append({"stage": stage, "jobs": jobs, "seconds_per_job": rate, "estimate_min": jobs * rate / 60,
                      "from": source})
     return pd.DataFrame(rows, columns=["stage", "jobs", "seconds_per_job", "estimate_min", "from"])
@@ -86,7 +108,10 @@ def markdown(frame: pd.DataFrame, *, workers: int) -> str:
 
 
 def write(profile: str, plan: Mapping[str, int], *, workers: int) -> Path:
-    """``reports/study/<profile>/budget.md`` for ``plan`` from the recorded timings (atomic)."""
-    frame = estimate(plan, history(profile))
-    head = f"# Time budget — profile `{profile}`\n\nFrom `timings.json` ({len(history(profile))} runs recorded).\n\n"
+    """``reports/study/<profile>/budget.md`` for ``plan`` (the whole study, whatever part of it this
+    invocation ran) from the recorded timings (atomic)."""
+    frame = estimate(plan, history(profile), recorded(profile, workers))
+    head = (f"# Time budget — profile `{profile}`\n\nThe whole study (`make study`: every stage below), priced from "
+            f"`timings.json` ({len(history(profile))} runs recorded) and, for a stage it never timed, that stage's "
+            "own record.\n\n")
     return paths.write_text(paths.reports_dir("study", profile, "budget.md"), head + markdown(frame, workers=workers))

@@ -8,7 +8,10 @@
 * ``students``: each distilled student (``adapted/distilled-<m>[-from_<init>]/<w>``) against its teacher
   (``ensemble/<m>/<w>``) and its initialisation (``merge/<init>/<w>``, ``init`` linear unless named: the merge
   of the same sources it started from).
-* ``markdown``: the answer to "does one label-free model beat the oracle?", with the numbers.
+* ``over_seeds``: the headline effects repeated over fine-tuning seeds (``mu.seeds.spread``'s frame,
+  notebook 06's ``seeds.csv``), grouped by whether they hold in every seed.
+* ``markdown``: the answer to "does one label-free model beat the oracle?", with the numbers; given the
+  seeds' frame, each system it names says whether the seeds' runs repeated it, and whether it held.
 
     table = pd.read_csv("docs/results/mini/summary.csv", index_col="target")
     print(mu.claims.markdown(table))
@@ -80,15 +83,56 @@ def _cite(r: pd.Series, baseline: str | None = None) -> str:
 
 def _word(r: pd.Series) -> str:
     if not np.isfinite(r["p_holm"]):
-        return "cannot be tested"
+        return "cannot be tested against"
     if r["p_holm"] < ALPHA:
         return "beats" if r["mean_diff"] > 0 else "is below"
     return "is not distinguishable from"
 
 
-def markdown(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> str:
+def seed_ids(spread: pd.DataFrame) -> list[str]:
+    """The seeds of a ``mu.seeds.spread`` frame, from its ``s<seed>`` columns."""
+    return [c[1:] for c in spread.columns if c.startswith("s") and c[1:].isdigit()]
+
+
+def _sd(v: float) -> str:
+    return f"sd {v:.3f}" if np.isfinite(v) else "sd n.c."
+
+
+def over_seeds(spread: pd.DataFrame) -> str:
+    """One bullet: each headline effect repeated over seeds (``mu.seeds.spread``), by whether it held: the
+    mean over seeds, its sd and range, in the order held (sign and Holm in every seed), sign only, not held."""
+    seeds = seed_ids(spread)
+    groups = {"Held in every seed (same sign, Holm p < 0.05 in each)": spread["holds"].str.startswith("yes"),
+              "Same sign in every seed, not significant in each": spread["holds"].str.startswith("sign only"),
+              "Did not hold (the sign changes, or a seed lacks it)": ~spread["holds"].str.startswith(("yes", "sign only"))}
+    parts = []
+    for label, mask in groups.items():
+        items = [f"`{r['system']}` vs `{r['baseline']}` " + (
+                 f"({r['mean']:+.3f}, {_sd(r['sd'])}, range {r['min']:+.3f} to {r['max']:+.3f})"
+                 if np.isfinite(r["mean"]) else "(missing in every seed)") for _, r in spread[mask].iterrows()]
+        parts.append(f"{label}: " + ("; ".join(items) if items else "none"))
+    n = int(spread["n"].max()) if len(spread) else 0
+    return (f"- **Over fine-tuning seeds** ({', '.join(seeds)}; the sources fine-tuned again per seed, "
+            f"{n} declared targets): " + ". ".join(parts) + ".")
+
+
+def _repeated(system: str, spread: pd.DataFrame | None) -> str:
+    """`` (over seeds: ...)`` for a system against the oracle, from the seeds' frame; '' without one."""
+    if spread is None or spread.empty:
+        return ""
+    row = spread[(spread["system"] == system) & (spread["baseline"] == BEST_ZERO_SHOT)]
+    if row.empty:
+        return " (not repeated over fine-tuning seeds: this rests on one seed)"
+    r = row.iloc[0]
+    return f" (over {len(seed_ids(spread))} fine-tuning seeds: {r['holds']}; mean {r['mean']:+.3f}, {_sd(r['sd'])})"
+
+
+def markdown(per_target: pd.DataFrame, *, seeds: pd.DataFrame | None = None, n_boot: int = 10000, seed: int = 42,
+             min_pairs: int = 5) -> str:
     """Does one label-free served model beat the oracle best single source? The best such model, every
-    one significantly above the oracle, and each distilled student against its teacher and its init."""
+    one significantly above the oracle, and each distilled student against its teacher and its init;
+    ``seeds``: the headline effects over fine-tuning seeds (``over_seeds``), and for each model named
+    against the oracle whether the seeds repeated it."""
     single = single_models(per_target, n_boot=n_boot, seed=seed, min_pairs=min_pairs)
     if single.empty:
         return f"*No label-free single model or no `{BEST_ZERO_SHOT}` in this run.*"
@@ -99,9 +143,10 @@ def markdown(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, m
     out = [f"- **One label-free model against the oracle.** The best label-free single model (largest paired gain "
            f"over the oracle) is `{best['system']}` (mean {best['mean']:.3f} over {where}); it {_word(best)} the "
            f"oracle `{BEST_ZERO_SHOT}` (mean {best['oracle_mean']:.3f} on the same targets, picked with each target's "
-           f"test labels): {_cite(best)}; Holm over the {len(single)} label-free single models.",
+           f"test labels): {_cite(best)}; Holm over the {len(single)} label-free single models"
+           + _repeated(best["system"], seeds) + ".",
            f"- Label-free single models significantly above the oracle: "
-           + (", ".join(f"`{s}` ({d:+.3f}" + ("" if n == n_all else f", {n} targets") + ")"
+           + (", ".join(f"`{s}` ({d:+.3f}" + ("" if n == n_all else f", {n} targets") + ")" + _repeated(s, seeds)
                         for s, d, n in zip(above["system"], above["mean_diff"], above["n"].astype(int))) or "none") + "."]
     for _, g in students(per_target, n_boot=n_boot, seed=seed, min_pairs=min_pairs).groupby("system", sort=False):
         by = g.set_index("role")
@@ -113,4 +158,6 @@ def markdown(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, m
         if "init" in by.index:
             line += f"; against its initialisation (the merge of the same sources) {_cite(by.loc['init'])}"
         out.append(line + ".")
+    if seeds is not None and not seeds.empty:
+        out.append(over_seeds(seeds))
     return "\n".join(out)

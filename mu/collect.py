@@ -3,7 +3,8 @@
 
 * ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
   per-target table; ``methods.csv`` / ``methods_contrasts.csv``: its method × weighting table and the
-  questions of ``mu.methods_table.contrasts`` (``reports/06_aggregation/<profile>/``);
+  questions of ``mu.methods_table.contrasts``; ``seeds.csv`` / ``seeds_per_seed.csv``: the headline effects
+  repeated over fine-tuning seeds (``mu.seeds``) (``reports/06_aggregation/<profile>/``);
 * ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
 * ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
 * ``costs.csv``: per system, the seconds its rows record per target (a merge's own time; the adapted
@@ -33,7 +34,7 @@ import pandas as pd
 from mu import params, paths
 
 RESULTS = "docs/results"
-COPIED = ("means.csv", "tests.csv", "summary.csv", "methods.csv", "methods_contrasts.csv")
+COPIED = ("means.csv", "tests.csv", "summary.csv", "methods.csv", "methods_contrasts.csv", "seeds.csv", "seeds_per_seed.csv")
 
 
 def checkout(*parts: str) -> Path:

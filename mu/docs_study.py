@@ -39,7 +39,23 @@ def claims(profile: str) -> str:
     (``mu.claims.markdown`` on the committed per-target table ``summary.csv``)."""
     if not collected(profile):
         return not_collected(profile)
-    return mu_claims.markdown(read_csv(profile, "summary.csv", index_col="target"))
+    seeds = read_csv(profile, "seeds.csv") if results_path(profile, "seeds.csv").is_file() else None
+    return mu_claims.markdown(read_csv(profile, "summary.csv", index_col="target"), seeds=seeds)
+
+
+def seeds(profile: str) -> str:
+    """The headline effects repeated over fine-tuning seeds (notebook 06's ``seeds.csv``, ``mu.seeds``): the
+    effect (system − baseline, mean over the declared targets) in each seed, its mean, sd and range over seeds,
+    the largest Holm p of any seed, and whether the claim holds in every seed."""
+    if not results_path(profile, "seeds.csv").is_file():
+        return not_collected(profile)
+    frame = read_csv(profile, "seeds.csv")
+    ids = mu_claims.seed_ids(frame)
+    rows = [[f"`{r['system']}`", f"`{r['baseline']}`", int(r["n"]), *[num(r[f"s{i}"], 3, signed=True) for i in ids],
+             num(r["mean"], 3, signed=True), num(r["sd"], 3), p_text(r["max_p_holm"]), r["holds"]]
+            for _, r in frame.iterrows()]
+    return md_table(["system", "baseline", "targets", *[f"seed {i}" for i in ids], "mean", "sd", "largest Holm p",
+                     "holds"], rows)
 
 
 def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adaptive", systems_: str = "") -> str:
@@ -142,7 +158,17 @@ def pairs(profile: str, systems_: str, baselines: str) -> str:
                      f"Holm ({len(t)} tests)"], rows)
 
 
+def budget(profile: str) -> str:
+    """The whole study's time budget as the run priced it (the collected ``budget.md``, ``mu.budget``), without
+    its title."""
+    if not results_path(profile, "budget.md").is_file():
+        return not_collected(profile)
+    text = results_path(profile, "budget.md").read_text(encoding="utf-8")
+    return "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))
+
+
 TABLES: dict[str, Callable[..., str]] = {
     "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
-    "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs,
+    "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs, "seeds": seeds,
+    "budget": budget,
 }

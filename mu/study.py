@@ -238,7 +238,8 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
        under ``reports/study/<profile>/``.
 
     ``extra_params`` (``--set``) override notebook parameters where a notebook has them; a key no notebook of
-    the run has is an error. ``budget_only``: write and print ``budget.md`` for this run, run nothing.
+    the run has is an error. ``budget_only``: write and print ``budget.md``, run nothing. ``budget.md`` always prices
+    the whole study (every notebook and seed, these targets and ``--set`` values), whatever part of it this call runs.
     Returns the runner's rows (one per notebook job)."""
     from mu import budget, params, protocol, runner, seeds as mu_seeds, tuning
 
@@ -247,9 +248,10 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
     p02, targets = design["p02"], design["targets"]
     runner.plan(design["notebooks"], targets, profile=profile, extra_params=extra)  # every parameter, before anything runs
     grid = ([extra["epochs"]] if "epochs" in extra else list(tune_epochs), [extra["lr"]] if "lr" in extra else list(tune_lrs))
+    tune_jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
+    whole = plan(_design(profile, NOTEBOOKS, targets, extra, tune_locales, subset_notebooks, seed_notebooks), tune_jobs)
     if budget_only:
-        print(budget.write(profile, plan(design, len(tune_locales) * len(grid[0]) * len(grid[1])), workers=workers)
-              .read_text(encoding="utf-8"))
+        print(budget.write(profile, whole, workers=workers).read_text(encoding="utf-8"))
         return pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
     log = _Stages(paths.reports_dir("study", profile, "timings.json"), targets=len(targets), extra_params=extra,
                   train=train, dev=dev, test=test, objective=objective, steps=steps, workers=workers,
@@ -272,8 +274,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
                                         epochs_grid=grid[0], lr_grid=grid[1], batch_size=p02["batch_size"],
                                         max_seq_length=p02["max_seq_length"], seed=p02["seed"], workers=workers)
         tuned = {k: chosen[k] for k in TUNED if k not in extra}
-        jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
-        log.add("tune", t0, jobs, jobs if _mtime(cache) != before else 0)
+        log.add("tune", t0, tune_jobs, tune_jobs if _mtime(cache) != before else 0)
     log.save(tuned=tuned)
     args = {"embedding_init": "random", **paths.read_json(record)["args"]}  # absent in the record means random
     study_knobs = {"study.source": str(source), "study.train": train, "study.dev": dev, "study.test": test,
@@ -306,8 +307,7 @@ def run(profile: str = "mini", *, source: str | os.PathLike = "massive", train: 
                 missing_ok=True)  # the seeds' section of 06 reads their new results
         frames.append(log.notebook("notebook 06", "06", targets, profile, workers, _nb_extra("06", design, extra, tuned)))
     protocol.write(profile)
-    tune_jobs = len(tune_locales) * len(grid[0]) * len(grid[1])
-    print(budget.write(profile, plan(design, tune_jobs), workers=workers).read_text(encoding="utf-8"), flush=True)
+    print(budget.write(profile, whole, workers=workers).read_text(encoding="utf-8"), flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
 
 
@@ -370,7 +370,7 @@ def add_parsers(sub, key_value) -> None:
     st.add_argument("--seed-notebooks", nargs="+", default=list(SEED_NOTEBOOKS))
     st.add_argument("--subset-notebooks", nargs="*", default=list(SUBSET_NOTEBOOKS),
                     help=f"notebooks run only over the declared subset ({SUBSET_RULE}; default %(default)s)")
-    st.add_argument("--budget", action="store_true", help="write and print the time budget of this run; run nothing")
+    st.add_argument("--budget", action="store_true", help="write and print the time budget of the whole study (these targets and --set values); run nothing")
     _pretrain_args(st, STUDY_PRETRAIN)
     tu = sub.add_parser("tune", help="choose the fine-tuning recipe (epochs, lr) on the probe sources' dev splits")
     tu.add_argument("--profile", default="mini")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mu import claims, compare
+from mu import claims, compare, seeds
 from mu import stats as mu_stats
 
 TARGETS = [f"t{i:02d}" for i in range(20)]
@@ -81,3 +81,24 @@ def test_a_student_from_another_merge_is_tested_against_that_merge():
     assert st.at["init", "baseline"] == "merge/iso_c/similarity"
     assert st.at["teacher", "baseline"] == "ensemble/soft/similarity"
     assert st.at["init", "mean_diff"] == pytest.approx(0.008, abs=0.002)
+
+
+def test_the_claims_say_which_named_models_the_seeds_repeated_and_whether_they_held():
+    table = _table()
+    long = pd.DataFrame([{"seed": s, "system": sys_, "baseline": "zero-shot/best", "n": 15, "mean_diff": d, "p_holm": p}
+                         for s in (42, 43, 44)
+                         for sys_, d, p in (("adapted/distilled-soft/similarity", 0.02 + s / 1e4, 0.001),
+                                            ("merge/linear/similarity", (-1) ** s * 0.01, 0.3))])
+    spread = seeds.spread(long)
+    text = claims.markdown(table, seeds=spread, n_boot=500)
+    first = text.splitlines()[0]
+    assert "(over 3 fine-tuning seeds: yes: same sign and p_holm < 0.05 in every seed; mean +0.024, sd 0.000)" in first
+    last = text.splitlines()[-1]
+    assert last.startswith("- **Over fine-tuning seeds** (42, 43, 44; the sources fine-tuned again per seed, 15 "
+                           "declared targets): Held in every seed (same sign, Holm p < 0.05 in each): "
+                           "`adapted/distilled-soft/similarity` vs `zero-shot/best` (+0.024, sd 0.000, range +0.024 to +0.024)")
+    assert "Same sign in every seed, not significant in each: none" in last
+    assert "Did not hold (the sign changes, or a seed lacks it): `merge/linear/similarity` vs `zero-shot/best`" in last
+    alone = seeds.spread(long[long["system"] == "merge/linear/similarity"])
+    assert "(not repeated over fine-tuning seeds: this rests on one seed)" in claims.markdown(table, seeds=alone, n_boot=500)
+    assert "fine-tuning seeds" not in claims.markdown(table, n_boot=500)

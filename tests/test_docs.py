@@ -95,7 +95,7 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     mu.methods_table.contrasts(table, n_boot=200).to_csv(agg / "methods_contrasts.csv", index=False)
     (study / "tuning").mkdir(parents=True)
     (study / "protocol.md").write_text("# protocol\n")
-    (study / "budget.md").write_text("# budget\n")
+    (study / "budget.md").write_text("# Time budget\n\n| stage | jobs |\n|---|---|\n| pretrain | 1 |\n")
     stage = lambda sec, ran: {"seconds": sec, "jobs": 51, "ran": ran}  # noqa: E731
     (study / "timings.json").write_text(json.dumps([
         {"stages": {"pretrain": stage(700.0, 1), "notebook 03": stage(600.0, 51)}, "targets": 51, "workers": 2},
@@ -116,12 +116,26 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
         sweep.write_text(json.dumps({"target": target, "params": {"profile": "fake"}, "rows": [],
                                      "results": {"run_by": "compare_methods", "seconds": seconds}}))
     (agg / "methods.png").write_bytes(b"\x89PNG figure")
+    long = pd.DataFrame([{"seed": s, "system": "merge/linear/similarity", "baseline": "zero-shot/best", "n": 4,
+                          "mean_diff": d, "p_holm": p} for s, d, p in ((42, 0.02, 0.01), (43, 0.01, 0.2))]
+                        + [{"seed": s, "system": "ensemble/soft/similarity", "baseline": "zero-shot/best", "n": 4,
+                            "mean_diff": d, "p_holm": 0.01} for s, d in ((42, 0.03), (43, -0.01))])
+    mu.seeds.spread(long).to_csv(agg / "seeds.csv", index=False)
+    long.to_csv(agg / "seeds_per_seed.csv", index=False)
+    assert "Not yet collected" in mu.docs.render("seeds profile=fake")
     out = mu.docs.collect("fake", tmp_path / "run")
+    assert mu.docs.render("budget profile=fake").strip() == "| stage | jobs |\n|---|---|\n| pretrain | 1 |"
+    over = mu.docs.render("seeds profile=fake")
+    assert "| system | baseline | targets | seed 42 | seed 43 | mean | sd | largest Holm p | holds |" in over
+    assert "| `merge/linear/similarity` | `zero-shot/best` | 4 | +0.020 | +0.010 | +0.015 | 0.007 | 0.2 | sign only" in over
+    said = mu.docs.render("claims profile=fake")
+    assert "**Over fine-tuning seeds** (42, 43; the sources fine-tuned again per seed, 4 declared targets)" in said
+    assert "Did not hold (the sign changes, or a seed lacks it): `ensemble/soft/similarity` vs `zero-shot/best`" in said
     assert "| `adapted/adamerging/similarity` | 1 | 12.5 | 12.5 | 12 s |" in mu.docs.render("costs profile=fake")
     assert sorted(p.name for p in out.iterdir()) == ["budget.md", "costs.csv", "means.csv", "methods.csv", "methods.png",
-                                                     "methods_contrasts.csv", "protocol.md", "run.json", "spread.csv",
-                                                     "sts.csv", "summary.csv", "sweep.csv", "tests.csv", "timings.json",
-                                                     "tuning", "uriel.csv"]
+                                                     "methods_contrasts.csv", "protocol.md", "run.json", "seeds.csv",
+                                                     "seeds_per_seed.csv", "spread.csv", "sts.csv", "summary.csv",
+                                                     "sweep.csv", "tests.csv", "timings.json", "tuning", "uriel.csv"]
     assert (out / "methods.png").read_bytes() == b"\x89PNG figure"
     cost = mu.docs.render("sweep-cost profile=fake")
     assert "| `ties` | 2 | 7.0 | 14 s |" in cost and "1 methods over 2 targets: 14 s" in cost

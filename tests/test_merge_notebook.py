@@ -30,6 +30,8 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
                   num_languages=3, max_seq_length=32)
     if method == "linear":  # every other method through the knob (two here), merged models not kept
         params.update(compare_methods=["iso_c", "slerp"], keep_merged=False)
+    else:  # AdaMerging does not depend on `method`: the linear run tests it
+        params.update(adamerging=[])
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
                                progress_bar=False)
     record = paths.read_json(report.record_path("03_merging", "es-ES", f"{method}-similarity"))
@@ -44,6 +46,21 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert {"native", "zero-shot/best", "zero-shot/best-source"} <= set(record["results"]["accuracy"])
     assert record["params"]["method"] == method and "nxn" in record["inputs"]
     assert report.record_path("03_merging", "es-ES", f"{method}-similarity").with_suffix(".png").is_file()
+    if method == "linear":
+        _adapted_record(systems)
+        iso = paths.read_json(report.record_path("03_merging", "es-ES", "iso_c-similarity"))
+        assert {r["system"] for r in iso["rows"]} == {"merge/iso_c/similarity", "merge/iso_c/average"}
+        assert iso["params"]["compare_methods"] == ["iso_c", "slerp"] and iso["results"]["run_by"] == "compare_methods"
+        assert not any(Path(r["model"]).exists() for r in iso["rows"])
+        assert not report.record_path("03_merging", "es-ES", "slerp-similarity").exists()  # 3 sources: not run
+    # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
+    sts = record["results"]["sts"]
+    assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}
+    assert all(-1.0 <= v <= 1.0 for v in sts.values()) and record["results"]["sts_data"]["n"] == 200
+
+
+def _adapted_record(systems: dict) -> None:
+    """The AdaMerging record beside the merges: its own rows, knobs chosen on the tuning targets, costs, plots."""
     adapted = paths.read_json(report.record_path("03_merging", "es-ES", "adamerging-similarity"))  # own record
     # granularity and steps chosen on the tuning targets' dev splits (the toy's de-DE, en-US), named as merges are
     label = merge.label("adamerging", **{k: v for k, v in adapted["results"]["knobs"].items() if k != "constraint"})
@@ -55,13 +72,3 @@ def test_notebook_runs_for_two_methods(toy_setup, method, tmp_path):
     assert chosen["03.adamerging.steps"]["chosen_by"] == "tuning-targets"
     assert chosen["03.adamerging.steps"]["value"] == adapted["results"]["knobs"]["steps"]
     assert paths.reports_dir("study", PROFILE, "adamerging-selection.png").is_file()
-    if method == "linear":
-        iso = paths.read_json(report.record_path("03_merging", "es-ES", "iso_c-similarity"))
-        assert {r["system"] for r in iso["rows"]} == {"merge/iso_c/similarity", "merge/iso_c/average"}
-        assert iso["params"]["compare_methods"] == ["iso_c", "slerp"] and iso["results"]["run_by"] == "compare_methods"
-        assert not any(Path(r["model"]).exists() for r in iso["rows"])
-        assert not report.record_path("03_merging", "es-ES", "slerp-similarity").exists()  # 3 sources: not run
-    # STS of the encoders (toy pairs in es-ES): the base, each merged source and both merges
-    sts = record["results"]["sts"]
-    assert set(sts) == {"base", *systems[f"merge/{method}/similarity"]["sources"], *systems}
-    assert all(-1.0 <= v <= 1.0 for v in sts.values()) and record["results"]["sts_data"]["n"] == 200

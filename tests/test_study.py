@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mu import __main__ as cli
-from mu import data, study
+from mu import data, paths, study
 
 
 def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
@@ -127,6 +127,25 @@ def test_budget_prices_a_plan_from_the_last_timings_that_ran():
     assert "Total: unknown plus 1 stage(s)" in budget.markdown(frame.reset_index().iloc[-1:], workers=1)
 
 
+def test_budget_prices_a_cached_pretraining_and_grid_from_their_own_records(mu_root):
+    from mu import budget
+
+    pre = paths.models_dir("budg", "pretrained", "mlm", "pretrain.json")
+    paths.write_json(pre, {"train_seconds": 900.0})
+    paths.write_json(paths.reports_dir("study", "budg", "tuning", "finetune.json"),
+                     {"grid": [{"seconds": 100.0}, {"seconds": 300.0}]})
+    got = budget.recorded("budg", workers=2)
+    assert got == {"pretrain": (900.0, "mlm/pretrain.json (training only)"),
+                   "tune": (100.0, "tuning/finetune.json (over 2 workers)")}
+    entries = [{"stages": {"pretrain": {"seconds": 1.0, "jobs": 1, "ran": 0}}}]  # cached: the study never timed it
+    frame = budget.estimate({"pretrain": 1, "tune": 27, "notebook 02": 1}, entries, got).set_index("stage")
+    assert frame.at["pretrain", "estimate_min"] == 15.0 and frame.at["tune", "estimate_min"] == 45.0
+    assert frame.at["tune", "from"] == "tuning/finetune.json (over 2 workers)"
+    assert frame.at["notebook 02", "from"] == "never measured"
+    timed = [{"stages": {"pretrain": {"seconds": 60.0, "jobs": 1, "ran": 1}}}]  # a timing of its own wins
+    assert budget.estimate({"pretrain": 1}, timed, got).at[0, "from"] == "this stage"
+
+
 @pytest.mark.slow
 def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     """``python -m mu study`` end to end at toy size: the mini profile narrowed to 4 toy locales, a 1×2 tuning
@@ -139,7 +158,7 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
                   seed_notebooks=["02", "03"], subset_notebooks=[],
                   extra_params={"locales": toy4, "epochs": 1, "adamerging": [], "compare_modes": [], "compare_methods": ["iso_c"],
                                 "tuning_targets": ["sw-KE"],
-                                "seeds": [42, 43], "seed_targets": ["nl-NL"]},
+                                "seeds": [42, 43], "seed_targets": ["nl-NL"], "n_boot": 500, "feature_sets": ["syntax_knn+phonology_knn+inventory_knn"]},
                   pretrain_kwargs=dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64, batch_size=8, warmup_steps=1, dev_per_locale=4))
     rows = study.run("mini", **kwargs)
@@ -179,7 +198,8 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     assert set(timings[-1]["stages"]) == {"subsample", "pretrain", "tune", "notebook 02", "notebook 03",
                                           "seed 43 notebook 02", "seed 43 notebook 03", "notebook 06"}
     assert timings[-1]["stages"]["notebook 03"] == {**timings[-1]["stages"]["notebook 03"], "jobs": 2, "ran": 2}
-    assert "| notebook 03 | 2 |" in paths.reports_dir("study", "mini", "budget.md").read_text()
+    priced = paths.reports_dir("study", "mini", "budget.md").read_text()
+    assert "| notebook 03 | 2 |" in priced and "| notebook 05 | 2 |" in priced  # the whole study, not this run's part
     again = study.run("mini", **kwargs)  # resumable: everything is done already
     assert set(again["status"]) == {"skipped"}
     assert not any(s["ran"] for s in paths.read_json(paths.reports_dir("study", "mini", "timings.json"))[-1]["stages"].values())
