@@ -137,6 +137,29 @@ def adamerging(profile: str) -> str:
             + ". Entropy that falls while dev accuracy does not rise means a more confident merge, not a better one.")
 
 
+def distill_init(profile: str) -> str:
+    """Which merge the distilled student starts from (``tuning/distill_init.json``, ``mu.selection.choose_student_init``):
+    per method, its merge's mean dev accuracy and mean held-out agreement with the teacher over the tuning
+    targets, best first by dev accuracy; the best of each column in bold (``distill_selection`` reads one of them)."""
+    path = results_path(profile, "tuning/distill_init.json")
+    if not path.is_file():
+        return not_collected(profile)
+    every = pd.DataFrame(read_json(path)["rows"]).reindex(columns=["target", "method", "dev_accuracy",
+                                                                   "held_out_agreement", "note"])
+    rows = every.dropna(subset=["dev_accuracy"])
+    mean = rows.groupby("method")[["dev_accuracy", "held_out_agreement"]].mean().sort_values(
+        ["dev_accuracy", "held_out_agreement"], ascending=False)
+    best = mean.idxmax()
+    cell = lambda m, col: f"**{num(mean.at[m, col])}**" if m == best[col] else num(mean.at[m, col])  # noqa: E731
+    table = md_table(["init (merge method)", "mean dev accuracy", "mean held-out agreement with the teacher"],
+                     [[f"`{m}`", cell(m, "dev_accuracy"), cell(m, "held_out_agreement")] for m in mean.index])
+    skipped = every[~every["method"].isin(mean.index)].drop_duplicates("method")
+    return (table + f"\n\nOver the tuning targets {', '.join(sorted(rows['target'].unique()))}; "
+            f"{len(mean)} methods at their defaults" + "".join(f"; `{m}` not applicable ({n})" for m, n in
+                                                              zip(skipped["method"], skipped["note"]))
+            + ". The choice is `04.distill.init` in the protocol.")
+
+
 def pairs(profile: str, systems_: str, baselines: str) -> str:
     """Chosen systems against chosen baselines, each pair over the targets both have (``mu.compare.head_to_head``
     on the committed per-target table ``summary.csv``): mean difference [95% bootstrap CI], wins/ties/losses,
@@ -169,6 +192,6 @@ def budget(profile: str) -> str:
 
 TABLES: dict[str, Callable[..., str]] = {
     "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
-    "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs, "seeds": seeds,
+    "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs, "seeds": seeds, "distill-init": distill_init,
     "budget": budget,
 }

@@ -106,6 +106,10 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     ada = [{"target": t, "granularity": "task", "step": s, "dev_accuracy": 0.5 + 0.01 * s, "dev_entropy": 2.0 - 0.01 * s,
             "held_out_entropy": 2.1 - 0.01 * s, "fit_seconds": 3.0} for t in ("a", "b") for s in (0, 25)]
     (study / "tuning" / "adamerging.json").write_text(json.dumps({"args": "x", "rows": ada}))
+    inits = [{"target": t, "method": m, "dev_accuracy": d, "held_out_agreement": a, "note": ""}
+             for t in ("a", "b") for m, d, a in (("linear", 0.5, 0.8), ("iso_c", 0.6, 0.7))]
+    inits += [{"target": t, "method": "slerp", "note": "slerp merges exactly 2 sources"} for t in ("a", "b")]
+    (study / "tuning" / "distill_init.json").write_text(json.dumps({"args": "x", "rows": inits}))
     rec = tmp_path / "run" / "reports" / "03_merging" / "t1" / "adamerging-similarity.json"
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps({"notebook": "03_merging", "target": "t1", "params": {"profile": "fake"}, "rows": [
@@ -144,6 +148,10 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     tuned = mu.docs.render("tuning profile=fake")
     assert "| 5 | 0.501 | **0.502** |" in tuned and "chosen: 5 epochs, lr 0.002" in tuned
     assert "grid's edge (most epochs, largest lr)" in tuned and "8 fits, 1 min 20 s" in tuned
+    init = mu.docs.render("distill-init profile=fake")
+    assert "| `iso_c` | **0.600** | 0.700 |\n| `linear` | 0.500 | **0.800** |" in init
+    assert ("Over the tuning targets a, b; 2 methods at their defaults; `slerp` not applicable (slerp merges exactly 2 "
+            "sources).") in init
     ada_text = mu.docs.render("adamerging profile=fake")
     assert "| task | 25 | 0.750 | 1.750 | 1.850 |" in ada_text
     assert "`task`: from step 0 to 25, held-out entropy 2.100 → 1.850, dev accuracy 0.500 → 0.750" in ada_text
