@@ -120,8 +120,11 @@ def collected(profile: str) -> bool:
     return results_path(profile, "means.csv").is_file()
 
 
-def not_collected(profile: str) -> str:
-    return (f"*Not yet collected: `docs/results/{profile}/` is empty. After the run: "
+def not_collected(profile: str, name: str | None = None) -> str:
+    """The placeholder of a table whose input is missing: the whole profile, or (``name``) one file of it."""
+    what = (f"`docs/results/{profile}/{name}` is not there (the run that was collected did not write it)"
+            if name and collected(profile) else f"`docs/results/{profile}/` is empty")
+    return (f"*Not yet collected: {what}. After the run: "
             f"`python -m mu docs --collect {profile} --from <its MU_ROOT>`, then `python -m mu docs`.*")
 
 

@@ -19,7 +19,7 @@ def methods(profile: str, tests: str = "yes") -> str:
     """Notebook 06's method × weighting means (``methods.csv``) after the answer in plain words
     (``mu.methods_table.answer`` on ``methods_contrasts.csv``); ``tests=no``: the means table only."""
     if not results_path(profile, "methods.csv").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "methods.csv")
     frame = read_csv(profile, "methods.csv")
     text = methods_table.markdown(frame)
     if tests == "no":
@@ -30,7 +30,7 @@ def methods(profile: str, tests: str = "yes") -> str:
 def methods_answer(profile: str) -> str:
     """Which merge method works across languages, in plain words with the numbers (``mu.methods_table.answer``)."""
     if not results_path(profile, "methods_contrasts.csv").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "methods_contrasts.csv")
     return methods_table.answer(read_csv(profile, "methods.csv"), read_csv(profile, "methods_contrasts.csv"))
 
 
@@ -48,7 +48,7 @@ def seeds(profile: str) -> str:
     effect (system − baseline, mean over the declared targets) in each seed, its mean, sd and range over seeds,
     the largest Holm p of any seed, and whether the claim holds in every seed."""
     if not results_path(profile, "seeds.csv").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "seeds.csv")
     frame = read_csv(profile, "seeds.csv")
     ids = mu_claims.seed_ids(frame)
     rows = [[f"`{r['system']}`", f"`{r['baseline']}`", int(r["n"]), *[num(r[f"s{i}"], 3, signed=True) for i in ids],
@@ -62,7 +62,7 @@ def costs(profile: str, families_: str = "merge,adapted,iterative,iterative-adap
     """Seconds per target of each system (its rows' ``seconds``: a merge's own time; for the adapted family the
     fit included, e.g. teacher forwards and training; ``costs.csv``)."""
     if not results_path(profile, "costs.csv").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "costs.csv")
     c = read_csv(profile, "costs.csv")
     c = c[c["system"].str.split("/").str[0].isin(families_.split(","))].sort_values(["median_s", "system"])
     if systems_:  # names or fnmatch patterns
@@ -76,7 +76,7 @@ def sweep_cost(profile: str) -> str:
     """What the method comparison (notebook 03's ``compare_methods``, ``sweep.csv``) cost: per method, the
     median seconds per target of its merges and evaluations under every weighting, and the total."""
     if not results_path(profile, "sweep.csv").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "sweep.csv")
     s = read_csv(profile, "sweep.csv")
     per = s.groupby("method")["seconds"].agg(["size", "median", "sum"]).sort_values("sum", ascending=False)
     rows = [[f"`{m}`", int(r["size"]), num(r["median"], 1), duration(r["sum"])] for m, r in per.iterrows()]
@@ -96,7 +96,7 @@ def tuning(profile: str) -> str:
     accuracy per epochs × lr, the choice, and whether it lies on the grid's edge (values beyond untried)."""
     path = results_path(profile, "tuning/finetune.json")
     if not path.is_file():
-        return not_collected(profile)
+        return not_collected(profile, "tuning/finetune.json")
     record = read_json(path)
     grid = pd.DataFrame(record["grid"])
     mean = grid.groupby(["epochs", "lr"])["dev_accuracy"].mean().unstack("lr")
@@ -119,7 +119,7 @@ def adamerging(profile: str) -> str:
     mean dev accuracy, dev entropy and held-out entropy per granularity; the diagnostic of why it gains or loses."""
     path = results_path(profile, "tuning/adamerging.json")
     if not path.is_file():
-        return not_collected(profile)
+        return not_collected(profile, "tuning/adamerging.json")
     rows = pd.DataFrame(read_json(path)["rows"])
     mean = rows.groupby(["granularity", "step"])[["dev_accuracy", "dev_entropy", "held_out_entropy"]].mean()
     table = md_table(["granularity", "step", "mean dev accuracy", "mean dev entropy", "mean held-out entropy"],
@@ -143,7 +143,7 @@ def distill_init(profile: str) -> str:
     targets, best first by dev accuracy; the best of each column in bold (``distill_selection`` reads one of them)."""
     path = results_path(profile, "tuning/distill_init.json")
     if not path.is_file():
-        return not_collected(profile)
+        return not_collected(profile, "tuning/distill_init.json")
     every = pd.DataFrame(read_json(path)["rows"]).reindex(columns=["target", "method", "dev_accuracy",
                                                                    "held_out_agreement", "note"])
     rows = every.dropna(subset=["dev_accuracy"])
@@ -185,7 +185,7 @@ def budget(profile: str) -> str:
     """The whole study's time budget as the run priced it (the collected ``budget.md``, ``mu.budget``), without
     its title."""
     if not results_path(profile, "budget.md").is_file():
-        return not_collected(profile)
+        return not_collected(profile, "budget.md")
     text = results_path(profile, "budget.md").read_text(encoding="utf-8")
     return "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))
 
