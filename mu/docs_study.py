@@ -160,6 +160,24 @@ def distill_init(profile: str) -> str:
             + ". The choice is `04.distill.init` in the protocol.")
 
 
+def distill_lr(profile: str) -> str:
+    """The student's lr grid on the tuning targets (``tuning/distill_lr.json``, ``mu.selection.choose_distill_lr``):
+    per lr, the students' mean dev accuracy, mean best held-out agreement with the teacher, the mean step the
+    label-free rule kept (0: the init itself) and the steps trained; the best of the first two in bold."""
+    path = results_path(profile, "tuning/distill_lr.json")
+    if not path.is_file():
+        return not_collected(profile, "tuning/distill_lr.json")
+    rows = pd.DataFrame(read_json(path)["rows"])
+    mean = rows.groupby("lr")[["dev_accuracy", "held_out_agreement", "best_step", "steps"]].mean()
+    best = mean[["dev_accuracy", "held_out_agreement"]].idxmax()
+    cell = lambda lr, col: f"**{num(mean.at[lr, col])}**" if lr == best[col] else num(mean.at[lr, col])  # noqa: E731
+    table = md_table(["lr", "mean dev accuracy", "mean held-out agreement", "mean step kept", "mean steps trained"],
+                     [[f"{lr:g}", cell(lr, "dev_accuracy"), cell(lr, "held_out_agreement"), num(r["best_step"], 0),
+                       num(r["steps"], 0)] for lr, r in mean.iterrows()])
+    return table + (f"\n\nOver the tuning targets {', '.join(sorted(rows['target'].unique()))}; step 0 kept means the "
+                    "label-free rule found no checkpoint agreeing better with the teacher than the init.")
+
+
 def pairs(profile: str, systems_: str, baselines: str) -> str:
     """Chosen systems against chosen baselines, each pair over the targets both have (``mu.compare.head_to_head``
     on the committed per-target table ``summary.csv``): mean difference [95% bootstrap CI], wins/ties/losses,
@@ -193,5 +211,6 @@ def budget(profile: str) -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "methods": methods, "methods-answer": methods_answer, "claims": claims, "costs": costs, "tuning": tuning,
     "adamerging": adamerging, "sweep-cost": sweep_cost, "pairs": pairs, "seeds": seeds, "distill-init": distill_init,
+    "distill-lr": distill_lr,
     "budget": budget,
 }

@@ -110,6 +110,9 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
              for t in ("a", "b") for m, d, a in (("linear", 0.5, 0.8), ("iso_c", 0.6, 0.7))]
     inits += [{"target": t, "method": "slerp", "note": "slerp merges exactly 2 sources"} for t in ("a", "b")]
     (study / "tuning" / "distill_init.json").write_text(json.dumps({"args": "x", "rows": inits}))
+    lrs = [{"target": t, "lr": lr, "dev_accuracy": d, "held_out_agreement": a, "best_step": b, "steps": 100, "seconds": 1.0}
+           for t in ("a", "b") for lr, d, a, b in ((3e-4, 0.6, 0.9, 50), (3e-3, 0.5, 0.7, 0))]
+    (study / "tuning" / "distill_lr.json").write_text(json.dumps({"args": "x", "rows": lrs}))
     rec = tmp_path / "run" / "reports" / "03_merging" / "t1" / "adamerging-similarity.json"
     rec.parent.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps({"notebook": "03_merging", "target": "t1", "params": {"profile": "fake"}, "rows": [
@@ -152,6 +155,8 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert "| `iso_c` | **0.600** | 0.700 |\n| `linear` | 0.500 | **0.800** |" in init
     assert ("Over the tuning targets a, b; 2 methods at their defaults; `slerp` not applicable (slerp merges exactly 2 "
             "sources).") in init
+    assert "| 0.0003 | **0.600** | **0.900** | 50 | 100 |\n| 0.003 | 0.500 | 0.700 | 0 | 100 |" in mu.docs.render(
+        "distill-lr profile=fake")
     ada_text = mu.docs.render("adamerging profile=fake")
     assert "| task | 25 | 0.750 | 1.750 | 1.850 |" in ada_text
     assert "`task`: from step 0 to 25, held-out entropy 2.100 → 1.850, dev accuracy 0.500 → 0.750" in ada_text
