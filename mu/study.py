@@ -118,11 +118,12 @@ class _Stages:
 
     def notebook(self, name: str, nb: str, targets: Sequence[str], profile: str, workers: int,
                  extra: dict[str, Any]) -> pd.DataFrame:
-        from mu import runner
+        from mu import protocol, runner
 
         t0 = time.perf_counter()
         frame = runner.run([nb], targets, profile=profile, workers=workers, extra_params=extra)
         self.add(name, t0, len(frame), int((frame["status"] != "skipped").sum()))
+        protocol.write(profile)  # the choices its kernels recorded, in protocol.md even if the run stops here
         print(f"{name}:\n{runner.format_summary(frame)}", flush=True)
         return frame
 

@@ -205,3 +205,16 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     assert not any(s["ran"] for s in paths.read_json(paths.reports_dir("study", "mini", "timings.json"))[-1]["stages"].values())
     with pytest.raises(ValueError, match="parameters of none of the notebooks"):
         study.run("mini", **{**kwargs, "extra_params": {**kwargs["extra_params"], "epochz": 3}})
+
+
+def test_a_stage_writes_the_choices_its_kernels_recorded_into_protocol_md(mu_root, tmp_path, monkeypatch):
+    from mu import protocol, runner
+
+    def fake_run(nbs, targets, **kw):  # a kernel records a choice, then the stage ends (the run may stop after it)
+        protocol.record("stagep", "04.distill.init", "iso_c", chosen_by="tuning-targets", data="dev split")
+        return pd.DataFrame({"notebook": ["04_ensembling"], "target": ["x"], "status": ["done"], "seconds": [1.0],
+                             "error": [None], "output": [""]})
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    study._Stages(tmp_path / "timings.json").notebook("notebook 04", "04", ["x"], "stagep", 1, {})
+    assert "| `04.distill.init` | iso_c | `tuning-targets` |" in paths.reports_dir("study", "stagep", "protocol.md").read_text()
