@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mu import compare, stats
+from mu.seeds import seed_ids
 from mu.families import BEST_ZERO_SHOT, URIEL_TOP1, family
 
 SINGLE_FAMILIES = ("merge", "adapted", "iterative", "iterative-adaptive")
@@ -87,11 +88,6 @@ def _word(r: pd.Series) -> str:
     if r["p_holm"] < ALPHA:
         return "beats" if r["mean_diff"] > 0 else "is below"
     return "is not distinguishable from"
-
-
-def seed_ids(spread: pd.DataFrame) -> list[str]:
-    """The seeds of a ``mu.seeds.spread`` frame, from its ``s<seed>`` columns."""
-    return [c[1:] for c in spread.columns if c.startswith("s") and c[1:].isdigit()]
 
 
 def _sd(v: float) -> str:

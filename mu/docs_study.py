@@ -11,6 +11,7 @@ from typing import Callable
 import pandas as pd
 
 from mu import claims as mu_claims, compare, methods_table, stats
+from mu.seeds import seed_ids
 from mu.collect import (collected, duration, md_table, not_collected, num, p_text, read_csv, read_json,
                         results_path)
 
@@ -50,7 +51,7 @@ def seeds(profile: str) -> str:
     if not results_path(profile, "seeds.csv").is_file():
         return not_collected(profile, "seeds.csv")
     frame = read_csv(profile, "seeds.csv")
-    ids = mu_claims.seed_ids(frame)
+    ids = seed_ids(frame)
     rows = [[f"`{r['system']}`", f"`{r['baseline']}`", int(r["n"]), *[num(r[f"s{i}"], 3, signed=True) for i in ids],
              num(r["mean"], 3, signed=True), num(r["sd"], 3), p_text(r["max_p_holm"]), r["holds"]]
             for _, r in frame.iterrows()]
@@ -137,6 +138,12 @@ def adamerging(profile: str) -> str:
             + ". Entropy that falls while dev accuracy does not rise means a more confident merge, not a better one.")
 
 
+def _best_bold(mean: pd.DataFrame, key: object, col: str) -> str:
+    """``mean[col]`` at ``key`` as text, in bold where it is that column's largest value."""
+    text = num(mean.at[key, col])
+    return f"**{text}**" if key == mean[col].idxmax() else text
+
+
 def distill_init(profile: str) -> str:
     """Which merge the distilled student starts from (``tuning/distill_init.json``, ``mu.selection.choose_student_init``):
     per method, its merge's mean dev accuracy and mean held-out agreement with the teacher over the tuning
@@ -149,10 +156,9 @@ def distill_init(profile: str) -> str:
     rows = every.dropna(subset=["dev_accuracy"])
     mean = rows.groupby("method")[["dev_accuracy", "held_out_agreement"]].mean().sort_values(
         ["dev_accuracy", "held_out_agreement"], ascending=False)
-    best = mean.idxmax()
-    cell = lambda m, col: f"**{num(mean.at[m, col])}**" if m == best[col] else num(mean.at[m, col])  # noqa: E731
     table = md_table(["init (merge method)", "mean dev accuracy", "mean held-out agreement with the teacher"],
-                     [[f"`{m}`", cell(m, "dev_accuracy"), cell(m, "held_out_agreement")] for m in mean.index])
+                     [[f"`{m}`", _best_bold(mean, m, "dev_accuracy"), _best_bold(mean, m, "held_out_agreement")]
+                      for m in mean.index])
     skipped = every[~every["method"].isin(mean.index)].drop_duplicates("method")
     return (table + f"\n\nOver the tuning targets {', '.join(sorted(rows['target'].unique()))}; "
             f"{len(mean)} methods at their defaults" + "".join(f"; `{m}` not applicable ({n})" for m, n in
@@ -169,11 +175,9 @@ def distill_lr(profile: str) -> str:
         return not_collected(profile, "tuning/distill_lr.json")
     rows = pd.DataFrame(read_json(path)["rows"])
     mean = rows.groupby("lr")[["dev_accuracy", "held_out_agreement", "best_step", "steps"]].mean()
-    best = mean[["dev_accuracy", "held_out_agreement"]].idxmax()
-    cell = lambda lr, col: f"**{num(mean.at[lr, col])}**" if lr == best[col] else num(mean.at[lr, col])  # noqa: E731
     table = md_table(["lr", "mean dev accuracy", "mean held-out agreement", "mean step kept", "mean steps trained"],
-                     [[f"{lr:g}", cell(lr, "dev_accuracy"), cell(lr, "held_out_agreement"), num(r["best_step"], 0),
-                       num(r["steps"], 0)] for lr, r in mean.iterrows()])
+                     [[f"{lr:g}", _best_bold(mean, lr, "dev_accuracy"), _best_bold(mean, lr, "held_out_agreement"),
+                       num(r["best_step"], 0), num(r["steps"], 0)] for lr, r in mean.iterrows()])
     return table + (f"\n\nOver the tuning targets {', '.join(sorted(rows['target'].unique()))}; step 0 kept means the "
                     "label-free rule found no checkpoint agreeing better with the teacher than the init.")
 

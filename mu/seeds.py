@@ -128,6 +128,11 @@ def spread(long: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seed_ids(frame: pd.DataFrame) -> list[str]:
+    """The seeds of a ``spread`` frame (read back from ``seeds.csv``), from its ``s<seed>`` columns."""
+    return [c[1:] for c in frame.columns if c.startswith("s") and c[1:].isdigit()]
+
+
 def _effect_cell(diff: float, p_holm: float) -> str:
     if not np.isfinite(diff):
         return aggregate.MISSING
