@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lab docs docs-check bench bench-study study study-budget venv clean-reports
+.PHONY: help demo test test-timing lab docs docs-check bench bench-study study study-budget venv clean-reports
 .DEFAULT_GOAL := help
 
 help: ## this list (each target's one line is the comment after its name)
@@ -48,6 +48,10 @@ test: $(STAMP) ## every unit test and every notebook (pytest + nbmake), offline
 
 bench: $(STAMP) ## merge / evaluation / ensemble timings at xlm-roberta-base size -> reports/bench/results.{json,md}
 	$(PY) -m bench
+
+# make test as CI runs it, on a fresh clone of HEAD beside this checkout (so ../shared resolves), venv included.
+test-timing: $(STAMP) ## time `bash .ci/run` on a fresh clone of HEAD -> reports/bench/make-test.json (README's table)
+	$(PY) -m bench.maketest
 
 # The real study's unit costs (xlm-roberta-base size, MASSIVE text) and its projected total; after `make bench`.
 MASSIVE ?= ../shared/massive/1.1

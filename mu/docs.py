@@ -265,7 +265,7 @@ def threads() -> str:
 
 
 def make_test() -> str:
-    """``make test`` on a fresh clone (``reports/bench/make-test.json``, from that run's log)."""
+    """``make test`` on a fresh clone (``python -m bench.maketest`` → ``reports/bench/make-test.json``)."""
     r, head = _json(checkout(BENCH, "make-test.json")), ["date", "commit", "fresh clone `bash .ci/run` (venv included)"]
     return _table(head + ["pytest", "passed / skipped / failed", "workers", "load before"], [[
         r["date"], f"`{r['commit']}`", _duration(r["wall_s"]), _duration(r["pytest_s"]),

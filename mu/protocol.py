@@ -38,9 +38,10 @@ def protocol_dir(profile: str) -> Path:
 
 
 def record(profile: str, knob: str, value: Any, *, chosen_by: str, data: str,
-           evidence: Sequence[Mapping[str, Any]] = (), note: str = "") -> Path:
+           evidence: Sequence[Mapping[str, Any]] = (), note: str = "", grid: Sequence[Any] | None = None) -> Path:
     """Write (atomically, replacing an earlier choice of the same knob) the record of one choice.
-    ``chosen_by`` must be one of ``CHOSEN_BY``: a choice made on test labels has no name here."""
+    ``chosen_by`` must be one of ``CHOSEN_BY``: a choice made on test labels has no name here.
+    ``grid``: the values a measured choice was made among (``protocol.md`` lists the choices at a grid's edge)."""
     if chosen_by not in CHOSEN_BY:
         raise ValueError(f"chosen_by={chosen_by!r} is not a protocol criterion; valid: {sorted(CHOSEN_BY)} "
                          "(nothing is chosen on test labels)")
@@ -48,9 +49,21 @@ def record(profile: str, knob: str, value: Any, *, chosen_by: str, data: str,
         raise ValueError(f"knob name {knob!r} must match {_KNOB.pattern} (e.g. '02.lr')")
     if not data.strip():
         raise ValueError(f"knob {knob!r}: say on which data it was chosen (data=...)")
+    if grid is not None and value not in list(grid):
+        raise ValueError(f"knob {knob!r}: the chosen value {value!r} is not in its grid {list(grid)}")
     return paths.write_json(protocol_dir(profile) / f"{knob}.json", {
         "knob": knob, "value": value, "chosen_by": chosen_by, "data": data, "note": note,
+        **({"grid": list(grid)} if grid is not None else {}),
         "evidence": [dict(e) for e in evidence], "versions": report.versions()})
+
+
+def edge(value: Any, grid: Sequence[Any] | None) -> str:
+    """``"smallest"`` or ``"largest"`` when ``value`` is at that end of a numeric ``grid`` of at least two
+    values, else ``""``: the best value may then lie beyond what was tried."""
+    numbers = sorted({float(v) for v in grid or () if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if len(numbers) < 2 or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return ""
+    return "smallest" if float(value) == numbers[0] else "largest" if float(value) == numbers[-1] else ""
 
 
 def load(profile: str) -> dict[str, dict[str, Any]]:
@@ -89,6 +102,14 @@ def markdown(profile: str) -> str:
              "| knob | value | chosen by | data | note |", "|---|---|---|---|---|"]
     lines += [f"| `{k}` | {_cell(r['value'])} | `{r['chosen_by']}` | {_cell(r['data'])} | {_cell(r.get('note', ''))} |"
               for k, r in records.items()]
+    edges = {k: edge(r["value"], r.get("grid")) for k, r in records.items()}
+    if any(edges.values()):
+        lines += ["", "## Choices at a grid's edge", "",
+                  "Each of these values is the smallest or largest its grid held: the best value may lie beyond the "
+                  "grid, so the choice bounds the knob rather than settling it.", "",
+                  "| knob | value | grid | edge |", "|---|---|---|---|"]
+        lines += [f"| `{k}` | {_cell(records[k]['value'])} | {_cell(records[k]['grid'])} | {e} |"
+                  for k, e in edges.items() if e]
     for k, r in records.items():
         if r.get("evidence"):
             cols = list(dict.fromkeys(c for e in r["evidence"] for c in e))

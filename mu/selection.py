@@ -281,7 +281,7 @@ def choose_distill_lr(profile: str, tuning_targets: Sequence[str], *, teacher_me
                     evidence=[{k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()}
                               for r in means.to_dict(orient="records")],
                     note=f"teacher ensemble/{teacher_method}/{mode}, student from merge/{init}/{mode}; "
-                         "means over the tuning targets")
+                         "means over the tuning targets", grid=[float(x) for x in lrs])
     return {"lr": float(best["lr"]), "evidence": rows}
 
 
@@ -371,10 +371,11 @@ def choose_adamerging(profile: str, tuning_targets: Sequence[str], *, granularit
                  "mean_held_out_entropy": r["held_out_entropy"]} for r in means.to_dict(orient="records")]
     plain = pd.DataFrame([r for r in rows if r["step"] == 0]).mean(numeric_only=True)
     data_note = "dev split" if criterion == "tuning-targets" else "held-out unlabeled train text"
-    for knob, v in (("granularity", best["granularity"]), ("steps", int(best["step"]))):
+    for knob, v, grid in (("granularity", best["granularity"], granularities), ("steps", int(best["step"]), steps)):
         protocol.record(profile, f"03.adamerging.{knob}", v, chosen_by=criterion,
                         data=f"{data_note} of the tuning targets {targets}", evidence=evidence,
-                        note=f"step 0 (the plain {mode} merge): mean dev accuracy {plain['dev_accuracy']:.4f}")
+                        note=f"step 0 (the plain {mode} merge): mean dev accuracy {plain['dev_accuracy']:.4f}",
+                        grid=[int(x) for x in grid] if knob == "steps" else list(grid))
     return {"granularity": best["granularity"], "steps": int(best["step"]), "evidence": rows}
 
 

@@ -93,7 +93,8 @@ def tune_finetuning(profile: str, locales: Sequence[str], *, base_model: str | o
                 .agg(dev_accuracy=("dev_accuracy", "mean"), seconds=("seconds", "sum"))
                 .to_dict(orient="records"))
     note = f"mean dev accuracy {chosen['dev_accuracy']:.3f}; grid epochs {list(epochs_grid)} × lr {list(lr_grid)}"
-    protocol.record(profile, "02.epochs", chosen["epochs"], chosen_by="dev", data=where, evidence=evidence, note=note)
-    protocol.record(profile, "02.lr", chosen["lr"], chosen_by="dev", data=where, note="see 02.epochs")
+    protocol.record(profile, "02.epochs", chosen["epochs"], chosen_by="dev", data=where, evidence=evidence, note=note,
+                    grid=epochs_grid)
+    protocol.record(profile, "02.lr", chosen["lr"], chosen_by="dev", data=where, note="see 02.epochs", grid=lr_grid)
     protocol.write(profile)
     return chosen

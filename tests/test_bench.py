@@ -244,3 +244,19 @@ def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(m
     done = run._merges("fisher_simple", [2], base, sources, workdir=base, deadline=time.perf_counter() + 600,
                        repeats=1, skipped=skipped, max_rss_bytes=int(one) + 1)
     assert [d["n"] for d in done] == [2] and len(skipped) == 1
+
+
+def test_maketest_reads_counts_and_seconds_from_a_ci_log(tmp_path, monkeypatch):
+    from bench import maketest
+
+    log = ("created: 2/2 workers\n2 workers [714 items]\n...\n"
+           "=========== 690 passed, 24 skipped, 7 warnings in 681.40s (0:11:21) ============\n")
+    assert maketest.parse(log) == {"pytest_s": 681.4, "passed": 690, "skipped": 24, "failed": 0, "workers": 2}
+    failing = "== 2 failed, 688 passed, 1 error in 700.00s (0:11:40) ==\n"
+    assert maketest.parse(failing)["failed"] == 3 and maketest.parse(failing)["workers"] is None
+    with pytest.raises(ValueError, match="did not finish"):
+        maketest.parse("collected 714 items\nKeyboardInterrupt\n")
+    monkeypatch.setattr(maketest, "OUT", tmp_path / "make-test.json")
+    got = maketest.record(log, wall_s=700.04, commit="abc1234", load_before="1-minute load average 0.10", rc=0)
+    assert paths.read_json(tmp_path / "make-test.json") == got
+    assert (got["wall_s"], got["commit"], got["exit_code"]) == (700.0, "abc1234", 0) and "681.40s" in got["log"]

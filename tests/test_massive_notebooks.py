@@ -7,9 +7,12 @@ Only what cannot run offline is replaced: ``data`` (the hub → a subsample of .
 notebook 02 takes through the ``mini`` profile's ``ensure_base``) and, for that tiny base, ``lr``
 (5e-5 → 2e-3: at xlm-roberta-base's rate it learns nothing in 3 epochs, and the ``transfer`` weights of
 an all-zero N×N matrix are, rightly, an error), 03's ``sts_data`` (the hub's STS-B → toy pairs in
-the profile's ``sts_locale``, en-US), the declared tuning targets (two of the four locales) and 04's
+the profile's ``sts_locale``, en-US), the declared tuning targets (two of the four locales), 04's
 ``distill_inits`` (``all`` → linear and iso_c: every method's merge is tested in test_merge_sweep; here only the
-choice and the ``-from_<init>`` path matter, and 21 merges per tuning target would double this test's time).
+choice and the ``-from_<init>`` path matter, and 21 merges per tuning target would double this test's time) and
+the grids of the adapted family, one value each (AdaMerging ``task`` at 50 steps, the student's lr 1e-4:
+declared, not measured): the grids themselves run in the toy notebooks 03 and 04 and in test_merge_notebook and
+test_ensemble; here they would only repeat them at 128 tokens.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _params(stem: str) -> dict:
     values = params.load_params(stem, "massive")
     values.update(profile="mini", data=DATA)
     overrides = (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET), ("sts_data", "toy"),
-                 ("tuning_targets", ["de-DE", "sw-KE"]), ("distill_inits", ["linear", "iso_c"]))
+                 ("tuning_targets", ["de-DE", "sw-KE"]), ("distill_inits", ["linear", "iso_c"]),
+                 ("adamerging", ["task"]), ("adapt_steps", [50]), ("distill_lrs", [1e-4]))
     for key, value in overrides:
         if key in params.notebook_parameters(REPO / "notebooks" / f"{stem}.ipynb"):
             values[key] = value

@@ -18,6 +18,23 @@ def test_record_load_and_markdown(mu_root):
         protocol.value("prot", "02.epochs")
 
 
+def test_a_choice_at_its_grids_edge_is_listed_in_protocol_md(mu_root):
+    assert [protocol.edge(v, [3e-4, 1e-3, 3e-3]) for v in (3e-4, 1e-3, 3e-3)] == ["smallest", "", "largest"]
+    assert protocol.edge(8.0, [3, 5, 8]) == "largest" and protocol.edge("layer", ["layer", "task"]) == ""
+    assert protocol.edge(5, [5]) == "" and protocol.edge(1, None) == ""  # one value: nothing was compared
+    protocol.record("edge", "04.distill.lr", 3e-4, chosen_by="tuning-targets", data="dev", grid=[3e-4, 1e-3, 3e-3])
+    protocol.record("edge", "02.lr", 1e-3, chosen_by="dev", data="dev", grid=[5e-4, 1e-3, 2e-3])
+    protocol.record("edge", "03.adamerging.granularity", "task", chosen_by="dev", data="dev", grid=["layer", "task"])
+    md = protocol.markdown("edge")
+    listed = md.split("## Choices at a grid's edge")[1].split("\n## ")[0]
+    assert "| `04.distill.lr` | 0.0003 | [0.0003, 0.001, 0.003] | smallest |" in listed
+    assert "`02.lr`" not in listed and "granularity" not in listed  # inside its grid; not a numeric grid
+    protocol.record("edge", "04.distill.lr", 1e-3, chosen_by="tuning-targets", data="dev", grid=[3e-4, 1e-3, 3e-3])
+    assert "grid's edge" not in protocol.markdown("edge")
+    with pytest.raises(ValueError, match=r"the chosen value 0.01 is not in its grid \[0.0003, 0.001\]"):
+        protocol.record("edge", "04.distill.lr", 1e-2, chosen_by="dev", data="dev", grid=[3e-4, 1e-3])
+
+
 @pytest.mark.parametrize("bad", ["test", "test-labels", ""])
 def test_a_choice_on_test_labels_has_no_name(mu_root, bad):
     with pytest.raises(ValueError, match="nothing is chosen on test labels"):
@@ -52,6 +69,7 @@ def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch
     assert chosen["epochs"] in (1, 2) and chosen["lr"] == 2e-3
     assert protocol.value("tunetoy", "02.epochs") == chosen["epochs"]
     assert protocol.load("tunetoy")["02.lr"]["chosen_by"] == "dev"
+    assert (protocol.load("tunetoy")["02.epochs"]["grid"], protocol.load("tunetoy")["02.lr"]["grid"]) == ([1, 2], [2e-3])
     grid = paths.read_json(paths.reports_dir("study", "tunetoy", "tuning", "finetune.json"))["grid"]
     assert len(grid) == 2 and all(0 <= r["dev_accuracy"] <= 1 for r in grid)
     read.clear()

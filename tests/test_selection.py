@@ -141,6 +141,8 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert recorded["04.distill.teacher"]["chosen_by"] == "tuning-targets"
     assert recorded["04.distill.lr"]["chosen_by"] == "tuning-targets" and recorded["04.distill.lr"]["value"] == lr["lr"]
     assert recorded["03.adamerging.steps"]["chosen_by"] == "label-free"
+    assert (recorded["04.distill.lr"]["grid"], recorded["03.adamerging.steps"]["grid"]) == ([1e-3, 1e-2], [2, 4])
+    assert recorded["03.adamerging.granularity"]["grid"] == ["layer", "task"]  # the values each choice was made among
     assert recorded["04.distill.patience"]["chosen_by"] == "declared"
     # a rerun with the same arguments measures nothing (cached); other arguments measure again
     monkeypatch.setattr(distill, "fit_student", lambda *a, **k: pytest.fail("measured again"))
