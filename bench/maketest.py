@@ -70,7 +70,7 @@ def run(ref: str, keep: bool) -> dict:
         done = subprocess.run(["bash", ".ci/run"], cwd=clone, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         log = done.stdout + done.stderr
-        (REPO / "reports" / "bench" / "make-test.log").write_text(log, encoding="utf-8")
+        paths.write_text(REPO / "reports" / "bench" / "make-test.log", log)  # the whole log, beside the record
         return record(log, wall_s=wall, commit=commit, load_before=load, rc=done.returncode)
     finally:
         if not keep:
