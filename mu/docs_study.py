@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from mu import claims as mu_claims, compare, methods_table, stats
+from mu import claims as mu_claims, compare, methods_table, protocol, stats
 from mu.seeds import seed_ids
 from mu.collect import (collected, duration, md_table, not_collected, num, p_text, read_csv, read_json,
                         results_path)
@@ -104,9 +104,10 @@ def tuning(profile: str) -> str:
     best = grid.groupby(["epochs", "lr"])["dev_accuracy"].mean().idxmax()
     rows = [[f"{e:g}", *[("**" + num(v) + "**") if (e, lr) == best else num(v) for lr, v in r.items()]]
             for e, r in mean.iterrows()]
-    edges = [what for what, v, values in (("most epochs", best[0], mean.index), ("largest lr", best[1], mean.columns))
-             if v == max(values)] + [what for what, v, values in (("fewest epochs", best[0], mean.index),
-                                                                   ("smallest lr", best[1], mean.columns)) if v == min(values)]
+    words = {("epochs", "largest"): "most epochs", ("epochs", "smallest"): "fewest epochs"}
+    edges = [words.get((name, at), f"{at} {name}") for name, v, values in (("epochs", best[0], mean.index),
+                                                                          ("lr", best[1], mean.columns))
+             if (at := protocol.edge(v, list(values)))]
     edge = (f" It lies on the grid's edge ({', '.join(edges)}): values beyond it were not tried." if edges else
             " It lies inside the grid.")
     return (md_table(["epochs \\ lr", *[f"{lr:g}" for lr in mean.columns]], rows)

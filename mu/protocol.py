@@ -18,9 +18,12 @@ label-free selections); ``write`` renders them all as ``reports/study/<profile>/
 
 from __future__ import annotations
 
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from mu import paths, report
 
@@ -60,10 +63,13 @@ def record(profile: str, knob: str, value: Any, *, chosen_by: str, data: str,
 def edge(value: Any, grid: Sequence[Any] | None) -> str:
     """``"smallest"`` or ``"largest"`` when ``value`` is at that end of a numeric ``grid`` of at least two
     values, else ``""``: the best value may then lie beyond what was tried."""
-    numbers = sorted({float(v) for v in grid or () if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if len(numbers) < 2 or not isinstance(value, (int, float)) or isinstance(value, bool):
+    def real(v: Any) -> bool:  # numpy numbers too (a grid read from a frame), never a bool
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    values = sorted({float(v) for v in grid or () if real(v)})
+    if len(values) < 2 or not real(value):
         return ""
-    return "smallest" if float(value) == numbers[0] else "largest" if float(value) == numbers[-1] else ""
+    return "smallest" if float(value) == values[0] else "largest" if float(value) == values[-1] else ""
 
 
 def load(profile: str) -> dict[str, dict[str, Any]]:

@@ -371,11 +371,11 @@ def choose_adamerging(profile: str, tuning_targets: Sequence[str], *, granularit
                  "mean_held_out_entropy": r["held_out_entropy"]} for r in means.to_dict(orient="records")]
     plain = pd.DataFrame([r for r in rows if r["step"] == 0]).mean(numeric_only=True)
     data_note = "dev split" if criterion == "tuning-targets" else "held-out unlabeled train text"
-    for knob, v, grid in (("granularity", best["granularity"], granularities), ("steps", int(best["step"]), steps)):
+    for knob, v, grid in (("granularity", best["granularity"], list(granularities)),
+                          ("steps", int(best["step"]), [int(x) for x in steps])):
         protocol.record(profile, f"03.adamerging.{knob}", v, chosen_by=criterion,
                         data=f"{data_note} of the tuning targets {targets}", evidence=evidence,
-                        note=f"step 0 (the plain {mode} merge): mean dev accuracy {plain['dev_accuracy']:.4f}",
-                        grid=[int(x) for x in grid] if knob == "steps" else list(grid))
+                        note=f"step 0 (the plain {mode} merge): mean dev accuracy {plain['dev_accuracy']:.4f}", grid=grid)
     return {"granularity": best["granularity"], "steps": int(best["step"]), "evidence": rows}
 
 

@@ -22,6 +22,9 @@ def test_a_choice_at_its_grids_edge_is_listed_in_protocol_md(mu_root):
     assert [protocol.edge(v, [3e-4, 1e-3, 3e-3]) for v in (3e-4, 1e-3, 3e-3)] == ["smallest", "", "largest"]
     assert protocol.edge(8.0, [3, 5, 8]) == "largest" and protocol.edge("layer", ["layer", "task"]) == ""
     assert protocol.edge(5, [5]) == "" and protocol.edge(1, None) == ""  # one value: nothing was compared
+    import numpy as np
+    assert protocol.edge(np.int64(8), list(np.array([3, 5, 8]))) == "largest"  # a grid read from a frame
+    assert protocol.edge(True, [False, True]) == ""
     protocol.record("edge", "04.distill.lr", 3e-4, chosen_by="tuning-targets", data="dev", grid=[3e-4, 1e-3, 3e-3])
     protocol.record("edge", "02.lr", 1e-3, chosen_by="dev", data="dev", grid=[5e-4, 1e-3, 2e-3])
     protocol.record("edge", "03.adamerging.granularity", "task", chosen_by="dev", data="dev", grid=["layer", "task"])
