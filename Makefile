@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test test-timing lab docs docs-check bench bench-study study study-budget venv clean-reports
+.PHONY: help demo test fmt lint test-timing lab docs docs-check bench bench-study study study-budget venv clean-reports
 .DEFAULT_GOAL := help
 
 help: ## this list (each target's one line is the comment after its name)
@@ -42,7 +42,14 @@ docs-check: $(STAMP) ## exit 1 if a committed table differs from what `make docs
 	$(PY) -m mu docs --check
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite itself.
-test: $(STAMP) ## every unit test and every notebook (pytest + nbmake), offline
+lint: $(STAMP) ## ruff: the code is formatted and passes the linter (pyproject.toml [tool.ruff])
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+fmt: $(STAMP) ## ruff: format the code and apply the linter's safe fixes
+	$(VENV)/bin/ruff check --fix --quiet .
+	$(VENV)/bin/ruff format --quiet .
+
+test: $(STAMP) lint ## ruff, then every unit test and every notebook (pytest + nbmake), offline
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -9,8 +9,6 @@ toy sources) never race, and the notebooks run in order on one worker (they buil
 import os
 import tempfile
 
-import pytest
-
 
 def pytest_configure(config):
     if not os.environ.get("MU_ROOT"):

@@ -24,8 +24,20 @@ from transformers import AutoTokenizer, XLMRobertaForSequenceClassification
 from bench import sizes, utterances
 from mu import locales, models, paths
 
-SOURCE_LOCALES = ["de-DE", "nl-NL", "af-ZA", "da-DK", "sv-SE", "nb-NO", "is-IS", "fr-FR", "es-ES", "it-IT",
-                  "pt-PT", "ro-RO"]
+SOURCE_LOCALES = [
+    "de-DE",
+    "nl-NL",
+    "af-ZA",
+    "da-DK",
+    "sv-SE",
+    "nb-NO",
+    "is-IS",
+    "fr-FR",
+    "es-ES",
+    "it-IT",
+    "pt-PT",
+    "ro-RO",
+]
 STAMP = "bench_args.json"
 TOKENIZER_VOCAB = 4000
 
@@ -39,8 +51,11 @@ def _args(size: str, role: str, seed: int, delta: float) -> dict:
 
 
 def _done(folder: Path, args: dict) -> bool:
-    return (folder / STAMP).is_file() and paths.read_json(folder / STAMP) == args and (
-        folder / models.WEIGHTS_FILE).is_file()
+    return (
+        (folder / STAMP).is_file()
+        and paths.read_json(folder / STAMP) == args
+        and (folder / models.WEIGHTS_FILE).is_file()
+    )
 
 
 def _write(folder: Path, state: dict[str, torch.Tensor], config, tokenizer, args: dict) -> None:
@@ -61,8 +76,10 @@ def build(size: str, n: int, *, seed: int = 0, delta: float = 0.002) -> tuple[Pa
     root = models_dir(size)
     base_dir = root / "base"
     base_args = _args(size, "base", seed, delta)
-    wanted = {loc: (models.source_path(loc, root), _args(size, f"source {i}", seed, delta))
-              for i, loc in enumerate(SOURCE_LOCALES[:n])}
+    wanted = {
+        loc: (models.source_path(loc, root), _args(size, f"source {i}", seed, delta))
+        for i, loc in enumerate(SOURCE_LOCALES[:n])
+    }
     todo = [loc for loc, (folder, args) in wanted.items() if not _done(folder, args)]
     if _done(base_dir, base_args) and not todo:
         return base_dir, {loc: folder for loc, (folder, _) in wanted.items()}
@@ -81,8 +98,9 @@ def build(size: str, n: int, *, seed: int = 0, delta: float = 0.002) -> tuple[Pa
     for loc in tqdm(todo, desc=f"bench checkpoints ({size})", unit="model"):
         i = SOURCE_LOCALES.index(loc)
         scale = delta * (1.0 + 0.1 * i)
-        state = {k: v + scale * torch.roll(noise[k].reshape(-1), 7919 * (i + 1)).reshape(v.shape)
-                 for k, v in base.items()}
+        state = {
+            k: v + scale * torch.roll(noise[k].reshape(-1), 7919 * (i + 1)).reshape(v.shape) for k, v in base.items()
+        }
         _write(wanted[loc][0], state, config, tokenizer, wanted[loc][1])
         del state
     return base_dir, {loc: folder for loc, (folder, _) in wanted.items()}

@@ -66,16 +66,32 @@ def worker(case: str, threads: int, out: Path, shared: Path) -> None:
         texts = [t for loc in PRETRAIN_LOCALES for t in data.load_split(loc, "train", "toy")["text"]]
         vocab = models.train_tokenizer(texts, 400).get_vocab()
         ids = torch.tensor([vocab[k] for k in sorted(vocab)])
-        torch.save({"state": {"ids": ids}, "torch_threads": torch.get_num_threads(), "seconds": 0.0,
-                    "pieces": sorted(vocab)}, out)
+        torch.save(
+            {"state": {"ids": ids}, "torch_threads": torch.get_num_threads(), "seconds": 0.0, "pieces": sorted(vocab)},
+            out,
+        )
         return
     if case == "pretrain":
         from transformers import AutoModelForMaskedLM
 
-        enc = pretrain.pretrain("models/p", locales=PRETRAIN_LOCALES, source="toy", objective="mlm+tlm+align",
-                                tokenizer_dir=shared / "tok", steps=30, vocab_size=400, hidden_size=64,
-                                num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, batch_size=16,
-                                warmup_steps=5, seed=42, embedding_init="parallel-svd", dev_per_locale=8)
+        enc = pretrain.pretrain(
+            "models/p",
+            locales=PRETRAIN_LOCALES,
+            source="toy",
+            objective="mlm+tlm+align",
+            tokenizer_dir=shared / "tok",
+            steps=30,
+            vocab_size=400,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            batch_size=16,
+            warmup_steps=5,
+            seed=42,
+            embedding_init="parallel-svd",
+            dev_per_locale=8,
+        )
         model = AutoModelForMaskedLM.from_pretrained(enc)
     else:
         model, tok = models.load_classifier(shared / "base")
@@ -85,10 +101,20 @@ def worker(case: str, threads: int, out: Path, shared: Path) -> None:
         if case.endswith("deterministic"):
             torch.use_deterministic_algorithms(True)
         with tempfile.TemporaryDirectory() as tmp:
-            train.fit(model, tok, data.load_split("de-DE", "train", "toy"), epochs=3, batch_size=16, lr=2e-3,
-                      max_seq_length=64, seed=42, output_dir=tmp)
-    torch.save({"state": _state(model), "torch_threads": torch.get_num_threads(),
-                "seconds": time.perf_counter() - t0}, out)
+            train.fit(
+                model,
+                tok,
+                data.load_split("de-DE", "train", "toy"),
+                epochs=3,
+                batch_size=16,
+                lr=2e-3,
+                max_seq_length=64,
+                seed=42,
+                output_dir=tmp,
+            )
+    torch.save(
+        {"state": _state(model), "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0}, out
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,29 +131,62 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="determinism.") as scratch:
         shared = Path(scratch) / "shared"
-        subprocess.run([sys.executable, "-c", f"from bench.determinism import _shared; from pathlib import Path; "
-                        f"_shared(Path({str(shared)!r}))"], env={**os.environ, "MU_ROOT": str(shared)}, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from bench.determinism import _shared; from pathlib import Path; _shared(Path({str(shared)!r}))",
+            ],
+            env={**os.environ, "MU_ROOT": str(shared)},
+            check=True,
+        )
         for case in args.cases:
             states = {}
             for label, n in RUNS:
                 root = Path(scratch) / f"{case}-{label.replace(' ', '-')}"
                 root.mkdir()
                 env = {**os.environ, "MU_ROOT": str(root), "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
-                subprocess.run([sys.executable, "-m", "bench.determinism", "--worker", case, str(n), str(root / "w.pt"), str(shared)],
-                               env=env, check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.determinism",
+                        "--worker",
+                        case,
+                        str(n),
+                        str(root / "w.pt"),
+                        str(shared),
+                    ],
+                    env=env,
+                    check=True,
+                )
                 saved = torch.load(root / "w.pt")
                 states[label] = saved["state"]
                 ref = states["1"]
-                diff = max((float((saved["state"][k].double() - ref[k].double()).abs().max())
-                            if saved["state"][k].shape == ref[k].shape else float("inf")) for k in ref)
-                rows.append({"case": case, "OMP_NUM_THREADS": label, "torch_threads": saved["torch_threads"],
-                             "sha256": _digest(saved["state"])[:16], "identical_to_1_thread":
-                             _digest(saved["state"]) == _digest(ref), "max_abs_diff_vs_1_thread": diff,
-                             "seconds": round(saved["seconds"], 1)})
+                diff = max(
+                    (
+                        float((saved["state"][k].double() - ref[k].double()).abs().max())
+                        if saved["state"][k].shape == ref[k].shape
+                        else float("inf")
+                    )
+                    for k in ref
+                )
+                rows.append(
+                    {
+                        "case": case,
+                        "OMP_NUM_THREADS": label,
+                        "torch_threads": saved["torch_threads"],
+                        "sha256": _digest(saved["state"])[:16],
+                        "identical_to_1_thread": _digest(saved["state"]) == _digest(ref),
+                        "max_abs_diff_vs_1_thread": diff,
+                        "seconds": round(saved["seconds"], 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "torch": torch.__version__,
-                                              "cpu": _cpu()}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"rows": rows, "torch": torch.__version__, "cpu": _cpu()}, indent=2) + "\n"
+        )
     return 0
 
 

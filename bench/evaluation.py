@@ -10,8 +10,9 @@ the recompute process, whose logits it then reads.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bench import proc, utterances
 
@@ -30,27 +31,51 @@ def throughput(model: Path, sets: Mapping[int, Path], *, workdir: Path, timeout_
     root = workdir / "root-evaluate"
     shutil.rmtree(root, ignore_errors=True)
     try:
-        return proc.worker("evaluate", {"model": str(model), "locale": utterances.LOCALE,
-                                        "data": {str(n): str(folder) for n, folder in sets.items()},
-                                        "batch_size": BATCH_SIZE, "max_seq_length": MAX_SEQ_LENGTH,
-                                        "naive_batch_size": BATCH_SIZE},
-                           workdir=workdir, name="evaluate", env={"MU_ROOT": str(root)}, timeout_s=timeout_s)
+        return proc.worker(
+            "evaluate",
+            {
+                "model": str(model),
+                "locale": utterances.LOCALE,
+                "data": {str(n): str(folder) for n, folder in sets.items()},
+                "batch_size": BATCH_SIZE,
+                "max_seq_length": MAX_SEQ_LENGTH,
+                "naive_batch_size": BATCH_SIZE,
+            },
+            workdir=workdir,
+            name="evaluate",
+            env={"MU_ROOT": str(root)},
+            timeout_s=timeout_s,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def ensemble(models_dir: Path, weights: Mapping[str, float], data: Path, *, workdir: Path,
-             timeout_s: float) -> dict[str, Any]:
+def ensemble(
+    models_dir: Path, weights: Mapping[str, float], data: Path, *, workdir: Path, timeout_s: float
+) -> dict[str, Any]:
     """{"recompute": K forwards + combine, "cached": ``evaluate_ensemble`` from the cache just filled}."""
     root = workdir / "root-ensemble"
     shutil.rmtree(root, ignore_errors=True)
-    args = {"models_dir": str(models_dir), "data": str(data), "target": utterances.LOCALE, "weights": dict(weights),
-            "method": ENSEMBLE_METHOD, "batch_size": BATCH_SIZE, "max_seq_length": MAX_SEQ_LENGTH}
+    args = {
+        "models_dir": str(models_dir),
+        "data": str(data),
+        "target": utterances.LOCALE,
+        "weights": dict(weights),
+        "method": ENSEMBLE_METHOD,
+        "batch_size": BATCH_SIZE,
+        "max_seq_length": MAX_SEQ_LENGTH,
+    }
     out: dict[str, Any] = {"k": len(weights), "method": ENSEMBLE_METHOD}
     try:
         for label, compute in (("recompute", True), ("cached", False)):
-            out[label] = proc.worker("ensemble", {**args, "compute": compute}, workdir=workdir,
-                                     name=f"ensemble-{label}", env={"MU_ROOT": str(root)}, timeout_s=timeout_s)
+            out[label] = proc.worker(
+                "ensemble",
+                {**args, "compute": compute},
+                workdir=workdir,
+                name=f"ensemble-{label}",
+                env={"MU_ROOT": str(root)},
+                timeout_s=timeout_s,
+            )
             if out[label]["status"] != "ok":
                 break
     finally:

@@ -39,23 +39,35 @@ def parse(log: str) -> dict:
     body, seconds = found[-1]["body"], float(found[-1]["seconds"])
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|errors?|xfailed|xpassed)", body)}
     workers = _WORKERS.search(log)
-    return {"pytest_s": seconds, "passed": counts.get("passed", 0), "skipped": counts.get("skipped", 0),
-            "failed": counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0),
-            "workers": int(workers.group(1)) if workers else None}
+    return {
+        "pytest_s": seconds,
+        "passed": counts.get("passed", 0),
+        "skipped": counts.get("skipped", 0),
+        "failed": counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0),
+        "workers": int(workers.group(1)) if workers else None,
+    }
 
 
 def record(log: str, *, wall_s: float, commit: str, load_before: str, rc: int | None) -> dict:
     """Write ``reports/bench/make-test.json`` (``rc``: the run's exit status; None when parsed from a log)."""
-    out = {"date": dt.date.today().isoformat(), "commit": commit, "wall_s": round(wall_s, 1), **parse(log),
-           "exit_code": rc, "load_before": load_before,
-           "log": "bash .ci/run in a fresh clone beside ../shared; last lines: " + " | ".join(log.strip().splitlines()[-3:])}
+    out = {
+        "date": dt.date.today().isoformat(),
+        "commit": commit,
+        "wall_s": round(wall_s, 1),
+        **parse(log),
+        "exit_code": rc,
+        "load_before": load_before,
+        "log": "bash .ci/run in a fresh clone beside ../shared; last lines: "
+        + " | ".join(log.strip().splitlines()[-3:]),
+    }
     paths.write_json(OUT, out)
     return out
 
 
 def _commit(ref: str) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def run(ref: str, keep: bool) -> dict:
@@ -88,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.parse:
         if args.wall_s is None:
             ap.error("--parse needs --wall-s (the run's wall seconds, e.g. from `time`)")
-        got = record(Path(args.parse).read_text(encoding="utf-8"), wall_s=args.wall_s, commit=_commit(args.commit),
-                     load_before=args.load_before, rc=None)
+        got = record(
+            Path(args.parse).read_text(encoding="utf-8"),
+            wall_s=args.wall_s,
+            commit=_commit(args.commit),
+            load_before=args.load_before,
+            rc=None,
+        )
     else:
         got = run(args.commit, args.keep)
     print({k: v for k, v in got.items() if k != "log"})

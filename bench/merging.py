@@ -19,8 +19,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -29,11 +30,11 @@ from mu import paths
 from mu.merge import lazy
 
 
-
 def data_free() -> tuple[str, ...]:
     """The measured methods in order (what the budget cuts first comes last): linear and TIES (beside
     mergekit), the other streamed methods, then those reading whole tensors, each in registry order."""
-    from mu.merge import METHODS as ALL, STATISTICS, STREAMED
+    from mu.merge import METHODS as ALL
+    from mu.merge import STATISTICS, STREAMED
 
     rest = [m for m in ALL if m not in STATISTICS and m not in ("linear", "ties")]
     return ("linear", "ties", *sorted(rest, key=lambda m: (m not in STREAMED, rest.index(m))))
@@ -72,8 +73,10 @@ def peak_estimate(method: str, n: int, base: Path) -> tuple[float, str] | None:
     if method in WHOLE_MATRICES:  # one SVD-merged matrix at a time (~8 copies); the rest as task_arithmetic
         svd = max((math.prod(s) for k, s in shapes.items() if spectral.is_matrix(k, s)), default=0)
         rest = max((math.prod(s) for k, s in shapes.items() if not spectral.is_matrix(k, s)), default=0)
-        return out + 4.0 * max(8 * svd, rest), (f"output + max(8 × largest SVD-merged matrix ({svd / 1e6:.1f}M), "
-                                                f"the base's largest other tensor ({rest / 1e6:.0f}M))")
+        return out + 4.0 * max(8 * svd, rest), (
+            f"output + max(8 × largest SVD-merged matrix ({svd / 1e6:.1f}M), "
+            f"the base's largest other tensor ({rest / 1e6:.0f}M))"
+        )
     largest = max(math.prod(s) for s in shapes.values())  # every source's tensor, the base's, ~4 scratch
     return out + (n + 5) * 4.0 * largest, f"output + (N + 5) × largest tensor ({largest / 1e6:.0f}M)"
 
@@ -112,8 +115,10 @@ def max_abs_diff(a: Path, b: Path) -> float:
     """Largest absolute difference between two model folders' weights (same tensor names required)."""
     sa, sb = lazy.open_model(a), lazy.open_model(b)
     if set(sa) != set(sb):
-        raise ValueError(f"{a} and {b} hold different tensors: only in the first {sorted(set(sa) - set(sb))[:5]}, "
-                         f"only in the second {sorted(set(sb) - set(sa))[:5]}")
+        raise ValueError(
+            f"{a} and {b} hold different tensors: only in the first {sorted(set(sa) - set(sb))[:5]}, "
+            f"only in the second {sorted(set(sb) - set(sa))[:5]}"
+        )
     return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
 
 
@@ -123,8 +128,13 @@ def floor(base: Path, sources: Mapping[str, Path], *, workdir: Path, name: str) 
     files = {loc: str(folder / "model.safetensors") for loc, folder in sources.items()}
     files["<base>"] = str(base / "model.safetensors")
     folders = {loc: str(folder) for loc, folder in sources.items()} | {"<base>": str(base)}
-    return proc.worker("floor", {"files": files, "hash_folders": folders, "scratch": str(workdir),
-                                 "warm_passes": WARM_PASSES}, workdir=workdir, name=name, timeout_s=600)
+    return proc.worker(
+        "floor",
+        {"files": files, "hash_folders": folders, "scratch": str(workdir), "warm_passes": WARM_PASSES},
+        workdir=workdir,
+        name=name,
+        timeout_s=600,
+    )
 
 
 def floor_for(method: str, n: int, measured: Mapping[str, Any]) -> dict[str, float]:
@@ -132,8 +142,9 @@ def floor_for(method: str, n: int, measured: Mapping[str, Any]) -> dict[str, flo
     names = [k for k in measured["warm_read_s"] if k != "<base>"][:n] + (["<base>"] if uses_base(method) else [])
     if len(names) < n + uses_base(method):
         raise ValueError(f"the floor measured {len(names)} files; a {method} merge of {n} needs more")
-    return {key: sum(measured[key][k] for k in names) for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s")} \
-        | {"bytes": sum(measured["bytes"][k] for k in names), "write_s": measured["write_s"]}
+    return {
+        key: sum(measured[key][k] for k in names) for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s")
+    } | {"bytes": sum(measured["bytes"][k] for k in names), "write_s": measured["write_s"]}
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,13 +152,25 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [r for r in runs if r["status"] != "ok"]
     if failed:
         return failed[0]
-    return {**min(runs, key=lambda r: r["wall_s"]), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-            "repeats": len(runs)}
+    return {
+        **min(runs, key=lambda r: r["wall_s"]),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "repeats": len(runs),
+    }
 
 
-def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Path, max_rss_bytes: int,
-            deadline: float, repeats: int = 1, mergekit: str | None = "run",
-            device: str | None = None) -> dict[str, Any]:
+def measure(
+    method: str,
+    base: Path,
+    sources: Mapping[str, Path],
+    *,
+    workdir: Path,
+    max_rss_bytes: int,
+    deadline: float,
+    repeats: int = 1,
+    mergekit: str | None = "run",
+    device: str | None = None,
+) -> dict[str, Any]:
     """mu (then the mergekit CLI, for ``MERGEKIT`` methods) on the same inputs, ``repeats`` times (alternating):
     {"mu": best run, "mergekit": best run or why not run, "runs": every run, "max_abs_diff": ..., "elapsed_s": ...}.
 
@@ -165,23 +188,43 @@ def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Pa
     config = workdir / f"mergekit-{tag}.yml"
     if with_mk:
         paths.write_text(config, mergekit_config(method, sources, w, base))
-    args = {"method": method, "sources": {k: str(v) for k, v in sources.items()}, "weights": w,
-            "out_dir": str(out_mu), "base_model": str(base) if uses_base(method) else None, "device": device}
-    result: dict[str, Any] = {"method": method, "n": len(sources), "runs": {"mu": [], "mergekit": []},
-                              "mergekit_command": f"mergekit-yaml {config.name} {out_mk.name}" if with_mk else None}
+    args = {
+        "method": method,
+        "sources": {k: str(v) for k, v in sources.items()},
+        "weights": w,
+        "out_dir": str(out_mu),
+        "base_model": str(base) if uses_base(method) else None,
+        "device": device,
+    }
+    result: dict[str, Any] = {
+        "method": method,
+        "n": len(sources),
+        "runs": {"mu": [], "mergekit": []},
+        "mergekit_command": f"mergekit-yaml {config.name} {out_mk.name}" if with_mk else None,
+    }
     try:
         for rep in range(repeats):
             for out in (out_mu, out_mk):
                 shutil.rmtree(out, ignore_errors=True)
-            mu = proc.worker("merge", args, workdir=workdir, name=f"mu-{tag}-{rep}", max_rss_bytes=max_rss_bytes,
-                             timeout_s=max(deadline - time.perf_counter(), 30))
+            mu = proc.worker(
+                "merge",
+                args,
+                workdir=workdir,
+                name=f"mu-{tag}-{rep}",
+                max_rss_bytes=max_rss_bytes,
+                timeout_s=max(deadline - time.perf_counter(), 30),
+            )
             result["runs"]["mu"].append(mu)
             if not with_mk:
                 if mu["status"] != "ok":
                     break
                 continue
-            mk = proc.run([str(mergekit_cli()), str(config), str(out_mk)], log=workdir / f"mergekit-{tag}-{rep}.log",
-                          max_rss_bytes=max_rss_bytes, timeout_s=max(deadline - time.perf_counter(), 30))
+            mk = proc.run(
+                [str(mergekit_cli()), str(config), str(out_mk)],
+                log=workdir / f"mergekit-{tag}-{rep}.log",
+                max_rss_bytes=max_rss_bytes,
+                timeout_s=max(deadline - time.perf_counter(), 30),
+            )
             result["runs"]["mergekit"].append(mk)
             if mu["status"] != "ok" or mk["status"] != "ok":
                 break
@@ -191,7 +234,10 @@ def measure(method: str, base: Path, sources: Mapping[str, Path], *, workdir: Pa
         for out in (out_mu, out_mk):
             shutil.rmtree(out, ignore_errors=True)
     result["mu"] = _best(result["runs"]["mu"])
-    result["mergekit"] = _best(result["runs"]["mergekit"]) if with_mk else {
-        "status": mergekit if method in MERGEKIT else "not run (mu only for this method)"}
+    result["mergekit"] = (
+        _best(result["runs"]["mergekit"])
+        if with_mk
+        else {"status": mergekit if method in MERGEKIT else "not run (mu only for this method)"}
+    )
     result["elapsed_s"] = time.perf_counter() - started
     return result

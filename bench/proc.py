@@ -19,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import psutil
 
@@ -37,8 +38,15 @@ LAUNCHER = (
 )
 
 
-def _watch(proc: subprocess.Popen, done: threading.Event, lock: threading.Lock, max_rss_bytes: int | None,
-           timeout_s: float, started: float, verdict: dict[str, Any]) -> None:
+def _watch(
+    proc: subprocess.Popen,
+    done: threading.Event,
+    lock: threading.Lock,
+    max_rss_bytes: int | None,
+    timeout_s: float,
+    started: float,
+    verdict: dict[str, Any],
+) -> None:
     try:
         handle = psutil.Process(proc.pid)
     except psutil.NoSuchProcess:
@@ -62,8 +70,14 @@ def _watch(proc: subprocess.Popen, done: threading.Event, lock: threading.Lock, 
             return
 
 
-def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | None = None,
-        max_rss_bytes: int | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+def run(
+    cmd: Sequence[str],
+    *,
+    log: str | os.PathLike,
+    env: Mapping[str, str] | None = None,
+    max_rss_bytes: int | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
     """Run ``cmd`` (stdout and stderr to ``log``; ``cmd[0]`` found on PATH); {wall_s, peak_rss_mb, rc, status, log}.
 
     ``status`` is ``"ok"``, ``"killed: ..."`` or ``"failed (rc N): <last log lines>"``.
@@ -76,11 +90,16 @@ def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | 
     usage_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(usage_file), *cmd], stdout=out,
-                                stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env},
-                                start_new_session=True)
-        watcher = threading.Thread(target=_watch, args=(proc, done, lock, max_rss_bytes, timeout_s, started,
-                                                         verdict), daemon=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", LAUNCHER, str(usage_file), *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+            start_new_session=True,
+        )
+        watcher = threading.Thread(
+            target=_watch, args=(proc, done, lock, max_rss_bytes, timeout_s, started, verdict), daemon=True
+        )
         watcher.start()
         try:
             _, status, _ = os.wait4(proc.pid, 0)
@@ -102,24 +121,40 @@ def run(cmd: Sequence[str], *, log: str | os.PathLike, env: Mapping[str, str] | 
         state = f"failed (rc {rc}): {tail}"
     else:
         state = "ok"
-    return {"wall_s": wall, "peak_rss_mb": None if peak_kb is None else peak_kb / 1024, "rc": rc, "status": state,
-            "log": str(log),
-            "sampled_peak_rss_mb": verdict.get("sampled_peak_rss_mb")}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": None if peak_kb is None else peak_kb / 1024,
+        "rc": rc,
+        "status": state,
+        "log": str(log),
+        "sampled_peak_rss_mb": verdict.get("sampled_peak_rss_mb"),
+    }
 
 
-def worker(task: str, args: Mapping[str, Any], *, workdir: str | os.PathLike, name: str,
-           env: Mapping[str, str] | None = None, max_rss_bytes: int | None = None,
-           timeout_s: float = 600.0) -> dict[str, Any]:
+def worker(
+    task: str,
+    args: Mapping[str, Any],
+    *,
+    workdir: str | os.PathLike,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    max_rss_bytes: int | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
     """Run ``python -m bench.worker task`` on ``args``; the measurement plus the worker's own result."""
     workdir = Path(workdir)
     args_file, result_file = workdir / f"{name}.args.json", workdir / f"{name}.result.json"
     result_file.unlink(missing_ok=True)
     paths.write_json(args_file, dict(args))
     repo = str(Path(__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           **(env or {})}
-    measured = run([sys.executable, "-m", "bench.worker", task, str(args_file), str(result_file)],
-                   log=workdir / f"{name}.log", env=env, max_rss_bytes=max_rss_bytes, timeout_s=timeout_s)
+    env = {"PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **(env or {})}
+    measured = run(
+        [sys.executable, "-m", "bench.worker", task, str(args_file), str(result_file)],
+        log=workdir / f"{name}.log",
+        env=env,
+        max_rss_bytes=max_rss_bytes,
+        timeout_s=timeout_s,
+    )
     if measured["status"] == "ok":
         measured.update(paths.read_json(result_file))
     return measured

@@ -19,8 +19,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import psutil
 from tqdm.auto import tqdm
@@ -61,9 +62,19 @@ def _predict(done: list[Mapping[str, Any]], n: int, tool: str) -> tuple[float, f
     return tuple(y0 + (y1 - y0) * (n - n0) / (n1 - n0) for y0, y1 in (wall, peak))
 
 
-def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path], *, workdir: Path,
-            deadline: float, repeats: int, skipped: list[dict[str, Any]], max_rss_bytes: int,
-            device: str | None = None) -> list[dict[str, Any]]:
+def _merges(
+    method: str,
+    ns: list[int],
+    base: Path,
+    sources: Mapping[str, Path],
+    *,
+    workdir: Path,
+    deadline: float,
+    repeats: int,
+    skipped: list[dict[str, Any]],
+    max_rss_bytes: int,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = []
     for n in tqdm(ns, desc=f"merge {method}", unit="N"):
         limit = int(min(psutil.virtual_memory().available - MEMORY_MARGIN, max_rss_bytes))
@@ -83,9 +94,19 @@ def _merges(method: str, ns: list[int], base: Path, sources: Mapping[str, Path],
             skipped.append({"method": method, "n": n, "reason": "; ".join(why["mu"])})
             continue
         mk = "run" if not why["mergekit"] else "skipped: " + "; ".join(why["mergekit"])
-        done.append(merging.measure(method, base, dict(list(sources.items())[:n]), workdir=workdir,
-                                    max_rss_bytes=limit, deadline=deadline, repeats=repeats, mergekit=mk,
-                                    device=device))
+        done.append(
+            merging.measure(
+                method,
+                base,
+                dict(list(sources.items())[:n]),
+                workdir=workdir,
+                max_rss_bytes=limit,
+                deadline=deadline,
+                repeats=repeats,
+                mergekit=mk,
+                device=device,
+            )
+        )
     return done
 
 
@@ -96,8 +117,9 @@ def _ns(method: str, ns: list[int]) -> list[int]:
     return [EXACT_SOURCES[method]] if method in EXACT_SOURCES else list(ns)
 
 
-def update(methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: float = 14.0,
-           device: str | None = None) -> dict[str, Any]:
+def update(
+    methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: float = 14.0, device: str | None = None
+) -> dict[str, Any]:
     """Measure ``methods`` again (N in ``ns``; pairwise ones at 2) on the checkpoints of the run in ``out``
     and replace their rows there, set against that run's stored I/O floor (measured earlier in it; the
     rows say ``"updated"``). For a method fixed after a run, without rerunning the other methods."""
@@ -110,12 +132,24 @@ def update(methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: fl
     workdir.mkdir(parents=True, exist_ok=True)
     floor, skipped, merged = results["merge"]["floor"], [], []
     for method in methods:
-        merged += _merges(method, _ns(method, ns), base, sources, workdir=workdir, deadline=time.perf_counter() + 3600,
-                          repeats=1, skipped=skipped, max_rss_bytes=int(max_rss_gb * 1e9), device=device)
+        merged += _merges(
+            method,
+            _ns(method, ns),
+            base,
+            sources,
+            workdir=workdir,
+            deadline=time.perf_counter() + 3600,
+            repeats=1,
+            skipped=skipped,
+            max_rss_bytes=int(max_rss_gb * 1e9),
+            device=device,
+        )
     model_bytes = (base / "model.safetensors").stat().st_size
-    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) | {"updated": stamp}
-            for m in merged]
+    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    rows = [
+        summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) | {"updated": stamp}
+        for m in merged
+    ]
     keep = lambda r: r["method"] not in methods  # noqa: E731
     results["merge"]["rows"] = [r for r in results["merge"]["rows"] if keep(r)] + rows
     results["merge"]["raw"] = [r for r in results["merge"]["raw"] if keep(r)] + merged
@@ -133,19 +167,39 @@ def gpu_section(raw: list[Mapping[str, Any]]) -> dict[str, Any]:
 
     devices = sorted({m["mu"].get("device") for m in raw if m["mu"].get("status") == "ok"} - {None})
     if torch.cuda.is_available():
-        return {"available": True, "name": torch.cuda.get_device_name(0), "merges_ran_on": devices,
-                "figures": "the merge rows of this run (mu merges on CUDA)"}
-    return {"available": False, "merges_ran_on": devices,
-            "reason": "torch.cuda.is_available() is False on this machine: there is no GPU (the session that "
-                      "produced these results was not lent a GPU machine), so every mu merge ran on the CPU and no "
-                      "GPU figure exists. `make bench` on a GPU machine merges on CUDA (the default device) and "
-                      "fills this section."}
+        return {
+            "available": True,
+            "name": torch.cuda.get_device_name(0),
+            "merges_ran_on": devices,
+            "figures": "the merge rows of this run (mu merges on CUDA)",
+        }
+    return {
+        "available": False,
+        "merges_ran_on": devices,
+        "reason": "torch.cuda.is_available() is False on this machine: there is no GPU (the session that "
+        "produced these results was not lent a GPU machine), so every mu merge ran on the CPU and no "
+        "GPU figure exists. `make bench` on a GPU machine merges on CUDA (the default device) and "
+        "fills this section.",
+    }
 
 
-def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], test_sizes: list[int], k: int,
-        ensemble_size: int, budget_s: float, out: str | Path, repeats: int = 2,
-        cold_read: bool = True, other_methods: tuple[str, ...] = merging.METHODS[2:],
-        max_rss_gb: float = 14.0, device: str | None = None) -> dict[str, Any]:
+def run(
+    *,
+    merge_size: str,
+    eval_size: str,
+    ns: list[int],
+    ties_ns: list[int],
+    test_sizes: list[int],
+    k: int,
+    ensemble_size: int,
+    budget_s: float,
+    out: str | Path,
+    repeats: int = 2,
+    cold_read: bool = True,
+    other_methods: tuple[str, ...] = merging.METHODS[2:],
+    max_rss_gb: float = 14.0,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Run every section and write ``out`` (results.json) and ``out`` with ``.md`` (the table); return the results.
 
     Linear merges run ``repeats`` times per tool (fastest kept, highest peak kept); TIES
@@ -157,11 +211,14 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     deadline = started + budget_s
     sizes.check_size(merge_size)
     sizes.check_size(eval_size)
-    bad = [n for n in [*ns, *ties_ns, k] if not 1 <= n <= len(checkpoints.SOURCE_LOCALES)] + \
-        [n for n in [*test_sizes, ensemble_size] if n < 1]
+    bad = [n for n in [*ns, *ties_ns, k] if not 1 <= n <= len(checkpoints.SOURCE_LOCALES)] + [
+        n for n in [*test_sizes, ensemble_size] if n < 1
+    ]
     if bad or not ns or not test_sizes:
-        raise ValueError(f"bad benchmark sizes {bad or '(empty)'}: N and K in [1, {len(checkpoints.SOURCE_LOCALES)}], "
-                         "test sizes ≥ 1, at least one N and one test size")
+        raise ValueError(
+            f"bad benchmark sizes {bad or '(empty)'}: N and K in [1, {len(checkpoints.SOURCE_LOCALES)}], "
+            "test sizes ≥ 1, at least one N and one test size"
+        )
     machine = summary.machine()
     workdir = paths.cache_dir("bench", "runs", merge_size)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -176,58 +233,131 @@ def run(*, merge_size: str, eval_size: str, ns: list[int], ties_ns: list[int], t
     cold: dict[str, Any] = {"drop_caches": drop_page_cache() if cold_read else "not tried"}
     if cold["drop_caches"] == "permitted":
         measured = merging.floor(base, {}, workdir=workdir, name="cold-read")
-        cold.update(read_s=measured.get("first_read_s", {}).get("<base>"),
-                    warm_read_s=measured.get("warm_read_s", {}).get("<base>"), gb=model_bytes / 1e9)
+        cold.update(
+            read_s=measured.get("first_read_s", {}).get("<base>"),
+            warm_read_s=measured.get("warm_read_s", {}).get("<base>"),
+            gb=model_bytes / 1e9,
+        )
 
     floor = merging.floor(base, sources, workdir=workdir, name="floor")
     if floor["status"] != "ok":
         raise RuntimeError(f"the read floor failed: {floor['status']}")
     # Untimed: the first merges after a pause run up to 2-3x slower on this VM (fresh guest memory, page
     # cache); one small merge by each tool first keeps that out of the first measured figure.
-    warm_up = merging.measure("linear", base, dict(list(sources.items())[:2]), workdir=workdir,
-                              max_rss_bytes=int(psutil.virtual_memory().available - MEMORY_MARGIN),
-                              deadline=deadline, device=device)
+    warm_up = merging.measure(
+        "linear",
+        base,
+        dict(list(sources.items())[:2]),
+        workdir=workdir,
+        max_rss_bytes=int(psutil.virtual_memory().available - MEMORY_MARGIN),
+        deadline=deadline,
+        device=device,
+    )
     skipped: list[dict[str, Any]] = []
     cap = int(max_rss_gb * 1e9)
-    merged = _merges("linear", ns, base, sources, workdir=workdir, deadline=deadline, repeats=repeats,
-                     skipped=skipped, max_rss_bytes=cap, device=device)
-    merged += _merges("ties", ties_ns, base, sources, workdir=workdir, deadline=deadline, repeats=1,
-                      skipped=skipped, max_rss_bytes=cap, device=device)
+    merged = _merges(
+        "linear",
+        ns,
+        base,
+        sources,
+        workdir=workdir,
+        deadline=deadline,
+        repeats=repeats,
+        skipped=skipped,
+        max_rss_bytes=cap,
+        device=device,
+    )
+    merged += _merges(
+        "ties",
+        ties_ns,
+        base,
+        sources,
+        workdir=workdir,
+        deadline=deadline,
+        repeats=1,
+        skipped=skipped,
+        max_rss_bytes=cap,
+        device=device,
+    )
     for method in other_methods:
-        merged += _merges(method, _ns(method, ties_ns), base, sources, workdir=workdir,
-                          deadline=deadline, repeats=1, skipped=skipped, max_rss_bytes=cap, device=device)
+        merged += _merges(
+            method,
+            _ns(method, ties_ns),
+            base,
+            sources,
+            workdir=workdir,
+            deadline=deadline,
+            repeats=1,
+            skipped=skipped,
+            max_rss_bytes=cap,
+            device=device,
+        )
 
     sets = evaluation.write_test_sets(workdir, sorted(set(test_sizes) | {ensemble_size}))
-    evals = evaluation.throughput(next(iter(eval_sources.values())), {n: sets[n] for n in test_sizes},
-                                  workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
-    ens = evaluation.ensemble(eval_base.parent, merging.weights(list(eval_sources)), sets[ensemble_size],
-                              workdir=workdir, timeout_s=max(deadline - time.perf_counter(), 300))
+    evals = evaluation.throughput(
+        next(iter(eval_sources.values())),
+        {n: sets[n] for n in test_sizes},
+        workdir=workdir,
+        timeout_s=max(deadline - time.perf_counter(), 300),
+    )
+    ens = evaluation.ensemble(
+        eval_base.parent,
+        merging.weights(list(eval_sources)),
+        sets[ensemble_size],
+        workdir=workdir,
+        timeout_s=max(deadline - time.perf_counter(), 300),
+    )
 
     rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) for m in merged]
     ev = summary.evaluation(evals)
     results = {
         "machine": machine,
-        "settings": {"merge_size": merge_size, "eval_size": eval_size, "ns": ns, "ties_ns": ties_ns,
-                     "test_sizes": test_sizes, "k": k, "ensemble_size": ensemble_size, "budget_s": budget_s,
-                     "methods": ["linear", "ties", *other_methods], "max_rss_gb": max_rss_gb, "device": device,
-                     "repetitions": {"linear": repeats, "others": 1, "evaluation": 1, "ensemble": 1,
-                                     "floor_warm_reads": merging.WARM_PASSES},
-                     "batch_size": evaluation.BATCH_SIZE, "max_seq_length": evaluation.MAX_SEQ_LENGTH,
-                     "ties": {"density": merging.TIES_DENSITY, "lambda": 1.0, "normalize": True},
-                     "weights": "w_i ∝ 1/(i+1), normalised", "page_cache": "warm for every merge and floor figure",
-                     "drop_caches": cold["drop_caches"]},
-        "checkpoints": {"merge_size": merge_size, "merge_dims": sizes.SIZES[merge_size],
-                        "merge_params": sizes.num_parameters(merge_size), "model_gb": model_bytes / 1e9,
-                        "eval_size": eval_size, "eval_dims": sizes.SIZES[eval_size],
-                        "eval_params": sizes.num_parameters(eval_size), "generation_s": generation_s,
-                        "folder": str(checkpoints.models_dir(merge_size))},
+        "settings": {
+            "merge_size": merge_size,
+            "eval_size": eval_size,
+            "ns": ns,
+            "ties_ns": ties_ns,
+            "test_sizes": test_sizes,
+            "k": k,
+            "ensemble_size": ensemble_size,
+            "budget_s": budget_s,
+            "methods": ["linear", "ties", *other_methods],
+            "max_rss_gb": max_rss_gb,
+            "device": device,
+            "repetitions": {
+                "linear": repeats,
+                "others": 1,
+                "evaluation": 1,
+                "ensemble": 1,
+                "floor_warm_reads": merging.WARM_PASSES,
+            },
+            "batch_size": evaluation.BATCH_SIZE,
+            "max_seq_length": evaluation.MAX_SEQ_LENGTH,
+            "ties": {"density": merging.TIES_DENSITY, "lambda": 1.0, "normalize": True},
+            "weights": "w_i ∝ 1/(i+1), normalised",
+            "page_cache": "warm for every merge and floor figure",
+            "drop_caches": cold["drop_caches"],
+        },
+        "checkpoints": {
+            "merge_size": merge_size,
+            "merge_dims": sizes.SIZES[merge_size],
+            "merge_params": sizes.num_parameters(merge_size),
+            "model_gb": model_bytes / 1e9,
+            "eval_size": eval_size,
+            "eval_dims": sizes.SIZES[eval_size],
+            "eval_params": sizes.num_parameters(eval_size),
+            "generation_s": generation_s,
+            "folder": str(checkpoints.models_dir(merge_size)),
+        },
         "cold_read": cold,
         "merge": {"rows": rows, "skipped": skipped, "raw": merged, "floor": floor, "warm_up": warm_up},
         "gpu": gpu_section(merged),
         "evaluation": ev | {"raw": evals},
         "ensemble": summary.ensemble(ens) | {"raw": ens},
-        "scaling": {"merge_s_per_model": summary.merge_scaling(rows),
-                    "eval_s_per_1000_examples": ev.get("slope_s_per_1000")},
+        "scaling": {
+            "merge_s_per_model": summary.merge_scaling(rows),
+            "eval_s_per_1000_examples": ev.get("slope_s_per_1000"),
+        },
         "targets": summary.targets(rows, ev),
         "versions": report.versions(),
         "elapsed_s": time.perf_counter() - started,

@@ -16,16 +16,41 @@ from transformers import XLMRobertaConfig
 from mu import data
 
 SIZES: dict[str, dict[str, int]] = {
-    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072, "vocab_size": 250002},
-    "eval": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "intermediate_size": 1024, "vocab_size": 250002},
-    "quick": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 512, "vocab_size": 250002},
-    "quick-eval": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                   "intermediate_size": 512, "vocab_size": 50000},
-    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 2000},
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "vocab_size": 250002,
+    },
+    "eval": {
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "vocab_size": 250002,
+    },
+    "quick": {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 250002,
+    },
+    "quick-eval": {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 50000,
+    },
+    "tiny": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "vocab_size": 2000,
+    },
 }
 
 
@@ -38,9 +63,17 @@ def check_size(name: str) -> dict[str, int]:
 def config(name: str) -> XLMRobertaConfig:
     """The XLM-R sequence-classification config of size ``name`` (xlm-roberta-base's other settings)."""
     return XLMRobertaConfig(
-        **check_size(name), max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2, num_labels=len(data.INTENTS), id2label=dict(data.ID2LABEL), label2id=dict(data.LABEL2ID),
-        problem_type="single_label_classification", architectures=["XLMRobertaForSequenceClassification"],
+        **check_size(name),
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=len(data.INTENTS),
+        id2label=dict(data.ID2LABEL),
+        label2id=dict(data.LABEL2ID),
+        problem_type="single_label_classification",
+        architectures=["XLMRobertaForSequenceClassification"],
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,14 +18,26 @@ def machine() -> dict[str, Any]:
     import psutil
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
-        "cpu_count": os.cpu_count(), "cpu_model": cpu, "ram_total_gb": psutil.virtual_memory().total / GB,
-        "ram_available_gb_at_start": psutil.virtual_memory().available / GB, "load_avg_at_start": os.getloadavg(),
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-        else None, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_total_gb": psutil.virtual_memory().total / GB,
+        "ram_available_gb_at_start": psutil.virtual_memory().available / GB,
+        "load_avg_at_start": os.getloadavg(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -56,24 +69,36 @@ def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes
     n = measured["n"]
     io_floor = floor["warm_read_s"] + floor["write_s"]
     row = {
-        "n": n, "method": measured["method"],
-        "status": {"mu": mu.get("status", measured.get("status")), "mergekit": mk.get("status", measured.get("status"))},
-        "mu_wall_s": mu.get("wall_s") if mu_ok else None, "mu_op_s": mu.get("op_s") if mu_ok else None,
+        "n": n,
+        "method": measured["method"],
+        "status": {
+            "mu": mu.get("status", measured.get("status")),
+            "mergekit": mk.get("status", measured.get("status")),
+        },
+        "mu_wall_s": mu.get("wall_s") if mu_ok else None,
+        "mu_op_s": mu.get("op_s") if mu_ok else None,
         "mu_peak_rss_gb": mu["peak_rss_mb"] * 2**20 / GB if mu_ok else None,
         "mergekit_wall_s": mk.get("wall_s") if mk_ok else None,
         "mergekit_peak_rss_gb": mk["peak_rss_mb"] * 2**20 / GB if mk_ok else None,
-        "floor_read_s": floor["warm_read_s"], "floor_first_read_s": floor["first_read_s"],
-        "floor_touch_s": floor["touch_s"], "io_floor_s": io_floor, "mu_device": mu.get("device"),
-        "hash_s": floor["hash_s"], "write_s": floor["write_s"], "input_gb": floor["bytes"] / GB,
-        "model_gb": model_bytes / GB, "peak_limit_gb": (n + 2) * model_bytes / GB,
+        "floor_read_s": floor["warm_read_s"],
+        "floor_first_read_s": floor["first_read_s"],
+        "floor_touch_s": floor["touch_s"],
+        "io_floor_s": io_floor,
+        "mu_device": mu.get("device"),
+        "hash_s": floor["hash_s"],
+        "write_s": floor["write_s"],
+        "input_gb": floor["bytes"] / GB,
+        "model_gb": model_bytes / GB,
+        "peak_limit_gb": (n + 2) * model_bytes / GB,
         "max_abs_diff": measured.get("max_abs_diff"),
     }
     row["mu_over_mergekit"] = _ratio(row["mu_wall_s"], row["mergekit_wall_s"])
     row["mu_over_floor"] = _ratio(row["mu_op_s"], row["floor_read_s"])
     row["mu_over_io_floor"] = _ratio(row["mu_op_s"], row["io_floor_s"])
     row["mu_over_touch"] = _ratio(row["mu_op_s"], row["floor_touch_s"])
-    row["mu_without_hash_over_floor"] = _ratio(None if row["mu_op_s"] is None else row["mu_op_s"] - row["hash_s"],
-                                               row["floor_read_s"])
+    row["mu_without_hash_over_floor"] = _ratio(
+        None if row["mu_op_s"] is None else row["mu_op_s"] - row["hash_s"], row["floor_read_s"]
+    )
     row["mu_wall_over_floor"] = _ratio(row["mu_wall_s"], row["floor_read_s"])
     row["mergekit_over_floor"] = _ratio(row["mergekit_wall_s"], row["floor_read_s"])
     row["mu_peak_over_model"] = _ratio(row["mu_peak_rss_gb"], row["model_gb"])
@@ -86,9 +111,15 @@ def merge_scaling(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for method in sorted({r["method"] for r in rows}):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
         ns = [r["n"] for r in mine]
-        out[method] = {tool: slope(ns, [r[key] for r in mine]) for tool, key in
-                       (("mu_op", "mu_op_s"), ("mu_wall", "mu_wall_s"), ("mergekit_wall", "mergekit_wall_s"),
-                        ("floor_read", "floor_read_s"))}
+        out[method] = {
+            tool: slope(ns, [r[key] for r in mine])
+            for tool, key in (
+                ("mu_op", "mu_op_s"),
+                ("mu_wall", "mu_wall_s"),
+                ("mergekit_wall", "mergekit_wall_s"),
+                ("floor_read", "floor_read_s"),
+            )
+        }
     return out
 
 
@@ -97,15 +128,34 @@ def evaluation(raw: Mapping[str, Any]) -> dict[str, Any]:
     mu_s = {int(n): t for n, t in (raw.get("mu_s") or {}).items()}
     sizes = sorted(mu_s)
     per_size = [{"n": n, "mu_s": mu_s[n], "mu_examples_per_s": n / mu_s[n]} for n in sizes]
-    out: dict[str, Any] = {"status": raw["status"], "sizes": per_size, "fingerprint_s": raw.get("fingerprint_s"),
-                           "peak_rss_gb": None if raw.get("peak_rss_mb") is None else raw["peak_rss_mb"] * 2**20 / GB}
+    out: dict[str, Any] = {
+        "status": raw["status"],
+        "sizes": per_size,
+        "fingerprint_s": raw.get("fingerprint_s"),
+        "peak_rss_gb": None if raw.get("peak_rss_mb") is None else raw["peak_rss_mb"] * 2**20 / GB,
+    }
     if raw.get("naive_s") is not None:
         n = int(raw["n"])
         mu_total = mu_s[n] + raw["fingerprint_s"]  # one evaluation in a fresh process also hashes the model once
-        out.update(n=n, mu_total_s=mu_total, mu_examples_per_s=n / mu_total, naive_examples_per_s=n / raw["naive_s"],
-                   speedup=raw["naive_s"] / mu_total, tokens=raw["tokens"],
-                   naive={k: raw.get(k) for k in ("naive_s", "naive_load_s", "naive_tokenize_s", "naive_forward_s",
-                                                  "argmax_agreement", "max_abs_logit_diff")})
+        out.update(
+            n=n,
+            mu_total_s=mu_total,
+            mu_examples_per_s=n / mu_total,
+            naive_examples_per_s=n / raw["naive_s"],
+            speedup=raw["naive_s"] / mu_total,
+            tokens=raw["tokens"],
+            naive={
+                k: raw.get(k)
+                for k in (
+                    "naive_s",
+                    "naive_load_s",
+                    "naive_tokenize_s",
+                    "naive_forward_s",
+                    "argmax_agreement",
+                    "max_abs_logit_diff",
+                )
+            },
+        )
     fit = slope([n / 1000 for n in sizes], [mu_s[n] for n in sizes])
     out["slope_s_per_1000"] = fit and fit["slope"]
     out["intercept_s"] = fit and fit["intercept"]
@@ -114,10 +164,15 @@ def evaluation(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def ensemble(measured: Mapping[str, Any]) -> dict[str, Any]:
     rec, cached = measured.get("recompute", {}), measured.get("cached", {})
-    out = {"k": measured["k"], "method": measured["method"], "status": {
-        "recompute": rec.get("status"), "cached": cached.get("status")},
-        "recompute_s": rec.get("op_s"), "cached_s": cached.get("op_s"), "combine_s": cached.get("combine_s"),
-        "n": rec.get("n")}
+    out = {
+        "k": measured["k"],
+        "method": measured["method"],
+        "status": {"recompute": rec.get("status"), "cached": cached.get("status")},
+        "recompute_s": rec.get("op_s"),
+        "cached_s": cached.get("op_s"),
+        "combine_s": cached.get("combine_s"),
+        "n": rec.get("n"),
+    }
     out["speedup"] = _ratio(out["recompute_s"], out["cached_s"])
     return out
 
@@ -153,9 +208,12 @@ def markdown(results: Mapping[str, Any]) -> str:
     """The results table (as printed and as ``results.md``)."""
     m, s = results["machine"], results["settings"]
     ck, cold = results["checkpoints"], results["cold_read"]
-    cold_note = (f" (a cold read of one checkpoint after dropping the page cache: {cold['read_s']:.1f} s, warm "
-                 f"{cold['warm_read_s']:.1f} s)" if cold.get("read_s") is not None else
-                 f" (page cache drop {cold['drop_caches']})")
+    cold_note = (
+        f" (a cold read of one checkpoint after dropping the page cache: {cold['read_s']:.1f} s, warm "
+        f"{cold['warm_read_s']:.1f} s)"
+        if cold.get("read_s") is not None
+        else f" (page cache drop {cold['drop_caches']})"
+    )
     lines = [
         f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), {m['ram_total_gb']:.0f} GB RAM, torch {m['torch']} "
         f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; load average at start "
@@ -182,47 +240,80 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"{_f(r['floor_read_s'], 1)} | {_f(r['write_s'], 1)} | {_f(r['io_floor_s'], 1)} | "
             f"{_f(r['mu_over_io_floor'])} | {_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | "
             f"{_f(r['peak_limit_gb'], 1)} | {_f(r['mergekit_wall_s'], 1)} | {_f(r['mu_over_mergekit'])} | "
-            f"{_f(r['mergekit_peak_rss_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |")
+            f"{_f(r['mergekit_peak_rss_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |"
+        )
     for r in results["merge"]["skipped"]:
         lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 13)
     gpu = results.get("gpu", {})
-    lines += ["", "mu merge s: mu's in-process merge_models time (reading, merging, checking and writing the model "
-              "folder); mu wall s: the whole process (Python start, imports). I/O floor: reading the same input "
-              "files into memory with safetensors (load_file, then a copy; warm page cache; the fastest of "
-              f"{s['repetitions']['floor_warm_reads']} passes) plus writing one model with safetensors' save_file, "
-              "measured in the same run. mergekit: its CLI on the same inputs and settings (linear and TIES only; "
-              "elsewhere mu alone), process wall time. Merges ran on: "
-              + (", ".join(gpu.get("merges_ran_on") or []) or "—") + "."]
+    lines += [
+        "",
+        "mu merge s: mu's in-process merge_models time (reading, merging, checking and writing the model "
+        "folder); mu wall s: the whole process (Python start, imports). I/O floor: reading the same input "
+        "files into memory with safetensors (load_file, then a copy; warm page cache; the fastest of "
+        f"{s['repetitions']['floor_warm_reads']} passes) plus writing one model with safetensors' save_file, "
+        "measured in the same run. mergekit: its CLI on the same inputs and settings (linear and TIES only; "
+        "elsewhere mu alone), process wall time. Merges ran on: "
+        + (", ".join(gpu.get("merges_ran_on") or []) or "—")
+        + ".",
+    ]
     if notes:
         lines += [""] + [f"* {n}" for n in notes]
-    lines += ["", "GPU: " + (f"{gpu['name']}; {gpu['figures']}." if gpu.get("available") else
-                            gpu.get("reason", "not recorded")), ""]
+    lines += [
+        "",
+        "GPU: " + (f"{gpu['name']}; {gpu['figures']}." if gpu.get("available") else gpu.get("reason", "not recorded")),
+        "",
+    ]
     for method, fits in results["scaling"]["merge_s_per_model"].items():
         parts = [f"{tool} {fit['slope']:.2f} s/model" for tool, fit in fits.items() if fit]
         if parts:
             lines.append(f"Merge time vs N ({method}, least squares): " + ", ".join(parts) + ".")
     ev = results["evaluation"]
-    lines += ["", f"### Evaluation ({ck['eval_size']} size: {ck['eval_params'] / 1e6:.0f}M parameters; "
-              f"batch {s['batch_size']}, max length {s['max_seq_length']})", ""]
+    lines += [
+        "",
+        f"### Evaluation ({ck['eval_size']} size: {ck['eval_params'] / 1e6:.0f}M parameters; "
+        f"batch {s['batch_size']}, max length {s['max_seq_length']})",
+        "",
+    ]
     if ev.get("speedup") is not None:
         tok = ev["tokens"]
         lines += [
-            "| test set | mu.evaluate ex/s | naive loop ex/s | speedup |", "|---|---|---|---|",
+            "| test set | mu.evaluate ex/s | naive loop ex/s | speedup |",
+            "|---|---|---|---|",
             f"| {ev['n']} utterances (tokens mean {tok['mean']:.1f}, p95 {tok['p95']:.0f}, max {tok['max']}) | "
-            f"{_f(ev['mu_examples_per_s'], 1)} | {_f(ev['naive_examples_per_s'], 1)} | {_f(ev['speedup'])}× |", ""]
-    lines.append("mu.evaluate: logits() with an empty cache, including the model's sha256 for the cache key "
-                 f"({_f(ev.get('fingerprint_s'), 2)} s, once per process); naive loop: padding to "
-                 f"{s['max_seq_length']}, batch {s['batch_size']}, file order; same model, same process, same device.")
-    lines.append("Evaluation time vs test size: " + ", ".join(f"{r['n']}: {_f(r['mu_s'], 1)} s" for r in ev["sizes"])
-                 + (f"; slope {ev['slope_s_per_1000']:.2f} s per 1000 examples (intercept {ev['intercept_s']:.1f} s)."
-                    if ev.get("slope_s_per_1000") is not None else "."))
+            f"{_f(ev['mu_examples_per_s'], 1)} | {_f(ev['naive_examples_per_s'], 1)} | {_f(ev['speedup'])}× |",
+            "",
+        ]
+    lines.append(
+        "mu.evaluate: logits() with an empty cache, including the model's sha256 for the cache key "
+        f"({_f(ev.get('fingerprint_s'), 2)} s, once per process); naive loop: padding to "
+        f"{s['max_seq_length']}, batch {s['batch_size']}, file order; same model, same process, same device."
+    )
+    lines.append(
+        "Evaluation time vs test size: "
+        + ", ".join(f"{r['n']}: {_f(r['mu_s'], 1)} s" for r in ev["sizes"])
+        + (
+            f"; slope {ev['slope_s_per_1000']:.2f} s per 1000 examples (intercept {ev['intercept_s']:.1f} s)."
+            if ev.get("slope_s_per_1000") is not None
+            else "."
+        )
+    )
     en = results["ensemble"]
-    lines += ["", f"### Ensembling (K = {en['k']}, {en['method']}, {en['n']} utterances)", "",
-              f"Recomputing the {en['k']} forwards (mu.ensemble.source_logits, compute=True): "
-              f"{_f(en['recompute_s'], 1)} s; from cached logits (mu.ensemble.evaluate_ensemble in a fresh process: "
-              f"sha256 of each source's weights for the cache key, the split, the {en['k']} logit files, combine): "
-              f"{_f(en['cached_s'], 2)} s, of which combine {_f(en['combine_s'], 3)} s; speedup {_f(en['speedup'], 0)}×.",
-              "", "### Targets", "", "| target | value | met |", "|---|---|---|"]
+    lines += [
+        "",
+        f"### Ensembling (K = {en['k']}, {en['method']}, {en['n']} utterances)",
+        "",
+        f"Recomputing the {en['k']} forwards (mu.ensemble.source_logits, compute=True): "
+        f"{_f(en['recompute_s'], 1)} s; from cached logits (mu.ensemble.evaluate_ensemble in a fresh process: "
+        f"sha256 of each source's weights for the cache key, the split, the {en['k']} logit files, combine): "
+        f"{_f(en['cached_s'], 2)} s, of which combine {_f(en['combine_s'], 3)} s; speedup {_f(en['speedup'], 0)}×.",
+        "",
+        "### Targets",
+        "",
+        "| target | value | met |",
+        "|---|---|---|",
+    ]
     for t in results["targets"]:
-        lines.append(f"| {t['target']} | {_f(t['value'])} | {'—' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
+        lines.append(
+            f"| {t['target']} | {_f(t['value'])} | {'—' if t['met'] is None else ('yes' if t['met'] else 'no')} |"
+        )
     return "\n".join(lines) + "\n"

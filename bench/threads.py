@@ -26,8 +26,18 @@ from pathlib import Path
 from mu import paths, report, threads
 
 CONDITIONS = [("before", False), ("after", False), ("before", True), ("after", True)]
-ARCH = {"vocab_size": 8000, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "intermediate_size": 512, "max_len": 64, "batch_size": 64, "lr": 5e-4, "warmup_steps": 10, "seed": 0}
+ARCH = {
+    "vocab_size": 8000,
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 512,
+    "max_len": 64,
+    "batch_size": 64,
+    "lr": 5e-4,
+    "warmup_steps": 10,
+    "seed": 0,
+}
 
 
 def one(variant: str, out: Path, tok: Path, locales: list[str], source: str, steps: int, every: int) -> dict:
@@ -35,18 +45,30 @@ def one(variant: str, out: Path, tok: Path, locales: list[str], source: str, ste
     from mu import pretrain
 
     fn = pretrain.pretrain if variant == "after" else pretrain.pretrain.__wrapped__
-    fn(out, objective="mlm+tlm+align", locales=locales, source=source, tokenizer_dir=tok, steps=steps,
-       checkpoint_every=every, dev_per_locale=16, **ARCH)
+    fn(
+        out,
+        objective="mlm+tlm+align",
+        locales=locales,
+        source=source,
+        tokenizer_dir=tok,
+        steps=steps,
+        checkpoint_every=every,
+        dev_per_locale=16,
+        **ARCH,
+    )
     record = paths.read_json(out / "pretrain.json")
     first, last = record["log"][0], record["log"][-1]
 
-    return {"s_per_step": (last["seconds"] - first["seconds"]) / (last["step"] - first["step"]),
-            "torch_threads": record["torch_threads"]}
+    return {
+        "s_per_step": (last["seconds"] - first["seconds"]) / (last["step"] - first["step"]),
+        "torch_threads": record["torch_threads"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.threads", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.threads", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--locales", nargs="+", default=["de-DE", "fr-FR", "es-ES", "sw-KE"])
     p.add_argument("--source", default="massive")
     p.add_argument("--steps", type=int, default=40)
@@ -69,37 +91,82 @@ def main(argv: list[str] | None = None) -> None:
                         time.sleep(2.0)
                     load = os.getloadavg()
                     out = Path(tmp) / f"run-{repeat}-{variant}-{int(busy)}"
-                    proc = subprocess.run([sys.executable, "-m", "bench.threads", "--one", variant, str(out), str(tok),
-                                           "--locales", *a.locales, "--source", a.source, "--steps", str(a.steps),
-                                           "--warmup", str(a.warmup)], capture_output=True, text=True, env=env)
+                    proc = subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.threads",
+                            "--one",
+                            variant,
+                            str(out),
+                            str(tok),
+                            "--locales",
+                            *a.locales,
+                            "--source",
+                            a.source,
+                            "--steps",
+                            str(a.steps),
+                            "--warmup",
+                            str(a.warmup),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                    )
                 finally:
                     if competitor is not None:
                         competitor.kill()
                         competitor.wait()
                 if proc.returncode != 0:
                     raise RuntimeError(f"bench.threads run failed:\n{proc.stderr[-3000:]}")
-                row = {"repeat": repeat, "variant": variant, "competitor": busy, "load_1min_before": round(load[0], 2),
-                       **json.loads(proc.stdout.strip().splitlines()[-1])}
+                row = {
+                    "repeat": repeat,
+                    "variant": variant,
+                    "competitor": busy,
+                    "load_1min_before": round(load[0], 2),
+                    **json.loads(proc.stdout.strip().splitlines()[-1]),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = []
     for variant, busy in CONDITIONS:
         times = [r["s_per_step"] for r in rows if r["variant"] == variant and r["competitor"] == busy]
-        summary.append({"variant": variant, "competitor": busy, "runs": len(times), "min_s": round(min(times), 3),
-                        "median_s": round(statistics.median(times), 3),
-                        "torch_threads": sorted({r["torch_threads"] for r in rows
-                                                 if r["variant"] == variant and r["competitor"] == busy})})
-    result = {"args": {**vars(a), "arch": ARCH}, "cpus": threads.allowed_cpus(), "rows": rows, "summary": summary,
-              "versions": report.versions()}
+        summary.append(
+            {
+                "variant": variant,
+                "competitor": busy,
+                "runs": len(times),
+                "min_s": round(min(times), 3),
+                "median_s": round(statistics.median(times), 3),
+                "torch_threads": sorted(
+                    {r["torch_threads"] for r in rows if r["variant"] == variant and r["competitor"] == busy}
+                ),
+            }
+        )
+    result = {
+        "args": {**vars(a), "arch": ARCH},
+        "cpus": threads.allowed_cpus(),
+        "rows": rows,
+        "summary": summary,
+        "versions": report.versions(),
+    }
     out = paths.reports_dir("bench")
     paths.write_json(out / "threads.json", result)
-    lines = ["| threads | competing busy process | s/step min | s/step median | torch threads |", "|---|---|---|---|---|"]
-    lines += [f"| {'torch default' if s['variant'] == 'before' else 'mu.threads.count()'} | "
-              f"{'yes' if s['competitor'] else 'no'} | {s['min_s']:.3f} | {s['median_s']:.3f} | "
-              f"{', '.join(map(str, s['torch_threads']))} |" for s in summary]
+    lines = [
+        "| threads | competing busy process | s/step min | s/step median | torch threads |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {'torch default' if s['variant'] == 'before' else 'mu.threads.count()'} | "
+        f"{'yes' if s['competitor'] else 'no'} | {s['min_s']:.3f} | {s['median_s']:.3f} | "
+        f"{', '.join(map(str, s['torch_threads']))} |"
+        for s in summary
+    ]
     loads = [r["load_1min_before"] for r in rows]
-    lines.append(f"\n{a.repeats} runs each, interleaved; {len(threads.allowed_cpus())} allowed CPUs; 1-minute load "
-                 f"average before the runs {min(loads):.2f}-{max(loads):.2f}.")
+    lines.append(
+        f"\n{a.repeats} runs each, interleaved; {len(threads.allowed_cpus())} allowed CPUs; 1-minute load "
+        f"average before the runs {min(loads):.2f}-{max(loads):.2f}."
+    )
     paths.write_text(out / "threads.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

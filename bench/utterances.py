@@ -52,9 +52,18 @@ def write_test_set(folder: str | Path, n: int, seed: int = 0) -> Path:
     if path.is_file() and stamp.is_file() and paths.read_json(stamp) == args:
         return folder
     rng = random.Random(f"bench-intents-{seed}")
-    lines = [json.dumps({"id": str(i), "locale": LOCALE, "partition": "test",
-                         "intent": data.INTENTS[rng.randrange(len(data.INTENTS))], "utt": utt})
-             for i, utt in enumerate(texts(n, seed))]
+    lines = [
+        json.dumps(
+            {
+                "id": str(i),
+                "locale": LOCALE,
+                "partition": "test",
+                "intent": data.INTENTS[rng.randrange(len(data.INTENTS))],
+                "utt": utt,
+            }
+        )
+        for i, utt in enumerate(texts(n, seed))
+    ]
     paths.write_text(path, "\n".join(lines) + "\n")
     paths.write_json(stamp, args)
     return folder

@@ -13,8 +13,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 def merge(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,10 +29,18 @@ def merge(args: Mapping[str, Any]) -> dict[str, Any]:
     if Path(args["out_dir"]).exists():
         raise ValueError(f"merge output {args['out_dir']} exists; the benchmark needs a fresh folder")
     started = time.perf_counter()
-    out = mu_merge.merge_models(args["method"], args["sources"], args["weights"], args["out_dir"],
-                                base_model=args.get("base_model"), device=args.get("device"))
-    return {"op_s": time.perf_counter() - started,
-            "device": json.loads((Path(out) / "merge_details.json").read_text())["device"]}
+    out = mu_merge.merge_models(
+        args["method"],
+        args["sources"],
+        args["weights"],
+        args["out_dir"],
+        base_model=args.get("base_model"),
+        device=args.get("device"),
+    )
+    return {
+        "op_s": time.perf_counter() - started,
+        "device": json.loads((Path(out) / "merge_details.json").read_text())["device"],
+    }
 
 
 def floor(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,14 +100,21 @@ def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     sets = sorted((int(n), folder) for n, folder in args["data"].items())
     for n, folder in sets:
         started = time.perf_counter()
-        mu_logits, _ = mu_evaluate.logits(args["model"], args["locale"], "test", data=folder,
-                                          batch_size=args["batch_size"], max_seq_length=args["max_seq_length"])
+        mu_logits, _ = mu_evaluate.logits(
+            args["model"],
+            args["locale"],
+            "test",
+            data=folder,
+            batch_size=args["batch_size"],
+            max_seq_length=args["max_seq_length"],
+        )
         out["mu_s"][n] = time.perf_counter() - started
         if len(mu_logits) != n:
             raise ValueError(f"test set {folder} has {len(mu_logits)} utterances, expected {n}")
     n, folder = sets[-1]
-    naive_logits, timing = naive_loop(args["model"], args["locale"], folder, batch_size=args["naive_batch_size"],
-                                      max_length=args["max_seq_length"])
+    naive_logits, timing = naive_loop(
+        args["model"], args["locale"], folder, batch_size=args["naive_batch_size"], max_length=args["max_seq_length"]
+    )
     out.update(timing, n=n)
     out["argmax_agreement"] = float(np.mean(naive_logits.argmax(1) == mu_logits.argmax(1)))
     out["max_abs_logit_diff"] = float(np.abs(naive_logits - mu_logits).max())
@@ -119,8 +135,9 @@ def warm_up(model_dir: str) -> None:
         model.to(device)(**tokenizer(["warm up"], return_tensors="pt").to(device))
 
 
-def naive_loop(model_dir: str, locale: str, data_dir: str, *, batch_size: int,
-               max_length: int) -> tuple[Any, dict[str, float]]:
+def naive_loop(
+    model_dir: str, locale: str, data_dir: str, *, batch_size: int, max_length: int
+) -> tuple[Any, dict[str, float]]:
     """The textbook loop: pad every utterance to ``max_length``, batches in file order, no sorting
     (on the device ``mu.evaluate`` uses: a GPU if there is one)."""
     import numpy as np
@@ -140,9 +157,15 @@ def naive_loop(model_dir: str, locale: str, data_dir: str, *, batch_size: int,
     chunks = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            chunks.append(model(input_ids=enc["input_ids"][i:i + batch_size].to(device),
-                                attention_mask=enc["attention_mask"][i:i + batch_size].to(device))
-                          .logits.float().cpu().numpy())
+            chunks.append(
+                model(
+                    input_ids=enc["input_ids"][i : i + batch_size].to(device),
+                    attention_mask=enc["attention_mask"][i : i + batch_size].to(device),
+                )
+                .logits.float()
+                .cpu()
+                .numpy()
+            )
     timing["naive_s"] = time.perf_counter() - started
     timing["naive_forward_s"] = timing["naive_s"] - timing["naive_load_s"] - timing["naive_tokenize_s"]
     return np.concatenate(chunks), timing
@@ -158,8 +181,12 @@ def token_stats(model_dir: str, locale: str, data_dir: str, max_length: int) -> 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = list(data.load_split(locale, "test", data_dir)["text"])
     lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
-    return {"mean": float(lengths.mean()), "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max()),
-            "padded_to": max_length}
+    return {
+        "mean": float(lengths.mean()),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "padded_to": max_length,
+    }
 
 
 def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,8 +199,9 @@ def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
     common = {"models_dir": args["models_dir"], "data": args["data"], "max_seq_length": args["max_seq_length"]}
     started = time.perf_counter()
     if args["compute"]:
-        logits, _ = mu_ensemble.source_logits(args["target"], list(args["weights"]), compute=True,
-                                              batch_size=args["batch_size"], **common)
+        logits, _ = mu_ensemble.source_logits(
+            args["target"], list(args["weights"]), compute=True, batch_size=args["batch_size"], **common
+        )
         pred = mu_ensemble.combine(args["method"], logits, args["weights"])
         return {"op_s": time.perf_counter() - started, "n": len(pred)}
     metrics = mu_ensemble.evaluate_ensemble(args["method"], args["target"], args["weights"], **common)
@@ -185,7 +213,10 @@ def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 TASKS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "merge": merge, "floor": floor, "evaluate": evaluate, "ensemble": ensemble,
+    "merge": merge,
+    "floor": floor,
+    "evaluate": evaluate,
+    "ensemble": ensemble,
 }
 
 

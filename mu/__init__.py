@@ -1,8 +1,23 @@
 """MergingUriel: combine models fine-tuned on other languages into a classifier
 for a target language, weighted by URIEL typological similarity.
 
-Submodules are imported on first use, so ``import mu`` is cheap and
-``mu.similarity.weights(...)`` works without further imports.
+The package is a stack of wings; a wing may import only the wings below it
+(``tests/test_architecture.py`` holds the rule):
+
+    experiment   the mini study's driver, declared knobs, budget, objective comparison
+    batch        notebooks x targets with papermill: runner, parameters and their checks
+    publish      reports/index.html, README/docs tables, collected result files
+    combine      beyond a data-free merge: ensembles, distillation, iterative training, their choices
+    merge        the method catalog, its kernels, streaming merges of model folders
+    learn        classifier models: load/save, fine-tune, pretrain, evaluate, the fine-tuning recipe
+    analysis     result tables, statistics, claims, figures (torch-free)
+    corpus       MASSIVE and the toy data, STS pairs
+    langs        locales, URIEL codes and similarity weights
+    core         paths and atomic writes, caches, records, the protocol, threads
+
+Everything is imported on first use, so ``import mu`` is cheap. Notebooks and users call the
+short public names, e.g. ``mu.similarity.weights(...)`` or ``mu.report.save(...)``: each is one
+module of a wing (``PUBLIC``), the same object as ``mu.langs.similarity``.
 """
 
 from __future__ import annotations
@@ -11,21 +26,67 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "paths", "locales", "similarity", "data", "models", "train", "evaluate",
-    "merge", "ensemble", "distill", "selection", "iterative", "iterative_results", "schedule", "tracking", "sts", "params", "runner", "report",
-    "aggregate", "compare", "families", "plots", "notes", "cache", "site",
-    "pretrain", "lexical", "study", "typology", "methods_table", "claims", "collect", "docs", "docs_study", "protocol", "tuning", "stats",
-    "checkpoint", "threads", "seeds", "budget", "declare", "objectives",
-    "checks", "kernels",
-)
+WINGS = ("core", "langs", "corpus", "analysis", "learn", "merge", "combine", "publish", "batch", "experiment")
+
+# The short names notebooks, docs and users call: one module each.
+PUBLIC = {
+    "paths": "core",
+    "cache": "core",
+    "notes": "core",
+    "threads": "core",
+    "report": "core",
+    "protocol": "core",
+    "checkpoint": "core",
+    "locales": "langs",
+    "similarity": "langs",
+    "data": "corpus",
+    "sts": "corpus",
+    "stats": "analysis",
+    "families": "analysis",
+    "aggregate": "analysis",
+    "compare": "analysis",
+    "claims": "analysis",
+    "seeds": "analysis",
+    "methods_table": "analysis",
+    "typology": "analysis",
+    "plots": "analysis",
+    "models": "learn",
+    "evaluate": "learn",
+    "train": "learn",
+    "tracking": "learn",
+    "pretrain": "learn",
+    "lexical": "learn",
+    "tuning": "learn",
+    "ensemble": "combine",
+    "distill": "combine",
+    "selection": "combine",
+    "iterative": "combine",
+    "schedule": "combine",
+    "iterative_results": "combine",
+    "collect": "publish",
+    "docs": "publish",
+    "docs_study": "publish",
+    "site": "publish",
+    "runner": "batch",
+    "params": "batch",
+    "checks": "batch",
+    "kernels": "batch",
+    "study": "experiment",
+    "declare": "experiment",
+    "budget": "experiment",
+    "objectives": "experiment",
+}
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in WINGS:
         return importlib.import_module(f"mu.{name}")
-    raise AttributeError(f"module 'mu' has no attribute {name!r}; submodules: {list(_SUBMODULES)}")
+    if name in PUBLIC:
+        return importlib.import_module(f"mu.{PUBLIC[name]}.{name}")
+    raise AttributeError(
+        f"module 'mu' has no attribute {name!r}; wings: {list(WINGS)}; public modules: {sorted(PUBLIC)}"
+    )
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(WINGS) + list(PUBLIC))

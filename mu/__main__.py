@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from mu import params, paths, runner, site
+from mu.batch import params, runner
+from mu.core import paths
+from mu.publish import site
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
 BATCH_COMMANDS = ("run", "demo")
@@ -37,24 +40,37 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, yaml.safe_load(value)
     except yaml.YAMLError as exc:
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a plain YAML value ({problem}); "
-                                         "give a number, string, true/false, null or a [list]") from None
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} is not a plain YAML value ({problem}); "
+            "give a number, string, true/false, null or a [list]"
+        ) from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=runner.EXECUTORS, default="local")
     p.add_argument("--workers", type=int, default=1, help="parallel notebook runs (default %(default)s)")
-    p.add_argument("--num-gpus", type=float, default=None,
-                   help="GPUs per Ray task (default: 1 if the Ray cluster has GPUs, else 0)")
-    p.add_argument("--set", dest="extra", type=_key_value, action="append", default=[],
-                   metavar="KEY=VALUE", help="override a notebook parameter (YAML value)")
+    p.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        help="GPUs per Ray task (default: 1 if the Ray cluster has GPUs, else 0)",
+    )
+    p.add_argument(
+        "--set",
+        dest="extra",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a notebook parameter (YAML value)",
+    )
     p.add_argument("--notebooks-dir", default="notebooks")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--out-dir", default=None, help="default: reports/")
 
 
 def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.ArgumentParser:
-    """The command line; ``study_commands=False`` leaves out those of ``mu.study`` (whose import takes
+    """The command line; ``study_commands=False`` leaves out those of ``mu.experiment.study`` (whose import takes
     torch and transformers, seconds), so ``run`` / ``demo`` answer a bad argument at once."""
     ap = argparse.ArgumentParser(prog="python -m mu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -68,11 +84,11 @@ def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.Ar
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
     if study_commands:
-        from mu import docs
+        from mu.publish import docs
 
         docs.add_parser(sub)  # the results tables of README.md and docs/
         if argv0 != "docs":
-            from mu import study
+            from mu.experiment import study
 
             study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
     return ap
@@ -80,9 +96,11 @@ def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.Ar
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser(study_commands=not argv or argv[0] not in BATCH_COMMANDS, argv0=argv[0] if argv else None).parse_args(argv)
+    args = parser(study_commands=not argv or argv[0] not in BATCH_COMMANDS, argv0=argv[0] if argv else None).parse_args(
+        argv
+    )
     if args.command == "docs":  # reads committed files in the checkout; no MU_ROOT, no torch
-        from mu import docs
+        from mu.publish import docs
 
         return docs.main(args)
     try:
@@ -91,16 +109,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command not in BATCH_COMMANDS:
-        from mu import study
+        from mu.experiment import study
 
         return study.main(args)
     profile = args.profile if args.command == "run" else "toy"
     try:
         notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)
         summary = runner.run(
-            notebooks, args.targets, profile=profile, executor=args.executor, workers=args.workers,
-            num_gpus=args.num_gpus, params_dir=args.params_dir, notebooks_dir=args.notebooks_dir,
-            out_dir=args.out_dir, extra_params=dict(args.extra),
+            notebooks,
+            args.targets,
+            profile=profile,
+            executor=args.executor,
+            workers=args.workers,
+            num_gpus=args.num_gpus,
+            params_dir=args.params_dir,
+            notebooks_dir=args.notebooks_dir,
+            out_dir=args.out_dir,
+            extra_params=dict(args.extra),
         )
     except (ValueError, FileNotFoundError) as exc:  # nothing ran: bad notebook, params, target ...
         print(f"error: {exc}", file=sys.stderr)
@@ -119,7 +144,7 @@ SHOWN = ("## Accuracy per target", "## Mean over targets")
 
 def demo_summary(profile: str, failed: bool) -> str:
     """The aggregated summary's per-target and mean tables (from summary.md) and where the figures are."""
-    from mu import aggregate
+    from mu.analysis import aggregate
 
     md = aggregate.summary_dir(profile) / "summary.md"
     if not md.is_file():
@@ -132,8 +157,14 @@ def demo_summary(profile: str, failed: bool) -> str:
             lines.append(line)
     figures = sorted(md.parent.glob("*.png"))
     stale = " (this run had failures: it may be stale)" if failed else ""
-    return "\n".join([f"\nAggregated summary{stale}: {_here(md)}", "", *lines,
-                      "Figures: " + ", ".join(str(_here(f)) for f in figures)])
+    return "\n".join(
+        [
+            f"\nAggregated summary{stale}: {_here(md)}",
+            "",
+            *lines,
+            "Figures: " + ", ".join(str(_here(f)) for f in figures),
+        ]
+    )
 
 
 def _here(p: Path) -> Path:

@@ -43,7 +43,7 @@ def toy_train_args() -> dict:
 def toy_base(mu_root) -> Path:
     """The toy base model (tiny XLM-R + local tokenizer) at ``<MU_ROOT>/models/toy/base``, built with the
     same seed as notebook 02 so the notebooks reuse it (a base with other arguments is an error)."""
-    import mu.models
+    import mu.learn.models
 
     return mu.models.build_toy_base("models/toy/base", seed=TOY_TRAIN["seed"])
 
@@ -51,10 +51,9 @@ def toy_base(mu_root) -> Path:
 @pytest.fixture(scope="session")
 def toy_sources(toy_base, toy_train_args) -> dict[str, Path]:
     """{locale: model folder} for de-DE, nl-NL, fr-FR, es-ES, fine-tuned once per session from ``toy_base``."""
-    import mu.train
+    import mu.learn.train
 
     return {loc: mu.train.train_locale(loc, **toy_train_args) for loc in TOY_SOURCE_LOCALES}
-
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +63,7 @@ def perturbed_sources(toy_base):
     saved under ``models_dir`` like trained sources."""
     import torch
 
-    import mu.models
+    import mu.learn.models
 
     def make(locales: list[str], models_dir: str, seed: int, scale: float = 0.05) -> dict:
         model, tokenizer = mu.models.load_classifier(toy_base)

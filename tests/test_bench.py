@@ -22,13 +22,21 @@ from mu import paths
 
 
 def _measured(out: dict, started: float) -> dict:
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 1024, "rc": 0, "status": "ok", "log": "", "sampled_peak_rss_mb": None, **out}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rc": 0,
+        "status": "ok",
+        "log": "",
+        "sampled_peak_rss_mb": None,
+        **out,
+    }
 
 
 @pytest.fixture
 def in_process(monkeypatch):
     """``proc.worker`` and ``proc.run`` (the mergekit CLI) run in this process instead of a child."""
+
     def fake_worker(task, args, *, workdir, name, env=None, max_rss_bytes=None, timeout_s=600.0):
         with monkeypatch.context() as m:
             for key, value in (env or {}).items():
@@ -65,7 +73,9 @@ def test_worker_runs_as_its_own_process(mu_root):
     workdir.mkdir(parents=True, exist_ok=True)
     measured = merging.floor(base, sources, workdir=workdir, name="floor")
     assert measured["status"] == "ok", measured["status"]
-    assert measured["bytes"] == {k: (f / "model.safetensors").stat().st_size for k, f in {**sources, "<base>": base}.items()}
+    assert measured["bytes"] == {
+        k: (f / "model.safetensors").stat().st_size for k, f in {**sources, "<base>": base}.items()
+    }
     assert set(measured["warm_read_s"]) == set(measured["hash_s"]) == {*sources, "<base>"}
     assert measured["peak_rss_mb"] > 0
 
@@ -92,14 +102,29 @@ def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
         calls.append(len(chosen))
         time.sleep(0.05)
         tool = {"status": "ok", "wall_s": 50.0 * len(chosen), "peak_rss_mb": 100.0}
-        return {"method": method, "n": len(chosen), "mu": tool, "mergekit": tool, "elapsed_s": 100.0 * len(chosen),
-                "runs": {"mu": [tool], "mergekit": [tool]}}
+        return {
+            "method": method,
+            "n": len(chosen),
+            "mu": tool,
+            "mergekit": tool,
+            "elapsed_s": 100.0 * len(chosen),
+            "runs": {"mu": [tool], "mergekit": [tool]},
+        }
 
     monkeypatch.setattr(merging, "measure", fake_measure)
     sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
     skipped: list = []
-    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 200,
-                       repeats=1, skipped=skipped, max_rss_bytes=2**40)
+    done = run._merges(
+        "ties",
+        [2, 5],
+        tmp_path,
+        sources,
+        workdir=tmp_path,
+        deadline=time.perf_counter() + 200,
+        repeats=1,
+        skipped=skipped,
+        max_rss_bytes=2**40,
+    )
     assert calls == [2] and [d["n"] for d in done] == [2]
     assert skipped == [{"method": "ties", "n": 5, "reason": skipped[0]["reason"]}]
     assert skipped[0]["reason"].startswith("predicted 250 s")  # mu alone: 50 s per source × 5
@@ -111,32 +136,63 @@ def test_mergekit_predicted_over_the_memory_limit_is_skipped_but_mu_runs(monkeyp
     def fake_measure(method, base, chosen, *, mergekit, **_):
         calls.append((len(chosen), mergekit))
         mu = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 100.0}
-        mk = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1000.0 * len(chosen)} if mergekit == "run" else \
-            {"status": mergekit}
+        mk = (
+            {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1000.0 * len(chosen)}
+            if mergekit == "run"
+            else {"status": mergekit}
+        )
         return {"method": method, "n": len(chosen), "mu": mu, "mergekit": mk, "runs": {"mu": [mu], "mergekit": [mk]}}
 
     monkeypatch.setattr(merging, "measure", fake_measure)
     sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
     skipped: list = []
-    done = run._merges("ties", [2, 5], tmp_path, sources, workdir=tmp_path, deadline=time.perf_counter() + 600,
-                       repeats=1, skipped=skipped, max_rss_bytes=3 * 2**30)
+    done = run._merges(
+        "ties",
+        [2, 5],
+        tmp_path,
+        sources,
+        workdir=tmp_path,
+        deadline=time.perf_counter() + 600,
+        repeats=1,
+        skipped=skipped,
+        max_rss_bytes=3 * 2**30,
+    )
     assert [d["n"] for d in done] == [2, 5] and not skipped
     assert calls[0] == (2, "run") and calls[1][1].startswith("skipped: predicted peak")
 
 
 def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     out = paths.reports_dir("bench", "results-test.json")
-    results = run.run(merge_size="tiny", eval_size="tiny", ns=[2, 3], ties_ns=[2], test_sizes=[16, 32], k=2,
-                      ensemble_size=16, budget_s=600, out=out, repeats=2, cold_read=False,
-                      other_methods=("dare_ties", "slerp", "tsv_m", "widen"), device="cpu")
+    results = run.run(
+        merge_size="tiny",
+        eval_size="tiny",
+        ns=[2, 3],
+        ties_ns=[2],
+        test_sizes=[16, 32],
+        k=2,
+        ensemble_size=16,
+        budget_s=600,
+        out=out,
+        repeats=2,
+        cold_read=False,
+        other_methods=("dare_ties", "slerp", "tsv_m", "widen"),
+        device="cpu",
+    )
     assert paths.read_json(out)["settings"] == results["settings"]
     table = out.with_suffix(".md").read_text(encoding="utf-8")
     assert "| 2 | linear |" in table and "| 2 | ties |" in table and "speedup" in table
     assert results["machine"]["cpu_count"] == os.cpu_count()
 
     rows = results["merge"]["rows"]
-    assert [(r["method"], r["n"]) for r in rows] == [("linear", 2), ("linear", 3), ("ties", 2), ("dare_ties", 2),
-                                                     ("slerp", 2), ("tsv_m", 2), ("widen", 2)]
+    assert [(r["method"], r["n"]) for r in rows] == [
+        ("linear", 2),
+        ("linear", 3),
+        ("ties", 2),
+        ("dare_ties", 2),
+        ("slerp", 2),
+        ("tsv_m", 2),
+        ("widen", 2),
+    ]
     assert results["merge"]["skipped"] == []
     raw = results["merge"]["raw"]
     assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1, 1, 1, 1, 1]  # linear repeated, the others once
@@ -175,9 +231,17 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     updated = run.update(["widen", "nearswap"], ns=[2, 3], out=out, device="cpu")
     assert paths.read_json(out)["merge"]["rows"] == updated["merge"]["rows"]
     again = updated["merge"]["rows"]
-    assert [(r["method"], r["n"]) for r in again] == [("linear", 2), ("linear", 3), ("ties", 2), ("dare_ties", 2),
-                                                      ("slerp", 2), ("tsv_m", 2), ("widen", 2), ("widen", 3),
-                                                      ("nearswap", 2)]
+    assert [(r["method"], r["n"]) for r in again] == [
+        ("linear", 2),
+        ("linear", 3),
+        ("ties", 2),
+        ("dare_ties", 2),
+        ("slerp", 2),
+        ("tsv_m", 2),
+        ("widen", 2),
+        ("widen", 3),
+        ("nearswap", 2),
+    ]
     assert again[:6] == rows[:6] and all("updated" in r for r in again[6:])
     assert updated["merge"]["floor"] == floor and updated["settings"]["updated"][0]["methods"] == ["widen", "nearswap"]
     assert all(r["status"]["mu"] == "ok" for r in again)
@@ -191,8 +255,10 @@ def test_study_projection_from_unit_costs(tmp_path):
 
     from bench import study
 
-    lines = [{"id": str(i), "locale": "sw-KE", "partition": p, "intent": "alarm_set", "utt": f"u {i}"}
-             for i, p in enumerate(["train", "test", "test", "dev", "test"])]
+    lines = [
+        {"id": str(i), "locale": "sw-KE", "partition": p, "intent": "alarm_set", "utt": f"u {i}"}
+        for i, p in enumerate(["train", "test", "test", "dev", "test"])
+    ]
     with gzip.open(tmp_path / "sw-KE.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(json.dumps(x) for x in lines) + "\n")
     out = study.write_locale(tmp_path, "sw-KE", tmp_path / "cut", test_limit=2)
@@ -238,19 +304,39 @@ def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(m
 
     monkeypatch.setattr(merging, "measure", fake_measure)
     skipped: list = []
-    done = run._merges("fisher_simple", [2], base, sources, workdir=base, deadline=time.perf_counter() + 600,
-                       repeats=1, skipped=skipped, max_rss_bytes=int(one) - 1)
+    done = run._merges(
+        "fisher_simple",
+        [2],
+        base,
+        sources,
+        workdir=base,
+        deadline=time.perf_counter() + 600,
+        repeats=1,
+        skipped=skipped,
+        max_rss_bytes=int(one) - 1,
+    )
     assert done == [] and skipped[0]["reason"].startswith("estimated peak")
-    done = run._merges("fisher_simple", [2], base, sources, workdir=base, deadline=time.perf_counter() + 600,
-                       repeats=1, skipped=skipped, max_rss_bytes=int(one) + 1)
+    done = run._merges(
+        "fisher_simple",
+        [2],
+        base,
+        sources,
+        workdir=base,
+        deadline=time.perf_counter() + 600,
+        repeats=1,
+        skipped=skipped,
+        max_rss_bytes=int(one) + 1,
+    )
     assert [d["n"] for d in done] == [2] and len(skipped) == 1
 
 
 def test_maketest_reads_counts_and_seconds_from_a_ci_log(tmp_path, monkeypatch):
     from bench import maketest
 
-    log = ("created: 2/2 workers\n2 workers [714 items]\n...\n"
-           "=========== 690 passed, 24 skipped, 7 warnings in 681.40s (0:11:21) ============\n")
+    log = (
+        "created: 2/2 workers\n2 workers [714 items]\n...\n"
+        "=========== 690 passed, 24 skipped, 7 warnings in 681.40s (0:11:21) ============\n"
+    )
     assert maketest.parse(log) == {"pytest_s": 681.4, "passed": 690, "skipped": 24, "failed": 0, "workers": 2}
     failing = "== 2 failed, 688 passed, 1 error in 700.00s (0:11:40) ==\n"
     assert maketest.parse(failing)["failed"] == 3 and maketest.parse(failing)["workers"] is None

@@ -60,19 +60,47 @@ def test_the_notebook_check_says_what_the_runner_says():
     assert str(in_runner.value) == "05_iterative: merge_frequency=0 (--set) is not valid; valid: an integer >= 1"
 
 
-@pytest.mark.parametrize("value, ok", [
-    (("top_k", 3), True), (("top_k", 0), False), (("top_k", True), False), (("top_k", 2.0), False),
-    (("lr", 1), True), (("lr", 0.0), False), (("lr", float("nan")), False), (("lr", "1e-3"), False),
-    (("density", None), True), (("density", 1.0), True), (("density", 0.0), False),
-    (("gamma", 1.0), False), (("alpha", 1.0), True),
-    (("locales", ["af-ZA", "de-DE"]), True), (("locales", []), False), (("locales", ["af-ZA", "af-ZA"]), False),
-    (("locales", "af-ZA"), False), (("head", "merge"), True), (("head", "de-DE"), True), (("head", "x"), False),
-    (("report_to", "none"), True), (("report_to", ["tensorboard"]), True), (("report_to", "tensorbord"), False),
-    (("feature_set", "syntax_knn+fam"), True), (("feature_set", "syntax_knn+"), False),
-    (("compare_modes", []), True), (("modes", []), False), (("adamerging", []), True), (("adamerging", ["x"]), False),
-    (("sts_score_range", [0, 5]), True), (("sts_score_range", [5, 0]), False), (("max_seq_length", 513), False),
-    (("keep_merged", 1), False), (("data", ""), False), (("seed", -1), False), (("adapt_steps", [0, 50]), True),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (("top_k", 3), True),
+        (("top_k", 0), False),
+        (("top_k", True), False),
+        (("top_k", 2.0), False),
+        (("lr", 1), True),
+        (("lr", 0.0), False),
+        (("lr", float("nan")), False),
+        (("lr", "1e-3"), False),
+        (("density", None), True),
+        (("density", 1.0), True),
+        (("density", 0.0), False),
+        (("gamma", 1.0), False),
+        (("alpha", 1.0), True),
+        (("locales", ["af-ZA", "de-DE"]), True),
+        (("locales", []), False),
+        (("locales", ["af-ZA", "af-ZA"]), False),
+        (("locales", "af-ZA"), False),
+        (("head", "merge"), True),
+        (("head", "de-DE"), True),
+        (("head", "x"), False),
+        (("report_to", "none"), True),
+        (("report_to", ["tensorboard"]), True),
+        (("report_to", "tensorbord"), False),
+        (("feature_set", "syntax_knn+fam"), True),
+        (("feature_set", "syntax_knn+"), False),
+        (("compare_modes", []), True),
+        (("modes", []), False),
+        (("adamerging", []), True),
+        (("adamerging", ["x"]), False),
+        (("sts_score_range", [0, 5]), True),
+        (("sts_score_range", [5, 0]), False),
+        (("max_seq_length", 513), False),
+        (("keep_merged", 1), False),
+        (("data", ""), False),
+        (("seed", -1), False),
+        (("adapt_steps", [0, 50]), True),
+    ],
+)
 def test_declarations_take_type_and_range(value, ok):
     name, v = value
     assert (checks.problem(name, v) is None) is ok, checks.problem(name, v)
@@ -81,8 +109,9 @@ def test_declarations_take_type_and_range(value, ok):
 def test_every_bad_value_and_rule_is_named_at_once():
     with pytest.raises(ValueError) as err:
         checks.check_values({"top_k": "abc", "num_languages": -1, "seed": 1}, where="x")
-    assert str(err.value) == ("x: top_k='abc' is not valid; valid: an integer >= 1; "
-                              "num_languages=-1 is not valid; valid: an integer >= 1")
+    assert str(err.value) == (
+        "x: top_k='abc' is not valid; valid: an integer >= 1; num_languages=-1 is not valid; valid: an integer >= 1"
+    )
     with pytest.raises(ValueError, match=r"min_interval=4, max_interval=3 is not valid: min_interval <= max_interval"):
         checks.check_values({"min_interval": 4, "max_interval": 3}, where="x")
     with pytest.raises(ValueError, match=r"YAML reads it as text: write numbers with a dot"):
@@ -92,24 +121,36 @@ def test_every_bad_value_and_rule_is_named_at_once():
 
 def _cli(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mu", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", "mu", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
     return done, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("top_k=abc", "01_similarity: top_k='abc' (--set) is not valid; valid: an integer >= 1"),
-    ("num_languages=-1", "01_similarity: num_languages=-1 (--set) is not valid; valid: an integer >= 1"),
-    ("merge_frequency=0", "05_iterative: merge_frequency=0 (--set) is not valid; valid: an integer >= 1"),
-    ("max_k=0", "04_ensembling: max_k=0 (--set) is not valid; valid: an integer >= 1"),
-    ("top_k=[1,", "top_k: '[1,' is not a plain YAML value (expected the node content, but found '<stream end>')"),
-    ('x=!!python/object/apply:os.system ["echo hi"]', "x: '!!python/object/apply:os.system [\"echo hi\"]' is not a "
-     "plain YAML value (could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:"
-     "os.system')"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("top_k=abc", "01_similarity: top_k='abc' (--set) is not valid; valid: an integer >= 1"),
+        ("num_languages=-1", "01_similarity: num_languages=-1 (--set) is not valid; valid: an integer >= 1"),
+        ("merge_frequency=0", "05_iterative: merge_frequency=0 (--set) is not valid; valid: an integer >= 1"),
+        ("max_k=0", "04_ensembling: max_k=0 (--set) is not valid; valid: an integer >= 1"),
+        ("top_k=[1,", "top_k: '[1,' is not a plain YAML value (expected the node content, but found '<stream end>')"),
+        (
+            'x=!!python/object/apply:os.system ["echo hi"]',
+            "x: '!!python/object/apply:os.system [\"echo hi\"]' is not a "
+            "plain YAML value (could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:"
+            "os.system')",
+        ),
+    ],
+)
 def test_a_bad_value_on_the_command_line_is_an_error_line_before_any_kernel(setting, message, tmp_path):
-    done, seconds = _cli("run", "--notebooks", "01", "04", "05", "--targets", "af-ZA", "--set", setting,
-                         env={"MU_ROOT": str(tmp_path)})
+    done, seconds = _cli(
+        "run", "--notebooks", "01", "04", "05", "--targets", "af-ZA", "--set", setting, env={"MU_ROOT": str(tmp_path)}
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     [line] = [x for x in done.stderr.splitlines() if "error:" in x]
@@ -123,7 +164,9 @@ def test_mu_root_that_is_no_folder_is_an_error_line(tmp_path):
     regular.write_text("x")
     done, _ = _cli("run", "--notebooks", "01", "--targets", "af-ZA", env={"MU_ROOT": str(regular)})
     assert (done.returncode, done.stderr.strip()) == (
-        2, f"error: MU_ROOT={str(regular)!r} is not a directory; point MU_ROOT at a folder (it is created if missing)")
+        2,
+        f"error: MU_ROOT={str(regular)!r} is not a directory; point MU_ROOT at a folder (it is created if missing)",
+    )
     below = regular / "sub"
     done, _ = _cli("demo", env={"MU_ROOT": str(below)})
     assert done.returncode == 2 and done.stderr.startswith(f"error: MU_ROOT={str(below)!r} cannot be created: ")
@@ -139,13 +182,23 @@ def test_the_study_checks_its_parameters_before_subsampling_and_pretraining(tmp_
 
     monkeypatch.setenv("MU_ROOT", str(tmp_path))
     with pytest.raises(ValueError, match=r"02_training: epochs=0 \(--set\) is not valid; valid: a number > 0"):
-        study.run("mini", source="toy", train=8, dev=8, test=8, objective="mlm", steps=1, notebooks=["01", "02"],
-                  extra_params={"epochs": 0})
+        study.run(
+            "mini",
+            source="toy",
+            train=8,
+            dev=8,
+            test=8,
+            objective="mlm",
+            steps=1,
+            notebooks=["01", "02"],
+            extra_params={"epochs": 0},
+        )
     assert not (tmp_path / "cache" / "data").exists() and not (tmp_path / "models").exists()  # nothing made
 
 
 def test_every_module_is_reachable_as_an_attribute_of_mu():
     import mu
 
-    modules = {p.stem for p in (REPO / "mu").glob("*.py") if not p.stem.startswith("_")} | {"merge"}
-    assert modules <= set(mu._SUBMODULES), sorted(modules - set(mu._SUBMODULES))
+    modules = {p.stem for p in (REPO / "mu").glob("*/*.py") if not p.stem.startswith("_") and p.parent.name != "merge"}
+    assert modules <= set(mu.PUBLIC), sorted(modules - set(mu.PUBLIC))
+    assert all(getattr(mu, name).__name__ == f"mu.{wing}.{name}" for name, wing in mu.PUBLIC.items())

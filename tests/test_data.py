@@ -5,15 +5,20 @@ from pathlib import Path
 
 import pytest
 
-import mu.data as data
+import mu.corpus.data as data
 from mu import paths
 
 
 def test_intents_are_the_60_massive_intents_in_classlabel_order():
     assert len(data.INTENTS) == 60
     assert len(set(data.INTENTS)) == 60
-    assert data.INTENTS[:5] == ["datetime_query", "iot_hue_lightchange", "transport_ticket", "takeaway_query",
-                                "qa_stock"]
+    assert data.INTENTS[:5] == [
+        "datetime_query",
+        "iot_hue_lightchange",
+        "transport_ticket",
+        "takeaway_query",
+        "qa_stock",
+    ]
     assert data.INTENTS[-1] == "lists_query"
     assert all(data.LABEL2ID[data.ID2LABEL[i]] == i for i in range(60))
 
@@ -21,8 +26,11 @@ def test_intents_are_the_60_massive_intents_in_classlabel_order():
 def test_toy_splits_have_expected_columns_and_sizes():
     folder = data.make_toy()
     args = json.loads((folder / "toy_args.json").read_text())
-    for split, per_intent in (("train", args["train_per_intent"]), ("dev", args["dev_per_intent"]),
-                              ("test", args["test_per_intent"])):
+    for split, per_intent in (
+        ("train", args["train_per_intent"]),
+        ("dev", args["dev_per_intent"]),
+        ("test", args["test_per_intent"]),
+    ):
         ds = data.load_split("sw-KE", split, "toy")
         assert ds.column_names == ["id", "text", "label"]
         assert len(ds) == per_intent * args["num_intents"]
@@ -56,16 +64,23 @@ def test_make_toy_is_deterministic_and_resumable(tmp_path):
 
 def test_toy_languages_are_typologically_structured():
     """Languages of one family share more word forms than languages of different families."""
-    vocab = {loc: {w for t in data.load_split(loc, "train", "toy")["text"] for w in t.split()}
-             for loc in data.TOY_LOCALES}
+    vocab = {
+        loc: {w for t in data.load_split(loc, "train", "toy")["text"] for w in t.split()} for loc in data.TOY_LOCALES
+    }
 
     def jaccard(a, b):
         return len(vocab[a] & vocab[b]) / len(vocab[a] | vocab[b])
 
-    within = [jaccard(a, b) for a, b in itertools.combinations(data.TOY_LOCALES, 2)
-              if data.TOY_FAMILIES[a] == data.TOY_FAMILIES[b]]
-    across = [jaccard(a, b) for a, b in itertools.combinations(data.TOY_LOCALES, 2)
-              if data.TOY_FAMILIES[a] != data.TOY_FAMILIES[b]]
+    within = [
+        jaccard(a, b)
+        for a, b in itertools.combinations(data.TOY_LOCALES, 2)
+        if data.TOY_FAMILIES[a] == data.TOY_FAMILIES[b]
+    ]
+    across = [
+        jaccard(a, b)
+        for a, b in itertools.combinations(data.TOY_LOCALES, 2)
+        if data.TOY_FAMILIES[a] != data.TOY_FAMILIES[b]
+    ]
     assert min(within) > 2 * max(across)
 
 
@@ -92,22 +107,28 @@ def test_unknown_locale_split_or_source(massive_fixture_dir):
         data.make_toy(paths.cache_dir("bad_toy"), locales=["de-DE", "zz-ZZ"])
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ("{not json", "bad JSON"),
-    ('{"partition": "test", "utt": "x"}', r"missing key\(s\) \['intent'\]"),
-    ('{"partition": "test", "intent": "make_coffee", "utt": "x"}', "unknown intent 'make_coffee'"),
-    ('{"partition": "valid", "intent": "alarm_set", "utt": "x"}', "unknown partition 'valid'"),
-    ('{"partition": "test", "intent": "alarm_set", "utt": ""}', "'utt' must be a non-empty string"),
-    ('{"partition": "test", "intent": "alarm_set", "utt": "x", "locale": "sw-KE"}', "line has locale 'sw-KE'"),
-    ('["a list"]', "expected a JSON object"),
-    # issue 12: wrong types, null or duplicate ids (never a TypeError without file and line)
-    ('{"partition": "test", "intent": ["alarm_set"], "utt": "x"}', r"'intent' must be a string, got list"),
-    ('{"partition": "test", "intent": "alarm_set", "utt": 5}', r"'utt' must be a string, got int"),
-    ('{"partition": 1, "intent": "alarm_set", "utt": "x"}', r"'partition' must be a string, got int"),
-    ('{"id": null, "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
-    ('{"id": ["9"], "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
-    ('{"id": "1", "partition": "test", "intent": "alarm_set", "utt": "x"}', r"duplicate id '1' \(first on line 1\)"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("{not json", "bad JSON"),
+        ('{"partition": "test", "utt": "x"}', r"missing key\(s\) \['intent'\]"),
+        ('{"partition": "test", "intent": "make_coffee", "utt": "x"}', "unknown intent 'make_coffee'"),
+        ('{"partition": "valid", "intent": "alarm_set", "utt": "x"}', "unknown partition 'valid'"),
+        ('{"partition": "test", "intent": "alarm_set", "utt": ""}', "'utt' must be a non-empty string"),
+        ('{"partition": "test", "intent": "alarm_set", "utt": "x", "locale": "sw-KE"}', "line has locale 'sw-KE'"),
+        ('["a list"]', "expected a JSON object"),
+        # issue 12: wrong types, null or duplicate ids (never a TypeError without file and line)
+        ('{"partition": "test", "intent": ["alarm_set"], "utt": "x"}', r"'intent' must be a string, got list"),
+        ('{"partition": "test", "intent": "alarm_set", "utt": 5}', r"'utt' must be a string, got int"),
+        ('{"partition": 1, "intent": "alarm_set", "utt": "x"}', r"'partition' must be a string, got int"),
+        ('{"id": null, "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
+        ('{"id": ["9"], "partition": "test", "intent": "alarm_set", "utt": "x"}', r"'id' must be a non-empty string"),
+        (
+            '{"id": "1", "partition": "test", "intent": "alarm_set", "utt": "x"}',
+            r"duplicate id '1' \(first on line 1\)",
+        ),
+    ],
+)
 def test_bad_line_names_file_and_line(tmp_path, massive_fixture_dir, bad_line, message):
     shutil.copy(massive_fixture_dir / "de-DE.jsonl", tmp_path / "de-DE.jsonl")
     good = (tmp_path / "de-DE.jsonl").read_text().splitlines()
@@ -167,18 +188,24 @@ def test_damaged_gzip_is_a_value_error_naming_the_file(damage, tmp_path, massive
 
     text = (massive_fixture_dir / "de-DE.jsonl").read_text(encoding="utf-8")
     packed = gzip.compress(text.encode())
-    body = {"truncated": packed[: len(packed) // 2], "not-gzip": text.encode(),
-            "corrupt": packed[:12] + bytes(b ^ 0x5A for b in packed[12:-8]) + packed[-8:]}[damage]
+    body = {
+        "truncated": packed[: len(packed) // 2],
+        "not-gzip": text.encode(),
+        "corrupt": packed[:12] + bytes(b ^ 0x5A for b in packed[12:-8]) + packed[-8:],
+    }[damage]
     (tmp_path / "de-DE.jsonl.gz").write_bytes(body)
-    what = {"truncated": "truncated or damaged gzip", "not-gzip": "not a gzip file",
-            "corrupt": "truncated or damaged gzip"}[damage]
+    what = {
+        "truncated": "truncated or damaged gzip",
+        "not-gzip": "not a gzip file",
+        "corrupt": "truncated or damaged gzip",
+    }[damage]
     with pytest.raises(ValueError, match=rf"de-DE\.jsonl\.gz: {what}"):
         data.load_split("de-DE", "train", tmp_path)
 
 
 def test_massive_source_is_the_env_folder_or_shared_beside_the_checkout(tmp_path, monkeypatch, massive_fixture_dir):
     monkeypatch.delenv(data.MASSIVE_ENV, raising=False)
-    checkout = Path(data.__file__).resolve().parent.parent
+    checkout = Path(data.__file__).resolve().parents[2]
     assert data.massive_dir() == checkout.parent / "shared" / "massive" / "1.1"
     monkeypatch.setenv(data.MASSIVE_ENV, str(massive_fixture_dir))
     assert data.massive_dir() == massive_fixture_dir.resolve()
@@ -188,9 +215,11 @@ def test_massive_source_is_the_env_folder_or_shared_beside_the_checkout(tmp_path
         data.load_split("sw-KE", "test", "massive")
 
 
-@pytest.mark.skipif(not data.massive_dir().is_dir(),
-                    reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
-                           "../shared/massive/1.1 beside the checkout)")
+@pytest.mark.skipif(
+    not data.massive_dir().is_dir(),
+    reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+    "../shared/massive/1.1 beside the checkout)",
+)
 def test_real_massive_splits_are_parallel_and_complete():
     sizes = {}
     for loc in ("sw-KE", "de-DE"):

@@ -35,11 +35,7 @@ def test_majority_and_soft_disagree():
 
 def test_weighted_majority_differs_from_majority():
     # two light sources vote 0, one heavy source votes 1
-    logits = {
-        "a": np.array([[2.0, 0.0]]),
-        "b": np.array([[2.0, 0.0]]),
-        "c": np.array([[0.0, 2.0]]),
-    }
+    logits = {"a": np.array([[2.0, 0.0]]), "b": np.array([[2.0, 0.0]]), "c": np.array([[0.0, 2.0]])}
     weights = {"a": 0.1, "b": 0.1, "c": 0.8}
     assert ensemble.combine("majority", logits, weights).tolist() == [0]
     assert ensemble.combine("weighted_majority", logits, weights).tolist() == [1]
@@ -48,11 +44,7 @@ def test_weighted_majority_differs_from_majority():
 def test_uriel_logits_differs_from_soft():
     # a has a huge logit margin for class 1 (prob ~1); b and c are ~0.99 sure of class 0.
     # probabilities: class 0 ~0.66; raw logit sums: [10, 20] -> class 1.
-    logits = {
-        "a": np.array([[0.0, 20.0]]),
-        "b": np.array([[5.0, 0.0]]),
-        "c": np.array([[5.0, 0.0]]),
-    }
+    logits = {"a": np.array([[0.0, 20.0]]), "b": np.array([[5.0, 0.0]]), "c": np.array([[5.0, 0.0]])}
     assert ensemble.combine("soft", logits, EQUAL3).tolist() == [0]
     assert ensemble.combine("uriel_logits", logits, EQUAL3).tolist() == [1]
 
@@ -83,11 +75,7 @@ def test_vote_tie_with_equal_mass_goes_to_lowest_id():
 def test_weighted_vote_tie_survives_float_rounding():
     # 0.1 + 0.2 != 0.3 in floating point; the votes must still count as tied and the
     # probability mass (c is sure of class 0, a and b barely prefer class 2) decides.
-    logits = {
-        "a": np.array([[0.9, 0.9, 1.0]]),
-        "b": np.array([[0.9, 0.9, 1.0]]),
-        "c": np.array([[10.0, 0.0, 0.0]]),
-    }
+    logits = {"a": np.array([[0.9, 0.9, 1.0]]), "b": np.array([[0.9, 0.9, 1.0]]), "c": np.array([[10.0, 0.0, 0.0]])}
     weights = {"a": 0.1, "b": 0.2, "c": 0.3}
     assert 0.1 + 0.2 != 0.3
     assert ensemble.weighted_majority(logits, weights).tolist() == [0]
@@ -119,8 +107,7 @@ def test_batch_rows_are_independent_and_match_reference():
     # row by row gives the same answers for every method
     for method in ensemble.METHODS:
         whole = ensemble.combine(method, logits, weights)
-        rows = [ensemble.combine(method, {k: v[i:i + 1] for k, v in logits.items()}, weights)[0]
-                for i in range(40)]
+        rows = [ensemble.combine(method, {k: v[i : i + 1] for k, v in logits.items()}, weights)[0] for i in range(40)]
         assert whole.tolist() == rows, method
 
 
@@ -211,6 +198,7 @@ def cached(toy_models):
 def _no_forward(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model forward ran on the cache-only path")
+
     monkeypatch.setattr(XLMRobertaForSequenceClassification, "forward", boom)
 
 
@@ -245,8 +233,14 @@ def test_cache_only_run_performs_zero_model_forwards(toy_models, cached, monkeyp
         assert got["accuracy"] == pytest.approx(float(np.mean(pred == labels)))
         assert got["n"] == len(labels)
         assert 0.0 <= got["macro_f1"] <= 1.0
-    frame = ensemble.table(TARGET, methods=list(ensemble.METHODS), modes=["similarity", "average"],
-                           models_dir=models_dir, data="toy", num_languages=3)
+    frame = ensemble.table(
+        TARGET,
+        methods=list(ensemble.METHODS),
+        modes=["similarity", "average"],
+        models_dir=models_dir,
+        data="toy",
+        num_languages=3,
+    )
     assert len(frame) == 2 * len(ensemble.METHODS)
     assert evaluate.forward_calls() == before
 
@@ -263,8 +257,7 @@ def test_missing_cache_is_an_error_not_a_forward(toy_models, monkeypatch):
     models_dir, _ = toy_models
     _no_forward(monkeypatch)
     with pytest.raises(FileNotFoundError, match="no cached logits"):
-        ensemble.evaluate_ensemble("soft", "it-IT", {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir,
-                                   data="toy")
+        ensemble.evaluate_ensemble("soft", "it-IT", {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
 
 
 def test_cached_logits_of_a_different_split_size_name_both(toy_models, cached, monkeypatch):
@@ -317,11 +310,11 @@ def test_models_with_different_id2label_are_refused(toy_models, tmp_path):
 def test_table_rows_use_the_merging_weights(toy_models, cached):
     models_dir, _ = toy_models
     logits, labels = cached
-    nxn = pd.DataFrame(np.linspace(0.1, 0.9, 25).reshape(5, 5), index=SOURCES + [TARGET],
-                       columns=SOURCES + [TARGET])
+    nxn = pd.DataFrame(np.linspace(0.1, 0.9, 25).reshape(5, 5), index=SOURCES + [TARGET], columns=SOURCES + [TARGET])
     modes = ["similarity", "average", "transfer"]
-    frame = ensemble.table(TARGET, methods=list(ensemble.METHODS), modes=modes, models_dir=models_dir,
-                           data="toy", num_languages=2, nxn=nxn)
+    frame = ensemble.table(
+        TARGET, methods=list(ensemble.METHODS), modes=modes, models_dir=models_dir, data="toy", num_languages=2, nxn=nxn
+    )
     assert list(frame["system"]) == [f"ensemble/{m}/{mode}" for mode in modes for m in ensemble.METHODS]
     assert set(frame["family"]) == {"ensemble"}
     for _, row in frame.iterrows():
@@ -338,17 +331,23 @@ def test_table_rows_use_the_merging_weights(toy_models, cached):
 
 def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, cached, tmp_path):
     models_dir, _ = toy_models
-    nxn = pd.DataFrame(np.linspace(0.9, 0.1, 25).reshape(5, 5), index=SOURCES + [TARGET],
-                       columns=SOURCES + [TARGET])
+    nxn = pd.DataFrame(np.linspace(0.9, 0.1, 25).reshape(5, 5), index=SOURCES + [TARGET], columns=SOURCES + [TARGET])
     path = tmp_path / "evaluation_matrix.csv"
     nxn.to_csv(path)
-    frame = ensemble.table(TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy",
-                           num_languages=2, nxn=path)
+    frame = ensemble.table(
+        TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy", num_languages=2, nxn=path
+    )
     expected = similarity.select(TARGET, SOURCES, mode="transfer", num_languages=2, nxn=nxn)
     assert frame.loc[0, "sources"] == pytest.approx(expected)
     with pytest.raises(FileNotFoundError, match="no N×N matrix"):
-        ensemble.table(TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy",
-                       nxn=path.with_name("missing.csv"))
+        ensemble.table(
+            TARGET,
+            methods=["soft"],
+            modes=["transfer"],
+            models_dir=models_dir,
+            data="toy",
+            nxn=path.with_name("missing.csv"),
+        )
     inputs = ensemble.describe_inputs(TARGET, ["fr-FR", "de-DE"], models_dir=models_dir, data="toy", nxn=path)
     assert sorted(inputs) == ["logits/de-DE", "logits/fr-FR", "model/de-DE", "model/fr-FR", "nxn"]
     folder = models.source_path("fr-FR", models_dir)
@@ -362,15 +361,17 @@ def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, ca
 def test_accuracy_vs_k(toy_models, cached, monkeypatch):
     models_dir, base = toy_models
     methods = ["majority", "uriel_logits"]
-    frame = ensemble.accuracy_vs_k(TARGET, methods=methods, models_dir=models_dir, data="toy",
-                                   base_model=base, max_k=3)
+    frame = ensemble.accuracy_vs_k(TARGET, methods=methods, models_dir=models_dir, data="toy", base_model=base, max_k=3)
     assert sorted(set(frame["k"])) == [1, 2, 3]
     assert len(frame) == 3 * (len(methods) + 1)
     for k, group in frame.groupby("k"):
         expected_w = similarity.select(TARGET, SOURCES, num_languages=k)
         assert all(s == expected_w for s in group["sources"])
-        assert set(group["system"]) == {"ensemble/majority/similarity", "ensemble/uriel_logits/similarity",
-                                        "merge/linear/similarity"}
+        assert set(group["system"]) == {
+            "ensemble/majority/similarity",
+            "ensemble/uriel_logits/similarity",
+            "merge/linear/similarity",
+        }
     # K = 1: every ensemble and the (one-model) merge are the top source itself
     top = next(iter(similarity.select(TARGET, SOURCES, num_languages=1)))
     alone = evaluate.evaluate(models.source_path(top, models_dir), TARGET, data="toy")["accuracy"]
@@ -382,8 +383,9 @@ def test_accuracy_vs_k(toy_models, cached, monkeypatch):
     before = evaluate.forward_calls()
     _no_forward(monkeypatch)
     for _ in range(2):
-        again = ensemble.accuracy_vs_k(TARGET, methods=methods, models_dir=models_dir, data="toy",
-                                       base_model=base, max_k=3, keep_merged=False)
+        again = ensemble.accuracy_vs_k(
+            TARGET, methods=methods, models_dir=models_dir, data="toy", base_model=base, max_k=3, keep_merged=False
+        )
         pd.testing.assert_frame_equal(again, frame)
         assert not any(m.exists() for m in merged)
     assert evaluate.forward_calls() == before
@@ -406,8 +408,9 @@ def test_predict_loads_each_model_once_and_matches_the_cache(toy_models, cached,
         np.testing.assert_allclose(live[loc], logits[loc], atol=1e-4)
     weights = {"de-DE": 0.4, "fr-FR": 0.3, "en-US": 0.2, "es-ES": 0.1}
     for method in ensemble.METHODS:
-        np.testing.assert_array_equal(ensemble.combine(method, live, weights),
-                                      ensemble.combine(method, logits, weights))
+        np.testing.assert_array_equal(
+            ensemble.combine(method, live, weights), ensemble.combine(method, logits, weights)
+        )
     got = ensemble.predict(texts, sources, weights, method="soft", batch_size=48)
     assert got == [data.ID2LABEL[int(i)] for i in ensemble.combine("soft", logits, weights)]
     assert len(loads) == 2 * len(SOURCES)
@@ -428,8 +431,11 @@ def test_predict_refuses_bad_input_before_loading(toy_models, tmp_path, monkeypa
     with pytest.raises(ValueError, match="at least one text"):
         ensemble.predict([], sources, {"fr-FR": 0.5, "de-DE": 0.5})
     # its config says 1 layer, its weights hold 2: refused by the weights-vs-config check, naming the folder
-    with pytest.raises(ValueError, match=r"odd: weights do not match the config .*unexpected tensors "
-                                         r"\['roberta\.encoder\.layer\.1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"odd: weights do not match the config .*unexpected tensors "
+        r"\['roberta\.encoder\.layer\.1\.",
+    ):
         ensemble.predict(["x"], {**sources, "it-IT": odd}, {"fr-FR": 0.4, "de-DE": 0.4, "it-IT": 0.2})
 
 
@@ -440,14 +446,29 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     models_dir, base = toy_models
     dirs = {loc: models.source_path(loc, models_dir) for loc in SOURCES + [TARGET]}
     evaluate.nxn(dirs, data="toy", profile="ens-test")  # own N×N path: reports/02_training/ens-test/
-    params = dict(profile="ens-test", target_lang=TARGET, models_dir=str(models_dir), base_model=str(base),
-                  num_languages=2, max_k=2, max_seq_length=128)
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
-                               kernel_name="python3", progress_bar=False)
+    params = dict(
+        profile="ens-test",
+        target_lang=TARGET,
+        models_dir=str(models_dir),
+        base_model=str(base),
+        num_languages=2,
+        max_k=2,
+        max_seq_length=128,
+    )
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3", progress_bar=False
+    )
     record = paths.read_json(report.record_path("04_ensembling", TARGET, "ensembles"))
     methods, modes = list(ensemble.METHODS), ["similarity", "average", "transfer"]
-    expected = ensemble.table(TARGET, methods=methods, modes=modes, models_dir=models_dir, data="toy",
-                              num_languages=2, nxn=evaluate.nxn_path("ens-test"))
+    expected = ensemble.table(
+        TARGET,
+        methods=methods,
+        modes=modes,
+        models_dir=models_dir,
+        data="toy",
+        num_languages=2,
+        nxn=evaluate.nxn_path("ens-test"),
+    )
     assert [r["system"] for r in record["rows"]] == list(expected["system"])
     for row, (_, want) in zip(record["rows"], expected.iterrows()):
         assert row["family"] == "ensemble" and row["target"] == TARGET and TARGET not in row["sources"]
@@ -463,10 +484,18 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     init = distilled["results"]["init"]  # the toy profile's distill_inits: linear or iso_c, on the same dev splits
     assert init in ("linear", "iso_c")
     assert [(r["system"], r["family"], r["n"], r["teacher"], r["init"]) for r in distilled["rows"]] == [
-        (f"adapted/{distill.name(teacher['method'], init=init)}/{teacher['mode']}", "adapted", record["rows"][0]["n"],
-         f"ensemble/{teacher['method']}/{teacher['mode']}", f"merge/{init}/{teacher['mode']}")]
+        (
+            f"adapted/{distill.name(teacher['method'], init=init)}/{teacher['mode']}",
+            "adapted",
+            record["rows"][0]["n"],
+            f"ensemble/{teacher['method']}/{teacher['mode']}",
+            f"merge/{init}/{teacher['mode']}",
+        )
+    ]
     chosen = protocol.load("ens-test")
-    assert chosen["04.distill.teacher"]["chosen_by"] == "tuning-targets" and chosen["04.distill.lr"]["value"] == \
-        distilled["results"]["lr"]
+    assert (
+        chosen["04.distill.teacher"]["chosen_by"] == "tuning-targets"
+        and chosen["04.distill.lr"]["value"] == distilled["results"]["lr"]
+    )
     assert (chosen["04.distill.init"]["value"], chosen["04.distill.init"]["chosen_by"]) == (init, "tuning-targets")
     assert set(distilled["results"]["cost_s"]) == {distilled["rows"][0]["system"], f"merge/{init}/{teacher['mode']}"}

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-import mu.data as data
-import mu.evaluate as evaluate
-import mu.models as models
+import mu.corpus.data as data
+import mu.learn.evaluate as evaluate
+import mu.learn.models as models
 from mu import paths
 
 
@@ -72,7 +72,8 @@ def test_nxn_has_one_row_and_column_per_available_model(toy_sources):
     assert ((saved >= 0) & (saved <= 1)).all().all()
     for loc in available:
         assert saved.loc[loc, loc] == pytest.approx(
-            evaluate.evaluate(available[loc], loc, data="toy", max_seq_length=64)["accuracy"])
+            evaluate.evaluate(available[loc], loc, data="toy", max_seq_length=64)["accuracy"]
+        )
     before, mtime = evaluate.forward_calls(), path.stat().st_mtime_ns
     again = evaluate.nxn(available, data="toy", profile="toy", max_seq_length=64)
     assert evaluate.forward_calls() == before and path.stat().st_mtime_ns == mtime  # nothing recomputed or rewritten
@@ -80,8 +81,9 @@ def test_nxn_has_one_row_and_column_per_available_model(toy_sources):
 
 
 def test_nxn_on_more_targets_than_sources(toy_sources):
-    frame = evaluate.nxn({"fr-FR": toy_sources["fr-FR"]}, ["fr-FR", "sw-KE"], data="toy", profile="toy-partial",
-                         max_seq_length=64)
+    frame = evaluate.nxn(
+        {"fr-FR": toy_sources["fr-FR"]}, ["fr-FR", "sw-KE"], data="toy", profile="toy-partial", max_seq_length=64
+    )
     assert frame.shape == (1, 2)
     with pytest.raises(ValueError, match="at least one model"):
         evaluate.nxn({}, data="toy", profile="toy-partial")

@@ -5,7 +5,6 @@ concurrent runners and the HTML reports: test_site.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -60,16 +59,18 @@ def test_truncated_logits_cache_is_named_deleted_and_recomputed(toy_sources):
     # read-only path: a warning naming the file, the entry deleted, then "not cached" (no zipfile error)
     with pytest.warns(notes.MuWarning, match=rf"corrupt logits cache entry {entry}.*BadZipFile"):
         with pytest.raises(FileNotFoundError, match="no cached logits"):
-            ensemble.source_logits("it-IT", ["es-ES"], models_dir=model.parent, data="toy", split="dev",
-                                   max_seq_length=64)
+            ensemble.source_logits(
+                "it-IT", ["es-ES"], models_dir=model.parent, data="toy", split="dev", max_seq_length=64
+            )
     assert not entry.exists()
     # compute=True recomputes a truncated entry, with the same numbers
     _ = evaluate.logits(model, "it-IT", "dev", data="toy", max_seq_length=64)
     _truncate(entry, keep=0.9)
     before = evaluate.forward_calls()
     with pytest.warns(notes.MuWarning, match=r"corrupt logits cache entry"):
-        again, _ = ensemble.source_logits("it-IT", ["es-ES"], models_dir=model.parent, data="toy", split="dev",
-                                          max_seq_length=64, compute=True)
+        again, _ = ensemble.source_logits(
+            "it-IT", ["es-ES"], models_dir=model.parent, data="toy", split="dev", max_seq_length=64, compute=True
+        )
     assert evaluate.forward_calls() > before
     # (equal up to float rounding: an earlier test may have cached this entry with other batch padding)
     assert np.allclose(again["es-ES"], first, rtol=0, atol=1e-5) and entry.is_file()
@@ -128,8 +129,11 @@ def test_merge_refuses_a_non_finite_input_naming_source_and_tensor(toy_sources, 
 
     bad = _copy_model(toy_sources["nl-NL"], tmp_path / "nan-model", edit_tensors=one_nan)
     out = tmp_path / "merged"
-    with pytest.raises(ValueError, match=r"merge input nl-NL: tensor roberta\.encoder\.layer\.0\.output\.dense\.weight"
-                                         r" has 1 non-finite value"):
+    with pytest.raises(
+        ValueError,
+        match=r"merge input nl-NL: tensor roberta\.encoder\.layer\.0\.output\.dense\.weight"
+        r" has 1 non-finite value",
+    ):
         mm.merge_models("linear", {"de-DE": toy_sources["de-DE"], "nl-NL": bad}, {"de-DE": 0.5, "nl-NL": 0.5}, out)
     assert not out.exists() and not list(tmp_path.glob(".merged*"))
 
@@ -170,14 +174,20 @@ def test_merge_output_is_checked_before_writing(toy_sources):
     merged["classifier.out_proj.bias"][4] = 3e38
     checks.check_output(config, merged, "merged model for X")
     del merged["classifier.out_proj.bias"]
-    with pytest.raises(ValueError, match=r"merged model for X: weights do not match.*missing tensors "
-                                         r"\['classifier\.out_proj\.bias'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"merged model for X: weights do not match.*missing tensors "
+        r"\['classifier\.out_proj\.bias'\]",
+    ):
         checks.check_output(config, merged, "merged model for X")
 
 
 def test_a_model_missing_a_tensor_is_refused_everywhere(toy_sources, tmp_path):
-    folder = _copy_model(toy_sources["fr-FR"], models.source_path("it-IT", tmp_path),
-                         edit_tensors=lambda sd: sd.pop("classifier.dense.bias"))
+    folder = _copy_model(
+        toy_sources["fr-FR"],
+        models.source_path("it-IT", tmp_path),
+        edit_tensors=lambda sd: sd.pop("classifier.dense.bias"),
+    )
     message = rf"model {folder}: weights do not match the config .*missing tensors \['classifier\.dense\.bias'\]"
     with pytest.raises(ValueError, match=message):  # evaluation (never zero-filled)
         evaluate.evaluate(folder, "fr-FR", "dev", data="toy", max_seq_length=64)
@@ -185,21 +195,31 @@ def test_a_model_missing_a_tensor_is_refused_everywhere(toy_sources, tmp_path):
     with pytest.raises(ValueError, match=message):  # ensembles, even from cached logits
         ensemble.source_logits("fr-FR", ["de-DE", "it-IT"], models_dir=tmp_path, data="toy", max_seq_length=64)
     with pytest.raises(ValueError, match=message):  # merging: the same check
-        mm.merge_models("linear", {"de-DE": toy_sources["de-DE"], "it-IT": folder}, {"de-DE": 1, "it-IT": 1},
-                        tmp_path / "merged")
+        mm.merge_models(
+            "linear", {"de-DE": toy_sources["de-DE"], "it-IT": folder}, {"de-DE": 1, "it-IT": 1}, tmp_path / "merged"
+        )
 
 
 def test_config_sizes_that_disagree_with_the_weights_name_the_model(toy_sources, tmp_path):
-    folder = _copy_model(toy_sources["fr-FR"], tmp_path / "wrong-config",
-                         edit_config=lambda cfg: cfg.update(intermediate_size=2 * cfg["intermediate_size"]))
-    with pytest.raises(ValueError, match=rf"model {folder}: weights do not match the config .*shapes \(weights vs "
-                                         r"config\) differ for \{'roberta\.encoder\.layer\.0\.intermediate"):
+    folder = _copy_model(
+        toy_sources["fr-FR"],
+        tmp_path / "wrong-config",
+        edit_config=lambda cfg: cfg.update(intermediate_size=2 * cfg["intermediate_size"]),
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"model {folder}: weights do not match the config .*shapes \(weights vs "
+        r"config\) differ for \{'roberta\.encoder\.layer\.0\.intermediate",
+    ):
         models.load_classifier(folder)
 
 
 def test_a_vanished_model_folder_is_not_taken_for_a_hub_id(tmp_path):
-    with pytest.raises(ValueError, match=rf"model {tmp_path / 'gone' / 'merged'} is neither an existing folder "
-                                         r"nor a hub id"):
+    with pytest.raises(
+        ValueError,
+        match=rf"model {tmp_path / 'gone' / 'merged'} is neither an existing folder "
+        r"nor a hub id",
+    ):
         models.load_classifier(tmp_path / "gone" / "merged")
 
 
@@ -209,10 +229,12 @@ def test_a_vanished_model_folder_is_not_taken_for_a_hub_id(tmp_path):
 def test_stale_temporaries_of_a_killed_writer_are_removed_live_ones_kept(tmp_path):
     target = tmp_path / "model"
     # a writer killed while saving: its temporary (with a partial file) stays behind
-    code = ("import os, sys\nfrom mu import paths\n"
-            "with paths.atomic_path(sys.argv[1]) as tmp:\n"
-            "    tmp.mkdir(); (tmp / 'model.safetensors').write_bytes(b'0' * 1000)\n"
-            "    os._exit(9)\n")
+    code = (
+        "import os, sys\nfrom mu import paths\n"
+        "with paths.atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'model.safetensors').write_bytes(b'0' * 1000)\n"
+        "    os._exit(9)\n"
+    )
     killed = [sys.executable, "-c", code, str(target)]
     subprocess.run(killed, check=False)
     orphans = list(tmp_path.glob(".model.*.tmp"))

@@ -13,8 +13,16 @@ from mu.merge import lazy
 TARGET = "it-IT"
 SOURCES = {"fr-FR": 0.6, "es-ES": 0.4}
 # 2 cycles of 1 epoch on 288 toy examples per source: a few seconds per cycle on CPU.
-RUN = dict(data="toy", max_epochs=2, merge_frequency=1, merge_algorithm="linear", batch_size=32, lr=5e-4,
-           max_seq_length=32, seed=7)
+RUN = dict(
+    data="toy",
+    max_epochs=2,
+    merge_frequency=1,
+    merge_algorithm="linear",
+    batch_size=32,
+    lr=5e-4,
+    max_seq_length=32,
+    seed=7,
+)
 
 
 class Kill(TrainerCallback):
@@ -71,7 +79,9 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert iterative.completed_cycles(out) == [2]
     details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
-    png = plots.iterative_curves(iterative_results.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png"))
+    png = plots.iterative_curves(
+        iterative_results.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png")
+    )
     assert paths.reports_dir("05_iterative", TARGET, "test_curves.png").stat().st_size > 0 and png is not None
 
 
@@ -108,21 +118,22 @@ def test_killed_after_first_merge_resumes_to_identical_weights(uninterrupted, to
     assert full.keys() == again.keys()
     assert all(torch.equal(full[k], again[k]) for k in full), "resumed run differs from the uninterrupted one"
     drop = ("elapsed_s",)
-    assert ([{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]]
-            == [{k: v for k, v in e.items() if k not in drop} for e in uninterrupted["log"]])
+    assert [{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]] == [
+        {k: v for k, v in e.items() if k not in drop} for e in uninterrupted["log"]
+    ]
     assert resumed["test"] == uninterrupted["test"]
 
     # a finished run reruns as a no-op: no training, the saved result
     never = Kill(at=1)
-    again_result = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir,
-                                 callbacks=[never], **RUN)
+    again_result = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[never], **RUN)
     assert never.fits == 0 and again_result == paths.read_json(out / "result.json")
 
 
 def test_resume_with_other_parameters_is_refused(uninterrupted, toy_base):
     with pytest.raises(ValueError, match=r"other parameters .*'lr': \(0.0005, 0.001\)"):
-        iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/full",
-                      **{**RUN, "lr": 1e-3})
+        iterative.run(
+            TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/full", **{**RUN, "lr": 1e-3}
+        )
 
 
 def test_bad_inputs_are_clear_errors(toy_base):
@@ -142,9 +153,15 @@ def test_bad_inputs_are_clear_errors(toy_base):
 
 def test_data_dependent_merge_uses_each_sources_statistics(toy_base):
     out_dir = "models/toy/iterative-test/fisher"
-    result = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir,
-                           **{**RUN, "max_epochs": 1, "merge_algorithm": "fisher_dataset"},
-                           stats_num_examples=16, keep_cycles=True)
+    result = iterative.run(
+        TARGET,
+        SOURCES,
+        base_model=toy_base,
+        out_dir=out_dir,
+        **{**RUN, "max_epochs": 1, "merge_algorithm": "fisher_dataset"},
+        stats_num_examples=16,
+        keep_cycles=True,
+    )
     cycle = iterative.cycle_dir(out_dir, 1)
     fishers = {loc: weights_of(cycle / "stats" / f"{loc}.safetensors") for loc in SOURCES}
     src = {loc: weights_of(cycle / "sources" / f"{loc}.safetensors") for loc in SOURCES}
@@ -160,15 +177,32 @@ def test_data_dependent_merge_uses_each_sources_statistics(toy_base):
 
 # --- adaptive schedule ------------------------------------------------------------------------------
 # 3 epochs, at most 2 between merges (so >= 2 cycles), every epoch its own fit.
-ADAPTIVE = dict(data="toy", max_epochs=3, merge_schedule="adaptive", max_interval=2, patience=1,
-                convergence_threshold=0.02, performance_drop=0.0, batch_size=32, lr=5e-4, max_seq_length=32, seed=7)
+ADAPTIVE = dict(
+    data="toy",
+    max_epochs=3,
+    merge_schedule="adaptive",
+    max_interval=2,
+    patience=1,
+    convergence_threshold=0.02,
+    performance_drop=0.0,
+    batch_size=32,
+    lr=5e-4,
+    max_seq_length=32,
+    seed=7,
+)
 
 
 @pytest.fixture(scope="module")
 def adaptive_run(toy_base):
     """An uninterrupted adaptive run, tracked with TensorBoard."""
-    return iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir="models/toy/iterative-test/adaptive",
-                         report_to="tensorboard", **ADAPTIVE)
+    return iterative.run(
+        TARGET,
+        SOURCES,
+        base_model=toy_base,
+        out_dir="models/toy/iterative-test/adaptive",
+        report_to="tensorboard",
+        **ADAPTIVE,
+    )
 
 
 def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
@@ -185,8 +219,11 @@ def test_adaptive_log_states_why_each_merge_happened(adaptive_run):
         # every recorded decision is what mu.schedule.decide says about the logged dev accuracies
         for j, d in enumerate(e["decisions"], 1):
             dev = [{loc: s["dev_accuracy_per_epoch"][i] for loc, s in e["sources"].items()} for i in range(j)]
-            assert schedule.decide(dev, epochs_done=e["epochs"][0] + j, max_epochs=3, **params) == \
-                (d["merge"], d["reason"], d["detail"])
+            assert schedule.decide(dev, epochs_done=e["epochs"][0] + j, max_epochs=3, **params) == (
+                d["merge"],
+                d["reason"],
+                d["detail"],
+            )
         # the epochs' learning rates are the pieces of one linear decay over max_interval epochs
         pieces = [d["lr"] for d in e["decisions"]]
         assert pieces[0][0] == pytest.approx(ADAPTIVE["lr"])
@@ -204,7 +241,8 @@ def test_tensorboard_event_files_hold_loss_and_dev_accuracy(adaptive_run):
 
     out = paths.resolve("models/toy/iterative-test/adaptive")
     steps_per_epoch = adaptive_run["log"][0]["sources"]["fr-FR"]["global_step"] // (
-        adaptive_run["log"][0]["epochs"][1] - adaptive_run["log"][0]["epochs"][0])
+        adaptive_run["log"][0]["epochs"][1] - adaptive_run["log"][0]["epochs"][0]
+    )
     seen = {}
     for e in adaptive_run["log"]:
         run_dir = out / "runs" / "fr-FR" / f"cycle_{e['cycle']}"
@@ -229,8 +267,9 @@ def test_adaptive_run_killed_mid_cycle_resumes_to_identical_weights(adaptive_run
     full, again = weights_of(paths.resolve(adaptive_run["merged"])), weights_of(paths.resolve(resumed["merged"]))
     assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
     drop = ("elapsed_s",)
-    assert ([{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]]
-            == [{k: v for k, v in e.items() if k not in drop} for e in adaptive_run["log"]])
+    assert [{k: v for k, v in e.items() if k not in drop} for e in resumed["log"]] == [
+        {k: v for k, v in e.items() if k not in drop} for e in adaptive_run["log"]
+    ]
 
 
 def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
@@ -249,18 +288,26 @@ def test_schedule_arguments_are_checked_before_anything_is_written(toy_base):
 def test_report_rows_name_each_run_in_the_iterative_family():
     fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}}
     adaptive = {"test": {"accuracy": 0.6, "macro_f1": 0.5, "n": 96}}
-    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity",
-                                 {"de-DE": 0.6, "nl-NL": 0.4})
+    rows = iterative_results.report_rows(
+        {"iterative": fixed, "iterative-adaptive": adaptive}, "linear", "similarity", {"de-DE": 0.6, "nl-NL": 0.4}
+    )
     assert [(r["system"], r["family"], r["accuracy"]) for r in rows] == [
-        ("iterative/linear/similarity", "iterative", 0.5), ("iterative-adaptive/linear/similarity", "iterative", 0.6)]
+        ("iterative/linear/similarity", "iterative", 0.5),
+        ("iterative-adaptive/linear/similarity", "iterative", 0.6),
+    ]
     assert all(r["sources"] == {"de-DE": 0.6, "nl-NL": 0.4} and r["n"] == 96 for r in rows)
 
 
 def test_a_run_not_made_is_left_out_of_rows_comparison_and_inputs(tmp_path):
-    fixed = {"test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96}, "merged": str(tmp_path / "m"),
-             "log": [{"epochs": [0, 2], "elapsed_s": 1.0, "sources": {}}]}
+    fixed = {
+        "test": {"accuracy": 0.5, "macro_f1": 0.4, "n": 96},
+        "merged": str(tmp_path / "m"),
+        "log": [{"epochs": [0, 2], "elapsed_s": 1.0, "sources": {}}],
+    }
     (tmp_path / "m").write_text("x")
-    rows = iterative_results.report_rows({"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0})
+    rows = iterative_results.report_rows(
+        {"iterative": fixed, "iterative-adaptive": None}, "linear", "similarity", {"de-DE": 1.0}
+    )
     assert [r["system"] for r in rows] == ["iterative/linear/similarity"]
     assert list(iterative_results.compare({"fixed": fixed, "adaptive": None}).index) == ["fixed"]
     got = iterative_results.inputs(tmp_path / "m", {"merged_model": fixed, "adaptive_merged_model": None})
@@ -275,16 +322,23 @@ def _trained(models_dir, recipes):
     for loc, (epochs, lr, runtime) in recipes.items():
         folder = paths.resolve(models.source_path(loc, models_dir))
         folder.mkdir(parents=True, exist_ok=True)
-        paths.write_json(folder / "training_args.json", {
-            "params": {"locale": loc, "epochs": epochs, "lr": lr, "batch_size": 32},
-            "log_history": [{"loss": 1.0}, {"train_runtime": runtime, "epoch": epochs}]})
+        paths.write_json(
+            folder / "training_args.json",
+            {
+                "params": {"locale": loc, "epochs": epochs, "lr": lr, "batch_size": 32},
+                "log_history": [{"loss": 1.0}, {"train_runtime": runtime, "epoch": epochs}],
+            },
+        )
 
 
 def test_like_for_like_takes_the_one_shot_sources_epochs_and_lr(mu_root):
     from mu import notes, protocol
 
     _trained("models/lfl", {"de-DE": (5, 1e-3, 20.0), "nl-NL": (5, 1e-3, 22.5)})
-    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE", "nl-NL"], max_epochs=None, lr=None) == (5, 1e-3)
+    assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE", "nl-NL"], max_epochs=None, lr=None) == (
+        5,
+        1e-3,
+    )
     assert protocol.load("lfl")["05.max_epochs"]["value"] == 5
     notes.clear()
     assert iterative_results.like_for_like("lfl", "models/lfl", ["de-DE"], max_epochs=2, lr=None) == (2, 1e-3)
@@ -295,8 +349,14 @@ def test_like_for_like_takes_the_one_shot_sources_epochs_and_lr(mu_root):
     with pytest.raises(FileNotFoundError, match="run 02 first, or give max_epochs and lr"):
         iterative_results.like_for_like("lfl", "models/lfl", ["fr-FR"], max_epochs=None, lr=None)
     run = {"test": {"accuracy": 0.5}, "log": [{"elapsed_s": 10.0}, {"elapsed_s": 5.5}]}
-    cost = iterative_results.costs({"iterative": run, "iterative-adaptive": None}, "linear", "similarity", "models/lfl",
-                                   ["de-DE", "nl-NL"], {"seconds": 0.5, "model": None}).set_index("system")
+    cost = iterative_results.costs(
+        {"iterative": run, "iterative-adaptive": None},
+        "linear",
+        "similarity",
+        "models/lfl",
+        ["de-DE", "nl-NL"],
+        {"seconds": 0.5, "model": None},
+    ).set_index("system")
     assert cost.at["iterative/linear/similarity", "seconds"] == 15.5
     assert cost.at["merge/linear/similarity", "seconds"] == pytest.approx(43.0)  # 20 + 22.5 of 02, + the merge
     assert cost.at["ensemble/*/similarity", "seconds"] == pytest.approx(42.5)

@@ -34,8 +34,12 @@ NOISE = ("%|", "Loading weights", "Writing model shards", "Map", "merge linear",
 
 def _stderr(ipynb) -> str:
     cells = json.loads(ipynb.read_text(encoding="utf-8"))["cells"]
-    return "".join("".join(o["text"]) for c in cells for o in c.get("outputs", [])
-                   if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    return "".join(
+        "".join(o["text"])
+        for c in cells
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == "stderr"
+    )
 
 
 @pytest.fixture()
@@ -52,8 +56,9 @@ def interrupts(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_runner_notebook_has_no_progress_noise_and_its_kernel_stops_cleanly(tmp_path, monkeypatch, toy_base,
-                                                                              interrupts, capfd):
+def test_a_runner_notebook_has_no_progress_noise_and_its_kernel_stops_cleanly(
+    tmp_path, monkeypatch, toy_base, interrupts, capfd
+):
     monkeypatch.setenv("MU_ROOT", str(tmp_path))
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "params").mkdir()
@@ -88,4 +93,7 @@ def test_an_interrupt_asked_for_while_running_is_still_sent(interrupts):
 def test_the_kernel_environment_turns_the_bars_off():
     env = runner.kernel_env(workers=1)
     assert {k: env[k] for k in runner.QUIET_ENV} == {
-        "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+        "TQDM_DISABLE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    }

@@ -42,13 +42,28 @@ def test_makefile_lab_target_starts_jupyterlab_on_the_notebooks():
 
 def test_jupyterlab_answers_headless_with_the_projects_kernel(tmp_path):
     if importlib.util.find_spec("jupyterlab") is None:
-        pytest.skip("jupyterlab is not installed in this environment (the `test` / `lab` extra; `make lab` installs it)")
+        pytest.skip(
+            "jupyterlab is not installed in this environment (the `test` / `lab` extra; `make lab` installs it)"
+        )
     port, token = _free_port(), secrets.token_hex(16)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--ServerApp.root_dir=notebooks"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.token={token}",
+        "--ServerApp.root_dir=notebooks",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+    }
     log = (tmp_path / "lab.log").open("w")
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -60,7 +75,9 @@ def test_jupyterlab_answers_headless_with_the_projects_kernel(tmp_path):
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.5)
-        assert status == 200, f"no answer from {base}/api (exit {server.poll()}): {(tmp_path / 'lab.log').read_text()[-2000:]}"
+        assert status == 200, (
+            f"no answer from {base}/api (exit {server.poll()}): {(tmp_path / 'lab.log').read_text()[-2000:]}"
+        )
         assert "version" in api
         _, specs = _get(f"{base}/api/kernelspecs?token={token}")
         kernel = specs["kernelspecs"][specs["default"]]["spec"]

@@ -1,8 +1,8 @@
 import pytest
 
 import mu
-from mu.locales import LOCALES, URIEL_CODES, check_locale, check_locales, uriel_code
-from mu.similarity import DEFAULT_FEATURE_SET, uriel_vectors
+from mu.langs.locales import LOCALES, URIEL_CODES, check_locale, check_locales, uriel_code
+from mu.langs.similarity import DEFAULT_FEATURE_SET, uriel_vectors
 
 
 def test_51_massive_locales():
@@ -11,10 +11,21 @@ def test_51_massive_locales():
     assert LOCALES == sorted(LOCALES)
 
 
-@pytest.mark.parametrize("locale,code", [
-    ("sw-KE", "swh"), ("sq-AL", "als"), ("zh-CN", "cmn"), ("zh-TW", "cmn"), ("nb-NO", "nob"),
-    ("fa-IR", "pes"), ("lv-LV", "lav"), ("mn-MN", "khk"), ("ms-MY", "zsm"), ("az-AZ", "azj"),
-])
+@pytest.mark.parametrize(
+    "locale,code",
+    [
+        ("sw-KE", "swh"),
+        ("sq-AL", "als"),
+        ("zh-CN", "cmn"),
+        ("zh-TW", "cmn"),
+        ("nb-NO", "nob"),
+        ("fa-IR", "pes"),
+        ("lv-LV", "lav"),
+        ("mn-MN", "khk"),
+        ("ms-MY", "zsm"),
+        ("az-AZ", "azj"),
+    ],
+)
 def test_documented_codes(locale, code):
     assert uriel_code(locale) == code
 

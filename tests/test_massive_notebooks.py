@@ -29,18 +29,28 @@ TARGET = "nl-NL"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not data.massive_dir().is_dir(),
-                       reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
-                              "../shared/massive/1.1 beside the checkout)"),
+    pytest.mark.skipif(
+        not data.massive_dir().is_dir(),
+        reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+        "../shared/massive/1.1 beside the checkout)",
+    ),
 ]
 
 
 def _params(stem: str) -> dict:
     values = params.load_params(stem, "massive")
     values.update(profile="mini", data=DATA)
-    overrides = (("locales", LOCALES), ("lr", 2e-3), ("target_lang", TARGET), ("sts_data", "toy"),
-                 ("tuning_targets", ["de-DE", "sw-KE"]), ("distill_inits", ["linear", "iso_c"]),
-                 ("adamerging", ["task"]), ("adapt_steps", [50]), ("distill_lrs", [1e-4]))
+    overrides = (
+        ("locales", LOCALES),
+        ("lr", 2e-3),
+        ("target_lang", TARGET),
+        ("sts_data", "toy"),
+        ("tuning_targets", ["de-DE", "sw-KE"]),
+        ("distill_inits", ["linear", "iso_c"]),
+        ("adamerging", ["task"]),
+        ("adapt_steps", [50]),
+        ("distill_lrs", [1e-4]),
+    )
     for key, value in overrides:
         if key in params.notebook_parameters(REPO / "notebooks" / f"{stem}.ipynb"):
             values[key] = value
@@ -48,31 +58,54 @@ def _params(stem: str) -> dict:
 
 
 def _execute(stem: str, tmp_path) -> None:
-    papermill.execute_notebook(str(REPO / "notebooks" / f"{stem}.ipynb"), str(tmp_path / f"{stem}.ipynb"),
-                               parameters=_params(stem), kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / f"{stem}.ipynb"),
+        str(tmp_path / f"{stem}.ipynb"),
+        parameters=_params(stem),
+        kernel_name="python3",
+        progress_bar=False,
+    )
 
 
 def test_massive_settings_run_02_03_04_on_real_locales(tmp_path):
     study.subsample("massive", DATA, LOCALES, train=400, dev=16, test=120, seed=0)
     p02 = _params("02_training")
     assert p02["max_seq_length"] == 128 and p02["models_dir"] == "models/massive"
-    pretrain.ensure("mini", objective="mlm+tlm", base_model=p02["base_model"], seed=p02["seed"], locales=LOCALES,
-                    source=DATA, steps=8, vocab_size=800, hidden_size=32, num_hidden_layers=1,
-                    num_attention_heads=2, intermediate_size=64, max_len=64, batch_size=16, warmup_steps=2,
-                    dev_per_locale=8)
+    pretrain.ensure(
+        "mini",
+        objective="mlm+tlm",
+        base_model=p02["base_model"],
+        seed=p02["seed"],
+        locales=LOCALES,
+        source=DATA,
+        steps=8,
+        vocab_size=800,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_len=64,
+        batch_size=16,
+        warmup_steps=2,
+        dev_per_locale=8,
+    )
     for stem in ("02_training", "03_merging", "04_ensembling"):
         _execute(stem, tmp_path)
     matrix = paths.read_json(report.record_path("02_training", "mini", "training"))["results"]["evaluation_matrix"]
     assert set(matrix) == set(LOCALES) and all(set(row) == set(LOCALES) for row in matrix.values())
     merged = paths.read_json(report.record_path("03_merging", TARGET, "linear-similarity"))
     # the profile's compare_modes: the transfer-weighted merge beside the URIEL one and its average
-    assert {r["system"] for r in merged["rows"]} == {"merge/linear/similarity", "merge/linear/average",
-                                                     "merge/linear/transfer"}
+    assert {r["system"] for r in merged["rows"]} == {
+        "merge/linear/similarity",
+        "merge/linear/average",
+        "merge/linear/transfer",
+    }
     assert all(r["n"] == 120 and TARGET not in r["sources"] for r in merged["rows"])
     ens = paths.read_json(report.record_path("04_ensembling", TARGET, "ensembles"))
     assert ens["params"]["keep_merged"] is False and ens["params"]["max_seq_length"] == 128
     ks = {r["k"] for r in ens["results"]["accuracy_vs_k"]}
     assert ks == {1, 2, 3}  # 3 sources besides the target, fewer than the profile's max_k
     # keep_merged=False: the K-source merges were deleted once evaluated
-    assert not any(paths.resolve(merge.merged_dir("models/massive", TARGET, "linear", f"similarity-k{k}")).exists()
-                   for k in ks)
+    assert not any(
+        paths.resolve(merge.merged_dir("models/massive", TARGET, "linear", f"similarity-k{k}")).exists() for k in ks
+    )

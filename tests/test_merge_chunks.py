@@ -28,8 +28,13 @@ def _sds(n: int = 3, seed: int = 0, quantum: float | None = None) -> tuple[dict,
 
 
 def test_lazy_reads_only_the_rows_asked_for(tmp_path):
-    tensors = {"m": torch.randn(13, 5), "h": torch.randn(7, 3).to(torch.bfloat16), "v": torch.arange(9.0),
-               "z": torch.tensor(2.5), "e": torch.empty(0, 4)}
+    tensors = {
+        "m": torch.randn(13, 5),
+        "h": torch.randn(7, 3).to(torch.bfloat16),
+        "v": torch.arange(9.0),
+        "z": torch.tensor(2.5),
+        "e": torch.empty(0, 4),
+    }
     save_file(tensors, str(tmp_path / "t.safetensors"))
     sd = lazy.LazyStateDict.from_file(tmp_path / "t.safetensors")
     assert set(sd) == set(tensors) and sd.meta()["h"] == ((7, 3), torch.bfloat16)
@@ -42,7 +47,9 @@ def test_lazy_reads_only_the_rows_asked_for(tmp_path):
     assert lazy.rows(sd, "e", 0, 0).shape == (0, 4)
     assert torch.equal(lazy.rows(tensors, "m", 1, 2), tensors["m"][1:2])  # in-memory state dicts slice alike
     only = lazy.select(sd, ["m"])
-    assert "m" in only and "v" not in only and list(only) == ["m"] and lazy.meta(only) == {"m": ((13, 5), torch.float32)}
+    assert (
+        "m" in only and "v" not in only and list(only) == ["m"] and lazy.meta(only) == {"m": ((13, 5), torch.float32)}
+    )
     with pytest.raises(KeyError):
         lazy.rows(only, "v", 0, 1)
     with pytest.raises(ValueError, match="scalar"):
@@ -76,17 +83,21 @@ def test_streamed_methods_do_not_depend_on_the_chunk_size(method):
                 assert torch.equal(part[key], whole[key]), (method, step, key)
 
 
-@pytest.mark.parametrize("method,params,with_base", [
-    ("model_stock", {}, True), ("model_stock", {"filter_wise": True}, True),
-    ("multislerp", {}, True), ("multislerp", {}, False),
-])
+@pytest.mark.parametrize(
+    "method,params,with_base",
+    [
+        ("model_stock", {}, True),
+        ("model_stock", {"filter_wise": True}, True),
+        ("multislerp", {}, True),
+        ("multislerp", {}, False),
+    ],
+)
 def test_geometric_methods_equal_mergekit(method, params, with_base):
     from mergekit.merge_methods import get, merge_state_dicts
 
     base, sds = _sds(3, seed=7)
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
-    mine = registry.METHODS[method](sds, w, base if with_base else None, device="cpu", chunk_elements=16,
-                                    **params)
+    mine = registry.METHODS[method](sds, w, base if with_base else None, device="cpu", chunk_elements=16, **params)
     mk_params = dict(params) if method == "model_stock" else {"weight": w, "normalize_weights": True}
     models = {**sds, "B": base} if with_base else dict(sds)
     ref = merge_state_dicts(models, get(method), parameters=mk_params, base="B" if with_base else None)
@@ -122,18 +133,26 @@ def test_slerp_wide_rows_do_not_depend_on_the_chunk_size():
     """Rows of 1000 elements: the per-row dot products are the same whether a chunk holds 1, 7 or all 40 rows."""
     g = torch.Generator().manual_seed(2)
     sds = {k: {"w": torch.randn(40, 1000, generator=g)} for k in ("a", "b")}
-    merged = [registry.METHODS["slerp"](sds, {"a": 0.3, "b": 0.7}, device="cpu", chunk_elements=step)["w"]
-              for step in (1000, 7000, 10**9)]
+    merged = [
+        registry.METHODS["slerp"](sds, {"a": 0.3, "b": 0.7}, device="cpu", chunk_elements=step)["w"]
+        for step in (1000, 7000, 10**9)
+    ]
     assert all(torch.equal(m, merged[0]) for m in merged[1:])
 
 
-@pytest.mark.parametrize("name,ours,theirs", [
-    ("task_arithmetic", {"lambda_": 0.7}, {"lambda": 0.7}),
-    ("ties", {"density": 0.3, "rescale": True}, {"density": 0.3, "rescale": True}),
-    ("breadcrumbs", {"density": 0.6, "gamma": 0.1}, {"density": 0.6, "gamma": 0.1}),
-    ("breadcrumbs", {"density": 0.6, "gamma": 0.1, "rescale": True}, {"density": 0.6, "gamma": 0.1,
-                                                                       "rescale": True}),
-])
+@pytest.mark.parametrize(
+    "name,ours,theirs",
+    [
+        ("task_arithmetic", {"lambda_": 0.7}, {"lambda": 0.7}),
+        ("ties", {"density": 0.3, "rescale": True}, {"density": 0.3, "rescale": True}),
+        ("breadcrumbs", {"density": 0.6, "gamma": 0.1}, {"density": 0.6, "gamma": 0.1}),
+        (
+            "breadcrumbs",
+            {"density": 0.6, "gamma": 0.1, "rescale": True},
+            {"density": 0.6, "gamma": 0.1, "rescale": True},
+        ),
+    ],
+)
 def test_task_vectors_equal_mergekit(name, ours, theirs):
     from mergekit.merge_methods import merge_state_dicts
 
@@ -141,8 +160,9 @@ def test_task_vectors_equal_mergekit(name, ours, theirs):
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
     mine = registry.METHODS[name](sds, w, base, device="cpu", chunk_elements=16, **ours)
     mk_name = {"breadcrumbs": "breadcrumbs"}.get(name, name)
-    ref = merge_state_dicts({**sds, "B": base}, mk_name, base="B",
-                            parameters={"weight": w, "normalize": True, **theirs})
+    ref = merge_state_dicts(
+        {**sds, "B": base}, mk_name, base="B", parameters={"weight": w, "normalize": True, **theirs}
+    )
     for key in base:
         torch.testing.assert_close(mine[key], ref[key], rtol=0, atol=1e-6)
 
@@ -151,12 +171,21 @@ def test_dare_keeps_a_density_fraction_rescaled_to_the_l1_norm_independent_of_so
     g = torch.Generator().manual_seed(0)
     delta = torch.randn(200, 100, generator=g)
     zero = {"d": torch.zeros_like(delta)}
-    kept = taskvec.task_vectors({"a": {"d": delta}}, {"a": 1.0}, zero, sparsify="random", density=0.3,
-                                rescale=True, device="cpu", chunk_elements=333)["d"]
+    kept = taskvec.task_vectors(
+        {"a": {"d": delta}},
+        {"a": 1.0},
+        zero,
+        sparsify="random",
+        density=0.3,
+        rescale=True,
+        device="cpu",
+        chunk_elements=333,
+    )["d"]
     assert abs(float((kept != 0).float().mean()) - 0.3) < 0.01
     torch.testing.assert_close(kept.abs().sum(), delta.abs().sum(), rtol=1e-4, atol=0)
-    assert torch.equal(kept != 0, (kept / delta) != 0) and torch.allclose(kept[kept != 0] / delta[kept != 0],
-                                                                          kept[kept != 0][:1] / delta[kept != 0][:1])
+    assert torch.equal(kept != 0, (kept / delta) != 0) and torch.allclose(
+        kept[kept != 0] / delta[kept != 0], kept[kept != 0][:1] / delta[kept != 0][:1]
+    )
     base, sds = _sds(3, seed=9)
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
     forward = mm.merge("dare_ties", sds, w, base, device="cpu")

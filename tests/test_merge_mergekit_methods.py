@@ -41,22 +41,29 @@ def _close(mine: dict, ref: dict, rtol: float = 1e-5, atol: float = 1e-6) -> Non
 W3 = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
 
 
-@pytest.mark.parametrize("ours,theirs", [
-    ({}, {"density": 0.9, "gamma": 0.01}),
-    ({"density": 0.6, "gamma": 0.1}, {"density": 0.6, "gamma": 0.1}),
-    ({"density": 0.5, "gamma": 0.05, "rescale": True, "lambda_": 0.7}, {"density": 0.5, "gamma": 0.05,
-                                                                        "rescale": True, "lambda": 0.7}),
-])
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        ({}, {"density": 0.9, "gamma": 0.01}),
+        ({"density": 0.6, "gamma": 0.1}, {"density": 0.6, "gamma": 0.1}),
+        (
+            {"density": 0.5, "gamma": 0.05, "rescale": True, "lambda_": 0.7},
+            {"density": 0.5, "gamma": 0.05, "rescale": True, "lambda": 0.7},
+        ),
+    ],
+)
 def test_breadcrumbs_ties_equals_mergekit(ours, theirs):
     """mu's consensus divides by the agreeing sources' weights, as mergekit's ``normalize=True`` (as ``ties``)."""
     from mergekit.merge_methods import merge_state_dicts
 
     base, sds = _sds(3, seed=5, scalar=True)
-    ref = merge_state_dicts({**sds, "B": base}, "breadcrumbs_ties", base="B",
-                            parameters={"weight": W3, "normalize": True, **theirs})
+    ref = merge_state_dicts(
+        {**sds, "B": base}, "breadcrumbs_ties", base="B", parameters={"weight": W3, "normalize": True, **theirs}
+    )
     for step in STEPS:
-        _close(registry.METHODS["breadcrumbs_ties"](sds, W3, base, device="cpu", chunk_elements=step, **ours),
-               ref, rtol=0)
+        _close(
+            registry.METHODS["breadcrumbs_ties"](sds, W3, base, device="cpu", chunk_elements=step, **ours), ref, rtol=0
+        )
 
 
 @pytest.mark.parametrize("method", ["della", "della_linear"])
@@ -69,15 +76,26 @@ def test_della_equals_mergekit_under_the_same_draws(method, ours, monkeypatch):
 
     base, sds = _sds(3, seed=8)
     knobs = {**mm.knobs(method), **ours}
-    draws = iter([torch.from_numpy(taskvec._rng(knobs["seed"], key, name).random(v.numel(), dtype=np.float32))
-                  for key, v in base.items() for name in sds])  # mergekit's order: tensor by tensor, source by source
+    draws = iter(
+        [
+            torch.from_numpy(taskvec._rng(knobs["seed"], key, name).random(v.numel(), dtype=np.float32))
+            for key, v in base.items()
+            for name in sds
+        ]
+    )  # mergekit's order: tensor by tensor, source by source
 
     def bernoulli(probs, *args, **kwargs):
         return (next(draws).view(probs.shape) < probs).to(probs.dtype)
 
     mine = {step: registry.METHODS[method](sds, W3, base, device="cpu", chunk_elements=step, **ours) for step in STEPS}
-    params = {"weight": W3, "density": knobs["density"], "epsilon": knobs["epsilon"], "lambda": knobs["lambda_"],
-              "rescale": knobs["rescale"], "normalize": True}
+    params = {
+        "weight": W3,
+        "density": knobs["density"],
+        "epsilon": knobs["epsilon"],
+        "lambda": knobs["lambda_"],
+        "rescale": knobs["rescale"],
+        "normalize": True,
+    }
     monkeypatch.setattr(torch, "bernoulli", bernoulli)
     ref = merge_state_dicts({**sds, "B": base}, method, base="B", parameters=params)
     assert next(draws, None) is None  # every draw used
@@ -91,8 +109,19 @@ def test_magprune_keep_probabilities_rise_with_the_magnitude_rank():
     g = torch.Generator().manual_seed(1)
     delta = torch.randn(20000, 10, generator=g)
     density, eps = 0.5, 0.2
-    kept = taskvec.task_vectors({"a": {"d": delta}}, {"a": 1.0}, {"d": torch.zeros_like(delta)}, sparsify="magprune",
-                                density=density, epsilon=eps, device="cpu", chunk_elements=999)["d"] != 0
+    kept = (
+        taskvec.task_vectors(
+            {"a": {"d": delta}},
+            {"a": 1.0},
+            {"d": torch.zeros_like(delta)},
+            sparsify="magprune",
+            density=density,
+            epsilon=eps,
+            device="cpu",
+            chunk_elements=999,
+        )["d"]
+        != 0
+    )
     ranks = delta.abs().argsort(dim=1).argsort(dim=1)
     for r in range(10):
         rate = float(kept[ranks == r].float().mean())
@@ -140,8 +169,18 @@ def test_nuslerp_equals_mergekit(flatten, row_wise, with_base):
     models = {**sds, "B": base} if with_base else sds
     ref = merge_state_dicts(models, "nuslerp", base="B" if with_base else None, parameters=params)
     for step in STEPS:
-        _close(registry.METHODS["nuslerp"](sds, w, base if with_base else None, device="cpu", chunk_elements=step,
-                                           flatten=flatten, row_wise=row_wise), ref)
+        _close(
+            registry.METHODS["nuslerp"](
+                sds,
+                w,
+                base if with_base else None,
+                device="cpu",
+                chunk_elements=step,
+                flatten=flatten,
+                row_wise=row_wise,
+            ),
+            ref,
+        )
 
 
 @pytest.mark.parametrize("t", [1e-4, 0.05, 10.0])
@@ -177,20 +216,22 @@ def test_arcee_fusion_samples_large_tensors_as_mergekit():
     g = torch.Generator().manual_seed(2)
     a = torch.randn(1100, 1000, generator=g)
     sds = {"a": {"big": a}, "b": {"big": a + 0.05 * torch.randn(a.shape, generator=g) ** 3}}
-    mine = registry.METHODS["arcee_fusion"](sds, {"a": 0.5, "b": 0.5}, device="cpu", chunk_elements=150_000,
-                                            seed=3)
+    mine = registry.METHODS["arcee_fusion"](sds, {"a": 0.5, "b": 0.5}, device="cpu", chunk_elements=150_000, seed=3)
     torch.manual_seed(selective._generator(3, "big").initial_seed())
     ref = merge_state_dicts(sds, "arcee_fusion", base="a")
     assert torch.equal(mine["big"], ref["big"])
     assert 0.01 < float((mine["big"] != a).float().mean()) < 0.5  # some entries fused, not all
 
 
-@pytest.mark.parametrize("method,ours,theirs", [
-    ("ram", {}, {}),
-    ("ram", {"epsilon": 0.05}, {"epsilon": 0.05}),
-    ("ramplus_tl", {}, {}),
-    ("ramplus_tl", {"r": 0.5, "alpha": 1.0, "epsilon": 0.02}, {"r": 0.5, "alpha": 1.0, "epsilon": 0.02}),
-])
+@pytest.mark.parametrize(
+    "method,ours,theirs",
+    [
+        ("ram", {}, {}),
+        ("ram", {"epsilon": 0.05}, {"epsilon": 0.05}),
+        ("ramplus_tl", {}, {}),
+        ("ramplus_tl", {"r": 0.5, "alpha": 1.0, "epsilon": 0.02}, {"r": 0.5, "alpha": 1.0, "epsilon": 0.02}),
+    ],
+)
 def test_ram_equals_mergekit(method, ours, theirs):
     from mergekit.merge_methods import merge_state_dicts
 
@@ -214,8 +255,16 @@ def _linear(weight: list, bias: list) -> torch.nn.Linear:
 
 def _merged_output(method: str, layers: dict, weights: dict, base: torch.nn.Linear | None, **knobs) -> torch.Tensor:
     merged = torch.nn.Linear(4, 3)
-    merged.load_state_dict(mm.merge(method, {k: v.state_dict() for k, v in layers.items()}, weights,
-                                    base.state_dict() if base is not None else None, device="cpu", **knobs))
+    merged.load_state_dict(
+        mm.merge(
+            method,
+            {k: v.state_dict() for k, v in layers.items()},
+            weights,
+            base.state_dict() if base is not None else None,
+            device="cpu",
+            **knobs,
+        )
+    )
     with torch.no_grad():
         return merged(X)
 
@@ -225,9 +274,10 @@ A = _linear([[1.0, 2.0, 2.0, 0.0], [0.0] * 4, [0.0] * 4], [3.0, 0.0, 0.0])  # ta
 B = _linear([[0.0] * 4, [2.0, 1.0, 0.0, 2.0], [0.0] * 4], [0.0, 3.0, 0.0])  # orthogonal, of equal norms (3)
 
 
-@pytest.mark.parametrize("method,knobs", [
-    ("ram", {}), ("ramplus_tl", {}), ("sce", {}), ("breadcrumbs_ties", {}), ("della", {"density": 1.0}),
-])
+@pytest.mark.parametrize(
+    "method,knobs",
+    [("ram", {}), ("ramplus_tl", {}), ("sce", {}), ("breadcrumbs_ties", {}), ("della", {"density": 1.0})],
+)
 def test_linear_disjoint_task_vectors_merge_to_their_union(method, knobs):
     """Task vectors that change different entries do not interfere: RAM keeps each unique change (RAM+ scales it
     by 1 + r · 0: no shared entries), the sign-consensus methods divide each entry by the weight of the one source
@@ -277,13 +327,24 @@ def test_linear_nearswap_and_arcee_fusion_by_hand():
     # the bias's importances (x, 0, 0) give threshold 0: all kept.
     c = _linear([[1.0, 2.0, 3.0, 4.0], [0.0] * 4, [0.0] * 4], [0.5, 0.0, 0.0])
     expected = X @ torch.tensor([[0.0, 2.0, 3.0, 4.0], [0.0] * 4, [0.0] * 4]).T + torch.tensor([0.5, 0.0, 0.0])
-    torch.testing.assert_close(_merged_output("arcee_fusion", {"base0": BASE0, "c": c}, {"base0": 0.6, "c": 0.4},
-                                              None), expected)
+    torch.testing.assert_close(
+        _merged_output("arcee_fusion", {"base0": BASE0, "c": c}, {"base0": 0.6, "c": 0.4}, None), expected
+    )
 
 
 def test_new_methods_registered_with_strict_knobs_and_labels():
-    new = {"breadcrumbs_ties", "della", "della_linear", "sce", "karcher", "nuslerp", "nearswap", "arcee_fusion",
-           "ram", "ramplus_tl"}
+    new = {
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "karcher",
+        "nuslerp",
+        "nearswap",
+        "arcee_fusion",
+        "ram",
+        "ramplus_tl",
+    }
     assert new <= set(mm.METHODS) and new <= mm.STREAMED
     assert mm.knobs("della") == {"density": 0.5, "epsilon": 0.15, "lambda_": 1.0, "rescale": True, "seed": 42}
     assert set(mm.knobs("sce")) == {"density", "lambda_"} and set(mm.knobs("ramplus_tl")) == {"r", "alpha", "epsilon"}
@@ -305,10 +366,20 @@ def test_new_methods_registered_with_strict_knobs_and_labels():
         mm.merge("nearswap", {k: sds[k] for k in ("s0", "s1")}, {"s0": 0.5, "s1": 0.5}, t=-1.0)
 
 
-@pytest.mark.parametrize("method,whole_reads", [
-    ("della", 2), ("breadcrumbs_ties", 2), ("sce", 1), ("karcher", 0), ("nuslerp", 0), ("nearswap", 0),
-    ("arcee_fusion", 0), ("ram", 0), ("ramplus_tl", 0),
-])
+@pytest.mark.parametrize(
+    "method,whole_reads",
+    [
+        ("della", 2),
+        ("breadcrumbs_ties", 2),
+        ("sce", 1),
+        ("karcher", 0),
+        ("nuslerp", 0),
+        ("nearswap", 0),
+        ("arcee_fusion", 0),
+        ("ram", 0),
+        ("ramplus_tl", 0),
+    ],
+)
 def test_lazy_inputs_are_read_in_chunks(method, whole_reads, tmp_path, monkeypatch):
     """From safetensors files, with 100-element chunks: the result equals the in-memory merge, and the tensors
     read whole are at most the base and one source (the task-vector methods' first pass; sce: the base only;

@@ -52,8 +52,9 @@ def test_ties_equals_mergekit_ties(density):
     base, sds = _sds(3, seed=11)
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
     ours = mm.merge("ties", sds, w, base, density=density)
-    theirs = merge_state_dicts({**sds, "B": base}, "ties", base="B",
-                               parameters={"weight": w, "density": density, "normalize": True})
+    theirs = merge_state_dicts(
+        {**sds, "B": base}, "ties", base="B", parameters={"weight": w, "density": density, "normalize": True}
+    )
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6)
 
@@ -62,8 +63,15 @@ def _pruned(delta: torch.Tensor, density: float, chunk_elements: int = 1 << 20) 
     """The magnitude-pruned task vector mu keeps (one source, weight 1, no consensus, base 0)."""
     from mu.merge.taskvec import task_vectors
 
-    return task_vectors({"s": {"d": delta}}, {"s": 1.0}, {"d": torch.zeros_like(delta)}, sparsify="magnitude",
-                        density=density, device="cpu", chunk_elements=chunk_elements)["d"]
+    return task_vectors(
+        {"s": {"d": delta}},
+        {"s": 1.0},
+        {"d": torch.zeros_like(delta)},
+        sparsify="magnitude",
+        density=density,
+        device="cpu",
+        chunk_elements=chunk_elements,
+    )["d"]
 
 
 def test_magnitude_prune_keeps_exactly_k_with_ties():
@@ -136,15 +144,17 @@ def test_dare_is_seeded_and_reproducible():
     torch.testing.assert_close(a["w"], b["w"])
     assert not torch.equal(a["w"], c["w"])
     # density 1 drops nothing: dare_linear is then task arithmetic
-    torch.testing.assert_close(mm.merge("dare_linear", sds, w, base, density=1.0)["w"],
-                               mm.merge("task_arithmetic", sds, w, base)["w"])
+    torch.testing.assert_close(
+        mm.merge("dare_linear", sds, w, base, density=1.0)["w"], mm.merge("task_arithmetic", sds, w, base)["w"]
+    )
 
 
 def test_breadcrumbs_density_one_is_task_arithmetic():
     base, sds = _sds(3)
     w = {k: 1.0 for k in sds}
-    torch.testing.assert_close(mm.merge("breadcrumbs", sds, w, base, density=1.0)["w"],
-                               mm.merge("task_arithmetic", sds, w, base)["w"])
+    torch.testing.assert_close(
+        mm.merge("breadcrumbs", sds, w, base, density=1.0)["w"], mm.merge("task_arithmetic", sds, w, base)["w"]
+    )
 
 
 def test_slerp_two_sources_endpoints_and_orthogonal_midpoint():
@@ -177,16 +187,23 @@ def test_fisher_merges_piece_by_piece_give_the_whole_tensors_numbers(monkeypatch
     from mu.merge import chunks
 
     g = torch.Generator().manual_seed(5)
-    sds = {k: {"e": torch.randn(37, 11, generator=g), "b": torch.randn(5, generator=g), "s": torch.randn((), generator=g)}
-           for k in ("x", "y", "z")}
+    sds = {
+        k: {"e": torch.randn(37, 11, generator=g), "b": torch.randn(5, generator=g), "s": torch.randn((), generator=g)}
+        for k in ("x", "y", "z")
+    }
     fishers = {k: {n: torch.rand(v.shape, generator=g) for n, v in sd.items()} for k, sd in sds.items()}
     w = {"x": 0.2, "y": 0.5, "z": 0.3}
-    whole = {m: mm.merge(m, sds, w, **kw) for m, kw in (("fisher_simple", {}), ("fisher_dataset", {"fishers": fishers}))}
+    whole = {
+        m: mm.merge(m, sds, w, **kw) for m, kw in (("fisher_simple", {}), ("fisher_dataset", {"fishers": fishers}))
+    }
     monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 7)  # pieces that cut rows, and a last short piece
     for method, kw in (("fisher_simple", {}), ("fisher_dataset", {"fishers": fishers})):
         pieces = mm.merge(method, sds, w, **kw)
         for key in sds["x"]:
-            assert pieces[key].shape == sds["x"][key].shape and torch.equal(pieces[key], whole[method][key]), (method, key)
+            assert pieces[key].shape == sds["x"][key].shape and torch.equal(pieces[key], whole[method][key]), (
+                method,
+                key,
+            )
 
 
 def test_fisher_dataset_equal_fisher_is_linear():
@@ -214,12 +231,13 @@ def test_fisher_dataset_weights_by_fisher():
 def test_regmean_single_linear_is_joint_least_squares():
     g = torch.Generator().manual_seed(3)
     w_true = {k: torch.randn(3, 4, generator=g, dtype=torch.float64) for k in ("x", "y")}
-    xs = {"x": torch.randn(50, 4, generator=g, dtype=torch.float64),
-          "y": torch.randn(30, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.0],
-                                                                                   dtype=torch.float64)}
+    xs = {
+        "x": torch.randn(50, 4, generator=g, dtype=torch.float64),
+        "y": torch.randn(30, 4, generator=g, dtype=torch.float64)
+        * torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64),
+    }
     weights = {"x": 0.6, "y": 0.4}
-    sds = {k: {"lin.weight": w_true[k], "lin.bias": torch.randn(3, generator=g, dtype=torch.float64)}
-           for k in xs}
+    sds = {k: {"lin.weight": w_true[k], "lin.bias": torch.randn(3, generator=g, dtype=torch.float64)} for k in xs}
     grams = {k: {"lin.weight": xs[k].T @ xs[k] / len(xs[k])} for k in xs}
     out = mm.merge("regmean", sds, weights, grams=grams, alpha=1.0)
     # Closed form, independently: least squares on the stacked, weighted inputs X_i with targets X_i W_i^T.
@@ -242,14 +260,17 @@ def test_regmean_singular_gram_is_a_clear_error():
         mm.merge("regmean", sds, {"x": 1.0, "y": 1.0}, grams=zero)
 
 
-@pytest.mark.parametrize("weights, match", [
-    ({"s0": -0.1, "s1": 1.0}, "non-negative"),
-    ({"s0": float("nan"), "s1": 1.0}, "finite"),
-    ({"s0": float("inf"), "s1": 1.0}, "finite"),
-    ({"s0": 0.0, "s1": 0.0}, "sum to zero"),
-    ({"s0": 1.0}, "missing weights"),
-    ({"s0": 1.0, "s1": 1.0, "zz": 1.0}, "without a source"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ({"s0": -0.1, "s1": 1.0}, "non-negative"),
+        ({"s0": float("nan"), "s1": 1.0}, "finite"),
+        ({"s0": float("inf"), "s1": 1.0}, "finite"),
+        ({"s0": 0.0, "s1": 0.0}, "sum to zero"),
+        ({"s0": 1.0}, "missing weights"),
+        ({"s0": 1.0, "s1": 1.0, "zz": 1.0}, "without a source"),
+    ],
+)
 def test_bad_weights(weights, match):
     _, sds = _sds(2)
     with pytest.raises(ValueError, match=match):
@@ -284,11 +305,14 @@ def test_head_and_embeddings_kept_from_one_source():
     merged = mm.merge("linear", sds, w)
     kept = mm.merge("linear", sds, w, head="b", embeddings="a")
     assert torch.equal(kept["classifier.out_proj.weight"], sds["b"]["classifier.out_proj.weight"])
-    assert torch.equal(kept["roberta.embeddings.word_embeddings.weight"],
-                       sds["a"]["roberta.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        kept["roberta.embeddings.word_embeddings.weight"], sds["a"]["roberta.embeddings.word_embeddings.weight"]
+    )
     torch.testing.assert_close(kept["roberta.encoder.x"], merged["roberta.encoder.x"])
-    torch.testing.assert_close(merged["classifier.out_proj.weight"],
-                               (sds["a"]["classifier.out_proj.weight"] + sds["b"]["classifier.out_proj.weight"]) / 2)
+    torch.testing.assert_close(
+        merged["classifier.out_proj.weight"],
+        (sds["a"]["classifier.out_proj.weight"] + sds["b"]["classifier.out_proj.weight"]) / 2,
+    )
     with pytest.raises(ValueError, match="head='zz'.*sources"):
         mm.merge("linear", sds, w, head="zz")
 

@@ -28,10 +28,20 @@ def toy_setup(perturbed_sources):
 def test_notebook_runs_for_another_method(toy_setup, tmp_path):
     # ties, with every other method through the knob (two here), merged models not kept, and AdaMerging
     method = "ties"
-    params = dict(profile=PROFILE, target_lang="es-ES", models_dir=MODELS_DIR, method=method, mode="similarity",
-                  num_languages=3, max_seq_length=32, compare_methods=["iso_c", "slerp"], keep_merged=False)
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               progress_bar=False)
+    params = dict(
+        profile=PROFILE,
+        target_lang="es-ES",
+        models_dir=MODELS_DIR,
+        method=method,
+        mode="similarity",
+        num_languages=3,
+        max_seq_length=32,
+        compare_methods=["iso_c", "slerp"],
+        keep_merged=False,
+    )
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3", progress_bar=False
+    )
     record = paths.read_json(report.record_path("03_merging", "es-ES", f"{method}-similarity"))
     systems = {r["system"]: r for r in record["rows"]}
     assert set(systems) == {f"merge/{method}/similarity", f"merge/{method}/average"}
@@ -62,7 +72,9 @@ def _adapted_record(systems: dict) -> None:
     # granularity and steps chosen on the tuning targets' dev splits (the toy's de-DE, en-US), named as merges are
     label = merge.label("adamerging", **{k: v for k, v in adapted["results"]["knobs"].items() if k != "constraint"})
     assert {r["system"]: r["family"] for r in adapted["rows"]} == {
-        f"adapted/{label}/similarity": "adapted", f"adapted/{label}/average": "adapted"}
+        f"adapted/{label}/similarity": "adapted",
+        f"adapted/{label}/average": "adapted",
+    }
     assert all(r["seconds"] > 0 for r in adapted["rows"]) and set(adapted["results"]["cost_s"]) >= set(systems)
     assert report.record_path("03_merging", "es-ES", "adamerging-similarity").with_suffix(".png").is_file()
     chosen = protocol.load(PROFILE)

@@ -16,8 +16,17 @@ LOCALES = ["de-DE", "nl-NL", "en-US"]
 
 
 def _tiny_config(**over) -> XLMRobertaConfig:
-    kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-              max_position_embeddings=40, num_labels=60, id2label=dict(data.ID2LABEL), label2id=dict(data.LABEL2ID))
+    kw = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        num_labels=60,
+        id2label=dict(data.ID2LABEL),
+        label2id=dict(data.LABEL2ID),
+    )
     kw.update(over)
     return XLMRobertaConfig(**kw)
 
@@ -39,11 +48,15 @@ def in_memory():
 def _stats_for(method: str, config, sources: dict) -> dict:
     g = torch.Generator().manual_seed(7)
     if method == "fisher_dataset":
-        return {"fishers": {loc: {k: torch.rand(v.shape, generator=g) for k, v in sd.items()}
-                            for loc, sd in sources.items()}}
+        return {
+            "fishers": {
+                loc: {k: torch.rand(v.shape, generator=g) for k, v in sd.items()} for loc, sd in sources.items()
+            }
+        }
     if method == "regmean":
-        linears = [n for n, m in XLMRobertaForSequenceClassification(config).named_modules()
-                   if isinstance(m, torch.nn.Linear)]
+        linears = [
+            n for n, m in XLMRobertaForSequenceClassification(config).named_modules() if isinstance(m, torch.nn.Linear)
+        ]
         grams = {}
         for loc, sd in sources.items():
             grams[loc] = {}
@@ -61,7 +74,7 @@ def test_every_method_merges_tiny_xlmr_and_loads_strict(method, in_memory):
     config, base, sources = in_memory
     if method in mm.PAIRWISE:
         sources = {k: sources[k] for k in LOCALES[:2]}
-    weights = dict(zip(sources, [0.5, 0.3, 0.2][:len(sources)]))
+    weights = dict(zip(sources, [0.5, 0.3, 0.2][: len(sources)]))
     merged = mm.merge(method, sources, weights, base, **_stats_for(method, config, sources))
     model = XLMRobertaForSequenceClassification(config)
     model.load_state_dict(merged, strict=True)
@@ -134,8 +147,9 @@ def _load(folder):
 def test_merge_models_writes_hf_folder_and_skips_rerun(on_disk):
     base_dir, dirs = on_disk
     weights = {"de-DE": 0.5, "nl-NL": 0.3, "en-US": 0.2}
-    out = mm.merge_models("ties", dirs, weights, "models/test_merge/ties", base_model=base_dir, mode="similarity",
-                          density=0.4)
+    out = mm.merge_models(
+        "ties", dirs, weights, "models/test_merge/ties", base_model=base_dir, mode="similarity", density=0.4
+    )
     assert out == paths.models_dir("test_merge", "ties")
     for name in ("config.json", "model.safetensors", "tokenizer.json", "merge_details.json", "merge_details.txt"):
         assert (out / name).is_file(), name
@@ -143,8 +157,9 @@ def test_merge_models_writes_hf_folder_and_skips_rerun(on_disk):
     assert details["method"] == "ties" and details["mode"] == "similarity"
     assert details["knobs"] == {"density": 0.4, "lambda_": 1.0, "rescale": False}
     assert details["weights"] == pytest.approx(weights) and details["base_used"] is True
-    assert set(details["inputs"]) == set(dirs) | {"<base>"} and all(len(v["sha256"]) == 64
-                                                                     for v in details["inputs"].values())
+    assert set(details["inputs"]) == set(dirs) | {"<base>"} and all(
+        len(v["sha256"]) == 64 for v in details["inputs"].values()
+    )
     assert "torch" in details["versions"] and "density" in (out / "merge_details.txt").read_text()
     # same as merging the loaded state dicts in memory; loads with strict=True
     expected = mm.merge("ties", {k: _load(d) for k, d in dirs.items()}, weights, _load(base_dir), density=0.4)
@@ -154,8 +169,12 @@ def test_merge_models_writes_hf_folder_and_skips_rerun(on_disk):
         torch.testing.assert_close(v, expected[k])
     # rerun with identical inputs and parameters: nothing is rewritten
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert mm.merge_models("ties", dirs, weights, "models/test_merge/ties", base_model=base_dir,
-                           mode="similarity", density=0.4) == out
+    assert (
+        mm.merge_models(
+            "ties", dirs, weights, "models/test_merge/ties", base_model=base_dir, mode="similarity", density=0.4
+        )
+        == out
+    )
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     # a different parameter re-merges (and replaces the folder atomically)
     mm.merge_models("ties", dirs, weights, "models/test_merge/ties", base_model=base_dir, density=0.8)
@@ -175,23 +194,37 @@ def test_merge_models_writes_hf_folder_and_skips_rerun(on_disk):
 @pytest.mark.parametrize("head, embeddings", [("merge", "merge"), ("nl-NL", "de-DE")])
 def test_merge_models_head_and_embeddings_choice(on_disk, head, embeddings):
     base_dir, dirs = on_disk
-    out = mm.merge_models("linear", dirs, {k: 1.0 for k in dirs}, f"models/test_merge/linear-{head}-{embeddings}",
-                          head=head, embeddings=embeddings)
+    out = mm.merge_models(
+        "linear",
+        dirs,
+        {k: 1.0 for k in dirs},
+        f"models/test_merge/linear-{head}-{embeddings}",
+        head=head,
+        embeddings=embeddings,
+    )
     merged, src = _load(out), {k: _load(d) for k, d in dirs.items()}
     details = paths.read_json(out / "merge_details.json")
     assert (details["head"], details["embeddings"]) == (head, embeddings)
     for key, value in merged.items():
         mean = sum(sd[key] for sd in src.values()) / 3
-        owner = (head if key.startswith("classifier.") else embeddings if key.startswith("roberta.embeddings.")
-                 else "merge")
+        owner = (
+            head if key.startswith("classifier.") else embeddings if key.startswith("roberta.embeddings.") else "merge"
+        )
         torch.testing.assert_close(value, mean if owner == "merge" else src[owner][key])
 
 
 @pytest.mark.parametrize("method, knob", [("fisher_dataset", {}), ("regmean", {"alpha": 0.5})])
 def test_merge_models_with_data_statistics(on_disk, method, knob):
     base_dir, dirs = on_disk
-    kw = dict(data="toy", fisher_num_examples=16, fisher_batch_size=4, regmean_num_examples=16,
-              regmean_batch_size=8, max_seq_length=32, **knob)
+    kw = dict(
+        data="toy",
+        fisher_num_examples=16,
+        fisher_batch_size=4,
+        regmean_num_examples=16,
+        regmean_batch_size=8,
+        max_seq_length=32,
+        **knob,
+    )
     out = mm.merge_models(method, dirs, {k: 1.0 for k in dirs}, f"models/test_merge/{method}", **kw)
     details = paths.read_json(out / "merge_details.json")
     assert set(details["statistics"]) == set(dirs)
@@ -208,8 +241,9 @@ def test_fisher_diagonal_batch_one_is_per_example_empirical_fisher(on_disk):
     base_dir, dirs = on_disk
     model, tokenizer = models.load_classifier(dirs["de-DE"])
     train = data.load_split("de-DE", "train", "toy")
-    fisher = mm.fisher_diagonal(model, tokenizer, train, num_examples=5, batch_size=1, max_seq_length=32,
-                                normalize=False, device="cpu")
+    fisher = mm.fisher_diagonal(
+        model, tokenizer, train, num_examples=5, batch_size=1, max_seq_length=32, normalize=False, device="cpu"
+    )
     sample = train.shuffle(seed=42).select(range(5))
     params = dict(model.named_parameters())
     expected = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -222,8 +256,7 @@ def test_fisher_diagonal_batch_one_is_per_example_empirical_fisher(on_disk):
                 expected[k] += g.square() / 5
     for k in expected:
         torch.testing.assert_close(fisher[k], expected[k], rtol=1e-4, atol=1e-10)
-    normed = mm.fisher_diagonal(model, tokenizer, train, num_examples=5, batch_size=1, max_seq_length=32,
-                                device="cpu")
+    normed = mm.fisher_diagonal(model, tokenizer, train, num_examples=5, batch_size=1, max_seq_length=32, device="cpu")
     total = sum(v.sum() for v in normed.values()) / sum(v.numel() for v in normed.values())
     assert float(total) == pytest.approx(1.0, rel=1e-4)
 
@@ -235,31 +268,40 @@ def test_regmean_grams_are_input_gram_matrices(on_disk):
     grams = mm.regmean_grams(model, tokenizer, train, num_examples=6, batch_size=4, max_seq_length=32, device="cpu")
     linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert set(grams) == linears
-    enc = tokenizer(list(train.shuffle(seed=42).select(range(6))["text"]), truncation=True, max_length=32,
-                    padding=True, return_tensors="pt")
+    enc = tokenizer(
+        list(train.shuffle(seed=42).select(range(6))["text"]),
+        truncation=True,
+        max_length=32,
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         hidden = model.roberta(**enc, output_hidden_states=True).hidden_states
     # layer 0's query sees the embedding output on real (non-padding) tokens
     x = hidden[0][enc["attention_mask"].bool()]
-    torch.testing.assert_close(grams["roberta.encoder.layer.0.attention.self.query.weight"], x.T @ x / len(x),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        grams["roberta.encoder.layer.0.attention.self.query.weight"], x.T @ x / len(x), rtol=1e-4, atol=1e-5
+    )
     # the head's dense layer sees the <s> token of the last layer
     cls = hidden[-1][:, 0]
     torch.testing.assert_close(grams["classifier.dense.weight"], cls.T @ cls / len(cls), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(weights={"de-DE": -1.0, "nl-NL": 1.0, "en-US": 1.0}), "non-negative"),
-    (dict(weights={"de-DE": float("nan"), "nl-NL": 1.0, "en-US": 1.0}), "finite"),
-    (dict(weights={"de-DE": 0.0, "nl-NL": 0.0, "en-US": 0.0}), "sum to zero"),
-    (dict(method="ties", base_model=None), "needs base_model"),
-    (dict(method="fisher_dataset"), "needs data"),
-    (dict(method="mean"), "unknown merge method"),
-    (dict(density=0.5), r"does not take \['density'\]"),
-    (dict(head="fr-FR"), "head='fr-FR'"),
-    (dict(incompatible="num_labels"), "incompatible: num_labels"),
-    (dict(incompatible="hidden_size"), "incompatible: hidden_size"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(weights={"de-DE": -1.0, "nl-NL": 1.0, "en-US": 1.0}), "non-negative"),
+        (dict(weights={"de-DE": float("nan"), "nl-NL": 1.0, "en-US": 1.0}), "finite"),
+        (dict(weights={"de-DE": 0.0, "nl-NL": 0.0, "en-US": 0.0}), "sum to zero"),
+        (dict(method="ties", base_model=None), "needs base_model"),
+        (dict(method="fisher_dataset"), "needs data"),
+        (dict(method="mean"), "unknown merge method"),
+        (dict(density=0.5), r"does not take \['density'\]"),
+        (dict(head="fr-FR"), "head='fr-FR'"),
+        (dict(incompatible="num_labels"), "incompatible: num_labels"),
+        (dict(incompatible="hidden_size"), "incompatible: hidden_size"),
+    ],
+)
 def test_bad_inputs_are_clear_errors_and_write_nothing(on_disk, change, match):
     base_dir, dirs = on_disk
     dirs = dict(dirs)
@@ -294,8 +336,9 @@ def test_missing_model_folder_or_unreachable_hub_id_is_a_value_error(on_disk):
 
 def test_evaluate_merges_refuses_the_target_as_a_source(on_disk):
     with pytest.raises(ValueError, match="target de-DE among its sources"):
-        mm.evaluate_merges("linear", "de-DE", {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}},
-                           models_dir="models/test_merge", data="toy")
+        mm.evaluate_merges(
+            "linear", "de-DE", {"similarity": {"de-DE": 0.5, "nl-NL": 0.5}}, models_dir="models/test_merge", data="toy"
+        )
 
 
 def test_with_average_names_the_baseline_by_its_sources():

@@ -17,8 +17,11 @@ EMB = "roberta.embeddings.word_embeddings.weight"
 
 def _sds(n: int = 3, seed: int = 0, shape: tuple[int, int] = (12, 8)) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(seed)
-    base = {"w": torch.randn(*shape, generator=g), "b": torch.randn(shape[0], generator=g),
-            EMB: torch.randn(10, shape[1], generator=g)}
+    base = {
+        "w": torch.randn(*shape, generator=g),
+        "b": torch.randn(shape[0], generator=g),
+        EMB: torch.randn(10, shape[1], generator=g),
+    }
     sds = {f"s{i}": {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for i in range(n)}
     return base, sds
 
@@ -31,6 +34,7 @@ def _taus(base: dict, sds: dict, key: str, w: dict | None = None) -> list[torch.
 
 # --- the authors' loops, transcribed (github.com/AntoSwan/task_singular_vectors, danielm1405/iso-merging) ---
 
+
 def _ref_tsv(taus: list[torch.Tensor]) -> torch.Tensor:
     sv_reduction = 1 / len(taus)
     for i, vec in enumerate(taus):
@@ -38,9 +42,9 @@ def _ref_tsv(taus: list[torch.Tensor]) -> torch.Tensor:
         if i == 0:
             sum_u, sum_s, sum_v = torch.zeros_like(u), torch.zeros_like(s), torch.zeros_like(v)
         k = int(s.shape[0] * sv_reduction)
-        sum_u[:, i * k:(i + 1) * k] = u[:, :k]
-        sum_s[i * k:(i + 1) * k] = s[:k]
-        sum_v[i * k:(i + 1) * k, :] = v[:k, :]
+        sum_u[:, i * k : (i + 1) * k] = u[:, :k]
+        sum_s[i * k : (i + 1) * k] = s[:k]
+        sum_v[i * k : (i + 1) * k, :] = v[:k, :]
     u_u, _, v_u = torch.linalg.svd(sum_u, full_matrices=False)
     u_v, _, v_v = torch.linalg.svd(sum_v, full_matrices=False)
     return torch.linalg.multi_dot((u_u, v_u, torch.diag(sum_s), u_v, v_v))
@@ -62,9 +66,12 @@ def _ref_iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
         u_ts, s_ts, v_ts = torch.linalg.svd(w - cu @ cu.T @ w, full_matrices=False)
         if i == 0:
             U, S, V = torch.zeros_like(u_ts), torch.zeros_like(s_ts), torch.zeros_like(v_ts)
-        U[:, i * per:(i + 1) * per], S[i * per:(i + 1) * per], V[i * per:(i + 1) * per] = \
-            u_ts[:, :per], s_ts[:per], v_ts[:per]
-    U[:, n * per:n * per + common], S[n * per:n * per + common], V[n * per:n * per + common] = cu, cs, cv
+        U[:, i * per : (i + 1) * per], S[i * per : (i + 1) * per], V[i * per : (i + 1) * per] = (
+            u_ts[:, :per],
+            s_ts[:per],
+            v_ts[:per],
+        )
+    U[:, n * per : n * per + common], S[n * per : n * per + common], V[n * per : n * per + common] = cu, cs, cv
     uu, _, vu = torch.linalg.svd(U, full_matrices=False)
     uv, _, vv = torch.linalg.svd(V, full_matrices=False)
     return torch.linalg.multi_dot((uu @ vu, torch.diag(torch.ones_like(S) * S.mean()), uv @ vv))
@@ -81,8 +88,9 @@ def test_spectral_equal_the_authors_loops(method, weighted):
     base, sds = _sds(3, seed=1)
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2} if weighted else {k: 1 / 3 for k in sds}
     out = mm.merge(method, sds, w, base, lambda_=0.7, device="cpu")
-    torch.testing.assert_close(out["w"], base["w"] + 0.7 * REFERENCE[method](_taus(base, sds, "w", w)),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out["w"], base["w"] + 0.7 * REFERENCE[method](_taus(base, sds, "w", w)), rtol=1e-5, atol=1e-5
+    )
     for key in ("b", EMB):
         mean = sum(w[k] * (sd[key] - base[key]) for k, sd in sds.items())
         torch.testing.assert_close(out[key], base[key] + 0.7 * mean, rtol=1e-5, atol=1e-6)
@@ -100,8 +108,12 @@ def _orthogonal_tasks(n: int, shape=(12, 8), rank: int = 2, seed: int = 0) -> tu
     g = torch.Generator().manual_seed(seed)
     qu, _ = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=g))
     qv, _ = torch.linalg.qr(torch.randn(shape[1], shape[1], generator=g))
-    taus = [qu[:, t * rank:(t + 1) * rank] @ torch.diag(torch.rand(rank, generator=g) + 0.5)
-            @ qv[:, t * rank:(t + 1) * rank].T for t in range(n)]
+    taus = [
+        qu[:, t * rank : (t + 1) * rank]
+        @ torch.diag(torch.rand(rank, generator=g) + 0.5)
+        @ qv[:, t * rank : (t + 1) * rank].T
+        for t in range(n)
+    ]
     base = {"w": torch.randn(*shape, generator=g)}
     return base, {f"s{t}": {"w": base["w"] + tau} for t, tau in enumerate(taus)}, taus
 
@@ -123,8 +135,7 @@ def test_iso_c_spectrum_is_flat_with_the_sums_singular_directions():
     delta = (mm.merge("iso_c", sds, w, base, lambda_=2.0)["w"] - base["w"]) / 2.0
     total = sum(_taus(base, sds, "w"))
     s = torch.linalg.svdvals(delta)
-    torch.testing.assert_close(s, torch.full_like(s, float(torch.linalg.svdvals(total).mean())), rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(s, torch.full_like(s, float(torch.linalg.svdvals(total).mean())), rtol=1e-4, atol=1e-5)
     u, _, vh = torch.linalg.svd(total, full_matrices=False)
     torch.testing.assert_close(delta, s.mean() * u @ vh, rtol=1e-4, atol=1e-5)
 
@@ -151,8 +162,10 @@ def test_more_sources_than_singular_values():
 
 # --- WIDEN ---
 
+
 def _ref_widen(base: dict, sds: dict, w: dict, t: float = 1.0, s: float = 1.0) -> dict:
     """WIDEN transcribed directly on stacked tensors: rows disentangled into norm and direction."""
+
     def rank(diff):
         sig = torch.zeros_like(diff)
         for i in range(diff.shape[0]):
@@ -234,14 +247,17 @@ def test_shapes_dtypes_and_lazy_inputs(method, tmp_path):
     assert {v.dtype for v in out16.values()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("method,knobs,match", [
-    ("tsv_m", {"lambda_": float("nan")}, "lambda_"),
-    ("iso_c", {"lambda_": "1"}, "lambda_"),
-    ("iso_cts", {"common_fraction": 1.5}, "common_fraction"),
-    ("widen", {"threshold": -1.0}, "threshold"),
-    ("widen", {"calibration": float("inf")}, "calibration"),
-    ("tsv_m", {"density": 0.5}, "does not take"),
-])
+@pytest.mark.parametrize(
+    "method,knobs,match",
+    [
+        ("tsv_m", {"lambda_": float("nan")}, "lambda_"),
+        ("iso_c", {"lambda_": "1"}, "lambda_"),
+        ("iso_cts", {"common_fraction": 1.5}, "common_fraction"),
+        ("widen", {"threshold": -1.0}, "threshold"),
+        ("widen", {"calibration": float("inf")}, "calibration"),
+        ("tsv_m", {"density": 0.5}, "does not take"),
+    ],
+)
 def test_bad_knobs_are_refused(method, knobs, match):
     base, sds = _sds(2)
     with pytest.raises(ValueError, match=match):
@@ -296,4 +312,3 @@ def test_an_svd_float32_lapack_does_not_converge_on_is_done_in_float64(monkeypat
     assert torch.float64 in calls and all(v.dtype == expected[k].dtype for k, v in out.items())
     for key in out:
         torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5)
-

@@ -15,8 +15,12 @@ TARGETS = [f"t{i:02d}" for i in range(12)]
 def _per_target() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.4, 0.6, len(TARGETS))
-    cols = {"native": base + 0.1, "zero-shot/best": base + 0.03, "zero-shot/uriel-top1": base - 0.02,
-            "merge/*/similarity": np.nan}
+    cols = {
+        "native": base + 0.1,
+        "zero-shot/best": base + 0.03,
+        "zero-shot/uriel-top1": base - 0.02,
+        "merge/*/similarity": np.nan,
+    }
     for method, shift in (("linear", 0.0), ("ties", 0.02), ("dare_ties", -0.1)):
         for k, weighting in enumerate(("similarity", "average", "transfer")):
             cols[f"merge/{method}/{weighting}"] = base + shift + 0.001 * k + rng.normal(0, 0.005, len(TARGETS))
@@ -35,8 +39,9 @@ def test_table_means_tests_and_holm_families():
     assert row["n"] == 11 and row["mean"] == pytest.approx(per_target["merge/dare_ties/transfer"].mean())
     assert row["ci_low"] < row["mean"] < row["ci_high"]
     # against the linear average merge: every other system (8) is one Holm family
-    direct = compare.head_to_head(per_target, [s for s in frame["system"] if s != "merge/linear/average"],
-                                  ["merge/linear/average"], n_boot=2000)
+    direct = compare.head_to_head(
+        per_target, [s for s in frame["system"] if s != "merge/linear/average"], ["merge/linear/average"], n_boot=2000
+    )
     mine = frame.set_index("system")
     for r in direct.itertuples():
         assert mine.at[r.system, "vs_average_diff"] == pytest.approx(r.mean_diff)
@@ -77,7 +82,9 @@ def test_contrasts_families_holm_and_the_answer_in_words():
     assert set(c["family"]) == {"method_vs_linear", "uriel_vs_equal", "transfer_vs_equal"}
     vs_lin = c[c["family"] == "method_vs_linear"]
     # ties and dare_ties against linear under each of the 3 weightings: one family of 6, Holm within it
-    assert len(vs_lin) == 6 and set(vs_lin["baseline"]) == {f"merge/linear/{w}" for w in ("similarity", "average", "transfer")}
+    assert len(vs_lin) == 6 and set(vs_lin["baseline"]) == {
+        f"merge/linear/{w}" for w in ("similarity", "average", "transfer")
+    }
     assert (vs_lin["baseline"].str.split("/").str[2] == vs_lin["weighting"]).all()
     np.testing.assert_allclose(vs_lin["p_holm"], mu_stats.holm(vs_lin["p_value"].to_numpy(dtype=float)))
     one = compare.head_to_head(per_target, ["merge/ties/average"], ["merge/linear/average"], n_boot=500).iloc[0]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-import mu.data as data
-import mu.models as models
+import mu.corpus.data as data
+import mu.learn.models as models
 from mu import paths
 
 
@@ -139,13 +139,17 @@ def test_train_tokenizer_gives_the_same_vocabulary_in_every_process(mu_root):
     import subprocess
     import sys
 
-    code = ("import json, sys; from mu import data, models; texts = [t for loc in ('de-DE', 'nl-NL', 'sw-KE') "
-            "for t in data.load_split(loc, 'train', 'toy')['text']]; "
-            "print(json.dumps(sorted(models.train_tokenizer(texts, 400).get_vocab().items())))")
+    code = (
+        "import json, sys; from mu import data, models; texts = [t for loc in ('de-DE', 'nl-NL', 'sw-KE') "
+        "for t in data.load_split(loc, 'train', 'toy')['text']]; "
+        "print(json.dumps(sorted(models.train_tokenizer(texts, 400).get_vocab().items())))"
+    )
     texts = [t for loc in ("de-DE", "nl-NL", "sw-KE") for t in data.load_split(loc, "train", "toy")["text"]]
     here = json.dumps(sorted(models.train_tokenizer(texts, 400).get_vocab().items()))
-    vocabs = {here} | {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-                       .strip() for _ in range(2)}  # three processes: this one and two fresh ones
+    vocabs = {here} | {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(2)
+    }  # three processes: this one and two fresh ones
     assert len(vocabs) == 1 and len(json.loads(vocabs.pop())) > 200
     tok = models.train_tokenizer(["anna tokyo", "tokyo anna"] * 20, 60)
     assert [tok.convert_tokens_to_ids(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]

@@ -56,9 +56,12 @@ def test_every_notebook_has_params_and_is_committed_clean(notebook):
 
 def test_a_typo_fails(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# q"),
-                nbformat.v4.new_code_cell('profile = "toy"\nnum_languages = 5\nmethod = "linear"',
-                                          metadata={"tags": ["parameters"]})]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# q"),
+        nbformat.v4.new_code_cell(
+            'profile = "toy"\nnum_languages = 5\nmethod = "linear"', metadata={"tags": ["parameters"]}
+        ),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "09_x.ipynb")
     good = tmp_path / "09_x.yaml"

@@ -8,9 +8,22 @@ import torch
 from mu import models, notes, paths, pretrain, threads
 
 LOCALES = ["de-DE", "nl-NL", "fr-FR"]
-TINY = dict(locales=LOCALES, source="toy", steps=6, vocab_size=300, hidden_size=32, num_hidden_layers=1,
-            num_attention_heads=2, intermediate_size=64, max_len=32, batch_size=8, warmup_steps=2, seed=3,
-            checkpoint_every=3, dev_per_locale=16)
+TINY = dict(
+    locales=LOCALES,
+    source="toy",
+    steps=6,
+    vocab_size=300,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_len=32,
+    batch_size=8,
+    warmup_steps=2,
+    seed=3,
+    checkpoint_every=3,
+    dev_per_locale=16,
+)
 
 
 def _weights(folder):
@@ -50,8 +63,9 @@ def test_deterministic_resumable_and_not_repeated(tmp_path, monkeypatch):
     assert pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY) == b
     assert (b / "model.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match=r"other arguments.*'seed': \(3, 4\)"):
-        pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok",
-                          **{**TINY, "seed": 4})
+        pretrain.pretrain(
+            tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **{**TINY, "seed": 4}
+        )
 
 
 def _interrupted(tmp_path, monkeypatch, run, at_step, **kw):
@@ -125,8 +139,11 @@ def test_a_planted_pickle_checkpoint_never_runs(tmp_path, monkeypatch):
     torch.load(run / "checkpoint.pt", weights_only=False)  # the plant is live: an unsafe load runs it
     assert marker.exists()
     marker.unlink()
-    with pytest.warns(notes.MuWarning, match=rf"corrupt checkpoint {run / 'checkpoint.pt'} .*refused by weights_only=True: loading "
-                                           r"it could run code \(Unsupported global: GLOBAL io\.open"):
+    with pytest.warns(
+        notes.MuWarning,
+        match=rf"corrupt checkpoint {run / 'checkpoint.pt'} .*refused by weights_only=True: loading "
+        r"it could run code \(Unsupported global: GLOBAL io\.open",
+    ):
         enc = pretrain.pretrain(run, objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
     assert not marker.exists()
     ref = pretrain.pretrain(tmp_path / "ref", objective="mlm", tokenizer_dir=tmp_path / "tok", **TINY)
@@ -142,7 +159,9 @@ def test_checkpoint_save_refuses_what_would_need_pickle(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['log'\]\[0\]: float64 is neither a tensor nor plain data"):
         checkpoint.save(tmp_path / "c.pt", {"log": [np.float64(1.0)]})
     with pytest.raises(TypeError, match="pretrain arguments\\['lr'\\]: float32"):
-        pretrain.pretrain(tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, "lr": np.float32(1e-3)})
+        pretrain.pretrain(
+            tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, "lr": np.float32(1e-3)}
+        )
     assert torch.load(tmp_path / "c.pt", weights_only=True)["a"] == [1, 2.5, "x", None, (True,)]
 
 
@@ -181,7 +200,9 @@ def test_ensure_saves_the_profile_base_with_a_fixed_head(mu_root):
     model, tok = models.load_classifier(base)
     enc = models.load_state_dict(paths.models_dir("pretrain-test", "pretrained", "mlm", "encoder"))
     sd = model.state_dict()
-    assert torch.equal(sd["roberta.embeddings.word_embeddings.weight"], enc["roberta.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        sd["roberta.embeddings.word_embeddings.weight"], enc["roberta.embeddings.word_embeddings.weight"]
+    )
     assert model.config.num_labels == 60 and paths.read_json(base / "base_args.json")["seed"] == 5
     assert pretrain.ensure("pretrain-test", objective="mlm", seed=5, **kw) == base  # kept
     assert models.ensure_base("mini", base, seed=5) == base  # the mini profile uses the base pretrained here
@@ -196,7 +217,7 @@ def test_parallel_svd_init_puts_translations_close_and_is_recorded(tmp_path):
     tok = pretrain.tokenizer(tmp_path / "tok", [t for _, u in texts.values() for t in u], 300)
     corpus = pretrain.Corpus(texts, tok, 32)
     vectors, seen = pretrain.parallel_embeddings(corpus, len(tok), 16, seed=0)
-    assert vectors.shape == (len(tok), 16) and seen.any() and not seen[:pretrain.N_SPECIAL].all()
+    assert vectors.shape == (len(tok), 16) and seen.any() and not seen[: pretrain.N_SPECIAL].all()
     assert torch.allclose(vectors[seen].norm(dim=1), torch.full((int(seen.sum()),), pretrain.EMBED_NORM), atol=1e-4)
     # a sentence and its translation share more of this space than two unrelated sentences
     g = corpus.groups
@@ -204,9 +225,12 @@ def test_parallel_svd_init_puts_translations_close_and_is_recorded(tmp_path):
     same = torch.stack([emb(a) @ emb(b) for a, b, *_ in g[:50]]).mean()
     other = torch.stack([emb(g[k][0]) @ emb(g[k + 1][1]) for k in range(50)]).mean()
     assert same > other + 0.1, (float(same), float(other))
-    enc = pretrain.pretrain(tmp_path / "run", objective="mlm", tokenizer_dir=tmp_path / "tok",
-                            embedding_init="parallel-svd", **TINY)
+    enc = pretrain.pretrain(
+        tmp_path / "run", objective="mlm", tokenizer_dir=tmp_path / "tok", embedding_init="parallel-svd", **TINY
+    )
     assert paths.read_json(tmp_path / "run" / "pretrain.json")["args"]["embedding_init"] == "parallel-svd"
     assert AutoTokenizer.from_pretrained(enc) is not None
     with pytest.raises(ValueError, match="unknown embedding_init 'glove'.*parallel-svd"):
-        pretrain.pretrain(tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", embedding_init="glove", **TINY)
+        pretrain.pretrain(
+            tmp_path / "x", objective="mlm", tokenizer_dir=tmp_path / "tok", embedding_init="glove", **TINY
+        )

@@ -7,8 +7,14 @@ from mu import paths, protocol, tuning
 
 
 def test_record_load_and_markdown(mu_root):
-    protocol.record("prot", "02.lr", 1e-3, chosen_by="dev", data="dev split of en-US",
-                    evidence=[{"lr": 1e-3, "dev_accuracy": 0.61234}, {"lr": 2e-3, "dev_accuracy": 0.6}])
+    protocol.record(
+        "prot",
+        "02.lr",
+        1e-3,
+        chosen_by="dev",
+        data="dev split of en-US",
+        evidence=[{"lr": 1e-3, "dev_accuracy": 0.61234}, {"lr": 2e-3, "dev_accuracy": 0.6}],
+    )
     protocol.record("prot", "06.tuning_targets", ["en-US"], chosen_by="declared", data="none (declared)")
     got = protocol.load("prot")
     assert list(got) == ["02.lr", "06.tuning_targets"] and protocol.value("prot", "02.lr") == 1e-3
@@ -23,6 +29,7 @@ def test_a_choice_at_its_grids_edge_is_listed_in_protocol_md(mu_root):
     assert protocol.edge(8.0, [3, 5, 8]) == "largest" and protocol.edge("layer", ["layer", "task"]) == ""
     assert protocol.edge(5, [5]) == "" and protocol.edge(1, None) == ""  # one value: nothing was compared
     import numpy as np
+
     assert protocol.edge(np.int64(8), list(np.array([3, 5, 8]))) == "largest"  # a grid read from a frame
     assert protocol.edge(True, [False, True]) == ""
     protocol.record("edge", "04.distill.lr", 3e-4, chosen_by="tuning-targets", data="dev", grid=[3e-4, 1e-3, 3e-3])
@@ -52,10 +59,16 @@ def test_a_tampered_record_is_refused(mu_root):
 
 
 def test_choose_breaks_ties_towards_the_cheaper_recipe():
-    grid = pd.DataFrame([
-        {"locale": "a", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.6}, {"locale": "b", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.7},
-        {"locale": "a", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.7}, {"locale": "b", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.6},
-        {"locale": "a", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1}, {"locale": "b", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1}])
+    grid = pd.DataFrame(
+        [
+            {"locale": "a", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.6},
+            {"locale": "b", "epochs": 5, "lr": 1e-3, "dev_accuracy": 0.7},
+            {"locale": "a", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.7},
+            {"locale": "b", "epochs": 3, "lr": 2e-3, "dev_accuracy": 0.6},
+            {"locale": "a", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1},
+            {"locale": "b", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1},
+        ]
+    )
     assert tuning.choose(grid) == {"epochs": 3, "lr": 2e-3, "dev_accuracy": pytest.approx(0.65)}
 
 
@@ -64,15 +77,21 @@ def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch
 
     read = []
     real = mu_data.load_split
-    monkeypatch.setattr(mu_data, "load_split", lambda loc, split, src="toy": read.append(split) or real(loc, split, src))
-    kw = dict(base_model=toy_base, data="toy", epochs_grid=[1, 2], lr_grid=[2e-3], batch_size=16, max_seq_length=64,
-              seed=42)
+    monkeypatch.setattr(
+        mu_data, "load_split", lambda loc, split, src="toy": read.append(split) or real(loc, split, src)
+    )
+    kw = dict(
+        base_model=toy_base, data="toy", epochs_grid=[1, 2], lr_grid=[2e-3], batch_size=16, max_seq_length=64, seed=42
+    )
     chosen = tuning.tune_finetuning("tunetoy", ["de-DE"], **kw)
     assert set(read) == {"train", "dev"}  # never the test split
     assert chosen["epochs"] in (1, 2) and chosen["lr"] == 2e-3
     assert protocol.value("tunetoy", "02.epochs") == chosen["epochs"]
     assert protocol.load("tunetoy")["02.lr"]["chosen_by"] == "dev"
-    assert (protocol.load("tunetoy")["02.epochs"]["grid"], protocol.load("tunetoy")["02.lr"]["grid"]) == ([1, 2], [2e-3])
+    assert (protocol.load("tunetoy")["02.epochs"]["grid"], protocol.load("tunetoy")["02.lr"]["grid"]) == (
+        [1, 2],
+        [2e-3],
+    )
     grid = paths.read_json(paths.reports_dir("study", "tunetoy", "tuning", "finetune.json"))["grid"]
     assert len(grid) == 2 and all(0 <= r["dev_accuracy"] <= 1 for r in grid)
     read.clear()
@@ -82,8 +101,15 @@ def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch
 
 
 def test_finetune_grid_on_two_processes_gives_the_grid_in_order(toy_base):
-    kw = dict(base_model=toy_base, data="toy", epochs_grid=[1], lr_grid=[1e-3, 2e-3], batch_size=16,
-              max_seq_length=64, seed=42)
+    kw = dict(
+        base_model=toy_base,
+        data="toy",
+        epochs_grid=[1],
+        lr_grid=[1e-3, 2e-3],
+        batch_size=16,
+        max_seq_length=64,
+        seed=42,
+    )
     one = tuning.finetune_grid(["de-DE", "nl-NL"], **kw)
     two = tuning.finetune_grid(["de-DE", "nl-NL"], **kw, workers=2)
     cols = ["locale", "epochs", "lr", "n_dev"]

@@ -91,13 +91,31 @@ class Node:
 
     def __init__(self, ray_exe: Path, args: list[str], log: Path, env: dict[str, str]):
         self.log = log
-        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+        ports = [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ]
         fixed = [f"{p}={_free_port()}" for p in ports]
         self.proc = subprocess.Popen(
-            [str(ray_exe), "start", "--block", "--num-cpus=1", "--disable-usage-stats", "--include-log-monitor=false",
-             *fixed, *args],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                str(ray_exe),
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--disable-usage-stats",
+                "--include-log-monitor=false",
+                *fixed,
+                *args,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     def wait_started(self) -> None:
         deadline = time.time() + START_S
@@ -134,16 +152,32 @@ def ray_cluster(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's unix sockets live in it
     alias = _loopback_alias()
     # token authentication off: nodes and driver agree whatever ~/.ray/auth_token holds (loopback only)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
     nodes = []
     try:
         # the head listens on 127.0.0.1 (Ray takes the machine's outward address unless it believes it runs alone)
-        nodes.append(Node(ray_exe, ["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
-                                    f"--ray-client-server-port={_free_port()}"], tmp_path / "head.log",
-                          {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
+        nodes.append(
+            Node(
+                ray_exe,
+                [
+                    "--head",
+                    f"--port={port}",
+                    f"--temp-dir={temp}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={_free_port()}",
+                ],
+                tmp_path / "head.log",
+                {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+            )
+        )
         nodes[0].wait_started()
         address = f"{alias}:{port}"  # the second node reaches it, and takes its own address, over loopback
         nodes.append(Node(ray_exe, [f"--address={address}"], tmp_path / "worker.log", env))
@@ -156,18 +190,36 @@ def ray_cluster(tmp_path):
 
 
 def _batch(root: Path, env: dict[str, str], executor: str, address: str | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "mu", "run", "--notebooks", "03", "--targets", *TARGETS, "--executor", executor,
-            "--workers", "2", "--notebooks-dir", str(root / "notebooks"), "--params-dir", str(root / "params")]
+    args = [
+        sys.executable,
+        "-m",
+        "mu",
+        "run",
+        "--notebooks",
+        "03",
+        "--targets",
+        *TARGETS,
+        "--executor",
+        executor,
+        "--workers",
+        "2",
+        "--notebooks-dir",
+        str(root / "notebooks"),
+        "--params-dir",
+        str(root / "params"),
+    ]
     extra = {"MU_ROOT": str(root), **({"RAY_ADDRESS": address} if address else {})}
-    return subprocess.Popen(args, env={**env, **extra}, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        args, env={**env, **extra}, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _project(root: Path) -> Path:
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    write_notebook(root / "notebooks" / "03_block.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0',
-                   BLOCKING)
+    write_notebook(
+        root / "notebooks" / "03_block.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0', BLOCKING
+    )
     (root / "params" / "03_block.yaml").write_text("shared: {}\nprofiles: {toy: {scale: 0.5}}\n")
     return root
 

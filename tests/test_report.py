@@ -40,19 +40,31 @@ def write_results(targets=LOCALES, *, iterative_missing: str | None = "es-ES", s
     used = {}
     for i, t in enumerate(targets):
         others = [s for s in LOCALES if s != t]
-        src = {s: w for s, w in zip(others[i % 3: i % 3 + 3], (0.5, 0.3, 0.2))}
+        src = {s: w for s, w in zip(others[i % 3 : i % 3 + 3], (0.5, 0.3, 0.2))}
         used[t] = src
         avg = {s: 1 / 3 for s in src}
         params = {"profile": "toy", "target_lang": t}
-        report.save("03_merging", t, "linear-similarity", params=params,
-                    rows=[row("merge/linear/similarity", "merge", acc(rng), src)])
-        report.save("03_merging", t, "linear-average", params=params,
-                    rows=[row("merge/linear/average", "merge", acc(rng), avg)])
-        report.save("04_ensembling", t, "soft", params=params,
-                    rows=[row("ensemble/soft/similarity", "ensemble", acc(rng), src)])
+        report.save(
+            "03_merging",
+            t,
+            "linear-similarity",
+            params=params,
+            rows=[row("merge/linear/similarity", "merge", acc(rng), src)],
+        )
+        report.save(
+            "03_merging", t, "linear-average", params=params, rows=[row("merge/linear/average", "merge", acc(rng), avg)]
+        )
+        report.save(
+            "04_ensembling", t, "soft", params=params, rows=[row("ensemble/soft/similarity", "ensemble", acc(rng), src)]
+        )
         if t != iterative_missing:
-            report.save("05_iterative", t, "linear", params=params,
-                        rows=[row("iterative/linear/similarity", "iterative", acc(rng), src)])
+            report.save(
+                "05_iterative",
+                t,
+                "linear",
+                params=params,
+                rows=[row("iterative/linear/similarity", "iterative", acc(rng), src)],
+            )
     return used
 
 
@@ -65,16 +77,28 @@ def root(tmp_path, monkeypatch):
 def test_table_holds_every_column_derived_from_records_and_nxn(root):
     nxn = make_nxn()
     used = write_results()
-    report.save("03_merging", "af-ZA", "other-profile", params={"profile": "massive"},
-                rows=[row("merge/ties/similarity", "merge", 0.99)])
+    report.save(
+        "03_merging",
+        "af-ZA",
+        "other-profile",
+        params={"profile": "massive"},
+        rows=[row("merge/ties/similarity", "merge", 0.99)],
+    )
     paths.write_json(paths.reports_dir("03_merging", "af-ZA", "weights.json"), {"af-ZA": 1.0})
     summary = aggregate.aggregate("toy", nxn=nxn)
     table = summary["table"]
 
     assert list(table.index) == sorted(LOCALES)
     assert list(table.columns) == [
-        "native", "merge/linear/similarity", "merge/linear/average", "zero-shot/best-source",
-        "zero-shot/best", "zero-shot/uriel-top1", "ensemble/soft/similarity", "iterative/linear/similarity"]
+        "native",
+        "merge/linear/similarity",
+        "merge/linear/average",
+        "zero-shot/best-source",
+        "zero-shot/best",
+        "zero-shot/uriel-top1",
+        "ensemble/soft/similarity",
+        "iterative/linear/similarity",
+    ]
     for t in LOCALES:
         others = nxn[t].drop(t)
         assert table.at[t, "native"] == nxn.at[t, t]
@@ -143,8 +167,9 @@ def test_tuning_targets_are_left_out_of_the_main_table_and_reported_apart(root):
     write_results()
     full = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=200)
     apart = ["de-DE", "fr-FR"]
-    summary = aggregate.aggregate("toy", nxn=make_nxn(), n_boot=200, min_pairs=4,
-                                  tuning_targets=[*apart, "ja-JP"])  # ja-JP has no result: nothing to leave out
+    summary = aggregate.aggregate(
+        "toy", nxn=make_nxn(), n_boot=200, min_pairs=4, tuning_targets=[*apart, "ja-JP"]
+    )  # ja-JP has no result: nothing to leave out
     table, tuning = summary["table"], summary["tuning"]
     main = sorted(set(LOCALES) - set(apart))
     assert list(table.index) == main and list(tuning.index) == apart
@@ -176,15 +201,22 @@ def test_too_few_targets_is_not_computable(root):
 
 
 def test_absent_groups_show_as_missing_columns(root):
-    report.save("03_merging", "nl-NL", "linear-similarity", params={"profile": "toy"},
-                rows=[row("merge/linear/similarity", "merge", 0.5, {"de-DE": 1.0})])
+    report.save(
+        "03_merging",
+        "nl-NL",
+        "linear-similarity",
+        params={"profile": "toy"},
+        rows=[row("merge/linear/similarity", "merge", 0.5, {"de-DE": 1.0})],
+    )
     summary = aggregate.aggregate("toy", nxn=make_nxn())
     table = summary["table"]
     for placeholder in ("merge/*/average", "ensemble/*", "iterative/*"):
         assert placeholder in table.columns and table[placeholder].isna().all()
     tests = summary["tests"].set_index(["system", "baseline"])
-    assert tests.at[("merge/linear/similarity", "merge/linear/average"), "note"] == \
-        "not computable: no merge/linear/average results"
+    assert (
+        tests.at[("merge/linear/similarity", "merge/linear/average"), "note"]
+        == "not computable: no merge/linear/average results"
+    )
 
 
 def test_newest_duplicate_wins_with_a_note(root):
@@ -200,9 +232,16 @@ def test_newest_duplicate_wins_with_a_note(root):
 
 
 def test_record_rows_win_over_nxn_and_unknown_sources_are_noted(root):
-    report.save("03_merging", "sw-KE", "x", params={"profile": "toy"}, rows=[
-        row("merge/linear/similarity", "merge", 0.4, {"de-DE": 0.5, "it-IT": 0.5}),
-        row("native", "native", 0.77)])
+    report.save(
+        "03_merging",
+        "sw-KE",
+        "x",
+        params={"profile": "toy"},
+        rows=[
+            row("merge/linear/similarity", "merge", 0.4, {"de-DE": 0.5, "it-IT": 0.5}),
+            row("native", "native", 0.77),
+        ],
+    )
     nxn = make_nxn()
     nxn["sw-KE"] = 0.3
     summary = aggregate.aggregate("toy", nxn=nxn)
@@ -248,8 +287,12 @@ def test_written_summary_files_and_figures(root):
     from matplotlib.container import BarContainer, ErrorbarContainer
 
     ax = fig.axes[0]
-    bars = {(round(b.get_x() + b.get_width() / 2, 6), round(b.get_height(), 6))
-            for c in ax.containers if isinstance(c, BarContainer) for b in c}
+    bars = {
+        (round(b.get_x() + b.get_width() / 2, 6), round(b.get_height(), 6))
+        for c in ax.containers
+        if isinstance(c, BarContainer)
+        for b in c
+    }
     marks = [c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == len(summary["rows"]) == len(marks)  # every row has a bar and an interval
     for line in marks:  # each interval sits on its own bar (a missing bar shifts nothing)

@@ -24,7 +24,9 @@ def write_notebook(path: Path, parameters: str, body: str) -> Path:
     return path
 
 
-SETUP_BODY = 'import mu\nmu.report.save("01_setup", profile, "setup", results={"ok": True}, params={"profile": profile})'
+SETUP_BODY = (
+    'import mu\nmu.report.save("01_setup", profile, "setup", results={"ok": True}, params={"profile": profile})'
+)
 # fails while the file <MU_ROOT>/fail-<target> exists: a failure that a rerun can fix
 FAKE_PARAMS = 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0'
 FAKE_BODY = (
@@ -74,8 +76,11 @@ TARGETS = ["af-ZA", "sw-KE", "fr-FR"]
 def test_failing_target_does_not_stop_the_others_and_rerun_skips(project):
     summary = runner.run(["01", "03_fake", "05"], TARGETS, workers=2, **dirs(project))
     assert statuses(summary) == {
-        ("01_setup", "toy"): "done", ("03_fake", "af-ZA"): "done",
-        ("03_fake", "sw-KE"): "failed", ("03_fake", "fr-FR"): "done", ("05_collect", "toy"): "done",
+        ("01_setup", "toy"): "done",
+        ("03_fake", "af-ZA"): "done",
+        ("03_fake", "sw-KE"): "failed",
+        ("03_fake", "fr-FR"): "done",
+        ("05_collect", "toy"): "done",
     }
     failed = summary[summary["status"] == "failed"].iloc[0]
     assert "RuntimeError: deliberate failure for sw-KE" in failed["error"]
@@ -99,15 +104,24 @@ def test_failing_target_does_not_stop_the_others_and_rerun_skips(project):
 
     # rerun: only the failed one is tried again
     again = runner.run(["01", "03", "05"], TARGETS, **dirs(project))
-    assert statuses(again) == {**statuses(summary), ("01_setup", "toy"): "skipped", ("03_fake", "af-ZA"): "skipped",
-                               ("03_fake", "fr-FR"): "skipped", ("05_collect", "toy"): "skipped"}
+    assert statuses(again) == {
+        **statuses(summary),
+        ("01_setup", "toy"): "skipped",
+        ("03_fake", "af-ZA"): "skipped",
+        ("03_fake", "fr-FR"): "skipped",
+        ("05_collect", "toy"): "skipped",
+    }
 
     # the cause is fixed: sw-KE now finishes, so the per-profile 05 downstream re-executes
     (project / "fail-sw-KE").unlink()
     fixed = runner.run(["01", "03", "05"], TARGETS, **dirs(project))
     assert statuses(fixed) == {
-        ("01_setup", "toy"): "skipped", ("03_fake", "af-ZA"): "skipped",
-        ("03_fake", "sw-KE"): "done", ("03_fake", "fr-FR"): "skipped", ("05_collect", "toy"): "done"}
+        ("01_setup", "toy"): "skipped",
+        ("03_fake", "af-ZA"): "skipped",
+        ("03_fake", "sw-KE"): "done",
+        ("03_fake", "fr-FR"): "skipped",
+        ("05_collect", "toy"): "done",
+    }
     assert not (out / "03_fake" / "sw-KE.failed.ipynb").exists()
     assert paths.read_json(collected)["results"]["targets"] == sorted(TARGETS)
     assert set(runner.run(["01", "03", "05"], TARGETS, **dirs(project))["status"]) == {"skipped"}
@@ -144,7 +158,11 @@ def test_cli_run_and_demo(project, capsys, monkeypatch):
 def test_plan_runs_target_free_notebooks_once_per_profile(project):
     jobs = runner.plan(["05", "01", "03"], ["af-ZA", "fr-FR"], profile="massive", **dirs(project))
     assert [(j.stem, j.target) for j in jobs] == [
-        ("01_setup", "massive"), ("03_fake", "af-ZA"), ("03_fake", "fr-FR"), ("05_collect", "massive")]
+        ("01_setup", "massive"),
+        ("03_fake", "af-ZA"),
+        ("03_fake", "fr-FR"),
+        ("05_collect", "massive"),
+    ]
     assert jobs[0].parameters == {"profile": "massive"}
     assert jobs[1].parameters == {"scale": 0.5, "profile": "massive", "target_lang": "af-ZA"}
     assert jobs[1].output == paths.reports_dir("03_fake", "af-ZA.ipynb")
@@ -156,19 +174,30 @@ def test_plan_runs_target_free_notebooks_once_per_profile(project):
 
 def test_a_typo_in_params_is_an_error(project):
     (project / "params" / "03_fake.yaml").write_text("shared: {scael: 1.0}\nprofiles: {toy: {}}\n")
-    with pytest.raises(ValueError, match=r"\['scael'\] are not parameters.*valid: \['profile', 'scale', 'target_lang'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['scael'\] are not parameters.*valid: \['profile', 'scale', 'target_lang'\]"
+    ):
         runner.plan(["03"], ["af-ZA"], **dirs(project))
 
 
-@pytest.mark.parametrize("call, message", [
-    (dict(notebooks=["04"], targets=["af-ZA"]), r"notebook '04' matches \[\].*valid: \['01_setup', '03_fake', '05_collect'\]"),
-    (dict(notebooks=["03"], targets=["xx-XX"]), r"unknown locale 'xx-XX'"),
-    (dict(notebooks=["03"], targets=["af-ZA"], profile="big"), r"unknown profile 'big'; valid: \['massive', 'toy'\]"),
-    (dict(notebooks=["03"], targets=[]), r"03_fake takes target_lang"),
-    (dict(notebooks=["01"], targets=[], extra_params={"scale": 2.0}), r"\['scale'\] are parameters of none"),
-    (dict(notebooks=["03"], targets=["af-ZA"], extra_params={"target_lang": "de-DE"}), r"injected by the runner"),
-    (dict(notebooks=[], targets=["af-ZA"]), r"no notebooks given; valid: \['01_setup', '03_fake', '05_collect'\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            dict(notebooks=["04"], targets=["af-ZA"]),
+            r"notebook '04' matches \[\].*valid: \['01_setup', '03_fake', '05_collect'\]",
+        ),
+        (dict(notebooks=["03"], targets=["xx-XX"]), r"unknown locale 'xx-XX'"),
+        (
+            dict(notebooks=["03"], targets=["af-ZA"], profile="big"),
+            r"unknown profile 'big'; valid: \['massive', 'toy'\]",
+        ),
+        (dict(notebooks=["03"], targets=[]), r"03_fake takes target_lang"),
+        (dict(notebooks=["01"], targets=[], extra_params={"scale": 2.0}), r"\['scale'\] are parameters of none"),
+        (dict(notebooks=["03"], targets=["af-ZA"], extra_params={"target_lang": "de-DE"}), r"injected by the runner"),
+        (dict(notebooks=[], targets=["af-ZA"]), r"no notebooks given; valid: \['01_setup', '03_fake', '05_collect'\]"),
+    ],
+)
 def test_plan_refuses_what_it_cannot_run(project, call, message):
     with pytest.raises(ValueError, match=message):
         runner.plan(**call, **dirs(project))
@@ -206,7 +235,10 @@ def ray_local():
 def test_ray_executor_runs_the_same_notebooks(project, ray_local):
     summary = runner.run(["03"], ["af-ZA", "sw-KE", "fr-FR"], executor="ray", **dirs(project))
     assert statuses(summary) == {
-        ("03_fake", "af-ZA"): "done", ("03_fake", "sw-KE"): "failed", ("03_fake", "fr-FR"): "done"}
+        ("03_fake", "af-ZA"): "done",
+        ("03_fake", "sw-KE"): "failed",
+        ("03_fake", "fr-FR"): "done",
+    }
     assert "deliberate failure for sw-KE" in summary.set_index("target").at["sw-KE", "error"]
     assert paths.read_json(report.record_path("03_fake", "fr-FR", "fake"))["params"]["profile"] == "toy"
     again = runner.run(["03"], ["af-ZA", "fr-FR"], executor="ray", **dirs(project))
@@ -214,9 +246,9 @@ def test_ray_executor_runs_the_same_notebooks(project, ray_local):
 
 
 def test_notebooks_and_params_resolve_against_the_checkout_not_mu_root(project):
-    repo = Path(runner.__file__).resolve().parent.parent
+    repo = Path(runner.__file__).resolve().parents[2]
     assert paths.root() == project.resolve()
-    assert params.source_dir("notebooks") == repo / "notebooks"
+    assert paths.source_dir("notebooks") == repo / "notebooks"
     assert params.params_file("06_aggregation") == repo / "params" / "06_aggregation.yaml"
     with pytest.raises(ValueError, match="no numbered notebooks"):
         params.all_notebooks(project / "params")
@@ -228,18 +260,34 @@ def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.setattr(runner.threads, "busy_cores", lambda: 0.0)  # an idle machine (tests/test_threads.py: busy)
     env = runner.kernel_env(workers=2)
     cores = len(os.sched_getaffinity(0))
-    assert env == {"MU_ROOT": str(project.resolve()), "OMP_NUM_THREADS": str(max(1, cores // 2)),
-                   "PYTHONWARNINGS": runner.QUIET_WARNINGS, **runner.QUIET_ENV}
+    assert env == {
+        "MU_ROOT": str(project.resolve()),
+        "OMP_NUM_THREADS": str(max(1, cores // 2)),
+        "PYTHONWARNINGS": runner.QUIET_WARNINGS,
+        **runner.QUIET_ENV,
+    }
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert runner.kernel_env(workers=2)["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
 
 
 def test_current_params_reads_names_from_the_parameters_cell():
-    import mu.runner
+    import mu.batch.runner
 
-    ns = {"profile": "toy", "n_boot": 7, "seed": 1, "min_pairs": 5, "average_system": "x", "feature_sets": ["fam"],
-          "top_k": 20, "sinkhorn_iters": 20, "num_languages": 5, "tuning_targets": [], "seeds": [], "seed_targets": [],
-          "other": 3}
+    ns = {
+        "profile": "toy",
+        "n_boot": 7,
+        "seed": 1,
+        "min_pairs": 5,
+        "average_system": "x",
+        "feature_sets": ["fam"],
+        "top_k": 20,
+        "sinkhorn_iters": 20,
+        "num_languages": 5,
+        "tuning_targets": [],
+        "seeds": [],
+        "seed_targets": [],
+        "other": 3,
+    }
     got = mu.params.current_params("06_aggregation", ns)
     assert got == {k: ns[k] for k in mu.params.notebook_parameters(mu.params.find_notebooks(["06"])[0])}
     assert "other" not in got and got["n_boot"] == 7

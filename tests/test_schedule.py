@@ -31,19 +31,24 @@ def test_convergence_over_the_patience_window():
     # with no tolerance, b's drop merges at epoch 3 already
     assert schedule.decide(hist[:3], epochs_done=3, **P)[1] == "performance_drop"
     # patience 1 sees the plateau one epoch earlier
-    assert schedule.decide(hist[:3], epochs_done=3, **{**P, "patience": 1, "performance_drop": 0.05})[1] == "convergence"
+    assert (
+        schedule.decide(hist[:3], epochs_done=3, **{**P, "patience": 1, "performance_drop": 0.05})[1] == "convergence"
+    )
 
 
 def test_a_drop_of_one_source_triggers_a_merge():
     hist = dev((0.5, 0.5), (0.6, 0.55))
     merge, reason, detail = schedule.decide(hist, epochs_done=2, **{**P, "performance_drop": 0.02})
     assert (merge, reason) == (False, "improving")
-    merge, reason, detail = schedule.decide(dev((0.5, 0.6), (0.7, 0.55)), epochs_done=2,
-                                            **{**P, "performance_drop": 0.02})
+    merge, reason, detail = schedule.decide(
+        dev((0.5, 0.6), (0.7, 0.55)), epochs_done=2, **{**P, "performance_drop": 0.02}
+    )
     assert (merge, reason) == (True, "performance_drop") and detail.startswith("b dev accuracy fell 0.6000 -> 0.5500")
     # a drop within the tolerance is not a trigger; 1.0 switches the trigger off
     assert schedule.decide(dev((0.5, 0.6), (0.7, 0.59)), epochs_done=2, **{**P, "performance_drop": 0.02})[0] is False
-    assert schedule.decide(dev((0.5, 0.6), (0.9, 0.1)), epochs_done=2, **{**P, "performance_drop": 1.0})[1] == "improving"
+    assert (
+        schedule.decide(dev((0.5, 0.6), (0.9, 0.1)), epochs_done=2, **{**P, "performance_drop": 1.0})[1] == "improving"
+    )
 
 
 def test_bounds_and_the_last_epoch():

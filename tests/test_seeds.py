@@ -11,8 +11,13 @@ from mu import aggregate, seeds
 from mu import stats as mu_stats
 
 TARGETS = [f"t{i:02d}" for i in range(12)]
-ENS, ORACLE, MT, AVG, MS = ("ensemble/uriel_logits/transfer", "zero-shot/best", "merge/linear/transfer",
-                            "merge/linear/average", "merge/linear/similarity")
+ENS, ORACLE, MT, AVG, MS = (
+    "ensemble/uriel_logits/transfer",
+    "zero-shot/best",
+    "merge/linear/transfer",
+    "merge/linear/average",
+    "merge/linear/similarity",
+)
 HEADLINE = ((ENS, ORACLE), (MT, AVG), (MS, AVG))
 
 
@@ -22,9 +27,16 @@ def table(seed: int, *, flip: bool = False, extra: bool = False) -> pd.DataFrame
     rng = np.random.default_rng(seed)
     oracle = rng.uniform(0.5, 0.6, len(TARGETS))
     avg = oracle - 0.04 + rng.uniform(-0.005, 0.005, len(TARGETS))
-    frame = pd.DataFrame({ORACLE: oracle, ENS: oracle + rng.uniform(0.002, 0.01, len(TARGETS)), AVG: avg,
-                          MT: avg + (-0.01 if flip else 0.01) + rng.uniform(-0.001, 0.001, len(TARGETS)),
-                          MS: avg + rng.normal(0.001, 0.01, len(TARGETS))}, index=TARGETS)
+    frame = pd.DataFrame(
+        {
+            ORACLE: oracle,
+            ENS: oracle + rng.uniform(0.002, 0.01, len(TARGETS)),
+            AVG: avg,
+            MT: avg + (-0.01 if flip else 0.01) + rng.uniform(-0.001, 0.001, len(TARGETS)),
+            MS: avg + rng.normal(0.001, 0.01, len(TARGETS)),
+        },
+        index=TARGETS,
+    )
     if extra:  # a system only this seed has: left out, so every seed's Holm family is the same
         frame["ensemble/soft/similarity"] = oracle - 0.2
     return frame
@@ -63,8 +75,14 @@ def test_spread_claims_only_what_holds_in_every_seed():
     noise = frame.loc[(MS, AVG)]
     assert noise["holds"] in ("no: the sign changes across seeds", "sign only: p_holm >= 0.05 in some seed")
 
-    result = {"seeds": list(by_seed), "targets": TARGETS, "alpha": 0.05, "effects": long,
-              "spread": seeds.spread(long), "notes": ["seed 45: no results"]}
+    result = {
+        "seeds": list(by_seed),
+        "targets": TARGETS,
+        "alpha": 0.05,
+        "effects": long,
+        "spread": seeds.spread(long),
+        "notes": ["seed 45: no results"],
+    }
     md = seeds.markdown(result)
     row = next(line for line in md.splitlines() if line.startswith(f"| {ENS} |"))
     assert f"{diffs[0]:+.3f} (p_holm" in row and "yes: same sign" in row

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import mu.data
+import mu.corpus.data
 from mu import distill, ensemble, merge, models, paths, protocol, selection
 from mu.merge import adamerging
 
@@ -56,12 +56,25 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
     texts = mu.data.unlabeled("af-ZA", "train", "toy", num_examples=80, seed=0)
     fit, held = mu.data.held_out(texts, 0.25, seed=0)
     w = {"de-DE": 0.5, "fr-FR": 0.5}
-    probs = distill.teacher("uriel_logits", fit + held, {k: sources[k] for k in w}, w, temperature=2.0,
-                            max_seq_length=32)
-    model, tokenizer, log = distill.fit_student(sources["nl-NL"], fit, probs[:len(fit)], held_out=held,
-                                                held_out_probs=probs[len(fit):], temperature=2.0, epochs=6, lr=3e-3,
-                                                batch_size=16, eval_every=2, patience=2, max_seq_length=32, seed=1,
-                                                progress=False)
+    probs = distill.teacher(
+        "uriel_logits", fit + held, {k: sources[k] for k in w}, w, temperature=2.0, max_seq_length=32
+    )
+    model, tokenizer, log = distill.fit_student(
+        sources["nl-NL"],
+        fit,
+        probs[: len(fit)],
+        held_out=held,
+        held_out_probs=probs[len(fit) :],
+        temperature=2.0,
+        epochs=6,
+        lr=3e-3,
+        batch_size=16,
+        eval_every=2,
+        patience=2,
+        max_seq_length=32,
+        seed=1,
+        progress=False,
+    )
     curve = log["agreement_curve"]
     assert curve[0]["step"] == 0 and [c["step"] for c in curve] == sorted({c["step"] for c in curve})
     best = max(curve, key=lambda c: c["agreement"])  # earliest of the best
@@ -70,7 +83,7 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
         assert [c["agreement"] for c in curve[-2:]] and all(c["agreement"] <= best["agreement"] for c in curve[-2:])
         assert log["steps"] < 6 * -(-len(fit) // 16)
     # the model handed back is the best checkpoint, not the last step
-    again = distill.agreement(model, tokenizer, held, probs[len(fit):].argmax(1), max_seq_length=32)
+    again = distill.agreement(model, tokenizer, held, probs[len(fit) :].argmax(1), max_seq_length=32)
     assert again == pytest.approx(log["best_agreement"])
 
 
@@ -80,14 +93,34 @@ def test_adamerging_checkpoints_call_the_probe_with_the_current_merge(toy_base, 
     texts = mu.data.unlabeled("af-ZA", "train", "toy", num_examples=40, seed=0)
     seen = []
     probe = adamerging.entropy_probe(texts[:10])
-    out = adamerging.fit(model, tokenizer, model.state_dict(), sds, {"de-DE": 0.5, "fr-FR": 0.5}, texts, steps=6,
-                         lr=0.1, max_seq_length=32, progress=False, checkpoints=[0, 3, 6],
-                         probe=lambda s, predict: (seen.append(s), probe(s, predict))[1])
+    out = adamerging.fit(
+        model,
+        tokenizer,
+        model.state_dict(),
+        sds,
+        {"de-DE": 0.5, "fr-FR": 0.5},
+        texts,
+        steps=6,
+        lr=0.1,
+        max_seq_length=32,
+        progress=False,
+        checkpoints=[0, 3, 6],
+        probe=lambda s, predict: (seen.append(s), probe(s, predict))[1],
+    )
     assert seen == [0, 3, 6] and [c["step"] for c in out["checkpoints"]] == [0, 3, 6]
     assert all(np.isfinite(c["held_out_entropy"]) for c in out["checkpoints"])
     with pytest.raises(ValueError, match="checkpoints must lie in"):
-        adamerging.fit(model, tokenizer, model.state_dict(), sds, {"de-DE": 0.5, "fr-FR": 0.5}, texts, steps=2,
-                       checkpoints=[3], probe=probe)
+        adamerging.fit(
+            model,
+            tokenizer,
+            model.state_dict(),
+            sds,
+            {"de-DE": 0.5, "fr-FR": 0.5},
+            texts,
+            steps=2,
+            checkpoints=[3],
+            probe=probe,
+        )
 
 
 class TextsOnly:
@@ -117,24 +150,55 @@ def no_test_split(monkeypatch):
 
 def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_base, no_test_split, monkeypatch):
     common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
-    teacher = selection.choose_teacher("sel", TUNING, methods=["soft", "uriel_logits"], modes=["similarity", "average"],
-                                       **common)
+    teacher = selection.choose_teacher(
+        "sel", TUNING, methods=["soft", "uriel_logits"], modes=["similarity", "average"], **common
+    )
     assert {r["target"] for r in teacher["evidence"]} == set(TUNING) and len(teacher["evidence"]) == 8
-    lr = selection.choose_distill_lr("sel", TUNING, teacher_method=teacher["method"], mode=teacher["mode"],
-                                     lrs=[1e-3, 1e-2], criterion="tuning-targets", base_model=toy_base, temperature=2.0,
-                                     epochs=1, batch_size=32, eval_every=None, patience=1, held_out=0.1,
-                                     adapt_num_examples=64, **common)
+    lr = selection.choose_distill_lr(
+        "sel",
+        TUNING,
+        teacher_method=teacher["method"],
+        mode=teacher["mode"],
+        lrs=[1e-3, 1e-2],
+        criterion="tuning-targets",
+        base_model=toy_base,
+        temperature=2.0,
+        epochs=1,
+        batch_size=32,
+        eval_every=None,
+        patience=1,
+        held_out=0.1,
+        adapt_num_examples=64,
+        **common,
+    )
     assert lr["lr"] in (1e-3, 1e-2) and {(r["target"], r["lr"]) for r in lr["evidence"]} == {
-        (t, x) for t in TUNING for x in (1e-3, 1e-2)}
-    ada = selection.choose_adamerging("sel", TUNING, granularities=["layer", "task"], steps=[2, 4],
-                                      criterion="label-free", mode="similarity", constraint="simplex", lr=0.05,
-                                      batch_size=16, held_out=0.1, base_model=toy_base, adapt_num_examples=64, **common)
-    assert {(r["granularity"], r["step"]) for r in ada["evidence"]} == {(g, s) for g in ("layer", "task")
-                                                                       for s in (0, 2, 4)}
+        (t, x) for t in TUNING for x in (1e-3, 1e-2)
+    }
+    ada = selection.choose_adamerging(
+        "sel",
+        TUNING,
+        granularities=["layer", "task"],
+        steps=[2, 4],
+        criterion="label-free",
+        mode="similarity",
+        constraint="simplex",
+        lr=0.05,
+        batch_size=16,
+        held_out=0.1,
+        base_model=toy_base,
+        adapt_num_examples=64,
+        **common,
+    )
+    assert {(r["granularity"], r["step"]) for r in ada["evidence"]} == {
+        (g, s) for g in ("layer", "task") for s in (0, 2, 4)
+    }
     curves = selection.adamerging_curves(ada)
     assert set(curves["metric"]) == {"dev_accuracy", "dev_entropy", "held_out_entropy"}
-    ranked = curves[(curves["metric"] == "held_out_entropy") & (curves["step"] > 0)].groupby(
-        ["granularity", "step"])["value"].mean()
+    ranked = (
+        curves[(curves["metric"] == "held_out_entropy") & (curves["step"] > 0)]
+        .groupby(["granularity", "step"])["value"]
+        .mean()
+    )
     assert (ada["granularity"], ada["steps"]) == ranked.idxmin()
     recorded = protocol.load("sel")
     assert recorded["04.distill.teacher"]["value"] == f"{teacher['method']}/{teacher['mode']}"
@@ -146,27 +210,53 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert recorded["04.distill.patience"]["chosen_by"] == "declared"
     # a rerun with the same arguments measures nothing (cached); other arguments measure again
     monkeypatch.setattr(distill, "fit_student", lambda *a, **k: pytest.fail("measured again"))
-    assert selection.choose_distill_lr("sel", TUNING, teacher_method=teacher["method"], mode=teacher["mode"],
-                                       lrs=[1e-3, 1e-2], criterion="label-free", base_model=toy_base, temperature=2.0,
-                                       epochs=1, batch_size=32, eval_every=None, patience=1, held_out=0.1,
-                                       adapt_num_examples=64, **common)["lr"] in (1e-3, 1e-2)
+    assert selection.choose_distill_lr(
+        "sel",
+        TUNING,
+        teacher_method=teacher["method"],
+        mode=teacher["mode"],
+        lrs=[1e-3, 1e-2],
+        criterion="label-free",
+        base_model=toy_base,
+        temperature=2.0,
+        epochs=1,
+        batch_size=32,
+        eval_every=None,
+        patience=1,
+        held_out=0.1,
+        adapt_num_examples=64,
+        **common,
+    )["lr"] in (1e-3, 1e-2)
     assert protocol.load("sel")["04.distill.lr"]["chosen_by"] == "label-free"
     assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
 
 
-def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept(sources, toy_base, no_test_split,
-                                                                                 monkeypatch):
-    common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, base_model=toy_base, teacher_method="soft",
-                  mode="similarity", held_out=0.1, temperature=2.0, adapt_num_examples=64,
-                  **{**SELECT, "num_languages": 3})
+def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept(
+    sources, toy_base, no_test_split, monkeypatch
+):
+    common = dict(
+        models_dir=MODELS_DIR,
+        data="toy",
+        max_seq_length=32,
+        base_model=toy_base,
+        teacher_method="soft",
+        mode="similarity",
+        held_out=0.1,
+        temperature=2.0,
+        adapt_num_examples=64,
+        **{**SELECT, "num_languages": 3},
+    )
     names = ["linear", "ties", "iso_c"]
     got = selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="tuning-targets", **common)
     assert {(r["target"], r["method"]) for r in got["evidence"]} == {(t, m) for t in TUNING for m in [*names, "slerp"]}
     assert all("exactly 2 sources" in r["note"] for r in got["evidence"] if r["method"] == "slerp")  # 3 sources here
     means = {m: np.mean([r["dev_accuracy"] for r in got["evidence"] if r["method"] == m]) for m in names}
     assert got["method"] == max(names, key=lambda m: (means[m], -names.index(m)))  # ties: the order given
-    assert not any(paths.resolve(merge.merged_dir(MODELS_DIR, t, m, "similarity")).exists()
-                   for t in TUNING for m in ("ties", "iso_c"))  # scored, then deleted
+    assert not any(
+        paths.resolve(merge.merged_dir(MODELS_DIR, t, m, "similarity")).exists()
+        for t in TUNING
+        for m in ("ties", "iso_c")
+    )  # scored, then deleted
     recorded = protocol.load("init")["04.distill.init"]
     assert (recorded["value"], recorded["chosen_by"]) == (got["method"], "tuning-targets")
     assert "dev split of the tuning targets" in recorded["data"] and "not applicable: slerp" in recorded["note"]
@@ -177,39 +267,69 @@ def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept
     assert free["method"] == max(names, key=lambda m: (agree[m], -names.index(m)))
     assert all(0 <= a <= 1 for a in agree.values())
     # cached: a rerun merges nothing; one name is declared; adamerging is no starting point
-    assert selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common) == free
-    assert selection.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)["method"] == "iso_c"
+    assert (
+        selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common)
+        == free
+    )
+    assert (
+        selection.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)["method"]
+        == "iso_c"
+    )
     assert protocol.load("init")["04.distill.init"]["chosen_by"] == "declared"
     with pytest.raises(ValueError, match="adamerging"):
-        selection.choose_student_init("init", TUNING, methods=["linear", "adamerging"], criterion="tuning-targets", **common)
+        selection.choose_student_init(
+            "init", TUNING, methods=["linear", "adamerging"], criterion="tuning-targets", **common
+        )
 
 
 def test_one_candidate_is_declared_and_bad_settings_are_clear_errors(sources, toy_base):
     common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
-    got = selection.choose_teacher("sel2", [], methods=["soft", "uriel_logits"], modes=["similarity"],
-                                   only=["uriel_logits/similarity"], **common)
+    got = selection.choose_teacher(
+        "sel2", [], methods=["soft", "uriel_logits"], modes=["similarity"], only=["uriel_logits/similarity"], **common
+    )
     assert (got["method"], got["mode"]) == ("uriel_logits", "similarity")
     assert protocol.load("sel2")["04.distill.teacher"]["chosen_by"] == "declared"
     with pytest.raises(ValueError, match=r"not among the ensembles"):
         selection.choose_teacher("sel2", TUNING, methods=["soft"], modes=["similarity"], only=["soft/oracle"], **common)
     with pytest.raises(ValueError, match="needs at least one declared tuning target"):
         selection.choose_teacher("sel2", [], methods=["soft", "majority"], modes=["similarity"], **common)
-    kw = dict(granularities=["layer", "task"], steps=[2], mode="similarity", constraint="simplex", lr=0.05,
-              batch_size=16, base_model=toy_base, **common)
+    kw = dict(
+        granularities=["layer", "task"],
+        steps=[2],
+        mode="similarity",
+        constraint="simplex",
+        lr=0.05,
+        batch_size=16,
+        base_model=toy_base,
+        **common,
+    )
     with pytest.raises(ValueError, match="selection criterion 'test'"):
         selection.choose_adamerging("sel2", TUNING, criterion="test", held_out=0.1, **kw)
     with pytest.raises(ValueError, match="held-out fraction > 0"):
         selection.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.0, **kw)
     with pytest.raises(ValueError, match="granularity 'block'"):
-        selection.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.1,
-                                    **{**kw, "granularities": ["block"]})
+        selection.choose_adamerging(
+            "sel2", TUNING, criterion="label-free", held_out=0.1, **{**kw, "granularities": ["block"]}
+        )
 
 
 def test_distilled_row_names_its_teacher_and_costs(sources, toy_base):
     w = {"de-DE": 0.6, "fr-FR": 0.4}
-    rows = distill.evaluate_distilled("af-ZA", {"similarity": w}, teacher_method="uriel_logits", models_dir=MODELS_DIR,
-                                      data="toy", base_model=toy_base, adapt_num_examples=None, held_out=0.1,
-                                      max_seq_length=32, epochs=1, lr=1e-3, batch_size=32, patience=1)
+    rows = distill.evaluate_distilled(
+        "af-ZA",
+        {"similarity": w},
+        teacher_method="uriel_logits",
+        models_dir=MODELS_DIR,
+        data="toy",
+        base_model=toy_base,
+        adapt_num_examples=None,
+        held_out=0.1,
+        max_seq_length=32,
+        epochs=1,
+        lr=1e-3,
+        batch_size=32,
+        patience=1,
+    )
     (row,) = rows
     assert row["system"] == "adapted/distilled-uriel_logits/similarity"
     assert row["teacher"] == "ensemble/uriel_logits/similarity" and row["seconds"] > 0 and row["merge_seconds"] >= 0
@@ -219,12 +339,26 @@ def test_distilled_row_names_its_teacher_and_costs(sources, toy_base):
     assert details["texts"]["num_held_out"] == round(0.1 * n) and details["agreement_curve"][0]["step"] == 0
     assert not distill.curves(rows, "agreement").empty
     assert torch.isfinite(torch.tensor(row["accuracy"]))
-    (iso,) = distill.evaluate_distilled("af-ZA", {"similarity": w}, teacher_method="uriel_logits", init="iso_c",
-                                        models_dir=MODELS_DIR, data="toy", base_model=toy_base, held_out=0.1,
-                                        max_seq_length=32, epochs=1, lr=1e-3, batch_size=32, patience=1)
+    (iso,) = distill.evaluate_distilled(
+        "af-ZA",
+        {"similarity": w},
+        teacher_method="uriel_logits",
+        init="iso_c",
+        models_dir=MODELS_DIR,
+        data="toy",
+        base_model=toy_base,
+        held_out=0.1,
+        max_seq_length=32,
+        epochs=1,
+        lr=1e-3,
+        batch_size=32,
+        patience=1,
+    )
     assert iso["system"] == "adapted/distilled-uriel_logits-from_iso_c/similarity"
     assert iso["init"] == "merge/iso_c/similarity" and row["init"] == "merge/linear/similarity"
-    assert paths.read_json(paths.resolve(iso["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"] != \
-        paths.read_json(paths.resolve(row["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"]
+    assert (
+        paths.read_json(paths.resolve(iso["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"]
+        != paths.read_json(paths.resolve(row["model"]) / distill.DETAILS_JSON)["inputs"]["student_init"]
+    )
     with pytest.raises(ValueError, match="adamerging"):
         distill.name("soft", init="adamerging")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mu import similarity as sim
-from mu.locales import LOCALES
+from mu.langs.locales import LOCALES
 
 TOY = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES", "it-IT", "sw-KE"]
 
@@ -101,7 +101,9 @@ def test_modes_average_uses_same_sources():
 def test_transfer_mode_leaves_target_out():
     nxn = pd.DataFrame(
         [[0.9, 0.5, 0.1, 0.8], [0.4, 0.9, 0.7, 0.6], [0.2, 0.3, 0.9, 0.1], [0.5, 0.5, 0.5, 0.9]],
-        index=["de-DE", "nl-NL", "fr-FR", "af-ZA"], columns=["de-DE", "nl-NL", "fr-FR", "af-ZA"])
+        index=["de-DE", "nl-NL", "fr-FR", "af-ZA"],
+        columns=["de-DE", "nl-NL", "fr-FR", "af-ZA"],
+    )
     w = sim.select("af-ZA", ["de-DE", "nl-NL", "fr-FR"], mode="transfer", num_languages=2, nxn=nxn)
     # leave-target-out scores: de=(0.5+0.1)/2=0.3, nl=(0.4+0.7)/2=0.55, fr=(0.2+0.3)/2=0.25
     assert list(w) == ["nl-NL", "de-DE"]
@@ -115,16 +117,22 @@ def test_transfer_mode_leaves_target_out():
     assert o == {"fr-FR": 1.0}
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(target="xx-XX", available=TOY), "unknown locale 'xx-XX'"),
-    (dict(target="af-ZA", available=["de-DE", "yy"]), "unknown locale 'yy'"),
-    (dict(target="af-ZA", available=TOY, feature_set="syntax_bogus"), "unknown URIEL feature set 'syntax_bogus'.*syntax_knn"),
-    (dict(target="af-ZA", available=TOY, top_k=0), "top_k must be an integer >= 1"),
-    (dict(target="af-ZA", available=TOY, num_languages=0), "num_languages must be an integer >= 1"),
-    (dict(target="af-ZA", available=TOY, mode="uriel"), "unknown mode 'uriel'.*similarity"),
-    (dict(target="af-ZA", available=TOY, mode="transfer"), "needs the N×N"),
-    (dict(target="af-ZA", available=["af-ZA"]), "no source model"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(target="xx-XX", available=TOY), "unknown locale 'xx-XX'"),
+        (dict(target="af-ZA", available=["de-DE", "yy"]), "unknown locale 'yy'"),
+        (
+            dict(target="af-ZA", available=TOY, feature_set="syntax_bogus"),
+            "unknown URIEL feature set 'syntax_bogus'.*syntax_knn",
+        ),
+        (dict(target="af-ZA", available=TOY, top_k=0), "top_k must be an integer >= 1"),
+        (dict(target="af-ZA", available=TOY, num_languages=0), "num_languages must be an integer >= 1"),
+        (dict(target="af-ZA", available=TOY, mode="uriel"), "unknown mode 'uriel'.*similarity"),
+        (dict(target="af-ZA", available=TOY, mode="transfer"), "needs the N×N"),
+        (dict(target="af-ZA", available=["af-ZA"]), "no source model"),
+    ],
+)
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sim.select(**kwargs)

@@ -19,7 +19,9 @@ from mu import paths, report, site
 
 REPO = Path(__file__).resolve().parent.parent
 # a 1x1 PNG: stands in for a figure
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 LOG_BODY = (  # every job logs its start and end (with its pid), sleeping in between so that overlaps would show
     "import os, time\nimport mu\n"
@@ -64,15 +66,38 @@ def project(tmp_path, monkeypatch):
 
 
 def _cli(project: Path, *targets: str) -> list[str]:
-    return [sys.executable, "-m", "mu", "run", "--profile", "toy", "--notebooks", "03", "06",
-            "--notebooks-dir", str(project / "notebooks"), "--params-dir", str(project / "params"),
-            "--targets", *targets]
+    return [
+        sys.executable,
+        "-m",
+        "mu",
+        "run",
+        "--profile",
+        "toy",
+        "--notebooks",
+        "03",
+        "06",
+        "--notebooks-dir",
+        str(project / "notebooks"),
+        "--params-dir",
+        str(project / "params"),
+        "--targets",
+        *targets,
+    ]
 
 
 def test_two_runners_at_once_run_each_job_once_and_agree_with_one_run(project):
     env = {**os.environ, "MU_ROOT": str(project), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(_cli(project, "af-ZA", "fr-FR"), env=env, cwd=project, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cli(project, "af-ZA", "fr-FR"),
+            env=env,
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, f"a runner failed:\n{out}\n{err}"
@@ -110,8 +135,9 @@ def test_index_links_every_rendered_notebook_summary_and_figure(project):
     from mu import runner
 
     (project / "fail-sw-KE").touch()
-    summary = runner.run(["03", "06"], ["af-ZA", "sw-KE"], notebooks_dir=project / "notebooks",
-                         params_dir=project / "params")
+    summary = runner.run(
+        ["03", "06"], ["af-ZA", "sw-KE"], notebooks_dir=project / "notebooks", params_dir=project / "params"
+    )
     assert sorted(summary["status"]) == ["done", "done", "failed"]
     out = paths.reports_dir()
     index = out / site.INDEX
@@ -123,9 +149,15 @@ def test_index_links_every_rendered_notebook_summary_and_figure(project):
     assert links, "the index links nothing"
     missing = [x for x in links if not (out / x).is_file()]
     assert not missing, f"index links that resolve to no file: {missing}"
-    expected = {"03_step/af-ZA.html", "03_step/sw-KE.failed.html", "06_aggregation/toy.html",
-                "06_aggregation/toy/summary.html", "06_aggregation/toy/summary.csv",
-                "03_step/af-ZA/fig.png", "06_aggregation/toy/means.png"}
+    expected = {
+        "03_step/af-ZA.html",
+        "03_step/sw-KE.failed.html",
+        "06_aggregation/toy.html",
+        "06_aggregation/toy/summary.html",
+        "06_aggregation/toy/summary.csv",
+        "03_step/af-ZA/fig.png",
+        "06_aggregation/toy/means.png",
+    }
     assert expected <= links, sorted(expected - links)
     # the rendered notebook is the executed one (its output), the summary page holds its table
     assert "deliberate failure for sw-KE" in (out / "03_step" / "sw-KE.failed.html").read_text(encoding="utf-8")
@@ -140,7 +172,7 @@ def test_index_links_every_rendered_notebook_summary_and_figure(project):
 
 SCALED = (  # fails when scale < 0: a rerun with other parameters that fails
     "import mu\n"
-    'if scale < 0:\n'
+    "if scale < 0:\n"
     '    raise RuntimeError(f"deliberate failure with scale={scale}")\n'
     'mu.report.save("03_scaled", target_lang, "scaled", params={"profile": profile, "scale": scale},\n'
     '               rows=[{"system": "merge/linear/similarity", "family": "merge", "accuracy": 0.5}])'
@@ -156,8 +188,9 @@ def _index_links(out: Path) -> set[str]:
 def test_a_failure_newer_than_the_success_is_what_the_index_shows(project):
     from mu import runner
 
-    write_notebook(project / "notebooks" / "03_scaled.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0',
-                   SCALED)
+    write_notebook(
+        project / "notebooks" / "03_scaled.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"\nscale = 1.0', SCALED
+    )
     (project / "params" / "03_scaled.yaml").write_text("shared: {}\nprofiles: {toy: {}}\n")
     where = {"notebooks_dir": project / "notebooks", "params_dir": project / "params"}
     assert list(runner.run(["03_scaled"], ["af-ZA"], **where)["status"]) == ["done"]
@@ -181,8 +214,12 @@ def test_a_failure_newer_than_the_success_is_what_the_index_shows(project):
 def test_the_index_keeps_the_newest_of_a_success_and_a_failure(tmp_path):
     import nbformat
 
-    for name, when in (("af-ZA.ipynb", 100), ("af-ZA.failed.ipynb", 200), ("fr-FR.ipynb", 300),
-                       ("fr-FR.failed.ipynb", 200)):
+    for name, when in (
+        ("af-ZA.ipynb", 100),
+        ("af-ZA.failed.ipynb", 200),
+        ("fr-FR.ipynb", 300),
+        ("fr-FR.failed.ipynb", 200),
+    ):
         nb = nbformat.v4.new_notebook()
         nb.metadata["papermill"] = {"parameters": {"profile": "toy", "target_lang": name[:5]}}
         path = tmp_path / "03_x" / name

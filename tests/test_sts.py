@@ -14,7 +14,9 @@ from mu import data, evaluate, models, sts
 def test_toy_sts_is_graded_by_construction():
     pairs = sts.load_pairs("toy", "sw-KE")
     assert pairs["score"].value_counts().to_dict() == {s: 40 for s, _ in sts.TOY_LEVELS}
-    words = set(w for ks in data.toy_lexicon("sw-KE")["keywords"] for w in ks) | set(data.toy_lexicon("sw-KE")["fillers"])
+    words = set(w for ks in data.toy_lexicon("sw-KE")["keywords"] for w in ks) | set(
+        data.toy_lexicon("sw-KE")["fillers"]
+    )
     for _, p in pairs.iterrows():
         a, b = p["sentence1"].split(), p["sentence2"].split()
         assert set(a) | set(b) <= words and len(a) == len(b) == 5
@@ -42,19 +44,40 @@ def test_local_tsv_and_jsonl_read_the_same(tmp_path):
     pd.testing.assert_frame_equal(sts.load_pairs(jsonl), expected)
 
 
-@pytest.mark.parametrize("name,text,error", [
-    ("missing.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "score": 1}\n',
-     r"missing.jsonl:2: missing column\(s\) \['sentence2'\]"),
-    ("header.tsv", "sentence1\tscore\na\t1\n", r"header.tsv:1: header \['sentence1', 'score'\] lacks column\(s\) "
-                                              r"\['sentence2'\]"),
-    ("range.tsv", "sentence1\tsentence2\tscore\na\tb\t1\nc\td\t5.5\n",
-     r"range.tsv:3: score 5.5 is outside the declared range \[0.0, 5.0\]"),
-    ("nan.jsonl", '{"sentence1": "a", "sentence2": "b", "score": "high"}\n', r"nan.jsonl:1: score 'high' is not a number"),
-    ("blank.jsonl", '{"sentence1": " ", "sentence2": "b", "score": 1}\n', r"blank.jsonl:1: 'sentence1' must be a non-empty"),
-    ("empty.tsv", "", r"empty.tsv: no STS pairs"),
-    ("empty.jsonl", "\n\n", r"empty.jsonl: no STS pairs"),
-    ("fields.tsv", "sentence1\tsentence2\tscore\na\tb\n", r"fields.tsv:2: 2 fields, the header has 3"),
-])
+@pytest.mark.parametrize(
+    "name,text,error",
+    [
+        (
+            "missing.jsonl",
+            '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "score": 1}\n',
+            r"missing.jsonl:2: missing column\(s\) \['sentence2'\]",
+        ),
+        (
+            "header.tsv",
+            "sentence1\tscore\na\t1\n",
+            r"header.tsv:1: header \['sentence1', 'score'\] lacks column\(s\) "
+            r"\['sentence2'\]",
+        ),
+        (
+            "range.tsv",
+            "sentence1\tsentence2\tscore\na\tb\t1\nc\td\t5.5\n",
+            r"range.tsv:3: score 5.5 is outside the declared range \[0.0, 5.0\]",
+        ),
+        (
+            "nan.jsonl",
+            '{"sentence1": "a", "sentence2": "b", "score": "high"}\n',
+            r"nan.jsonl:1: score 'high' is not a number",
+        ),
+        (
+            "blank.jsonl",
+            '{"sentence1": " ", "sentence2": "b", "score": 1}\n',
+            r"blank.jsonl:1: 'sentence1' must be a non-empty",
+        ),
+        ("empty.tsv", "", r"empty.tsv: no STS pairs"),
+        ("empty.jsonl", "\n\n", r"empty.jsonl: no STS pairs"),
+        ("fields.tsv", "sentence1\tsentence2\tscore\na\tb\n", r"fields.tsv:2: 2 fields, the header has 3"),
+    ],
+)
 def test_bad_files_name_the_file_and_line(tmp_path, name, text, error):
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=error):
@@ -85,7 +108,10 @@ def test_mean_pooling_masks_padding(toy_base):
 def test_sts_spearman_of_cosine_against_gold(toy_base, toy_sources):
     pairs = sts.load_pairs("toy", "de-DE")
     model, tokenizer = models.load_classifier(toy_base)
-    a, b = evaluate.embed(model, tokenizer, list(pairs["sentence1"])), evaluate.embed(model, tokenizer, list(pairs["sentence2"]))
+    a, b = (
+        evaluate.embed(model, tokenizer, list(pairs["sentence1"])),
+        evaluate.embed(model, tokenizer, list(pairs["sentence2"])),
+    )
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     # gold = the cosine itself: perfect rank agreement, and reversed: perfect disagreement
     assert evaluate.sts(toy_base, pairs.assign(score=cosine))["spearman"] == pytest.approx(1.0)

@@ -40,16 +40,35 @@ def test_cli_has_the_study_commands():
     assert (args.train, args.test, args.objective) == (100, 500, "mlm+tlm+align")
     kw = study._pretrain_kwargs(cli.parser().parse_args(["study"]))  # the study's encoder recipe by default
     assert (kw["lr"], kw["embedding_init"]) == (1e-3, "parallel-svd")
-    assert cli.parser().parse_args(["study"]).steps == 3000 and study._pretrain_kwargs(args)["embedding_init"] == "parallel-svd"
+    assert (
+        cli.parser().parse_args(["study"]).steps == 3000
+        and study._pretrain_kwargs(args)["embedding_init"] == "parallel-svd"
+    )
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["pretrain", "--objective", "clm", "--steps", "1"])
     args = cli.parser().parse_args(["study"])  # the protocol's declared defaults
-    assert (args.tune_locales, args.tune_epochs, args.tune_lrs) == (list(study.TUNE_LOCALES), list(study.TUNE_EPOCHS),
-                                                                    list(study.TUNE_LRS))
+    assert (args.tune_locales, args.tune_epochs, args.tune_lrs) == (
+        list(study.TUNE_LOCALES),
+        list(study.TUNE_EPOCHS),
+        list(study.TUNE_LRS),
+    )
     assert (args.seeds, args.seed_targets, args.subset_notebooks, args.budget) == (None, None, ["05"], False)
-    args = cli.parser().parse_args(["study", "--tune-locales", "--tune-epochs", "2", "2.5", "--seeds", "42", "43",
-                                    "--seed-targets", "nl-NL", "--budget"])
+    args = cli.parser().parse_args(
+        [
+            "study",
+            "--tune-locales",
+            "--tune-epochs",
+            "2",
+            "2.5",
+            "--seeds",
+            "42",
+            "43",
+            "--seed-targets",
+            "nl-NL",
+            "--budget",
+        ]
+    )
     assert (args.tune_locales, args.tune_epochs, args.seeds, args.seed_targets) == ([], [2, 2.5], [42, 43], ["nl-NL"])
     assert isinstance(args.tune_epochs[0], int) and args.budget
 
@@ -67,7 +86,10 @@ def test_the_declared_target_sets_follow_their_rules_and_the_params_files():
     for stem in params.all_notebooks():  # every notebook taking tuning targets has 06's, profile by profile
         for profile, values in params.read_params_file(params.params_file(stem))["profiles"].items():
             got = {**params.read_params_file(params.params_file(stem))["shared"], **values}.get("tuning_targets")
-            assert got is None or got == params.load_params("06_aggregation", profile)["tuning_targets"], (stem, profile)
+            assert got is None or got == params.load_params("06_aggregation", profile)["tuning_targets"], (
+                stem,
+                profile,
+            )
 
 
 def test_declare_keeps_measured_choices_unless_the_user_set_them(mu_root):
@@ -89,7 +111,10 @@ def test_declare_keeps_measured_choices_unless_the_user_set_them(mu_root):
     # 02's recipe: measured now (kept), or not measured this time (its old dev record is replaced)
     declare.notebook("decl", "02", {"epochs": 8, "lr": 5e-4}, source="p", measured={"epochs"}, owned=("epochs", "lr"))
     got = protocol.load("decl")
-    assert got["02.epochs"]["chosen_by"] == "dev" and (got["02.lr"]["chosen_by"], got["02.lr"]["value"]) == ("declared", 5e-4)
+    assert got["02.epochs"]["chosen_by"] == "dev" and (got["02.lr"]["chosen_by"], got["02.lr"]["value"]) == (
+        "declared",
+        5e-4,
+    )
 
 
 def test_each_stage_is_recorded_as_it_ends_so_an_interrupted_run_keeps_it(tmp_path):
@@ -105,16 +130,28 @@ def test_each_stage_is_recorded_as_it_ends_so_an_interrupted_run_keeps_it(tmp_pa
     log.add("notebook 06", time.perf_counter(), 1, 1)
     log.save(tuned={"lr": 0.002})
     got = json.loads(path.read_text())  # the same invocation's entry, completed; earlier ones untouched
-    assert len(got) == 2 and set(got[1]["stages"]) == {"notebook 05", "notebook 06"} and got[1]["tuned"] == {"lr": 0.002}
+    assert (
+        len(got) == 2 and set(got[1]["stages"]) == {"notebook 05", "notebook 06"} and got[1]["tuned"] == {"lr": 0.002}
+    )
 
 
 def test_budget_prices_a_plan_from_the_last_timings_that_ran():
     from mu import budget
 
-    entries = [{"stages": {"notebook 03": {"seconds": 100.0, "jobs": 10, "ran": 10},
-                           "seed 43 notebook 02": {"seconds": 600.0, "jobs": 1, "ran": 1}}},
-               {"stages": {"notebook 03": {"seconds": 1.0, "jobs": 10, "ran": 0},  # resumed: nothing ran
-                           "notebook 02": {"seconds": 900.0, "jobs": 1, "ran": 1}}}]
+    entries = [
+        {
+            "stages": {
+                "notebook 03": {"seconds": 100.0, "jobs": 10, "ran": 10},
+                "seed 43 notebook 02": {"seconds": 600.0, "jobs": 1, "ran": 1},
+            }
+        },
+        {
+            "stages": {
+                "notebook 03": {"seconds": 1.0, "jobs": 10, "ran": 0},  # resumed: nothing ran
+                "notebook 02": {"seconds": 900.0, "jobs": 1, "ran": 1},
+            }
+        },
+    ]
     plan = {"notebook 02": 1, "notebook 03": 51, "seed 44 notebook 02": 1, "seed 44 notebook 03": 15, "tune": 27}
     frame = budget.estimate(plan, entries).set_index("stage")
     assert frame.at["notebook 03", "seconds_per_job"] == 10.0 and frame.at["notebook 03", "estimate_min"] == 8.5
@@ -132,11 +169,15 @@ def test_budget_prices_a_cached_pretraining_and_grid_from_their_own_records(mu_r
 
     pre = paths.models_dir("budg", "pretrained", "mlm", "pretrain.json")
     paths.write_json(pre, {"train_seconds": 900.0})
-    paths.write_json(paths.reports_dir("study", "budg", "tuning", "finetune.json"),
-                     {"grid": [{"seconds": 100.0}, {"seconds": 300.0}]})
+    paths.write_json(
+        paths.reports_dir("study", "budg", "tuning", "finetune.json"),
+        {"grid": [{"seconds": 100.0}, {"seconds": 300.0}]},
+    )
     got = budget.recorded("budg", workers=2)
-    assert got == {"pretrain": (900.0, "mlm/pretrain.json (training only)"),
-                   "tune": (100.0, "tuning/finetune.json (over 2 workers)")}
+    assert got == {
+        "pretrain": (900.0, "mlm/pretrain.json (training only)"),
+        "tune": (100.0, "tuning/finetune.json (over 2 workers)"),
+    }
     entries = [{"stages": {"pretrain": {"seconds": 1.0, "jobs": 1, "ran": 0}}}]  # cached: the study never timed it
     frame = budget.estimate({"pretrain": 1, "tune": 27, "notebook 02": 1}, entries, got).set_index("stage")
     assert frame.at["pretrain", "estimate_min"] == 15.0 and frame.at["tune", "estimate_min"] == 45.0
@@ -153,18 +194,53 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     from mu import declare, params, paths, protocol, report, seeds
 
     toy4 = ["de-DE", "fr-FR", "nl-NL", "sw-KE"]  # 06 needs an N×N over >= 4 locales
-    kwargs = dict(source="toy", train=48, dev=8, test=24, objective="mlm", steps=4, targets=["nl-NL", "sw-KE"],
-                  notebooks=["02", "03", "06"], tune_locales=["de-DE"], tune_epochs=[2], tune_lrs=[5e-4, 2e-3],
-                  seed_notebooks=["02", "03"], subset_notebooks=[],
-                  extra_params={"locales": toy4, "epochs": 1, "adamerging": [], "compare_modes": [], "compare_methods": ["iso_c"],
-                                "tuning_targets": ["sw-KE"],
-                                "seeds": [42, 43], "seed_targets": ["nl-NL"], "n_boot": 500, "feature_sets": ["syntax_knn+phonology_knn+inventory_knn"]},
-                  pretrain_kwargs=dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, batch_size=8, warmup_steps=1, dev_per_locale=4))
+    kwargs = dict(
+        source="toy",
+        train=48,
+        dev=8,
+        test=24,
+        objective="mlm",
+        steps=4,
+        targets=["nl-NL", "sw-KE"],
+        notebooks=["02", "03", "06"],
+        tune_locales=["de-DE"],
+        tune_epochs=[2],
+        tune_lrs=[5e-4, 2e-3],
+        seed_notebooks=["02", "03"],
+        subset_notebooks=[],
+        extra_params={
+            "locales": toy4,
+            "epochs": 1,
+            "adamerging": [],
+            "compare_modes": [],
+            "compare_methods": ["iso_c"],
+            "tuning_targets": ["sw-KE"],
+            "seeds": [42, 43],
+            "seed_targets": ["nl-NL"],
+            "n_boot": 500,
+            "feature_sets": ["syntax_knn+phonology_knn+inventory_knn"],
+        },
+        pretrain_kwargs=dict(
+            vocab_size=300,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            batch_size=8,
+            warmup_steps=1,
+            dev_per_locale=4,
+        ),
+    )
     rows = study.run("mini", **kwargs)
     assert set(rows["status"]) == {"done"}, rows[["notebook", "target", "error"]]
-    assert list(rows["notebook"]) == ["02_training", "03_merging", "03_merging", "02_training", "03_merging",
-                                      "06_aggregation"]
+    assert list(rows["notebook"]) == [
+        "02_training",
+        "03_merging",
+        "03_merging",
+        "02_training",
+        "03_merging",
+        "06_aggregation",
+    ]
     assert len(data.load_split("sw-KE", "test", "cache/data/mini")) == 24
 
     # the protocol: every knob of every notebook run, nothing on test labels, 02's lr chosen on dev
@@ -195,14 +271,24 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     assert sim["n"] == 1 and np.isfinite(sim["s42"]) and np.isfinite(sim["s43"])
 
     timings = paths.read_json(paths.reports_dir("study", "mini", "timings.json"))
-    assert set(timings[-1]["stages"]) == {"subsample", "pretrain", "tune", "notebook 02", "notebook 03",
-                                          "seed 43 notebook 02", "seed 43 notebook 03", "notebook 06"}
+    assert set(timings[-1]["stages"]) == {
+        "subsample",
+        "pretrain",
+        "tune",
+        "notebook 02",
+        "notebook 03",
+        "seed 43 notebook 02",
+        "seed 43 notebook 03",
+        "notebook 06",
+    }
     assert timings[-1]["stages"]["notebook 03"] == {**timings[-1]["stages"]["notebook 03"], "jobs": 2, "ran": 2}
     priced = paths.reports_dir("study", "mini", "budget.md").read_text()
     assert "| notebook 03 | 2 |" in priced and "| notebook 05 | 2 |" in priced  # the whole study, not this run's part
     again = study.run("mini", **kwargs)  # resumable: everything is done already
     assert set(again["status"]) == {"skipped"}
-    assert not any(s["ran"] for s in paths.read_json(paths.reports_dir("study", "mini", "timings.json"))[-1]["stages"].values())
+    assert not any(
+        s["ran"] for s in paths.read_json(paths.reports_dir("study", "mini", "timings.json"))[-1]["stages"].values()
+    )
     with pytest.raises(ValueError, match="parameters of none of the notebooks"):
         study.run("mini", **{**kwargs, "extra_params": {**kwargs["extra_params"], "epochz": 3}})
 
@@ -212,9 +298,20 @@ def test_a_stage_writes_the_choices_its_kernels_recorded_into_protocol_md(mu_roo
 
     def fake_run(nbs, targets, **kw):  # a kernel records a choice, then the stage ends (the run may stop after it)
         protocol.record("stagep", "04.distill.init", "iso_c", chosen_by="tuning-targets", data="dev split")
-        return pd.DataFrame({"notebook": ["04_ensembling"], "target": ["x"], "status": ["done"], "seconds": [1.0],
-                             "error": [None], "output": [""]})
+        return pd.DataFrame(
+            {
+                "notebook": ["04_ensembling"],
+                "target": ["x"],
+                "status": ["done"],
+                "seconds": [1.0],
+                "error": [None],
+                "output": [""],
+            }
+        )
 
     monkeypatch.setattr(runner, "run", fake_run)
     study._Stages(tmp_path / "timings.json").notebook("notebook 04", "04", ["x"], "stagep", 1, {})
-    assert "| `04.distill.init` | iso_c | `tuning-targets` |" in paths.reports_dir("study", "stagep", "protocol.md").read_text()
+    assert (
+        "| `04.distill.init` | iso_c | `tuning-targets` |"
+        in paths.reports_dir("study", "stagep", "protocol.md").read_text()
+    )

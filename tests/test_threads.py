@@ -20,9 +20,11 @@ CPUS = sorted(os.sched_getaffinity(0))
 def _choose_in_subprocess(cpus: list[int], omp: str | None) -> dict:
     """What ``mu.threads`` chooses in a fresh process pinned to ``cpus`` (``os.sched_setaffinity``, as
     ``taskset`` / a cpuset would) with ``OMP_NUM_THREADS`` = ``omp`` (None: unset)."""
-    code = (f"import json, os; os.sched_setaffinity(0, {set(cpus)!r}); from mu import threads; "
-            "print(json.dumps({'cpus': threads.allowed_cpus(), 'one': threads.count(load=False), "
-            "'two': threads.count(2, load=False), 'loaded': threads.count()}))")
+    code = (
+        f"import json, os; os.sched_setaffinity(0, {set(cpus)!r}); from mu import threads; "
+        "print(json.dumps({'cpus': threads.allowed_cpus(), 'one': threads.count(load=False), "
+        "'two': threads.count(2, load=False), 'loaded': threads.count()}))"
+    )
     env = {k: v for k, v in os.environ.items() if k != threads.ENV}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     if omp is not None:

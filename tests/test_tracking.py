@@ -14,21 +14,39 @@ def test_report_to_names_are_checked():
     assert tracking.check(None) == tracking.check("none") == tracking.check([]) == []
     assert tracking.check("tensorboard") == ["tensorboard"]
     assert tracking.check(["tensorboard", "tensorboard"]) == ["tensorboard"]
-    with pytest.raises(ValueError, match=r"unknown report_to backend\(s\) \['comet'\]; valid: 'none' or any of "
-                                         r"\['mlflow', 'tensorboard', 'wandb'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown report_to backend\(s\) \['comet'\]; valid: 'none' or any of "
+        r"\['mlflow', 'tensorboard', 'wandb'\]",
+    ):
         tracking.check(["tensorboard", "comet"])
 
 
 @pytest.mark.parametrize("backend", ["wandb", "mlflow"])
 def test_an_optional_backend_that_is_not_installed_says_what_to_install(backend, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
-    with pytest.raises(ImportError, match=rf"needs \['{backend}'\], which is not installed: pip install {backend} "
-                                          r"\(not a dependency of mu\)"):
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a)
+    )
+    with pytest.raises(
+        ImportError,
+        match=rf"needs \['{backend}'\], which is not installed: pip install {backend} "
+        r"\(not a dependency of mu\)",
+    ):
         tracking.check(["tensorboard", backend])
     with pytest.raises(ImportError, match=f"pip install {backend}"):  # before any training
-        train.train_locale("de-DE", base_model="nowhere", data="toy", models_dir="models/none", epochs=1,
-                           batch_size=8, lr=1e-3, max_seq_length=16, seed=0, report_to=backend)
+        train.train_locale(
+            "de-DE",
+            base_model="nowhere",
+            data="toy",
+            models_dir="models/none",
+            epochs=1,
+            batch_size=8,
+            lr=1e-3,
+            max_seq_length=16,
+            seed=0,
+            report_to=backend,
+        )
 
 
 def test_trainer_setup_routes_tensorboard_to_the_log_dir(tmp_path):

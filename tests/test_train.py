@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-import mu.data as data
-import mu.evaluate as evaluate
-import mu.models as models
-import mu.train as train
+import mu.corpus.data as data
+import mu.learn.evaluate as evaluate
+import mu.learn.models as models
+import mu.learn.train as train
 from mu import paths, report
 
 
@@ -18,8 +18,9 @@ def test_toy_training_is_clearly_above_chance_on_own_language(toy_sources, toy_t
 
 def test_transfer_within_family_beats_across_families(toy_sources, toy_train_args):
     def acc(source, target):
-        return evaluate.evaluate(toy_sources[source], target, data="toy",
-                                 max_seq_length=toy_train_args["max_seq_length"])["accuracy"]
+        return evaluate.evaluate(
+            toy_sources[source], target, data="toy", max_seq_length=toy_train_args["max_seq_length"]
+        )["accuracy"]
 
     assert acc("de-DE", "nl-NL") > acc("de-DE", "fr-FR")
     assert acc("fr-FR", "es-ES") > acc("fr-FR", "nl-NL")
@@ -32,8 +33,9 @@ def test_training_record_and_resume(toy_sources, toy_base, toy_train_args):
     assert params["locale"] == "de-DE"
     assert params["base_sha256"] == report.sha256(toy_base / models.WEIGHTS_FILE)
     assert params["train_sha256"] == data.fingerprint(data.load_split("de-DE", "train", "toy"))
-    assert {k: params[k] for k in ("epochs", "batch_size", "lr", "max_seq_length", "seed")} == \
-        {k: toy_train_args[k] for k in ("epochs", "batch_size", "lr", "max_seq_length", "seed")}
+    assert {k: params[k] for k in ("epochs", "batch_size", "lr", "max_seq_length", "seed")} == {
+        k: toy_train_args[k] for k in ("epochs", "batch_size", "lr", "max_seq_length", "seed")
+    }
     assert "classifier head" in record["classifier_head"] and record["versions"]["torch"]
     mtime = (out / models.WEIGHTS_FILE).stat().st_mtime_ns
     assert train.train_locale("de-DE", **toy_train_args) == out  # same parameters: nothing to do
@@ -73,8 +75,18 @@ def test_fit_is_deterministic_and_can_be_called_repeatedly(toy_base, tmp_path):
 
 def test_fit_with_eval_set_reports_accuracy(toy_base, tmp_path):
     model, tokenizer = models.load_classifier(toy_base)
-    out = train.fit(model, tokenizer, data.load_split("es-ES", "train", "toy"), epochs=1, batch_size=32, lr=2e-3,
-                    max_seq_length=64, seed=0, output_dir=tmp_path, eval_ds=data.load_split("es-ES", "dev", "toy"))
+    out = train.fit(
+        model,
+        tokenizer,
+        data.load_split("es-ES", "train", "toy"),
+        epochs=1,
+        batch_size=32,
+        lr=2e-3,
+        max_seq_length=64,
+        seed=0,
+        output_dir=tmp_path,
+        eval_ds=data.load_split("es-ES", "dev", "toy"),
+    )
     evals = [h for h in out["log_history"] if "eval_accuracy" in h]
     assert len(evals) == 1 and 0.0 <= evals[0]["eval_accuracy"] <= 1.0
 

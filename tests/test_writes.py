@@ -33,8 +33,9 @@ def umask():
     os.umask(old)
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750),
-                                                       (0o002, 0o664, 0o775)])
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o002, 0o664, 0o775)]
+)
 def test_models_records_and_folders_follow_the_umask(toy_base, tmp_path, umask, mask, file_mode, dir_mode):
     """A model saved by mu (``save_classifier``: safetensors alone writes 0600), a JSON record and a
     folder written through ``atomic_path`` (tempfile alone makes 0700) get the umask's modes."""
@@ -47,8 +48,13 @@ def test_models_records_and_folders_follow_the_umask(toy_base, tmp_path, umask, 
         tmp.mkdir()
         (tmp / "sub").mkdir()
         (tmp / "sub" / "x.txt").write_text("x")
-    for file in ("model/model.safetensors", "model/config.json", "model/details.json", "record.json",
-                 "folder/sub/x.txt"):
+    for file in (
+        "model/model.safetensors",
+        "model/config.json",
+        "model/details.json",
+        "record.json",
+        "folder/sub/x.txt",
+    ):
         assert _mode(tmp_path / file) == file_mode, file
     for folder in ("model", "folder", "folder/sub"):
         assert _mode(tmp_path / folder) == dir_mode, folder
@@ -69,6 +75,7 @@ def test_follow_umask_keeps_executables_and_leaves_links(tmp_path):
 
 # --- a failed save names its output ------------------------------------------------------------------
 
+
 def test_a_save_over_the_file_size_limit_names_its_output(toy_base, tmp_path):
     """Under RLIMIT_FSIZE (a full disk behaves alike: ENOSPC) safetensors raises ``SafetensorError ... File
     too large``, tokenizers a bare ``Exception``, Python an OSError: each is a WriteError naming the output
@@ -79,17 +86,25 @@ def test_a_save_over_the_file_size_limit_names_its_output(toy_base, tmp_path):
         "json": "paths.write_json(OUT, {'x': 'y' * 100_000})",
         "tokenizer": "with paths.atomic_path(OUT) as tmp: tok.save_pretrained(tmp)",
     }
-    lines = ["import resource, signal, sys",
-             "from mu import models, paths",
-             "from mu.merge import run",
-             f"BASE = {str(toy_base)!r}",
-             "model, tok = models.load_classifier(BASE)",
-             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit",
-             "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))",
-             f"paths.write_text({str(tmp_path / 'small.txt')!r}, 'fits')"]
+    lines = [
+        "import resource, signal, sys",
+        "from mu import models, paths",
+        "from mu.merge import run",
+        f"BASE = {str(toy_base)!r}",
+        "model, tok = models.load_classifier(BASE)",
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit",
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))",
+        f"paths.write_text({str(tmp_path / 'small.txt')!r}, 'fits')",
+    ]
     for what, call in saves.items():
-        lines += [f"OUT = {str(tmp_path / what)!r}", "try:", f"    {call}", "    print('NO ERROR', OUT)",
-                  "except paths.WriteError as e:", "    print('WRITE-ERROR', e.errno, e)"]
+        lines += [
+            f"OUT = {str(tmp_path / what)!r}",
+            "try:",
+            f"    {call}",
+            "    print('NO ERROR', OUT)",
+            "except paths.WriteError as e:",
+            "    print('WRITE-ERROR', e.errno, e)",
+        ]
     proc = _run("\n".join(lines))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for what in saves:
@@ -107,8 +122,11 @@ def test_other_errors_inside_a_write_are_not_taken_for_a_failed_write(tmp_path):
         with paths.atomic_path(tmp_path / "x.json"):
             open(tmp_path / "absent")
     assert not isinstance(info.value, paths.WriteError) and info.value.errno == 2
-    with pytest.raises(paths.WriteError, match=r"cannot write .*x\.json: No space left on device \(Exception: "
-                                               r"No space left on device \(os error 28\)\)"):
+    with pytest.raises(
+        paths.WriteError,
+        match=r"cannot write .*x\.json: No space left on device \(Exception: "
+        r"No space left on device \(os error 28\)\)",
+    ):
         with paths.atomic_path(tmp_path / "x.json"):
             raise Exception("No space left on device (os error 28)")  # what tokenizers raises
     assert not list(tmp_path.iterdir())

@@ -5,6 +5,8 @@
 in memory; ``merge_models(...)`` does it for model folders on disk (streaming,
 saved in HF format with ``merge_details.json``). Both take ``device`` (None:
 CUDA when available); the ``STREAMED`` methods compute in row chunks.
+
+May import: core, langs, corpus, analysis, learn.
 """
 
 from mu.merge import sweep  # notebook 03's compare_methods: every method on one target
@@ -31,9 +33,29 @@ from mu.merge.regmean import regmean_grams
 from mu.merge.run import merge_models
 
 __all__ = [
-    "ADAPTIVE", "EXACT_SOURCES", "IGNORES_WEIGHTS", "METHODS", "NEEDS_BASE", "PAIRWISE", "STATISTICS", "STREAMED",
-    "USES_BASE", "WHOLE_MATRICES", "adapt_from", "adaptation_texts",
-    "check_weights", "comparison", "evaluate_merges", "fisher_diagonal", "knobs", "knobs_for", "label", "merge",
-    "merge_models", "merged_dir",
-    "regmean_grams", "sweep",
+    "ADAPTIVE",
+    "EXACT_SOURCES",
+    "IGNORES_WEIGHTS",
+    "METHODS",
+    "NEEDS_BASE",
+    "PAIRWISE",
+    "STATISTICS",
+    "STREAMED",
+    "USES_BASE",
+    "WHOLE_MATRICES",
+    "adapt_from",
+    "adaptation_texts",
+    "check_weights",
+    "comparison",
+    "evaluate_merges",
+    "fisher_diagonal",
+    "knobs",
+    "knobs_for",
+    "label",
+    "merge",
+    "merge_models",
+    "merged_dir",
+    "with_average",
+    "regmean_grams",
+    "sweep",
 ]

@@ -16,15 +16,16 @@ gives exactly that source), ``"clamp"`` (λ clipped to [0, 1] after every step, 
 ``"none"``.
 
 ``fit`` needs texts only: ``mu.merge.merge_models`` receives ``adapt_texts`` (e.g.
-``mu.data.unlabeled``), never a dataset with labels. ``adamerging`` is the registry function
+``mu.corpus.data.unlabeled``), never a dataset with labels. ``adamerging`` is the registry function
 that applies fitted coefficients tensor by tensor (``mu.merge.merge``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,9 +48,17 @@ def check_knobs(granularity: str, constraint: str, steps: int, lr: float) -> Non
 
 
 @torch.no_grad()
-def adamerging(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-               *, coefficients: Mapping[str, Mapping[str, Any]] | None = None, granularity: str = "layer",
-               constraint: str = "simplex", steps: int = 100, lr: float = 0.05) -> StateDict:
+def adamerging(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    coefficients: Mapping[str, Mapping[str, Any]] | None = None,
+    granularity: str = "layer",
+    constraint: str = "simplex",
+    steps: int = 100,
+    lr: float = 0.05,
+) -> StateDict:
     """θ = θ_base + Σ_i λ_{i,key} (θ_i − θ_base) for every tensor, with fitted ``coefficients``
     ({locale: {tensor name: λ}}, from :func:`fit`; ``merge_models`` fits them from ``adapt_texts``).
 
@@ -58,8 +67,10 @@ def adamerging(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float
     weights were the fit's starting point.
     """
     if coefficients is None:
-        raise ValueError("adamerging needs coefficients={locale: {tensor: lambda}} fitted on the target's unlabeled "
-                         "texts (mu.merge.adamerging.fit; merge_models fits them from adapt_texts)")
+        raise ValueError(
+            "adamerging needs coefficients={locale: {tensor: lambda}} fitted on the target's unlabeled "
+            "texts (mu.merge.adamerging.fit; merge_models fits them from adapt_texts)"
+        )
     if base is None:
         raise ValueError("adamerging needs the base (pretrained) state dict")
     out: StateDict = {}
@@ -92,11 +103,25 @@ def mean_entropy(logits: np.ndarray) -> float:
 Probe = Callable[[int, Callable[[Sequence[str]], np.ndarray]], Mapping[str, Any]]
 
 
-def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor],
-        state_dicts: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float], texts: Sequence[str], *,
-        granularity: str = "layer", constraint: str = "simplex", steps: int = 100, lr: float = 0.05,
-        batch_size: int = 16, max_seq_length: int = 128, seed: int = 42, progress: bool = True,
-        checkpoints: Sequence[int] = (), probe: Probe | None = None) -> dict[str, Any]:
+def fit(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    base: Mapping[str, torch.Tensor],
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    weights: Mapping[str, float],
+    texts: Sequence[str],
+    *,
+    granularity: str = "layer",
+    constraint: str = "simplex",
+    steps: int = 100,
+    lr: float = 0.05,
+    batch_size: int = 16,
+    max_seq_length: int = 128,
+    seed: int = 42,
+    progress: bool = True,
+    checkpoints: Sequence[int] = (),
+    probe: Probe | None = None,
+) -> dict[str, Any]:
     """Fit AdaMerging coefficients on unlabeled ``texts`` (a list of strings: nothing else reaches here).
 
     ``model``: a module of the sources' architecture (its own parameters are replaced by θ(λ)
@@ -114,7 +139,9 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     check_knobs(granularity, constraint, steps, lr)
     bad = sorted(s for s in checkpoints if not 0 <= s <= steps)
     if bad or (checkpoints and probe is None):
-        raise ValueError(f"adamerging checkpoints must lie in [0, steps={steps}] and need a probe; got {bad or list(checkpoints)}")
+        raise ValueError(
+            f"adamerging checkpoints must lie in [0, steps={steps}] and need a probe; got {bad or list(checkpoints)}"
+        )
     texts = [str(t) for t in texts]
     if not texts:
         raise ValueError("adamerging needs at least one unlabeled text of the target")
@@ -143,8 +170,14 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     def predict(some: Sequence[str]) -> np.ndarray:
         p = params(_lambdas(raw, constraint))
         ids = tokenizer([str(t) for t in some], truncation=True, max_length=max_seq_length)["input_ids"]
-        out = [functional_call(model, p, kwargs=tokenizer.pad({"input_ids": ids[i:i + 64]}, return_tensors="pt")
-                               .to(device)).logits.float().cpu() for i in range(0, len(ids), 64)]
+        out = [
+            functional_call(
+                model, p, kwargs=tokenizer.pad({"input_ids": ids[i : i + 64]}, return_tensors="pt").to(device)
+            )
+            .logits.float()
+            .cpu()
+            for i in range(0, len(ids), 64)
+        ]
         return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
     model.eval()
@@ -154,9 +187,10 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     curve = []
-    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
-    for step in tqdm(range(1, steps + 1), desc=f"adamerging ({granularity})", leave=False,
-                     disable=None if progress else True):
+    # disable=None: off without a terminal (a kernel run by mu.batch.runner), as TQDM_DISABLE turns the others off
+    for step in tqdm(
+        range(1, steps + 1), desc=f"adamerging ({granularity})", leave=False, disable=None if progress else True
+    ):
         if len(order) < min(batch_size, len(texts)):
             order += torch.randperm(len(texts), generator=gen).tolist()
         idx, order = order[:batch_size], order[batch_size:]
@@ -173,9 +207,14 @@ def fit(model: torch.nn.Module, tokenizer: Any, base: Mapping[str, torch.Tensor]
     lam = _lambdas(raw, constraint).detach().cpu()
     if not torch.isfinite(lam).all():
         raise ValueError("adamerging: the fitted coefficients are not finite (lower lr)")
-    return {"coefficients": {s: {k: float(lam[i, group[k]]) for k in keys} for i, s in enumerate(sources)},
-            "entropy_curve": curve, "entropy_before": before, "entropy_after": mean_entropy(predict(texts)),
-            "checkpoints": probed, "seconds": time.perf_counter() - started}
+    return {
+        "coefficients": {s: {k: float(lam[i, group[k]]) for k in keys} for i, s in enumerate(sources)},
+        "entropy_curve": curve,
+        "entropy_before": before,
+        "entropy_after": mean_entropy(predict(texts)),
+        "checkpoints": probed,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def entropy_probe(texts: Sequence[str], name: str = "held_out_entropy") -> Probe:
@@ -186,11 +225,18 @@ def entropy_probe(texts: Sequence[str], name: str = "held_out_entropy") -> Probe
     return lambda step, predict: {name: mean_entropy(predict(texts))}
 
 
-def fit_models(base_dir: str | Path, state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
-               base: Mapping[str, torch.Tensor], weights: Mapping[str, float], texts: Sequence[str], *,
-               device: str | None = None, **fit_kw: Any) -> dict[str, Any]:
+def fit_models(
+    base_dir: str | Path,
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    base: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    texts: Sequence[str],
+    *,
+    device: str | None = None,
+    **fit_kw: Any,
+) -> dict[str, Any]:
     """:func:`fit` with the base model folder's module and tokenizer (on ``device``, default CUDA if present)."""
-    from mu import models
+    from mu.learn import models
 
     model, tokenizer = models.load_classifier(base_dir)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -202,19 +248,21 @@ def fit_models(base_dir: str | Path, state_dicts: Mapping[str, Mapping[str, torc
 
 def frames(rows: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(coefficients, entropy curve) of AdaMerging rows (``mu.merge.evaluate_merges``) as long frames
-    for ``mu.plots.adaptation``, read from each merged model's ``merge_details.json``.
+    for ``mu.analysis.plots.adaptation``, read from each merged model's ``merge_details.json``.
 
     Coefficients: ``weighting`` (the row's system), ``source``, ``tensor`` (index in state-dict
     order), ``name``, ``coefficient``; curve: ``weighting``, ``step``, ``value`` (batch entropy).
     """
-    from mu import paths
+    from mu.core import paths
 
     coef, curve = [], []
     for row in rows:
         fitted = paths.read_json(Path(row["model"]) / "merge_details.json")["adaptation"]
         name = row["system"]
         for source, per in fitted["coefficients"].items():
-            coef += [{"weighting": name, "source": source, "tensor": i, "name": k, "coefficient": v}
-                     for i, (k, v) in enumerate(per.items())]
+            coef += [
+                {"weighting": name, "source": source, "tensor": i, "name": k, "coefficient": v}
+                for i, (k, v) in enumerate(per.items())
+            ]
         curve += [{"weighting": name, "step": i + 1, "value": v} for i, v in enumerate(fitted["entropy_curve"])]
     return pd.DataFrame(coef), pd.DataFrame(curve)

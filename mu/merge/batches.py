@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -17,14 +18,17 @@ def sample(dataset: Dataset, num_examples: int, seed: int) -> Dataset:
     return dataset.shuffle(seed=seed).select(range(min(num_examples, len(dataset))))
 
 
-def batches(dataset: Dataset, tokenizer: Any, *, batch_size: int, max_seq_length: int,
-            device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    dataset: Dataset, tokenizer: Any, *, batch_size: int, max_seq_length: int, device: torch.device | str = "cpu"
+) -> Iterator[dict[str, torch.Tensor]]:
     """Padded model inputs (``input_ids``, ``attention_mask``, ``labels``) of ``batch_size`` examples."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
-        enc = tokenizer(rows["text"], truncation=True, max_length=max_seq_length, padding=True,
-                        return_tensors="pt")
-        yield {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
-               "labels": torch.as_tensor(rows["label"], device=device)}
+        rows = dataset[start : start + batch_size]
+        enc = tokenizer(rows["text"], truncation=True, max_length=max_seq_length, padding=True, return_tensors="pt")
+        yield {
+            "input_ids": enc["input_ids"].to(device),
+            "attention_mask": enc["attention_mask"].to(device),
+            "labels": torch.as_tensor(rows["label"], device=device),
+        }

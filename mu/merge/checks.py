@@ -6,7 +6,7 @@ opens the inputs and ``check_output`` before it saves."""
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -43,9 +43,9 @@ def _check_read(where: str, key: str, tensor: torch.Tensor) -> None:
 
 
 def check_output(config, merged: Mapping[str, torch.Tensor], where: str) -> None:
-    """The merged tensors must be exactly the architecture's (``mu.models.check_architecture``, the
+    """The merged tensors must be exactly the architecture's (``mu.learn.models.check_architecture``, the
     check model loading uses) and finite."""
-    from mu import models
+    from mu.learn import models
 
     models.check_architecture(config, {k: tuple(v.shape) for k, v in merged.items()}, where)
     for key, tensor in merged.items():

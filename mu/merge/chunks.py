@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -29,14 +29,17 @@ def device(name: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {name!r}; valid: None (CUDA when available), 'cpu', 'cuda', "
-                         "'cuda:<index>'") from e
+        raise ValueError(
+            f"unknown device {name!r}; valid: None (CUDA when available), 'cpu', 'cuda', 'cuda:<index>'"
+        ) from e
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r}: merges run on 'cpu' or 'cuda', not {dev.type!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU "
-                             "(torch.cuda.is_available() is False); use device='cpu'")
+            raise ValueError(
+                f"device {name!r} requested but torch sees no CUDA GPU "
+                "(torch.cuda.is_available() is False); use device='cpu'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
@@ -88,8 +91,15 @@ def flat(shape: tuple[int, ...], span: Span) -> slice:
     return slice(span[0] * row, span[1] * row)
 
 
-def read(state_dict: Mapping[str, torch.Tensor], key: str, span: Span, dev: torch.device, *,
-         copy: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+def read(
+    state_dict: Mapping[str, torch.Tensor],
+    key: str,
+    span: Span,
+    dev: torch.device,
+    *,
+    copy: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The rows ``span`` of tensor ``key`` as a flat float32 tensor on ``dev`` (read from disk when lazy).
 
     ``copy``: the result may be changed in place (it never shares memory with an in-memory input).
@@ -105,7 +115,7 @@ def read(state_dict: Mapping[str, torch.Tensor], key: str, span: Span, dev: torc
         if dtype == torch.float32 and out.device.type == "cpu" and size is not None:
             return root.read(key, *span, out=out[:size]).reshape(-1)
         t = state_dict[key] if span is None else lazy.rows(state_dict, key, *span)
-        return out[:t.numel()].copy_(t.reshape(-1))
+        return out[: t.numel()].copy_(t.reshape(-1))
     t = state_dict[key] if span is None else lazy.rows(state_dict, key, *span)
     res = t.reshape(-1).to(device=dev, dtype=torch.float32)
     if copy and not isinstance(root, lazy.LazyStateDict) and res.data_ptr() == t.data_ptr():

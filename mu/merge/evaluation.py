@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
-from mu import aggregate, models, paths, report
+from mu.analysis import aggregate
+from mu.core import paths, report
+from mu.learn import models
 from mu.merge.run import merge_models
 
 
@@ -18,8 +21,9 @@ def merged_dir(models_dir: str | os.PathLike, target: str, method: str, mode: st
     return paths.resolve(models_dir) / "merged" / target / f"{method}-{mode}"
 
 
-def with_average(mode: str, weights: Mapping[str, float],
-                 compare: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict[str, float]]:
+def with_average(
+    mode: str, weights: Mapping[str, float], compare: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, dict[str, float]]:
     """``{mode: weights}`` plus the equal-weight merge of the *same* sources as its baseline.
 
     The baseline is named ``average`` for the URIEL ``similarity`` sources (the seed's
@@ -28,20 +32,34 @@ def with_average(mode: str, weights: Mapping[str, float],
     ``{mode: weights}`` merged beside them (notebook 03's ``compare_modes``, e.g. ``transfer``).
     """
     equal = {loc: 1.0 / len(weights) for loc in weights}
-    out = {"average": equal} if mode == "average" else {
-        mode: dict(weights), "average" if mode == "similarity" else f"average-of-{mode}": equal}
+    out = (
+        {"average": equal}
+        if mode == "average"
+        else {mode: dict(weights), "average" if mode == "similarity" else f"average-of-{mode}": equal}
+    )
     clash = sorted(set(compare or {}) & set(out))
     if clash:
         raise ValueError(f"compare modes {clash} repeat the main weighting's {sorted(out)}")
     return {**out, **{m: dict(w) for m, w in (compare or {}).items()}}
 
 
-def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[str, float]], *,
-                    models_dir: str | os.PathLike, data: str | os.PathLike,
-                    base_model: str | os.PathLike | None = None, batch_size: int = 64, max_seq_length: int = 128,
-                    adapt_split: str | None = None, adapt_num_examples: int | None = None,
-                    adapt_held_out: float = 0.0, keep_merged: bool = True, **merge_kw: Any) -> list[dict[str, Any]]:
-    """One ``mu.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
+def evaluate_merges(
+    method: str,
+    target: str,
+    weightings: Mapping[str, Mapping[str, float]],
+    *,
+    models_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    base_model: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    adapt_split: str | None = None,
+    adapt_num_examples: int | None = None,
+    adapt_held_out: float = 0.0,
+    keep_merged: bool = True,
+    **merge_kw: Any,
+) -> list[dict[str, Any]]:
+    """One ``mu.core.report`` row per weighting ({mode: {locale: weight}}): merge, then evaluate on ``target``'s test split.
 
     Rows are named ``merge/<label>/<mode>`` with ``label = mu.merge.label(method, **knobs)``
     (the method plus any knob that differs from its default).
@@ -63,7 +81,7 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     ``keep_merged=False`` deletes each merged model once evaluated, after recording its sha256 in the
     row (``model_sha256``); a rerun merges again (deterministic) and reads its evaluation from the logits cache.
     """
-    from mu import evaluate
+    from mu.learn import evaluate
     from mu.merge.registry import ADAPTIVE, knobs, label
 
     name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
@@ -71,26 +89,48 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
     if family == "adapted":
         missing = [k for k, v in (("adapt_split", adapt_split), ("seed", merge_kw.get("seed"))) if v is None]
         if missing:
-            raise ValueError(f"{method} fits on the target's unlabeled utterances: pass {missing}. Notebook 03 "
-                             f"runs it in its own cells with the adamerging (granularities) and adapt_* parameters "
-                             f"(--set adamerging=[task]), not method={method}")
+            raise ValueError(
+                f"{method} fits on the target's unlabeled utterances: pass {missing}. Notebook 03 "
+                f"runs it in its own cells with the adamerging (granularities) and adapt_* parameters "
+                f"(--set adamerging=[task]), not method={method}"
+            )
         merge_kw["adapt_texts"], _, merge_kw["adapt_from"] = adaptation_texts(
-            target, adapt_split, data, num_examples=adapt_num_examples, held_out=adapt_held_out, seed=merge_kw["seed"])
+            target, adapt_split, data, num_examples=adapt_num_examples, held_out=adapt_held_out, seed=merge_kw["seed"]
+        )
         name += "" if adapt_split == "train" else f"-adapt{adapt_split}"
     rows = []
     for mode, weights in weightings.items():
         if target in weights:
-            raise ValueError(f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}; "
-                             "merges here are zero-shot (use mu.similarity.select, which excludes the target)")
+            raise ValueError(
+                f"weighting {mode!r} has the target {target} among its sources {sorted(weights)}; "
+                "merges here are zero-shot (use mu.langs.similarity.select, which excludes the target)"
+            )
         sources = {loc: models.resolve(loc, models_dir) for loc in weights}
-        merged = merge_models(method, sources, weights, merged_dir(models_dir, target, name, mode),
-                              base_model=base_model, data=data, mode=mode, max_seq_length=max_seq_length,
-                              **merge_kw)
-        scores = evaluate.evaluate(merged, target, "test", data=data, batch_size=batch_size,
-                                   max_seq_length=max_seq_length)
-        rows.append({"system": f"{family}/{name}/{mode}", "family": family, "target": target, **scores,
-                     "sources": dict(weights), "model": str(merged),
-                     "seconds": round(paths.read_json(paths.resolve(merged) / "merge_details.json")["elapsed_s"], 3)})
+        merged = merge_models(
+            method,
+            sources,
+            weights,
+            merged_dir(models_dir, target, name, mode),
+            base_model=base_model,
+            data=data,
+            mode=mode,
+            max_seq_length=max_seq_length,
+            **merge_kw,
+        )
+        scores = evaluate.evaluate(
+            merged, target, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length
+        )
+        rows.append(
+            {
+                "system": f"{family}/{name}/{mode}",
+                "family": family,
+                "target": target,
+                **scores,
+                "sources": dict(weights),
+                "model": str(merged),
+                "seconds": round(paths.read_json(paths.resolve(merged) / "merge_details.json")["elapsed_s"], 3),
+            }
+        )
         if not keep_merged:
             rows[-1]["model_sha256"] = report.sha256(merged)
             shutil.rmtree(merged)
@@ -99,16 +139,24 @@ def evaluate_merges(method: str, target: str, weightings: Mapping[str, Mapping[s
 
 def adapt_from(target: str, split: str, data: str | os.PathLike, num_texts: int, seed: int) -> dict[str, Any]:
     """Where an adapted system's unlabeled texts come from (recorded); ``test`` is transductive."""
-    return {"target": target, "split": split, "data": str(data), "num_texts": num_texts, "seed": seed,
-            "labels": "none", "transductive": split == "test"}
+    return {
+        "target": target,
+        "split": split,
+        "data": str(data),
+        "num_texts": num_texts,
+        "seed": seed,
+        "labels": "none",
+        "transductive": split == "test",
+    }
 
 
-def adaptation_texts(target: str, split: str, data: str | os.PathLike, *, num_examples: int | None,
-                     held_out: float, seed: int) -> tuple[list[str], list[str], dict[str, Any]]:
+def adaptation_texts(
+    target: str, split: str, data: str | os.PathLike, *, num_examples: int | None, held_out: float, seed: int
+) -> tuple[list[str], list[str], dict[str, Any]]:
     """(fit texts, held-out texts, where they come from) of ``target``'s unlabeled ``split``: what both
     adapted systems (AdaMerging, distillation) learn from. ``num_examples`` None: all of the split;
-    ``held_out``: the fraction kept apart for label-free stopping and selection (``mu.data.held_out``)."""
-    from mu import data as mu_data
+    ``held_out``: the fraction kept apart for label-free stopping and selection (``mu.corpus.data.held_out``)."""
+    from mu.corpus import data as mu_data
 
     texts = mu_data.unlabeled(target, split, data, num_examples=num_examples, seed=seed)
     fit, held = mu_data.held_out(texts, held_out, seed)
@@ -117,7 +165,7 @@ def adaptation_texts(target: str, split: str, data: str | os.PathLike, *, num_ex
 
 def comparison(rows: list[Mapping[str, Any]], nxn: pd.DataFrame, target: str) -> pd.DataFrame:
     """The merge rows beside native, best source and best zero-shot of the N×N matrix, with 95% Wilson
-    intervals, in ``mu.aggregate.column_order``."""
+    intervals, in ``mu.analysis.aggregate.column_order``."""
     frame = pd.DataFrame([dict(r) for r in rows])
     baselines, notes = aggregate.baseline_rows(frame, nxn, [target])
     table = pd.concat([frame, baselines[frame.columns.intersection(baselines.columns)]], ignore_index=True)

@@ -12,7 +12,8 @@ with equal Fishers it *is* the weighted mean (= ``linear``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -25,8 +26,12 @@ StateDict = dict[str, torch.Tensor]
 EPS = 1e-12
 
 
-def _weighted(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-              importance: Callable[[str, str, torch.Tensor, slice], torch.Tensor], eps: float) -> StateDict:
+def _weighted(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    importance: Callable[[str, str, torch.Tensor, slice], torch.Tensor],
+    eps: float,
+) -> StateDict:
     """Σ w_i (F_i + eps) θ_i / Σ w_i (F_i + eps) per tensor, F_i = importance(locale, key, θ_i, piece).
 
     Elementwise, so computed over flat pieces of at most ``chunks.CHUNK_ELEMENTS`` elements (the same
@@ -54,20 +59,32 @@ def _weighted(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float]
 
 
 @torch.no_grad()
-def fisher_simple(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-                  base: StateDict | None = None, *, eps: float = EPS) -> StateDict:
+def fisher_simple(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    eps: float = EPS,
+) -> StateDict:
     """Importance-weighted mean with importance F_i = θ_i² (the base is not used)."""
     return _weighted(state_dicts, weights, lambda loc, key, theta, piece: theta.square(), eps)
 
 
 @torch.no_grad()
-def fisher_dataset(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-                   base: StateDict | None = None, *, fishers: Mapping[str, StateDict] | None = None,
-                   eps: float = EPS) -> StateDict:
+def fisher_dataset(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    fishers: Mapping[str, StateDict] | None = None,
+    eps: float = EPS,
+) -> StateDict:
     """Fisher-weighted mean with ``fishers`` from :func:`fisher_diagonal` (one per source)."""
     if fishers is None:
-        raise ValueError("fisher_dataset needs fishers={locale: diagonal Fisher state dict}; "
-                         "compute them with mu.merge.fisher_diagonal (merge_models does it from `data`)")
+        raise ValueError(
+            "fisher_dataset needs fishers={locale: diagonal Fisher state dict}; "
+            "compute them with mu.merge.fisher_diagonal (merge_models does it from `data`)"
+        )
     missing = sorted(set(state_dicts) - set(fishers))
     if missing:
         raise ValueError(f"fisher_dataset: no Fisher for sources {missing}; Fishers given for {sorted(fishers)}")
@@ -75,14 +92,25 @@ def fisher_dataset(state_dicts: Mapping[str, StateDict], weights: Mapping[str, f
         for key, value in sd.items():
             f = fishers[loc].get(key)
             if f is None or f.shape != value.shape:
-                raise ValueError(f"fisher_dataset: Fisher of {loc} for tensor {key} is "
-                                 f"{'missing' if f is None else tuple(f.shape)}; expected {tuple(value.shape)}")
+                raise ValueError(
+                    f"fisher_dataset: Fisher of {loc} for tensor {key} is "
+                    f"{'missing' if f is None else tuple(f.shape)}; expected {tuple(value.shape)}"
+                )
     return _weighted(state_dicts, weights, lambda loc, key, theta, piece: fishers[loc][key].reshape(-1)[piece], eps)
 
 
-def fisher_diagonal(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, *, num_examples: int = 256,
-                    batch_size: int = 1, max_seq_length: int = 128, seed: int = 42, normalize: bool = True,
-                    device: str | None = None) -> StateDict:
+def fisher_diagonal(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    dataset: Dataset,
+    *,
+    num_examples: int = 256,
+    batch_size: int = 1,
+    max_seq_length: int = 128,
+    seed: int = 42,
+    normalize: bool = True,
+    device: str | None = None,
+) -> StateDict:
     """Diagonal empirical Fisher of a classifier on a sample of ``dataset`` (columns ``text``, ``label``).
 
     F = (1/N) Σ_batches |b| · (∇_θ mean_{n∈b} −log p(y_n | x_n))², over
@@ -99,9 +127,12 @@ def fisher_diagonal(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, *,
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     subset = _batches.sample(dataset, num_examples, seed)
     total = 0
-    for batch in tqdm(_batches.batches(subset, tokenizer, batch_size=batch_size, max_seq_length=max_seq_length,
-                                       device=device),
-                      total=-(-len(subset) // batch_size), desc="fisher", leave=False):
+    for batch in tqdm(
+        _batches.batches(subset, tokenizer, batch_size=batch_size, max_seq_length=max_seq_length, device=device),
+        total=-(-len(subset) // batch_size),
+        desc="fisher",
+        leave=False,
+    ):
         model.zero_grad(set_to_none=True)
         loss = model(**batch).loss  # mean NLL of the true labels over the batch
         loss.backward()

@@ -42,7 +42,7 @@ needed more than (N + 2) × the model).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -53,8 +53,9 @@ EPS = 1e-8  # mergekit multislerp's and slerp's eps
 DOT_THRESHOLD = 0.9995  # mergekit slerp's: above it (|cos Ω|) interpolate linearly
 
 
-def _sources(state_dicts: Mapping[str, StateDict], key: str, span: chunks.Span, dev: torch.device,
-             bufs: list[torch.Tensor]) -> list[torch.Tensor]:
+def _sources(
+    state_dicts: Mapping[str, StateDict], key: str, span: chunks.Span, dev: torch.device, bufs: list[torch.Tensor]
+) -> list[torch.Tensor]:
     return [chunks.read(sd, key, span, dev, out=buf) for sd, buf in zip(state_dicts.values(), bufs)]
 
 
@@ -68,9 +69,15 @@ def _setup(state_dicts: Mapping[str, StateDict], key: str, step: int, dev: torch
 
 
 @torch.no_grad()
-def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-                *, filter_wise: bool = False, device: str | torch.device | None = None,
-                chunk_elements: int | None = None) -> StateDict:
+def model_stock(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    filter_wise: bool = False,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Model Stock (needs base and >= 2 sources; the weights are not used)."""
     if base is None:
         raise ValueError("model_stock needs the base (pretrained) state dict")
@@ -90,15 +97,18 @@ def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, floa
                 d = torch.stack([x.sub_(b) for x in _sources(state_dicts, key, span, dev, bufs)])
                 if rows > 1:
                     d = d.view(n, -1, row_len).transpose(0, 1)  # [rows of this chunk, n, row_len]
-                    gram[span[0]:span[1]] += torch.bmm(d, d.transpose(1, 2)).double()
+                    gram[span[0] : span[1]] += torch.bmm(d, d.transpose(1, 2)).double()
                 else:
                     gram[0] += (d @ d.T).double()
             norms = gram.diagonal(dim1=1, dim2=2).sqrt()
             i, j = torch.triu_indices(n, n, 1, device=dev)
             cos = (gram[:, i, j] / (norms[:, i] * norms[:, j]).clamp(min=1e-6)).clamp(-1, 1).mean(1)
             den = 1 + (n - 1) * cos
-            t = torch.where(den.abs() < 1e-6, torch.zeros_like(cos), n * cos / torch.where(
-                den.abs() < 1e-6, torch.ones_like(den), den)).float()
+            t = torch.where(
+                den.abs() < 1e-6,
+                torch.zeros_like(cos),
+                n * cos / torch.where(den.abs() < 1e-6, torch.ones_like(den), den),
+            ).float()
             res = torch.empty(shape, dtype=dtype)
             dst = res.reshape(-1)
             for span in spans:  # pass 2: t · mean θ_i + (1 - t) θ_base
@@ -110,7 +120,7 @@ def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, floa
                     avg.add_(x)
                 avg.div_(n)
                 if rows > 1:
-                    tt = t[span[0]:span[1]].repeat_interleave(row_len)
+                    tt = t[span[0] : span[1]].repeat_interleave(row_len)
                     dst[where] = avg.mul_(tt).add_(b.mul_(1 - tt))
                 else:
                     dst[where] = avg.mul_(float(t[0])).add_(b.mul_(1 - float(t[0])))
@@ -119,8 +129,14 @@ def model_stock(state_dicts: Mapping[str, StateDict], weights: Mapping[str, floa
 
 
 @torch.no_grad()
-def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-               *, device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
+def multislerp(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Barycentric interpolation on the hypersphere (around ``base`` when given)."""
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
     names = list(state_dicts)
@@ -157,8 +173,10 @@ def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float
             m_norm = math.sqrt(m_sq)
             if m_norm < EPS:
                 if len(names) != 2:
-                    raise ValueError(f"multislerp: the weighted sum of the inputs of {key} is zero (antipodal "
-                                     "inputs whose weights balance out); use other weights")
+                    raise ValueError(
+                        f"multislerp: the weighted sum of the inputs of {key} is zero (antipodal "
+                        "inputs whose weights balance out); use other weights"
+                    )
                 scale, linear = None, True
             else:
                 scale, linear = float(torch.dot(torch.tensor(w), norms.cpu())) / m_norm, False
@@ -177,19 +195,27 @@ def multislerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float
     return out
 
 
-def _two(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str,
-         instead: str) -> tuple[str, str, float]:
+def _two(
+    state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str, instead: str
+) -> tuple[str, str, float]:
     """(first, second, t = the second's normalised weight) of a method that merges exactly two sources."""
     if len(state_dicts) != 2:
-        raise ValueError(f"{method} merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; "
-                         f"use {instead} for more")
+        raise ValueError(
+            f"{method} merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}; use {instead} for more"
+        )
     first, second = list(state_dicts)
     return first, second, float(weights[second]) / (float(weights[first]) + float(weights[second]))
 
 
 @torch.no_grad()
-def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-          *, device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
+def slerp(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Spherical interpolation from the first source to the second, ``t`` = the second's (normalised) weight."""
     first, second, t = _two(state_dicts, weights, "slerp", "multislerp")
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
@@ -227,9 +253,16 @@ def slerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], ba
 
 
 @torch.no_grad()
-def karcher(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-            *, max_iter: int = 10, tol: float = 1e-5, device: str | torch.device | None = None,
-            chunk_elements: int | None = None) -> StateDict:
+def karcher(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-5,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Weighted Karcher mean on the hypersphere, rescaled by the weighted mean norm (the base is not used)."""
     if not (isinstance(max_iter, int) and max_iter >= 0) or not tol > 0:
         raise ValueError(f"karcher: max_iter must be an int >= 0 and tol > 0, got {max_iter!r}, {tol!r}")
@@ -296,9 +329,16 @@ def _karcher_coefficients(gram: torch.Tensor, alphas: torch.Tensor, max_iter: in
 
 
 @torch.no_grad()
-def nuslerp(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-            *, flatten: bool = True, row_wise: bool = False, device: str | torch.device | None = None,
-            chunk_elements: int | None = None) -> StateDict:
+def nuslerp(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    flatten: bool = True,
+    row_wise: bool = False,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """mergekit's ``nuslerp``: spherical interpolation of two sources (of their task vectors around ``base``
     when given) with t = the second's weight, per tensor (``flatten``), per row, or per column (``row_wise``)."""
     first, second, t = _two(state_dicts, weights, "nuslerp", "multislerp or karcher")

@@ -16,14 +16,21 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -53,8 +60,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
                 if key == "__metadata__" or self._files.get(key) != file:
                     continue
                 if info["dtype"] not in DTYPES:
-                    raise ValueError(f"{file}: tensor {key} has dtype {info['dtype']}, which mu cannot "
-                                     f"merge; supported: {sorted(DTYPES)}")
+                    raise ValueError(
+                        f"{file}: tensor {key} has dtype {info['dtype']}, which mu cannot "
+                        f"merge; supported: {sorted(DTYPES)}"
+                    )
                 begin, end = info["data_offsets"]
                 self._meta[key] = (tuple(info["shape"]), DTYPES[info["dtype"]])
                 self._offsets[key] = (start + begin, start + end)
@@ -67,12 +76,13 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
             raise ValueError(f"tensors {absent[:5]} are listed but not present in their safetensors files")
 
     @classmethod
-    def from_file(cls, file: str | os.PathLike) -> "LazyStateDict":
+    def from_file(cls, file: str | os.PathLike) -> LazyStateDict:
         header, _ = _header(str(file))
         return cls({key: file for key in header if key != "__metadata__"})
 
-    def read(self, key: str, start: int | None = None, stop: int | None = None, *,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(
+        self, key: str, start: int | None = None, stop: int | None = None, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Tensor ``key``, or its rows ``start:stop`` (first dimension), read from the file
         (into ``out``, a contiguous CPU tensor of its dtype and size, when given)."""
         shape, dtype = self._meta[key]
@@ -87,8 +97,9 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         if out is None:
             out = torch.empty(shape, dtype=dtype)
         elif out.dtype != dtype or out.numel() != math.prod(shape) or not out.is_contiguous() or out.is_cuda:
-            raise ValueError(f"cannot read tensor {key} ({dtype}, {shape}) into a {out.dtype} tensor of "
-                             f"{out.numel()} elements")
+            raise ValueError(
+                f"cannot read tensor {key} ({dtype}, {shape}) into a {out.dtype} tensor of {out.numel()} elements"
+            )
         else:
             out = out.view(shape)
         if end > begin:
@@ -184,8 +195,11 @@ def meta(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, .
 def open_model(folder: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """A model folder's weights as a lazily read state dict; ValueError naming the folder if it has none."""
     folder = Path(folder)
-    single, index, legacy = (folder / "model.safetensors", folder / "model.safetensors.index.json",
-                             folder / "pytorch_model.bin")
+    single, index, legacy = (
+        folder / "model.safetensors",
+        folder / "model.safetensors.index.json",
+        folder / "pytorch_model.bin",
+    )
     try:
         if single.is_file():
             return LazyStateDict.from_file(single)
@@ -196,5 +210,6 @@ def open_model(folder: str | os.PathLike) -> Mapping[str, torch.Tensor]:
             return torch.load(legacy, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # safetensors / torch raise their own types for corrupt files
         raise ValueError(f"cannot read the weights in {folder}: {e}") from e
-    raise ValueError(f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json "
-                     "or pytorch_model.bin")
+    raise ValueError(
+        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )

@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from mu.langs.similarity import check_weights
 from mu.merge import adamerging, checks, chunks, fisher, geometric, lazy, regmean, selective, spectral, taskvec, widen
-from mu.similarity import check_weights
 
 StateDict = dict[str, torch.Tensor]
 
@@ -61,12 +62,13 @@ METHODS: dict[str, Callable[..., StateDict]] = {
     "linear": taskvec.linear,
     "task_arithmetic": functools.partial(taskvec.task_vectors, sparsify="none", consensus=False),
     "ties": functools.partial(taskvec.task_vectors, sparsify="magnitude", consensus=True, density=0.5),
-    "dare_ties": functools.partial(taskvec.task_vectors, sparsify="random", consensus=True, density=0.5,
-                                   rescale=True),
-    "dare_linear": functools.partial(taskvec.task_vectors, sparsify="random", consensus=False, density=0.5,
-                                     rescale=True),
-    "breadcrumbs": functools.partial(taskvec.task_vectors, sparsify="breadcrumbs", consensus=False,
-                                     density=0.9, gamma=0.01),
+    "dare_ties": functools.partial(taskvec.task_vectors, sparsify="random", consensus=True, density=0.5, rescale=True),
+    "dare_linear": functools.partial(
+        taskvec.task_vectors, sparsify="random", consensus=False, density=0.5, rescale=True
+    ),
+    "breadcrumbs": functools.partial(
+        taskvec.task_vectors, sparsify="breadcrumbs", consensus=False, density=0.9, gamma=0.01
+    ),
     "slerp": geometric.slerp,
     "multislerp": geometric.multislerp,
     "model_stock": geometric.model_stock,
@@ -75,8 +77,9 @@ METHODS: dict[str, Callable[..., StateDict]] = {
     "regmean": regmean.regmean,
     "adamerging": adamerging.adamerging,
 }
-NEEDS_BASE = frozenset({"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
-                        "adamerging"})
+NEEDS_BASE = frozenset(
+    {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock", "adamerging"}
+)
 USES_BASE = NEEDS_BASE | {"multislerp"}  # multislerp interpolates task vectors when a base is given
 IGNORES_WEIGHTS = frozenset({"model_stock"})  # its ratio comes from the geometry; weights only pick sources
 # Per-source statistics a method needs ({locale: state-dict-like}), sliced per tensor by ``merge``.
@@ -86,8 +89,19 @@ ADAPTIVE = frozenset({"adamerging"})
 FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
 EXECUTION = frozenset({"device", "chunk_elements"})  # where / in what pieces it runs: not knobs of the result
 # Methods that read each tensor in row chunks themselves (given unread tensors and the device).
-STREAMED = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock",
-                      "multislerp", "slerp"})
+STREAMED = frozenset(
+    {
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "model_stock",
+        "multislerp",
+        "slerp",
+    }
+)
 # The task-vector knobs that have an effect, by sparsification.
 TASK_VECTOR_KNOBS = {
     "none": {"lambda_"},
@@ -97,24 +111,39 @@ TASK_VECTOR_KNOBS = {
 }
 # mergekit 0.1.5's other methods (issue 20): all computed chunk by chunk.
 _tv = taskvec.task_vectors
-METHODS.update({
-    "breadcrumbs_ties": functools.partial(_tv, sparsify="breadcrumbs", consensus=True, density=0.9, gamma=0.01),
-    "della": functools.partial(_tv, sparsify="magprune", consensus=True, density=0.5, epsilon=0.15, rescale=True),
-    "della_linear": functools.partial(_tv, sparsify="magprune", consensus=False, density=0.5, epsilon=0.15,
-                                      rescale=True),
-    "sce": functools.partial(_tv, sparsify="variance", consensus=True, weighting="energy", density=1.0),
-    "karcher": geometric.karcher, "nuslerp": geometric.nuslerp,
-    "nearswap": selective.nearswap, "arcee_fusion": selective.arcee_fusion,
-    "ram": selective.ram, "ramplus_tl": selective.ramplus_tl,
-})
+METHODS.update(
+    {
+        "breadcrumbs_ties": functools.partial(_tv, sparsify="breadcrumbs", consensus=True, density=0.9, gamma=0.01),
+        "della": functools.partial(_tv, sparsify="magprune", consensus=True, density=0.5, epsilon=0.15, rescale=True),
+        "della_linear": functools.partial(
+            _tv, sparsify="magprune", consensus=False, density=0.5, epsilon=0.15, rescale=True
+        ),
+        "sce": functools.partial(_tv, sparsify="variance", consensus=True, weighting="energy", density=1.0),
+        "karcher": geometric.karcher,
+        "nuslerp": geometric.nuslerp,
+        "nearswap": selective.nearswap,
+        "arcee_fusion": selective.arcee_fusion,
+        "ram": selective.ram,
+        "ramplus_tl": selective.ramplus_tl,
+    }
+)
 _NEW_BASE = {"breadcrumbs_ties", "della", "della_linear", "sce", "ram", "ramplus_tl"}
 NEEDS_BASE, USES_BASE = NEEDS_BASE | _NEW_BASE, USES_BASE | _NEW_BASE | {"nuslerp"}
 IGNORES_WEIGHTS = IGNORES_WEIGHTS | {"sce", "ram", "ramplus_tl"}
-STREAMED = STREAMED | {"breadcrumbs_ties", "della", "della_linear", "sce", "karcher", "nuslerp", "nearswap",
-                       "arcee_fusion", "ram", "ramplus_tl"}
+STREAMED = STREAMED | {
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "karcher",
+    "nuslerp",
+    "nearswap",
+    "arcee_fusion",
+    "ram",
+    "ramplus_tl",
+}
 FIXED = FIXED | {"weighting"}
-TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "seed"},
-                         variance={"density", "lambda_"})
+TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "seed"}, variance={"density", "lambda_"})
 PAIRWISE = frozenset({"slerp", "nuslerp", "nearswap", "arcee_fusion"})  # merge exactly two sources
 # Spectral and disentanglement task-vector methods (mu.merge.spectral, mu.merge.widen), all on the base:
 # tsv_m / iso_c / iso_cts read each weight matrix whole, one source at a time (WHOLE_MATRICES, given unread
@@ -139,8 +168,11 @@ def check_method(method: str) -> Callable[..., StateDict]:
 def knobs(method: str) -> dict[str, Any]:
     """The knobs ``method`` accepts, with their defaults."""
     fn = check_method(method)
-    out = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-           if name not in ("state_dicts", "weights", "base") and name not in FIXED | EXECUTION}
+    out = {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in ("state_dicts", "weights", "base") and name not in FIXED | EXECUTION
+    }
     if isinstance(fn, functools.partial) and fn.func is taskvec.task_vectors:
         out = {k: v for k, v in out.items() if k in TASK_VECTOR_KNOBS[fn.keywords["sparsify"]]}
     return out
@@ -156,8 +188,9 @@ def knobs_for(method: str, **candidates: Any) -> dict[str, Any]:
     given = {k: v for k, v in candidates.items() if v is not None}
     ignored = sorted(set(given) - set(accepted))
     if ignored:
-        raise ValueError(f"merge method {method!r} does not take {ignored} (set them to None); "
-                         f"its knobs: {sorted(accepted)}")
+        raise ValueError(
+            f"merge method {method!r} does not take {ignored} (set them to None); its knobs: {sorted(accepted)}"
+        )
     return given
 
 
@@ -171,8 +204,9 @@ def label(method: str, **knobs_: Any) -> str:
     return method + "".join(f"-{k.rstrip('_')}{v}" for k, v in sorted(knobs_.items()) if v != defaults[k])
 
 
-def check_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
-                      base: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+def check_state_dicts(
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]], base: Mapping[str, torch.Tensor] | None = None
+) -> list[str]:
     """Same tensor names, shapes and floating dtypes everywhere; returns the names (first source's order)."""
     named = dict(state_dicts)
     if base is not None:
@@ -181,8 +215,10 @@ def check_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
     ref_name, ref = next(iter(metas.items()))
     for name, m in metas.items():
         if set(m) != set(ref):
-            raise ValueError(f"{name} and {ref_name} have different tensors: only in {name}: "
-                             f"{sorted(set(m) - set(ref))[:10]}, only in {ref_name}: {sorted(set(ref) - set(m))[:10]}")
+            raise ValueError(
+                f"{name} and {ref_name} have different tensors: only in {name}: "
+                f"{sorted(set(m) - set(ref))[:10]}, only in {ref_name}: {sorted(set(ref) - set(m))[:10]}"
+            )
         for key, (shape, dtype) in m.items():
             if shape != ref[key][0]:
                 shapes = {n: metas[n][key][0] for n in metas}
@@ -202,9 +238,18 @@ def _keep(choice: str, prefix: str, what: str, sources: list[str], keys: list[st
     return choice
 
 
-def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float],
-          base: Mapping[str, torch.Tensor] | None = None, *, head: str = "merge", embeddings: str = "merge",
-          progress: bool = False, device: str | torch.device | None = None, **knobs_: Any) -> StateDict:
+def merge(
+    method: str,
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    weights: Mapping[str, float],
+    base: Mapping[str, torch.Tensor] | None = None,
+    *,
+    head: str = "merge",
+    embeddings: str = "merge",
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    **knobs_: Any,
+) -> StateDict:
     """Merge ``state_dicts`` ({locale: state dict}) with ``weights`` ({locale: weight}) by ``method``.
 
     ``head`` / ``embeddings``: ``"merge"`` (default) or a source locale whose
@@ -226,36 +271,50 @@ def merge(method: str, state_dicts: Mapping[str, Mapping[str, torch.Tensor]], we
     sources = list(weights)
     w = check_weights(weights, list(state_dicts))
     if method in NEEDS_BASE and base is None:
-        raise ValueError(f"merge method {method!r} needs the base (pretrained) model; methods that need one: "
-                         f"{sorted(NEEDS_BASE)}")
+        raise ValueError(
+            f"merge method {method!r} needs the base (pretrained) model; methods that need one: {sorted(NEEDS_BASE)}"
+        )
     base = base if method in USES_BASE else None
     keys = check_state_dicts({s: state_dicts[s] for s in sources}, base)
     # finite inputs, named by source and tensor: checked now in memory, as read when lazy (merge_models' check)
     state_dicts = checks.checked_inputs({s: state_dicts[s] for s in sources})
     base = checks.checked_inputs({"<base>": base})["<base>"] if base is not None else None
-    keep = {HEAD_PREFIX: _keep(head, HEAD_PREFIX, "head", sources, keys),
-            EMBEDDINGS_PREFIX: _keep(embeddings, EMBEDDINGS_PREFIX, "embeddings", sources, keys)}
+    keep = {
+        HEAD_PREFIX: _keep(head, HEAD_PREFIX, "head", sources, keys),
+        EMBEDDINGS_PREFIX: _keep(embeddings, EMBEDDINGS_PREFIX, "embeddings", sources, keys),
+    }
     stat = STATISTICS.get(method)
     stats = knobs_.pop(stat, None) if stat else None
     if stats is not None and set(sources) - set(stats):
-        raise ValueError(f"{method}: {stat} missing for sources {sorted(set(sources) - set(stats))}; "
-                         f"given for {sorted(stats)}")
+        raise ValueError(
+            f"{method}: {stat} missing for sources {sorted(set(sources) - set(stats))}; given for {sorted(stats)}"
+        )
     out: StateDict = {}
-    # disable=None: off without a terminal (a kernel run by mu.runner), as TQDM_DISABLE turns the others off
+    # disable=None: off without a terminal (a kernel run by mu.batch.runner), as TQDM_DISABLE turns the others off
     for key in tqdm(keys, desc=f"merge {method}", disable=None if progress else True, leave=False):
         owner = next((loc for prefix, loc in keep.items() if loc and key.startswith(prefix)), None)
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
         if method in STREAMED or method in WHOLE_MATRICES:  # the tensor still unread: the method reads it
-            out.update(fn({s: lazy.select(state_dicts[s], [key]) for s in sources}, w,
-                          lazy.select(base, [key]) if base is not None else None, device=dev, **knobs_))
+            out.update(
+                fn(
+                    {s: lazy.select(state_dicts[s], [key]) for s in sources},
+                    w,
+                    lazy.select(base, [key]) if base is not None else None,
+                    device=dev,
+                    **knobs_,
+                )
+            )
             continue
         one = {s: {key: state_dicts[s][key].to(dev)} for s in sources}
         extra = dict(knobs_)
         if stat:  # this tensor's statistics (the method names what is missing)
-            extra[stat] = None if stats is None else {s: {key: _on(stats[s][key], dev)} if key in stats[s] else {}
-                                                      for s in sources}
+            extra[stat] = (
+                None
+                if stats is None
+                else {s: {key: _on(stats[s][key], dev)} if key in stats[s] else {} for s in sources}
+            )
         merged = fn(one, w, {key: base[key].to(dev)} if base is not None else None, **extra)
         out.update({k: v.cpu() for k, v in merged.items()})
         del one, extra, merged  # drop this tensor's inputs before the next are read

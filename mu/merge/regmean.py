@@ -17,7 +17,8 @@ Grams come from :func:`regmean_grams` and are passed as
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -33,12 +34,20 @@ def _shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def regmean(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-            *, grams: Mapping[str, Mapping[str, torch.Tensor]] | None = None, alpha: float = 0.9) -> StateDict:
+def regmean(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    grams: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    alpha: float = 0.9,
+) -> StateDict:
     """RegMean on every Linear weight that has Grams; weighted mean elsewhere (the base is not used)."""
     if grams is None:
-        raise ValueError("regmean needs grams={locale: {linear weight name: Gram matrix}}; "
-                         "compute them with mu.merge.regmean_grams (merge_models does it from `data`)")
+        raise ValueError(
+            "regmean needs grams={locale: {linear weight name: Gram matrix}}; "
+            "compute them with mu.merge.regmean_grams (merge_models does it from `data`)"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"regmean alpha must be in [0, 1], got {alpha}")
     missing = sorted(set(state_dicts) - set(grams))
@@ -49,8 +58,9 @@ def regmean(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], 
     for key, ref in first.items():
         has = [loc for loc in state_dicts if key in grams[loc]]
         if has and len(has) != len(state_dicts):
-            raise ValueError(f"regmean: tensor {key} has Grams for {has} but not for "
-                             f"{sorted(set(state_dicts) - set(has))}")
+            raise ValueError(
+                f"regmean: tensor {key} has Grams for {has} but not for {sorted(set(state_dicts) - set(has))}"
+            )
         if not has:
             acc = torch.zeros_like(ref, dtype=torch.float64)
             for loc, sd in state_dicts.items():
@@ -58,29 +68,41 @@ def regmean(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], 
             out[key] = acc.to(ref.dtype)
             continue
         if ref.dim() != 2:
-            raise ValueError(f"regmean: Grams given for {key} of shape {tuple(ref.shape)}; only Linear weights "
-                             "[out, in] have Grams")
+            raise ValueError(
+                f"regmean: Grams given for {key} of shape {tuple(ref.shape)}; only Linear weights [out, in] have Grams"
+            )
         lhs = torch.zeros(ref.shape[1], ref.shape[1], dtype=torch.float64)
         rhs = torch.zeros(ref.shape[1], ref.shape[0], dtype=torch.float64)
         for loc, sd in state_dicts.items():
             gram = grams[loc][key]
             if gram.shape != (ref.shape[1], ref.shape[1]):
-                raise ValueError(f"regmean: Gram of {loc} for {key} is {tuple(gram.shape)}; expected "
-                                 f"{(ref.shape[1], ref.shape[1])}")
+                raise ValueError(
+                    f"regmean: Gram of {loc} for {key} is {tuple(gram.shape)}; expected {(ref.shape[1], ref.shape[1])}"
+                )
             g = _shrink(gram.to(torch.float64), alpha).mul_(weights[loc])
             lhs.add_(g)
             rhs.add_(g @ sd[key].to(torch.float64).T)
         try:
             out[key] = torch.linalg.solve(lhs, rhs).T.contiguous().to(ref.dtype)
         except torch.linalg.LinAlgError as e:
-            raise ValueError(f"regmean: the weighted Gram matrix for {key} is singular (some input feature "
-                             f"never varies in the data); use more examples or alpha < 1 ({e})") from None
+            raise ValueError(
+                f"regmean: the weighted Gram matrix for {key} is singular (some input feature "
+                f"never varies in the data); use more examples or alpha < 1 ({e})"
+            ) from None
     return out
 
 
-def regmean_grams(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, *, num_examples: int = 256,
-                  batch_size: int = 8, max_seq_length: int = 128, seed: int = 42,
-                  device: str | None = None) -> StateDict:
+def regmean_grams(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    dataset: Dataset,
+    *,
+    num_examples: int = 256,
+    batch_size: int = 8,
+    max_seq_length: int = 128,
+    seed: int = 42,
+    device: str | None = None,
+) -> StateDict:
     """Gram matrices XᵀX / n of the inputs of every ``nn.Linear``, keyed ``"<module>.weight"``.
 
     Forward hooks collect each Linear's input on ``num_examples`` examples drawn
@@ -103,16 +125,25 @@ def regmean_grams(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, *, n
                 counts[name] = 0
             grams[name].addmm_(x.T, x)
             counts[name] += x.shape[0]
+
         return collect
 
-    handles = [m.register_forward_pre_hook(hook(f"{n}.weight")) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear)]
+    handles = [
+        m.register_forward_pre_hook(hook(f"{n}.weight"))
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
     subset = _batches.sample(dataset, num_examples, seed)
     try:
         with torch.no_grad():
-            for batch in tqdm(_batches.batches(subset, tokenizer, batch_size=batch_size,
-                                               max_seq_length=max_seq_length, device=device),
-                              total=-(-len(subset) // batch_size), desc="regmean grams", leave=False):
+            for batch in tqdm(
+                _batches.batches(
+                    subset, tokenizer, batch_size=batch_size, max_seq_length=max_seq_length, device=device
+                ),
+                total=-(-len(subset) // batch_size),
+                desc="regmean grams",
+                leave=False,
+            ):
                 mask["m"] = batch["attention_mask"].bool()
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:

@@ -30,7 +30,7 @@ stacked task vectors needed ~18 GB at N = 5.
 Rerunning with identical parameters and unchanged input folders (every file's
 size and modification time) returns the existing folder without doing anything;
 the inputs' sha256, recorded in ``merge_details.json``, are computed in threads
-while the merge runs and memoised on disk (``mu.report.file_sha256``: path, size,
+while the merge runs and memoised on disk (``mu.core.report.file_sha256``: path, size,
 mtime), so an unchanged checkpoint is read for hashing once, not at every merge
 (hashing 10 × 1.1 GB costs about as much CPU as the merge itself).
 """
@@ -42,15 +42,16 @@ import json
 import os
 import resource
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from mu import cache, paths, report
+from mu.core import cache, paths, report
 from mu.merge import adamerging, checks, chunks, lazy, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
@@ -69,70 +70,108 @@ def local_dir(source: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(source), ignore_patterns=["*.pt", "*.pth", "training_args.bin", "*.h5",
-                                                                    "*.msgpack", "*.onnx", "*.ot"]))
+        return Path(
+            snapshot_download(
+                str(source),
+                ignore_patterns=["*.pt", "*.pth", "training_args.bin", "*.h5", "*.msgpack", "*.onnx", "*.ot"],
+            )
+        )
     except Exception as e:  # offline, unknown repo, ...: huggingface_hub raises many types
-        raise ValueError(f"model {str(source)!r} is not a local folder ({p}) and could not be fetched from the "
-                         f"hub: {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"model {str(source)!r} is not a local folder ({p}) and could not be fetched from the "
+            f"hub: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _signature(folder: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime) of every file in a folder: what the skip check compares."""
-    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in folder.rglob("*") if f.is_file())
+    return sorted(
+        (str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file()
+    )
 
 
-
-# (num_examples, batch_size) of the data statistics, shared with mu.iterative.
+# (num_examples, batch_size) of the data statistics, shared with mu.combine.iterative.
 STATS_DEFAULTS = {"fishers": (256, 1), "grams": (256, 8)}
 
 
-def statistics(kind: str, locale: str, model_dir: Path, model_sha: str, data: str | os.PathLike, *,
-               num_examples: int, batch_size: int, max_seq_length: int, seed: int,
-               device: str | None = None) -> tuple[Path, dict[str, Any]]:
+def statistics(
+    kind: str,
+    locale: str,
+    model_dir: Path,
+    model_sha: str,
+    data: str | os.PathLike,
+    *,
+    num_examples: int,
+    batch_size: int,
+    max_seq_length: int,
+    seed: int,
+    device: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Fisher (``kind="fishers"``) or Gram (``"grams"``) statistics of one source on its own train split.
 
     Cached as safetensors under ``cache/merge_stats/`` by (model sha256, data
     fingerprint, sampling parameters); returns (file, description).
     """
-    from mu import data as mu_data
-    from mu import models
+    from mu.corpus import data as mu_data
+    from mu.learn import models
 
     if kind not in ("fishers", "grams"):
         raise ValueError(f"unknown statistics {kind!r}; valid: ['fishers', 'grams']")
     train = mu_data.load_split(locale, "train", data)
-    desc = {"kind": kind, "locale": locale, "model_sha256": model_sha, "data": str(data),
-            "data_fingerprint": mu_data.fingerprint(train), "split": "train",
-            "num_examples": min(num_examples, len(train)), "batch_size": batch_size,
-            "max_seq_length": max_seq_length, "seed": seed}
+    desc = {
+        "kind": kind,
+        "locale": locale,
+        "model_sha256": model_sha,
+        "data": str(data),
+        "data_fingerprint": mu_data.fingerprint(train),
+        "split": "train",
+        "num_examples": min(num_examples, len(train)),
+        "batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "seed": seed,
+    }
     if kind == "fishers":
         desc["fisher"] = "empirical, true labels, normalised to mean 1"
     file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{report.digest(desc)[:16]}.safetensors")
     if cache.read(file, lazy.LazyStateDict.from_file, "statistics cache entry") is None:
         model, tokenizer = models.load_classifier(model_dir)
         fn = fisher_diagonal if kind == "fishers" else regmean_grams
-        stats = fn(model, tokenizer, train, num_examples=num_examples, batch_size=batch_size,
-                   max_seq_length=max_seq_length, seed=seed, device=device)
+        stats = fn(
+            model,
+            tokenizer,
+            train,
+            num_examples=num_examples,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            seed=seed,
+            device=device,
+        )
         del model
         with paths.atomic_path(file, suffix=".safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp),
-                      metadata={"mu": json.dumps(desc)})
+            save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata={"mu": json.dumps(desc)})
     return file, desc
 
 
 def details_text(details: Mapping[str, Any]) -> str:
     """``merge_details.txt``: the record as readable lines."""
-    lines = [f"method: {details['method']}", f"mode (weighting): {details['mode']}",
-             f"base model: {details['base_model']} (used: {details['base_used']})",
-             f"head: {details['head']}", f"embeddings: {details['embeddings']}", "sources and weights:"]
+    lines = [
+        f"method: {details['method']}",
+        f"mode (weighting): {details['mode']}",
+        f"base model: {details['base_model']} (used: {details['base_used']})",
+        f"head: {details['head']}",
+        f"embeddings: {details['embeddings']}",
+        "sources and weights:",
+    ]
     lines += [f"  {loc}: {w:.6f}  {details['sources'][loc]}" for loc, w in details["weights"].items()]
     lines.append(f"knobs: {json.dumps(details['knobs'], sort_keys=True)}")
     if details["statistics"]:
         lines.append(f"statistics: {json.dumps(details['statistics_params'], sort_keys=True)}")
     if details.get("adaptation"):
         fit = details["adaptation"]
-        lines.append(f"adapted on unlabeled target texts: {json.dumps(details['statistics_params'], sort_keys=True)}; "
-                     f"entropy {fit['entropy_before']:.4f} -> {fit['entropy_after']:.4f} in {fit['seconds']:.1f} s")
+        lines.append(
+            f"adapted on unlabeled target texts: {json.dumps(details['statistics_params'], sort_keys=True)}; "
+            f"entropy {fit['entropy_before']:.4f} -> {fit['entropy_after']:.4f} in {fit['seconds']:.1f} s"
+        )
     lines.append("inputs (sha256):")
     lines += [f"  {name}: {v['sha256']}" for name, v in details["inputs"].items()]
     lines.append(f"elapsed: {details['elapsed_s']:.2f} s, process peak RSS: {details['peak_rss_mb']:.0f} MB")
@@ -147,27 +186,41 @@ def _method_knobs(method: str, knobs: Mapping[str, Any], seed: int) -> dict[str,
     accepted = {k: v for k, v in registry.knobs(method).items() if k not in registry.STATISTICS.values()}
     unknown = sorted(set(knobs) - set(accepted))
     if unknown:
-        raise ValueError(f"merge_models({method!r}) does not take {unknown}; its knobs: {sorted(accepted)}"
-                         + ("; its statistics are computed from `data`" if method in registry.STATISTICS else ""))
+        raise ValueError(
+            f"merge_models({method!r}) does not take {unknown}; its knobs: {sorted(accepted)}"
+            + ("; its statistics are computed from `data`" if method in registry.STATISTICS else "")
+        )
     if "seed" in accepted:
         accepted["seed"] = seed
     return {**accepted, **knobs}
 
 
-def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, float], base_model: Any,
-                head: str, embeddings: str, data: Any, adapt_texts: Any = None) -> dict[str, float]:
+def _check_args(
+    method: str,
+    sources: Mapping[str, Any],
+    weights: Mapping[str, float],
+    base_model: Any,
+    head: str,
+    embeddings: str,
+    data: Any,
+    adapt_texts: Any = None,
+) -> dict[str, float]:
     """Everything that can be checked before reading a model; returns the normalised weights."""
     registry.check_method(method)
     w = registry.check_weights(weights, list(sources))
     if method in registry.NEEDS_BASE and base_model is None:
-        raise ValueError(f"merge method {method!r} needs base_model; methods that need one: "
-                         f"{sorted(registry.NEEDS_BASE)}")
+        raise ValueError(
+            f"merge method {method!r} needs base_model; methods that need one: {sorted(registry.NEEDS_BASE)}"
+        )
     if method in registry.ADAPTIVE and not adapt_texts:
-        raise ValueError(f"merge method {method!r} needs adapt_texts: the target's unlabeled utterances "
-                         "(mu.data.unlabeled)")
+        raise ValueError(
+            f"merge method {method!r} needs adapt_texts: the target's unlabeled utterances (mu.corpus.data.unlabeled)"
+        )
     if method in registry.STATISTICS and method not in registry.ADAPTIVE and data is None:
-        raise ValueError(f"merge method {method!r} needs data ('toy', 'hub' or a MASSIVE folder) for its "
-                         f"{registry.STATISTICS[method]}")
+        raise ValueError(
+            f"merge method {method!r} needs data ('toy', 'hub' or a MASSIVE folder) for its "
+            f"{registry.STATISTICS[method]}"
+        )
     for choice, what in ((head, "head"), (embeddings, "embeddings")):
         if choice != "merge" and choice not in sources:
             raise ValueError(f"{what}={choice!r}: valid are 'merge' or one of the sources {list(sources)}")
@@ -176,7 +229,7 @@ def _check_args(method: str, sources: Mapping[str, Any], weights: Mapping[str, f
 
 def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
     """HF folder: config and tokenizer of ``like``, the merged weights, merge_details.json / .txt (atomic)."""
-    from mu import models
+    from mu.learn import models
 
     config = AutoConfig.from_pretrained(like)
     checks.check_output(config, merged, f"merged model for {out}")
@@ -185,8 +238,9 @@ def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Ma
         tmp.mkdir()
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in merged.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
         paths.write_json(tmp / DETAILS_JSON, details)
         paths.write_text(tmp / DETAILS_TXT, details_text(details))
 
@@ -230,7 +284,7 @@ def merge_models(
     ``adamerging``) fit on ``adapt_texts``, the target's unlabeled utterances (texts only), in
     batches of ``adapt_batch_size``; ``adapt_from`` (where the texts come from) is recorded only.
     """
-    from mu import models
+    from mu.learn import models
 
     started = time.perf_counter()
     w = _check_args(method, sources, weights, base_model, head, embeddings, data, adapt_texts)
@@ -245,15 +299,38 @@ def merge_models(
     models.check_compatible(named)
 
     sizes = {"fishers": (fisher_num_examples, fisher_batch_size), "grams": (regmean_num_examples, regmean_batch_size)}
-    stat_params = ({"data": str(data), "num_examples": sizes[stat][0], "batch_size": sizes[stat][1],
-                    "max_seq_length": max_seq_length, "seed": seed} if stat in sizes else {})
+    stat_params = (
+        {
+            "data": str(data),
+            "num_examples": sizes[stat][0],
+            "batch_size": sizes[stat][1],
+            "max_seq_length": max_seq_length,
+            "seed": seed,
+        }
+        if stat in sizes
+        else {}
+    )
     if method in registry.ADAPTIVE:
-        stat_params = {"texts_sha256": report.digest(list(adapt_texts)), "num_texts": len(adapt_texts),
-                       "batch_size": adapt_batch_size, "max_seq_length": max_seq_length, "seed": seed,
-                       "adapt_from": dict(adapt_from or {})}
-    fingerprint = report.digest({"method": method, "weights": w, "inputs": {k: _signature(d) for k, d in named.items()},
-                           "base_used": use_base, "head": head, "embeddings": embeddings, "knobs": effective,
-                           "statistics": stat_params})
+        stat_params = {
+            "texts_sha256": report.digest(list(adapt_texts)),
+            "num_texts": len(adapt_texts),
+            "batch_size": adapt_batch_size,
+            "max_seq_length": max_seq_length,
+            "seed": seed,
+            "adapt_from": dict(adapt_from or {}),
+        }
+    fingerprint = report.digest(
+        {
+            "method": method,
+            "weights": w,
+            "inputs": {k: _signature(d) for k, d in named.items()},
+            "base_used": use_base,
+            "head": head,
+            "embeddings": embeddings,
+            "knobs": effective,
+            "statistics": stat_params,
+        }
+    )
     out = paths.resolve(out_dir)
     if (out / DETAILS_JSON).is_file() and (out / "model.safetensors").is_file():
         if paths.read_json(out / DETAILS_JSON).get("fingerprint") == fingerprint:
@@ -265,34 +342,74 @@ def merge_models(
         extra: dict[str, Any] = {}
         if stat and method not in registry.ADAPTIVE:
             for loc in order:
-                file, desc = statistics(stat, loc, dirs[loc], hashing[loc].result()["sha256"], data,
-                                        num_examples=stat_params["num_examples"],
-                                        batch_size=stat_params["batch_size"], max_seq_length=max_seq_length,
-                                        seed=seed, device=device)
+                file, desc = statistics(
+                    stat,
+                    loc,
+                    dirs[loc],
+                    hashing[loc].result()["sha256"],
+                    data,
+                    num_examples=stat_params["num_examples"],
+                    batch_size=stat_params["batch_size"],
+                    max_seq_length=max_seq_length,
+                    seed=seed,
+                    device=device,
+                )
                 stats_files[loc] = {"path": str(file), **desc}
             extra[stat] = {loc: lazy.LazyStateDict.from_file(stats_files[loc]["path"]) for loc in order}
         state_dicts = checks.checked_inputs({loc: lazy.open_model(dirs[loc]) for loc in order})
         base = checks.checked_inputs({"<base>": lazy.open_model(base_dir)})["<base>"] if use_base else None
         adaptation = None
         if method in registry.ADAPTIVE:  # coefficients fitted on the target's unlabeled texts
-            adaptation = adamerging.fit_models(base_dir, state_dicts, base, w, adapt_texts, batch_size=adapt_batch_size,
-                                               max_seq_length=max_seq_length, seed=seed, device=device, **effective)
+            adaptation = adamerging.fit_models(
+                base_dir,
+                state_dicts,
+                base,
+                w,
+                adapt_texts,
+                batch_size=adapt_batch_size,
+                max_seq_length=max_seq_length,
+                seed=seed,
+                device=device,
+                **effective,
+            )
             extra[stat] = adaptation["coefficients"]
-        merged = registry.merge(method, state_dicts, w, base, head=head, embeddings=embeddings, progress=True,
-                                device=dev, **effective, **extra)
+        merged = registry.merge(
+            method,
+            state_dicts,
+            w,
+            base,
+            head=head,
+            embeddings=embeddings,
+            progress=True,
+            device=dev,
+            **effective,
+            **extra,
+        )
         inputs = {name: future.result() for name, future in hashing.items()}
     details = {
-        "method": method, "mode": mode, "weights": w, "weights_given": {k: float(v) for k, v in weights.items()},
+        "method": method,
+        "mode": mode,
+        "weights": w,
+        "weights_given": {k: float(v) for k, v in weights.items()},
         "uses_weights": method not in registry.IGNORES_WEIGHTS,
         "sources": {loc: str(sources[loc]) for loc in order},
-        "base_model": None if base_model is None else str(base_model), "base_used": use_base,
-        "head": head, "embeddings": embeddings, "knobs": effective, "statistics_params": stat_params,
-        "statistics": stats_files, "adaptation": adaptation, "inputs": inputs, "fingerprint": fingerprint,
-        "config_from": order[0], "tokenizer_from": order[0],
-        "device": str(dev), "elapsed_s": time.perf_counter() - started,
+        "base_model": None if base_model is None else str(base_model),
+        "base_used": use_base,
+        "head": head,
+        "embeddings": embeddings,
+        "knobs": effective,
+        "statistics_params": stat_params,
+        "statistics": stats_files,
+        "adaptation": adaptation,
+        "inputs": inputs,
+        "fingerprint": fingerprint,
+        "config_from": order[0],
+        "tokenizer_from": order[0],
+        "device": str(dev),
+        "elapsed_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": report.versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     _save(out, dirs[order[0]], merged, details)
     return out

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -44,8 +44,7 @@ SAMPLE = 1_000_000  # mergekit arcee_fusion's _QUANTILE_SAMPLE_SIZE
 KL_EPS = 1e-8
 
 
-def _chunked(state_dicts: Mapping[str, StateDict], base: StateDict | None, key: str, step: int,
-             dev: torch.device):
+def _chunked(state_dicts: Mapping[str, StateDict], base: StateDict | None, key: str, step: int, dev: torch.device):
     """(shape, dtype, spans, read): ``read(span)`` → the sources' flat float32 chunks and the base's (or None),
     in reused buffers."""
     first = next(iter(state_dicts.values()))
@@ -61,33 +60,54 @@ def _chunked(state_dicts: Mapping[str, StateDict], base: StateDict | None, key: 
     return shape, dtype, spans, read
 
 
-def _counted(xs: list[torch.Tensor], b: torch.Tensor, epsilon: float) -> tuple[list[torch.Tensor], torch.Tensor,
-                                                                                 torch.Tensor]:
+def _counted(
+    xs: list[torch.Tensor], b: torch.Tensor, epsilon: float
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """RAM's task vectors with the entries at most ``epsilon`` zeroed, whether each counts, and the counts."""
     nonzero = torch.stack([x.sub_(b).abs() > epsilon for x in xs])
     return [x.mul_(nz) for x, nz in zip(xs, nonzero)], nonzero, nonzero.sum(0)
 
 
 @torch.no_grad()
-def ram(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-        epsilon: float = 1e-5, device: str | torch.device | None = None,
-        chunk_elements: int | None = None) -> StateDict:
+def ram(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    epsilon: float = 1e-5,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """RAM: the base plus, per entry, the mean of the task vectors that change it by more than ``epsilon``."""
     return _ram(state_dicts, base, epsilon=epsilon, plus=None, device=device, chunk_elements=chunk_elements)
 
 
 @torch.no_grad()
-def ramplus_tl(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-               *, r: float = 0.1, alpha: float = 0.2, epsilon: float = 1e-5, device: str | torch.device | None = None,
-               chunk_elements: int | None = None) -> StateDict:
+def ramplus_tl(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    r: float = 0.1,
+    alpha: float = 0.2,
+    epsilon: float = 1e-5,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """RAM+ (tensor-local): RAM with each source's unique entries scaled by 1 + r · clamp(shared / unique, 0,
     alpha)."""
     return _ram(state_dicts, base, epsilon=epsilon, plus=(r, alpha), device=device, chunk_elements=chunk_elements)
 
 
-def _ram(state_dicts: Mapping[str, StateDict], base: StateDict | None, *, epsilon: float,
-         plus: tuple[float, float] | None, device: str | torch.device | None,
-         chunk_elements: int | None) -> StateDict:
+def _ram(
+    state_dicts: Mapping[str, StateDict],
+    base: StateDict | None,
+    *,
+    epsilon: float,
+    plus: tuple[float, float] | None,
+    device: str | torch.device | None,
+    chunk_elements: int | None,
+) -> StateDict:
     if base is None:
         raise ValueError("ram / ramplus_tl need the base (pretrained) state dict")
     if not epsilon >= 0:
@@ -116,15 +136,19 @@ def _ram(state_dicts: Mapping[str, StateDict], base: StateDict | None, *, epsilo
                 unique, overlap, divisor = counts == 1, counts > 1, counts.clamp(min=1)
                 merged = torch.zeros_like(b)
                 for d, lam_i in zip(deltas, lam):  # mergekit's expression, term by term
-                    merged.add_(d * unique * lam_i + d * overlap / divisor if plus is not None else
-                                d * unique + d * overlap / divisor)
+                    merged.add_(
+                        d * unique * lam_i + d * overlap / divisor
+                        if plus is not None
+                        else d * unique + d * overlap / divisor
+                    )
                 dst[chunks.flat(shape, span)] = b.add_(merged)
             out[key] = res
     return out
 
 
-def _pair(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-          method: str) -> tuple[str, str, dict[str, StateDict]]:
+def _pair(
+    state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str
+) -> tuple[str, str, dict[str, StateDict]]:
     """(a, b, {a: .., b: ..}): mergekit's base (the larger weight; the first on a tie) and the other of exactly
     two sources."""
     if len(state_dicts) != 2:
@@ -135,9 +159,15 @@ def _pair(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
 
 
 @torch.no_grad()
-def nearswap(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-             t: float = 1e-4, device: str | torch.device | None = None,
-             chunk_elements: int | None = None) -> StateDict:
+def nearswap(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    t: float = 1e-4,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """NearSwap: the larger-weighted source a, moved to the other b where they differ by less than ~``t``."""
     if not t >= 0:
         raise ValueError(f"nearswap: t must be >= 0, got {t}")
@@ -170,9 +200,15 @@ def _generator(seed: int, key: str) -> torch.Generator:
 
 
 @torch.no_grad()
-def arcee_fusion(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None,
-                 *, seed: int = 42, device: str | torch.device | None = None,
-                 chunk_elements: int | None = None) -> StateDict:
+def arcee_fusion(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    seed: int = 42,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Arcee Fusion: the larger-weighted source a plus the other's changes b − a where they are important
     (importance ≥ median + 1.5 IQR)."""
     a_name, b_name, pair = _pair(state_dicts, weights, "arcee_fusion")

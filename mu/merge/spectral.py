@@ -48,7 +48,7 @@ holding them. The output (4 bytes per parameter) is held whole, as for every met
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -91,7 +91,7 @@ def _tsv(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.devi
         u, s, vh = _svd(task(t))
         if u_cat is None:
             u_cat, s_cat, v_cat = u.new_zeros(m, r), s.new_zeros(r), vh.new_zeros(r, n)
-        u_cat[:, t * k:(t + 1) * k], s_cat[t * k:(t + 1) * k], v_cat[t * k:(t + 1) * k] = u[:, :k], s[:k], vh[:k]
+        u_cat[:, t * k : (t + 1) * k], s_cat[t * k : (t + 1) * k], v_cat[t * k : (t + 1) * k] = u[:, :k], s[:k], vh[:k]
         del u, s, vh
     return _polar(u_cat).mul_(s_cat) @ _polar(v_cat)
 
@@ -117,8 +117,9 @@ def cts_split(r: int, n_tasks: int, common_fraction: float) -> tuple[int, int]:
     return common, specific // n_tasks
 
 
-def _iso_cts(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.device, *,
-             common_fraction: float) -> torch.Tensor:
+def _iso_cts(
+    task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.device, *, common_fraction: float
+) -> torch.Tensor:
     m, n = shape
     r = min(m, n)
     common, per_task = cts_split(r, n_tasks, common_fraction)
@@ -126,7 +127,7 @@ def _iso_cts(task: TaskVector, n_tasks: int, shape: tuple[int, int], dev: torch.
     u_cat, s_cat, v_cat = u.new_zeros(m, r), s.new_zeros(r), vh.new_zeros(r, n)
     u_c = u[:, :common].contiguous()
     at = n_tasks * per_task
-    u_cat[:, at:at + common], s_cat[at:at + common], v_cat[at:at + common] = u_c, s[:common], vh[:common]
+    u_cat[:, at : at + common], s_cat[at : at + common], v_cat[at : at + common] = u_c, s[:common], vh[:common]
     del u, s, vh
     if per_task:
         for t in range(n_tasks):
@@ -145,9 +146,17 @@ def _check_lambda(lambda_: float) -> None:
 
 
 @torch.no_grad()
-def _merge(matrix: Callable[..., torch.Tensor], state_dicts: Mapping[str, StateDict], weights: Mapping[str, float],
-           base: StateDict | None, lambda_: float, device: str | torch.device | None, chunk_elements: int | None,
-           what: str, **kw) -> StateDict:
+def _merge(
+    matrix: Callable[..., torch.Tensor],
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None,
+    lambda_: float,
+    device: str | torch.device | None,
+    chunk_elements: int | None,
+    what: str,
+    **kw,
+) -> StateDict:
     """θ_base + λ·Δ per tensor: ``matrix`` gives Δ of each SVD-merged matrix from the scaled task vectors,
     every other tensor is the weighted mean of the task vectors (``mu.merge.taskvec``, chunk by chunk)."""
     if base is None:
@@ -163,16 +172,23 @@ def _merge(matrix: Callable[..., torch.Tensor], state_dicts: Mapping[str, StateD
     for key in base:
         shape, dtype = chunks.shape_dtype(base, key)
         if not is_matrix(key, shape):
-            out.update(taskvec.task_vectors({k: lazy.select(state_dicts[k], [key]) for k in names}, weights,
-                                            lazy.select(base, [key]), lambda_=lambda_, device=dev,
-                                            chunk_elements=chunk_elements))
+            out.update(
+                taskvec.task_vectors(
+                    {k: lazy.select(state_dicts[k], [key]) for k in names},
+                    weights,
+                    lazy.select(base, [key]),
+                    lambda_=lambda_,
+                    device=dev,
+                    chunk_elements=chunk_elements,
+                )
+            )
             continue
         whole = (0, shape[0])
         theta0 = chunks.read(base, key, whole, dev, copy=True).view(shape)
 
         def task(t: int) -> torch.Tensor:
             x = chunks.read(state_dicts[names[t]], key, whole, dev, copy=True).view(shape)
-            return x.sub_(theta0).mul_(scale[t])
+            return x.sub_(theta0).mul_(scale[t])  # noqa: F821 (theta0 is bound before task is called; del comes after)
 
         delta = matrix(task, len(names), shape, dev, **kw)
         out[key] = theta0.add_(delta, alpha=lambda_).to(device="cpu", dtype=dtype)
@@ -180,30 +196,58 @@ def _merge(matrix: Callable[..., torch.Tensor], state_dicts: Mapping[str, StateD
     return out
 
 
-def tsv_m(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-          lambda_: float = 1.0, device: str | torch.device | None = None,
-          chunk_elements: int | None = None) -> StateDict:
+def tsv_m(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    lambda_: float = 1.0,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """TSV-M: per weight matrix, each task vector's top ⌊r/T⌋ singular components, concatenated,
     U and V orthogonalised (Procrustes), Δ = U⊥ Σ V⊥ᵀ; θ = θ_base + λ·Δ (module docstring)."""
     return _merge(_tsv, state_dicts, weights, base, lambda_, device, chunk_elements, "tsv_m")
 
 
-def iso_c(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-          lambda_: float = 1.0, device: str | torch.device | None = None,
-          chunk_elements: int | None = None) -> StateDict:
+def iso_c(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    lambda_: float = 1.0,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Iso-C: per weight matrix, Σ_t τ_t = U S Vᵀ → Δ = mean(S) · U Vᵀ; θ = θ_base + λ·Δ (module docstring)."""
     return _merge(_iso_c, state_dicts, weights, base, lambda_, device, chunk_elements, "iso_c")
 
 
-def iso_cts(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-            lambda_: float = 1.0, common_fraction: float = 0.8, device: str | torch.device | None = None,
-            chunk_elements: int | None = None) -> StateDict:
+def iso_cts(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    lambda_: float = 1.0,
+    common_fraction: float = 0.8,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Iso-CTS: common subspace (``common_fraction`` of the directions, from Σ_t τ_t) plus task-specific
     directions of each τ_t outside it, orthogonalised, flat spectrum; θ = θ_base + λ·Δ (module docstring)."""
     if not isinstance(common_fraction, (int, float)) or not 0.0 <= common_fraction <= 1.0:
         raise ValueError(f"common_fraction must be in [0, 1], got {common_fraction!r}")
-    return _merge(_iso_cts, state_dicts, weights, base, lambda_, device, chunk_elements, "iso_cts",
-                  common_fraction=common_fraction)
+    return _merge(
+        _iso_cts,
+        state_dicts,
+        weights,
+        base,
+        lambda_,
+        device,
+        chunk_elements,
+        "iso_cts",
+        common_fraction=common_fraction,
+    )
 
 
 METHODS = {"tsv_m": tsv_m, "iso_c": iso_c, "iso_cts": iso_cts}

@@ -48,7 +48,8 @@ mask (one byte per entry) with the weights, the merge.
 from __future__ import annotations
 
 import zlib
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -63,8 +64,14 @@ RESCALE_EPS = 1e-7  # mergekit's rescaled_masked_tensor: no rescaling when eithe
 
 
 @torch.no_grad()
-def linear(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-           device: str | torch.device | None = None, chunk_elements: int | None = None) -> StateDict:
+def linear(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """Weighted mean of the parameters: θ = Σ w_i θ_i / Σ w_i (the base is not used).
 
     Computed in float32, one chunk at a time (``out = w_0 θ_0``, then
@@ -81,8 +88,15 @@ def linear(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], b
     return out
 
 
-def _linear_tensor(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], names: list[str], total: float,
-                   key: str, dev: torch.device, step: int) -> torch.Tensor:
+def _linear_tensor(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    names: list[str],
+    total: float,
+    key: str,
+    dev: torch.device,
+    step: int,
+) -> torch.Tensor:
     first = state_dicts[names[0]]
     shape, dtype = chunks.shape_dtype(first, key)
     res = torch.empty(shape, dtype=dtype)
@@ -120,23 +134,24 @@ class _Ranks:
             vals = mag
             vals.numpy().partition(lo_at)
             if hi_at > lo_at and r0 > 0:
-                vals[lo_at + 1:].numpy().partition(hi_at - lo_at - 1)
+                vals[lo_at + 1 :].numpy().partition(hi_at - lo_at - 1)
         else:
             vals = torch.sort(mag).values
         b = float(vals[lo_at])
         a = float(vals[lo_at:].max()) if r0 <= 0 else float(vals[hi_at])
-        self.kept = float(vals[lo_at:hi_at + 1].sum())
-        above_a = int(torch.count_nonzero(vals[hi_at + 1:] > a))
+        self.kept = float(vals[lo_at : hi_at + 1].sum())
+        above_a = int(torch.count_nonzero(vals[hi_at + 1 :] > a))
         windows = {a: (r0 - above_a, r1 - above_a)}
         if b < a:
-            above_b = int(torch.count_nonzero(vals[lo_at + 1:] > b))
+            above_b = int(torch.count_nonzero(vals[lo_at + 1 :] > b))
             windows[b] = (r0 - above_b, r1 - above_b)
         for value, (first, stop) in windows.items():
             if value == a and r0 <= 0 and b < a:
                 full = True  # the largest |δ| and its ties rank above b, the r1-th largest: all kept
             elif value == b and r0 <= 0 and b < a:  # ties of b above it are counted; below it, a max tells
-                below = 0 if lo_at == 0 or float(vals[:lo_at].max()) < b else \
-                    int(torch.count_nonzero(vals[:lo_at] == b))
+                below = (
+                    0 if lo_at == 0 or float(vals[:lo_at].max()) < b else int(torch.count_nonzero(vals[:lo_at] == b))
+                )
                 ties = below + r1 - above_b
                 full = ties <= stop
             else:
@@ -193,12 +208,14 @@ def _ranks(sparsify: str, n: int, density: float, gamma: float) -> tuple[int, in
 
 
 def _rng(seed: int, key: str, name: str) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        [seed, zlib.crc32(key.encode()), zlib.crc32(name.encode())])))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(key.encode()), zlib.crc32(name.encode())]))
+    )
 
 
-def _magprune_keep(mag: torch.Tensor, shape: tuple[int, ...], density: float, epsilon: float,
-                   rng: np.random.Generator, step: int) -> torch.Tensor:
+def _magprune_keep(
+    mag: torch.Tensor, shape: tuple[int, ...], density: float, epsilon: float, rng: np.random.Generator, step: int
+) -> torch.Tensor:
     """DELLA's MAGPRUNE mask of one task vector (``mag``: its |δ|, flat): per row along dim 1, keep
     probabilities rising linearly with the magnitude's rank; ranked and drawn chunk by chunk of rows."""
     keep = torch.empty(mag.numel(), dtype=torch.bool)
@@ -208,19 +225,31 @@ def _magprune_keep(mag: torch.Tensor, shape: tuple[int, ...], density: float, ep
     view = mag.view(rows, d1, -1)
     per = max(1, step // view[0].numel())
     for r0 in range(0, rows, per):
-        m = view[r0:r0 + per]
+        m = view[r0 : r0 + per]
         order = torch.argsort(m, dim=1, stable=True)
-        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(d1, device=m.device).view(1, -1, 1)
-                                                 .expand_as(order))
+        ranks = torch.empty_like(order).scatter_(
+            1, order, torch.arange(d1, device=m.device).view(1, -1, 1).expand_as(order)
+        )
         rank_norm = (ranks.float() / (d1 - 1)).clamp(0, 1) if d1 > 1 else torch.full(m.shape, 0.5)
         probs = (density - epsilon) + rank_norm * 2 * epsilon  # mergekit's expression, in float32
         u = torch.from_numpy(rng.random(m.numel(), dtype=np.float32))  # one sequential stream, as DARE's
-        keep[r0 * view[0].numel():r0 * view[0].numel() + m.numel()] = (u < probs.cpu().reshape(-1))
+        keep[r0 * view[0].numel() : r0 * view[0].numel() + m.numel()] = u < probs.cpu().reshape(-1)
     return keep
 
 
-def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, shape: tuple[int, ...], *, density: float,
-             gamma: float, epsilon: float, rescale: bool, rng: np.random.Generator, step: int) -> dict:
+def _prepare(
+    sparsify: str,
+    theta: torch.Tensor,
+    base: torch.Tensor,
+    shape: tuple[int, ...],
+    *,
+    density: float,
+    gamma: float,
+    epsilon: float,
+    rescale: bool,
+    rng: np.random.Generator,
+    step: int,
+) -> dict:
     """One source's whole-tensor sparsification state: ranks or DARE / DELLA drop mask, and its rescale factor."""
     state: dict = {"scale": 1.0}
     n = theta.numel()
@@ -239,8 +268,9 @@ def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, shape: tupl
         else:
             keep = torch.empty(n, dtype=torch.bool)
             for start in range(0, n, step):  # one sequential stream: the mask does not depend on `step`
-                keep[start:start + step] = torch.from_numpy(rng.random(min(step, n - start), dtype=np.float32)
-                                                            < density)
+                keep[start : start + step] = torch.from_numpy(
+                    rng.random(min(step, n - start), dtype=np.float32) < density
+                )
         state["keep"] = keep
         if not rescale:
             return state
@@ -254,12 +284,13 @@ def _prepare(sparsify: str, theta: torch.Tensor, base: torch.Tensor, shape: tupl
     return state
 
 
-def _sparsified(delta: torch.Tensor, state: dict, span_flat: slice, mag: torch.Tensor,
-                ind: torch.Tensor) -> torch.Tensor:
+def _sparsified(
+    delta: torch.Tensor, state: dict, span_flat: slice, mag: torch.Tensor, ind: torch.Tensor
+) -> torch.Tensor:
     if "ranks" in state:
-        state["ranks"].apply(delta, mag[:delta.numel()], ind[:delta.numel()])
+        state["ranks"].apply(delta, mag[: delta.numel()], ind[: delta.numel()])
     elif "keep" in state:
-        delta.mul_(ind[:delta.numel()].copy_(state["keep"][span_flat]))
+        delta.mul_(ind[: delta.numel()].copy_(state["keep"][span_flat]))
     if state["scale"] != 1.0:
         delta.mul_(state["scale"])
     return delta
@@ -306,10 +337,14 @@ def task_vectors(
         raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTING)}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    if sparsify == "magprune" and density < 1.0 and not (epsilon >= 0 and 0 < density - epsilon
-                                                        and density + epsilon < 1):
-        raise ValueError(f"epsilon={epsilon} with density={density}: epsilon must be >= 0 and density ± epsilon "
-                         "in (0, 1)")
+    if (
+        sparsify == "magprune"
+        and density < 1.0
+        and not (epsilon >= 0 and 0 < density - epsilon and density + epsilon < 1)
+    ):
+        raise ValueError(
+            f"epsilon={epsilon} with density={density}: epsilon must be >= 0 and density ± epsilon in (0, 1)"
+        )
     dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
     names = list(state_dicts)
     w32 = torch.tensor([float(weights[name]) for name in names], dtype=torch.float32)  # mergekit's float32 weights
@@ -318,23 +353,51 @@ def task_vectors(
     out: StateDict = {}
     with chunks.single_threaded(dev):
         for key in base:
-            out[key] = _task_vector_tensor(state_dicts, names, w, divisor, base, key, dev, step, sparsify=sparsify,
-                                           consensus=consensus, weighting=weighting, density=density, gamma=gamma,
-                                           epsilon=epsilon, lambda_=lambda_, rescale=rescale, seed=seed)
+            out[key] = _task_vector_tensor(
+                state_dicts,
+                names,
+                w,
+                divisor,
+                base,
+                key,
+                dev,
+                step,
+                sparsify=sparsify,
+                consensus=consensus,
+                weighting=weighting,
+                density=density,
+                gamma=gamma,
+                epsilon=epsilon,
+                lambda_=lambda_,
+                rescale=rescale,
+                seed=seed,
+            )
     return out
 
 
-def _select_calculate(state_dicts: Mapping[str, StateDict], names: list[str], key: str, base_t: torch.Tensor,
-                      shape: tuple[int, ...], spans: list, dev: torch.device, bufs: list[torch.Tensor],
-                      scratch: tuple[torch.Tensor, torch.Tensor], *, density: float,
-                      energy: bool) -> tuple[torch.Tensor | None, list[float] | None]:
+def _select_calculate(
+    state_dicts: Mapping[str, StateDict],
+    names: list[str],
+    key: str,
+    base_t: torch.Tensor,
+    shape: tuple[int, ...],
+    spans: list,
+    dev: torch.device,
+    bufs: list[torch.Tensor],
+    scratch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    density: float,
+    energy: bool,
+) -> tuple[torch.Tensor | None, list[float] | None]:
     """SCE's select and calculate steps for one tensor: the mask shared by all sources (None: keep all) and
     the energy weights (None unless ``energy``)."""
 
     def deltas(span: chunks.Span) -> tuple[slice, list[torch.Tensor]]:
         where = chunks.flat(shape, span)
-        return where, [chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(base_t[where])
-                       for name, buf in zip(names, bufs)]
+        return where, [
+            chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(base_t[where])
+            for name, buf in zip(names, bufs)
+        ]
 
     ranks = None
     if density < 1.0:  # pass 1: the variance across the task vectors, its k-th-value threshold
@@ -352,7 +415,7 @@ def _select_calculate(state_dicts: Mapping[str, StateDict], names: list[str], ke
         where, ds = deltas(span)
         if ranks is not None:
             v = torch.var(torch.stack(ds), dim=0, unbiased=False)
-            ranks.apply(v, scratch[0][:v.numel()], scratch[1][:v.numel()])
+            ranks.apply(v, scratch[0][: v.numel()], scratch[1][: v.numel()])
             kept = v > 0  # kept variances are at least the k-th largest, which is positive
             keep[where] = kept.cpu()
             ds = [d.mul_(kept) for d in ds]
@@ -365,10 +428,26 @@ def _select_calculate(state_dicts: Mapping[str, StateDict], names: list[str], ke
     return keep, [1.0 / len(names)] * len(names) if abs(total) < SCE_EPS else (means / total).tolist()
 
 
-def _task_vector_tensor(state_dicts: Mapping[str, StateDict], names: list[str], w: list[float], divisor: float,
-                        base: StateDict, key: str, dev: torch.device, step: int, *, sparsify: str, consensus: bool,
-                        weighting: str, density: float, gamma: float, epsilon: float, lambda_: float, rescale: bool,
-                        seed: int) -> torch.Tensor:
+def _task_vector_tensor(
+    state_dicts: Mapping[str, StateDict],
+    names: list[str],
+    w: list[float],
+    divisor: float,
+    base: StateDict,
+    key: str,
+    dev: torch.device,
+    step: int,
+    *,
+    sparsify: str,
+    consensus: bool,
+    weighting: str,
+    density: float,
+    gamma: float,
+    epsilon: float,
+    lambda_: float,
+    rescale: bool,
+    seed: int,
+) -> torch.Tensor:
     shape, dtype = chunks.shape_dtype(base, key)
     whole = None if not shape else (0, shape[0])
     base_t = chunks.read(base, key, whole, dev)
@@ -378,26 +457,50 @@ def _task_vector_tensor(state_dicts: Mapping[str, StateDict], names: list[str], 
     mixed_buf, div_buf, sign_buf, mag_buf, ind_buf = (torch.empty(size, device=dev) for _ in range(5))
     energy = weighting == "energy"
     if sparsify == "variance" or energy:  # SCE: one mask for all sources, weights from the task vectors
-        keep, energy_w = _select_calculate(state_dicts, names, key, base_t, shape, spans, dev, bufs,
-                                           (mag_buf, ind_buf), density=density if sparsify == "variance" else 1.0,
-                                           energy=energy)
+        keep, energy_w = _select_calculate(
+            state_dicts,
+            names,
+            key,
+            base_t,
+            shape,
+            spans,
+            dev,
+            bufs,
+            (mag_buf, ind_buf),
+            density=density if sparsify == "variance" else 1.0,
+            energy=energy,
+        )
         states = [{"scale": 1.0, **({"keep": keep} if keep is not None else {})} for _ in names]
         if energy:
             w, divisor = energy_w, 1.0
     else:
-        states = [_prepare(sparsify, chunks.read(state_dicts[name], key, whole, dev, copy=True), base_t, shape,
-                           density=density, gamma=gamma, epsilon=epsilon, rescale=rescale,
-                           rng=_rng(seed, key, name), step=step)
-                  if sparsify != "none" else {"scale": 1.0} for name in names]
+        states = [
+            _prepare(
+                sparsify,
+                chunks.read(state_dicts[name], key, whole, dev, copy=True),
+                base_t,
+                shape,
+                density=density,
+                gamma=gamma,
+                epsilon=epsilon,
+                rescale=rescale,
+                rng=_rng(seed, key, name),
+                step=step,
+            )
+            if sparsify != "none"
+            else {"scale": 1.0}
+            for name in names
+        ]
     res = torch.empty(shape, dtype=dtype)
     dst = res.reshape(-1)
     for span in spans:
         where = chunks.flat(shape, span)
         b = base_t[where]
         m = b.numel()
-        deltas = [_sparsified(chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(b), state, where,
-                              mag_buf, ind_buf)
-                  for name, state, buf in zip(names, states, bufs)]
+        deltas = [
+            _sparsified(chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(b), state, where, mag_buf, ind_buf)
+            for name, state, buf in zip(names, states, bufs)
+        ]
         if consensus and energy:  # SCE elects the sign on the unweighted sum
             sign = sign_buf[:m].copy_(deltas[0])
             for d in deltas[1:]:

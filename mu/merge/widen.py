@@ -35,7 +35,7 @@ word embeddings are never held whole per source.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +70,16 @@ def _check(threshold: float, calibration: float) -> None:
 
 
 @torch.no_grad()
-def widen(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], base: StateDict | None = None, *,
-          threshold: float = 1.0, calibration: float = 1.0, device: str | torch.device | None = None,
-          chunk_elements: int | None = None) -> StateDict:
+def widen(
+    state_dicts: Mapping[str, StateDict],
+    weights: Mapping[str, float],
+    base: StateDict | None = None,
+    *,
+    threshold: float = 1.0,
+    calibration: float = 1.0,
+    device: str | torch.device | None = None,
+    chunk_elements: int | None = None,
+) -> StateDict:
     """θ_base + Σ_t S_t · T·w_t · τ_t with WIDEN's per-row importance scores S_t (module docstring)."""
     if base is None:
         raise ValueError("widen merges task vectors: it needs the base (pretrained) state dict")
@@ -88,8 +95,17 @@ def widen(state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], ba
     return out
 
 
-def _tensor(state_dicts: Mapping[str, StateDict], names: list[str], scale: list[float], base: StateDict, key: str,
-            dev: torch.device, step: int, threshold: float, calibration: float) -> torch.Tensor:
+def _tensor(
+    state_dicts: Mapping[str, StateDict],
+    names: list[str],
+    scale: list[float],
+    base: StateDict,
+    key: str,
+    dev: torch.device,
+    step: int,
+    threshold: float,
+    calibration: float,
+) -> torch.Tensor:
     shape, dtype = chunks.shape_dtype(base, key)
     res = torch.empty(shape, dtype=dtype)
     if res.numel() == 0:
@@ -124,7 +140,7 @@ def _tensor(state_dicts: Mapping[str, StateDict], names: list[str], scale: list[
         where = chunks.flat(shape, span)
         units_here = slice(*span) if rowwise else where
         b = chunks.read(base, key, span, dev, out=base_buf)
-        acc = acc_buf[:b.numel()].copy_(b)
+        acc = acc_buf[: b.numel()].copy_(b)
         for t, name in enumerate(names):
             x = chunks.read(state_dicts[name], key, span, dev, out=src_buf).sub_(b)
             acc.view(-1, row_len).addcmul_(x.view(-1, row_len), weight[t, units_here].unsqueeze(1))

@@ -1,0 +1,512 @@
+"""Aggregation (notebook 06): every result record's rows + the N×N matrix -> per-target
+tables with baselines, means with bootstrap intervals, paired Wilcoxon tests, summary.md.
+
+Reads records written by ``mu.core.report.save``; never parses notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mu.analysis import families
+from mu.analysis import stats as stats_
+from mu.analysis.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1
+from mu.analysis.stats import bootstrap_ci, wilson_interval  # noqa: F401 (their home is mu.analysis.stats; callers use these names)
+from mu.core import paths
+from mu.core.report import ROW_KEYS, describe_input
+
+AVERAGE_MERGE = "merge/linear/average"
+# Column groups every summary shows; a group without any result gets this empty column.
+PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterative/*")
+SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "adapted"]  # a target with one of these is aggregated
+MISSING = "—"
+
+
+def summary_dir(profile: str) -> Path:
+    return paths.reports_dir("06_aggregation", profile)
+
+
+def nxn_path(profile: str) -> Path:
+    """``reports/02_training/<profile>/evaluation_matrix.csv`` (notebook 02's N×N matrix: rows = source
+    model, columns = target); torch-free, ``mu.learn.evaluate`` uses this one."""
+    return paths.reports_dir("02_training", profile, "evaluation_matrix.csv")
+
+
+def load_records(profile: str, reports: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Every result record ``reports/<notebook>/<target>/<name>.json`` of ``profile``.
+
+    A record whose ``params.profile`` names another profile is left out; JSON files that
+    are not records (no ``notebook``/``rows``) are not read as results. Each record gets
+    its file path under ``"path"``.
+    """
+    base = paths.resolve(reports) if reports is not None else paths.reports_dir()
+    records = []
+    for path in sorted(base.glob("*/*/*.json")):
+        rec = paths.read_json(path)
+        if not (isinstance(rec, dict) and {"notebook", "target", "rows"} <= set(rec)):
+            continue
+        if (rec.get("params") or {}).get("profile", profile) != profile:
+            continue
+        records.append({**rec, "path": str(path)})
+    return records
+
+
+def read_nxn(nxn: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """The N×N transfer matrix (rows = source model locale, columns = target locale, floats) from a
+    frame, a ``.csv`` path, or a profile name (``nxn_path(profile)``); the one reader of it."""
+    if isinstance(nxn, pd.DataFrame):
+        frame = nxn.astype(float)
+    else:
+        path = Path(nxn) if Path(nxn).suffix == ".csv" else nxn_path(str(nxn))
+        if not path.is_file():
+            raise FileNotFoundError(f"no N×N matrix at {path}; run notebook 02_training (mu.learn.evaluate.nxn) first")
+        frame = pd.read_csv(path, index_col=0).astype(float)
+    frame.index.name, frame.columns.name = "source", "target"
+    return frame
+
+
+def record_rows(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    """Long frame of every record row (one per target × system) and notes on duplicates.
+
+    When the same (target, system) appears in several records the most recent wins and
+    a note names the ones dropped.
+    """
+    rows = []
+    for rec in records:
+        for r in rec["rows"]:
+            missing = [k for k in ROW_KEYS if k not in r]
+            if missing:
+                raise ValueError(f"{rec['path']}: row {r} lacks {missing}")
+            rows.append(
+                {
+                    "target": r.get("target", rec["target"]),
+                    "system": r["system"],
+                    "family": r["family"],
+                    "accuracy": float(r["accuracy"]),
+                    "macro_f1": r.get("macro_f1"),
+                    "n": r.get("n"),
+                    "sources": r.get("sources"),
+                    "origin": rec["path"],
+                    "created": rec.get("created", ""),
+                }
+            )
+    frame = pd.DataFrame(
+        rows, columns=["target", "system", "family", "accuracy", "macro_f1", "n", "sources", "origin", "created"]
+    )
+    frame = frame.sort_values("created", kind="stable")
+    dup = frame.duplicated(["target", "system"], keep="last")
+    notes = [
+        f"{r.target} / {r.system}: older result in {r.origin} superseded by a newer record"
+        for r in frame[dup].itertuples()
+    ]
+    return frame[~dup].reset_index(drop=True), notes
+
+
+def _best(column: pd.Series, among: Iterable[str]) -> tuple[float, str | None]:
+    values = column.reindex(list(among)).dropna()
+    if values.empty:
+        return (np.nan, None)
+    return (float(values.max()), str(values.idxmax()))
+
+
+def baseline_rows(rows: pd.DataFrame, nxn: pd.DataFrame, targets: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Native, best zero-shot, best source and URIEL top-1 of each target, looked up in the N×N matrix.
+
+    native = N×N[target, target]; best zero-shot = max of the target's column over every
+    other source; best source = max over the sources of the target's URIEL-similarity
+    merges (``merge/*/similarity``; the union of all its merges' sources, with a note, when
+    there is none); URIEL top-1 = the source with the largest weight in a similarity merge.
+    Best zero-shot and best source are chosen with the target's test labels (oracle
+    selection, as in the seed); URIEL top-1 is not. A value the matrix lacks stays out
+    (missing), with a note.
+    """
+    out, notes = [], []
+    for t in targets:
+        mine = rows[rows["target"] == t]
+        sizes = {int(v) for v in mine["n"].dropna()}
+        n = sizes.pop() if len(sizes) == 1 else None
+        if t not in nxn.columns:
+            notes.append(f"{t}: not a column of the N×N matrix; native / zero-shot baselines missing")
+            continue
+        col = nxn[t]
+        found = []
+        if t in nxn.index and np.isfinite(col[t]):
+            found.append((NATIVE, "native", float(col[t]), {t: 1.0}))
+        acc, src = _best(col, [s for s in nxn.index if s != t])
+        if src is not None:
+            found.append((BEST_ZERO_SHOT, "zero-shot", acc, {src: 1.0}))
+        merges = mine[mine["family"] == "merge"]
+        similarity = merges[merges["system"].str.endswith("/similarity")]
+        if similarity.empty and not merges.empty:
+            notes.append(f"{t}: no URIEL-similarity merge; best source is over the sources of all its merges")
+        chosen = similarity if not similarity.empty else merges
+        sources = sorted({s for m in chosen["sources"].dropna() for s in m})
+        absent = [s for s in sources if s not in nxn.index]
+        if absent:
+            notes.append(f"{t}: merge sources {absent} are not rows of the N×N matrix; best source missing")
+        elif sources:
+            acc, src = _best(col, sources)
+            if src is not None:
+                found.append((BEST_SOURCE, "zero-shot", acc, {src: 1.0}))
+        tops = {max(m, key=lambda k: (m[k], k)) for m in similarity["sources"].dropna() if m}
+        if len(tops) == 1 and (top := tops.pop()) in nxn.index and np.isfinite(col[top]):
+            found.append((URIEL_TOP1, "zero-shot", float(col[top]), {top: 1.0}))
+        elif len(tops) > 1:
+            notes.append(f"{t}: similarity merges disagree on the top URIEL source {sorted(tops)}; URIEL top-1 missing")
+        for system, family, acc, srcs in found:
+            out.append(
+                {
+                    "target": t,
+                    "system": system,
+                    "family": family,
+                    "accuracy": acc,
+                    "macro_f1": None,
+                    "n": n,
+                    "sources": srcs,
+                    "origin": "N×N",
+                    "created": "",
+                }
+            )
+    return pd.DataFrame(out, columns=rows.columns), notes
+
+
+def column_order(systems: Iterable[str]) -> list[str]:
+    """native, merges (similarity, then average), best source, best zero-shot, ensembles, iterative."""
+
+    def key(s: str) -> tuple:
+        parts = s.split("/")
+        if s == NATIVE:
+            return (0, 0, s)
+        if parts[0] == "merge":
+            mode = parts[-1]
+            return (1, {"similarity": 0, "*": 0, "average": 1}.get(mode, 2), parts[1], s)
+        if s == BEST_SOURCE:
+            return (2, 0, s)
+        if s == BEST_ZERO_SHOT:
+            return (2, 1, s)
+        if s == URIEL_TOP1:
+            return (2, 2, s)
+        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "adapted": 5}.get(parts[0], 6)
+        return (rank, 3, s)
+
+    return sorted(systems, key=key)
+
+
+def per_target_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy table: one row per target, one column per system (NaN = missing).
+
+    native, best source and best zero-shot are always columns; a group with no result
+    at all (similarity merge, average merge, ensembles, iterative) gets one empty column
+    named like ``iterative/*`` so its absence shows.
+    """
+    table = rows.pivot(index="target", columns="system", values="accuracy")
+    systems = set(table.columns) | {NATIVE, BEST_SOURCE, BEST_ZERO_SHOT, URIEL_TOP1}
+    for placeholder in PLACEHOLDERS:
+        family, _, mode = placeholder.partition("/*")
+        if not any(s.startswith(family + "/") and s.endswith(mode) for s in systems):
+            systems.add(placeholder)
+    table = table.reindex(columns=column_order(systems)).sort_index()
+    table.columns.name = None
+    return table
+
+
+def means(table: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42) -> pd.DataFrame:
+    """Mean accuracy over targets per system with a seeded 95% bootstrap interval."""
+    out = []
+    for system in table.columns:
+        v = table[system].dropna().to_numpy()
+        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+        out.append(
+            {"system": system, "n": len(v), "mean": float(v.mean()) if len(v) else np.nan, "ci_low": lo, "ci_high": hi}
+        )
+    return pd.DataFrame(out)
+
+
+def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE_MERGE) -> str:
+    """The average merge a system is tested against: same merge method if present, else ``default``."""
+    parts = system.split("/")
+    if len(parts) == 3:
+        same = f"merge/{parts[1]}/average"
+        if same in set(columns):
+            return same
+    return default
+
+
+def paired_tests(
+    table: pd.DataFrame, *, min_pairs: int = 5, average_system: str = AVERAGE_MERGE, others: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Two-sided Wilcoxon signed-rank test of each system against the average merge
+    (``average_baseline``), the best zero-shot (oracle-selected) and the URIEL top-1
+    source (selected without target data), and each of ``others``, paired over targets having both.
+
+    With fewer than ``min_pairs`` pairs, or fewer non-tied pairs (ties are dropped by
+    the test), the p-value is left NaN and ``note`` says why (not computable).
+    ``p_holm``: Holm-adjusted over the family of every system tested against the same baseline.
+    """
+    from scipy import stats
+
+    out = []
+    for system in table.columns:
+        if table[system].isna().all():
+            continue
+        for baseline in dict.fromkeys(
+            (average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT, URIEL_TOP1, *others)
+        ):
+            if baseline == system:
+                continue
+            row = {
+                "system": system,
+                "baseline": baseline,
+                "n": 0,
+                "mean_diff": np.nan,
+                "wins": 0,
+                "ties": 0,
+                "losses": 0,
+                "statistic": np.nan,
+                "p_value": np.nan,
+            }
+            if baseline not in table.columns or table[baseline].isna().all():
+                out.append({**row, "note": f"not computable: no {baseline} results"})
+                continue
+            pair = table[[system, baseline]].dropna()
+            d = (pair[system] - pair[baseline]).to_numpy()
+            row.update(
+                n=len(d),
+                mean_diff=float(d.mean()) if len(d) else np.nan,
+                wins=int((d > 0).sum()),
+                ties=int((d == 0).sum()),
+                losses=int((d < 0).sum()),
+            )
+            if len(d) < min_pairs:
+                note = f"not computable: {len(d)} paired targets < {min_pairs}"
+            elif row["wins"] + row["losses"] < min_pairs:
+                note = f"not computable: {row['wins'] + row['losses']} non-tied pairs < {min_pairs}"
+            else:
+                res = stats.wilcoxon(pair[system], pair[baseline])
+                row.update(statistic=float(res.statistic), p_value=float(res.pvalue))
+                note = ""
+            out.append({**row, "note": note})
+    frame = pd.DataFrame(
+        out, columns=["system", "baseline", "n", "mean_diff", "wins", "ties", "losses", "statistic", "p_value", "note"]
+    )
+    return stats_.holm_by(frame)
+
+
+def aggregate(
+    profile: str,
+    *,
+    nxn: str | os.PathLike | pd.DataFrame | None = None,
+    reports: str | os.PathLike | None = None,
+    n_boot: int = 10000,
+    seed: int = 42,
+    min_pairs: int = 5,
+    average_system: str = AVERAGE_MERGE,
+    tuning_targets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Everything notebook 06 reports, as plain frames.
+
+    Records come from ``reports`` (default ``reports/``), the N×N matrix from ``nxn``
+    (default ``nxn_path(profile)``). Targets are those with at least one merge, ensemble
+    or iterative result. Returns
+    ``{"rows": long frame (with 95% Wilson intervals where n is known), "table": per-target
+    accuracy, "means": mean ± bootstrap CI, "tests": paired Wilcoxon tests, "notes":
+    [str], "inputs": {name: {path, sha256}}, "nxn": the N×N matrix, "tuning": per-target table of the
+    ``tuning_targets``}``. Tuning targets (whose dev labels target-side selections may use) are left out of
+    rows, table, means and tests, and reported apart in ``tuning``.
+    """
+    records = load_records(profile, reports)
+    rows, notes = record_rows(records)
+    unmarked = [r["path"] for r in records if "profile" not in (r.get("params") or {})]
+    if unmarked:
+        notes.append(f"{len(unmarked)} records carry no params.profile and were counted as {profile!r}: {unmarked}")
+    targets = sorted(set(rows.loc[rows["family"].isin(SYSTEM_FAMILIES), "target"]))
+    if not targets:
+        where = paths.resolve(reports) if reports is not None else paths.reports_dir()
+        raise ValueError(
+            f"no merge, ensemble or iterative results for profile {profile!r} under {where}; run notebooks 03-05 first"
+        )
+    if nxn is None:
+        nxn = nxn_path(profile)
+    matrix = read_nxn(nxn)
+    inputs = {} if isinstance(nxn, pd.DataFrame) else {"nxn": describe_input(nxn)}
+    rows = rows[rows["target"].isin(targets)]
+    derived, more = baseline_rows(rows, matrix, targets)
+    notes += more
+    have = set(zip(rows["target"], rows["system"]))
+    derived = derived[[(t, s) not in have for t, s in zip(derived["target"], derived["system"])]]
+    rows = pd.concat([rows, derived], ignore_index=True) if len(derived) else rows
+    ci = [wilson_interval(a, n) for a, n in zip(rows["accuracy"], rows["n"])]
+    rows = rows.assign(ci_low=[c[0] for c in ci], ci_high=[c[1] for c in ci])
+    rows = rows.sort_values(["target", "system"]).reset_index(drop=True)
+    apart = rows["target"].isin(list(tuning_targets))
+    if apart.all():
+        raise ValueError(f"every target {targets} is a tuning target: nothing left for the main table")
+    if apart.any():
+        notes.append(
+            f"tuning targets {sorted(set(rows.loc[apart, 'target']))} are left out of the tables and "
+            "tests above (their dev labels may have chosen target-side settings); reported apart"
+        )
+    rows, tuning = rows[~apart].reset_index(drop=True), rows[apart]
+    table = per_target_table(rows)
+    used = sorted({o for o in rows["origin"] if o != "N×N"})
+    inputs.update(
+        {
+            Path(p).relative_to(paths.root()).as_posix() if Path(p).is_relative_to(paths.root()) else p: describe_input(
+                p
+            )
+            for p in used
+        }
+    )
+    return {
+        "rows": rows,
+        "table": table,
+        "means": means(table, n_boot=n_boot, seed=seed),
+        "tests": paired_tests(table, min_pairs=min_pairs, average_system=average_system),
+        "notes": notes,
+        "inputs": inputs,
+        "nxn": matrix,
+        "tuning": per_target_table(tuning).reindex(columns=table.columns) if len(tuning) else table.iloc[:0],
+    }
+
+
+def _cell(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return MISSING
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3, index: bool = True) -> str:
+    """A pipe table; NaN / None shown as ``—`` (missing)."""
+    frame = frame.reset_index() if index else frame
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def sources_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per target: each merge's sources with weights, the best source and best zero-shot model."""
+    out = []
+    for t, mine in rows.groupby("target"):
+        by = mine.set_index("system")
+        entry = {"target": t}
+        for system in column_order(s for s in by.index if s.startswith("merge/")):
+            srcs = by.at[system, "sources"]
+            if isinstance(srcs, dict):
+                entry[system] = ", ".join(f"{k} {v:.2f}" for k, v in srcs.items())
+        for system in (BEST_SOURCE, BEST_ZERO_SHOT):
+            if system in by.index and isinstance(by.at[system, "sources"], dict):
+                entry[system] = next(iter(by.at[system, "sources"]))
+        out.append(entry)
+    return pd.DataFrame(out).set_index("target")
+
+
+def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping[str, str] | None = None) -> str:
+    """The aggregated report as Markdown: per-target table, means, tests, sources, ``sections``
+    (``{title: markdown}``, e.g. ``mu.analysis.typology.markdown``), notes."""
+    rows, table = summary["rows"], summary["table"]
+    m = summary["means"].assign(
+        ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
+        sees=[families.sees(s) for s in summary["means"]["system"]],
+    )
+    tests = summary["tests"].assign(
+        **{c: [f"{p:.4g}" if np.isfinite(p) else MISSING for p in summary["tests"][c]] for c in ("p_value", "p_holm")}
+    )
+    src = sources_table(rows)
+    parts = [
+        f"# Aggregated results — profile `{profile}`",
+        "",
+        f"{len(table)} targets. Accuracy on each target's test split; `{MISSING}` = missing "
+        "(no result; never filled in). native, best source (best single model among the "
+        "URIEL-similarity merge's sources), best zero-shot (best single non-target model) and "
+        "URIEL top-1 (the source URIEL ranks first) come from the N×N matrix unless a record "
+        "reports them. Best source and best zero-shot are *selected with the target's test "
+        "labels* (the seed's baselines: upper bounds on choosing one source); URIEL top-1 is "
+        "the single-source choice made without target data. Intervals are percentile "
+        "bootstraps over targets (they under-cover with few targets); beside each raw Wilcoxon "
+        "p-value, `p_holm` is Holm-adjusted over every system tested against the same baseline.",
+        "",
+        "## Accuracy per target",
+        "",
+        markdown_table(table.rename_axis("target")),
+        "",
+        "## Mean over targets (95% bootstrap interval)",
+        "",
+        markdown_table(m[["system", "n", "mean", "ci", "sees"]], index=False),
+        "",
+        "## What each family sees of the target",
+        "",
+        markdown_table(families.table(table.columns), index=False),
+        "",
+        "## Paired Wilcoxon signed-rank tests (two-sided, over targets)",
+        "",
+        markdown_table(tests, index=False),
+        "",
+        "## Sources (weights) and the single models behind the baselines",
+        "",
+        markdown_table(src),
+        "",
+    ]
+    tuning = summary.get("tuning")
+    if tuning is not None and len(tuning):
+        mean = tuning.mean().to_frame("mean over them").T
+        parts += [
+            "## Tuning targets (reported apart)",
+            "",
+            f"{len(tuning)} targets whose dev labels target-side "
+            "settings may have used (protocol criterion `tuning-targets`): not in the tables, means or tests "
+            "above.",
+            "",
+            markdown_table(pd.concat([tuning, mean]).rename_axis("target")),
+            "",
+        ]
+    for title, body in (sections or {}).items():
+        parts += [f"## {title}", "", body, ""]
+    if summary["notes"]:
+        parts += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
+    return "\n".join(parts)
+
+
+def write_summary(
+    summary: Mapping[str, Any], profile: str, sections: Mapping[str, str] | None = None
+) -> dict[str, Path]:
+    """Write summary.csv (per-target table), rows/means/tests CSVs and summary.md (with ``sections``) atomically."""
+    out = summary_dir(profile)
+    rows = summary["rows"].assign(
+        sources=[json.dumps(s) if isinstance(s, dict) else None for s in summary["rows"]["sources"]]
+    )
+    written = {
+        "summary.csv": paths.write_text(out / "summary.csv", summary["table"].rename_axis("target").to_csv()),
+        "rows.csv": paths.write_text(out / "rows.csv", rows.to_csv(index=False)),
+        "means.csv": paths.write_text(out / "means.csv", summary["means"].to_csv(index=False)),
+        "tests.csv": paths.write_text(out / "tests.csv", summary["tests"].to_csv(index=False)),
+        "tuning.csv": paths.write_text(out / "tuning.csv", summary["tuning"].rename_axis("target").to_csv()),
+        "summary.md": paths.write_text(out / "summary.md", summary_markdown(summary, profile, sections)),
+    }
+    return written
+
+
+def summary_results(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary as JSON-safe ``results`` for ``save`` (NaN -> None)."""
+
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return json.loads(frame.to_json(orient="records"))
+
+    return {
+        "table": json.loads(summary["table"].to_json(orient="index")),
+        "means": records(summary["means"]),
+        "tests": records(summary["tests"]),
+        "notes": list(summary["notes"]),
+        "tuning_targets": json.loads(summary["tuning"].to_json(orient="index")),
+        "families": records(families.table(summary["table"].columns)),
+    }

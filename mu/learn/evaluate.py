@@ -1,0 +1,366 @@
+"""Evaluation: per-example logits (cached on disk), accuracy / macro-F1, the N×N transfer matrix.
+
+Logits are cached under ``cache/logits/`` keyed by (model fingerprint = sha256 of
+its config and weights, data fingerprint = sha256 of the split's rows, locale,
+split, max_seq_length): evaluating the same model on the same data twice runs
+no forward pass. ``forward_calls()`` counts the forward batches run in this
+process, so tests can check that.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from mu.analysis.aggregate import nxn_path, read_nxn  # noqa: F401  (mu.learn.evaluate.nxn_path / read_nxn: one reader, torch-free)
+from mu.core import cache, paths, report, threads
+from mu.corpus import data as mu_data
+from mu.learn import models as mu_models
+
+_FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
+
+
+def forward_calls() -> int:
+    """Number of model forward batches run so far in this process."""
+    return _FORWARD_CALLS
+
+
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """sha256 of a model folder's config.json and model.safetensors (``mu.core.report.file_sha256``,
+    memoised on path, size and mtime)."""
+    folder = mu_models.check_model_dir(paths.resolve(model))
+    parts = [report.file_sha256(folder / f) for f in (mu_models.CONFIG_FILE, mu_models.WEIGHTS_FILE)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def cache_path(model: str | os.PathLike, ds: Dataset, locale: str, split: str, max_seq_length: int) -> Path:
+    key = json.dumps(
+        {
+            "model": model_fingerprint(model),
+            "data": mu_data.fingerprint(ds),
+            "locale": locale,
+            "split": split,
+            "max_seq_length": max_seq_length,
+        },
+        sort_keys=True,
+    )
+    return paths.cache_dir("logits", hashlib.sha256(key.encode()).hexdigest() + ".npz")
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cache entry's (logits, labels); None when absent or corrupt (``mu.core.cache.read`` warns and deletes it)."""
+    return cache.read(path, _read_npz, "logits cache entry")
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        lg, lb = z["logits"], z["labels"]
+    if lg.ndim != 2 or lb.shape != (lg.shape[0],):
+        raise ValueError(f"logits {lg.shape} and labels {lb.shape} do not form an [n, C] / [n] pair")
+    return lg, lb
+
+
+def _write(path: Path, logits_: np.ndarray, ds: Dataset, meta: Mapping[str, Any]) -> None:
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        logits=logits_,
+        labels=np.asarray(ds["label"], dtype=np.int64),
+        ids=np.asarray(list(ds["id"]), dtype=str),
+        id2label=np.asarray(json.dumps(mu_data.ID2LABEL)),
+        meta=np.asarray(json.dumps(dict(meta))),
+    )
+    with paths.atomic_path(path, suffix=".npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def logits(
+    model: str | os.PathLike,
+    locale: str,
+    split: str = "test",
+    *,
+    data: str | os.PathLike,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits ``[n, 60]`` float32, gold labels ``[n]``) of a model folder on a locale's split, cached."""
+    return _logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length, load=_load)
+
+
+def _load(model: str | os.PathLike) -> tuple[Any, Any]:
+    classifier, tokenizer = mu_models.load_classifier(paths.resolve(model), shared_tokenizer=True)
+    return classifier.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+
+
+def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> tuple[np.ndarray, np.ndarray]:
+    ds = mu_data.load_split(locale, split, data)
+    path = cache_path(model, ds, locale, split, max_seq_length)
+    hit = _read(path)
+    if hit is not None:
+        return hit
+    out = forward(*load(model), ds["text"], batch_size=batch_size, max_seq_length=max_seq_length)
+    _write(
+        path,
+        out,
+        ds,
+        {"model": str(model), "locale": locale, "split": split, "data": str(data), "max_seq_length": max_seq_length},
+    )
+    return out, np.asarray(ds["label"], dtype=np.int64)
+
+
+def _nxn_row(
+    model: str | os.PathLike,
+    *,
+    targets: Sequence[str],
+    split: str,
+    data: str | os.PathLike,
+    batch_size: int,
+    max_seq_length: int,
+) -> list[float]:
+    """One row of the N×N matrix: ``model``'s accuracy on each target (the model loaded once)."""
+    load = functools.lru_cache(maxsize=1)(_load)
+    return [
+        metrics(*_logits(model, t, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length, load=load))[
+            "accuracy"
+        ]
+        for t in targets
+    ]
+
+
+def cached_logits(
+    model: str | os.PathLike, locale: str, split: str = "test", *, data: str | os.PathLike, max_seq_length: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``logits`` but only reads the cache; FileNotFoundError if this evaluation was never run."""
+    ds = mu_data.load_split(locale, split, data)
+    path = cache_path(model, ds, locale, split, max_seq_length)
+    hit = _read(path)
+    if hit is None:
+        raise FileNotFoundError(
+            f"no cached logits for model {model} on {locale}/{split} (data={data!s}, "
+            f"max_seq_length={max_seq_length}); expected {path}; run mu.learn.evaluate.logits "
+            "(or source_logits(..., compute=True)) first"
+        )
+    return hit
+
+
+def _batches(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int, desc: str):
+    """(indices, input_ids, attention_mask) of length-sorted, dynamically padded batches of ``texts``
+    on the model's device, in inference mode; every batch counts in ``forward_calls()``."""
+    global _FORWARD_CALLS
+    device = next(model.parameters()).device
+    enc = tokenizer(list(texts), truncation=True, max_length=max_seq_length)["input_ids"]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    with torch.inference_mode(), mu_models.cpu_threads(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start : start + batch_size]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(enc[i])] = torch.tensor(enc[i])
+                mask[row, : len(enc[i])] = 1
+            _FORWARD_CALLS += 1
+            yield idx, ids.to(device), mask.to(device)
+
+
+def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:
+    """Logits ``[len(texts), num_labels]`` in the texts' order: length-sorted batches, dynamic
+    padding, inference mode. The one inference loop of the package (cached evaluation and
+    the live ensemble both use it); every batch counts in ``forward_calls()``."""
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    for idx, ids, mask in _batches(
+        model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length, desc="forward"
+    ):
+        out[idx] = model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+    return out
+
+
+def metrics(logits_: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """Accuracy and macro-F1 (averaged over the labels present in the gold set)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or len(logits_) != len(labels):
+        raise ValueError(f"metrics: need equally many logits and labels (>0), got {len(logits_)} and {len(labels)}")
+    pred = np.asarray(logits_).argmax(axis=-1)
+    f1s = []
+    for c in np.unique(labels):
+        tp = np.sum((pred == c) & (labels == c))
+        precision = tp / max(np.sum(pred == c), 1)
+        recall = tp / np.sum(labels == c)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float(np.mean(pred == labels)), "macro_f1": float(np.mean(f1s)), "n": int(len(labels))}
+
+
+def evaluate(
+    model: str | os.PathLike,
+    locale: str,
+    split: str = "test",
+    *,
+    data: str | os.PathLike,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> dict[str, float | int]:
+    """``metrics`` of a model folder on a locale's split (logits cached)."""
+    return metrics(*logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length))
+
+
+def nxn(
+    models: Mapping[str, str | os.PathLike],
+    targets: Sequence[str] | None = None,
+    *,
+    data: str | os.PathLike,
+    profile: str,
+    split: str = "test",
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Accuracy of every source model (rows, ``{locale: model folder}``) on every target (columns).
+
+    ``targets`` default: the models' locales. Written atomically to
+    ``nxn_path(profile)`` with a heatmap PNG beside it (left as is when the matrix
+    is unchanged). ``workers`` > 1 evaluates that many source models at once, each process on one
+    thread (every logit is cached, so the matrix is the same); ``None``: ``mu.learn.models.fit_workers``.
+    """
+    targets = list(models) if targets is None else list(targets)
+    if not models or not targets:
+        raise ValueError(f"nxn needs at least one model and one target, got {list(models)} and {targets}")
+    frame = pd.DataFrame(
+        index=pd.Index(list(models), name="source"), columns=pd.Index(targets, name="target"), dtype=float
+    )
+    row = functools.partial(
+        _nxn_row, targets=targets, split=split, data=data, batch_size=batch_size, max_seq_length=max_seq_length
+    )
+    workers = mu_models.fit_workers(next(iter(models.values()))) if workers is None else workers
+    with tqdm(total=len(models) * len(targets), desc="N×N", unit="pair") as bar:
+        rows = threads.map_processes(row, list(models.values()), workers, done=lambda: bar.update(len(targets)))
+    for source, accuracies in zip(models, rows):
+        frame.loc[source] = accuracies
+    path = nxn_path(profile)
+    png = path.with_suffix(".png")
+    if path.is_file() and png.is_file() and _same(read_nxn(path), frame):
+        return frame
+    with paths.atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp)
+    import matplotlib.pyplot as plt
+
+    from mu.analysis import plots  # matplotlib is only needed here
+
+    fig = plots.heatmap(frame, png, title=f"{profile}: accuracy of source (row) on target (column)", vmin=0.0, vmax=1.0)
+    plt.close(fig)
+    return frame
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    return (
+        list(a.index) == list(b.index)
+        and list(a.columns) == list(b.columns)
+        and np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-12)
+    )
+
+
+def native_rows(
+    models: Mapping[str, str | os.PathLike],
+    *,
+    data: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> list[dict]:
+    """One ``mu.core.report`` row per locale: its own model on its own split (``system="native"``)."""
+    return [
+        {
+            "system": "native",
+            "family": "native",
+            "target": loc,
+            "sources": {loc: 1.0},
+            **evaluate(path, loc, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length),
+        }
+        for loc, path in models.items()
+    ]
+
+
+# --------------------------------------------------------------------------- encoder (STS)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [batch, seq, dim]`` over the real tokens of ``mask [batch, seq]`` (padding out)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def embed(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64, max_seq_length: int = 128
+) -> np.ndarray:
+    """Sentence embeddings ``[len(texts), hidden]``: the mean of the encoder's last hidden layer
+    over the real tokens (padding masked out); the classifier head is not used."""
+    encoder = model.base_model  # XLMRobertaModel under the classification head
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    for idx, ids, mask in _batches(
+        model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length, desc="embed"
+    ):
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        out[idx] = mean_pool(hidden, mask).cpu().numpy()
+    return out
+
+
+def sts(
+    model: str | os.PathLike, pairs: pd.DataFrame, *, batch_size: int = 64, max_seq_length: int = 128
+) -> dict[str, float | int]:
+    """How well the encoder's sentence representations keep meaning: Spearman correlation between
+    the cosine similarity of the two sentences' ``embed`` vectors and the gold ``score``, over
+    ``pairs`` (columns ``sentence1``, ``sentence2``, ``score``: ``mu.corpus.sts.load_pairs``).
+    ``model``: a model folder or hub id. Returns ``{"spearman", "n"}``."""
+    from scipy import stats
+
+    missing = [c for c in ("sentence1", "sentence2", "score") if c not in pairs.columns]
+    if missing or len(pairs) < 2:
+        raise ValueError(
+            f"sts needs >= 2 pairs with columns sentence1, sentence2, score; got {len(pairs)} rows, missing {missing}"
+        )
+    classifier, tokenizer = _load(model)
+    texts = sorted(set(pairs["sentence1"]) | set(pairs["sentence2"]))
+    vectors = dict(
+        zip(texts, embed(classifier, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length))
+    )
+    a = np.stack([vectors[t] for t in pairs["sentence1"]])
+    b = np.stack([vectors[t] for t in pairs["sentence2"]])
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"spearman": float(stats.spearmanr(cosine, pairs["score"]).statistic), "n": int(len(pairs))}
+
+
+def sts_table(
+    base: str | os.PathLike,
+    sources: Mapping[str, str | os.PathLike],
+    merges: Mapping[str, str | os.PathLike],
+    pairs: pd.DataFrame,
+    *,
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+) -> pd.DataFrame:
+    """``sts`` of the base model, each source (``{locale: folder}``) and each merge (``{system:
+    folder}``) on the same pairs, so one sees whether merging keeps the sources' representations:
+    columns ``model``, ``role`` (base / source / merge), ``spearman``, ``n``."""
+    models = [
+        ("base", "base", base),
+        *[(loc, "source", p) for loc, p in sources.items()],
+        *[(name, "merge", p) for name, p in merges.items()],
+    ]
+    return pd.DataFrame(
+        [
+            {"model": name, "role": role, **sts(path, pairs, batch_size=batch_size, max_seq_length=max_seq_length)}
+            for name, role, path in tqdm(models, desc="STS", unit="model")
+        ],
+        columns=["model", "role", "spearman", "n"],
+    )

@@ -1,0 +1,5 @@
+"""What a reader opens: reports/index.html, the generated tables of README.md and docs/, and the
+collected result files they are generated from.
+
+May import: core, langs, corpus, analysis.
+"""
