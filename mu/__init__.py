@@ -50,6 +50,7 @@ PUBLIC = {
     "methods_table": "analysis",
     "typology": "analysis",
     "plots": "analysis",
+    "inference": "analysis",
     "models": "learn",
     "evaluate": "learn",
     "train": "learn",

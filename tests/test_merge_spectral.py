@@ -160,11 +160,188 @@ def test_more_sources_than_singular_values():
     torch.testing.assert_close(out, mm.merge("iso_c", sds, w, base)["w"], rtol=1e-5, atol=1e-5)
 
 
-# --- WIDEN ---
+# --- WIDEN: the authors' code, transcribed ---
+# github.com/yule-BUAA/MergeLLM, model_merging_methods/merging_methods.py, MergingMethod.widen_merging and its
+# nested helpers, commit 9178ef93846aa1df9a3a2c28886a346184edfa79. The repository states no licence, so its code
+# is not copied: each helper below transcribes the one named in its comment operation by operation, on state
+# dicts instead of nn.Modules (their module look-ups only assert Linear / Embedding), with the embeddings named
+# by mu's rule (``widen.is_embedding``) instead of Llama's ``model.embed_tokens.weight``. The one addition is
+# ``scale``: mu's per-source weights as T·w_t on the task vectors of the final sum (1 for equal weights: theirs).
 
 
-def _ref_widen(base: dict, sds: dict, w: dict, t: float = 1.0, s: float = 1.0) -> dict:
-    """WIDEN transcribed directly on stacked tensors: rows disentangled into norm and direction."""
+def _authors_widen(base: dict, sds: dict, t: float = 1.0, s: float = 1.0, scale: list | None = None) -> dict:
+    def transpose_embeddings(sd):  # transpose_token_embeddings
+        return {k: v.transpose(0, 1) if widen.is_embedding(k) else v for k, v in sd.items()}
+
+    def magnitude_direction(sd):  # compute_param_magnitude_direction: 1-D skipped, 2-D by columns
+        mags, dirs = {}, {}
+        for k, v in sd.items():
+            if v.dim() == 1:
+                continue
+            assert v.dim() == 2
+            mags[k] = torch.norm(v, p=2, dim=0)
+            dirs[k] = v / mags[k]
+        return mags, dirs
+
+    def differences(pre_mag, pre_dir, ft_mag, ft_dir):  # compute_param_magnitude_direction_differences
+        return (
+            {k: torch.abs(ft_mag[k] - pre_mag[k]) for k in pre_mag},
+            {k: 1.0 - torch.cosine_similarity(ft_dir[k], pre_dir[k], dim=0) for k in pre_mag},
+        )
+
+    def rank_within_model(diff):  # rank_per_param_magnitude_or_direction_within_model
+        order = torch.argsort(diff, dim=1, descending=False, stable=True)
+        ranks = (torch.arange(diff.shape[1]) / diff.shape[1]).repeat(diff.shape[0]).reshape(diff.shape)
+        return torch.scatter(input=torch.zeros(ranks.shape), dim=1, index=order, src=ranks)
+
+    def importance_scores(sig):  # compute_importance_scores
+        out = torch.softmax(sig, dim=0)
+        out[sig > torch.mean(sig, dim=1, keepdim=True) * t] = s
+        return out
+
+    scale = scale or [1.0] * len(sds)
+    pre = transpose_embeddings(base)
+    fts = [transpose_embeddings(sd) for sd in sds.values()]
+    taus = [{k: ft[k] - pre[k] for k in pre} for ft in fts]  # TaskVector, transposed as the others
+    pre_mag, pre_dir = magnitude_direction(pre)
+    diffs = [differences(pre_mag, pre_dir, *magnitude_direction(ft)) for ft in fts]
+    merged = {}
+    for k in pre:  # merge_param_magnitude_direction
+        delta = torch.stack([c * tau[k] for c, tau in zip(scale, taus)])
+        if k in pre_mag:  # merge_per_param_magnitude_direction
+            mag = rank_within_model(torch.stack([d[0][k] for d in diffs]))
+            direction = rank_within_model(torch.stack([d[1][k] for d in diffs]))
+            weight = 0.5 * (importance_scores(mag) + importance_scores(direction))
+            merged[k] = pre[k] + (delta * weight.unsqueeze(dim=1)).sum(dim=0)
+        else:  # vectors: the raw changes, not ranked
+            raw = torch.abs(torch.stack([ft[k] for ft in fts]) - pre[k])
+            merged[k] = pre[k] + (delta * importance_scores(raw)).sum(dim=0)
+    return transpose_embeddings(merged)
+
+
+def _widen_sds(
+    n: int, seed: int, dtype: torch.dtype, shape: tuple[int, int] = (12, 8), unseen: bool = False
+) -> tuple[dict, dict]:
+    """The tensor kinds of the authors' code: a Linear weight [out, in] and bias, a LayerNorm weight, and token
+    embeddings [vocab, hidden] whose padding token is zero (its direction is the authors' 0/0). ``unseen``: each
+    source leaves some tokens exactly as they were (the tokens its language's data never contains)."""
+    g = torch.Generator().manual_seed(seed)
+    out_dim, in_dim = shape
+    base = {
+        "dense.weight": torch.randn(out_dim, in_dim, generator=g),
+        "dense.bias": torch.randn(out_dim, generator=g),
+        "LayerNorm.weight": 1 + 0.1 * torch.randn(in_dim, generator=g),
+        EMB: torch.randn(10, in_dim, generator=g),
+    }
+    base[EMB][1] = 0
+    sds = {}
+    for i in range(n):
+        sd = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+        moved = torch.rand(10, generator=g) < 0.6 if unseen else torch.ones(10, dtype=torch.bool)
+        moved[1] = False
+        sd[EMB] = torch.where(moved.unsqueeze(1), sd[EMB], base[EMB])
+        sds[f"s{i}"] = sd
+    return (
+        {k: v.to(dtype) for k, v in base.items()},
+        {name: {k: v.to(dtype) for k, v in sd.items()} for name, sd in sds.items()},
+    )
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("shape", [(12, 8), (9, 7)])
+@pytest.mark.parametrize("knobs", [{}, {"threshold": 0.8, "calibration": 0.5}])
+def test_widen_equals_the_authors_code(dtype, atol, n, shape, knobs):
+    base, sds = _widen_sds(n, seed=10 + n, dtype=dtype, shape=shape)
+    out = mm.merge("widen", sds, {k: 1 / n for k in sds}, base, device="cpu", **knobs)
+    ref = _authors_widen(base, sds, t=knobs.get("threshold", 1.0), s=knobs.get("calibration", 1.0))
+    for key in base:
+        assert out[key].dtype == dtype
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=atol)
+
+
+def test_widen_scales_the_task_vectors_by_the_weights():
+    base, sds = _widen_sds(3, seed=14, dtype=torch.float64)
+    w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
+    out = mm.merge("widen", sds, w, base, device="cpu")
+    ref = _authors_widen(base, sds, scale=[3 * w[k] for k in sds])
+    for key in base:
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-6)
+
+
+def test_widen_unseen_tokens_are_ranked_by_rounding_noise():
+    """A token a source leaves unchanged has a direction difference of rounding size (1 − cos of a vector with
+    itself), and where such tokens fall among each other in that source's ranking is set by the rounding, in
+    the authors' code as in mu's. It reaches the softmax over the sources only for tokens that some sources
+    changed and others did not: every tensor and every token changed by all sources or by none is the authors'."""
+    base, sds = _widen_sds(3, seed=17, dtype=torch.float64, unseen=True)
+    out = mm.merge("widen", sds, {k: 1 / 3 for k in sds}, base, device="cpu")
+    ref = _authors_widen(base, sds)
+    moved = torch.stack([(sd[EMB] != base[EMB]).any(1) for sd in sds.values()])
+    agree = moved.all(0) | ~moved.any(0)
+    assert agree.any() and not agree.all()
+    for key in base:
+        rows = agree if key == EMB else slice(None)
+        torch.testing.assert_close(out[key][rows], ref[key][rows], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[EMB][~moved.any(0)], base[EMB][~moved.any(0)], rtol=0, atol=0)
+
+
+def test_widen_scores_columns_tokens_and_raw_vector_changes():
+    """Where it departs from widen_rowwise: a Linear's scores are per column, a token embedding's per row, and
+    a 1-D tensor's calibration compares each change with its own tensor's mean change."""
+    base, sds = _widen_sds(2, seed=15, dtype=torch.float32)
+    out = mm.merge("widen", sds, {"s0": 0.5, "s1": 0.5}, base, device="cpu")
+    taus = [sd["dense.weight"] - base["dense.weight"] for sd in sds.values()]
+    # per column: the merged change of a column is a combination of the sources' changes with one score each
+    for j in range(base["dense.weight"].shape[1]):
+        a = torch.stack([tau[:, j] for tau in taus], 1)
+        coef = torch.linalg.lstsq(a, out["dense.weight"][:, j] - base["dense.weight"][:, j]).solution
+        torch.testing.assert_close(a @ coef, out["dense.weight"][:, j] - base["dense.weight"][:, j], atol=1e-5, rtol=0)
+    # 1-D with s = 1: an element whose change exceeds its source's mean change takes all of that source's change
+    diff = torch.stack([(sd["dense.bias"] - base["dense.bias"]).abs() for sd in sds.values()])
+    big = diff > diff.mean(1, keepdim=True)
+    both = big.all(0)
+    tau_sum = sum(sd["dense.bias"] - base["dense.bias"] for sd in sds.values())
+    torch.testing.assert_close(out["dense.bias"][both], (base["dense.bias"] + tau_sum)[both], rtol=0, atol=1e-6)
+    assert not torch.allclose(
+        out["dense.weight"], mm.merge("widen_rowwise", sds, {"s0": 0.5, "s1": 0.5}, base, device="cpu")["dense.weight"]
+    )
+
+
+def test_widen_one_source_returns_it_identical_sources_add_up_where_calibrated():
+    base, sds = _widen_sds(1, seed=16, dtype=torch.float32)
+    one = mm.merge("widen", sds, {"s0": 1.0}, base, device="cpu")
+    for key in base:
+        torch.testing.assert_close(one[key], sds["s0"][key], rtol=0, atol=1e-6)
+    # the calibrated score s is absolute: each copy adds s·τ there (the authors' code), softmax shares elsewhere
+    twice = mm.merge("widen", {"a": sds["s0"], "b": sds["s0"]}, {"a": 0.5, "b": 0.5}, base, device="cpu")
+    ref = _authors_widen(base, {"a": sds["s0"], "b": sds["s0"]})
+    tau = sds["s0"]["dense.bias"] - base["dense.bias"]
+    big = tau.abs() > tau.abs().mean()
+    torch.testing.assert_close(
+        twice["dense.bias"], base["dense.bias"] + torch.where(big, 2 * tau, tau), rtol=0, atol=1e-6
+    )
+    for key in base:
+        torch.testing.assert_close(twice[key], ref[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["widen", "widen_rowwise"])
+def test_widen_does_not_depend_on_the_chunk_size(method):
+    base, sds = _widen_sds(3, seed=8, dtype=torch.float32)
+    w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
+    fn = mm.METHODS[method]
+    whole = fn(sds, w, base, device="cpu", chunk_elements=10**9)
+    for step in (1, 5, 17):
+        part = fn(sds, w, base, device="cpu", chunk_elements=step)
+        for key in base:
+            torch.testing.assert_close(part[key], whole[key], rtol=0, atol=1e-6)
+
+
+# --- widen_rowwise: mu's earlier reading of WIDEN ---
+
+
+def _ref_widen_rowwise(base: dict, sds: dict, w: dict, t: float = 1.0, s: float = 1.0) -> dict:
+    """widen_rowwise transcribed directly on stacked tensors: rows disentangled into norm and direction."""
 
     def rank(diff):
         sig = torch.zeros_like(diff)
@@ -196,37 +373,27 @@ def _ref_widen(base: dict, sds: dict, w: dict, t: float = 1.0, s: float = 1.0) -
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("knobs", [{}, {"threshold": 0.8, "calibration": 0.5}])
-def test_widen_equals_its_transcription(weighted, knobs):
+def test_widen_rowwise_equals_its_transcription(weighted, knobs):
     base, sds = _sds(3, seed=6)
     w = {"s0": 0.5, "s1": 0.3, "s2": 0.2} if weighted else {k: 1 / 3 for k in sds}
-    out = mm.merge("widen", sds, w, base, **knobs)
-    ref = _ref_widen(base, sds, w, t=knobs.get("threshold", 1.0), s=knobs.get("calibration", 1.0))
+    out = mm.merge("widen_rowwise", sds, w, base, **knobs)
+    ref = _ref_widen_rowwise(base, sds, w, t=knobs.get("threshold", 1.0), s=knobs.get("calibration", 1.0))
     for key in base:
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6)
 
 
-def test_widen_one_or_identical_sources_return_that_source():
+def test_widen_rowwise_one_or_identical_sources_return_that_source():
     base, sds = _sds(1, seed=7)
-    out = mm.merge("widen", sds, {"s0": 1.0}, base)
-    twice = mm.merge("widen", {"a": sds["s0"], "b": sds["s0"]}, {"a": 0.5, "b": 0.5}, base)
+    out = mm.merge("widen_rowwise", sds, {"s0": 1.0}, base)
+    twice = mm.merge("widen_rowwise", {"a": sds["s0"], "b": sds["s0"]}, {"a": 0.5, "b": 0.5}, base)
     for key in base:
         torch.testing.assert_close(out[key], sds["s0"][key], rtol=0, atol=1e-6)
         torch.testing.assert_close(twice[key], sds["s0"][key], rtol=0, atol=1e-6)
 
 
-def test_widen_does_not_depend_on_the_chunk_size():
-    base, sds = _sds(3, seed=8)
-    w = {"s0": 0.5, "s1": 0.3, "s2": 0.2}
-    whole = widen.widen(sds, w, base, device="cpu", chunk_elements=10**9)
-    for step in (1, 5, 17):
-        part = widen.widen(sds, w, base, device="cpu", chunk_elements=step)
-        for key in base:
-            torch.testing.assert_close(part[key], whole[key], rtol=0, atol=1e-7)
-
-
 # --- every new method: dtypes, lazy inputs, knobs, modules ---
 
-NEW = (*SPECTRAL, "widen")
+NEW = (*SPECTRAL, "widen", "widen_rowwise")
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -255,6 +422,7 @@ def test_shapes_dtypes_and_lazy_inputs(method, tmp_path):
         ("iso_cts", {"common_fraction": 1.5}, "common_fraction"),
         ("widen", {"threshold": -1.0}, "threshold"),
         ("widen", {"calibration": float("inf")}, "calibration"),
+        ("widen_rowwise", {"threshold": -1.0}, "threshold"),
         ("tsv_m", {"density": 0.5}, "does not take"),
     ],
 )
@@ -275,7 +443,7 @@ def test_base_is_required(method):
 @pytest.mark.parametrize("method", NEW)
 def test_merging_nn_linear_modules(method):
     """FusionBench style: fine-tuned copies of an ``nn.Linear``; the merge loads back into the module and
-    one task (full rank) gives that task's module back for TSV-M and WIDEN."""
+    one task (full rank) gives that task's module back for TSV-M and both WIDENs."""
     torch.manual_seed(0)
     pre = torch.nn.Linear(8, 6)
     tasks = []
@@ -288,7 +456,7 @@ def test_merging_nn_linear_modules(method):
     merged.load_state_dict(mm.merge(method, sds, {k: 1 / 3 for k in sds}, pre.state_dict()))
     x = torch.randn(4, 8)
     assert merged(x).shape == (4, 6) and torch.isfinite(merged(x)).all()
-    if method in ("tsv_m", "widen"):
+    if method in ("tsv_m", "widen", "widen_rowwise"):
         one = torch.nn.Linear(8, 6)
         one.load_state_dict(mm.merge(method, {"t0": sds["t0"]}, {"t0": 1.0}, pre.state_dict()))
         torch.testing.assert_close(one(x), tasks[0](x), rtol=1e-5, atol=1e-5)

@@ -55,6 +55,7 @@ NAMES: dict[str, tuple[str, ...]] = {
         "iso_c",
         "iso_cts",
         "widen",
+        "widen_rowwise",
     ),
     "mu.combine.selection:CRITERIA": ("tuning-targets", "label-free"),
     "mu.merge.adamerging:GRANULARITIES": ("layer", "task"),

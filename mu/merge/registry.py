@@ -41,6 +41,8 @@ mergekit 0.1.5's to float32 rounding; tests compare the two):
 * ``tsv_m``, ``iso_c``, ``iso_cts`` (``mu.merge.spectral``) and ``widen`` (``mu.merge.widen``), written in
   ``mu`` after the papers and their authors' code (mergekit has none): each task vector is scaled by
   N·w_i first, so equal weights give the published method; θ = θ_base + λ·Δ (``lambda_``; widen: none).
+  ``widen_rowwise`` (``mu.merge.widen``) is ``mu``'s earlier reading of WIDEN (per row, threshold over
+  the sources), kept beside it.
 """
 
 from __future__ import annotations
@@ -147,12 +149,12 @@ TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "
 PAIRWISE = frozenset({"slerp", "nuslerp", "nearswap", "arcee_fusion"})  # merge exactly two sources
 # Spectral and disentanglement task-vector methods (mu.merge.spectral, mu.merge.widen), all on the base:
 # tsv_m / iso_c / iso_cts read each weight matrix whole, one source at a time (WHOLE_MATRICES, given unread
-# tensors like STREAMED); widen reads row chunks.
-METHODS.update(spectral.METHODS, widen=widen.widen)
+# tensors like STREAMED); widen and widen_rowwise read row chunks.
+METHODS.update(spectral.METHODS, widen=widen.widen, widen_rowwise=widen.widen_rowwise)
 WHOLE_MATRICES = frozenset(spectral.METHODS)
-NEEDS_BASE |= WHOLE_MATRICES | {"widen"}
+NEEDS_BASE |= WHOLE_MATRICES | {"widen", "widen_rowwise"}
 USES_BASE |= NEEDS_BASE
-STREAMED |= {"widen"}
+STREAMED |= {"widen", "widen_rowwise"}
 # Methods defined for an exact number of sources (the others take any number).
 EXACT_SOURCES = {m: 2 for m in PAIRWISE}
 HEAD_PREFIX = "classifier."

@@ -19,7 +19,7 @@ parameters (xlm-roberta-base: P ≈ 278M ≈ 1.11 GB, T = word embeddings
            + ≤ 1M importances (+ 1M int64 sample positions)              arcee_fusion
            + nothing more (N × N Gram; counts)                           karcher, nearswap, ram, ramplus_tl
            + max(8 × the largest weight matrix, 4T (base))               tsv_m, iso_c, iso_cts
-           + 2N floats per row of the largest tensor                     widen
+           + (2N + 1) floats per row of the largest tensor               widen, widen_rowwise
 
 The Fisher / RegMean methods hold one
 tensor per input (and per statistic) plus their scratch. ``make bench``
