@@ -39,6 +39,7 @@ PUBLIC = {
     "checkpoint": "core",
     "locales": "langs",
     "similarity": "langs",
+    "codes": "langs",
     "data": "corpus",
     "sts": "corpus",
     "stats": "analysis",

@@ -8,6 +8,7 @@
     python -m mu compare-objectives --locales en-US de-DE ... --steps N   # pretraining objectives vs lexical
     python -m mu study --steps N [--train 2000 --test 500]                # the mini profile end to end
     python -m mu docs [--check] [--collect PROFILE --from ROOT]           # README/docs tables from results
+    python -m mu weights TARGET / merge --target TARGET --out DIR         # a classifier for any language (docs/cli.md)
 
 Both print a table of done / skipped / failed runs and exit 1 if any failed, 2 if nothing
 could run (unknown notebook, profile or target, a params key that is no notebook parameter).
@@ -26,6 +27,7 @@ import yaml
 
 from mu.batch import params, runner
 from mu.core import paths
+from mu.merge import cli
 from mu.publish import site
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]
@@ -83,6 +85,7 @@ def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.Ar
     demo.add_argument("--targets", nargs="+", default=DEMO_TARGETS)
     _common(demo)
     demo.set_defaults(workers=min(2, os.cpu_count() or 1))
+    cli.add_parsers(sub, _key_value)  # weights, merge: a classifier for any language
     if study_commands:
         from mu.publish import docs
 
@@ -96,9 +99,10 @@ def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.Ar
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser(study_commands=not argv or argv[0] not in BATCH_COMMANDS, argv0=argv[0] if argv else None).parse_args(
-        argv
-    )
+    quick = BATCH_COMMANDS + cli.COMMANDS  # need no study parsers (their import takes seconds)
+    args = parser(study_commands=not argv or argv[0] not in quick, argv0=argv[0] if argv else None).parse_args(argv)
+    if args.command == "weights":  # reads lang2vec only; writes nothing
+        return cli.main(args, argv)
     if args.command == "docs":  # reads committed files in the checkout; no MU_ROOT, no torch
         from mu.publish import docs
 
@@ -108,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "merge":
+        return cli.main(args, argv)
     if args.command not in BATCH_COMMANDS:
         from mu.experiment import study
 
