@@ -112,7 +112,7 @@ def _merges(
 
 def _ns(method: str, ns: list[int]) -> list[int]:
     """The numbers of sources ``method`` is measured at: ``ns``, or 2 for the pairwise methods (slerp, ...)."""
-    from mu.merge.registry import EXACT_SOURCES
+    from mu.merge.catalog import EXACT_SOURCES
 
     return [EXACT_SOURCES[method]] if method in EXACT_SOURCES else list(ns)
 

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mu import merge as mm
-from mu.merge import chunks, lazy, registry, taskvec
+from mu.merge import catalog, chunks, lazy, registry, taskvec
 
-STREAMED = sorted(registry.STREAMED)
+STREAMED = sorted(catalog.STREAMED)
 
 
 def _sds(n: int = 3, seed: int = 0, quantum: float | None = None) -> tuple[dict, dict]:
@@ -69,7 +69,7 @@ def test_spans_cover_each_tensor_in_whole_rows():
 def test_streamed_methods_do_not_depend_on_the_chunk_size(method):
     """Bit for bit for the elementwise methods, with ties at the magnitude thresholds (rounded deltas) and tie
     windows spanning chunks; to float32 rounding where whole-tensor norms are summed chunk by chunk."""
-    base, sds = _sds(2 if method in registry.PAIRWISE else 4, seed=3, quantum=0.05)
+    base, sds = _sds(2 if method in catalog.PAIRWISE else 4, seed=3, quantum=0.05)
     w = {"s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1}
     w = {k: w[k] for k in sds}
     fn = registry.METHODS[method]
@@ -210,12 +210,12 @@ def test_device_is_checked_where_it_enters():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-@pytest.mark.parametrize("method", sorted(set(registry.METHODS) - set(registry.STATISTICS)))
+@pytest.mark.parametrize("method", sorted(set(registry.METHODS) - set(catalog.STATISTICS)))
 def test_gpu_merge_equals_cpu(method):
-    base, sds = _sds(2 if method in registry.PAIRWISE else 3, seed=4)
+    base, sds = _sds(2 if method in catalog.PAIRWISE else 3, seed=4)
     w = {k: 1.0 / len(sds) for k in sds}
-    cpu = mm.merge(method, sds, w, base if method in registry.USES_BASE else None, device="cpu")
-    gpu = mm.merge(method, sds, w, base if method in registry.USES_BASE else None, device="cuda")
+    cpu = mm.merge(method, sds, w, base if method in catalog.USES_BASE else None, device="cpu")
+    gpu = mm.merge(method, sds, w, base if method in catalog.USES_BASE else None, device="cuda")
     for key in cpu:
         assert gpu[key].device.type == "cpu"
         torch.testing.assert_close(gpu[key], cpu[key], rtol=1e-5, atol=1e-6)

@@ -362,7 +362,7 @@ def test_new_methods_registered_with_strict_knobs_and_labels():
         assert method in mm.PAIRWISE
         with pytest.raises(ValueError, match="exactly 2"):
             mm.merge(method, sds, W3, base)
-    with pytest.raises(ValueError, match="t must be"):
+    with pytest.raises(ValueError, match=r"t=-1.0 is not valid; valid: a number >= 0"):
         mm.merge("nearswap", {k: sds[k] for k in ("s0", "s1")}, {"s0": 0.5, "s1": 0.5}, t=-1.0)
 
 

@@ -293,7 +293,7 @@ def test_regmean_grams_are_input_gram_matrices(on_disk):
         (dict(weights={"de-DE": -1.0, "nl-NL": 1.0, "en-US": 1.0}), "non-negative"),
         (dict(weights={"de-DE": float("nan"), "nl-NL": 1.0, "en-US": 1.0}), "finite"),
         (dict(weights={"de-DE": 0.0, "nl-NL": 0.0, "en-US": 0.0}), "sum to zero"),
-        (dict(method="ties", base_model=None), "needs base_model"),
+        (dict(method="ties", base_model=None), "needs the base"),
         (dict(method="fisher_dataset"), "needs data"),
         (dict(method="mean"), "unknown merge method"),
         (dict(density=0.5), r"does not take \['density'\]"),

@@ -23,40 +23,11 @@ from typing import Any
 # Valid names, copied from the module that owns them ("module:ATTR"): those import numpy, pandas, torch,
 # transformers, datasets or lang2vec (seconds), so the runner answers without importing them.
 # tests/test_checks.py pins each copy to its owner, so they cannot drift apart.
+KNOB_PARAMETERS = ("density", "lambda_", "gamma", "alpha")  # notebook 03's merge knobs
 NAMES: dict[str, tuple[str, ...]] = {
     "mu.langs.similarity:MODES": ("similarity", "average", "transfer", "oracle"),
     "mu.langs.similarity:SIMILARITY_SOURCES": ("sparse", "dense"),
     "mu.combine.ensemble:METHODS": ("majority", "weighted_majority", "soft", "uriel_logits"),
-    "mu.merge.registry:METHODS": (
-        "linear",
-        "task_arithmetic",
-        "ties",
-        "dare_ties",
-        "dare_linear",
-        "breadcrumbs",
-        "slerp",
-        "multislerp",
-        "model_stock",
-        "fisher_simple",
-        "fisher_dataset",
-        "regmean",
-        "adamerging",
-        "breadcrumbs_ties",
-        "della",
-        "della_linear",
-        "sce",
-        "karcher",
-        "nuslerp",
-        "nearswap",
-        "arcee_fusion",
-        "ram",
-        "ramplus_tl",
-        "tsv_m",
-        "iso_c",
-        "iso_cts",
-        "widen",
-        "widen_rowwise",
-    ),
     "mu.combine.selection:CRITERIA": ("tuning-targets", "label-free"),
     "mu.merge.adamerging:GRANULARITIES": ("layer", "task"),
     "mu.merge.adamerging:CONSTRAINTS": ("simplex", "clamp", "none"),
@@ -232,19 +203,17 @@ PARAMETERS: dict[str, Spec] = {
     "feature_sets": list_of(FEATURE_SET),
     "similarity_source": one_of("mu.langs.similarity:SIMILARITY_SOURCES"),
     # merging (mu.merge): None = the method's default knob
-    "method": one_of("mu.merge.registry:METHODS"),
-    "merge_algorithm": one_of("mu.merge.registry:METHODS"),
-    "density": optional(number(0, 1, open_low=True)),
-    "lambda_": optional(number()),
-    "gamma": optional(number(0, 1, open_high=True)),
-    "alpha": optional(number(0, 1)),
+    "method": one_of("mu.merge.catalog:NAMES"),
+    "merge_algorithm": one_of("mu.merge.catalog:NAMES"),
+    # the method's knobs: any number here; their ranges are the catalog's, checked with the method (merge_knobs)
+    **dict.fromkeys(KNOB_PARAMETERS, optional(number())),
     "head": either(Spec("'merge'", lambda v: v == "merge"), LOCALE),
     "embeddings": either(Spec("'merge'", lambda v: v == "merge"), LOCALE),
     "fisher_num_examples": POSITIVE,
     "fisher_batch_size": POSITIVE,
     # label-free adaptation: AdaMerging and distillation on the target's unlabeled utterances
     "compare_methods": either(
-        Spec("'all'", lambda v: v == "all"), list_of(one_of("mu.merge.registry:METHODS"), empty=True)
+        Spec("'all'", lambda v: v == "all"), list_of(one_of("mu.merge.catalog:NAMES"), empty=True)
     ),
     "adamerging": list_of(one_of("mu.merge.adamerging:GRANULARITIES"), empty=True),
     "adapt_constraint": one_of("mu.merge.adamerging:CONSTRAINTS"),
@@ -255,7 +224,7 @@ PARAMETERS: dict[str, Spec] = {
     "distill": BOOLEAN,
     "distill_teachers": optional(list_of(TEXT)),
     "distill_selection": one_of("mu.combine.selection:CRITERIA"),
-    "distill_inits": either(Spec("'all'", lambda v: v == "all"), list_of(one_of("mu.merge.registry:METHODS"))),
+    "distill_inits": either(Spec("'all'", lambda v: v == "all"), list_of(one_of("mu.merge.catalog:NAMES"))),
     "distill_lrs": list_of(number(0, open_low=True)),
     "distill_eval_every": optional(POSITIVE),
     "distill_patience": POSITIVE,
@@ -314,6 +283,21 @@ def problem(name: str, value: Any, origin: str = "") -> str | None:
     return f"{name}={value!r}{f' ({origin})' if origin else ''} is not valid; valid: {spec.valid}{hint}"
 
 
+def merge_knobs(values: Mapping[str, Any]) -> str | None:
+    """The merge knobs among ``values`` checked against the catalog for ``values["method"]`` (what
+    ``mu.merge.knobs_for`` does in the notebook): a knob the method does not take, or out of its range."""
+    from mu.merge import catalog  # torch-free
+
+    given = {k: values[k] for k in KNOB_PARAMETERS if values.get(k) is not None}
+    if "method" not in values or not given:
+        return None
+    try:
+        catalog.resolve(values["method"], given)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_values(values: Mapping[str, Any], where: str, origins: Mapping[str, str] | None = None) -> None:
     """Check each declared parameter in ``values`` and the rules between them; a ``ValueError`` names
     every bad one (``origins``: where each value came from, e.g. ``--set``)."""
@@ -324,6 +308,8 @@ def check_values(values: Mapping[str, Any], where: str, origins: Mapping[str, st
             if all(n in values for n in names) and not test(*(values[n] for n in names)):
                 given = ", ".join(f"{n}={values[n]!r}" for n in names)
                 bad.append(f"{given} is not valid: {words}")
+        if (knobs := merge_knobs(values)) is not None:
+            bad.append(knobs)
     if bad:
         raise ValueError(f"{where}: " + "; ".join(bad))
 

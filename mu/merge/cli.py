@@ -456,11 +456,11 @@ def _weights_text(
 
 
 def _knobs(method: str, pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    from mu.merge import registry
+    from mu.merge import catalog, registry
 
-    registry.check_method(method)
+    catalog.get(method)
     knobs = {("lambda_" if k == "lambda" else k): v for k, v in pairs}
-    stats = sorted(set(knobs) & set(registry.STATISTICS.values()))
+    stats = sorted(set(knobs) & set(catalog.STATISTICS.values()))
     if stats:
         raise ValueError(f"{stats} are computed by the merge, not set: see --data / --adapt-texts")
     return registry.knobs_for(method, **knobs)
@@ -471,9 +471,9 @@ def _check_knob_values(method: str, weights: dict[str, float], knobs: dict[str, 
     weight is read."""
     import torch
 
-    from mu.merge import registry
+    from mu.merge import catalog, registry
 
-    if method in registry.STATISTICS:
+    if method in catalog.STATISTICS:
         return
     g = torch.Generator().manual_seed(0)
     base = {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
@@ -481,7 +481,7 @@ def _check_knob_values(method: str, weights: dict[str, float], knobs: dict[str, 
     extra = {"seed": seed} if "seed" in registry.knobs(method) and "seed" not in knobs else {}
     try:
         registry.merge(
-            method, sds, weights, base if method in registry.USES_BASE else None, device="cpu", **knobs, **extra
+            method, sds, weights, base if method in catalog.USES_BASE else None, device="cpu", **knobs, **extra
         )
     except (ValueError, TypeError) as e:
         raise ValueError(
@@ -542,9 +542,9 @@ def _choose(
 
 def _resolve_base(args: argparse.Namespace, method: str, chosen: list[Source]) -> tuple[str | None, str]:
     """(base reference or None, how it was chosen)."""
-    from mu.merge import preflight, registry
+    from mu.merge import catalog, preflight
 
-    if method not in registry.USES_BASE:
+    if method not in catalog.USES_BASE:
         if args.base:
             _say(f"--base ignored: {method} does not use a base")
         return None, "not used by this method"
@@ -553,7 +553,7 @@ def _resolve_base(args: argparse.Namespace, method: str, chosen: list[Source]) -
         if ref is None:
             raise ValueError(f"--base {args.base!r} is neither an existing folder nor a hub id (owner/name)")
         return ref, "given (--base)"
-    if method not in registry.NEEDS_BASE:
+    if method not in catalog.NEEDS_BASE:
         return None, f"none ({method} uses a base only when --base is given)"
     declared = {s.label: preflight.declared_base(s.local) for s in chosen}
     found = sorted({b for b in declared.values() if b})
@@ -597,13 +597,13 @@ class Plan:
 def _plan(args: argparse.Namespace) -> Plan:
     """Everything decided and checked, nothing merged: weights, sources' metadata and headers, base, knobs."""
     from mu.langs import codes
-    from mu.merge import preflight, registry
+    from mu.merge import catalog, preflight
 
     target = codes.resolve(args.target)
     method = args.method
     knobs = _knobs(method, args.knobs)
     args.weighting = args.weighting or ("manual" if args.weights else "similarity")
-    if method in registry.ADAPTIVE and not args.adapt_texts:
+    if method in catalog.ADAPTIVE and not args.adapt_texts:
         raise ValueError(f"merge method {method} needs --adapt-texts (unlabeled target texts)")
     sources = candidates(args, models_only=True)
     for s in sources:  # hub models named without a locale: their card may say the language
@@ -616,7 +616,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"no source is left for {target.label} (its own language is excluded)")
     weights, table = _choose(args, target, sources, dropped)
     chosen = [next(s for s in sources if s.label == k) for k in weights]
-    if method in registry.STATISTICS and method not in registry.ADAPTIVE:
+    if method in catalog.STATISTICS and method not in catalog.ADAPTIVE:
         bad = [s.label for s in chosen if s.language is None or s.language.locale != s.label]
         if bad:
             raise ValueError(
@@ -712,7 +712,7 @@ def _configs_agree(base: Path, source: Path) -> bool:
 
 
 def _plan_text(plan: Plan, args: argparse.Namespace) -> str:
-    from mu.merge import preflight, registry
+    from mu.merge import catalog, preflight
 
     n = len(plan.sources)
     lines = [
@@ -730,7 +730,7 @@ def _plan_text(plan: Plan, args: argparse.Namespace) -> str:
         if plan.table is not None and s.label in plan.table.index:
             sim, dist = f"{plan.table.loc[s.label, 'similarity']:.4f}", f"{plan.table.loc[s.label, 'distance']:.4f}"
         lines.append(f"{s.label:<14} {plan.weights[s.label]:>8.4f} {sim:>10} {dist:>9}  {s.ref}")
-    if plan.method in registry.IGNORES_WEIGHTS:
+    if plan.method in catalog.IGNORES_WEIGHTS:
         lines.append(f"({plan.method} ignores the weights: they chose the sources)")
     f, mem = plan.facts, plan.memory
     lines += [
@@ -745,9 +745,9 @@ def _plan_text(plan: Plan, args: argparse.Namespace) -> str:
 
 
 def _effective(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
-    from mu.merge import registry
+    from mu.merge import catalog, registry
 
-    out = {k: v for k, v in registry.knobs(plan.method).items() if k not in registry.STATISTICS.values()}
+    out = {k: v for k, v in registry.knobs(plan.method).items() if k not in catalog.STATISTICS.values()}
     if "seed" in out:
         out["seed"] = args.seed
     return {**out, **plan.knobs}
@@ -871,7 +871,7 @@ def _adapt_texts(args: argparse.Namespace) -> list[str] | None:
 def run_merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import mu
     from mu.core import paths, report
-    from mu.merge import export, preflight, registry
+    from mu.merge import catalog, export, preflight
     from mu.merge.run import merge_models
 
     out = Path(args.out).expanduser().absolute()
@@ -919,7 +919,7 @@ def run_merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 mode=plan.weighting,
                 seed=args.seed,
                 device=args.device,
-                data=_data_source(args) if plan.method in registry.STATISTICS else None,
+                data=_data_source(args) if plan.method in catalog.STATISTICS else None,
                 adapt_texts=adapt,
                 **plan.knobs,
             )

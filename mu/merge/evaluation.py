@@ -82,7 +82,8 @@ def evaluate_merges(
     row (``model_sha256``); a rerun merges again (deterministic) and reads its evaluation from the logits cache.
     """
     from mu.learn import evaluate
-    from mu.merge.registry import ADAPTIVE, knobs, label
+    from mu.merge.catalog import ADAPTIVE
+    from mu.merge.registry import knobs, label
 
     name = label(method, **{k: v for k, v in merge_kw.items() if k in knobs(method)})
     family = "adapted" if method in ADAPTIVE else "merge"

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mu.merge import registry
+from mu.merge import catalog
 
 TASK_VECTOR = (
     "task_arithmetic",
@@ -134,7 +134,7 @@ def mergekit_config(
             "ramplus_tl": lambda: {k: _f(knobs[k]) for k in ("r", "alpha", "epsilon")},
             "sce": lambda: {"select_topk": _f(knobs["density"])},
         }[method]()
-        if method in registry.IGNORES_WEIGHTS:
+        if method in catalog.IGNORES_WEIGHTS:
             notes.append(f"{method} takes no per-model weights: the weights only chose the sources")
     elif method in ("nearswap", "arcee_fusion"):
         first, second = order
@@ -251,7 +251,7 @@ def model_card(
         "## Method",
         "",
         f"* method: `{method}` (mu.merge.METHODS)"
-        + (" — it ignores the weights; they chose the sources" if method in registry.IGNORES_WEIGHTS else ""),
+        + (" — it ignores the weights; they chose the sources" if method in catalog.IGNORES_WEIGHTS else ""),
         f"* knobs: `{_knobs_text(knobs)}`",
         f"* base: {base.get('text', 'none')}",
         "",

@@ -28,8 +28,9 @@ import torch
 import yaml
 
 from mu.core import paths
+from mu.langs.similarity import check_weights
 from mu.learn import models
-from mu.merge import chunks, lazy, registry
+from mu.merge import catalog, chunks, lazy
 
 Header = dict[str, tuple[tuple[int, ...], str]]  # {tensor: (shape, safetensors dtype)}
 FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -238,7 +239,7 @@ def write_adapted_base(
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    w = registry.check_weights(weights, list(sources))
+    w = check_weights(weights, list(sources))
     base = lazy.open_model(base_dir)
     opened = {name: lazy.open_model(folder) for name, folder in sources.items()}
     first = next(iter(sources))
@@ -285,7 +286,7 @@ def memory_estimate(
     input, and the method's scratch; methods that are not streamed hold one float32 tensor per input."""
     out = 4 * num_parameters
     inputs = num_sources + int(with_base)
-    if method in registry.STREAMED or method in registry.WHOLE_MATRICES:
+    if method in catalog.STREAMED or method in catalog.WHOLE_MATRICES:
         scratch = inputs * 4 * min(chunks.CHUNK_ELEMENTS, largest) + int(
             4 * largest * _SCRATCH_4T.get(method, lambda n: 0)(num_sources)
         )

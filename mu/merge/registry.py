@@ -48,152 +48,67 @@ mergekit 0.1.5's to float32 rounding; tests compare the two):
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from mu.langs.similarity import check_weights
-from mu.merge import adamerging, checks, chunks, fisher, geometric, lazy, regmean, selective, spectral, taskvec, widen
+from mu.merge import (
+    adamerging,
+    catalog,
+    checks,
+    fisher,
+    geometric,
+    lazy,
+    plan,
+    regmean,
+    selective,
+    spectral,
+    taskvec,
+    widen,
+)
 
 StateDict = dict[str, torch.Tensor]
 
-METHODS: dict[str, Callable[..., StateDict]] = {
-    "linear": taskvec.linear,
-    "task_arithmetic": functools.partial(taskvec.task_vectors, sparsify="none", consensus=False),
-    "ties": functools.partial(taskvec.task_vectors, sparsify="magnitude", consensus=True, density=0.5),
-    "dare_ties": functools.partial(taskvec.task_vectors, sparsify="random", consensus=True, density=0.5, rescale=True),
-    "dare_linear": functools.partial(
-        taskvec.task_vectors, sparsify="random", consensus=False, density=0.5, rescale=True
-    ),
-    "breadcrumbs": functools.partial(
-        taskvec.task_vectors, sparsify="breadcrumbs", consensus=False, density=0.9, gamma=0.01
-    ),
-    "slerp": geometric.slerp,
-    "multislerp": geometric.multislerp,
-    "model_stock": geometric.model_stock,
-    "fisher_simple": fisher.fisher_simple,
-    "fisher_dataset": fisher.fisher_dataset,
-    "regmean": regmean.regmean,
-    "adamerging": adamerging.adamerging,
+_KERNEL_MODULES = {
+    "adamerging": adamerging,
+    "fisher": fisher,
+    "geometric": geometric,
+    "regmean": regmean,
+    "selective": selective,
+    "spectral": spectral,
+    "taskvec": taskvec,
+    "widen": widen,
 }
-NEEDS_BASE = frozenset(
-    {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "model_stock", "adamerging"}
-)
-USES_BASE = NEEDS_BASE | {"multislerp"}  # multislerp interpolates task vectors when a base is given
-IGNORES_WEIGHTS = frozenset({"model_stock"})  # its ratio comes from the geometry; weights only pick sources
-# Per-source statistics a method needs ({locale: state-dict-like}), sliced per tensor by ``merge``.
-STATISTICS = {"fisher_dataset": "fishers", "regmean": "grams", "adamerging": "coefficients"}
-# Methods fitted on the target's unlabeled texts (``merge_models(adapt_texts=...)``): the "adapted" family.
-ADAPTIVE = frozenset({"adamerging"})
-FIXED = frozenset({"sparsify", "consensus"})  # what makes a task-vector method that method
-EXECUTION = frozenset({"device", "chunk_elements"})  # where / in what pieces it runs: not knobs of the result
-# Methods that read each tensor in row chunks themselves (given unread tensors and the device).
-STREAMED = frozenset(
-    {
-        "linear",
-        "task_arithmetic",
-        "ties",
-        "dare_ties",
-        "dare_linear",
-        "breadcrumbs",
-        "model_stock",
-        "multislerp",
-        "slerp",
-    }
-)
-# The task-vector knobs that have an effect, by sparsification.
-TASK_VECTOR_KNOBS = {
-    "none": {"lambda_"},
-    "magnitude": {"density", "lambda_", "rescale"},
-    "random": {"density", "lambda_", "rescale", "seed"},
-    "breadcrumbs": {"density", "gamma", "lambda_", "rescale"},
-}
-# mergekit 0.1.5's other methods (issue 20): all computed chunk by chunk.
-_tv = taskvec.task_vectors
-METHODS.update(
-    {
-        "breadcrumbs_ties": functools.partial(_tv, sparsify="breadcrumbs", consensus=True, density=0.9, gamma=0.01),
-        "della": functools.partial(_tv, sparsify="magprune", consensus=True, density=0.5, epsilon=0.15, rescale=True),
-        "della_linear": functools.partial(
-            _tv, sparsify="magprune", consensus=False, density=0.5, epsilon=0.15, rescale=True
-        ),
-        "sce": functools.partial(_tv, sparsify="variance", consensus=True, weighting="energy", density=1.0),
-        "karcher": geometric.karcher,
-        "nuslerp": geometric.nuslerp,
-        "nearswap": selective.nearswap,
-        "arcee_fusion": selective.arcee_fusion,
-        "ram": selective.ram,
-        "ramplus_tl": selective.ramplus_tl,
-    }
-)
-_NEW_BASE = {"breadcrumbs_ties", "della", "della_linear", "sce", "ram", "ramplus_tl"}
-NEEDS_BASE, USES_BASE = NEEDS_BASE | _NEW_BASE, USES_BASE | _NEW_BASE | {"nuslerp"}
-IGNORES_WEIGHTS = IGNORES_WEIGHTS | {"sce", "ram", "ramplus_tl"}
-STREAMED = STREAMED | {
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-    "sce",
-    "karcher",
-    "nuslerp",
-    "nearswap",
-    "arcee_fusion",
-    "ram",
-    "ramplus_tl",
-}
-FIXED = FIXED | {"weighting"}
-TASK_VECTOR_KNOBS.update(magprune={"density", "epsilon", "lambda_", "rescale", "seed"}, variance={"density", "lambda_"})
-PAIRWISE = frozenset({"slerp", "nuslerp", "nearswap", "arcee_fusion"})  # merge exactly two sources
-# Spectral and disentanglement task-vector methods (mu.merge.spectral, mu.merge.widen), all on the base:
-# tsv_m / iso_c / iso_cts read each weight matrix whole, one source at a time (WHOLE_MATRICES, given unread
-# tensors like STREAMED); widen and widen_rowwise read row chunks.
-METHODS.update(spectral.METHODS, widen=widen.widen, widen_rowwise=widen.widen_rowwise)
-WHOLE_MATRICES = frozenset(spectral.METHODS)
-NEEDS_BASE |= WHOLE_MATRICES | {"widen", "widen_rowwise"}
-USES_BASE |= NEEDS_BASE
-STREAMED |= {"widen", "widen_rowwise"}
-# Methods defined for an exact number of sources (the others take any number).
-EXACT_SOURCES = {m: 2 for m in PAIRWISE}
+
+
+def _kernel(spec: catalog.Method) -> Callable[..., StateDict]:
+    module, name = spec.kernel.split(":")
+    fn = getattr(_KERNEL_MODULES[module], name)
+    # the task-vector family: one kernel, made each method by its fixed arguments and its own defaults
+    return functools.partial(fn, **spec.fixed, **spec.defaults()) if spec.fixed else fn
+
+
+# {name: kernel}: each catalog method's kernel with the arguments that make it that method
+METHODS: dict[str, Callable[..., StateDict]] = {m.name: _kernel(m) for m in catalog.METHODS}
 HEAD_PREFIX = "classifier."
 EMBEDDINGS_PREFIX = "roberta.embeddings."
 
 
-def check_method(method: str) -> Callable[..., StateDict]:
-    if method not in METHODS:
-        raise ValueError(f"unknown merge method {method!r}; valid: {sorted(METHODS)}")
-    return METHODS[method]
-
-
 def knobs(method: str) -> dict[str, Any]:
-    """The knobs ``method`` accepts, with their defaults."""
-    fn = check_method(method)
-    out = {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if name not in ("state_dicts", "weights", "base") and name not in FIXED | EXECUTION
-    }
-    if isinstance(fn, functools.partial) and fn.func is taskvec.task_vectors:
-        out = {k: v for k, v in out.items() if k in TASK_VECTOR_KNOBS[fn.keywords["sparsify"]]}
-    return out
+    """The knobs ``method`` accepts, with their defaults (the catalog's)."""
+    return catalog.get(method).defaults()
 
 
 def knobs_for(method: str, **candidates: Any) -> dict[str, Any]:
-    """The knobs to pass to ``method`` from ``candidates`` (every knob a notebook exposes).
+    """The knobs to pass to ``method`` from ``candidates`` (every knob a notebook exposes), checked.
 
-    ``None`` means "the method's default" and is dropped; a knob set to a value
-    that ``method`` does not take is a ValueError (it would silently have no effect).
+    ``None`` means "the method's default" and is dropped; a knob set to a value that ``method`` does
+    not take is a ValueError (it would silently have no effect), as is a value out of its range.
     """
-    accepted = knobs(method)
-    given = {k: v for k, v in candidates.items() if v is not None}
-    ignored = sorted(set(given) - set(accepted))
-    if ignored:
-        raise ValueError(
-            f"merge method {method!r} does not take {ignored} (set them to None); its knobs: {sorted(accepted)}"
-        )
-    return given
+    checked = catalog.resolve(method, candidates)
+    return {k: checked[k] for k, v in candidates.items() if v is not None}
 
 
 def label(method: str, **knobs_: Any) -> str:
@@ -230,11 +145,9 @@ def check_state_dicts(
     return list(ref)
 
 
-def _keep(choice: str, prefix: str, what: str, sources: list[str], keys: list[str]) -> str | None:
+def _keep(choice: str, prefix: str, what: str, keys: list[str]) -> str | None:
     if choice == "merge":
         return None
-    if choice not in sources:
-        raise ValueError(f"{what}={choice!r}: valid are 'merge' or one of the sources {sources}")
     if not any(k.startswith(prefix) for k in keys):
         raise ValueError(f"{what}={choice!r}: no tensor starts with {prefix!r}")
     return choice
@@ -258,47 +171,64 @@ def merge(
     ``classifier.*`` / ``roberta.embeddings.*`` tensors are kept unchanged.
     Inputs are checked as ``merge_models`` checks them (``mu.merge.checks``): the same tensors, shapes
     and floating dtypes everywhere, every value finite (a ValueError names the source and tensor).
-    ``knobs_`` are the method's parameters (see ``knobs(method)``); fishers /
+    ``knobs_`` are the method's parameters (``mu.merge.catalog``); fishers /
     grams are given per source and sliced per tensor here. The base is passed
     only to methods that use it. Inputs may be lazily read state dicts.
     ``device``: where to compute (None: CUDA when available, else CPU); the
     result is on the CPU and equal across devices to float32 rounding.
     """
-    fn = check_method(method)
-    dev = chunks.device(device)
-    accepted = knobs(method)
-    unknown = sorted(set(knobs_) - set(accepted))
-    if unknown:
-        raise ValueError(f"merge method {method!r} does not take {unknown}; its knobs: {sorted(accepted)}")
-    sources = list(weights)
-    w = check_weights(weights, list(state_dicts))
-    if method in NEEDS_BASE and base is None:
-        raise ValueError(
-            f"merge method {method!r} needs the base (pretrained) model; methods that need one: {sorted(NEEDS_BASE)}"
-        )
-    base = base if method in USES_BASE else None
+    stat = catalog.get(method).statistics
+    stats = knobs_.pop(stat, None) if stat else None
+    p = plan.make(
+        method,
+        weights,
+        knobs_,
+        sources=list(state_dicts),
+        base=base is not None,
+        device=device,
+        head=head,
+        embeddings=embeddings,
+    )
+    return apply(p, state_dicts, base, statistics=stats, progress=progress)
+
+
+def apply(
+    p: plan.Plan,
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    base: Mapping[str, torch.Tensor] | None = None,
+    *,
+    statistics: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> StateDict:
+    """Run a checked plan (``mu.merge.plan.make``) tensor by tensor: the models' contents are checked
+    here (tensors, shapes, finite values), the arguments are not checked again."""
+    spec, w, dev = p.method, p.weights, p.device
+    fn = METHODS[spec.name]
+    knobs_ = p.knobs
+    sources = list(w)
+    base = base if p.base else None
     keys = check_state_dicts({s: state_dicts[s] for s in sources}, base)
     # finite inputs, named by source and tensor: checked now in memory, as read when lazy (merge_models' check)
     state_dicts = checks.checked_inputs({s: state_dicts[s] for s in sources})
     base = checks.checked_inputs({"<base>": base})["<base>"] if base is not None else None
     keep = {
-        HEAD_PREFIX: _keep(head, HEAD_PREFIX, "head", sources, keys),
-        EMBEDDINGS_PREFIX: _keep(embeddings, EMBEDDINGS_PREFIX, "embeddings", sources, keys),
+        HEAD_PREFIX: _keep(p.head, HEAD_PREFIX, "head", keys),
+        EMBEDDINGS_PREFIX: _keep(p.embeddings, EMBEDDINGS_PREFIX, "embeddings", keys),
     }
-    stat = STATISTICS.get(method)
-    stats = knobs_.pop(stat, None) if stat else None
-    if stats is not None and set(sources) - set(stats):
+    stat = spec.statistics
+    if statistics is not None and set(sources) - set(statistics):
         raise ValueError(
-            f"{method}: {stat} missing for sources {sorted(set(sources) - set(stats))}; given for {sorted(stats)}"
+            f"{spec.name}: {stat} missing for sources {sorted(set(sources) - set(statistics))}; "
+            f"given for {sorted(statistics)}"
         )
     out: StateDict = {}
     # disable=None: off without a terminal (a kernel run by mu.batch.runner), as TQDM_DISABLE turns the others off
-    for key in tqdm(keys, desc=f"merge {method}", disable=None if progress else True, leave=False):
+    for key in tqdm(keys, desc=f"merge {spec.name}", disable=None if progress else True, leave=False):
         owner = next((loc for prefix, loc in keep.items() if loc and key.startswith(prefix)), None)
         if owner is not None:
             out[key] = state_dicts[owner][key]
             continue
-        if method in STREAMED or method in WHOLE_MATRICES:  # the tensor still unread: the method reads it
+        if spec.reads in ("chunks", "matrices"):  # the tensor still unread: the method reads it
             out.update(
                 fn(
                     {s: lazy.select(state_dicts[s], [key]) for s in sources},
@@ -314,8 +244,8 @@ def merge(
         if stat:  # this tensor's statistics (the method names what is missing)
             extra[stat] = (
                 None
-                if stats is None
-                else {s: {key: _on(stats[s][key], dev)} if key in stats[s] else {} for s in sources}
+                if statistics is None
+                else {s: {key: _on(statistics[s][key], dev)} if key in statistics[s] else {} for s in sources}
             )
         merged = fn(one, w, {key: base[key].to(dev)} if base is not None else None, **extra)
         out.update({k: v.cpu() for k, v in merged.items()})

@@ -52,7 +52,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig
 
 from mu.core import cache, paths, report
-from mu.merge import adamerging, checks, chunks, lazy, registry
+from mu.merge import adamerging, catalog, checks, lazy, plan, registry
 from mu.merge.fisher import fisher_diagonal
 from mu.merge.regmean import regmean_grams
 
@@ -181,50 +181,16 @@ def details_text(details: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _method_knobs(method: str, knobs: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Every knob of ``method`` with its value (given, else the default); DARE's ``seed`` defaults to ``seed``."""
-    accepted = {k: v for k, v in registry.knobs(method).items() if k not in registry.STATISTICS.values()}
-    unknown = sorted(set(knobs) - set(accepted))
-    if unknown:
+def _check_inputs(spec: catalog.Method, data: Any, adapt_texts: Any) -> None:
+    """What ``merge_models`` needs beyond the plan: the statistics' data, the adaptive method's texts."""
+    if spec.adaptive and not adapt_texts:
         raise ValueError(
-            f"merge_models({method!r}) does not take {unknown}; its knobs: {sorted(accepted)}"
-            + ("; its statistics are computed from `data`" if method in registry.STATISTICS else "")
+            f"merge method {spec.name!r} needs adapt_texts: the target's unlabeled utterances (mu.corpus.data.unlabeled)"
         )
-    if "seed" in accepted:
-        accepted["seed"] = seed
-    return {**accepted, **knobs}
-
-
-def _check_args(
-    method: str,
-    sources: Mapping[str, Any],
-    weights: Mapping[str, float],
-    base_model: Any,
-    head: str,
-    embeddings: str,
-    data: Any,
-    adapt_texts: Any = None,
-) -> dict[str, float]:
-    """Everything that can be checked before reading a model; returns the normalised weights."""
-    registry.check_method(method)
-    w = registry.check_weights(weights, list(sources))
-    if method in registry.NEEDS_BASE and base_model is None:
+    if spec.statistics and not spec.adaptive and data is None:
         raise ValueError(
-            f"merge method {method!r} needs base_model; methods that need one: {sorted(registry.NEEDS_BASE)}"
+            f"merge method {spec.name!r} needs data ('toy', 'hub' or a MASSIVE folder) for its {spec.statistics}"
         )
-    if method in registry.ADAPTIVE and not adapt_texts:
-        raise ValueError(
-            f"merge method {method!r} needs adapt_texts: the target's unlabeled utterances (mu.corpus.data.unlabeled)"
-        )
-    if method in registry.STATISTICS and method not in registry.ADAPTIVE and data is None:
-        raise ValueError(
-            f"merge method {method!r} needs data ('toy', 'hub' or a MASSIVE folder) for its "
-            f"{registry.STATISTICS[method]}"
-        )
-    for choice, what in ((head, "head"), (embeddings, "embeddings")):
-        if choice != "merge" and choice not in sources:
-            raise ValueError(f"{what}={choice!r}: valid are 'merge' or one of the sources {list(sources)}")
-    return w
 
 
 def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Mapping[str, Any]) -> None:
@@ -280,21 +246,32 @@ def merge_models(
     rounding, so it is recorded but not part of the skip fingerprint.
     The folder (config and tokenizer of the first source, ``model.safetensors``,
     ``merge_details.json`` / ``.txt``) is written atomically; nothing is written
-    on error; identical inputs and parameters skip. Adaptive methods (``registry.ADAPTIVE``:
+    on error; identical inputs and parameters skip. Adaptive methods (``adaptive`` in ``mu.merge.catalog``:
     ``adamerging``) fit on ``adapt_texts``, the target's unlabeled utterances (texts only), in
     batches of ``adapt_batch_size``; ``adapt_from`` (where the texts come from) is recorded only.
     """
     from mu.learn import models
 
     started = time.perf_counter()
-    w = _check_args(method, sources, weights, base_model, head, embeddings, data, adapt_texts)
-    dev = chunks.device(device)
-    effective = _method_knobs(method, knobs, seed)
-    stat = registry.STATISTICS.get(method)
+    stat = catalog.get(method).statistics
+    if stat in knobs:
+        raise ValueError(f"merge_models({method!r}): its {stat} are computed from `data`, not given")
+    p = plan.make(
+        method,
+        weights,
+        knobs,
+        sources=list(sources),
+        base=base_model is not None,
+        device=device,
+        head=head,
+        embeddings=embeddings,
+        seed=seed,
+    )
+    _check_inputs(p.method, data, adapt_texts)
+    w, dev, effective, use_base = p.weights, p.device, p.knobs, p.base
     order = list(weights)
     dirs = {loc: local_dir(sources[loc]) for loc in order}
     base_dir = local_dir(base_model) if base_model is not None else None
-    use_base = base_dir is not None and method in registry.USES_BASE
     named = {**dirs, **({"<base>": base_dir} if base_dir is not None else {})}
     models.check_compatible(named)
 
@@ -310,7 +287,7 @@ def merge_models(
         if stat in sizes
         else {}
     )
-    if method in registry.ADAPTIVE:
+    if p.method.adaptive:
         stat_params = {
             "texts_sha256": report.digest(list(adapt_texts)),
             "num_texts": len(adapt_texts),
@@ -340,7 +317,7 @@ def merge_models(
         hashing = {name: pool.submit(report.describe_input, d) for name, d in named.items()}
         stats_files: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        if stat and method not in registry.ADAPTIVE:
+        if stat and not p.method.adaptive:
             for loc in order:
                 file, desc = statistics(
                     stat,
@@ -359,7 +336,7 @@ def merge_models(
         state_dicts = checks.checked_inputs({loc: lazy.open_model(dirs[loc]) for loc in order})
         base = checks.checked_inputs({"<base>": lazy.open_model(base_dir)})["<base>"] if use_base else None
         adaptation = None
-        if method in registry.ADAPTIVE:  # coefficients fitted on the target's unlabeled texts
+        if p.method.adaptive:  # coefficients fitted on the target's unlabeled texts
             adaptation = adamerging.fit_models(
                 base_dir,
                 state_dicts,
@@ -373,25 +350,14 @@ def merge_models(
                 **effective,
             )
             extra[stat] = adaptation["coefficients"]
-        merged = registry.merge(
-            method,
-            state_dicts,
-            w,
-            base,
-            head=head,
-            embeddings=embeddings,
-            progress=True,
-            device=dev,
-            **effective,
-            **extra,
-        )
+        merged = registry.apply(p, state_dicts, base, statistics=extra.get(stat), progress=True)
         inputs = {name: future.result() for name, future in hashing.items()}
     details = {
         "method": method,
         "mode": mode,
         "weights": w,
         "weights_given": {k: float(v) for k, v in weights.items()},
-        "uses_weights": method not in registry.IGNORES_WEIGHTS,
+        "uses_weights": p.method.weights == "used",
         "sources": {loc: str(sources[loc]) for loc in order},
         "base_model": None if base_model is None else str(base_model),
         "base_used": use_base,

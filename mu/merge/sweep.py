@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from mu.core import report
-from mu.merge import registry
+from mu.merge import catalog, registry
 from mu.merge.evaluation import evaluate_merges
 
 ALL = "all"
@@ -28,7 +28,7 @@ ALL = "all"
 
 def comparable() -> list[str]:
     """The methods ``compare_methods="all"`` runs: every registered one but the adapted family."""
-    return [m for m in registry.METHODS if m not in registry.ADAPTIVE]
+    return [m for m in registry.METHODS if m not in catalog.ADAPTIVE]
 
 
 def check_methods(compare_methods: str | Sequence[str]) -> list[str]:
@@ -52,7 +52,7 @@ def check_methods(compare_methods: str | Sequence[str]) -> list[str]:
 
 def not_applicable(method: str, weights: Mapping[str, float]) -> str | None:
     """Why ``method`` cannot merge these sources, or None."""
-    exact = registry.EXACT_SOURCES.get(method)
+    exact = catalog.EXACT_SOURCES.get(method)
     if exact is not None and len(weights) != exact:
         return f"{method} merges exactly {exact} sources; this weighting has {len(weights)}"
     return None
