@@ -178,7 +178,7 @@ def test_run_family_table():
     with pytest.raises(ValueError, match="positive delta"):
         inference.run_family([("x", "twin", "base", "equivalence")], correct)
     with pytest.raises(ValueError, match="kind"):
-        inference.run_family([("x", "twin", "base", "non-inferiority", 0.1)], correct)
+        inference.run_family([("x", "twin", "base", "one-sided", 0.1)], correct)
 
 
 def test_item_matrix_joins_on_ids():
@@ -190,3 +190,22 @@ def test_item_matrix_joins_on_ids():
     assert items.tolist() == ["2"] and y.tolist() == [[0.0]]
     with pytest.raises(ValueError, match="duplicate"):
         inference.item_matrix({"de-DE": (["1", "1"], [1, 0])})
+
+
+def test_non_inferiority_is_the_lower_one_sided_test_of_tost():
+    rng = np.random.default_rng(5)
+    a = (rng.random((12, 300)) < 0.70).astype(float)
+    b = a.copy()
+    flip = rng.random(a.shape) < 0.02  # B a little better, well within a 5-point margin
+    b[flip] = 1.0
+    table = inference.run_family(
+        [("H", "a", "b", "non-inferiority", 0.05), ("H-tight", "a", "b", "non-inferiority", 0.001)],
+        {"a": a, "b": b},
+        n_perm=500,
+        n_boot=200,
+    )
+    loose, tight = table.iloc[0], table.iloc[1]
+    assert loose["verdict"] == "A not worse than B − delta" and loose["p_value"] == loose["p_lower"]
+    assert tight["verdict"] == "not shown"
+    eq = inference.tost(a - b, 0.05, n_perm=500, seed=42, n_boot=0)
+    assert loose["p_lower"] == eq.p_lower

@@ -323,12 +323,15 @@ FAMILY_COLUMNS = [
 ]
 
 
+KINDS = ("superiority", "equivalence", "non-inferiority")
+
+
 def _hypothesis(h) -> Hypothesis:
     h = Hypothesis(**h) if isinstance(h, Mapping) else Hypothesis(*h)
-    if h.kind not in ("superiority", "equivalence"):
-        raise ValueError(f"hypothesis {h.name!r}: kind must be 'superiority' or 'equivalence', got {h.kind!r}")
-    if h.kind == "equivalence" and (h.delta is None or not h.delta > 0):
-        raise ValueError(f"hypothesis {h.name!r}: an equivalence needs a positive delta, got {h.delta!r}")
+    if h.kind not in KINDS:
+        raise ValueError(f"hypothesis {h.name!r}: kind must be one of {KINDS}, got {h.kind!r}")
+    if h.kind != "superiority" and (h.delta is None or not h.delta > 0):
+        raise ValueError(f"hypothesis {h.name!r}: {h.kind} needs a positive delta (its margin), got {h.delta!r}")
     return h
 
 
@@ -382,18 +385,25 @@ def run_family(
         if h.kind == "equivalence":
             eq = tost(diff, h.delta, alpha, n_perm=n_perm, seed=seed, cluster=cluster, n_boot=0)
             row.update(p_lower=eq.p_lower, p_upper=eq.p_upper, p_value=eq.p_value)
+        elif h.kind == "non-inferiority":  # TOST's lower test alone: A is worse than B by less than delta
+            eq = tost(diff, h.delta, alpha, n_perm=n_perm, seed=seed, cluster=cluster, n_boot=0)
+            row.update(p_lower=eq.p_lower, p_value=eq.p_lower)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=FAMILY_COLUMNS[:-2])
     frame["p_holm"] = stats.holm(frame["p_value"].to_numpy(dtype=float))
     significant = frame["p_holm"] < alpha
-    frame["verdict"] = np.where(
-        frame["kind"] == "equivalence",
-        np.where(significant, "equivalent", "not shown"),
-        np.where(
-            significant & (frame["mean_diff"] > 0),
-            "A > B",
-            np.where(significant & (frame["mean_diff"] < 0), "A < B", "not shown"),
-        ),
+    superior = np.where(
+        significant & (frame["mean_diff"] > 0),
+        "A > B",
+        np.where(significant & (frame["mean_diff"] < 0), "A < B", "not shown"),
+    )
+    frame["verdict"] = np.select(
+        [frame["kind"] == "equivalence", frame["kind"] == "non-inferiority"],
+        [
+            np.where(significant, "equivalent", "not shown"),
+            np.where(significant, "A not worse than B − delta", "not shown"),
+        ],
+        superior,
     )
     return frame[FAMILY_COLUMNS]
 
