@@ -1,5 +1,5 @@
 """``python -m bench.threads``: pretraining seconds per step, alone and beside one busy process, with
-torch's default thread count (before issue 21) and with ``mu.threads.count()`` (after).
+torch's default thread count (before mu chose threads itself) and with ``mu.threads.count()`` (after).
 
 Each run is a fresh process pretraining the mini encoder's architecture (``mu.pretrain`` defaults:
 hidden 128, 4 layers, batch 64, max_len 64; objective mlm+tlm+align) on a few MASSIVE locales, timed

@@ -1,4 +1,4 @@
-"""Label-free adaptation to the target (issue 13) on tiny toy models: AdaMerging coefficients fitted
+"""Label-free adaptation to the target on tiny toy models: AdaMerging coefficients fitted
 by entropy minimisation, ensemble distillation, and the proof that no target label reaches either."""
 
 from __future__ import annotations

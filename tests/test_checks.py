@@ -1,4 +1,4 @@
-"""Issue 21: every notebook parameter is checked before any kernel starts, from one declaration
+"""Every notebook parameter is checked before any kernel starts, from one declaration
 (mu.checks) that the notebooks use too; bad --set values, YAML errors and tags, and an unusable
 MU_ROOT are `error:` lines with exit 2, never tracebacks. No kernel runs here."""
 

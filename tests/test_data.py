@@ -117,7 +117,7 @@ def test_unknown_locale_split_or_source(massive_fixture_dir):
         ('{"partition": "test", "intent": "alarm_set", "utt": ""}', "'utt' must be a non-empty string"),
         ('{"partition": "test", "intent": "alarm_set", "utt": "x", "locale": "sw-KE"}', "line has locale 'sw-KE'"),
         ('["a list"]', "expected a JSON object"),
-        # issue 12: wrong types, null or duplicate ids (never a TypeError without file and line)
+        # wrong types, null or duplicate ids (never a TypeError without file and line)
         ('{"partition": "test", "intent": ["alarm_set"], "utt": "x"}', r"'intent' must be a string, got list"),
         ('{"partition": "test", "intent": "alarm_set", "utt": 5}', r"'utt' must be a string, got int"),
         ('{"partition": 1, "intent": "alarm_set", "utt": "x"}', r"'partition' must be a string, got int"),

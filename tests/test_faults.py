@@ -1,4 +1,4 @@
-"""Issue 12: faults and bad input reproduced, each asserting the new behaviour (caches are caches,
+"""Faults and bad input reproduced, each asserting the new behaviour (caches are caches,
 validated numbers, no orphans, fewer sources than asked is recorded). Data-file cases: test_data.py;
 concurrent runners and the HTML reports: test_site.py."""
 

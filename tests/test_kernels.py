@@ -1,4 +1,4 @@
-"""Issue 21: what a rendered report shows and what the runner's terminal shows. A notebook executed by the
+"""What a rendered report shows and what the runner's terminal shows. A notebook executed by the
 runner has no progress bars or library loading noise in its outputs (mu's tqdm bars, transformers'
 "Loading weights" / "Writing model shards", datasets' "Map"), its real warnings stay, and its kernel is
 shut down without the SIGINT that printed `[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.`"""

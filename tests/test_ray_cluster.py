@@ -1,4 +1,4 @@
-"""Issue 21: the Ray executor on a real cluster. A head and a second node started with `ray start` (on
+"""The Ray executor on a real cluster. A head and a second node started with `ray start` (on
 this machine, 127.0.0.1, their own temp dir and ports), a batch run through `python -m mu run --executor
 ray` with RAY_ADDRESS, the second node killed while it runs a job: the batch reports that job failed, a
 rerun completes it, and the results equal those of a local run. Skipped where Ray is absent or cannot

@@ -1,4 +1,4 @@
-"""Issue 12: two runners on one MU_ROOT at once (each job executed once, never concurrently, results
+"""Two runners on one MU_ROOT at once (each job executed once, never concurrently, results
 as one run), executed notebooks rendered to HTML and reports/index.html whose every link resolves,
 and no kernel transport warning. Tiny throwaway notebooks, no browser."""
 

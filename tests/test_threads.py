@@ -1,4 +1,4 @@
-"""Issue 21: torch threads from the cores a process may use (affinity mask, OMP_NUM_THREADS), less those
+"""Torch threads from the cores a process may use (affinity mask, OMP_NUM_THREADS), less those
 busy now, shared among workers; pretraining and the runner's kernels never oversubscribe."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 21: what ``mu`` writes follows the umask (a shared MU_ROOT), and a write that fails for want of
+"""What ``mu`` writes follows the umask (a shared MU_ROOT), and a write that fails for want of
 room (file-size limit, disk full) names its output."""
 
 from __future__ import annotations

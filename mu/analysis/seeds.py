@@ -30,7 +30,7 @@ from mu.analysis.families import BEST_ZERO_SHOT
 from mu.core import paths
 from mu.core import report as mu_report
 
-# Declared before any result: the comparisons the README's claims rest on (issue 19).
+# Declared before any result: the comparisons the README's claims rest on.
 HEADLINE = (
     ("ensemble/uriel_logits/transfer", BEST_ZERO_SHOT),
     ("ensemble/soft/transfer", BEST_ZERO_SHOT),

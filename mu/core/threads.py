@@ -7,7 +7,7 @@ less those other processes keep busy now, shared among the workers that run at o
 Why the load matters: torch's intra-op threads meet at a barrier after every operation. On a core
 another process keeps busy, one of them waits for its time slice at each barrier, and the rest spin
 until it arrives: on the 2-core VM, pretraining the mini encoder took 3.9 s a step with 2 threads and
-one busy process beside it, against 0.38 s alone (issue 21); one thread runs at full speed on the
+one busy process beside it, against 0.38 s alone; one thread runs at full speed on the
 core that is free. A core counts as free when other processes use at most ``IDLE_SLACK`` of a core in
 all (summed over the allowed cores). The count is measured once, when a run starts (``count``):
 pretraining (``mu.learn.pretrain``), training and inference of models that are not tiny
