@@ -59,6 +59,7 @@ PUBLIC = {
     "lexical": "learn",
     "tuning": "learn",
     "ensemble": "combine",
+    "ensemble_eval": "combine",
     "distill": "combine",
     "selection": "combine",
     "iterative": "combine",

@@ -180,7 +180,7 @@ def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str
 
 
 def accuracy_vs_k(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Accuracy against the number of sources K (``mu.combine.ensemble.accuracy_vs_k``), one line per system."""
+    """Accuracy against the number of sources K (``mu.combine.ensemble_eval.accuracy_vs_k``), one line per system."""
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(frame, x="k", y="accuracy", hue="system", style="family", markers=True, ax=ax)
     ax.set(

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from mu import merge
-from mu.combine import distill, ensemble
+from mu.combine import distill, ensemble, ensemble_eval
 from mu.core import paths, protocol, report
 from mu.corpus import data as mu_data
 from mu.langs import similarity
@@ -144,7 +144,7 @@ def choose_teacher(
     """The distillation teacher ``{"method", "mode", "dev_accuracy", "evidence"}`` among ``methods`` ×
     ``modes`` (``only``: just these ``"method/mode"``): the highest mean accuracy over the tuning
     targets' dev splits (ties: the order given), each ensemble built for the tuning target as for any
-    target (``mu.combine.ensemble.table``). Records ``04.distill.teacher``. ``select_kw``:
+    target (``mu.combine.ensemble_eval.table``). Records ``04.distill.teacher``. ``select_kw``:
     ``mu.langs.similarity.select``'s num_languages, top_k, sinkhorn_iters, feature_set, nxn.
     """
     candidates = [f"{m}/{mode}" for mode in modes for m in methods]
@@ -160,7 +160,7 @@ def choose_teacher(
     targets = _check(tuning_targets, "tuning-targets", select_kw)
     rows = []
     for t in targets:
-        table = ensemble.table(
+        table = ensemble_eval.table(
             t,
             methods=methods,
             modes=modes,
