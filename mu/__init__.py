@@ -61,6 +61,7 @@ PUBLIC = {
     "ensemble": "combine",
     "ensemble_eval": "combine",
     "distill": "combine",
+    "student": "combine",
     "selection": "combine",
     "iterative": "combine",
     "schedule": "combine",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mu.corpus.data
-from mu import distill, ensemble, merge, models, paths, protocol, selection
+from mu import distill, ensemble, merge, models, paths, protocol, selection, student
 from mu.merge import adamerging
 
 MODELS_DIR = "models/test_selection"
@@ -59,7 +59,7 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
     probs = distill.teacher(
         "uriel_logits", fit + held, {k: sources[k] for k in w}, w, temperature=2.0, max_seq_length=32
     )
-    model, tokenizer, log = distill.fit_student(
+    model, tokenizer, log = student.fit_student(
         sources["nl-NL"],
         fit,
         probs[: len(fit)],
@@ -83,7 +83,7 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
         assert [c["agreement"] for c in curve[-2:]] and all(c["agreement"] <= best["agreement"] for c in curve[-2:])
         assert log["steps"] < 6 * -(-len(fit) // 16)
     # the model handed back is the best checkpoint, not the last step
-    again = distill.agreement(model, tokenizer, held, probs[len(fit) :].argmax(1), max_seq_length=32)
+    again = student.agreement(model, tokenizer, held, probs[len(fit) :].argmax(1), max_seq_length=32)
     assert again == pytest.approx(log["best_agreement"])
 
 
@@ -209,7 +209,7 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert recorded["03.adamerging.granularity"]["grid"] == ["layer", "task"]  # the values each choice was made among
     assert recorded["04.distill.patience"]["chosen_by"] == "declared"
     # a rerun with the same arguments measures nothing (cached); other arguments measure again
-    monkeypatch.setattr(distill, "fit_student", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(student, "fit_student", lambda *a, **k: pytest.fail("measured again"))
     assert selection.choose_distill_lr(
         "sel",
         TUNING,

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from mu import merge
-from mu.combine import distill, ensemble, ensemble_eval
+from mu.combine import distill, ensemble, ensemble_eval, student
 from mu.core import paths, protocol, report
 from mu.corpus import data as mu_data
 from mu.langs import similarity
@@ -420,7 +420,7 @@ def choose_distill_lr(
             dev_texts, dev_labels = _dev(t, data)
             for lr in lrs:
                 started = time.perf_counter()
-                model, tokenizer, log = distill.fit_student(
+                model, tokenizer, log = student.fit_student(
                     start,
                     fit,
                     probs[: len(fit)],
