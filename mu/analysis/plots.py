@@ -225,7 +225,7 @@ def metric_curves(
     title: str = "",
 ) -> plt.Figure:
     """One panel per ``metric`` of a long frame (``metric``, ``value``, ``x``, ``hue``[, ``style``]), e.g.
-    ``mu.combine.selection.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
+    ``mu.combine.selection_adamerging.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
     metrics = list(dict.fromkeys(frame["metric"]))
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):

@@ -2,12 +2,12 @@
 an ensemble (notebook 04).
 
 Teacher: one ensemble of ``mu.combine.ensemble`` (a method over one weighting's sources), chosen by the
-protocol (``mu.combine.selection.choose_teacher``: dev accuracy of the declared tuning targets, never a
+protocol (``mu.combine.selection_distill.choose_teacher``: dev accuracy of the declared tuning targets, never a
 test split), as one distribution per text (``teacher_probs``): ``soft`` Σ_i w_i softmax(z_i / T),
 ``uriel_logits`` softmax(Σ_i w_i z_i / T), ``weighted_majority`` / ``majority`` the (weighted)
 shares of the sources' votes. Student: initialised from a merge of the *same* sources and weights
 (``mu.merge.merge_models``; ``init``: ``linear``, notebook 03's plain merge, unless the protocol chose another
-method, ``mu.combine.selection.choose_student_init``), trained (``mu.combine.student``) to minimise
+method, ``mu.combine.selection_student.choose_student_init``), trained (``mu.combine.student``) to minimise
 T²·KL(teacher ‖ softmax(z / T)) on the target's unlabeled train texts except a held-out slice
 (``mu.corpus.data.held_out``), stopped by a label-free rule: its argmax agreement with the teacher on
 the held-out slice, the best checkpoint kept (step 0, the merge itself, included). This module saves
@@ -242,7 +242,7 @@ def evaluate_distilled(
             mode=mode,
             max_seq_length=max_seq_length,
             seed=seed,
-        )  # as mu.combine.selection.choose_student_init merged it
+        )  # as mu.combine.selection_student.choose_student_init merged it
         student_dir = distill(
             start,
             sources,
