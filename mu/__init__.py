@@ -67,6 +67,7 @@ PUBLIC = {
     "selection_student": "combine",
     "selection_adamerging": "combine",
     "iterative": "combine",
+    "iterative_cycle": "combine",
     "schedule": "combine",
     "iterative_results": "combine",
     "collect": "publish",
