@@ -79,6 +79,8 @@ PUBLIC = {
     "checks": "batch",
     "kernels": "batch",
     "study": "experiment",
+    "subsample": "experiment",
+    "study_cli": "experiment",
     "declare": "experiment",
     "budget": "experiment",
     "objectives": "experiment",
