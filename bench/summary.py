@@ -303,7 +303,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"### Ensembling (K = {en['k']}, {en['method']}, {en['n']} utterances)",
         "",
         f"Recomputing the {en['k']} forwards (mu.ensemble.source_logits, compute=True): "
-        f"{_f(en['recompute_s'], 1)} s; from cached logits (mu.ensemble.evaluate_ensemble in a fresh process: "
+        f"{_f(en['recompute_s'], 1)} s; from cached logits (mu.ensemble_eval.evaluate_ensemble in a fresh process: "
         f"sha256 of each source's weights for the cache key, the split, the {en['k']} logit files, combine): "
         f"{_f(en['cached_s'], 2)} s, of which combine {_f(en['combine_s'], 3)} s; speedup {_f(en['speedup'], 0)}×.",
         "",

@@ -192,6 +192,7 @@ def token_stats(model_dir: str, locale: str, data_dir: str, max_length: int) -> 
 def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
     """K sources on the target: forwards recomputed (``compute=True`` on an empty cache) or cached only."""
     from mu import ensemble as mu_ensemble
+    from mu import ensemble_eval as mu_ensemble_eval
     from mu import evaluate, models  # noqa: F401  (imported before the timer)
 
     if args["compute"]:
@@ -204,7 +205,7 @@ def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
         )
         pred = mu_ensemble.combine(args["method"], logits, args["weights"])
         return {"op_s": time.perf_counter() - started, "n": len(pred)}
-    metrics = mu_ensemble.evaluate_ensemble(args["method"], args["target"], args["weights"], **common)
+    metrics = mu_ensemble_eval.evaluate_ensemble(args["method"], args["target"], args["weights"], **common)
     op = time.perf_counter() - started
     logits, _ = mu_ensemble.source_logits(args["target"], list(args["weights"]), **common)
     started = time.perf_counter()

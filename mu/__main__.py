@@ -72,7 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.ArgumentParser:
-    """The command line; ``study_commands=False`` leaves out those of ``mu.experiment.study`` (whose import takes
+    """The command line; ``study_commands=False`` leaves out those of ``mu.experiment.study_cli`` (whose import takes
     torch and transformers, seconds), so ``run`` / ``demo`` answer a bad argument at once."""
     ap = argparse.ArgumentParser(prog="python -m mu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -91,9 +91,11 @@ def parser(study_commands: bool = True, argv0: str | None = None) -> argparse.Ar
 
         docs.add_parser(sub)  # the results tables of README.md and docs/
         if argv0 != "docs":
-            from mu.experiment import study
+            from mu.experiment import study_cli
 
-            study.add_parsers(sub, _key_value)  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
+            study_cli.add_parsers(
+                sub, _key_value
+            )  # pretrain, compare-objectives, study (the real-MASSIVE mini profile)
     return ap
 
 
@@ -115,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "merge":
         return cli.main(args, argv)
     if args.command not in BATCH_COMMANDS:
-        from mu.experiment import study
+        from mu.experiment import study_cli
 
-        return study.main(args)
+        return study_cli.main(args)
     profile = args.profile if args.command == "run" else "toy"
     try:
         notebooks = args.notebooks if args.command == "run" else params.all_notebooks(args.notebooks_dir)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import XLMRobertaForSequenceClassification
 
-from mu import data, distill, ensemble, evaluate, models, paths, plots, protocol, report, similarity
+from mu import data, distill, ensemble, ensemble_eval, evaluate, models, paths, plots, protocol, report, similarity
 
 EQUAL3 = {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
 
@@ -228,12 +228,12 @@ def test_cache_only_run_performs_zero_model_forwards(toy_models, cached, monkeyp
     _no_forward(monkeypatch)
     weights = similarity.select(TARGET, SOURCES, mode="similarity", num_languages=3)
     for method in ensemble.METHODS:
-        got = ensemble.evaluate_ensemble(method, TARGET, weights, models_dir=models_dir, data="toy")
+        got = ensemble_eval.evaluate_ensemble(method, TARGET, weights, models_dir=models_dir, data="toy")
         pred = ensemble.combine(method, {k: logits[k] for k in weights}, weights)
         assert got["accuracy"] == pytest.approx(float(np.mean(pred == labels)))
         assert got["n"] == len(labels)
         assert 0.0 <= got["macro_f1"] <= 1.0
-    frame = ensemble.table(
+    frame = ensemble_eval.table(
         TARGET,
         methods=list(ensemble.METHODS),
         modes=["similarity", "average"],
@@ -249,7 +249,7 @@ def test_single_source_ensemble_equals_that_models_evaluation(toy_models, cached
     models_dir, _ = toy_models
     expected = evaluate.evaluate(models.source_path("fr-FR", models_dir), TARGET, data="toy")
     for method in ensemble.METHODS:
-        got = ensemble.evaluate_ensemble(method, TARGET, {"fr-FR": 1.0}, models_dir=models_dir, data="toy")
+        got = ensemble_eval.evaluate_ensemble(method, TARGET, {"fr-FR": 1.0}, models_dir=models_dir, data="toy")
         assert got == expected
 
 
@@ -257,7 +257,9 @@ def test_missing_cache_is_an_error_not_a_forward(toy_models, monkeypatch):
     models_dir, _ = toy_models
     _no_forward(monkeypatch)
     with pytest.raises(FileNotFoundError, match="no cached logits"):
-        ensemble.evaluate_ensemble("soft", "it-IT", {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
+        ensemble_eval.evaluate_ensemble(
+            "soft", "it-IT", {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy"
+        )
 
 
 def test_cached_logits_of_a_different_split_size_name_both(toy_models, cached, monkeypatch):
@@ -271,7 +273,7 @@ def test_cached_logits_of_a_different_split_size_name_both(toy_models, cached, m
     monkeypatch.setattr(evaluate, "cached_logits", short_for_de)
     n = len(cached[1])
     with pytest.raises(ValueError) as err:
-        ensemble.evaluate_ensemble("soft", TARGET, {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
+        ensemble_eval.evaluate_ensemble("soft", TARGET, {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
     msg = str(err.value)
     assert "fr-FR" in msg and "de-DE" in msg and f"{n - 3} vs {n}" in msg
 
@@ -286,7 +288,7 @@ def test_cached_logits_of_a_different_label_space_name_both(toy_models, cached, 
 
     monkeypatch.setattr(evaluate, "cached_logits", narrow_for_de)
     with pytest.raises(ValueError) as err:
-        ensemble.evaluate_ensemble("soft", TARGET, {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
+        ensemble_eval.evaluate_ensemble("soft", TARGET, {"fr-FR": 0.5, "de-DE": 0.5}, models_dir=models_dir, data="toy")
     msg = str(err.value)
     assert "fr-FR" in msg and "de-DE" in msg and "59" in msg and "60" in msg
 
@@ -312,7 +314,7 @@ def test_table_rows_use_the_merging_weights(toy_models, cached):
     logits, labels = cached
     nxn = pd.DataFrame(np.linspace(0.1, 0.9, 25).reshape(5, 5), index=SOURCES + [TARGET], columns=SOURCES + [TARGET])
     modes = ["similarity", "average", "transfer"]
-    frame = ensemble.table(
+    frame = ensemble_eval.table(
         TARGET, methods=list(ensemble.METHODS), modes=modes, models_dir=models_dir, data="toy", num_languages=2, nxn=nxn
     )
     assert list(frame["system"]) == [f"ensemble/{m}/{mode}" for mode in modes for m in ensemble.METHODS]
@@ -324,9 +326,9 @@ def test_table_rows_use_the_merging_weights(toy_models, cached):
         assert row["accuracy"] == pytest.approx(float(np.mean(pred == labels)))
         assert row["n"] == len(labels)
     with pytest.raises(ValueError, match="N×N"):
-        ensemble.table(TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy")
+        ensemble_eval.table(TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy")
     with pytest.raises(ValueError, match="unknown ensemble method"):
-        ensemble.table(TARGET, methods=["vote"], modes=["average"], models_dir=models_dir, data="toy")
+        ensemble_eval.table(TARGET, methods=["vote"], modes=["average"], models_dir=models_dir, data="toy")
 
 
 def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, cached, tmp_path):
@@ -334,13 +336,13 @@ def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, ca
     nxn = pd.DataFrame(np.linspace(0.9, 0.1, 25).reshape(5, 5), index=SOURCES + [TARGET], columns=SOURCES + [TARGET])
     path = tmp_path / "evaluation_matrix.csv"
     nxn.to_csv(path)
-    frame = ensemble.table(
+    frame = ensemble_eval.table(
         TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy", num_languages=2, nxn=path
     )
     expected = similarity.select(TARGET, SOURCES, mode="transfer", num_languages=2, nxn=nxn)
     assert frame.loc[0, "sources"] == pytest.approx(expected)
     with pytest.raises(FileNotFoundError, match="no N×N matrix"):
-        ensemble.table(
+        ensemble_eval.table(
             TARGET,
             methods=["soft"],
             modes=["transfer"],
@@ -348,7 +350,7 @@ def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, ca
             data="toy",
             nxn=path.with_name("missing.csv"),
         )
-    inputs = ensemble.describe_inputs(TARGET, ["fr-FR", "de-DE"], models_dir=models_dir, data="toy", nxn=path)
+    inputs = ensemble_eval.describe_inputs(TARGET, ["fr-FR", "de-DE"], models_dir=models_dir, data="toy", nxn=path)
     assert sorted(inputs) == ["logits/de-DE", "logits/fr-FR", "model/de-DE", "model/fr-FR", "nxn"]
     folder = models.source_path("fr-FR", models_dir)
     assert inputs["model/fr-FR"]["sha256"] == evaluate.model_fingerprint(folder)
@@ -361,7 +363,9 @@ def test_transfer_mode_reads_the_nxn_file_and_inputs_are_recorded(toy_models, ca
 def test_accuracy_vs_k(toy_models, cached, monkeypatch):
     models_dir, base = toy_models
     methods = ["majority", "uriel_logits"]
-    frame = ensemble.accuracy_vs_k(TARGET, methods=methods, models_dir=models_dir, data="toy", base_model=base, max_k=3)
+    frame = ensemble_eval.accuracy_vs_k(
+        TARGET, methods=methods, models_dir=models_dir, data="toy", base_model=base, max_k=3
+    )
     assert sorted(set(frame["k"])) == [1, 2, 3]
     assert len(frame) == 3 * (len(methods) + 1)
     for k, group in frame.groupby("k"):
@@ -383,7 +387,7 @@ def test_accuracy_vs_k(toy_models, cached, monkeypatch):
     before = evaluate.forward_calls()
     _no_forward(monkeypatch)
     for _ in range(2):
-        again = ensemble.accuracy_vs_k(
+        again = ensemble_eval.accuracy_vs_k(
             TARGET, methods=methods, models_dir=models_dir, data="toy", base_model=base, max_k=3, keep_merged=False
         )
         pd.testing.assert_frame_equal(again, frame)
@@ -460,7 +464,7 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     )
     record = paths.read_json(report.record_path("04_ensembling", TARGET, "ensembles"))
     methods, modes = list(ensemble.METHODS), ["similarity", "average", "transfer"]
-    expected = ensemble.table(
+    expected = ensemble_eval.table(
         TARGET,
         methods=methods,
         modes=modes,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mu import iterative, iterative_results, models, paths, plots, schedule
+from mu import iterative, iterative_cycle, iterative_results, models, paths, plots, schedule
 from mu.merge import lazy
 
 TARGET = "it-IT"
@@ -55,9 +55,9 @@ def test_schedule_and_seeds():
     assert schedule.fixed(1, 3) == [1]
     with pytest.raises(ValueError, match="merge_frequency must be an integer >= 1"):
         schedule.fixed(4, 0)
-    assert iterative.derive_seed(42, 1, "fr-FR") == iterative.derive_seed(42, 1, "fr-FR")
-    assert iterative.derive_seed(42, 1, "fr-FR") != iterative.derive_seed(42, 2, "fr-FR")
-    assert 0 <= iterative.derive_seed(42, "merge", 3) < 2**31
+    assert iterative_cycle.derive_seed(42, 1, "fr-FR") == iterative_cycle.derive_seed(42, 1, "fr-FR")
+    assert iterative_cycle.derive_seed(42, 1, "fr-FR") != iterative_cycle.derive_seed(42, 2, "fr-FR")
+    assert 0 <= iterative_cycle.derive_seed(42, "merge", 3) < 2**31
 
 
 def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
@@ -76,8 +76,8 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
     assert uninterrupted["sources"] == pytest.approx(SOURCES)
     models.check_compatible({"merged": out / "merged", "base": toy_base})
     # only the last completed checkpoint is kept by default
-    assert iterative.completed_cycles(out) == [2]
-    details = paths.read_json(out / "merged" / iterative.DETAILS_JSON)
+    assert iterative_cycle.completed_cycles(out) == [2]
+    details = paths.read_json(out / "merged" / iterative_cycle.DETAILS_JSON)
     assert details["cycle"] == 2 and details["weights"] == pytest.approx(SOURCES)
     png = plots.iterative_curves(
         iterative_results.log_frame(log), paths.reports_dir("05_iterative", TARGET, "test_curves.png")
@@ -86,7 +86,7 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
 
 
 def test_merge_is_the_weighted_mean_of_the_checkpointed_sources(uninterrupted):
-    cycle = iterative.cycle_dir("models/toy/iterative-test/full", 2)
+    cycle = iterative_cycle.cycle_dir("models/toy/iterative-test/full", 2)
     src = {loc: weights_of(cycle / "sources" / f"{loc}.safetensors") for loc in SOURCES}
     merged = weights_of(cycle / "merged")
     final = weights_of(paths.resolve("models/toy/iterative-test/full/merged"))
@@ -104,7 +104,7 @@ def test_killed_after_first_merge_resumes_to_identical_weights(uninterrupted, to
     # fits 1-2 are cycle 1; fit 4 is the second source of cycle 2 (the first one has finished)
     with pytest.raises(KeyboardInterrupt, match="fit #4"):
         iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[Kill(4)], **RUN)
-    assert iterative.completed_cycles(out) == [1]
+    assert iterative_cycle.completed_cycles(out) == [1]
     assert not (out / "cycle_2").exists() and not (out / "result.json").exists()
     assert not list(out.glob(".*.tmp")), "an interrupted cycle must leave nothing half-written"
     assert [e["cycle"] for e in paths.read_json(out / "log.json")] == [1]
@@ -162,7 +162,7 @@ def test_data_dependent_merge_uses_each_sources_statistics(toy_base):
         stats_num_examples=16,
         keep_cycles=True,
     )
-    cycle = iterative.cycle_dir(out_dir, 1)
+    cycle = iterative_cycle.cycle_dir(out_dir, 1)
     fishers = {loc: weights_of(cycle / "stats" / f"{loc}.safetensors") for loc in SOURCES}
     src = {loc: weights_of(cycle / "sources" / f"{loc}.safetensors") for loc in SOURCES}
     merged = weights_of(paths.resolve(result["merged"]))
@@ -261,7 +261,7 @@ def test_adaptive_run_killed_mid_cycle_resumes_to_identical_weights(adaptive_run
     first = len(SOURCES) * (adaptive_run["log"][0]["epochs"][1])  # fits of cycle 1
     with pytest.raises(KeyboardInterrupt):  # the 2nd source's first fit in cycle 2
         iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, callbacks=[Kill(first + 2)], **ADAPTIVE)
-    assert iterative.completed_cycles(out_dir) == [1]
+    assert iterative_cycle.completed_cycles(out_dir) == [1]
     resumed = iterative.run(TARGET, SOURCES, base_model=toy_base, out_dir=out_dir, **ADAPTIVE)
     # (the uninterrupted run was tracked with TensorBoard, this one not: tracking does not change training)
     full, again = weights_of(paths.resolve(adaptive_run["merged"])), weights_of(paths.resolve(resumed["merged"]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import papermill
 import pytest
 
-from mu import data, merge, params, paths, pretrain, report, study
+from mu import data, merge, params, paths, pretrain, report, subsample
 
 REPO = paths.Path(__file__).resolve().parent.parent
 LOCALES = ["de-DE", "nl-NL", "sw-KE", "id-ID"]
@@ -68,7 +68,7 @@ def _execute(stem: str, tmp_path) -> None:
 
 
 def test_massive_settings_run_02_03_04_on_real_locales(tmp_path):
-    study.subsample("massive", DATA, LOCALES, train=400, dev=16, test=120, seed=0)
+    subsample.subsample("massive", DATA, LOCALES, train=400, dev=16, test=120, seed=0)
     p02 = _params("02_training")
     assert p02["max_seq_length"] == 128 and p02["models_dir"] == "models/massive"
     pretrain.ensure(

@@ -1,6 +1,7 @@
-"""The adapted family's protocol choices (mu.selection) and what they rest on: teacher distributions
+"""The adapted family's protocol choices (mu.selection and its choices: mu.selection_distill,
+mu.selection_student, mu.selection_adamerging) and what they rest on: teacher distributions
 (mu.distill.teacher_probs), the held-out slice (mu.data.held_out), the student's label-free stopping
-rule, AdaMerging checkpoints. The selection is run with test splits that raise when read: it cannot
+rule (mu.student), AdaMerging checkpoints. The selection is run with test splits that raise when read: it cannot
 see them. Tiny toy models (the base perturbed), a few steps: seconds."""
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ import pytest
 import torch
 
 import mu.corpus.data
-from mu import distill, ensemble, merge, models, paths, protocol, selection
+from mu import (
+    distill,
+    ensemble,
+    merge,
+    models,
+    paths,
+    protocol,
+    selection_adamerging,
+    selection_distill,
+    selection_student,
+    student,
+)
 from mu.merge import adamerging
 
 MODELS_DIR = "models/test_selection"
@@ -59,7 +71,7 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
     probs = distill.teacher(
         "uriel_logits", fit + held, {k: sources[k] for k in w}, w, temperature=2.0, max_seq_length=32
     )
-    model, tokenizer, log = distill.fit_student(
+    model, tokenizer, log = student.fit_student(
         sources["nl-NL"],
         fit,
         probs[: len(fit)],
@@ -83,7 +95,7 @@ def test_student_stops_on_held_out_agreement_and_keeps_the_best_checkpoint(sourc
         assert [c["agreement"] for c in curve[-2:]] and all(c["agreement"] <= best["agreement"] for c in curve[-2:])
         assert log["steps"] < 6 * -(-len(fit) // 16)
     # the model handed back is the best checkpoint, not the last step
-    again = distill.agreement(model, tokenizer, held, probs[len(fit) :].argmax(1), max_seq_length=32)
+    again = student.agreement(model, tokenizer, held, probs[len(fit) :].argmax(1), max_seq_length=32)
     assert again == pytest.approx(log["best_agreement"])
 
 
@@ -150,11 +162,11 @@ def no_test_split(monkeypatch):
 
 def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_base, no_test_split, monkeypatch):
     common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
-    teacher = selection.choose_teacher(
+    teacher = selection_distill.choose_teacher(
         "sel", TUNING, methods=["soft", "uriel_logits"], modes=["similarity", "average"], **common
     )
     assert {r["target"] for r in teacher["evidence"]} == set(TUNING) and len(teacher["evidence"]) == 8
-    lr = selection.choose_distill_lr(
+    lr = selection_student.choose_distill_lr(
         "sel",
         TUNING,
         teacher_method=teacher["method"],
@@ -174,7 +186,7 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert lr["lr"] in (1e-3, 1e-2) and {(r["target"], r["lr"]) for r in lr["evidence"]} == {
         (t, x) for t in TUNING for x in (1e-3, 1e-2)
     }
-    ada = selection.choose_adamerging(
+    ada = selection_adamerging.choose_adamerging(
         "sel",
         TUNING,
         granularities=["layer", "task"],
@@ -192,7 +204,7 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert {(r["granularity"], r["step"]) for r in ada["evidence"]} == {
         (g, s) for g in ("layer", "task") for s in (0, 2, 4)
     }
-    curves = selection.adamerging_curves(ada)
+    curves = selection_adamerging.adamerging_curves(ada)
     assert set(curves["metric"]) == {"dev_accuracy", "dev_entropy", "held_out_entropy"}
     ranked = (
         curves[(curves["metric"] == "held_out_entropy") & (curves["step"] > 0)]
@@ -209,8 +221,8 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert recorded["03.adamerging.granularity"]["grid"] == ["layer", "task"]  # the values each choice was made among
     assert recorded["04.distill.patience"]["chosen_by"] == "declared"
     # a rerun with the same arguments measures nothing (cached); other arguments measure again
-    monkeypatch.setattr(distill, "fit_student", lambda *a, **k: pytest.fail("measured again"))
-    assert selection.choose_distill_lr(
+    monkeypatch.setattr(student, "fit_student", lambda *a, **k: pytest.fail("measured again"))
+    assert selection_student.choose_distill_lr(
         "sel",
         TUNING,
         teacher_method=teacher["method"],
@@ -247,7 +259,9 @@ def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept
         **{**SELECT, "num_languages": 3},
     )
     names = ["linear", "ties", "iso_c"]
-    got = selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="tuning-targets", **common)
+    got = selection_student.choose_student_init(
+        "init", TUNING, methods=[*names, "slerp"], criterion="tuning-targets", **common
+    )
     assert {(r["target"], r["method"]) for r in got["evidence"]} == {(t, m) for t in TUNING for m in [*names, "slerp"]}
     assert all("exactly 2 sources" in r["note"] for r in got["evidence"] if r["method"] == "slerp")  # 3 sources here
     means = {m: np.mean([r["dev_accuracy"] for r in got["evidence"] if r["method"] == m]) for m in names}
@@ -260,39 +274,47 @@ def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept
     recorded = protocol.load("init")["04.distill.init"]
     assert (recorded["value"], recorded["chosen_by"]) == (got["method"], "tuning-targets")
     assert "dev split of the tuning targets" in recorded["data"] and "not applicable: slerp" in recorded["note"]
-    monkeypatch.setattr(selection.merge, "merge_models", lambda *a, **k: pytest.fail("merged again"))
-    free = selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common)
+    monkeypatch.setattr(selection_student.merge, "merge_models", lambda *a, **k: pytest.fail("merged again"))
+    free = selection_student.choose_student_init(
+        "init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common
+    )
     assert free["evidence"] == got["evidence"]  # one grid, both scores: the other criterion merges nothing again
     agree = {m: np.mean([r["held_out_agreement"] for r in free["evidence"] if r["method"] == m]) for m in names}
     assert free["method"] == max(names, key=lambda m: (agree[m], -names.index(m)))
     assert all(0 <= a <= 1 for a in agree.values())
     # cached: a rerun merges nothing; one name is declared; adamerging is no starting point
     assert (
-        selection.choose_student_init("init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common)
+        selection_student.choose_student_init(
+            "init", TUNING, methods=[*names, "slerp"], criterion="label-free", **common
+        )
         == free
     )
     assert (
-        selection.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)["method"]
+        selection_student.choose_student_init("init", [], methods=["iso_c"], criterion="tuning-targets", **common)[
+            "method"
+        ]
         == "iso_c"
     )
     assert protocol.load("init")["04.distill.init"]["chosen_by"] == "declared"
     with pytest.raises(ValueError, match="adamerging"):
-        selection.choose_student_init(
+        selection_student.choose_student_init(
             "init", TUNING, methods=["linear", "adamerging"], criterion="tuning-targets", **common
         )
 
 
 def test_one_candidate_is_declared_and_bad_settings_are_clear_errors(sources, toy_base):
     common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, **SELECT)
-    got = selection.choose_teacher(
+    got = selection_distill.choose_teacher(
         "sel2", [], methods=["soft", "uriel_logits"], modes=["similarity"], only=["uriel_logits/similarity"], **common
     )
     assert (got["method"], got["mode"]) == ("uriel_logits", "similarity")
     assert protocol.load("sel2")["04.distill.teacher"]["chosen_by"] == "declared"
     with pytest.raises(ValueError, match=r"not among the ensembles"):
-        selection.choose_teacher("sel2", TUNING, methods=["soft"], modes=["similarity"], only=["soft/oracle"], **common)
+        selection_distill.choose_teacher(
+            "sel2", TUNING, methods=["soft"], modes=["similarity"], only=["soft/oracle"], **common
+        )
     with pytest.raises(ValueError, match="needs at least one declared tuning target"):
-        selection.choose_teacher("sel2", [], methods=["soft", "majority"], modes=["similarity"], **common)
+        selection_distill.choose_teacher("sel2", [], methods=["soft", "majority"], modes=["similarity"], **common)
     kw = dict(
         granularities=["layer", "task"],
         steps=[2],
@@ -304,11 +326,11 @@ def test_one_candidate_is_declared_and_bad_settings_are_clear_errors(sources, to
         **common,
     )
     with pytest.raises(ValueError, match="selection criterion 'test'"):
-        selection.choose_adamerging("sel2", TUNING, criterion="test", held_out=0.1, **kw)
+        selection_adamerging.choose_adamerging("sel2", TUNING, criterion="test", held_out=0.1, **kw)
     with pytest.raises(ValueError, match="held-out fraction > 0"):
-        selection.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.0, **kw)
+        selection_adamerging.choose_adamerging("sel2", TUNING, criterion="label-free", held_out=0.0, **kw)
     with pytest.raises(ValueError, match="granularity 'block'"):
-        selection.choose_adamerging(
+        selection_adamerging.choose_adamerging(
             "sel2", TUNING, criterion="label-free", held_out=0.1, **{**kw, "granularities": ["block"]}
         )
 

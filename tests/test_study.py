@@ -1,4 +1,5 @@
-"""mu.study: the subsampled MASSIVE-layout folder (parallel ids, sizes, idempotent) and the CLI wiring."""
+"""mu.study and its parts: the subsampled MASSIVE-layout folder (mu.subsample: parallel ids, sizes,
+idempotent) and the CLI wiring (mu.study_cli)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pandas as pd
 import pytest
 
 from mu import __main__ as cli
-from mu import data, paths, study
+from mu import data, paths, study, study_cli, subsample
 
 
 def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
-    out = study.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1)
+    out = subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1)
     de = {s: data.load_split("de-DE", s, out) for s in data.SPLITS}
     sw = {s: data.load_split("sw-KE", s, out) for s in data.SPLITS}
     assert [len(de[s]) for s in data.SPLITS] == [10, len(data.load_split("de-DE", "dev", "toy")), 5]
@@ -24,25 +25,25 @@ def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
     rows = dict(zip(full["id"], zip(full["text"], full["label"])))
     assert all(rows[i] == (t, y) for i, t, y in zip(de["train"]["id"], de["train"]["text"], de["train"]["label"]))
     mtime = (out / "de-DE.jsonl").stat().st_mtime_ns
-    assert study.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1) == out
+    assert subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1) == out
     assert (out / "de-DE.jsonl").stat().st_mtime_ns == mtime  # same arguments: kept
-    other = study.subsample("toy", tmp_path / "sub2", ["de-DE"], train=10, dev=None, test=5, seed=2)
+    other = subsample.subsample("toy", tmp_path / "sub2", ["de-DE"], train=10, dev=None, test=5, seed=2)
     assert data.load_split("de-DE", "train", other)["id"] != de["train"]["id"]  # the seed picks the subset
     with pytest.raises(ValueError, match="subsample sizes must be >= 1"):
-        study.subsample("toy", tmp_path / "bad", ["de-DE"], train=0, dev=None, test=None)
+        subsample.subsample("toy", tmp_path / "bad", ["de-DE"], train=0, dev=None, test=None)
 
 
 def test_cli_has_the_study_commands():
     args = cli.parser().parse_args(["pretrain", "--objective", "mlm+tlm", "--steps", "10", "--hidden-size", "64"])
     assert (args.command, args.objective, args.steps, args.profile) == ("pretrain", "mlm+tlm", 10, "mini")
-    assert study._pretrain_kwargs(args)["hidden_size"] == 64
+    assert study_cli._pretrain_kwargs(args)["hidden_size"] == 64
     args = cli.parser().parse_args(["study", "--steps", "5", "--train", "100", "--set", "locales=[en-US, de-DE]"])
     assert (args.train, args.test, args.objective) == (100, 500, "mlm+tlm+align")
-    kw = study._pretrain_kwargs(cli.parser().parse_args(["study"]))  # the study's encoder recipe by default
+    kw = study_cli._pretrain_kwargs(cli.parser().parse_args(["study"]))  # the study's encoder recipe by default
     assert (kw["lr"], kw["embedding_init"]) == (1e-3, "parallel-svd")
     assert (
         cli.parser().parse_args(["study"]).steps == 3000
-        and study._pretrain_kwargs(args)["embedding_init"] == "parallel-svd"
+        and study_cli._pretrain_kwargs(args)["embedding_init"] == "parallel-svd"
     )
     assert dict(args.extra) == {"locales": ["en-US", "de-DE"]}
     with pytest.raises(SystemExit):

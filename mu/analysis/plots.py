@@ -180,7 +180,7 @@ def iterative_curves(frame: pd.DataFrame, path: str | os.PathLike, *, title: str
 
 
 def accuracy_vs_k(frame: pd.DataFrame, path: str | os.PathLike, *, title: str = "") -> plt.Figure:
-    """Accuracy against the number of sources K (``mu.combine.ensemble.accuracy_vs_k``), one line per system."""
+    """Accuracy against the number of sources K (``mu.combine.ensemble_eval.accuracy_vs_k``), one line per system."""
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(frame, x="k", y="accuracy", hue="system", style="family", markers=True, ax=ax)
     ax.set(
@@ -225,7 +225,7 @@ def metric_curves(
     title: str = "",
 ) -> plt.Figure:
     """One panel per ``metric`` of a long frame (``metric``, ``value``, ``x``, ``hue``[, ``style``]), e.g.
-    ``mu.combine.selection.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
+    ``mu.combine.selection_adamerging.adamerging_curves``: dev accuracy and entropies over AdaMerging steps per granularity."""
     metrics = list(dict.fromkeys(frame["metric"]))
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):

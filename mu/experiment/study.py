@@ -1,21 +1,21 @@
-"""The study at its real shape on real MASSIVE (the ``mini`` profile): data, driver and command line.
+"""The study at its real shape on real MASSIVE (the ``mini`` profile): its declared design and its driver.
 
-* ``subsample``: a MASSIVE-layout folder with at most ``train``/``dev``/``test`` utterances per
-  locale and split, the *same ids* in every locale (MASSIVE is parallel, so the N×N test sets stay
-  parallel); the documented subsampling knob of the mini study.
-* ``compare_objectives`` (``mu.experiment.objectives``): the pretraining objectives, native accuracy and N×N transfer beside
-  the char n-gram baseline.
-* ``run``: subsample → pretrain → the fine-tuning recipe chosen on dev (``mu.learn.tuning``) → every knob recorded
-  (``mu.experiment.declare``, ``mu.core.protocol``) → notebooks 01–05 over every target (05 over the declared subset) →
-  the headline notebooks again per extra fine-tuning seed (``mu.analysis.seeds``) → 06; resumable, each stage
-  timed, with a time budget (``mu.experiment.budget``).
+* The declared design, fixed before any result: the fine-tuning probe (``TUNE_*``), the study's encoder
+  recipe (``STUDY_PRETRAIN``), the tuning targets and the subset of costly notebooks (``TUNING_TARGETS``,
+  ``SUBSET``, their rules), the seeds' runs (``SEED_NOTEBOOKS``, ``SEED_PARAMS``).
+* ``run``: subsample (``mu.experiment.subsample``) → pretrain → the fine-tuning recipe chosen on dev
+  (``mu.learn.tuning``) → every knob recorded (``mu.experiment.declare``, ``mu.core.protocol``) → notebooks
+  01–05 over every target (05 over the declared subset) → the headline notebooks again per extra
+  fine-tuning seed (``mu.analysis.seeds``) → 06; resumable, each stage timed, with a time budget
+  (``mu.experiment.budget``; ``plan`` counts its jobs).
+
+Its command line (``python -m mu study``, ``pretrain``, ``compare-objectives``, ``tune``) is
+``mu.experiment.study_cli``; the pretraining objectives' comparison is ``mu.experiment.objectives``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -25,65 +25,9 @@ from typing import Any
 import pandas as pd
 
 from mu.core import paths, report
-from mu.corpus import data as mu_data
-from mu.experiment.objectives import compare_objectives  # noqa: F401 (python -m mu compare-objectives)
+from mu.experiment import subsample
 from mu.langs import locales as mu_locales
 from mu.learn import pretrain
-
-SUBSAMPLE_VERSION = 1
-
-
-def _rank(seed: int, uid: str) -> str:
-    return hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest()
-
-
-def subsample(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    locales: Sequence[str],
-    *,
-    train: int | None,
-    dev: int | None,
-    test: int | None,
-    seed: int = 0,
-) -> Path:
-    """Write ``<out_dir>/<locale>.jsonl`` keeping, per split, the ``n`` utterances whose ids rank first
-    under a seeded hash (``None``: the whole split). Ids are the same in every locale, so the kept
-    utterances are translations of each other. Idempotent (``subsample_args.json``); atomic."""
-    out = paths.resolve(out_dir)
-    limits = {"train": train, "dev": dev, "test": test}
-    bad = {k: v for k, v in limits.items() if v is not None and v < 1}
-    if bad:
-        raise ValueError(f"subsample sizes must be >= 1 or None, got {bad}")
-    args = {"source": str(source), "locales": list(locales), **limits, "seed": seed, "version": SUBSAMPLE_VERSION}
-    stamp = out / "subsample_args.json"
-    if stamp.is_file() and paths.read_json(stamp) == args:
-        return out
-    with paths.atomic_path(out) as tmp:
-        tmp.mkdir()
-        for loc in locales:
-            lines = []
-            for split, n in limits.items():
-                ds = mu_data.load_split(loc, split, source)
-                ids, texts, labels = list(ds["id"]), list(ds["text"]), list(ds["label"])
-                keep = sorted(range(len(ids)), key=lambda i: _rank(seed, ids[i]))[:n] if n else range(len(ids))
-                lines += [
-                    json.dumps(
-                        {
-                            "id": ids[i],
-                            "locale": loc,
-                            "partition": split,
-                            "intent": mu_data.ID2LABEL[labels[i]],
-                            "utt": texts[i],
-                        },
-                        ensure_ascii=False,
-                    )
-                    for i in sorted(keep)
-                ]
-            (tmp / f"{loc}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (tmp / "subsample_args.json").write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
-    return out
-
 
 # The fine-tuning probe (mu.learn.tuning): declared before any result; the choice is made on these sources' dev splits.
 TUNE_LOCALES = ("en-US", "hi-IN", "sw-KE")
@@ -351,7 +295,7 @@ def run(
     t0, stamp = time.perf_counter(), paths.resolve(p02["data"]) / "subsample_args.json"
     before = _mtime(stamp)
     if str(p02["data"]) != str(source):
-        subsample(source, p02["data"], p02["locales"], train=train, dev=dev, test=test, seed=p02["seed"])
+        subsample.subsample(source, p02["data"], p02["locales"], train=train, dev=dev, test=test, seed=p02["seed"])
     log.add("subsample", t0, 1, int(_mtime(stamp) != before))
     t0, record = (
         time.perf_counter(),
@@ -450,204 +394,3 @@ def run(
     protocol.write(profile)
     print(budget.write(profile, whole, workers=workers).read_text(encoding="utf-8"), flush=True)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
-
-
-# --------------------------------------------------------------------------- command line
-
-COMMANDS = ("pretrain", "compare-objectives", "study", "tune")
-
-STUDY_LOCALES = "every locale of the profile (params/02_training.yaml)"
-
-
-def _pretrain_args(p, defaults: dict[str, Any] | None = None) -> None:
-    d = {"steps": None, "lr": 5e-4, "embedding_init": "random", **(defaults or {})}
-    p.add_argument("--objective", choices=pretrain.OBJECTIVES, default="mlm+tlm+align")
-    p.add_argument(
-        "--steps",
-        type=int,
-        required=d["steps"] is None,
-        default=d["steps"],
-        help="optimiser steps (the LR schedule ends there)" + (f"; default {d['steps']}" if d["steps"] else ""),
-    )
-    p.add_argument("--minutes", type=float, default=None, help="stop earlier after this much training time")
-    p.add_argument(
-        "--source",
-        default="massive",
-        help="data whose train split is pretrained on (default %(default)s: $MU_MASSIVE_DIR or ../shared/massive/1.1)",
-    )
-    for name, default in (
-        ("vocab-size", 32000),
-        ("hidden-size", 128),
-        ("num-hidden-layers", 4),
-        ("num-attention-heads", 4),
-        ("intermediate-size", 512),
-        ("batch-size", 64),
-    ):
-        p.add_argument(f"--{name}", type=int, default=default, dest=f"pt_{name.replace('-', '_')}")
-    p.add_argument("--lr", type=float, default=d["lr"], dest="pt_lr")
-    p.add_argument(
-        "--embedding-init",
-        choices=pretrain.EMBEDDING_INITS,
-        default=d["embedding_init"],
-        dest="pt_embedding_init",
-        help="token embeddings: random, or parallel-svd (cross-lingual vectors from MASSIVE's translations)",
-    )
-
-
-def add_parsers(sub, key_value) -> None:
-    """``pretrain``, ``compare-objectives`` and ``study`` subcommands for ``python -m mu``; ``key_value``
-    parses ``--set KEY=VALUE`` (the command line's one parser, ``mu.__main__._key_value``)."""
-    pt = sub.add_parser("pretrain", help="pretrain the profile's encoder here and save its base")
-    pt.add_argument("--profile", default="mini")
-    _pretrain_args(pt)
-    cmp_ = sub.add_parser(
-        "compare-objectives", help="pretraining objectives: native accuracy and N×N transfer vs lexical"
-    )
-    cmp_.add_argument("--objectives", nargs="+", choices=pretrain.OBJECTIVES, default=list(pretrain.OBJECTIVES))
-    cmp_.add_argument("--locales", nargs="+", required=True, help="fine-tuned and evaluated (pretraining: all 51)")
-    cmp_.add_argument("--data", default="massive", help="fine-tuning / evaluation data (default %(default)s)")
-    cmp_.add_argument("--name", default="compare", help="profile name of the runs (models/<name>-<objective>/)")
-    cmp_.add_argument("--epochs", type=float, default=2)
-    cmp_.add_argument("--ft-lr", type=float, default=3e-4)
-    _pretrain_args(cmp_)
-    st = sub.add_parser("study", help="subsample, pretrain, tune on dev, notebooks 01-05, the seeds' runs, 06")
-    st.add_argument("--profile", default="mini")
-    st.add_argument("--targets", nargs="*", default=None, help=f"default: {STUDY_LOCALES}")
-    st.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS))
-    st.add_argument("--workers", type=int, default=1)
-    st.add_argument(
-        "--set",
-        dest="extra",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a notebook parameter (YAML value), e.g. locales=[en-US,de-DE]",
-    )
-    st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
-    st.add_argument("--dev", type=int, default=200)
-    st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
-    st.add_argument(
-        "--tune-locales",
-        nargs="*",
-        default=list(TUNE_LOCALES),
-        help="probe sources whose dev splits choose 02's epochs and lr (none: no tuning; default %(default)s)",
-    )
-    st.add_argument("--tune-epochs", nargs="+", type=_number, default=list(TUNE_EPOCHS))
-    st.add_argument("--tune-lrs", nargs="+", type=float, default=list(TUNE_LRS))
-    st.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int,
-        default=None,
-        help="fine-tuning seeds of the headline comparisons (06's `seeds`; default: params/06_aggregation.yaml)",
-    )
-    st.add_argument("--seed-targets", nargs="+", default=None, help="targets of the seeds' runs (06's `seed_targets`)")
-    st.add_argument("--seed-notebooks", nargs="+", default=list(SEED_NOTEBOOKS))
-    st.add_argument(
-        "--subset-notebooks",
-        nargs="*",
-        default=list(SUBSET_NOTEBOOKS),
-        help=f"notebooks run only over the declared subset ({SUBSET_RULE}; default %(default)s)",
-    )
-    st.add_argument(
-        "--budget",
-        action="store_true",
-        help="write and print the time budget of the whole study (these targets and --set values); run nothing",
-    )
-    _pretrain_args(st, STUDY_PRETRAIN)
-    tu = sub.add_parser("tune", help="choose the fine-tuning recipe (epochs, lr) on the probe sources' dev splits")
-    tu.add_argument("--profile", default="mini")
-    tu.add_argument("--locales", nargs="+", default=list(TUNE_LOCALES), help="probe sources (default %(default)s)")
-    tu.add_argument("--epochs", nargs="+", type=float, default=list(TUNE_EPOCHS))
-    tu.add_argument("--lrs", nargs="+", type=float, default=list(TUNE_LRS))
-
-
-def _number(text: str) -> int | float:
-    """An epochs value: an int when it is one (``5``), else a float (``2.5``)."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
-def _pretrain_kwargs(args) -> dict[str, Any]:
-    return {k[3:]: v for k, v in vars(args).items() if k.startswith("pt_")}
-
-
-def main(args) -> int:
-    from mu.langs import locales as mu_locales
-
-    if args.command == "pretrain":
-        base = pretrain.ensure(
-            args.profile,
-            objective=args.objective,
-            locales=mu_locales.LOCALES,
-            source=args.source,
-            steps=args.steps,
-            minutes=args.minutes,
-            **_pretrain_kwargs(args),
-        )
-        print(f"base: {base}")
-    elif args.command == "tune":
-        from mu.batch import params
-        from mu.learn import tuning
-
-        p02 = params.load_params("02_training", args.profile)
-        chosen = tuning.tune_finetuning(
-            args.profile,
-            args.locales,
-            base_model=p02["base_model"],
-            data=p02["data"],
-            epochs_grid=args.epochs,
-            lr_grid=args.lrs,
-            batch_size=p02["batch_size"],
-            max_seq_length=p02["max_seq_length"],
-            seed=p02["seed"],
-        )
-        print(f"chosen on dev: {chosen}; protocol: {paths.reports_dir('study', args.profile, 'protocol.md')}")
-    elif args.command == "compare-objectives":
-        table = compare_objectives(
-            args.objectives,
-            args.locales,
-            data=args.data,
-            profile=args.name,
-            epochs=args.epochs,
-            batch_size=32,
-            lr=args.ft_lr,
-            max_seq_length=64,
-            seed=42,
-            pretrain_kwargs={
-                "locales": mu_locales.LOCALES,
-                "source": args.source,
-                "steps": args.steps,
-                "minutes": args.minutes,
-                **_pretrain_kwargs(args),
-            },
-        )
-        print(table.round(3).to_string(index=False))
-    else:
-        kwargs = _pretrain_kwargs(args)
-        extra = dict(args.extra)
-        extra.update({k: v for k, v in (("seeds", args.seeds), ("seed_targets", args.seed_targets)) if v is not None})
-        frame = run(
-            args.profile,
-            source=args.source,
-            train=args.train,
-            dev=args.dev,
-            test=args.test,
-            objective=args.objective,
-            steps=args.steps,
-            minutes=args.minutes,
-            targets=args.targets,
-            notebooks=args.notebooks,
-            workers=args.workers,
-            extra_params=extra,
-            pretrain_kwargs=kwargs,
-            tune_locales=args.tune_locales,
-            tune_epochs=args.tune_epochs,
-            tune_lrs=args.tune_lrs,
-            subset_notebooks=args.subset_notebooks,
-            seed_notebooks=args.seed_notebooks,
-            budget_only=args.budget,
-        )
-        return 1 if (frame["status"] == "failed").any() else 0
-    return 0

@@ -191,7 +191,7 @@ def _best_bold(mean: pd.DataFrame, key: object, col: str) -> str:
 
 
 def distill_init(profile: str) -> str:
-    """Which merge the distilled student starts from (``tuning/distill_init.json``, ``mu.combine.selection.choose_student_init``):
+    """Which merge the distilled student starts from (``tuning/distill_init.json``, ``mu.combine.selection_student.choose_student_init``):
     per method, its merge's mean dev accuracy and mean held-out agreement with the teacher over the tuning
     targets, best first by dev accuracy; the best of each column in bold (``distill_selection`` reads one of them)."""
     path = results_path(profile, "tuning/distill_init.json")
@@ -223,7 +223,7 @@ def distill_init(profile: str) -> str:
 
 
 def distill_lr(profile: str) -> str:
-    """The student's lr grid on the tuning targets (``tuning/distill_lr.json``, ``mu.combine.selection.choose_distill_lr``):
+    """The student's lr grid on the tuning targets (``tuning/distill_lr.json``, ``mu.combine.selection_student.choose_distill_lr``):
     per lr, the students' mean dev accuracy, mean best held-out agreement with the teacher, the mean step the
     label-free rule kept (0: the init itself) and the steps trained; the best of the first two in bold."""
     path = results_path(profile, "tuning/distill_lr.json")
