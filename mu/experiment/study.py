@@ -40,7 +40,7 @@ STUDY_PRETRAIN = {"steps": 3000, "lr": 1e-3, "embedding_init": "parallel-svd"}
 
 NOTEBOOKS = ("01", "02", "03", "04", "05", "06")
 
-# Declared before any result of the new study (issue 19), by rules on the alphabetical list of the 51 locales.
+# Declared before any result of the study, by rules on the alphabetical list of the 51 locales.
 _ALPHABETICAL = tuple(sorted(mu_locales.LOCALES))
 TUNING_TARGETS_RULE = "every 10th locale in alphabetical order from the 6th (5 of 51)"
 TUNING_TARGETS = _ALPHABETICAL[5::10]  # dev labels usable by target-side selections; 06 reports them apart
