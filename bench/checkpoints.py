@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, XLMRobertaForSequenceClassification
 
 from bench import sizes, utterances
-from mu import locales, models, paths
+from mu import bases, locales, models, paths
 
 SOURCE_LOCALES = [
     "de-DE",
@@ -89,7 +89,7 @@ def build(size: str, n: int, *, seed: int = 0, delta: float = 0.002) -> tuple[Pa
         base = models.load_state_dict(base_dir)
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
     else:
-        tokenizer = models.train_tokenizer(utterances.texts(5000, seed), min(TOKENIZER_VOCAB, config.vocab_size))
+        tokenizer = bases.train_tokenizer(utterances.texts(5000, seed), min(TOKENIZER_VOCAB, config.vocab_size))
         torch.manual_seed(seed)
         base = {k: v.contiguous() for k, v in XLMRobertaForSequenceClassification(config).state_dict().items()}
         _write(base_dir, base, config, tokenizer, base_args)

@@ -5,7 +5,7 @@ beforehand, shared by all) with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = 1 or
 compares the trained weights bit for bit (sha256 of every tensor's bytes) and by the largest absolute
 difference with the 1-thread run:
 
-* ``tokenizer``: ``mu.models.train_tokenizer`` (the HF ``tokenizers`` unigram trainer) on the same texts:
+* ``tokenizer``: ``mu.bases.train_tokenizer`` (the HF ``tokenizers`` unigram trainer) on the same texts:
   are the vocabulary and its ids the same in every process?
 * ``finetune``: ``mu.train.fit`` as the package runs it: de-DE of the toy data, 3 epochs, seed 42. A
   model below ``mu.models.TINY_PARAMS`` (the toy's and the mini study's) trains on one torch thread
@@ -35,10 +35,10 @@ PRETRAIN_LOCALES = ["de-DE", "nl-NL", "sw-KE"]
 
 def _shared(folder: Path) -> None:
     """What every fine-tuning / pretraining run starts from, made once, so that only the thread count differs
-    (``mu.models.train_tokenizer`` varied from one process to the next before its scores were rounded)."""
-    from mu import models, pretrain
+    (``mu.bases.train_tokenizer`` varied from one process to the next before its scores were rounded)."""
+    from mu import bases, pretrain
 
-    models.build_toy_base(folder / "base", seed=42)
+    bases.build_toy_base(folder / "base", seed=42)
     texts = pretrain.train_texts(PRETRAIN_LOCALES, "toy")
     pretrain.tokenizer(folder / "tok", [t for _, utts in texts.values() for t in utts], 400)
 
@@ -59,12 +59,12 @@ def worker(case: str, threads: int, out: Path, shared: Path) -> None:
     """Train one case in this process and save its weights (or vocabulary) to ``out`` (``torch.save``)."""
     import torch
 
-    from mu import data, models, pretrain, train
+    from mu import bases, data, models, pretrain, train
 
     t0 = time.perf_counter()
     if case == "tokenizer":
         texts = [t for loc in PRETRAIN_LOCALES for t in data.load_split(loc, "train", "toy")["text"]]
-        vocab = models.train_tokenizer(texts, 400).get_vocab()
+        vocab = bases.train_tokenizer(texts, 400).get_vocab()
         ids = torch.tensor([vocab[k] for k in sorted(vocab)])
         torch.save(
             {"state": {"ids": ids}, "torch_threads": torch.get_num_threads(), "seconds": 0.0, "pieces": sorted(vocab)},

@@ -94,12 +94,12 @@ def measure(
 ) -> dict[str, Any]:
     from transformers import XLMRobertaForSequenceClassification
 
-    from mu import evaluate, models, train
+    from mu import bases, evaluate, models, train
     from mu.merge import fisher_diagonal, regmean_grams
 
     folder = write_locale(massive, LOCALE, workdir / "massive")
     split = data.load_split(LOCALE, "train", folder)
-    tokenizer = models.train_tokenizer(list(split["text"]), 8000)
+    tokenizer = bases.train_tokenizer(list(split["text"]), 8000)
     lengths = [len(x) for x in tokenizer(list(split["text"][:2000]), truncation=True, max_length=128)["input_ids"]]
     torch.manual_seed(0)
     model = XLMRobertaForSequenceClassification(sizes.config("base"))

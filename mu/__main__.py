@@ -152,9 +152,9 @@ SHOWN = ("## Accuracy per target", "## Mean over targets")
 
 def demo_summary(profile: str, failed: bool) -> str:
     """The aggregated summary's per-target and mean tables (from summary.md) and where the figures are."""
-    from mu.analysis import aggregate
+    from mu.analysis import summary as mu_summary
 
-    md = aggregate.summary_dir(profile) / "summary.md"
+    md = mu_summary.summary_dir(profile) / "summary.md"
     if not md.is_file():
         return f"\nno aggregated report at {_here(md)}"
     lines, keep = [], False

@@ -43,9 +43,9 @@ def toy_train_args() -> dict:
 def toy_base(mu_root) -> Path:
     """The toy base model (tiny XLM-R + local tokenizer) at ``<MU_ROOT>/models/toy/base``, built with the
     same seed as notebook 02 so the notebooks reuse it (a base with other arguments is an error)."""
-    import mu.learn.models
+    import mu.learn.bases
 
-    return mu.models.build_toy_base("models/toy/base", seed=TOY_TRAIN["seed"])
+    return mu.bases.build_toy_base("models/toy/base", seed=TOY_TRAIN["seed"])
 
 
 @pytest.fixture(scope="session")

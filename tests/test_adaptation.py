@@ -203,6 +203,7 @@ def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, m
     import pandas as pd
 
     from mu import aggregate, report
+    from mu import summary as mu_summary
 
     monkeypatch.setenv("MU_ROOT", str(tmp_path))
     locs = ["af-ZA", "de-DE", "nl-NL", "fr-FR", "es-ES"]
@@ -234,11 +235,11 @@ def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, m
         ["system", "baseline"]
     )
     assert extra.at[("adapted/adamerging/similarity", "merge/linear/similarity"), "mean_diff"] == pytest.approx(0.12)
-    md = aggregate.summary_markdown(summary, "toy")
+    md = mu_summary.summary_markdown(summary, "toy")
     assert "## What each family sees of the target" in md
     assert "| adapted/adamerging/similarity | 5 | 0.540 |" in md and "unlabeled text (train split) |" in md
     assert "| zero-shot | labels (test labels pick the model) | zero-shot/best-source, zero-shot/best |" in md
-    assert {r["family"]: r["sees"] for r in aggregate.summary_results(summary)["families"]}["merge"] == "nothing"
+    assert {r["family"]: r["sees"] for r in mu_summary.summary_results(summary)["families"]}["merge"] == "nothing"
 
 
 def test_head_to_head_pairs_over_targets_with_bootstrap_and_wilcoxon():

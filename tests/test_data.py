@@ -7,6 +7,7 @@ import pytest
 
 import mu.corpus.data as data
 from mu import paths
+from mu.corpus import massive, toy
 
 
 def test_intents_are_the_60_massive_intents_in_classlabel_order():
@@ -24,7 +25,7 @@ def test_intents_are_the_60_massive_intents_in_classlabel_order():
 
 
 def test_toy_splits_have_expected_columns_and_sizes():
-    folder = data.make_toy()
+    folder = toy.make_toy()
     args = json.loads((folder / "toy_args.json").read_text())
     for split, per_intent in (
         ("train", args["train_per_intent"]),
@@ -40,24 +41,24 @@ def test_toy_splits_have_expected_columns_and_sizes():
 def test_label_map_identical_across_locales():
     """Toy data is parallel like MASSIVE: the same utterance id has the same label id in every locale."""
     by_locale = {}
-    for loc in data.TOY_LOCALES:
+    for loc in toy.TOY_LOCALES:
         ds = data.load_split(loc, "test", "toy")
         by_locale[loc] = dict(zip(ds["id"], ds["label"]))
-    reference = by_locale[data.TOY_LOCALES[0]]
+    reference = by_locale[toy.TOY_LOCALES[0]]
     assert all(m == reference for m in by_locale.values())
     # and labels index the one fixed 60-intent space: names round-trip through ID2LABEL/LABEL2ID
     assert all(data.LABEL2ID[data.ID2LABEL[y]] == y for y in reference.values())
 
 
 def test_make_toy_is_deterministic_and_resumable(tmp_path):
-    a = data.make_toy(tmp_path / "a", seed=3)
-    b = data.make_toy(tmp_path / "b", seed=3)
-    for loc in data.TOY_LOCALES:
+    a = toy.make_toy(tmp_path / "a", seed=3)
+    b = toy.make_toy(tmp_path / "b", seed=3)
+    for loc in toy.TOY_LOCALES:
         assert (a / f"{loc}.jsonl").read_bytes() == (b / f"{loc}.jsonl").read_bytes()
     mtime = (a / "de-DE.jsonl").stat().st_mtime_ns
-    assert data.make_toy(tmp_path / "a", seed=3) == a
+    assert toy.make_toy(tmp_path / "a", seed=3) == a
     assert (a / "de-DE.jsonl").stat().st_mtime_ns == mtime  # not rewritten
-    c = data.make_toy(tmp_path / "a", seed=4)  # other arguments: regenerated
+    c = toy.make_toy(tmp_path / "a", seed=4)  # other arguments: regenerated
     assert (c / "de-DE.jsonl").read_bytes() != (b / "de-DE.jsonl").read_bytes()
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -65,7 +66,7 @@ def test_make_toy_is_deterministic_and_resumable(tmp_path):
 def test_toy_languages_are_typologically_structured():
     """Languages of one family share more word forms than languages of different families."""
     vocab = {
-        loc: {w for t in data.load_split(loc, "train", "toy")["text"] for w in t.split()} for loc in data.TOY_LOCALES
+        loc: {w for t in data.load_split(loc, "train", "toy")["text"] for w in t.split()} for loc in toy.TOY_LOCALES
     }
 
     def jaccard(a, b):
@@ -73,13 +74,13 @@ def test_toy_languages_are_typologically_structured():
 
     within = [
         jaccard(a, b)
-        for a, b in itertools.combinations(data.TOY_LOCALES, 2)
-        if data.TOY_FAMILIES[a] == data.TOY_FAMILIES[b]
+        for a, b in itertools.combinations(toy.TOY_LOCALES, 2)
+        if toy.TOY_FAMILIES[a] == toy.TOY_FAMILIES[b]
     ]
     across = [
         jaccard(a, b)
-        for a, b in itertools.combinations(data.TOY_LOCALES, 2)
-        if data.TOY_FAMILIES[a] != data.TOY_FAMILIES[b]
+        for a, b in itertools.combinations(toy.TOY_LOCALES, 2)
+        if toy.TOY_FAMILIES[a] != toy.TOY_FAMILIES[b]
     ]
     assert min(within) > 2 * max(across)
 
@@ -104,7 +105,7 @@ def test_unknown_locale_split_or_source(massive_fixture_dir):
     with pytest.raises(ValueError, match="neither 'toy', 'hub', 'massive' nor an existing folder"):
         data.load_split("de-DE", "test", "no/such/folder")
     with pytest.raises(ValueError, match="unknown toy locale"):
-        data.make_toy(paths.cache_dir("bad_toy"), locales=["de-DE", "zz-ZZ"])
+        toy.make_toy(paths.cache_dir("bad_toy"), locales=["de-DE", "zz-ZZ"])
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_gzipped_folder_loads_like_plain(tmp_path, massive_fixture_dir):
     for split in data.SPLITS:
         plain, packed = data.load_split("de-DE", split, massive_fixture_dir), data.load_split("de-DE", split, tmp_path)
         assert data.fingerprint(plain) == data.fingerprint(packed)
-    assert data.locale_file(tmp_path, "de-DE").name == "de-DE.jsonl.gz"
+    assert massive.locale_file(tmp_path, "de-DE").name == "de-DE.jsonl.gz"
     with pytest.raises(ValueError, match=r"neither sw-KE\.jsonl nor sw-KE\.jsonl\.gz.*\['de-DE'\]"):
         data.load_split("sw-KE", "test", tmp_path)
 
@@ -204,20 +205,20 @@ def test_damaged_gzip_is_a_value_error_naming_the_file(damage, tmp_path, massive
 
 
 def test_massive_source_is_the_env_folder_or_shared_beside_the_checkout(tmp_path, monkeypatch, massive_fixture_dir):
-    monkeypatch.delenv(data.MASSIVE_ENV, raising=False)
-    checkout = Path(data.__file__).resolve().parents[2]
-    assert data.massive_dir() == checkout.parent / "shared" / "massive" / "1.1"
-    monkeypatch.setenv(data.MASSIVE_ENV, str(massive_fixture_dir))
-    assert data.massive_dir() == massive_fixture_dir.resolve()
+    monkeypatch.delenv(massive.MASSIVE_ENV, raising=False)
+    checkout = Path(massive.__file__).resolve().parents[2]
+    assert massive.massive_dir() == checkout.parent / "shared" / "massive" / "1.1"
+    monkeypatch.setenv(massive.MASSIVE_ENV, str(massive_fixture_dir))
+    assert massive.massive_dir() == massive_fixture_dir.resolve()
     assert len(data.load_split("sw-KE", "test", "massive")) > 0
-    monkeypatch.setenv(data.MASSIVE_ENV, str(tmp_path / "absent"))
+    monkeypatch.setenv(massive.MASSIVE_ENV, str(tmp_path / "absent"))
     with pytest.raises(ValueError, match=r"data source 'massive'.*absent.*MU_MASSIVE_DIR"):
         data.load_split("sw-KE", "test", "massive")
 
 
 @pytest.mark.skipif(
-    not data.massive_dir().is_dir(),
-    reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+    not massive.massive_dir().is_dir(),
+    reason=f"real MASSIVE 1.1 not found at {massive.massive_dir()} (set MU_MASSIVE_DIR or put it in "
     "../shared/massive/1.1 beside the checkout)",
 )
 def test_real_massive_splits_are_parallel_and_complete():

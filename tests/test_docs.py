@@ -16,6 +16,7 @@ import pytest
 import mu.analysis.methods_table
 import mu.publish.collect
 import mu.publish.docs
+import mu.publish.docs_results
 from mu import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def _fake_run(root: Path, profile: str) -> pd.DataFrame:
 
 
 def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path, monkeypatch):
-    for module in (mu.docs, mu.collect):
+    for module in (mu.docs_results, mu.collect):
         monkeypatch.setattr(module, "RESULTS", str(tmp_path / "results"))
     assert "Not yet collected" in mu.docs.render("systems profile=fake")
     assert "Not yet collected" in mu.docs.render("methods-answer profile=fake")

@@ -12,7 +12,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 from test_runner import write_notebook
 
-from mu import kernels, runner
+from mu import execution, kernels, runner
 
 NOISY = (  # every kind of bar the notebooks showed, and one real warning
     "import warnings\n"
@@ -65,10 +65,10 @@ def test_a_runner_notebook_has_no_progress_noise_and_its_kernel_stops_cleanly(
     write_notebook(tmp_path / "notebooks" / "03_quiet.ipynb", f'profile = "toy"\nbase = {str(toy_base)!r}', NOISY)
     (tmp_path / "params" / "03_quiet.yaml").write_text("shared: {}\nprofiles: {toy: {}}\n")
     [job] = runner.plan(["03_quiet"], [], notebooks_dir=tmp_path / "notebooks", params_dir=tmp_path / "params")
-    env = runner.kernel_env(workers=1)
+    env = execution.kernel_env(workers=1)
     for k, v in env.items():  # execute() sets them in this process: restored after the test
         monkeypatch.setenv(k, v)
-    result = runner.execute(job, "key", runner.kernel_name(), env)  # in this process, as a worker runs it
+    result = execution.execute(job, "key", execution.kernel_name(), env)  # in this process, as a worker runs it
     assert result["status"] == "done", result
     stderr = _stderr(job.output)
     assert "a real warning stays" in stderr
@@ -91,8 +91,8 @@ def test_an_interrupt_asked_for_while_running_is_still_sent(interrupts):
 
 
 def test_the_kernel_environment_turns_the_bars_off():
-    env = runner.kernel_env(workers=1)
-    assert {k: env[k] for k in runner.QUIET_ENV} == {
+    env = execution.kernel_env(workers=1)
+    assert {k: env[k] for k in execution.QUIET_ENV} == {
         "TQDM_DISABLE": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",

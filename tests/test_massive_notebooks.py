@@ -20,7 +20,7 @@ from __future__ import annotations
 import papermill
 import pytest
 
-from mu import data, merge, params, paths, pretrain, report, subsample
+from mu import massive, merge, params, paths, pretrain, report, subsample
 
 REPO = paths.Path(__file__).resolve().parent.parent
 LOCALES = ["de-DE", "nl-NL", "sw-KE", "id-ID"]
@@ -30,8 +30,8 @@ TARGET = "nl-NL"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not data.massive_dir().is_dir(),
-        reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+        not massive.massive_dir().is_dir(),
+        reason=f"real MASSIVE 1.1 not found at {massive.massive_dir()} (set MU_MASSIVE_DIR or put it in "
         "../shared/massive/1.1 beside the checkout)",
     ),
 ]

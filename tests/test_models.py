@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig
 
 import mu.corpus.data as data
+import mu.learn.bases as bases
 import mu.learn.models as models
 from mu import paths
 
@@ -27,19 +28,19 @@ def test_toy_base_has_massive_labels_and_xlmr_tokens(toy_base):
 
 def test_build_toy_base_is_seeded_and_resumable(toy_base, tmp_path):
     mtime = (toy_base / models.WEIGHTS_FILE).stat().st_mtime_ns
-    assert models.build_toy_base("models/toy/base", seed=42) == toy_base
+    assert bases.build_toy_base("models/toy/base", seed=42) == toy_base
     assert (toy_base / models.WEIGHTS_FILE).stat().st_mtime_ns == mtime  # same arguments: kept
-    again = models.build_toy_base(tmp_path / "again", seed=42)
-    other = models.build_toy_base(tmp_path / "other", seed=1)
+    again = bases.build_toy_base(tmp_path / "again", seed=42)
+    other = bases.build_toy_base(tmp_path / "other", seed=1)
     a, b, c = (models.load_state_dict(p) for p in (toy_base, again, other))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same initial head and encoder
     assert not torch.equal(a["classifier.out_proj.weight"], c["classifier.out_proj.weight"])
     # a base built with other arguments is never silently rebuilt over (its sources would be orphaned)
     with pytest.raises(ValueError, match=r"exists but was built with other arguments.*'seed': \(1, 2\)"):
-        models.build_toy_base(tmp_path / "other", seed=2)
-    assert models.ensure_base("toy", tmp_path / "other", seed=1) == tmp_path / "other"
+        bases.build_toy_base(tmp_path / "other", seed=2)
+    assert bases.ensure_base("toy", tmp_path / "other", seed=1) == tmp_path / "other"
     with pytest.raises(ValueError, match="unknown profile 'tiny'"):
-        models.ensure_base("tiny", tmp_path / "other", seed=1)
+        bases.ensure_base("tiny", tmp_path / "other", seed=1)
 
 
 def test_resolve_and_available_sources(toy_sources, tmp_path):
@@ -140,18 +141,18 @@ def test_train_tokenizer_gives_the_same_vocabulary_in_every_process(mu_root):
     import sys
 
     code = (
-        "import json, sys; from mu import data, models; texts = [t for loc in ('de-DE', 'nl-NL', 'sw-KE') "
+        "import json, sys; from mu import bases, data; texts = [t for loc in ('de-DE', 'nl-NL', 'sw-KE') "
         "for t in data.load_split(loc, 'train', 'toy')['text']]; "
-        "print(json.dumps(sorted(models.train_tokenizer(texts, 400).get_vocab().items())))"
+        "print(json.dumps(sorted(bases.train_tokenizer(texts, 400).get_vocab().items())))"
     )
     texts = [t for loc in ("de-DE", "nl-NL", "sw-KE") for t in data.load_split(loc, "train", "toy")["text"]]
-    here = json.dumps(sorted(models.train_tokenizer(texts, 400).get_vocab().items()))
+    here = json.dumps(sorted(bases.train_tokenizer(texts, 400).get_vocab().items()))
     vocabs = {here} | {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         for _ in range(2)
     }  # three processes: this one and two fresh ones
     assert len(vocabs) == 1 and len(json.loads(vocabs.pop())) > 200
-    tok = models.train_tokenizer(["anna tokyo", "tokyo anna"] * 20, 60)
+    tok = bases.train_tokenizer(["anna tokyo", "tokyo anna"] * 20, 60)
     assert [tok.convert_tokens_to_ids(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")] == [0, 1, 2, 3, 4]
 
 

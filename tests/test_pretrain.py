@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mu import models, notes, paths, pretrain, threads
+from mu import bases, mlm, models, notes, paths, pretrain, threads
 
 LOCALES = ["de-DE", "nl-NL", "fr-FR"]
 TINY = dict(
@@ -44,18 +44,18 @@ def test_each_objective_trains_and_records_dev_loss(objective, tmp_path):
 
 def test_deterministic_resumable_and_not_repeated(tmp_path, monkeypatch):
     a = pretrain.pretrain(tmp_path / "a", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY)
-    real = pretrain.step_loss
+    real = mlm.step_loss
 
     def crash_at_4(model, corpus, term, batch_size, seed, step):
         if step == 4:
             raise KeyboardInterrupt("interrupted")
         return real(model, corpus, term, batch_size, seed, step)
 
-    monkeypatch.setattr(pretrain, "step_loss", crash_at_4)
+    monkeypatch.setattr(mlm, "step_loss", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(pretrain, "step_loss", real)
+    monkeypatch.setattr(mlm, "step_loss", real)
     b = pretrain.pretrain(tmp_path / "b", objective="mlm+tlm+align", tokenizer_dir=tmp_path / "tok", **TINY)
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -70,17 +70,17 @@ def test_deterministic_resumable_and_not_repeated(tmp_path, monkeypatch):
 
 def _interrupted(tmp_path, monkeypatch, run, at_step, **kw):
     """Run ``run`` until the step ``at_step`` raises (a kill): checkpoints are left as a killed run leaves them."""
-    real = pretrain.step_loss
+    real = mlm.step_loss
 
     def crash(model, corpus, term, batch_size, seed, step):
         if step == at_step:
             raise KeyboardInterrupt("killed")
         return real(model, corpus, term, batch_size, seed, step)
 
-    monkeypatch.setattr(pretrain, "step_loss", crash)
+    monkeypatch.setattr(mlm, "step_loss", crash)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain(tmp_path / run, objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
-    monkeypatch.setattr(pretrain, "step_loss", real)
+    monkeypatch.setattr(mlm, "step_loss", real)
     return tmp_path / run
 
 
@@ -100,8 +100,8 @@ def test_checkpoints_hold_plain_data_and_a_damaged_one_falls_back(tmp_path, monk
     assert torch.load(ckpt, weights_only=True)["step"] == 4 and torch.load(prev, weights_only=True)["step"] == 3
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a write cut short (disk full, copy)
     steps_done = []
-    real = pretrain.step_loss
-    monkeypatch.setattr(pretrain, "step_loss", lambda *a: steps_done.append(a[-1]) or real(*a))
+    real = mlm.step_loss
+    monkeypatch.setattr(mlm, "step_loss", lambda *a: steps_done.append(a[-1]) or real(*a))
     with pytest.warns(notes.MuWarning) as caught:
         enc = pretrain.pretrain(run, objective="mlm", tokenizer_dir=tmp_path / "tok", **{**TINY, **kw})
     messages = [str(w.message) for w in caught]
@@ -169,8 +169,8 @@ def test_pretraining_runs_on_the_chosen_threads(monkeypatch, tmp_path):
     """Pretraining sets torch's threads to ``threads.count()`` while it trains (recorded), and restores them
     (the choice itself: tests/test_threads.py)."""
     seen = []
-    real = pretrain.step_loss
-    monkeypatch.setattr(pretrain, "step_loss", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    real = mlm.step_loss
+    monkeypatch.setattr(mlm, "step_loss", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     monkeypatch.delenv(threads.ENV, raising=False)
     monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2])
     monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # one of the 3 cores busy: 2 threads
@@ -184,13 +184,13 @@ def test_pretraining_runs_on_the_chosen_threads(monkeypatch, tmp_path):
 def test_unknown_objective_and_masking():
     with pytest.raises(ValueError, match=r"unknown pretraining objective 'clm'.*'mlm\+tlm\+align'"):
         pretrain.check_objective("clm")
-    ids = torch.randint(pretrain.N_SPECIAL, 300, (64, 20))
-    ids[:, 0], ids[:, -1] = pretrain.BOS, pretrain.EOS
-    masked, labels = pretrain.mask_tokens(ids, 300, torch.Generator().manual_seed(0))
+    ids = torch.randint(mlm.N_SPECIAL, 300, (64, 20))
+    ids[:, 0], ids[:, -1] = mlm.BOS, mlm.EOS
+    masked, labels = mlm.mask_tokens(ids, 300, torch.Generator().manual_seed(0))
     chosen = labels != -100
     assert not chosen[:, 0].any() and not chosen[:, -1].any()  # special tokens are never masked
     assert 0.10 < chosen.float().mean() < 0.20 and torch.equal(labels[chosen], ids[chosen])
-    assert (masked[chosen] == pretrain.MASK).float().mean() > 0.6
+    assert (masked[chosen] == mlm.MASK).float().mean() > 0.6
 
 
 def test_ensure_saves_the_profile_base_with_a_fixed_head(mu_root):
@@ -205,9 +205,9 @@ def test_ensure_saves_the_profile_base_with_a_fixed_head(mu_root):
     )
     assert model.config.num_labels == 60 and paths.read_json(base / "base_args.json")["seed"] == 5
     assert pretrain.ensure("pretrain-test", objective="mlm", seed=5, **kw) == base  # kept
-    assert models.ensure_base("mini", base, seed=5) == base  # the mini profile uses the base pretrained here
+    assert bases.ensure_base("mini", base, seed=5) == base  # the mini profile uses the base pretrained here
     with pytest.raises(ValueError, match=r"no pretrained base at .*python -m mu pretrain --profile mini"):
-        models.ensure_base("mini", paths.models_dir("pretrain-test", "nothing"), seed=5)
+        bases.ensure_base("mini", paths.models_dir("pretrain-test", "nothing"), seed=5)
 
 
 def test_parallel_svd_init_puts_translations_close_and_is_recorded(tmp_path):
@@ -215,10 +215,10 @@ def test_parallel_svd_init_puts_translations_close_and_is_recorded(tmp_path):
 
     texts = pretrain.train_texts(LOCALES, "toy")
     tok = pretrain.tokenizer(tmp_path / "tok", [t for _, u in texts.values() for t in u], 300)
-    corpus = pretrain.Corpus(texts, tok, 32)
-    vectors, seen = pretrain.parallel_embeddings(corpus, len(tok), 16, seed=0)
-    assert vectors.shape == (len(tok), 16) and seen.any() and not seen[: pretrain.N_SPECIAL].all()
-    assert torch.allclose(vectors[seen].norm(dim=1), torch.full((int(seen.sum()),), pretrain.EMBED_NORM), atol=1e-4)
+    corpus = mlm.Corpus(texts, tok, 32)
+    vectors, seen = mlm.parallel_embeddings(corpus, len(tok), 16, seed=0)
+    assert vectors.shape == (len(tok), 16) and seen.any() and not seen[: mlm.N_SPECIAL].all()
+    assert torch.allclose(vectors[seen].norm(dim=1), torch.full((int(seen.sum()),), mlm.EMBED_NORM), atol=1e-4)
     # a sentence and its translation share more of this space than two unrelated sentences
     g = corpus.groups
     emb = lambda i: torch.nn.functional.normalize(vectors[corpus.sentences[i]].mean(0), dim=0)

@@ -12,6 +12,7 @@ from scipy import stats
 
 from mu import aggregate, paths, plots, report, runner
 from mu import stats as mu_stats
+from mu import summary as mu_summary
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALES = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES"]
@@ -181,11 +182,11 @@ def test_tuning_targets_are_left_out_of_the_main_table_and_reported_apart(root):
     got = summary["tests"].set_index(["system", "baseline"]).loc[("merge/linear/similarity", "merge/linear/average")]
     expected = stats.wilcoxon(table["merge/linear/similarity"], table["merge/linear/average"])
     assert got["n"] == len(main) and got["p_value"] == pytest.approx(expected.pvalue)
-    md = aggregate.summary_markdown(summary, "toy")
+    md = mu_summary.summary_markdown(summary, "toy")
     assert "## Tuning targets (reported apart)" in md and "| de-DE |" in md.split("## Tuning targets")[1]
     assert not any(line.startswith("| de-DE |") for line in md.split("## Tuning targets")[0].splitlines())
     assert "mean over them" in md
-    assert "de-DE" in aggregate.summary_results(summary)["tuning_targets"]
+    assert "de-DE" in mu_summary.summary_results(summary)["tuning_targets"]
     with pytest.raises(ValueError, match="every target .* is a tuning target"):
         aggregate.aggregate("toy", nxn=make_nxn(), tuning_targets=LOCALES)
 
@@ -265,8 +266,8 @@ def test_written_summary_files_and_figures(root):
     nxn_file = root / "nxn.csv"
     make_nxn().to_csv(nxn_file)
     summary = aggregate.aggregate("toy", nxn=nxn_file, n_boot=500)
-    written = aggregate.write_summary(summary, "toy")
-    out = aggregate.summary_dir("toy")
+    written = mu_summary.write_summary(summary, "toy")
+    out = mu_summary.summary_dir("toy")
     assert set(written) == {"summary.csv", "rows.csv", "means.csv", "tests.csv", "tuning.csv", "summary.md"}
     csv = pd.read_csv(out / "summary.csv", index_col="target")
     pd.testing.assert_frame_equal(csv, summary["table"], check_names=False)
@@ -275,11 +276,11 @@ def test_written_summary_files_and_figures(root):
     for column in summary["table"].columns:
         assert f" {column} " in header
     es = next(line for line in md.splitlines() if line.startswith("| es-ES |"))
-    assert es.rstrip(" |").endswith(aggregate.MISSING)  # iterative missing for es-ES
+    assert es.rstrip(" |").endswith(mu_summary.MISSING)  # iterative missing for es-ES
     assert "Paired Wilcoxon" in md and summary["inputs"]["nxn"]["sha256"] == report.sha256(nxn_file)
     rows = pd.read_csv(out / "rows.csv")
     assert json.loads(rows["sources"].dropna().iloc[0])
-    results = aggregate.summary_results(summary)
+    results = mu_summary.summary_results(summary)
     json.dumps(results, allow_nan=False)
     assert results["table"]["es-ES"]["iterative/linear/similarity"] is None
 
@@ -308,7 +309,7 @@ def test_notebook_06_runs_on_records_and_reruns_nothing(root):
     kwargs = dict(notebooks_dir=REPO / "notebooks", params_dir=REPO / "params")
     summary = runner.run(["06"], [], **kwargs)
     assert summary["status"].tolist() == ["done"], summary["error"].tolist()
-    out = aggregate.summary_dir("toy")
+    out = mu_summary.summary_dir("toy")
     for name in ("summary.md", "summary.csv", "per_target.png", "means.png", "methods.csv", "methods.png"):
         assert (out / name).is_file()
     assert "## Which merge method works across languages" in (out / "summary.md").read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mu import params, paths, report, runner
+from mu import execution, params, paths, report, runner, threads
+from mu import jobs as mu_jobs
 from mu.__main__ import main
 
 
@@ -168,8 +169,8 @@ def test_plan_runs_target_free_notebooks_once_per_profile(project):
     assert jobs[1].output == paths.reports_dir("03_fake", "af-ZA.ipynb")
     assert len({j.digest for j in jobs}) == 4
     # what each job waits on: same target or per-profile jobs; a per-profile job waits on all
-    assert runner.upstream(jobs[2], jobs) == [jobs[0]]
-    assert runner.upstream(jobs[3], jobs) == jobs[:3]
+    assert mu_jobs.upstream(jobs[2], jobs) == [jobs[0]]
+    assert mu_jobs.upstream(jobs[3], jobs) == jobs[:3]
 
 
 def test_a_typo_in_params_is_an_error(project):
@@ -215,7 +216,7 @@ def test_missing_params_file_is_an_error(project):
 
 
 def test_kernel_is_this_interpreter():
-    assert runner.kernel_name() == "python3"
+    assert execution.kernel_name() == "python3"
 
 
 @pytest.fixture()
@@ -257,17 +258,17 @@ def test_notebooks_and_params_resolve_against_the_checkout_not_mu_root(project):
 def test_kernel_env_shares_the_cores_among_workers(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
-    monkeypatch.setattr(runner.threads, "busy_cores", lambda: 0.0)  # an idle machine (tests/test_threads.py: busy)
-    env = runner.kernel_env(workers=2)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # an idle machine (tests/test_threads.py: busy)
+    env = execution.kernel_env(workers=2)
     cores = len(os.sched_getaffinity(0))
     assert env == {
         "MU_ROOT": str(project.resolve()),
         "OMP_NUM_THREADS": str(max(1, cores // 2)),
-        "PYTHONWARNINGS": runner.QUIET_WARNINGS,
-        **runner.QUIET_ENV,
+        "PYTHONWARNINGS": execution.QUIET_WARNINGS,
+        **execution.QUIET_ENV,
     }
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert runner.kernel_env(workers=2)["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
+    assert execution.kernel_env(workers=2)["OMP_NUM_THREADS"] == "3"  # the user's setting is kept
 
 
 def test_current_params_reads_names_from_the_parameters_cell():
@@ -309,8 +310,8 @@ def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(pr
 
 def test_a_stage_of_one_job_gets_every_core(project, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(runner.threads, "allowed_cpus", lambda: [0, 1, 2, 3])
-    monkeypatch.setattr(runner.threads, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     seen = []
 
     class Pool:  # records the environment each job would run with

@@ -8,15 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mu import data, evaluate, models, sts
+from mu import evaluate, models, sts, toy
 
 
 def test_toy_sts_is_graded_by_construction():
     pairs = sts.load_pairs("toy", "sw-KE")
     assert pairs["score"].value_counts().to_dict() == {s: 40 for s, _ in sts.TOY_LEVELS}
-    words = set(w for ks in data.toy_lexicon("sw-KE")["keywords"] for w in ks) | set(
-        data.toy_lexicon("sw-KE")["fillers"]
-    )
+    words = set(w for ks in toy.toy_lexicon("sw-KE")["keywords"] for w in ks) | set(toy.toy_lexicon("sw-KE")["fillers"])
     for _, p in pairs.iterrows():
         a, b = p["sentence1"].split(), p["sentence2"].split()
         assert set(a) | set(b) <= words and len(a) == len(b) == 5

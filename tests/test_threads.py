@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from mu import models, runner, threads
+from mu import execution, models, threads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPUS = sorted(os.sched_getaffinity(0))
@@ -78,7 +78,7 @@ def _kernel_threads(monkeypatch, cores: int, busy: float, workers: int) -> int:
     monkeypatch.delenv(threads.ENV, raising=False)
     monkeypatch.setattr(threads, "allowed_cpus", lambda: list(range(cores)))
     monkeypatch.setattr(threads, "busy_cores", lambda: busy)
-    return int(runner.kernel_env(workers)[threads.ENV])
+    return int(execution.kernel_env(workers)[threads.ENV])
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16])
@@ -90,7 +90,7 @@ def test_runner_kernels_never_oversubscribe_the_cores(monkeypatch, cores):
             if busy == 0.0:
                 assert n == cores // workers  # idle: every core is used
     monkeypatch.setenv(threads.ENV, "2")
-    assert runner.kernel_env(4)[threads.ENV] == "2"  # the user's setting is kept
+    assert execution.kernel_env(4)[threads.ENV] == "2"  # the user's setting is kept
 
 
 def test_training_threads_are_one_for_tiny_models_else_the_free_cores(monkeypatch):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mu.analysis import aggregate, compare, stats
+from mu.analysis import aggregate, compare, stats, summary
 from mu.analysis.families import BEST_ZERO_SHOT
 from mu.core import paths
 
@@ -99,13 +99,13 @@ def table(
 
 def _interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
     if not np.isfinite(mean):
-        return aggregate.MISSING
+        return summary.MISSING
     ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) else ""
     return f"{mean:.{digits}f}{ci}"
 
 
 def _p(p: float) -> str:
-    return f"{p:.3g}" if np.isfinite(p) else aggregate.MISSING
+    return f"{p:.3g}" if np.isfinite(p) else summary.MISSING
 
 
 def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MERGE) -> str:
@@ -117,7 +117,7 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
     )
     pivot = cells.pivot(index="method", columns="weighting", values="cell")
     weightings = sorted(pivot.columns, key=lambda w: (WEIGHTING_ORDER.index(w) if w in WEIGHTING_ORDER else 99, w))
-    pivot = pivot.reindex(index=list(dict.fromkeys(frame["method"])), columns=weightings).fillna(aggregate.MISSING)
+    pivot = pivot.reindex(index=list(dict.fromkeys(frame["method"])), columns=weightings).fillna(summary.MISSING)
     tests = pd.DataFrame({"system": frame["system"], "n": frame["n"]})
     for prefix, name in (("average", f"`{average_system}`"), ("zero_shot", f"`{BEST_ZERO_SHOT}` (oracle)")):
 
@@ -128,7 +128,7 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
             _interval(d, lo, hi) for d, lo, hi in zip(col("diff"), col("diff_ci_low"), col("diff_ci_high"))
         ]
         tests[f"W/T/L vs {name}"] = [
-            f"{int(w)}/{int(t)}/{int(lo)}" if np.isfinite(w) else aggregate.MISSING
+            f"{int(w)}/{int(t)}/{int(lo)}" if np.isfinite(w) else summary.MISSING
             for w, t, lo in zip(col("wins"), col("ties"), col("losses"))
         ]
         tests[f"p_holm vs {name}"] = [_p(p) for p in col("p_holm")]
@@ -138,13 +138,13 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
             f"Mean accuracy over targets (up to {n}) of each merge method under each weighting, with 95% percentile "
             "bootstrap intervals over targets; every method at its defaults (nothing tuned on test labels).",
             "",
-            aggregate.markdown_table(pivot.rename_axis("method")),
+            summary.markdown_table(pivot.rename_axis("method")),
             "",
             f"Paired over targets: mean difference (bootstrap interval), wins/ties/losses and the Wilcoxon p-value "
             f"Holm-adjusted over every method × weighting tested against the same baseline (`p_holm`). "
             f"`{BEST_ZERO_SHOT}` is picked with each target's test labels: an upper bound on choosing one source.",
             "",
-            aggregate.markdown_table(tests, index=False),
+            summary.markdown_table(tests, index=False),
         ]
     )
 
@@ -152,8 +152,8 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
 def write(frame: pd.DataFrame, profile: str, contrasts_: pd.DataFrame | None = None) -> Path:
     """``reports/06_aggregation/<profile>/methods.csv`` and, given, ``methods_contrasts.csv`` (atomic)."""
     if contrasts_ is not None:
-        paths.write_text(aggregate.summary_dir(profile) / CONTRASTS_CSV, contrasts_.to_csv(index=False))
-    return paths.write_text(aggregate.summary_dir(profile) / CSV, frame.to_csv(index=False))
+        paths.write_text(summary.summary_dir(profile) / CONTRASTS_CSV, contrasts_.to_csv(index=False))
+    return paths.write_text(summary.summary_dir(profile) / CSV, frame.to_csv(index=False))
 
 
 # --------------------------------------------------------------------------- the questions, in plain words

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mu.analysis import aggregate
+from mu.analysis import aggregate, summary
 from mu.analysis.families import BEST_ZERO_SHOT
 from mu.core import paths
 from mu.core import report as mu_report
@@ -156,7 +156,7 @@ def seed_ids(frame: pd.DataFrame) -> list[str]:
 
 def _effect_cell(diff: float, p_holm: float) -> str:
     if not np.isfinite(diff):
-        return aggregate.MISSING
+        return summary.MISSING
     return f"{diff:+.3f} (p_holm {p_holm:.2g})" if np.isfinite(p_holm) else f"{diff:+.3f} (no test)"
 
 
@@ -167,10 +167,10 @@ def markdown(result: Mapping[str, Any]) -> str:
     for s in seeds:
         mine = long[long["seed"] == s].set_index(["system", "baseline"])
         table[f"seed {s}"] = [
-            _effect_cell(*mine.loc[(a, b), ["mean_diff", "p_holm"]]) if (a, b) in mine.index else aggregate.MISSING
+            _effect_cell(*mine.loc[(a, b), ["mean_diff", "p_holm"]]) if (a, b) in mine.index else summary.MISSING
             for a, b in zip(frame["system"], frame["baseline"])
         ]
-    stats = frame[["mean", "sd", "min", "max"]].map(lambda v: f"{v:+.3f}" if np.isfinite(v) else aggregate.MISSING)
+    stats = frame[["mean", "sd", "min", "max"]].map(lambda v: f"{v:+.3f}" if np.isfinite(v) else summary.MISSING)
     table = pd.concat([table, stats.assign(holds=frame["holds"])], axis=1)
     lines = [
         f"The headline effects (system − baseline, mean over {len(result['targets'])} targets declared before "
@@ -179,7 +179,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "the seeds share, tested against the same baseline). `holds`: a claim stands only when its sign, and "
         f"p_holm < {result['alpha']}, hold in every seed.",
         "",
-        aggregate.markdown_table(table, index=False),
+        summary.markdown_table(table, index=False),
     ]
     if result["notes"]:
         lines += [""] + [f"- {n}" for n in result["notes"]]

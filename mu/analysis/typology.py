@@ -24,6 +24,7 @@ from scipy import stats
 
 from mu.analysis import aggregate
 from mu.analysis import stats as mu_stats
+from mu.analysis import summary as mu_summary
 from mu.langs import similarity
 
 MIN_SOURCES = 3  # a target needs this many sources for a rank correlation
@@ -167,7 +168,7 @@ def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int,
         "source's mean transfer to the other targets (donor quality). `pooled_rho` ranks all pairs at once; its p-value "
         "ignores that pairs share sources and targets.",
         "",
-        aggregate.markdown_table(
+        mu_summary.markdown_table(
             corr["summary"].assign(
                 **{
                     c: [f"{v:.2g}" if np.isfinite(v) else "—" for v in corr["summary"][c]]

@@ -1,4 +1,4 @@
-"""The Jupyter kernels ``mu.batch.runner`` starts for papermill: on this machine, over IPC, stopped cleanly.
+"""The Jupyter kernels ``mu.batch.execution`` starts for papermill: on this machine, over IPC, stopped cleanly.
 
 Imported where a notebook executes (the worker process or Ray task), not where a batch is planned:
 jupyter_client is not needed to check a batch's parameters.

@@ -16,46 +16,27 @@ Outputs, all written atomically under ``out_dir`` (default ``reports/``)::
     <stem>/<target>[.failed].html the same rendered to HTML (``mu.publish.site``)
     index.html                    links every rendered notebook, summary and figure (rewritten by every run)
 
-Two runners on one ``MU_ROOT`` never execute the same job at once: each job runs under a lock
-file (``<stem>/.<target>.lock``) and re-checks its done-marker once it holds it, so the second
-waits and then skips what the first finished (and a job only reads what earlier, finished
-jobs wrote). Kernels talk to papermill over IPC, not TCP (``mu.batch.kernels.LocalKernelManager``).
-
-A (notebook, target) is skipped when its done-marker holds the same key: a hash of the
-injected parameters, the notebook's content and the done-markers of the batch's earlier
-notebooks it depends on (same target, or any target for a per-profile notebook such as
-06). So a notebook re-executes when its parameters or code change, or when an upstream
-step of the batch finished anew (e.g. a target that failed before now succeeded). A
-failure does not stop the batch; every failure is listed in the returned summary.
-
-Kernel: papermill runs the ``python3`` kernelspec; jupyter_client starts it with this
-interpreter (``sys.executable``), which ``kernel_name()`` checks. ``pip install -e .``
-installs that kernelspec into the virtualenv (``ipykernel``); if another ``python3``
-kernelspec shadows it, run ``python -m ipykernel install --sys-prefix``.
+A job whose done-marker holds its current key is skipped, and two runners on one ``MU_ROOT`` never
+execute the same job at once (``mu.batch.jobs``); a job runs in its own kernel
+(``mu.batch.execution``). A failure does not stop the batch; every failure is listed in the
+returned summary.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
-import datetime as _dt
-import hashlib
-import json
 import multiprocessing
 import os
-import sys
-import time
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import filelock
 from tqdm.auto import tqdm
 
 from mu.batch import checks
-from mu.batch.params import INJECTED, KERNEL, check_keys, find_notebooks, load_params, notebook_parameters, params_file
-from mu.core import paths, report, threads
+from mu.batch.execution import base_env, execute, kernel_env, kernel_name
+from mu.batch.jobs import Job, clear_failure, hash_json, is_done, run_key
+from mu.batch.params import INJECTED, check_keys, find_notebooks, load_params, notebook_parameters, params_file
+from mu.core import paths, report
 from mu.publish import site
 
 if TYPE_CHECKING:  # pandas and jupyter_client are imported where used: checking a batch needs neither
@@ -63,55 +44,6 @@ if TYPE_CHECKING:  # pandas and jupyter_client are imported where used: checking
 
 EXECUTORS = ("local", "ray")
 SUMMARY_COLUMNS = ("notebook", "target", "status", "seconds", "output", "error")
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One papermill execution: a notebook for one target with its injected parameters.
-
-    ``digest`` hashes the parameters and the notebook content; ``per_target`` is False
-    for a notebook run once per profile (its ``target`` is then the profile name).
-    """
-
-    notebook: Path
-    stem: str
-    target: str
-    parameters: dict[str, Any]
-    output: Path
-    marker: Path
-    digest: str
-    per_target: bool
-
-    @property
-    def failed_output(self) -> Path:
-        return self.output.with_name(f"{self.target}.failed.ipynb")
-
-
-def kernel_name() -> str:
-    """The kernelspec papermill uses; raise unless it starts this interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL)
-    except NoSuchKernel as exc:
-        raise ValueError(
-            f"no {KERNEL!r} kernelspec; install one for {sys.executable} with "
-            f"`{sys.executable} -m ipykernel install --sys-prefix`"
-        ) from exc
-    exe = spec.argv[0] if spec.argv else ""
-    ok = {
-        "python",
-        f"python{sys.version_info[0]}",
-        f"python{sys.version_info[0]}.{sys.version_info[1]}",
-        sys.executable,
-    }
-    if exe not in ok and Path(exe).resolve() != Path(sys.executable).resolve():
-        raise ValueError(
-            f"kernelspec {KERNEL!r} at {spec.resource_dir} starts {exe!r}, not this interpreter "
-            f"{sys.executable}; run `{sys.executable} -m ipykernel install --sys-prefix` "
-            f"and remove the shadowing kernelspec"
-        )
-    return KERNEL
 
 
 def plan(
@@ -154,7 +86,7 @@ def plan(
             runs = [(profile, base)]
         nb_hash = report.sha256(nb)
         for target, injected in runs:
-            digest = _hash({"parameters": injected, "notebook": nb_hash})
+            digest = hash_json({"parameters": injected, "notebook": nb_hash})
             jobs.append(
                 Job(
                     nb,
@@ -171,168 +103,6 @@ def plan(
     if unused:
         raise ValueError(f"extra parameters {unused} are parameters of none of {list(notebooks)}")
     return jobs
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _marker(job: Job) -> dict[str, Any] | None:
-    try:
-        return paths.read_json(job.marker) if job.output.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
-def upstream(job: Job, jobs: Sequence[Job]) -> list[Job]:
-    """The batch's earlier-notebook jobs ``job`` depends on: same target or per-profile
-    ones; every earlier job when ``job`` itself runs once per profile."""
-    earlier = [u for u in jobs if u.stem < job.stem]
-    if not job.per_target:
-        return earlier
-    return [u for u in earlier if not u.per_target or u.target == job.target]
-
-
-def _markers_on_disk(job: Job) -> dict[tuple[str, str], Path]:
-    """Done-markers of earlier notebooks already in the reports folder that ``job`` reads:
-    same target or per-profile ones; all of them when ``job`` runs once per profile."""
-    found = {}
-    for marker in job.marker.parent.parent.glob("*/*.done.json"):
-        stem, target = marker.parent.name, marker.name[: -len(".done.json")]
-        if stem >= job.stem:
-            continue
-        if job.per_target and target not in (job.target, job.parameters.get("profile")):
-            continue
-        found[(stem, target)] = marker
-    return found
-
-
-def run_key(job: Job, jobs: Sequence[Job]) -> str:
-    """The job's digest combined with the current done-markers of what it depends on: the
-    batch's upstream jobs and earlier results already on disk (so notebook 06 run alone
-    reruns after notebook 03 was rerun in another batch)."""
-    deps = _markers_on_disk(job)
-    deps.update({(u.stem, u.target): u.marker for u in upstream(job, jobs)})
-    state = []
-    for (stem, target), marker in sorted(deps.items()):
-        try:
-            m = paths.read_json(marker)
-        except (OSError, ValueError):
-            m = {}
-        state.append([stem, target, m.get("key"), m.get("run")])
-    return _hash({"digest": job.digest, "upstream": state})
-
-
-def is_done(job: Job, key: str) -> bool:
-    """True when the job's output exists and its done-marker holds ``key``."""
-    return (_marker(job) or {}).get("key") == key
-
-
-def job_lock(job: Job) -> filelock.FileLock:
-    """The job's lock file ``<out>/<stem>/.<target>.lock``: held while the job executes and marks
-    itself done, so two runners on one ``MU_ROOT`` never run the same job at once."""
-    job.marker.parent.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(str(job.marker.parent / f".{job.target}.lock"))
-
-
-def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, Any]:
-    """Run one job with papermill (in a worker process or Ray task); never raises.
-
-    Under the job's lock (``job_lock``): a job another runner finished meanwhile (done-marker
-    holding ``key``) is skipped; else the notebook runs with ``env`` set for the kernel
-    (``MU_ROOT``, thread count), is renamed onto its output and rendered to HTML only on
-    success, and its done-marker is written; on failure the partial notebook goes to
-    ``failed_output``.
-    """
-    import papermill
-
-    from mu.batch.kernels import LocalKernelManager
-
-    os.environ.update(env)
-    start = time.perf_counter()
-    with job_lock(job):
-        if is_done(job, key):
-            return {"status": "skipped", "seconds": 0.0, "error": None}
-        try:
-            with paths.atomic_path(job.output, suffix=".ipynb") as tmp:
-                try:
-                    papermill.execute_notebook(
-                        str(job.notebook),
-                        str(tmp),
-                        parameters=job.parameters,
-                        kernel_name=kernel,
-                        cwd=str(job.notebook.parent),
-                        progress_bar=False,
-                        log_output=False,
-                        kernel_manager_class=LocalKernelManager,
-                    )
-                except BaseException:
-                    if tmp.exists():  # site.build_index renders it at the end of the batch
-                        paths.write_text(job.failed_output, tmp.read_text(encoding="utf-8"))
-                    raise
-        except Exception as exc:  # reported, never swallowed: the summary lists it
-            ename = getattr(exc, "ename", type(exc).__name__)
-            evalue = getattr(exc, "evalue", str(exc))
-            return {"status": "failed", "seconds": time.perf_counter() - start, "error": f"{ename}: {evalue}".strip()}
-        clear_failure(job)
-        result = {"status": "done", "seconds": time.perf_counter() - start, "error": None}
-        try:
-            site.render_notebook(job.output)
-        except Exception as exc:  # the run itself succeeded: its HTML page is missing, and the summary says so
-            result["error"] = f"rendering {job.output.name} to HTML failed: {type(exc).__name__}: {exc}"
-        _mark_done(job, key, result)
-        return result
-
-
-# tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an
-# executed (and rendered) notebook that is noise on every page, not information.
-QUIET_WARNINGS = "ignore:IProgress not found"
-# Progress belongs to the runner's bar: in a kernel, the bars of mu (tqdm), transformers ("Loading weights",
-# "Writing model shards", through huggingface_hub) and datasets ("Map") are only red stderr blocks on every
-# rendered page. Warnings still show.
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-
-
-def _base_env() -> dict[str, str]:
-    warn = os.environ.get("PYTHONWARNINGS")
-    return {
-        "MU_ROOT": str(paths.root()),
-        "PYTHONWARNINGS": f"{warn},{QUIET_WARNINGS}" if warn else QUIET_WARNINGS,
-        **QUIET_ENV,
-    }
-
-
-def kernel_env(workers: int) -> dict[str, str]:
-    """Environment for the kernels: this ``MU_ROOT``, and unless set, the free cores this process may
-    use shared out among ``workers`` parallel kernels as torch/OpenMP threads (``mu.core.threads.count``:
-    workers x threads <= cores, no oversubscription)."""
-    return {**_base_env(), threads.ENV: str(threads.count(workers))}
-
-
-def clear_failure(job: Job) -> None:
-    """Remove the job's failed notebook and its page: a success of the parameters asked for (just run, or
-    done before and skipped) is the job's state now, whatever failed since with other parameters."""
-    for stale in (job.failed_output, job.failed_output.with_suffix(".html")):
-        stale.unlink(missing_ok=True)
-
-
-def _mark_done(job: Job, key: str, result: Mapping[str, Any]) -> None:
-    paths.write_json(
-        job.marker,
-        {
-            "notebook": job.stem,
-            "target": job.target,
-            "key": key,
-            "digest": job.digest,
-            "run": uuid.uuid4().hex,
-            "parameters": job.parameters,
-            "inputs": {"notebook": report.describe_input(job.notebook)},
-            "output": str(job.output),
-            "seconds": round(result["seconds"], 2),
-            "versions": report.versions(),
-            "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        },
-    )
 
 
 def _run_local(
@@ -367,7 +137,7 @@ def _run_ray(jobs: list[Job], keys: Mapping, kernel: str, workers: int, num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(execute)
-    env = _base_env()  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
+    env = base_env()  # Ray sets each task's OMP_NUM_THREADS from its num_cpus
     pending = {task.remote(j, keys[j.stem, j.target], kernel, env): j for j in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

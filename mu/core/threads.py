@@ -11,7 +11,7 @@ one busy process beside it, against 0.38 s alone; one thread runs at full speed 
 core that is free. A core counts as free when other processes use at most ``IDLE_SLACK`` of a core in
 all (summed over the allowed cores). The count is measured once, when a run starts (``count``):
 pretraining (``mu.learn.pretrain``), training and inference of models that are not tiny
-(``mu.learn.models.cpu_threads``) and the runner's kernels (``mu.batch.runner.kernel_env``) use it. Thread counts
+(``mu.learn.models.cpu_threads``) and the runner's kernels (``mu.batch.execution.kernel_env``) use it. Thread counts
 change float summation order: for results equal bit for bit across runs, set ``OMP_NUM_THREADS``.
 """
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from mu.core import paths
-from mu.corpus import data as mu_data
+from mu.corpus import massive, toy
 
 COLUMNS = ("sentence1", "sentence2", "score")
 HUB_EN = "sentence-transformers/stsb"
@@ -97,7 +97,7 @@ def read_file(path: str | os.PathLike, *, score_range: Sequence[float] = (0.0, 5
 def _records(file: Path):
     """(``file:line``, dict) per non-empty line after the header (TSV) or per line (JSONL)."""
     if file.suffix == ".jsonl":
-        for lineno, obj in mu_data.jsonl_objects(file):
+        for lineno, obj in massive.jsonl_objects(file):
             yield f"{file}:{lineno}", obj
         return
     with open(file, encoding="utf-8", newline="") as f:
@@ -137,17 +137,17 @@ def _load_hub(locale: str, split: str) -> pd.DataFrame:
 
 def make_toy_sts(locale: str, per_level: int = 40, seed: int = 0) -> Path:
     """Generate ``cache/data/toy_sts/<locale>.jsonl``: ``per_level`` pairs for each of ``TOY_LEVELS``
-    in the toy language of ``locale`` (``mu.corpus.data.toy_lexicon``: 12 intents x 4 keywords, 24
+    in the toy language of ``locale`` (``mu.corpus.toy.toy_lexicon``: 12 intents x 4 keywords, 24
     fillers). sentence1 is 2 keywords of an intent and 3 fillers, in the language's word order.
     Deterministic; written atomically; kept when it exists with the same arguments."""
-    lex = mu_data.toy_lexicon(locale)
+    lex = toy.toy_lexicon(locale)
     out = paths.cache_dir("data", "toy_sts", f"{locale}.jsonl")
     stamp = {"locale": locale, "per_level": per_level, "seed": seed, "version": 1}
     if out.is_file() and json.loads(out.read_text(encoding="utf-8").splitlines()[0]).get("toy") == stamp:
         return out
     rng = random.Random(f"toy-sts/{locale}/{seed}")
     kws, fill = lex["keywords"], lex["fillers"]
-    last = locale in mu_data.TOY_KEYWORDS_LAST
+    last = locale in toy.TOY_KEYWORDS_LAST
 
     def sentence(keys: list[str], fillers: list[str]) -> str:
         return " ".join(fillers + keys if last else keys + fillers)

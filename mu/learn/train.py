@@ -24,7 +24,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from mu.core import paths, report, threads
 from mu.corpus import data as mu_data
-from mu.learn import models, tracking
+from mu.learn import bases, models, tracking
 
 PROGRESS_STEPS = 1000  # longer fits show the Trainer's per-step progress bar
 
@@ -198,7 +198,7 @@ def train_locale(
         )
     record = {
         "params": params,
-        "classifier_head": models.HEAD_NOTE,
+        "classifier_head": bases.HEAD_NOTE,
         "train_loss": history["train_loss"],
         "global_step": history["global_step"],
         "log_history": history["log_history"],

@@ -1,0 +1,147 @@
+"""The benchmark tables for README.md and docs/ (``mu.publish.docs`` renders them between markers):
+the machine, merge and evaluation speed, the projected cost of the study, torch threads on a busy
+machine and ``make test`` on a fresh clone; all from the committed ``reports/bench/*.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mu.publish.collect import checkout
+from mu.publish.collect import duration as _duration
+from mu.publish.collect import md_table as _table
+from mu.publish.collect import num as _num
+from mu.publish.collect import read_json as _json
+
+BENCH = "reports/bench"
+
+
+def _bench() -> dict[str, Any]:
+    return _json(checkout(BENCH, "results.json"))
+
+
+def bench_machine(file: str = "results") -> str:
+    m = _json(checkout(BENCH, f"{file}.json"))["machine"]
+    return _table(
+        ["cores", "CPU", "RAM GB", "GPU", "torch (threads)", "load average at start", "date"],
+        [
+            [
+                m["cpu_count"],
+                m["cpu_model"],
+                f"{m['ram_total_gb']:.0f}",
+                m["gpu"] or "none",
+                f"{m['torch']} ({m['torch_threads']})",
+                ", ".join(f"{x:.1f}" for x in m["load_avg_at_start"]),
+                m["date"][:10],
+            ]
+        ],
+    )
+
+
+def bench_merge() -> str:
+    """Per method: mu's merge time at each N, its ratio to the I/O floor, its peak memory, and mergekit's."""
+    rows = _bench()["merge"]["rows"]
+    head = ["method", "N", "mu merge s", "mu / I/O floor", "mu peak GB", "(N+2)×model GB", "mergekit s (peak GB)"]
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+        mk = [
+            f"{_num(r['mergekit_wall_s'], 1)} ({_num(r['mergekit_peak_rss_gb'], 1)})"
+            if r["mergekit_wall_s"] is not None
+            else "—"
+            for r in mine
+        ]
+        out.append(
+            [
+                f"`{method}`",
+                " / ".join(str(r["n"]) for r in mine),
+                " / ".join(_num(r["mu_op_s"], 1) for r in mine),
+                " / ".join(_num(r["mu_over_io_floor"], 2) for r in mine),
+                " / ".join(_num(r["mu_peak_rss_gb"], 1) for r in mine),
+                " / ".join(_num(r["peak_limit_gb"], 1) for r in mine),
+                " / ".join(mk),
+            ]
+        )
+    return _table(head, out)
+
+
+def bench_eval() -> str:
+    b = _bench()
+    ev, en = b["evaluation"], b["ensemble"]
+    rows = [
+        [
+            f"evaluation, {ev['n']} utterances",
+            f"`mu.evaluate` {_num(ev['mu_examples_per_s'], 1)} ex/s",
+            f"naive loop {_num(ev['naive_examples_per_s'], 1)} ex/s",
+            f"{_num(ev['speedup'], 2)}×",
+        ],
+        [
+            f"ensemble K = {en['k']} ({en['method']}), {en['n']} utterances",
+            f"from cached logits {_num(en['cached_s'], 2)} s",
+            f"recomputing {_num(en['recompute_s'], 1)} s",
+            f"{_num(en['speedup'], 0)}×",
+        ],
+    ]
+    return _table(["measurement", "mu", "reference", "ratio"], rows)
+
+
+def study_cost() -> str:
+    s = _json(checkout(BENCH, "study.json"))
+    rows = [[unit, _num(sec, 1), _num(sec / 3600, 2)] for unit, sec in s["projection"]["unit_s"].items()]
+    parts = [[part, _num(h, 1)] for part, h in s["projection"]["hours"].items()]
+    return (
+        _table(["projected unit (CPU)", "seconds", "hours"], rows)
+        + "\n\n"
+        + _table(["projected study part (CPU)", "hours"], parts)
+    )
+
+
+def threads() -> str:
+    """Pretraining seconds per step, torch's default threads against ``mu.core.threads.count()``, alone and beside a
+    busy process (``python -m bench.threads`` → ``reports/bench/threads.json``)."""
+    d = _json(checkout(BENCH, "threads.json"))
+    rows = [
+        [
+            "torch default" if r["variant"] == "before" else "`mu.threads.count()`",
+            "yes" if r["competitor"] else "no",
+            _num(r["min_s"], 2),
+            _num(r["median_s"], 2),
+            r["runs"],
+            "/".join(map(str, r["torch_threads"])),
+        ]
+        for r in d["summary"]
+    ]
+    loads = [r["load_1min_before"] for r in d["rows"]]
+    return (
+        _table(["threads", "competing busy process", "s/step min", "s/step median", "runs", "torch threads"], rows)
+        + f"\n\n{len(d['cpus'])} allowed CPUs; 1-minute load average before the runs {min(loads):.1f}–{max(loads):.1f}."
+    )
+
+
+def make_test() -> str:
+    """``make test`` on a fresh clone (``python -m bench.maketest`` → ``reports/bench/make-test.json``)."""
+    r, head = _json(checkout(BENCH, "make-test.json")), ["date", "commit", "fresh clone `bash .ci/run` (venv included)"]
+    return _table(
+        head + ["pytest", "passed / skipped / failed", "workers", "load before"],
+        [
+            [
+                r["date"],
+                f"`{r['commit']}`",
+                _duration(r["wall_s"]),
+                _duration(r["pytest_s"]),
+                f"{r['passed']} / {r['skipped']} / {r['failed']}",
+                r["workers"],
+                r["load_before"],
+            ]
+        ],
+    )
+
+
+TABLES = {
+    "make-test": make_test,
+    "threads": threads,
+    "bench-machine": bench_machine,
+    "bench-merge": bench_merge,
+    "bench-eval": bench_eval,
+    "study-cost": study_cost,
+}

@@ -1,0 +1,248 @@
+"""The tables of a collected run for README.md and docs/ (``mu.publish.docs`` renders them between
+markers): every system against its baselines, the README's headline, URIEL against measured transfer,
+the spread of the URIEL weights, encoder STS, the notebooks' timings, and the pretraining objectives
+compared; all from the committed files in ``docs/results/``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pandas as pd
+
+from mu.analysis import families
+from mu.publish.collect import RESULTS, checkout, collected, not_collected
+from mu.publish.collect import duration as _duration
+from mu.publish.collect import md_table as _table
+from mu.publish.collect import mean_ci as _mean_ci
+from mu.publish.collect import num as _num
+from mu.publish.collect import p_text as _p
+from mu.publish.collect import read_csv as _csv
+from mu.publish.collect import read_json as _json
+from mu.publish.collect import results_path as _results
+
+AVERAGE, ORACLE, TOP1 = "merge/linear/average", families.BEST_ZERO_SHOT, families.URIEL_TOP1
+BASELINES = {"average": "the average merge of the same sources", "oracle": f"`{ORACLE}` (oracle)", "top1": f"`{TOP1}`"}
+HEADLINE = {  # the README's systems, each with what it is
+    families.NATIVE: "the target's own model (upper reference)",
+    ORACLE: "best single other-language model, picked with the target's test labels (upper bound)",
+    TOP1: "the single source URIEL ranks first",
+    "merge/linear/similarity": "linear merge of the 5 URIEL-closest sources, URIEL weights",
+    AVERAGE: "the same sources, equal weights",
+    "merge/linear/transfer": "linear merge, sources and weights from measured transfer (leave-target-out)",
+    "merge/iso_c/average": "Iso-C merge of the same sources (a flat singular spectrum per weight matrix), equal weights",
+    "ensemble/soft/similarity": "soft-vote ensemble of the URIEL sources, URIEL weights",
+    "ensemble/soft/transfer": "soft-vote ensemble, transfer weights",
+    "adapted/adamerging*/similarity": "AdaMerging of the URIEL sources on the target's unlabeled text",
+    "adapted/distilled-*/*": "one student distilled from the chosen ensemble on unlabeled text",
+    "iterative/linear/similarity": "the URIEL sources trained together, merged every `merge_frequency` epochs "
+    "(mini: as many epochs as the one-shot sources)",
+    "iterative-adaptive/linear/similarity": "the same, merged when the sources' dev accuracy says so",
+}
+PROFILES = ("toy", "mini")
+
+
+def _vs(tests: pd.DataFrame, system: str, which: str) -> str:
+    if which == "average":
+        mine = tests[
+            (tests["system"] == system)
+            & tests["baseline"].str.startswith("merge/")
+            & tests["baseline"].str.endswith("/average")
+        ]
+    else:
+        mine = tests[(tests["system"] == system) & (tests["baseline"] == {"oracle": ORACLE, "top1": TOP1}[which])]
+    if mine.empty or mine.iloc[0]["n"] == 0:
+        return ""
+    t = mine.iloc[0]
+    holm = f", Holm {_p(t['p_holm'])}" if "p_holm" in t and pd.notna(t["p_holm"]) else ""
+    return f"{_num(t['mean_diff'], signed=True)} ({int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])}, p {_p(t['p_value'])}{holm})"
+
+
+def systems(profile: str, vs: str = "average,oracle", families_: str = "", systems_: str = "") -> str:
+    """Every system of a profile (or those of ``families_`` / the listed ``systems_``): what it sees, targets,
+    mean [95% bootstrap CI], and paired differences (wins/ties/losses, Wilcoxon p, Holm-adjusted p)."""
+    cols = [c for c in vs.split(",") if c]
+    unknown = [c for c in cols if c not in BASELINES]
+    if unknown:
+        raise ValueError(f"vs={unknown}: valid baselines are {sorted(BASELINES)}")
+    if not collected(profile):
+        return not_collected(profile)
+    means, tests = _csv(profile, "means.csv"), _csv(profile, "tests.csv")
+    means = means[means["n"] > 0]
+    if families_:
+        means = means[means["system"].str.split("/").str[0].isin(families_.split(","))]
+    if systems_:  # names or fnmatch patterns (merge/linear/*)
+        means = means[[any(fnmatch.fnmatchcase(s, pat) for pat in systems_.split(",")) for s in means["system"]]]
+    means = means.sort_values(["mean", "system"], ascending=[False, True])
+    head = ["system", "sees", "targets", "mean [95% CI]"] + [f"vs {BASELINES[c]} (w/t/l, p)" for c in cols]
+    rows = [
+        [
+            f"`{r['system']}`",
+            families.sees(r["system"]),
+            int(r["n"]),
+            _mean_ci(r),
+            *[_vs(tests, r["system"], c) for c in cols],
+        ]
+        for _, r in means.iterrows()
+    ]
+    return _table(head, rows)
+
+
+def _subset(frame: pd.DataFrame, system: str) -> str:
+    """`` (15 targets)`` when a system ran on fewer targets than the column's (a declared subset), else ''."""
+    n, full = int(frame.loc[system, "n"]), int(frame["n"].max())
+    return "" if n == full else f" ({n} targets)"
+
+
+def headline(profiles: str = ",".join(PROFILES)) -> str:
+    """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
+    names = profiles.split(",")
+    frames = {p: _csv(p, "means.csv").set_index("system") for p in names if collected(p)}
+    head = ["system", "what", "sees"] + [
+        f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p for p in names
+    ]
+    rows = []
+    for key, what in HEADLINE.items():  # a key may be a pattern: the adapted systems are named by their chosen knobs
+        found = {
+            p: next((s for s in f.index if fnmatch.fnmatchcase(s, key) and f.loc[s, "n"] > 0), None)
+            for p, f in frames.items()
+        }
+        cells = [
+            (_mean_ci(frames[p].loc[found[p]]) + _subset(frames[p], found[p]))
+            if found.get(p)
+            else ("not yet collected" if p not in frames else "—")
+            for p in names
+        ]
+        named = {p: s for p, s in found.items() if s}  # a pattern may name another system per profile: say which
+        label = (
+            f"`{next(iter(named.values()))}`"
+            if len(set(named.values())) == 1
+            else ", ".join(f"`{s}` ({p})" for p, s in named.items()) or f"`{key}`"
+        )
+        rows.append([label, what, families.sees(next(iter(named.values()), key)), *cells])
+    return _table(head, rows)
+
+
+def uriel(profile: str) -> str:
+    """Spearman's rho between URIEL cosine and measured transfer, per feature set (notebook 06)."""
+    if not _results(profile, "uriel.csv").is_file():
+        return not_collected(profile)
+    u = _csv(profile, "uriel.csv")
+    head = [
+        "feature set",
+        "mean per-target ρ [95% CI]",
+        "targets with ρ > 0",
+        "Wilcoxon p",
+        "donor-adjusted ρ",
+        "pooled ρ (pairs)",
+    ]
+    rows = [
+        [
+            f"`{r['feature_set']}`",
+            f"{_num(r['mean_rho_per_target'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
+            f"{int(r['targets_positive'])} / {int(r['targets'])}",
+            _p(r["wilcoxon_p"]),
+            _num(r["mean_rho_donor_adjusted"]),
+            f"{_num(r['pooled_rho'])} ({int(r['pairs'])})",
+        ]
+        for _, r in u.iterrows()
+    ]
+    return _table(head, rows)
+
+
+def spread(profile: str) -> str:
+    """How spread the URIEL weights are over the targets: min / median / max of each statistic."""
+    if not _results(profile, "spread.csv").is_file():
+        return not_collected(profile)
+    s = _csv(profile, "spread.csv")
+    what = {
+        "kept": ("sources kept by top-K", 0),
+        "max": ("largest Sinkhorn weight in a row", 3),
+        "min": ("smallest Sinkhorn weight in a row", 3),
+        "max_over_min": ("largest / smallest in a row", 2),
+        "effective": ("effective number of sources (1/Σw²)", 2),
+        "chosen_max": ("largest of the weights a merge gets", 3),
+        "chosen_min": ("smallest of the weights a merge gets", 3),
+        "chosen_effective": ("effective number among those", 2),
+    }
+    rows = [
+        [label, *[_num(f(s[c]), digits) for f in (pd.Series.min, pd.Series.median, pd.Series.max)]]
+        for c, (label, digits) in what.items()
+    ]
+    rows[0][0] += f" (of {int(s['candidates'].iloc[0])} candidates; {len(s)} targets)"
+    return _table(["statistic over targets", "min", "median", "max"], rows)
+
+
+def sts(profile: str) -> str:
+    """Encoder STS (Spearman) per target: the untrained base, the best source and each merge (notebook 03)."""
+    if not _results(profile, "sts.csv").is_file():
+        return not_collected(profile)
+    s = _csv(profile, "sts.csv")
+    merges = sorted(m for m in s["model"].unique() if "/" in m)
+    rows = []
+    for target, g in s.groupby("target"):
+        v = dict(zip(g["model"], g["spearman"]))
+        src = {m: x for m, x in v.items() if m != "base" and "/" not in m}
+        best = max(src, key=src.get)
+        rows.append([target, _num(v.get("base")), f"{_num(src[best])} ({best})", *[_num(v.get(m)) for m in merges]])
+    return _table(["target", "base", "best source"] + [f"`{m}`" for m in merges], rows)
+
+
+def timings(profile: str) -> str:
+    """Seconds per notebook (sum over its jobs, from the runner's done-markers) and, for a study, per stage."""
+    path = _results(profile, "timings.json")
+    if not path.is_file():
+        return not_collected(profile)
+    t = _json(path)
+    rows = [[f"`{nb}`", v["jobs"], _duration(v["seconds"])] for nb, v in sorted(t["notebooks"].items())]
+    out = _table(["notebook", "jobs", "job time (sum)"], rows)
+    if t.get("study"):
+        ran: dict[str, tuple[int, dict]] = {}  # stage: (invocation, its record) of the last invocation that ran it
+        for i, inv in enumerate(t["study"], 1):
+            for stage, rec in (inv.get("stages") or {}).items():
+                if rec.get("ran"):
+                    ran[stage] = (i, rec)
+        stages = [
+            [stage, f"{rec['ran']} / {rec['jobs']}", _duration(rec["seconds"]), i] for stage, (i, rec) in ran.items()
+        ]
+        last = t["study"][-1]
+        out += (
+            "\n\n"
+            + _table(["study stage", "jobs run / planned", "wall time", "invocation"], stages)
+            + f"\n\nEach stage as measured in the last invocation of `python -m mu study` that ran it "
+            f"({len(t['study'])} invocations recorded; a resumed invocation skips what is done); "
+            f"{last['targets']} targets, {last['workers']} notebook worker(s)."
+        )
+    return out
+
+
+def objectives(name: str) -> str:
+    """A ``python -m mu compare-objectives`` comparison: native accuracy and N×N transfer per encoder."""
+    path = checkout(RESULTS, "pretrain", f"{name}.json")
+    if not path.is_file():
+        return (
+            f"*Not yet collected: no `docs/results/pretrain/{name}.json`. Run `python -m mu compare-objectives "
+            f"--name {name} ...`, then `python -m mu docs --collect <profile> --from <its MU_ROOT>`.*"
+        )
+    c = _json(path)
+    cols = [
+        k for k in ("native", "transfer", "same_script", "cross_script", "transfer_over_native") if k in c["table"][0]
+    ]
+    rows = [[r["system"], _num(r.get("dev_mlm_loss_mean"), 2), *[_num(r[k]) for k in cols]] for r in c["table"]]
+    ft = c["finetune"]
+    return (
+        _table(["system", "dev MLM loss"] + cols, rows)
+        + f"\n\nLocales: {', '.join(c['locales'])}; fine-tuning {ft['epochs']} epochs, lr {ft['lr']}; "
+        f"pretraining {c['pretrain'].get('steps')} steps, `{c['pretrain'].get('embedding_init', 'random')}` init."
+    )
+
+
+TABLES = {
+    "headline": headline,
+    "systems": systems,
+    "uriel": uriel,
+    "spread": spread,
+    "sts": sts,
+    "timings": timings,
+    "objectives": objectives,
+}
