@@ -26,14 +26,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mu.core import paths
-from mu.publish import docs_bench, docs_results, docs_study
+from mu.publish import docs_architecture, docs_bench, docs_results, docs_study
 from mu.publish.collect import checkout, collect
 
 OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
 CLOSE = "<!-- /mu:table -->"
 PAGES = ("README.md", "docs/*.md")
 
-TABLES: dict[str, Callable[..., str]] = {**docs_bench.TABLES, **docs_results.TABLES, **docs_study.TABLES}
+TABLES: dict[str, Callable[..., str]] = {
+    **docs_architecture.TABLES,
+    **docs_bench.TABLES,
+    **docs_results.TABLES,
+    **docs_study.TABLES,
+}
 
 
 def render(spec: str) -> str:
