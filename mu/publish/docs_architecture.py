@@ -1,6 +1,7 @@
-"""The package's layout for docs/ARCHITECTURE.md, read from the code itself (``mu:table architecture``):
+"""Tables read from the code itself: the package's layout for docs/ARCHITECTURE.md (``mu:table architecture``):
 one table per wing, top of the stack first, each module with the first sentence of its docstring and its
-public names. Parsed with ``ast``: nothing of the package is imported or run."""
+public names (parsed with ``ast``: nothing is imported or run); and the merge method catalog
+(``mu:table merge-methods``)."""
 
 from __future__ import annotations
 
@@ -67,4 +68,12 @@ def architecture() -> str:
     return "\n\n".join(wing_table(w) for w in reversed(_wings()))
 
 
-TABLES = {"architecture": architecture}
+def merge_methods() -> str:
+    """Every method of the merge catalog (``mu.merge.catalog``, torch-free): family, what it does, its
+    knobs with their defaults, whether it needs the base, mergekit's name for it."""
+    from mu.merge import catalog
+
+    return catalog.markdown()
+
+
+TABLES = {"architecture": architecture, "merge-methods": merge_methods}
