@@ -425,7 +425,10 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(capsys, sources, tmp_pat
     elif case == "knob":
         extra, expect = ["--method", "ties", "--set", "gamma=0.1"], "does not take ['gamma']"
     elif case == "knob_value":
-        extra, expect = ["--method", "ties", "--set", "density=1.5"], "density=1.5 is not valid; valid: a number > 0 and <= 1"
+        extra, expect = (
+            ["--method", "ties", "--set", "density=1.5"],
+            "density=1.5 is not valid; valid: a number > 0 and <= 1",
+        )
     else:
         shutil.copytree(sources["es-ES"], tmp_path / "es_undeclared")
         (tmp_path / "es_undeclared" / "training_args.json").unlink()
