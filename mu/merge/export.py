@@ -7,19 +7,28 @@ sum (TIES and its kin: by the agreeing sources' weights), which is mergekit's ``
 mu's ``lambda_`` is mergekit's ``lambda``, SCE's ``density`` its ``select_topk``; SLERP goes from the
 first source (mergekit's ``base_model``) to the second with ``t`` = the second's weight; NearSwap
 and Arcee Fusion take the larger-weighted source as mergekit's ``base_model``. The tests replay
-these files with mergekit and compare the tensors.
+these files with mergekit and compare the tensors. ``write`` puts both (and the card's facts: sources,
+URIEL similarities, knobs, base, versions, the command) into a ``python -m mu merge`` job's folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mu.merge import catalog
 
+if TYPE_CHECKING:
+    from mu.merge.job import Job
+
+# mergekit's parameters per method, for the methods that take them alike: per-model density / gamma /
+# epsilon, a global lambda and rescale
 TASK_VECTOR = (
     "task_arithmetic",
     "ties",
@@ -32,20 +41,8 @@ TASK_VECTOR = (
 )
 # mergekit draws their drop masks from torch's generator, mu from its own seeded streams
 RANDOM_DROPS = ("dare_ties", "dare_linear", "della", "della_linear")
-MERGEKIT_METHODS = (
-    *TASK_VECTOR,
-    "linear",
-    "slerp",
-    "nuslerp",
-    "multislerp",
-    "karcher",
-    "model_stock",
-    "sce",
-    "nearswap",
-    "arcee_fusion",
-    "ram",
-    "ramplus_tl",
-)
+# the methods mergekit has: their catalog records name mergekit's method
+MERGEKIT_METHODS = tuple(m.name for m in catalog.METHODS if m.mergekit)
 MERGEKIT_VERSION = "0.1.5"
 
 
@@ -67,7 +64,8 @@ def mergekit_config(
     (normalised, in merge order) by ``method`` with its effective ``knobs``; the configuration is None
     (and the notes say why) where mergekit has no equivalent. ``base``: the base the merge used."""
     notes: list[str] = []
-    if method not in MERGEKIT_METHODS:
+    spec = catalog.get(method)
+    if spec.mergekit is None:
         return None, [
             f"{method} has no mergekit equivalent (it is mu's own; mergekit {MERGEKIT_VERSION} has "
             f"{', '.join(MERGEKIT_METHODS)})"
@@ -79,7 +77,7 @@ def mergekit_config(
         ]
     order = list(weights)
     w = {k: float(weights[k]) for k in order}
-    cfg: dict[str, Any] = {"merge_method": method, "dtype": "float32"}
+    cfg: dict[str, Any] = {"merge_method": spec.mergekit, "dtype": "float32"}
     models: list[dict[str, Any]] = []
     params: dict[str, Any] = {}
 
@@ -134,7 +132,7 @@ def mergekit_config(
             "ramplus_tl": lambda: {k: _f(knobs[k]) for k in ("r", "alpha", "epsilon")},
             "sce": lambda: {"select_topk": _f(knobs["density"])},
         }[method]()
-        if method in catalog.IGNORES_WEIGHTS:
+        if spec.weights == "ignored":
             notes.append(f"{method} takes no per-model weights: the weights only chose the sources")
     elif method in ("nearswap", "arcee_fusion"):
         first, second = order
@@ -251,7 +249,7 @@ def model_card(
         "## Method",
         "",
         f"* method: `{method}` (mu.merge.METHODS)"
-        + (" — it ignores the weights; they chose the sources" if method in catalog.IGNORES_WEIGHTS else ""),
+        + (" — it ignores the weights; they chose the sources" if catalog.get(method).weights == "ignored" else ""),
         f"* knobs: `{_knobs_text(knobs)}`",
         f"* base: {base.get('text', 'none')}",
         "",
@@ -307,3 +305,62 @@ def model_card(
 
 def _knobs_text(knobs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) or "none"
+
+
+def write(
+    folder: Path,
+    job: Job,
+    args: argparse.Namespace,
+    command: str,
+    evaluation: Mapping[str, Any] | None,
+    created: _dt.datetime,
+) -> tuple[dict | None, list[str]]:
+    """``README.md`` and, where mergekit has the method, ``mergekit.yaml`` of a ``python -m mu merge`` job in
+    ``folder``; returns the mergekit configuration (None without one) and its notes."""
+    import mu
+    from mu.core import paths, report
+
+    refs = {s.label: s.ref for s in job.sources}
+    cfg, notes = mergekit_config(job.method, refs, job.weights, job.knobs, job.base_ref, base_adapted=job.base_adapted)
+    if cfg is not None:
+        paths.write_text(folder / "mergekit.yaml", mergekit_yaml(cfg, command))
+    rows = []
+    for s in job.sources:
+        row = {
+            "label": s.label,
+            "ref": s.ref,
+            "weight": job.weights[s.label],
+            "language": s.language.describe() if s.language else None,
+        }
+        if job.table is not None and s.label in job.table.index:
+            row["similarity"] = job.table.loc[s.label, "similarity"]
+            row["distance"] = job.table.loc[s.label, "distance"]
+        rows.append(row)
+    uriel = (
+        {k: getattr(args, k) for k in ("feature_set", "top_k", "sinkhorn_iters", "num_languages")}
+        if job.table is not None
+        else None
+    )
+    versions = {
+        "mu": mu.__version__,
+        **report.versions(["torch", "transformers", "lang2vec", "mergekit", "huggingface_hub"]),
+    }
+    card = model_card(
+        target=job.target,
+        rows=rows,
+        method=job.method,
+        knobs=job.knobs,
+        weighting=job.weighting,
+        base={"text": f"`{job.base_ref}` ({job.base_how})" if job.base_ref else job.base_how},
+        uriel=uriel,
+        mergekit=cfg and "mergekit.yaml",
+        mergekit_notes=notes,
+        evaluation=evaluation,
+        command=command,
+        versions=versions,
+        num_labels=len(job.facts["labels"]),
+        excluded=job.dropped,
+        created=created.isoformat(timespec="seconds"),
+    )
+    paths.write_text(folder / "README.md", card)
+    return cfg, notes

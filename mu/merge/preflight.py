@@ -12,7 +12,10 @@ cover the sources' encoder (under the same names, or without the ``roberta.`` pr
 ``classifier.*``. ``base_fit`` says which case holds; ``write_adapted_base`` then writes a base
 folder with the encoder from the checkpoint and, for the head, the weighted mean of the sources'
 heads: the head's task vectors are then deviations from that mean, so under task arithmetic the
-head is the linear merge for any λ, and TIES / DARE trim deviations from it.
+head is the linear merge for any λ, and TIES / DARE trim deviations from it. A base with another
+tokenizer vocabulary than the sources is refused (``check_base_vocab``); whether it needs adapting
+is decided from its config and header (``configs_agree``, ``same_as_sources``), before its weights
+are downloaded.
 """
 
 from __future__ import annotations
@@ -192,6 +195,31 @@ def declared_base(folder: str | os.PathLike) -> str | None:
     return None
 
 
+def check_base_vocab(base: Path, source: Path) -> None:
+    """A base whose tokenizer differs from the sources' has other tokens behind the same embedding rows: its
+    task vectors would be meaningless. Compared where both keep the vocabulary in the same kind of file."""
+    if (base / "tokenizer.json").is_file() != (source / "tokenizer.json").is_file():
+        return
+    vocab = models.vocab_fingerprint(base)
+    if vocab is not None and vocab != models.vocab_fingerprint(source):
+        raise ValueError(
+            f"the base {base} has another tokenizer vocabulary than the sources: pass the base they were "
+            "fine-tuned from (--base)"
+        )
+
+
+def configs_agree(base: Path, source: Path) -> bool:
+    """The base's config is the sources' (read from the small files: a hub base's weights may not be here yet)."""
+    from transformers import AutoConfig
+
+    try:
+        configs = {"source": AutoConfig.from_pretrained(source), "base": AutoConfig.from_pretrained(base)}
+        models.check_compatible(configs)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def base_fit(base: Header, source: Header) -> dict[str, str | None]:
     """``{source tensor: base tensor, or None for the head}``: each source tensor found in the base under
     its own name or without its first prefix (``roberta.``), with the same shape. Tensors outside the
@@ -286,7 +314,7 @@ def memory_estimate(
     input, and the method's scratch; methods that are not streamed hold one float32 tensor per input."""
     out = 4 * num_parameters
     inputs = num_sources + int(with_base)
-    if method in catalog.STREAMED or method in catalog.WHOLE_MATRICES:
+    if catalog.get(method).reads in ("chunks", "matrices"):
         scratch = inputs * 4 * min(chunks.CHUNK_ELEMENTS, largest) + int(
             4 * largest * _SCRATCH_4T.get(method, lambda n: 0)(num_sources)
         )
