@@ -205,6 +205,7 @@ METHODS: tuple[Method, ...] = (
         (Knob("filter_wise", bool, False, "one ratio per row instead of per tensor"),),
         base="needs",
         weights="ignored",
+        min_sources=2,
         reference=_MK,
         mergekit="model_stock",
     ),

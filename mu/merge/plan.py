@@ -60,6 +60,8 @@ def make(
     w = {k: w[k] for k in weights}  # the weights' order: pairwise methods go from the first to the second
     if spec.sources is not None and len(w) != spec.sources:
         raise ValueError(f"merge method {method!r} merges exactly {spec.sources} sources, got {len(w)}: {list(w)}")
+    if len(w) < spec.min_sources:
+        raise ValueError(f"merge method {method!r} needs at least {spec.min_sources} sources, got {len(w)}: {list(w)}")
     if spec.base == "needs" and not base:
         raise ValueError(
             f"merge method {method!r} needs the base (pretrained) model; "

@@ -91,6 +91,7 @@ class Method:
     base: BaseUse = "unused"
     weights: Literal["used", "ignored"] = "used"
     sources: int | None = None  # an exact number of sources; None: any number
+    min_sources: int = 1
     reads: Reads = "chunks"
     statistics: str | None = None  # the per-source statistics it is given: "fishers", "grams", "coefficients"
     adaptive: bool = False  # fitted on the target's unlabeled text: the "adapted" family
