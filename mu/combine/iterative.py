@@ -50,12 +50,12 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from mu import merge
 from mu.combine import iterative_cycle, schedule
 from mu.core import paths, report
 from mu.corpus import data as mu_data
 from mu.langs import locales
 from mu.learn import evaluate, models, tracking
+from mu.merge import catalog, plan
 from mu.merge.run import STATS_DEFAULTS
 
 RUN_JSON = "run.json"
@@ -65,7 +65,7 @@ RESULT_JSON = "result.json"
 
 def _check_inputs(
     target_lang: str, sources: Mapping[str, float], merge_algorithm: str, merge_knobs: Mapping[str, Any]
-) -> dict[str, float]:
+) -> plan.Plan:
     locales.check_locale(target_lang)
     locales.check_locales(list(sources))
     if target_lang in sources:
@@ -73,17 +73,14 @@ def _check_inputs(
             f"the target {target_lang} is among the sources {sorted(sources)}: iterative training "
             "never trains on the target's data; pass the weights of mu.langs.similarity.select"
         )
-    weights = merge.check_weights(sources)
-    accepted = merge.knobs(merge_algorithm)  # ValueError for an unknown method
-    stat = merge.STATISTICS.get(merge_algorithm)
-    unknown = sorted(set(merge_knobs) - set(accepted) | ({stat} & set(merge_knobs)))
-    if unknown:
+    stat = catalog.get(merge_algorithm).statistics
+    if stat and stat in merge_knobs:
         raise ValueError(
-            f"merge method {merge_algorithm!r} does not take {unknown}; its knobs: "
-            f"{sorted(k for k in accepted if k != stat)}"
-            + (f" ({stat} are computed here from each source's train split)" if stat else "")
+            f"merge method {merge_algorithm!r}: its {stat} are computed here from each source's train split, not given"
         )
-    return weights
+    # the plan checks the method, its knobs and the weights once; every cycle's merge runs it as checked
+    p = plan.make(merge_algorithm, sources, merge_knobs, base=True)
+    return p
 
 
 def _prepare(out: Path, params: Mapping[str, Any], resume: bool) -> None:
@@ -166,7 +163,8 @@ def run(
     Returns ``{"target", "sources", "merged" (folder), "test" ({accuracy, macro_f1, n}),
     "log" (per cycle), "params"}``, also written to ``out_dir/result.json``.
     """
-    weights = _check_inputs(target_lang, sources, merge_algorithm, merge_knobs)
+    merge_plan = _check_inputs(target_lang, sources, merge_algorithm, merge_knobs)
+    weights = merge_plan.weights
     backends = tracking.check(report_to)
     adaptive = schedule.check(
         merge_schedule,
@@ -179,10 +177,10 @@ def run(
         performance_drop=performance_drop,
     )
     base = models.check_model_dir(paths.resolve(base_model))
-    stat = merge.STATISTICS.get(merge_algorithm)
+    stat = merge_plan.method.statistics
     if stat is None and (stats_num_examples is not None or stats_batch_size is not None):
         raise ValueError(
-            f"stats_num_examples / stats_batch_size apply to {sorted(merge.STATISTICS)}, not to {merge_algorithm!r}"
+            f"stats_num_examples / stats_batch_size apply to {sorted(catalog.STATISTICS)}, not to {merge_algorithm!r}"
         )
     stats_params = {}
     if stat:
@@ -239,8 +237,8 @@ def run(
                 target_lang=target_lang,
                 weights=weights,
                 data=data,
-                merge_algorithm=merge_algorithm,
-                merge_knobs=merge_knobs,
+                merge_plan=merge_plan,
+                reseed="seed" in merge_plan.method.defaults() and merge_knobs.get("seed") is None,
                 stats_params=stats_params,
                 batch_size=batch_size,
                 max_seq_length=max_seq_length,

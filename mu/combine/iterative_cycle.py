@@ -18,6 +18,7 @@ statistics seed are derived from the run's seed (``derive_seed``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -30,12 +31,11 @@ from typing import Any
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from mu import merge
 from mu.combine import schedule
 from mu.core import paths
 from mu.corpus import data as mu_data
 from mu.learn import evaluate, models, train
-from mu.merge import lazy
+from mu.merge import lazy, plan, prepare, registry
 
 CYCLE_JSON = "cycle.json"
 DETAILS_JSON = "iterative_details.json"
@@ -65,29 +65,6 @@ def _dev_accuracy(log_history: Sequence[Mapping[str, Any]]) -> list[float]:
 def _save_weights(model: Any, file: Path) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(file))
-
-
-def _statistics(
-    stat: str,
-    model: Any,
-    tokenizer: Any,
-    train_ds: Any,
-    *,
-    num_examples: int,
-    batch_size: int,
-    max_seq_length: int,
-    seed: int,
-) -> dict:
-    fn = merge.fisher_diagonal if stat == "fishers" else merge.regmean_grams
-    return fn(
-        model,
-        tokenizer,
-        train_ds,
-        num_examples=num_examples,
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        seed=seed,
-    )
 
 
 def _train_sources(
@@ -230,8 +207,8 @@ def run_cycle(
     target_lang: str,
     weights: Mapping[str, float],
     data: str | os.PathLike,
-    merge_algorithm: str,
-    merge_knobs: Mapping[str, Any],
+    merge_plan: plan.Plan,
+    reseed: bool,
     stats_params: Mapping[str, int],
     batch_size: int,
     max_seq_length: int,
@@ -241,7 +218,7 @@ def run_cycle(
     """Train every source from ``start`` until the schedule merges, checkpoint, merge, evaluate;
     write ``cycle_<k>/`` atomically."""
     started = time.perf_counter()
-    stat = merge.STATISTICS.get(merge_algorithm)
+    stat = merge_plan.method.statistics
     for old in (out / "runs").glob(f"*/cycle_{k}"):  # tracking logs of an interrupted try of this cycle
         shutil.rmtree(old)
     with paths.atomic_path(cycle_dir(out, k)) as tmp:
@@ -251,7 +228,7 @@ def run_cycle(
             for loc in weights:
                 model, tokenizer = models.load_classifier(start)
                 model.load_state_dict(models.load_state_dict(tmp / "sources" / f"{loc}.safetensors"), strict=True)
-                stats = _statistics(
+                stats = prepare.statistics(
                     stat,
                     model,
                     tokenizer,
@@ -264,14 +241,19 @@ def run_cycle(
                 save_file({n: t.contiguous() for n, t in stats.items()}, str(tmp / "stats" / f"{loc}.safetensors"))
                 del model
 
-        knobs = dict(merge_knobs)
-        if "seed" in merge.knobs(merge_algorithm):
-            knobs.setdefault("seed", derive_seed(seed, "merge", k))
-        if stat:
-            knobs[stat] = {loc: lazy.LazyStateDict.from_file(tmp / "stats" / f"{loc}.safetensors") for loc in weights}
+        cycle_plan = merge_plan
+        if reseed:  # the method draws at random and no seed was given: a fresh draw each cycle
+            cycle_plan = dataclasses.replace(
+                merge_plan, knobs={**merge_plan.knobs, "seed": derive_seed(seed, "merge", k)}
+            )
+        stats = (
+            {loc: lazy.LazyStateDict.from_file(tmp / "stats" / f"{loc}.safetensors") for loc in weights}
+            if stat
+            else None
+        )
         state_dicts = {loc: lazy.LazyStateDict.from_file(tmp / "sources" / f"{loc}.safetensors") for loc in weights}
-        base = lazy.open_model(start) if merge_algorithm in merge.USES_BASE else None
-        merged = merge.merge(merge_algorithm, state_dicts, weights, base, **knobs)
+        base = lazy.open_model(start) if merge_plan.base else None
+        merged = registry.apply(cycle_plan, state_dicts, base, statistics=stats)
         model, tokenizer = models.load_classifier(start)
         model.load_state_dict(merged, strict=True)
         del merged
@@ -280,14 +262,14 @@ def run_cycle(
             "cycle": k,
             "epochs": entry["epochs"][1],
             "weights": dict(weights),
-            "merge_algorithm": merge_algorithm,
+            "merge_algorithm": merge_plan.name,
             "merge_reason": entry["merge_reason"],
-            "knobs": {n: v for n, v in knobs.items() if n != stat},
+            "knobs": dict(cycle_plan.knobs),
             "started_from": entry["start"],
         }
         models.save_classifier(model, tokenizer, tmp / "merged", extra_files={DETAILS_JSON: details})
         del model
-        entry["merge_seed"] = knobs.get("seed")
+        entry["merge_seed"] = cycle_plan.knobs.get("seed")
         entry["merged"] = {
             split: evaluate.evaluate(
                 tmp / "merged", target_lang, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length

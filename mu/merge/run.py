@@ -52,9 +52,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig
 
 from mu.core import cache, paths, report
-from mu.merge import adamerging, catalog, checks, lazy, plan, registry
-from mu.merge.fisher import fisher_diagonal
-from mu.merge.regmean import regmean_grams
+from mu.merge import adamerging, catalog, checks, lazy, plan, prepare, registry
 
 DETAILS_JSON = "merge_details.json"
 DETAILS_TXT = "merge_details.txt"
@@ -115,8 +113,6 @@ def statistics(
     from mu.corpus import data as mu_data
     from mu.learn import models
 
-    if kind not in ("fishers", "grams"):
-        raise ValueError(f"unknown statistics {kind!r}; valid: ['fishers', 'grams']")
     train = mu_data.load_split(locale, "train", data)
     desc = {
         "kind": kind,
@@ -135,8 +131,8 @@ def statistics(
     file = paths.cache_dir("merge_stats", f"{kind}-{locale}-{report.digest(desc)[:16]}.safetensors")
     if cache.read(file, lazy.LazyStateDict.from_file, "statistics cache entry") is None:
         model, tokenizer = models.load_classifier(model_dir)
-        fn = fisher_diagonal if kind == "fishers" else regmean_grams
-        stats = fn(
+        stats = prepare.statistics(
+            kind,
             model,
             tokenizer,
             train,
