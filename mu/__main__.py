@@ -106,9 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "weights":  # reads lang2vec only; writes nothing
         return cli.main(args, argv)
     if args.command == "docs":  # reads committed files in the checkout; no MU_ROOT, no torch
+        from mu.batch import parameter_docs
         from mu.publish import docs
 
-        return docs.main(args)
+        rc = docs.main(args)
+        notebooks = parameter_docs.update(check=args.check)
+        for nb in notebooks:
+            print(f"{'differs' if args.check else 'rewritten'}: {nb.relative_to(paths.source_dir('.'))}")
+        return rc or (1 if args.check and notebooks else 0)
     try:
         paths.check_root()
     except ValueError as exc:

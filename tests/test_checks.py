@@ -230,3 +230,23 @@ def test_merge_knobs_are_checked_by_the_catalog_with_the_method(values, message)
         {**values, "method": "ties" if "density" in values else "breadcrumbs", "density": None, "gamma": None},
         where="03",
     )
+
+
+def test_every_notebook_parameter_has_a_meaning_and_the_notebooks_carry_their_generated_text():
+    from mu.batch import parameter_docs
+
+    for notebook in NOTEBOOKS:
+        missing = sorted(set(params.notebook_parameters(notebook)) - set(parameter_docs.MEANING))
+        assert not missing, f"{notebook.name}: say what {missing} mean in mu.batch.parameter_docs.MEANING"
+    assert parameter_docs.update(check=True) == [], "run `python -m mu docs` and commit the notebooks"
+
+
+def test_a_parameter_comment_is_the_meaning_and_the_declaration():
+    from mu.batch import parameter_docs
+
+    cell = 'top_k = 20\nmode = "similarity"  # an old comment\nnote = "a # in a string"  # kept as it is'
+    out = parameter_docs.annotate(cell).splitlines()
+    assert out[0] == "top_k = 20  # neighbours kept per language before Sinkhorn normalisation; valid: an integer ≥ 1"
+    assert out[1].startswith('mode = "similarity"  # how the sources are weighted') and "an old comment" not in out[1]
+    assert out[2] == cell.splitlines()[2]  # not a parameter of any notebook: untouched
+    assert parameter_docs.annotate("\n".join(out)) == "\n".join(out)  # idempotent

@@ -20,7 +20,6 @@ The tables themselves: ``mu.publish.docs_results`` (a collected run), ``mu.publi
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from mu.publish.collect import checkout, collect
 
 OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
 CLOSE = "<!-- /mu:table -->"
-PAGES = ("README.md", "docs/*.md", "notebooks/*.ipynb")  # a notebook's tables live in its markdown cells
+PAGES = ("README.md", "docs/*.md")
 
 TABLES: dict[str, Callable[..., str]] = {
     **docs_architecture.TABLES,
@@ -86,19 +85,6 @@ def rewrite(text: str, where: str = "<text>") -> str:
     return "\n".join(out)
 
 
-def _rewrite_notebook(text: str, where: str) -> str:
-    """The notebook's markdown cells with their tables regenerated; written as Jupyter writes it
-    (sorted keys, one-space indent), so a notebook without tables is byte for byte the same."""
-    nb = json.loads(text)
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown":
-            source = "".join(cell["source"])
-            new = rewrite(source, where)
-            if new != source:
-                cell["source"] = new.splitlines(keepends=True)
-    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
-
-
 def pages() -> list[Path]:
     return sorted(p for pattern in PAGES for p in checkout().glob(pattern))
 
@@ -109,7 +95,7 @@ def update(check: bool = False) -> list[Path]:
     for page in pages():
         text = page.read_text(encoding="utf-8")
         where = str(page.relative_to(checkout()))
-        new = _rewrite_notebook(text, where) if page.suffix == ".ipynb" else rewrite(text, where)
+        new = rewrite(text, where)
         if new != text:
             changed.append(page)
             if not check:
