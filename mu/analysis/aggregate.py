@@ -25,7 +25,7 @@ from mu.core.report import ROW_KEYS, describe_input
 AVERAGE_MERGE = "merge/linear/average"
 # Column groups every summary shows; a group without any result gets this empty column.
 PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterative/*")
-SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "adapted"]  # a target with one of these is aggregated
+SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "joint", "adapted"]  # a target with one of these is aggregated
 MISSING = "—"
 
 
@@ -193,7 +193,7 @@ def column_order(systems: Iterable[str]) -> list[str]:
             return (2, 1, s)
         if s == URIEL_TOP1:
             return (2, 2, s)
-        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "adapted": 5}.get(parts[0], 6)
+        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "joint": 4, "adapted": 5}.get(parts[0], 6)
         return (rank, 3, s)
 
     return sorted(systems, key=key)
@@ -418,6 +418,7 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
     m = summary["means"].assign(
         ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
         sees=[families.sees(s) for s in summary["means"]["system"]],
+        needs=[families.needs(s) for s in summary["means"]["system"]],
     )
     tests = summary["tests"].assign(
         **{c: [f"{p:.4g}" if np.isfinite(p) else MISSING for p in summary["tests"][c]] for c in ("p_value", "p_holm")}
@@ -442,7 +443,7 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
         "",
         "## Mean over targets (95% bootstrap interval)",
         "",
-        markdown_table(m[["system", "n", "mean", "ci", "sees"]], index=False),
+        markdown_table(m[["system", "n", "mean", "ci", "sees", "needs"]], index=False),
         "",
         "## What each family sees of the target",
         "",
