@@ -76,6 +76,7 @@ PUBLIC = {
     "iterative_cycle": "combine",
     "schedule": "combine",
     "iterative_results": "combine",
+    "joint": "combine",
     "collect": "publish",
     "docs": "publish",
     "docs_results": "publish",

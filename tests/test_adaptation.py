@@ -238,7 +238,10 @@ def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, m
     md = mu_summary.summary_markdown(summary, "toy")
     assert "## What each family sees of the target" in md
     assert "| adapted/adamerging/similarity | 5 | 0.540 |" in md and "unlabeled text (train split) |" in md
-    assert "| zero-shot | labels (test labels pick the model) | zero-shot/best-source, zero-shot/best |" in md
+    assert (
+        "| zero-shot | labels (test labels pick the model) | source models | zero-shot/best-source, zero-shot/best |"
+        in md
+    )
     assert {r["family"]: r["sees"] for r in mu_summary.summary_results(summary)["families"]}["merge"] == "nothing"
 
 

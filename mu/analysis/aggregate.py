@@ -24,7 +24,7 @@ from mu.core.report import ROW_KEYS, describe_input
 AVERAGE_MERGE = "merge/linear/average"
 # Column groups every summary shows; a group without any result gets this empty column.
 PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterative/*")
-SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "adapted"]  # a target with one of these is aggregated
+SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "joint", "adapted"]  # a target with one of these is aggregated
 
 
 def nxn_path(profile: str) -> Path:
@@ -187,7 +187,7 @@ def column_order(systems: Iterable[str]) -> list[str]:
             return (2, 1, s)
         if s == URIEL_TOP1:
             return (2, 2, s)
-        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "adapted": 5}.get(parts[0], 6)
+        rank = {"zero-shot": 2, "ensemble": 3, "iterative": 4, "joint": 4, "adapted": 5}.get(parts[0], 6)
         return (rank, 3, s)
 
     return sorted(systems, key=key)

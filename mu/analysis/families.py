@@ -3,13 +3,17 @@
 A row's ``family`` (``mu.core.report.FAMILIES``) groups systems; what a system *sees* of the target
 decides what it may be compared with honestly:
 
-* ``nothing``: zero-shot systems (merges, ensembles, iterative training, URIEL top-1), including
+* ``nothing``: zero-shot systems (merges, ensembles, iterative and joint training, URIEL top-1), including
   the ``transfer`` weighting (the N×N matrix without the target's column);
 * ``unlabeled text``: the ``adapted`` family (AdaMerging, ensemble distillation), which fits on
   the target's utterances without their labels (train split by default; ``-adapttest`` in the
   name means the test split's texts: transductive);
 * ``labels``: ``native`` (trained on the target), the oracle baselines (best source, best
   zero-shot: picked with the target's test labels) and any ``oracle`` weighting.
+
+What a system *needs* besides (``needs``) says what it costs to build: the source models (merges,
+ensembles, the adapted family, single sources), the sources' labeled data (joint and iterative training
+retrain on it), or the target's labels (native).
 """
 
 from __future__ import annotations
@@ -51,10 +55,19 @@ def sees(system: str) -> str:
     return "nothing"
 
 
+def needs(system: str) -> str:
+    """What ``system`` needs besides what it sees: ``source models``, ``source data (labels)`` or ``target labels``."""
+    if system == NATIVE:
+        return "target labels"
+    return "source data (labels)" if family(system).split("-")[0] in ("joint", "iterative") else "source models"
+
+
 def table(systems: Iterable[str]) -> pd.DataFrame:
-    """One row per (family, what it sees), in the order the systems come (e.g. ``mu.analysis.aggregate.column_order``)."""
+    """One row per (family, what it sees, what it needs), in the order the systems come (e.g.
+    ``mu.analysis.aggregate.column_order``)."""
     frame = pd.DataFrame({"system": list(dict.fromkeys(systems))})
     frame["family"] = frame["system"].map(family)
     frame["sees"] = frame["system"].map(sees)
-    out = frame.groupby(["family", "sees"], sort=False)["system"].agg(lambda s: ", ".join(s)).reset_index()
+    frame["needs"] = frame["system"].map(needs)
+    out = frame.groupby(["family", "sees", "needs"], sort=False)["system"].agg(lambda s: ", ".join(s)).reset_index()
     return out.rename(columns={"system": "systems"})

@@ -67,6 +67,7 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
     m = summary["means"].assign(
         ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
         sees=[families.sees(s) for s in summary["means"]["system"]],
+        needs=[families.needs(s) for s in summary["means"]["system"]],
     )
     tests = summary["tests"].assign(
         **{c: [f"{p:.4g}" if np.isfinite(p) else MISSING for p in summary["tests"][c]] for c in ("p_value", "p_holm")}
@@ -91,7 +92,7 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
         "",
         "## Mean over targets (95% bootstrap interval)",
         "",
-        markdown_table(m[["system", "n", "mean", "ci", "sees"]], index=False),
+        markdown_table(m[["system", "n", "mean", "ci", "sees", "needs"]], index=False),
         "",
         "## What each family sees of the target",
         "",

@@ -253,6 +253,10 @@ PARAMETERS: dict[str, Spec] = {
     "patience": POSITIVE,
     "convergence_threshold": number(0),
     "performance_drop": number(0),
+    # joint training on the sources' labeled data (mu.combine.joint): weightings whose sources train one model
+    # together, "all" for every non-target source; joint_all_examples None: joint/similarity's example budget
+    "joint": list_of(one_of("mu.langs.similarity:MODES", "all"), empty=True),
+    "joint_all_examples": optional(POSITIVE),
     # aggregation (mu.analysis.aggregate)
     "n_boot": POSITIVE,
     "min_pairs": POSITIVE,

@@ -97,6 +97,9 @@ MEANING = {
     "patience": "epochs over which convergence is judged",
     "convergence_threshold": "dev-accuracy gain below which a source counts as converged",
     "performance_drop": "dev-accuracy drop of a source that triggers a merge",
+    # joint training
+    "joint": "joint models: one on the union of each weighting's sources' labeled data; 'all': every other source",
+    "joint_all_examples": "examples joint/all sees (None: the budget of joint/similarity)",
     # aggregation
     "n_boot": "bootstrap replicates of every interval",
     "min_pairs": "fewest paired targets a paired test needs",

@@ -4,8 +4,9 @@
   one-shot merge (notebook 02): ``like_for_like`` reads them from those sources' ``training_args.json``
   (whatever chose 02's recipe, ``mu.learn.tuning`` included), so notebook 05's ``max_epochs`` / ``lr`` left at
   None are equal source-epochs by construction; a value given that differs is noted in the results.
-* Cost: ``costs`` puts each run's wall seconds beside the one-shot merge (its sources' fine-tuning in
-  02 plus the merge) and the ensembles of the same sources (their fine-tuning; inference not timed).
+* Cost: ``costs`` puts each run's wall seconds and training examples seen beside joint training on the
+  same sources' data (``mu.combine.joint``), the one-shot merge (its sources' fine-tuning in 02 plus the
+  merge) and the ensembles of the same sources (their fine-tuning; inference not timed).
 * A declared subset of targets (``subset``, ``ITERATIVE_EVERY``) for when 05 over every target does
   not fit the study's budget: fixed before any result, by locale order only.
 * The run's log as frames (``log_frame``, ``merges_frame``), the runs side by side (``compare``), the
@@ -22,6 +23,7 @@ import pandas as pd
 
 from mu.analysis import aggregate
 from mu.core import notes, paths, protocol, report
+from mu.corpus import data as mu_data
 from mu.langs import locales
 from mu.learn import models
 
@@ -113,6 +115,18 @@ def _wall(run: Mapping[str, Any]) -> float | None:
     return round(sum(e["elapsed_s"] for e in log), 1) if log else None
 
 
+def _iterative_examples(run: Mapping[str, Any]) -> int | None:
+    """Training examples an iterative run saw: per source, its train split's size × the epochs it trained."""
+    data = (run.get("params") or {}).get("data")
+    if data is None or not run.get("log"):
+        return None
+    epochs: dict[str, int] = {}
+    for e in run["log"]:
+        for loc, s in e["sources"].items():
+            epochs[loc] = epochs.get(loc, 0) + len(s["dev_accuracy_per_epoch"])
+    return sum(len(mu_data.load_split(loc, "train", data)) * n for loc, n in epochs.items())
+
+
 def costs(
     runs: Mapping[str, Mapping[str, Any] | None],
     merge_algorithm: str,
@@ -120,24 +134,42 @@ def costs(
     models_dir: str | os.PathLike,
     sources: Sequence[str],
     one_shot: Mapping[str, Any] | None = None,
+    joint: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """Seconds per target of each system built from ``sources``: each iterative run (``{name: result}``;
-    its cycles' wall time: training, merges, the merged model's evaluation), the one-shot merge (the
-    sources' fine-tuning in notebook 02, ``train_runtime`` of their ``training_args.json``, plus the merge
-    of ``one_shot``, notebook 03's row, when there is one) and the ensembles of those sources (their
-    fine-tuning; inference is not timed). Measured on whatever machine and load each stage ran under."""
-    runtimes = [_training_args(models_dir, loc)["log_history"][-1].get("train_runtime") for loc in sources]
+    """Seconds per target and training examples seen of each system built from ``sources``' data or models:
+    each iterative run (``{name: result}``; its cycles' wall time: training, merges, the merged model's
+    evaluation), each joint model (``joint``: ``mu.combine.joint.run``'s results; its one fit), the one-shot
+    merge (the sources' fine-tuning in notebook 02, ``train_runtime`` of their ``training_args.json``, plus the
+    merge of ``one_shot``, notebook 03's row, when there is one) and the ensembles of those sources (their
+    fine-tuning; inference is not timed). ``examples``: training examples seen (None when not recorded), the
+    budget joint and iterative training are matched on. Measured on whatever machine and load each stage ran under."""
+    args = [_training_args(models_dir, loc) for loc in sources]
+    runtimes = [a["log_history"][-1].get("train_runtime") for a in args]
     train_s = None if None in runtimes else round(sum(runtimes), 1)
+    seen = [a["params"].get("n_train", 0) * a["params"]["epochs"] for a in args]
+    one_shot_examples = int(sum(seen)) if all(seen) else None
     out = [
         {
             "system": f"{name}/{merge_algorithm}/{mode}",
             "seconds": _wall(r),
             "train_s": _wall(r),
             "merge_s": None,
+            "examples": _iterative_examples(r),
             "what": "iterative: source training, merges and the merged model's evaluation per cycle",
         }
         for name, r in runs.items()
         if r is not None
+    ]
+    out += [
+        {
+            "system": system,
+            "seconds": r["train_s"],
+            "train_s": r["train_s"],
+            "merge_s": None,
+            "examples": r["examples_seen"],
+            "what": f"joint: one model on {len(r['sources'])} sources' labeled data ({r['params']['sampling']})",
+        }
+        for system, r in (joint or {}).items()
     ]
     merge_s = None
     if one_shot is not None:
@@ -151,6 +183,7 @@ def costs(
             "train_s": train_s,
             "seconds": None if train_s is None else train_s + (merge_s or 0.0),
             "merge_s": merge_s,
+            "examples": one_shot_examples,
             "what": "one-shot: the sources' fine-tuning (02) + the merge (03)",
         }
     )
@@ -160,6 +193,7 @@ def costs(
             "seconds": train_s,
             "train_s": train_s,
             "merge_s": None,
+            "examples": one_shot_examples,
             "what": "the same sources' fine-tuning (02); inference not timed",
         }
     )

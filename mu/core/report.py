@@ -47,7 +47,7 @@ PACKAGES = (
 )
 
 ROW_KEYS = ("system", "family", "accuracy")
-FAMILIES = ("native", "zero-shot", "merge", "ensemble", "iterative", "adapted")
+FAMILIES = ("native", "zero-shot", "merge", "ensemble", "iterative", "joint", "adapted")
 
 
 def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
