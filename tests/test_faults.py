@@ -8,8 +8,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -250,6 +252,23 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_live_ones_kept(tmp_pat
         assert paths.remove_stale_temporaries(target) == [second]
         assert live.is_dir() and not second.exists()
     assert not list(tmp_path.glob(".model.*")) and (target / "a").read_text() == "1"
+
+
+def test_a_killed_writer_not_yet_reaped_is_dead(tmp_path):
+    """A writer killed with its parent is adopted, and stays a zombie until reaped: its temporary is stale."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = tmp_path / f".model.{paths._OWNER}-{writer.pid}-x.tmp"
+        left.mkdir()
+        assert paths.remove_stale_temporaries(tmp_path / "model") == []  # running: its owner may still write
+        writer.kill()
+        deadline = time.time() + 10
+        while psutil.Process(writer.pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+            time.sleep(0.05)
+        assert paths.remove_stale_temporaries(tmp_path / "model") == [left]  # killed, not reaped (no wait yet)
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_num_languages_above_the_sources_is_a_recorded_warning():

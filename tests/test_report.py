@@ -284,23 +284,63 @@ def test_written_summary_files_and_figures(root):
     json.dumps(results, allow_nan=False)
     assert results["table"]["es-ES"]["iterative/linear/similarity"] is None
 
-    fig = plots.per_target_bars(summary["rows"], out / "per_target.png", title="t")
-    from matplotlib.container import BarContainer, ErrorbarContainer
-
-    ax = fig.axes[0]
-    bars = {
-        (round(b.get_x() + b.get_width() / 2, 6), round(b.get_height(), 6))
-        for c in ax.containers
-        if isinstance(c, BarContainer)
-        for b in c
-    }
-    marks = [c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    assert len(bars) == len(summary["rows"]) == len(marks)  # every row has a bar and an interval
-    for line in marks:  # each interval sits on its own bar (a missing bar shifts nothing)
-        assert (round(float(line.get_xdata()[0]), 6), round(float(line.get_ydata()[0]), 6)) in bars
+    systems = list(summary["table"].columns)
+    fig = plots.per_target_bars(summary["rows"], out / "per_target.png", systems=systems, title="t")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == sorted(summary["rows"]["target"].unique())  # one panel per target
+    rows = summary["rows"].set_index(["target", "system"])
+    dots = 0
+    for ax in panels:
+        for mark in ax.containers:  # one dot per row, on its system's line, with its interval where known
+            x, y = (float(v[0]) for v in mark.lines[0].get_data())
+            r = rows.loc[(ax.get_title(), systems[round(y)])]
+            assert x == pytest.approx(r["accuracy"]) and mark.has_xerr == pd.notna(r["ci_low"])
+            dots += 1
+    assert dots == len(summary["rows"])
     plots.method_means(summary["means"], out / "means.png", title="m")
     assert (out / "per_target.png").stat().st_size > 1000 and (out / "means.png").stat().st_size > 1000
     assert not list(out.glob(".*"))  # nothing half-written
+
+
+def per_target_rows(n_targets: int) -> tuple[pd.DataFrame, list[str]]:
+    """A summary's long frame with the real study's 23 systems (one with no result) over ``n_targets``."""
+    systems = [
+        *("native", "zero-shot/best-source", "zero-shot/best", "zero-shot/uriel-top1", "iterative/*"),
+        *(
+            f"merge/{m}/{w}"
+            for m in ("linear", "ties", "dare_ties", "task_arithmetic")
+            for w in ("similarity", "average")
+        ),
+        *(f"ensemble/{m}/similarity" for m in ("soft", "majority", "uriel_logits")),
+        *("adapted/distilled-soft-similarity", "adapted/adamerging-layer", "adapted/adamerging-task-adapttest"),
+        *("iterative/linear/similarity", "iterative/ties/average", "merge/linear/oracle"),
+    ]
+    systems = aggregate.column_order(systems)
+    rng = np.random.default_rng(0)
+    targets = [f"t{i:02d}-XX" for i in range(n_targets)]
+    acc = rng.uniform(0.3, 0.95, size=(n_targets, len(systems)))
+    rows = pd.DataFrame(
+        [
+            {"target": t, "system": s, "accuracy": acc[i, j], "ci_low": acc[i, j] - 0.02, "ci_high": acc[i, j] + 0.02}
+            for i, t in enumerate(targets)
+            for j, s in enumerate(systems)
+            if s != "iterative/*"
+        ]
+    )
+    return rows, systems
+
+
+@pytest.mark.parametrize("n_targets", [5, 51])
+def test_per_target_figure_stays_readable(tmp_path, n_targets):
+    """23 systems: dot panels for a few targets, a heatmap for many; bounded size, every system labelled."""
+    rows, systems = per_target_rows(n_targets)
+    fig = plots.per_target_bars(rows, tmp_path / "per_target.png", systems=systems, title="t")
+    width, height = fig.get_size_inches()
+    assert width <= 18 and height <= 8  # a 1400-px page shows it whole at a legible scale
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [s if s != "iterative/*" else "iterative/* (no result)" for s in systems]
+    assert len({t.get_color() for t in fig.axes[0].get_yticklabels()}) == 6  # one colour per family
+    assert (tmp_path / "per_target.png").stat().st_size > 1000
 
 
 def test_notebook_06_runs_on_records_and_reruns_nothing(root):

@@ -228,3 +228,82 @@ def test_the_index_keeps_the_newest_of_a_success_and_a_failure(tmp_path):
         os.utime(path, ns=(when * 10**9, when * 10**9))
     got = {(e["target"], e["failed"], e["html"].name) for e in site.notebooks(tmp_path)}
     assert got == {("af-ZA", True, "af-ZA.failed.html"), ("fr-FR", False, "fr-FR.html")}
+
+
+# The batch killed below runs under this harness, which adopts the runner's orphans (a subreaper) and reaps
+# none of them until it exits: the killed worker stays a zombie while the rerun runs, as under a container's
+# first process that does not reap. Prints the writer's pid, its state after the kill, the rerun's statuses
+# and the temporaries left after it.
+KILL_HARNESS = """
+import ctypes, json, re, subprocess, sys, time
+from pathlib import Path
+import psutil
+root, cli = Path(sys.argv[1]), sys.argv[2:]
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+t_start = time.time()
+batch = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from mu.batch import runner  # the rerun runs here, the same batch: imported while the first one starts
+deadline = time.time() + 60
+while not (root / "started").exists():
+    assert batch.poll() is None and time.time() < deadline, "the notebook never started"
+    time.sleep(0.1)
+[tmp] = (root / "reports").rglob(".*.ipynb.*.tmp")
+writer = int(re.search(r"-(\\d+)-\\w+\\.tmp$", tmp.name)[1])
+batch.kill()  # kill -9 of the runner, mid-notebook
+batch.wait()
+deadline, t_kill = time.time() + 10, time.time()
+while psutil.Process(writer).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+    time.sleep(0.1)
+got = {"writer": writer, "state": psutil.Process(writer).status()}
+if got["state"] != psutil.STATUS_ZOMBIE:  # it outlived its runner: stop it, the test fails
+    psutil.Process(writer).kill()
+else:
+    (root / "quick").touch()
+    where = {"notebooks_dir": root / "notebooks", "params_dir": root / "params"}
+    got["status"] = list(runner.run(["03"], ["af-ZA"], **where)["status"])
+    got["left"] = sorted(str(p.relative_to(root)) for p in (root / "reports").rglob("*.tmp"))
+got["seconds"] = [round(t_kill - t_start, 1), round(time.time() - t_kill, 1)]
+print(json.dumps(got))
+"""
+SLEEPER = (
+    "import time\nimport mu\n"
+    "(mu.paths.root() / 'started').touch()\n"
+    "if not (mu.paths.root() / 'quick').exists():\n"
+    "    time.sleep(120)\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper and parent-death signal are Linux's")
+def test_a_batch_killed_mid_notebook_leaves_no_temporary_after_the_rerun(tmp_path, monkeypatch):
+    import json
+
+    import psutil
+
+    from mu import runner
+
+    monkeypatch.setenv("MU_ROOT", str(tmp_path))
+    where = {"notebooks_dir": tmp_path / "notebooks", "params_dir": tmp_path / "params"}
+    for folder in where.values():
+        folder.mkdir()
+    write_notebook(where["notebooks_dir"] / "03_sleep.ipynb", 'profile = "toy"\ntarget_lang = "af-ZA"', SLEEPER)
+    (where["params_dir"] / "03_sleep.yaml").write_text("shared: {}\nprofiles: {toy: {}}\n")
+    cli = [sys.executable, "-m", "mu", "run", "--notebooks", "03", "--targets", "af-ZA"]
+    cli += ["--notebooks-dir", str(where["notebooks_dir"]), "--params-dir", str(where["params_dir"])]
+    env = {**os.environ, "MU_ROOT": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    harness = subprocess.run(
+        [sys.executable, "-c", KILL_HARNESS, str(tmp_path), *cli], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert harness.returncode == 0, harness.stderr
+    got = json.loads(harness.stdout.splitlines()[-1])
+    # the worker died with its runner (no headless notebook holding the job's lock), and the rerun, which ran
+    # while it was still an unreaped zombie, removed its temporary and ran the job
+    assert got["state"] == psutil.STATUS_ZOMBIE, got
+    assert got.get("status") == ["done"] and got["left"] == [], got
+    out = paths.reports_dir("03_sleep")
+    assert (out / "af-ZA.ipynb").is_file() and (out / "af-ZA.done.json").is_file()
+    # a dead writer's temporary beside a job that is done goes in the next run, which skips the job
+    left = out / f".af-ZA.html.{paths._OWNER}-{got['writer']}-killed.tmp"
+    left.mkdir()
+    assert list(runner.run(["03"], ["af-ZA"], **where)["status"]) == ["skipped"]
+    assert not list(paths.reports_dir().rglob("*.tmp"))

@@ -57,50 +57,102 @@ def heatmap(
     return fig
 
 
+# The per-target figure is a dot plot (one panel per target) while its panels fit one row at a
+# readable width; past that, 23 systems x dozens of targets only read as a table of colours.
+PER_TARGET_PANELS = 6
+
+
+def _families(systems: Sequence[str]) -> dict[str, tuple]:
+    """One colour per family (a system's first path part), in the order the families come."""
+    names = list(dict.fromkeys(s.split("/")[0] for s in systems))
+    return dict(zip(names, sns.color_palette("deep", len(names))))
+
+
+def _family_lines(ax: plt.Axes, systems: Sequence[str], at: float, **line) -> None:
+    """A horizontal line where one family ends and the next begins (row i drawn at ``i + at``)."""
+    for i in range(1, len(systems)):
+        if systems[i].split("/")[0] != systems[i - 1].split("/")[0]:
+            ax.axhline(i + at - 0.5, **{"color": "grey", "linewidth": 0.6, **line})
+
+
+def _system_labels(ax: plt.Axes, systems: Sequence[str], labels: Sequence[str], colours: dict, at: float) -> None:
+    """System labels down the y axis (row i at ``i + at``), each in its family's colour."""
+    ax.set_yticks([i + at for i in range(len(systems))], labels, fontsize=8)
+    for tick, system in zip(ax.get_yticklabels(), systems):
+        tick.set_color(colours[system.split("/")[0]])
+
+
 def per_target_bars(
     rows: pd.DataFrame, path: str | os.PathLike, *, systems: Sequence[str] | None = None, title: str = ""
 ) -> plt.Figure:
-    """Accuracy per target locale, one bar per system, with each row's 95% interval.
+    """Accuracy per target locale and system, systems down the side in ``systems``' order, coloured by family.
 
-    ``rows`` is a long frame (target, system, accuracy, ci_low, ci_high), e.g. ``mu.analysis.aggregate``'s
-    ``rows``; bars without a known test size have no interval. ``systems``: the bar order
-    (default: order of first appearance).
+    ``rows`` is a long frame (target, system, accuracy[, ci_low, ci_high]), e.g. ``mu.analysis.aggregate``'s
+    ``rows``. Up to ``PER_TARGET_PANELS`` targets: one dot-plot panel per target with each row's 95% interval
+    (none where the test size is unknown) and native's accuracy as a dashed line. More targets: one heatmap of
+    systems × targets, each cell annotated with its accuracy in percent. ``systems``: the order (default: order
+    of first appearance); a listed system without a row keeps its label, marked ``(no result)``.
     """
-    systems = list(dict.fromkeys(rows["system"])) if systems is None else list(systems)
-    targets = sorted(rows["target"].unique())
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(targets) * len(systems) + 2), 4.5))
-    sns.barplot(
-        data=rows,
-        x="target",
-        y="accuracy",
-        hue="system",
-        order=targets,
-        hue_order=systems,
-        palette="tab20" if len(systems) > 10 else None,
-        errorbar=None,
-        ax=ax,
+    data = rows.reindex(columns=["target", "system", "accuracy", "ci_low", "ci_high"])
+    data = data.dropna(subset=["accuracy"]).drop_duplicates(["target", "system"], keep="last")
+    if data.empty:
+        raise ValueError("per_target_bars: no row with an accuracy to draw")
+    systems = list(dict.fromkeys(data["system"] if systems is None else systems))
+    targets = sorted(data["target"].unique())
+    colours = _families(systems)
+    labels = [s if s in set(data["system"]) else f"{s} (no result)" for s in systems]
+    if len(targets) > PER_TARGET_PANELS:
+        table = data.pivot(index="system", columns="target", values="accuracy").reindex(index=systems, columns=targets)
+        fig, ax = plt.subplots(figsize=(0.3 * len(targets) + 1.5, 0.22 * len(systems) + 1.2))
+        sns.heatmap(
+            table * 100,
+            annot=True,
+            fmt=".0f",
+            cmap="viridis",
+            ax=ax,
+            annot_kws={"size": 6.5},
+            cbar_kws={"label": "accuracy (%)", "pad": 0.01, "fraction": 0.03},
+            linewidths=0.3,
+            linecolor="white",
+        )
+        ax.set_facecolor("#e6e6e6")  # a missing (system, target) cell
+        _system_labels(ax, systems, labels, colours, 0.5)
+        _family_lines(ax, systems, 0.5, color="white", linewidth=2.5)
+        ax.set_xticks([i + 0.5 for i in range(len(targets))], targets, fontsize=7, rotation=90)
+        ax.set(xlabel="target (cells: accuracy in %; grey: no result)", ylabel="", title=title)
+        save(fig, path)
+        return fig
+    known = data.dropna(subset=["ci_low", "ci_high"])
+    lo = min(data["accuracy"].min(), known["ci_low"].min() if len(known) else 1.0)
+    hi = max(data["accuracy"].max(), known["ci_high"].max() if len(known) else 0.0)
+    pad = max(0.02, 0.05 * (hi - lo))
+    width = 2.0 if len(targets) > 2 else 3.5
+    fig, axes = plt.subplots(
+        1, len(targets), figsize=(1.2 + width * len(targets), 0.2 * len(systems) + 1.3), sharey=True, squeeze=False
     )
-    # one container per system; a missing (target, system) has no bar, so place by x
-    for system, bars in zip(systems, ax.containers):
-        mine = rows[rows["system"] == system].set_index("target")
-        for bar in bars:
-            target = targets[round(bar.get_x() + bar.get_width() / 2)]
-            if target not in mine.index:
+    for ax, target in zip(axes[0], targets):
+        mine = data[data["target"] == target].set_index("system")
+        for y, system in enumerate(systems):
+            if system not in mine.index:
                 continue
-            acc, lo, hi = mine.loc[target, ["accuracy", "ci_low", "ci_high"]]
-            if not pd.notna(lo):
-                continue
-            ax.errorbar(
-                bar.get_x() + bar.get_width() / 2,
-                acc,
-                yerr=[[acc - lo], [hi - acc]],
-                color="black",
-                capsize=2,
-                linewidth=0.8,
-            )
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+            acc, low, high = mine.loc[system, ["accuracy", "ci_low", "ci_high"]]
+            err = [[acc - low], [high - acc]] if pd.notna(low) and pd.notna(high) else None
+            colour = colours[system.split("/")[0]]
+            ax.errorbar(acc, y, xerr=err, fmt="o", color=colour, markersize=4, capsize=2, linewidth=0.9)
+        if "native" in mine.index:
+            ax.axvline(mine.loc["native", "accuracy"], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlim(max(0.0, lo - pad), min(1.0, hi + pad))
+        ax.grid(axis="y", color="#eee", linewidth=0.6)
+        _family_lines(ax, systems, 0.0)
+        ax.set_axisbelow(True)
+        ax.set_title(target, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    _system_labels(axes[0, 0], systems, labels, colours, 0.0)
+    axes[0, 0].set_ylim(len(systems) - 0.5, -0.5)
+    fig.supxlabel("accuracy (95% interval where known; dashed: native)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     save(fig, path)
     return fig
 

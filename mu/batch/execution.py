@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mu.batch.jobs import Job, clear_failure, is_done, job_lock, mark_done
+from mu.batch.jobs import Job, clear_failure, is_done, job_lock, mark_done, sweep
 from mu.batch.params import KERNEL
 from mu.core import paths, threads
 from mu.publish import site
@@ -66,6 +66,7 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
     os.environ.update(env)
     start = time.perf_counter()
     with job_lock(job):
+        sweep(job)  # the lock's last holder may have been killed while this one waited
         if is_done(job, key):
             return {"status": "skipped", "seconds": 0.0, "error": None}
         try:
@@ -97,6 +98,26 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
             result["error"] = f"rendering {job.output.name} to HTML failed: {type(exc).__name__}: {exc}"
         mark_done(job, key, result)
         return result
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(runner: int) -> None:
+    """Pool initializer of a worker process: it is killed when ``runner`` (its parent) dies.
+
+    A runner killed with ``kill -9`` would otherwise leave its worker finishing the notebook headless,
+    holding the job's lock (a rerun waits for it) and its memory, then idling for good. Killed with its
+    runner, the worker is a dead writer whose temporaries the rerun removes; its kernel follows
+    (ipykernel exits when its parent goes). Linux only (``prctl``); elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != runner:  # it died before the line above took effect
+            os._exit(1)
 
 
 # tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an

@@ -114,6 +114,19 @@ def job_lock(job: Job) -> filelock.FileLock:
     return filelock.FileLock(str(job.marker.parent / f".{job.target}.lock"))
 
 
+def sweep(job: Job) -> list[Path]:
+    """Remove the temporaries a killed run of ``job`` left beside its outputs (the executed notebook, the
+    failed one, their pages, the done-marker); a live writer's are kept (``paths.remove_stale_temporaries``).
+
+    Writing an output sweeps only that output's temporaries, so a job a rerun skips (another runner, or
+    the killed run's own worker, finished it) would keep them until it runs again: the runner sweeps
+    every job it plans, run or skipped.
+    """
+    notebooks = (job.output, job.failed_output)
+    outputs = (*notebooks, *(n.with_suffix(".html") for n in notebooks), job.marker)
+    return [t for o in outputs for t in paths.remove_stale_temporaries(o)]
+
+
 def clear_failure(job: Job) -> None:
     """Remove the job's failed notebook and its page: a success of the parameters asked for (just run, or
     done before and skipped) is the job's state now, whatever failed since with other parameters."""

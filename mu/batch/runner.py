@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from mu.batch import checks
-from mu.batch.execution import base_env, execute, kernel_env, kernel_name
-from mu.batch.jobs import Job, clear_failure, hash_json, is_done, run_key
+from mu.batch.execution import base_env, die_with, execute, kernel_env, kernel_name
+from mu.batch.jobs import Job, clear_failure, hash_json, is_done, run_key, sweep
 from mu.batch.params import INJECTED, check_keys, find_notebooks, load_params, notebook_parameters, params_file
 from mu.core import paths, report
 from mu.publish import site
@@ -209,6 +209,8 @@ def run(
     try:
         for stem in dict.fromkeys(j.stem for j in jobs):
             stage = [j for j in jobs if j.stem == stem]
+            for j in stage:
+                sweep(j)
             keys.update({(j.stem, j.target): run_key(j, jobs) for j in stage})
             todo = [j for j in stage if not is_done(j, keys[j.stem, j.target])]
             for j in stage:
@@ -221,7 +223,8 @@ def run(
                 _run_ray(todo, keys, kernel, workers, num_gpus, on_result)
                 continue
             if pool is None:
-                pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                spawn = multiprocessing.get_context("spawn")
+                pool = cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=die_with, initargs=(os.getpid(),))
             _run_local(pool, todo, keys, kernel, workers, on_result)
     finally:
         bar.close()

@@ -173,8 +173,8 @@ STALE_UNOWNED_S = 3600.0
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete the temporaries ``atomic_path`` left beside ``path`` when a run writing it was killed.
 
-    Only stale ones: made on this host by a process that is gone (or whose pid now belongs to a
-    process started after the temporary was made); one of another host is left alone (its
+    Only stale ones: made on this host by a process that is gone or a zombie (or whose pid now belongs
+    to a process started after the temporary was made); one of another host is left alone (its
     owner cannot be checked), one without an owner in its name only after ``STALE_UNOWNED_S``.
     Returns what was removed.
     """
@@ -203,11 +203,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def _alive(pid: int, since: float) -> bool:
-    """True if process ``pid`` runs and was started before ``since`` (so it may own a file made then)."""
+    """True if process ``pid`` runs and was started before ``since`` (so it may own a file made then).
+
+    A zombie is dead: a writer killed with its parent (a batch killed with ``kill -9``) stays a zombie
+    until whoever adopted it reaps it, which may be long after the rerun that should remove its
+    temporaries (a container's first process that never reaps, a slow subreaper).
+    """
     import psutil
 
     try:
-        return psutil.Process(pid).create_time() <= since + 1.0
+        process = psutil.Process(pid)
+        return process.create_time() <= since + 1.0 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.AccessDenied:  # cannot tell: keep it
         return True
     except (psutil.NoSuchProcess, ValueError):
