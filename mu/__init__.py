@@ -8,6 +8,7 @@ The package is a stack of wings; a wing may import only the wings below it
     batch        notebooks x targets with papermill: runner, parameters and their checks
     publish      reports/index.html, README/docs tables, collected result files
     combine      beyond a data-free merge: ensembles, distillation, iterative training, their choices
+    build        a classifier for any language from the command line: sources, card, mergekit recipe
     merge        the method catalog, its kernels, streaming merges of model folders
     learn        classifier models: load/save, fine-tune, pretrain, evaluate, the fine-tuning recipe
     analysis     result tables, statistics, claims, figures (torch-free)
@@ -26,7 +27,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-WINGS = ("core", "langs", "corpus", "analysis", "learn", "merge", "combine", "publish", "batch", "experiment")
+WINGS = ("core", "langs", "corpus", "analysis", "learn", "merge", "build", "combine", "publish", "batch", "experiment")
 
 # The short names notebooks, docs and users call: one module each.
 PUBLIC = {
@@ -77,6 +78,13 @@ PUBLIC = {
     "schedule": "combine",
     "iterative_results": "combine",
     "joint": "combine",
+    "cli": "build",
+    "sources": "build",
+    "job": "build",
+    "weighting": "build",
+    "target_texts": "build",
+    "export": "build",
+    "preflight": "build",
     "collect": "publish",
     "docs": "publish",
     "docs_results": "publish",

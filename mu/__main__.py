@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from mu.batch import params, runner
+from mu.build import cli
 from mu.core import paths
-from mu.merge import cli
 from mu.publish import site
 
 DEMO_TARGETS = ["af-ZA", "fr-FR", "sw-KE", "nl-NL", "es-ES"]

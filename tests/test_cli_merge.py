@@ -1,4 +1,4 @@
-"""``python -m mu weights`` / ``python -m mu merge`` (mu.merge.cli), in process on tiny XLM-R sources: the URIEL weights
+"""``python -m mu weights`` / ``python -m mu merge`` (mu.build.cli), in process on tiny XLM-R sources: the URIEL weights
 for languages outside MASSIVE, the merged folder (loaded by transformers' pipeline, equal to mu.merge.merge_models),
 mergekit.yaml replayed by mergekit, the model card, bad inputs (nothing written), and hub ids resolved through a
 Hugging Face cache."""
@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from mu import codes, similarity
 from mu import merge as mm
 from mu.__main__ import main
+from mu.build import export
 from mu.langs.locales import LOCALES
-from mu.merge import export
 
 SOURCES = ["de-DE", "nl-NL", "fr-FR", "es-ES"]
 TEXTS = ["wake me up at nine", "play some jazz", "what is the weather", "turn the lights off"]
@@ -242,7 +242,7 @@ def test_mergekit_yaml_replays_to_the_same_tensors(capsys, sources, toy_base, tm
 
 @pytest.mark.parametrize("method", [m for m in export.MERGEKIT_METHODS if m not in export.RANDOM_DROPS])
 def test_every_deterministic_mergekit_config_replays_to_mus_merge(sources, toy_base, tmp_path, method):
-    """mu.merge.export's translation for each method mergekit has (DARE / DELLA draw their masks apart): mergekit
+    """mu.build.export's translation for each method mergekit has (DARE / DELLA draw their masks apart): mergekit
     on the written config gives merge_models' tensors."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge

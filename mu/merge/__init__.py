@@ -5,10 +5,6 @@ reads tensors, reference, kernel); ``plan.make`` checks a merge's arguments once
 ``merge(method, state_dicts, weights, base=None, **knobs)`` merges in memory, ``merge_models(...)``
 model folders on disk (streaming, saved in HF format with ``merge_details.json``); both take
 ``device`` (None: CUDA when available). ``METHODS`` is {name: kernel}, built from the catalog.
-``python -m mu weights`` / ``merge``: ``cli`` (parsers, the commands' steps), ``sources`` (where they
-come from, their language), ``weighting`` (URIEL, average, manual), ``job`` (the merge decided and
-checked before any weight is read), ``target_texts`` (``--evaluate``, ``--adapt-texts``), ``preflight``
-(checks from headers, the base, memory) and ``export`` (model card, mergekit.yaml).
 
 May import: core, langs, corpus, analysis, learn.
 """

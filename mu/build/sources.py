@@ -79,9 +79,9 @@ def _lang_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def model_language(folder: Path | None, name: str) -> Any:
     """A model's language (``mu.langs.codes.Language``) from what it records, else from its name; None if unknown."""
+    from mu.build import preflight
     from mu.langs import codes
     from mu.langs.locales import LOCALES
-    from mu.merge import preflight
 
     if folder is not None:
         try:  # mu's training record; unreadable ones say nothing (the card and the name may still)
@@ -222,7 +222,7 @@ def fetch_weights(src: Source) -> None:
 def header_of(src: Source) -> dict:
     """Tensor names, shapes and dtypes: from the local file, else (a hub model not downloaded yet, as in a dry
     run) from the hub's safetensors header."""
-    from mu.merge import preflight
+    from mu.build import preflight
 
     local = any((src.local / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json"))
     return preflight.header(src.local) if local or not src.is_hub else preflight.remote_header(src.ref)

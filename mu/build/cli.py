@@ -6,10 +6,10 @@ merged from models fine-tuned on other languages (by default the published per-l
     python -m mu merge --target eus --out eus-clf --method ties --set density=0.3 --dry-run
 
 This module holds the two commands' parsers, their steps, and ``main``; the steps' parts live beside it:
-where the sources come from and what language each is (``mu.merge.sources``), their weights and the
-``weights`` tables (``mu.merge.weighting``), the merge's job, checked before any weight is read, and
-its dry-run text (``mu.merge.job``), the target's texts for ``--evaluate`` / ``--adapt-texts``
-(``mu.merge.target_texts``), the model card and mergekit.yaml (``mu.merge.export``). Imported by
+where the sources come from and what language each is (``mu.build.sources``), their weights and the
+``weights`` tables (``mu.build.weighting``), the merge's job, checked before any weight is read, and
+its dry-run text (``mu.build.job``), the target's texts for ``--evaluate`` / ``--adapt-texts``
+(``mu.build.target_texts``), the model card and mergekit.yaml (``mu.build.export``). Imported by
 ``python -m mu`` at start-up, so it imports nothing heavy until a command runs.
 
 See docs/cli.md.
@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mu.merge import job as merge_job
-from mu.merge import sources as src
-from mu.merge import target_texts, weighting
+from mu.build import job as merge_job
+from mu.build import sources as src
+from mu.build import target_texts, weighting
 
 COMMANDS = ("weights", "merge")
 
@@ -179,8 +179,8 @@ def _check_out(out: Path, force: bool) -> None:
 def run_merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The job (everything checked), then the weights downloaded, the merge, --evaluate, the card and
     mergekit.yaml, all written into a temporary folder that becomes --out only once complete."""
+    from mu.build import export, preflight
     from mu.core import paths
-    from mu.merge import export, preflight
     from mu.merge.run import local_dir, merge_models
 
     out = Path(args.out).expanduser().absolute()

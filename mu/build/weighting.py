@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from mu.merge.sources import Source, say
+from mu.build.sources import Source, say
 
 WEIGHTINGS = ("similarity", "average", "manual")
 

@@ -25,7 +25,7 @@ import yaml
 from mu.merge import catalog
 
 if TYPE_CHECKING:
-    from mu.merge.job import Job
+    from mu.build.job import Job
 
 # mergekit's parameters per method, for the methods that take them alike: per-model density / gamma /
 # epsilon, a global lambda and rescale

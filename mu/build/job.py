@@ -2,10 +2,10 @@
 plan that ``--dry-run`` prints.
 
 ``make(args)`` resolves the target, the candidate sources and their languages, the weights
-(``mu.merge.weighting``), then the merge's arguments once, as a ``mu.merge.plan.Plan`` (method,
+(``mu.build.weighting``), then the merge's arguments once, as a ``mu.merge.plan.Plan`` (method,
 every knob with its default, weights normalised, whether the base is given, device), which the job
 carries on and nothing behind re-checks; then the chosen sources' metadata and safetensors headers
-(``mu.merge.preflight.check_sources``), the ``--evaluate`` data, and the base: ``--base``, else the
+(``mu.build.preflight.check_sources``), the ``--evaluate`` data, and the base: ``--base``, else the
 one the sources declare, adapted when it is shaped otherwise than the sources (an encoder without
 their classification head). What a method is (needs a base, merges two sources, reads statistics,
 ignores the weights) is read from its catalog record, ``mu.merge.catalog.get``.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mu.merge import sources as src
-from mu.merge import target_texts, weighting
-from mu.merge.sources import Source
+from mu.build import sources as src
+from mu.build import target_texts, weighting
+from mu.build.sources import Source
 
 if TYPE_CHECKING:
     from mu.merge.plan import Plan
@@ -40,8 +40,8 @@ class Job:
     base_local: Path | None
     base_fit: dict | None
     base_adapted: bool
-    facts: dict  # mu.merge.preflight.check_sources
-    memory: dict  # mu.merge.preflight.memory_estimate
+    facts: dict  # mu.build.preflight.check_sources
+    memory: dict  # mu.build.preflight.memory_estimate
     evaluation: target_texts.EvalData | None
 
     @property
@@ -64,8 +64,9 @@ def _given_knobs(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
 
 def make(args: argparse.Namespace) -> Job:
     """Everything decided and checked, nothing merged: weights, the plan, sources' metadata and headers, base."""
+    from mu.build import preflight
     from mu.langs import codes
-    from mu.merge import catalog, plan, preflight
+    from mu.merge import catalog, plan
 
     target = codes.resolve(args.target)
     spec = catalog.get(args.method)
@@ -150,7 +151,7 @@ def make(args: argparse.Namespace) -> Job:
 
 def _base(args: argparse.Namespace, spec: Any, chosen: list[Source]) -> tuple[str | None, str]:
     """(base reference or None, how it was chosen): a reference exactly where the plan gives the base."""
-    from mu.merge import preflight
+    from mu.build import preflight
 
     if spec.base == "unused":
         if args.base:
@@ -184,7 +185,7 @@ def _base(args: argparse.Namespace, spec: Any, chosen: list[Source]) -> tuple[st
 
 def text(job: Job, args: argparse.Namespace) -> str:
     """The plan as ``--dry-run`` prints it (and a real run on stderr)."""
-    from mu.merge import preflight
+    from mu.build import preflight
 
     n = len(job.sources)
     lines = [

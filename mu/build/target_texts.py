@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mu.merge.sources import Source, say
+from mu.build.sources import Source, say
 
 
 @dataclass
@@ -28,20 +28,20 @@ def data_source(args: argparse.Namespace) -> str:
     """``--data``, where ``auto`` is the local MASSIVE copy when there is one, else the hub."""
     if args.data != "auto":
         return args.data
-    from mu.corpus import data
+    from mu.corpus import massive
 
-    return "massive" if data.massive_dir().is_dir() else "hub"
+    return "massive" if massive.massive_dir().is_dir() else "hub"
 
 
 def eval_data(args: argparse.Namespace, labels: Sequence[str]) -> EvalData:
     """The labeled texts of ``--evaluate``, checked against the sources' labels before any merge."""
-    from mu.corpus import data
+    from mu.corpus import data, massive
 
     spec = args.evaluate
     path = Path(spec).expanduser()
     if path.is_file():
         texts, gold = [], []
-        for lineno, obj in data.jsonl_objects(path):
+        for lineno, obj in massive.jsonl_objects(path):
             text = obj.get("utt", obj.get("text"))
             label = obj.get("intent", obj.get("label"))
             if not isinstance(text, str) or label is None:
@@ -78,14 +78,14 @@ def adapt_texts(args: argparse.Namespace) -> list[str] | None:
     """``--adapt-texts``: the lines of a .txt, the texts of a .jsonl, or a MASSIVE locale's train texts."""
     if not args.adapt_texts:
         return None
-    from mu.corpus import data
+    from mu.corpus import data, massive
     from mu.langs import codes
 
     path = Path(args.adapt_texts).expanduser()
     if path.is_file():
         if path.suffix == ".txt":
             return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [str(obj.get("utt", obj.get("text"))) for _, obj in data.jsonl_objects(path)]
+        return [str(obj.get("utt", obj.get("text"))) for _, obj in massive.jsonl_objects(path)]
     lang = codes.resolve(args.adapt_texts)
     if lang.locale is None:
         raise ValueError(f"--adapt-texts {args.adapt_texts!r}: neither a file nor a MASSIVE locale")
