@@ -42,6 +42,7 @@ PUBLIC = {
     "codes": "langs",
     "data": "corpus",
     "sts": "corpus",
+    "pools": "corpus",
     "stats": "analysis",
     "families": "analysis",
     "aggregate": "analysis",

@@ -6,7 +6,9 @@ columns ``id`` (str), ``text`` (str), ``label`` (int, index into ``INTENTS``).
 (``AmazonScience/massive``), ``"massive"`` (the local MASSIVE 1.1 copy, ``massive_dir()``)
 or a folder in the MASSIVE release layout (``<dir>/<locale>.jsonl`` or ``.jsonl.gz``, one
 JSON object per line with ``partition``, ``intent``, ``utt`` and optionally ``locale`` and ``id``;
-the official release archive's ``1.1/data/`` works as is).
+the official release archive's ``1.1/data/`` works as is). Besides MASSIVE's ``train``/``dev``/``test``, a
+folder written by ``mu.experiment.subsample`` holds the ``unlabeled`` pool (``mu.corpus.pools``); the toy data
+and the hub have none, and asking them for it is a ValueError saying so (adapt on ``train`` there).
 
 MASSIVE: FitzGerald et al. 2022, "MASSIVE: A 1M-Example Multilingual Natural Language
 Understanding Dataset with 51 Typologically-Diverse Languages", CC BY 4.0.
@@ -27,6 +29,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from mu.core import paths
+from mu.corpus import pools
 
 # The 60 intents in the order of the HF dataset's ``intent`` ClassLabel (massive.py ``_INTENTS``).
 INTENTS: list[str] = [
@@ -94,7 +97,7 @@ INTENTS: list[str] = [
 ID2LABEL: dict[int, str] = dict(enumerate(INTENTS))
 LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test")  # MASSIVE's labeled splits; a subsampled folder may add "unlabeled" (mu.corpus.pools)
 HUB_DATASET = "AmazonScience/massive"
 REQUIRED_KEYS = ("partition", "intent", "utt")
 MASSIVE_ENV = "MU_MASSIVE_DIR"  # overrides massive_dir()
@@ -141,9 +144,11 @@ TOY_ORDER_BIAS = 0.8
 TOY_KEYWORD_PREFIX = {"germanic": "", "romance": "", "bantu": "ku"}
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)} (the hub's 'validation' is 'dev')")
+def _check_split(split: str, source: object = None) -> None:
+    if split not in pools.PARTITIONS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(pools.PARTITIONS)} (the hub's 'validation' is 'dev')")
+    if split == pools.UNLABELED and source in ("toy", "hub"):
+        raise ValueError(pools.no_pool(f"data source {source!r}"))
 
 
 def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Dataset:
@@ -152,7 +157,7 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
     Memoised per process (a local file by its path, size and modification time), so
     loops such as the N×N matrix read and validate each split once.
     """
-    _check_split(split)
+    _check_split(split, source)
     if source == "hub":
         return _load_hub(locale, split)
     if source == "toy":
@@ -176,7 +181,10 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
 
 @functools.lru_cache(maxsize=512)
 def _load_local(folder: str, locale: str, split: str, version: tuple[int, int] | None) -> Dataset:
-    return _to_dataset(read_locale_file(folder, locale)[split], f"{locale_file(folder, locale)} [{split}]")
+    rows = read_locale_file(folder, locale)[split]
+    if not rows and split == pools.UNLABELED:
+        raise ValueError(pools.no_pool(str(locale_file(folder, locale))))
+    return _to_dataset(rows, f"{locale_file(folder, locale)} [{split}]")
 
 
 def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "toy") -> list[str]:
@@ -191,7 +199,8 @@ def unlabeled(
     data that label-free adaptation (``mu.merge.adamerging``, ``mu.combine.distill``) receives.
 
     ``num_examples`` texts drawn with ``seed`` (all of them, in file order, when ``None`` or
-    larger than the split). Reads the ``text`` column only.
+    larger than the split). Reads the ``text`` column only. ``split="unlabeled"``: the unlabeled pool,
+    no id of which is labeled in any locale (``mu.corpus.pools``).
     """
     ds = load_split(locale, split, source)
     texts = list(ds["text"])
@@ -281,7 +290,7 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
     has one; any bad line is a ValueError naming the file and line.
     """
     path = locale_file(folder, locale)
-    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    out: dict[str, list[dict]] = {s: [] for s in pools.PARTITIONS}
     seen: dict[str, int] = {}  # id -> line of its first occurrence
     for lineno, obj in jsonl_objects(path):
         where = f"{path}:{lineno}"
@@ -298,8 +307,8 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
             if str(uid) in seen:
                 raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
             seen[str(uid)] = lineno
-        if obj["partition"] not in SPLITS:
-            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
+        if obj["partition"] not in pools.PARTITIONS:
+            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(pools.PARTITIONS)}")
         if obj["intent"] not in LABEL2ID:
             raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
         if not obj["utt"].strip():
