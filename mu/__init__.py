@@ -45,6 +45,7 @@ PUBLIC = {
     "massive": "corpus",
     "toy": "corpus",
     "sts": "corpus",
+    "pools": "corpus",
     "stats": "analysis",
     "families": "analysis",
     "aggregate": "analysis",

@@ -147,7 +147,7 @@ def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
     n_test = len(real(TARGET, "test", "toy"))
     for row in merged + students:
         assert row["family"] == "adapted" and row["n"] == n_test and 0.0 <= row["accuracy"] <= 1.0
-        assert families.sees(row["system"]) == "unlabeled text (train split)"
+        assert families.sees(row["system"]) == families.ADAPTED["train"]  # translations of the sources' labeled data
     assert [r["system"] for r in merged + students] == [
         "adapted/adamerging-steps5/similarity",
         "adapted/distilled-soft/similarity",
@@ -184,17 +184,25 @@ def test_distillation_is_deterministic_and_moves_the_student_towards_the_teacher
 def test_families_say_what_each_system_sees():
     assert families.sees("merge/linear/similarity") == "nothing"
     assert families.sees("zero-shot/uriel-top1") == "nothing"
-    assert families.sees("ensemble/soft/transfer") == "nothing"
+    # transfer weighting ranks by other locales' labels: translations of the target's dev (or test) items
+    dev = "dev items in translation (other locales' dev labels rank the sources)"
+    assert families.sees("ensemble/soft/transfer") == dev == families.sees("merge/linear/average-of-transfer")
+    assert families.sees("iterative/linear/transfer", transfer_split="test").startswith("test items in translation")
+    with pytest.raises(ValueError, match="transfer_split"):
+        families.sees("merge/linear/transfer", transfer_split="train")
     assert families.sees("zero-shot/best").startswith("labels")
     assert families.sees("native").startswith("labels")
     assert families.sees("ensemble/soft/oracle").startswith("labels")
     assert families.sees("adapted/adamerging-adapttest/similarity") == "unlabeled text (test split, transductive)"
+    pool = "unlabeled text (unlabeled pool, disjoint from every labeled id)"
+    assert families.sees("adapted/distilled-uriel_logits-adaptunlabeled-from_iso_c/average") == pool
+    assert families.sees("adapted/adamerging-adaptunlabeled/transfer") == f"{pool}; {dev}"
     table = families.table(["native", "zero-shot/best", "zero-shot/uriel-top1", "adapted/distilled-soft/similarity"])
     assert set(zip(table["family"], table["sees"])) == {
         ("native", "labels (trained on the target)"),
         ("zero-shot", "labels (test labels pick the model)"),
         ("zero-shot", "nothing"),
-        ("adapted", "unlabeled text (train split)"),
+        ("adapted", "unlabeled text (train split: translations of the sources' labeled data)"),
     }
 
 
@@ -237,7 +245,10 @@ def test_summary_shows_the_adapted_family_and_what_every_family_sees(tmp_path, m
     assert extra.at[("adapted/adamerging/similarity", "merge/linear/similarity"), "mean_diff"] == pytest.approx(0.12)
     md = mu_summary.summary_markdown(summary, "toy")
     assert "## What each family sees of the target" in md
-    assert "| adapted/adamerging/similarity | 5 | 0.540 |" in md and "unlabeled text (train split) |" in md
+    assert (
+        "| adapted/adamerging/similarity | 5 | 0.540 |" in md
+        and "unlabeled text (train split: translations of the sources' labeled data) |" in md
+    )
     assert (
         "| zero-shot | labels (test labels pick the model) | source models | zero-shot/best-source, zero-shot/best |"
         in md

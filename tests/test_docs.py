@@ -342,6 +342,13 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     assert "| `native` | 6 |" in pairs and "Holm (2 tests)" in pairs
     with pytest.raises(ValueError, match=r"\['merge/nosuch/average'\] are not systems"):
         mu.docs.render("pairs profile=fake systems=merge/nosuch/average baselines=native")
+    # what its transfer weighting saw: the run's notebook 02 wrote no dev N×N, so it ranked on the test one
+    assert mu.collect.transfer_split("fake") == "test"
+    dev = tmp_path / "run" / "reports" / "02_training" / "fake" / "evaluation_matrix_dev.csv"
+    dev.parent.mkdir(parents=True, exist_ok=True)
+    dev.write_text("source,a\na,1.0\n")
+    mu.docs.collect("fake", tmp_path / "run")
+    assert mu.collect.transfer_split("fake") == "dev"
 
 
 def test_collect_without_an_aggregation_names_what_is_missing(tmp_path, monkeypatch):

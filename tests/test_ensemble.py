@@ -450,6 +450,7 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     models_dir, base = toy_models
     dirs = {loc: models.source_path(loc, models_dir) for loc in SOURCES + [TARGET]}
     evaluate.nxn(dirs, data="toy", profile="ens-test")  # own N×N path: reports/02_training/ens-test/
+    evaluate.nxn(dirs, data="toy", profile="ens-test", split="dev")  # what transfer ranks by
     params = dict(
         profile="ens-test",
         target_lang=TARGET,
@@ -471,7 +472,7 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
         models_dir=models_dir,
         data="toy",
         num_languages=2,
-        nxn=evaluate.nxn_path("ens-test"),
+        nxn=evaluate.nxn_path("ens-test", "dev"),
     )
     assert [r["system"] for r in record["rows"]] == list(expected["system"])
     for row, (_, want) in zip(record["rows"], expected.iterrows()):
@@ -480,7 +481,7 @@ def test_notebook_runs_offline_and_records_every_method_and_mode(toy_models, cac
     vs_k = pd.DataFrame(record["results"]["accuracy_vs_k"])
     assert sorted(set(vs_k["k"])) == [1, 2] and "merge/linear/similarity" in set(vs_k["system"])
     assert record["params"]["max_k"] == 2 and record["params"]["profile"] == "ens-test"
-    assert {"nxn", *(f"logits/{loc}" for loc in SOURCES)} <= set(record["inputs"])
+    assert {"nxn", "oracle_nxn", *(f"logits/{loc}" for loc in SOURCES)} <= set(record["inputs"])
     for png in ("methods_x_modes.png", "accuracy_vs_k.png", "distillation.png"):
         assert paths.reports_dir("04_ensembling", TARGET, png).is_file()
     distilled = paths.read_json(report.record_path("04_ensembling", TARGET, "distilled"))

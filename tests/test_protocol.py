@@ -24,6 +24,15 @@ def test_record_load_and_markdown(mu_root):
         protocol.value("prot", "02.epochs")
 
 
+def test_small_values_keep_their_digits_in_protocol_md(mu_root):
+    evidence = [{"lr": lr, "dev_accuracy": 0.612345} for lr in (1e-5, 3e-5, 1e-4, 2.5e-7, 0.0)]
+    protocol.record("small", "04.distill.lr", 3e-5, chosen_by="dev", data="dev", evidence=evidence)
+    rows = protocol.markdown("small").split("## `04.distill.lr`: evidence")[1].splitlines()
+    lrs = [r.split(" | ")[0].strip("| ") for r in rows if r.startswith("| ") and "dev_accuracy" not in r]
+    assert lrs == ["1e-05", "3e-05", "0.0001", "2.5e-07", "0.0"]  # never 0.0 for a learning rate
+    assert "| `04.distill.lr` | 3e-05 |" in protocol.markdown("small") and "| 0.6123 |" in protocol.markdown("small")
+
+
 def test_a_choice_at_its_grids_edge_is_listed_in_protocol_md(mu_root):
     assert [protocol.edge(v, [3e-4, 1e-3, 3e-3]) for v in (3e-4, 1e-3, 3e-3)] == ["smallest", "", "largest"]
     assert protocol.edge(8.0, [3, 5, 8]) == "largest" and protocol.edge("layer", ["layer", "task"]) == ""

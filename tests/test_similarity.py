@@ -115,6 +115,10 @@ def test_transfer_mode_leaves_target_out():
     # ... but it does change the oracle
     o = sim.select("af-ZA", ["de-DE", "nl-NL", "fr-FR"], mode="oracle", num_languages=1, nxn=nxn2)
     assert o == {"fr-FR": 1.0}
+    # the study ranks transfer on the dev N×N and keeps the oracle on the test N×N (oracle_nxn)
+    both = dict(nxn=nxn, oracle_nxn=nxn2, num_languages=1)
+    assert sim.select("af-ZA", ["de-DE", "nl-NL", "fr-FR"], mode="oracle", **both) == o
+    assert sim.select("af-ZA", ["de-DE", "nl-NL", "fr-FR"], mode="transfer", **both) == {"nl-NL": 1.0}
 
 
 @pytest.mark.parametrize(

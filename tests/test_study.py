@@ -15,7 +15,9 @@ from mu import data, paths, study, study_cli, subsample
 
 
 def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
-    out = subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1)
+    # the parallel design (the earlier one); the disjoint pools: tests/test_pools.py
+    kw = dict(train=10, dev=None, test=5, design="parallel")
+    out = subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], **kw, seed=1)
     de = {s: data.load_split("de-DE", s, out) for s in data.SPLITS}
     sw = {s: data.load_split("sw-KE", s, out) for s in data.SPLITS}
     assert [len(de[s]) for s in data.SPLITS] == [10, len(data.load_split("de-DE", "dev", "toy")), 5]
@@ -25,12 +27,14 @@ def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
     rows = dict(zip(full["id"], zip(full["text"], full["label"])))
     assert all(rows[i] == (t, y) for i, t, y in zip(de["train"]["id"], de["train"]["text"], de["train"]["label"]))
     mtime = (out / "de-DE.jsonl").stat().st_mtime_ns
-    assert subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], train=10, dev=None, test=5, seed=1) == out
+    assert subsample.subsample("toy", tmp_path / "sub", ["de-DE", "sw-KE"], **kw, seed=1) == out
     assert (out / "de-DE.jsonl").stat().st_mtime_ns == mtime  # same arguments: kept
-    other = subsample.subsample("toy", tmp_path / "sub2", ["de-DE"], train=10, dev=None, test=5, seed=2)
+    other = subsample.subsample("toy", tmp_path / "sub2", ["de-DE"], **kw, seed=2)
     assert data.load_split("de-DE", "train", other)["id"] != de["train"]["id"]  # the seed picks the subset
-    with pytest.raises(ValueError, match="subsample sizes must be >= 1"):
+    with pytest.raises(ValueError, match="pool size train must be an integer >= 1"):
         subsample.subsample("toy", tmp_path / "bad", ["de-DE"], train=0, dev=None, test=None)
+    with pytest.raises(ValueError, match=r"pool 'test' = test ranks \[500, 505\), but the test split has 96 ids"):
+        subsample.subsample("toy", tmp_path / "bad", ["de-DE"], train=10, dev=None, test=5)  # disjoint: offset 500
 
 
 def test_cli_has_the_study_commands():
@@ -39,6 +43,7 @@ def test_cli_has_the_study_commands():
     assert study_cli._pretrain_kwargs(args)["hidden_size"] == 64
     args = cli.parser().parse_args(["study", "--steps", "5", "--train", "100", "--set", "locales=[en-US, de-DE]"])
     assert (args.train, args.test, args.objective) == (100, 500, "mlm+tlm+align")
+    assert (args.pools, args.unlabeled, args.test_offset) == ("disjoint", 1000, None)  # the pre-registered pools
     kw = study_cli._pretrain_kwargs(cli.parser().parse_args(["study"]))  # the study's encoder recipe by default
     assert (kw["lr"], kw["embedding_init"]) == (1e-3, "parallel-svd")
     assert (
@@ -198,8 +203,10 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     kwargs = dict(
         source="toy",
         train=48,
+        unlabeled=24,
         dev=8,
         test=24,
+        test_offset=24,  # the disjoint pools at toy size (the toy test split has 96 ids)
         objective="mlm",
         steps=4,
         targets=["nl-NL", "sw-KE"],
@@ -256,6 +263,11 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     assert got["02.epochs"]["value"] == 1 and got["02.epochs"]["note"] == "set by the user (--set)"
     assert got["06.tuning_targets"]["value"] == ["sw-KE"] and got["study.seed_params"]["value"] == study.SEED_PARAMS
     assert {"pretrain.steps", "pretrain.embedding_init", "tune.lr_grid", "study.train"} <= set(got)
+    assert got["study.pools"]["value"] == "disjoint" and got["study.pool_ranks"]["value"]["unlabeled"] == (
+        "train ranks [48, 72)"
+    )
+    assert got["study.test_offset"]["value"] == 24 and "declared a priori" in got["pretrain.steps"]["note"]
+    assert len(data.load_split("sw-KE", "unlabeled", "cache/data/mini")) == 24
     md = paths.reports_dir("study", "mini", "protocol.md").read_text()
     assert all(f"| `{k}` |" in md for k in got)
     trained = paths.read_json(report.record_path("02_training", "mini", "training"))["params"]

@@ -27,10 +27,14 @@ PLACEHOLDERS = ("merge/*/similarity", "merge/*/average", "ensemble/*", "iterativ
 SYSTEM_FAMILIES = ["merge", "ensemble", "iterative", "joint", "adapted"]  # a target with one of these is aggregated
 
 
-def nxn_path(profile: str) -> Path:
-    """``reports/02_training/<profile>/evaluation_matrix.csv`` (notebook 02's N×N matrix: rows = source
-    model, columns = target); torch-free, ``mu.learn.evaluate`` uses this one."""
-    return paths.reports_dir("02_training", profile, "evaluation_matrix.csv")
+def nxn_path(profile: str, split: str = "test") -> Path:
+    """``reports/02_training/<profile>/evaluation_matrix.csv`` (notebook 02's N×N matrix on the test split: rows =
+    source model, columns = target; reported, and the oracle baselines read it) or, ``split="dev"``,
+    ``evaluation_matrix_dev.csv`` (what ``transfer`` weighting ranks sources by); torch-free, ``mu.learn.evaluate``
+    uses this one."""
+    return paths.reports_dir(
+        "02_training", profile, "evaluation_matrix" + ("" if split == "test" else f"_{split}") + ".csv"
+    )
 
 
 def load_records(profile: str, reports: str | os.PathLike | None = None) -> list[dict[str, Any]]:

@@ -1,15 +1,24 @@
-"""Result families and what each system sees of the target: nothing, unlabeled text, or labels.
+"""Result families and what each system sees of the target: nothing, translations, unlabeled text, or labels.
 
 A row's ``family`` (``mu.core.report.FAMILIES``) groups systems; what a system *sees* of the target
-decides what it may be compared with honestly:
+decides what it may be compared with honestly. MASSIVE is parallel (an id is one utterance translated into
+every locale), so another locale's labeled item is a translation of the target's item with the same id:
 
-* ``nothing``: zero-shot systems (merges, ensembles, iterative and joint training, URIEL top-1), including
-  the ``transfer`` weighting (the N×N matrix without the target's column);
-* ``unlabeled text``: the ``adapted`` family (AdaMerging, ensemble distillation), which fits on
-  the target's utterances without their labels (train split by default; ``-adapttest`` in the
-  name means the test split's texts: transductive);
-* ``labels``: ``native`` (trained on the target), the oracle baselines (best source, best
-  zero-shot: picked with the target's test labels) and any ``oracle`` weighting.
+* ``nothing``: zero-shot systems (merges, ensembles, iterative and joint training, URIEL top-1) under a
+  weighting that reads no transfer matrix;
+* ``dev items in translation``: the ``transfer`` weighting ranks the sources by the N×N matrix without the
+  target's column, i.e. by other locales' dev labels, translations of the target's dev items (the study's
+  dev N×N); ranked on the test N×N it would be ``test items in translation`` (``sees(..., transfer_split="test")``),
+  translations of the very items the system is scored on. Dev ids are disjoint from test ids, so the dev
+  variant sees nothing of the test items. (Choices of the protocol read dev labels too: notebook 02's
+  recipe the probe sources', the adapted family's the tuning targets'; never a test item.)
+* ``unlabeled text``: the ``adapted`` family (AdaMerging, ensemble distillation), which fits on the target's
+  utterances without their labels; the ``-adapt<split>`` suffix of its name says which: ``-adaptunlabeled``
+  the unlabeled pool (``mu.corpus.pools``: no id of it is labeled in any locale); no suffix the train split,
+  the texts of the labeled ids, i.e. translations of the sources' labeled training data (the parallel
+  design); ``-adapttest`` the test split's texts: transductive;
+* ``labels``: ``native`` (trained on the target), the oracle baselines (best source, best zero-shot:
+  picked with the target's test labels) and any ``oracle`` weighting.
 
 What a system *needs* besides (``needs``) says what it costs to build: the source models (merges,
 ensembles, the adapted family, single sources), the sources' labeled data (joint and iterative training
@@ -39,8 +48,21 @@ def family(system: str) -> str:
     return system.split("/")[0]
 
 
-def sees(system: str) -> str:
-    """What ``system`` sees of the target: ``nothing``, ``unlabeled text (...)`` or ``labels (...)``."""
+TRANSFER = {
+    "dev": "dev items in translation (other locales' dev labels rank the sources)",
+    "test": "test items in translation (other locales' test labels rank the sources)",
+}
+ADAPTED = {
+    "unlabeled": "unlabeled text (unlabeled pool, disjoint from every labeled id)",
+    "train": "unlabeled text (train split: translations of the sources' labeled data)",
+    "test": "unlabeled text (test split, transductive)",
+}
+
+
+def sees(system: str, *, transfer_split: str = "dev") -> str:
+    """What ``system`` sees of the target: ``nothing``, ``dev items in translation (...)``, ``unlabeled text
+    (...)`` or ``labels (...)``; an adapted system under ``transfer`` weighting sees both (joined by ``; ``).
+    ``transfer_split``: the split of the N×N matrix the ``transfer`` weighting ranked by (the study's: dev)."""
     parts = system.split("/")
     if system == NATIVE:
         return "labels (trained on the target)"
@@ -48,11 +70,16 @@ def sees(system: str) -> str:
         return "labels (test labels pick the model)"
     if parts[-1] == "oracle":
         return "labels (N×N column picks the sources)"
+    seen = []
     if parts[0] == "adapted":
-        split = re.search(r"-adapt(\w+)$", parts[1] if len(parts) > 1 else "")
+        split = re.search(r"-adapt([a-z]+)(?:-|$)", parts[1] if len(parts) > 1 else "")
         split = split.group(1) if split else "train"
-        return f"unlabeled text ({split} split{', transductive' if split == 'test' else ''})"
-    return "nothing"
+        seen.append(ADAPTED.get(split, f"unlabeled text ({split} split)"))
+    if len(parts) > 1 and parts[-1].split("-")[-1] == "transfer":  # average-of-transfer: the same ranked sources
+        if transfer_split not in TRANSFER:
+            raise ValueError(f"transfer_split must be one of {sorted(TRANSFER)}, got {transfer_split!r}")
+        seen.append(TRANSFER[transfer_split])
+    return "; ".join(seen) or "nothing"
 
 
 def needs(system: str) -> str:

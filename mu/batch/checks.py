@@ -31,7 +31,7 @@ NAMES: dict[str, tuple[str, ...]] = {
     "mu.combine.selection:CRITERIA": ("tuning-targets", "label-free"),
     "mu.merge.adamerging:GRANULARITIES": ("layer", "task"),
     "mu.merge.adamerging:CONSTRAINTS": ("simplex", "clamp", "none"),
-    "mu.corpus.data:SPLITS": ("train", "dev", "test"),
+    "mu.corpus.pools:PARTITIONS": ("train", "dev", "test", "unlabeled"),
     "mu.learn.tracking:BACKENDS": ("tensorboard", "wandb", "mlflow"),
     "mu.langs.similarity:feature_sets()": (
         "syntax_wals",
@@ -229,7 +229,7 @@ PARAMETERS: dict[str, Spec] = {
     "distill_eval_every": optional(POSITIVE),
     "distill_patience": POSITIVE,
     "adapt_lr": number(0, open_low=True),
-    "adapt_split": one_of("mu.corpus.data:SPLITS"),
+    "adapt_split": one_of("mu.corpus.pools:PARTITIONS"),
     "adapt_num_examples": optional(POSITIVE),
     "adapt_batch_size": POSITIVE,
     "distill_mode": optional(MODE),

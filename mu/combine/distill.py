@@ -8,7 +8,8 @@ test split), as one distribution per text (``teacher_probs``): ``soft`` Σ_i w_i
 shares of the sources' votes. Student: initialised from a merge of the *same* sources and weights
 (``mu.merge.merge_models``; ``init``: ``linear``, notebook 03's plain merge, unless the protocol chose another
 method, ``mu.combine.selection_student.choose_student_init``), trained (``mu.combine.student``) to minimise
-T²·KL(teacher ‖ softmax(z / T)) on the target's unlabeled train texts except a held-out slice
+T²·KL(teacher ‖ softmax(z / T)) on the target's ``adapt_split`` texts without labels (the unlabeled pool in the
+mini study, ``mu.corpus.pools``; ``train`` in the parallel design) except a held-out slice
 (``mu.corpus.data.held_out``), stopped by a label-free rule: its argmax agreement with the teacher on
 the held-out slice, the best checkpoint kept (step 0, the merge itself, included). This module saves
 each student with its record (``distill``), names it and makes notebook 04's rows

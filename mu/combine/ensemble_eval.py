@@ -66,6 +66,7 @@ def describe_inputs(
     split: str = "test",
     max_seq_length: int = 128,
     nxn: str | os.PathLike | None = None,
+    oracle_nxn: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, str]]:
     """``mu.core.report`` inputs of an ensemble run: each source model (sha256 of its config and weights,
     ``mu.learn.evaluate.model_fingerprint``), its cached logits file on the target's split, and the N×N file."""
@@ -79,8 +80,9 @@ def describe_inputs(
         folder = models.resolve(loc, models_dir)
         out[f"model/{loc}"] = {"path": str(folder), "sha256": evaluate.model_fingerprint(folder)}
         out[f"logits/{loc}"] = report.describe_input(evaluate.cache_path(folder, ds, target, split, max_seq_length))
-    if nxn is not None:
-        out["nxn"] = report.describe_input(paths.resolve(nxn))
+    for key, path in (("nxn", nxn), ("oracle_nxn", oracle_nxn)):
+        if path is not None:
+            out[key] = report.describe_input(paths.resolve(path))
     return out
 
 
@@ -96,6 +98,7 @@ def table(
     sinkhorn_iters: int = 20,
     feature_set: str = similarity.DEFAULT_FEATURE_SET,
     nxn: pd.DataFrame | str | os.PathLike | None = None,
+    oracle_nxn: pd.DataFrame | str | os.PathLike | None = None,
     split: str = "test",
     max_seq_length: int = 128,
     compute: bool = False,
@@ -105,7 +108,8 @@ def table(
     ``compute=True`` computes and caches what is missing, as ``source_logits``).
 
     Weights come from ``mu.langs.similarity.select`` (the same as merging) over the
-    sources that have a model in ``models_dir``; each source's logits are read
+    sources that have a model in ``models_dir`` (``transfer`` ranks by ``nxn``, the study's dev N×N;
+    ``oracle`` by ``oracle_nxn``, its test N×N, default ``nxn``); each source's logits are read
     once. One row per (method, mode): ``system`` ("ensemble/<method>/<mode>"),
     ``family``, ``method``, ``mode``, ``accuracy``, ``macro_f1``, ``n``, ``sources``.
     """
@@ -117,6 +121,7 @@ def table(
         top_k=top_k,
         sinkhorn_iters=sinkhorn_iters,
         nxn=_read_nxn(nxn),
+        oracle_nxn=_read_nxn(oracle_nxn),
         feature_set=feature_set,
     )
     by_mode = {mode: similarity.select(target, available, mode=mode, **select_kw) for mode in modes}

@@ -7,7 +7,8 @@ themselves: ``mu.combine.selection_distill`` (the distilled student's teacher, i
   (a label-free score on their held-out unlabeled text); ``check_targets`` and ``check_nonempty``
   refuse a choice that has nothing to measure on or among.
 * What a choice reads of a target: the ``dev`` split of a tuning target (``dev_split``, the one
-  labelled read) and unlabeled train text (``mu.merge.adaptation_texts``); no choice has a path to a
+  labelled read) and its ``adapt_split`` texts without labels (``mu.merge.adaptation_texts``: the unlabeled
+  pool in the mini study, ``mu.corpus.pools``); no choice has a path to a
   test split (tested with a data source whose test splits raise). A tuning target's sources and
   weights are chosen as for any target (``source_weights``).
 * A grid is cached in ``reports/study/<profile>/tuning/<name>.json`` by its arguments (``cached``;
@@ -38,7 +39,7 @@ CRITERIA = {
     "tuning-targets": "mean dev accuracy of the tuning targets",
     "label-free": "a label-free score on held-out unlabeled text of the tuning targets",
 }
-SELECT_KEYS = ("num_languages", "top_k", "sinkhorn_iters", "feature_set", "nxn")
+SELECT_KEYS = ("num_languages", "top_k", "sinkhorn_iters", "feature_set", "nxn", "oracle_nxn")
 
 
 def check_targets(
@@ -76,7 +77,9 @@ def dev_split(target: str, data: str | os.PathLike) -> tuple[list[str], np.ndarr
 def source_weights(
     target: str, mode: str, models_dir: str | os.PathLike, select_kw: Mapping[str, Any]
 ) -> dict[str, float]:
-    kw = {**select_kw, "nxn": evaluate.read_nxn(select_kw["nxn"]) if select_kw.get("nxn") is not None else None}
+    # the N×N files are read only by the weightings that rank by them (a similarity run needs neither)
+    needed = {"transfer": ("nxn",), "oracle": ("nxn", "oracle_nxn")}.get(mode, ())
+    kw = {**select_kw, **{k: evaluate.read_nxn(select_kw[k]) for k in needed if select_kw.get(k) is not None}}
     return similarity.select(target, ensemble.candidates(target, models_dir), mode=mode, **kw)
 
 

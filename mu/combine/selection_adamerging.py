@@ -39,12 +39,13 @@ def choose_adamerging(
     data: str | os.PathLike,
     base_model: str | os.PathLike,
     adapt_num_examples: int | None = None,
+    adapt_split: str = "train",
     max_seq_length: int = 128,
     seed: int = 42,
     **select_kw: Any,
 ) -> dict[str, Any]:
     """AdaMerging's ``{"granularity", "steps", "evidence"}``: for every tuning target and granularity
-    one fit (its ``mode`` sources, its unlabeled train text less the held-out slice) with checkpoints
+    one fit (its ``mode`` sources, its ``adapt_split`` texts without labels less the held-out slice) with checkpoints
     at step 0 (the plain merge) and every candidate step, scored on the dev split (accuracy, entropy)
     and the held-out texts (entropy). ``criterion``: ``tuning-targets`` (highest mean dev accuracy) or
     ``label-free`` (lowest mean held-out entropy); ties go to fewer steps, then the order of
@@ -74,6 +75,7 @@ def choose_adamerging(
         "batch_size": batch_size,
         "held_out": held_out,
         "adapt_num_examples": adapt_num_examples,
+        **({"adapt_split": adapt_split} if adapt_split != "train" else {}),  # train: the key of grids cached before
         "data": str(data),
         "max_seq_length": max_seq_length,
         "seed": seed,
@@ -88,7 +90,7 @@ def choose_adamerging(
             w = selection.source_weights(t, mode, models_dir, select_kw)
             sds = {loc: models.load_state_dict(models.resolve(loc, models_dir)) for loc in w}
             fit, held, _ = merge.adaptation_texts(
-                t, "train", data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
+                t, adapt_split, data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
             )
             dev_texts, dev_labels = selection.dev_split(t, data)
 
@@ -141,7 +143,7 @@ def choose_adamerging(
         for r in means.to_dict(orient="records")
     ]
     plain = pd.DataFrame([r for r in rows if r["step"] == 0]).mean(numeric_only=True)
-    data_note = "dev split" if criterion == "tuning-targets" else "held-out unlabeled train text"
+    data_note = "dev split" if criterion == "tuning-targets" else f"held-out {adapt_split} texts (no labels)"
     for knob, v, grid in (
         ("granularity", best["granularity"], list(granularities)),
         ("steps", int(best["step"]), [int(x) for x in steps]),

@@ -36,7 +36,7 @@ def choose_teacher(
     ``modes`` (``only``: just these ``"method/mode"``): the highest mean accuracy over the tuning
     targets' dev splits (ties: the order given), each ensemble built for the tuning target as for any
     target (``mu.combine.ensemble_eval.table``). Records ``04.distill.teacher``. ``select_kw``:
-    ``mu.langs.similarity.select``'s num_languages, top_k, sinkhorn_iters, feature_set, nxn.
+    ``mu.langs.similarity.select``'s num_languages, top_k, sinkhorn_iters, feature_set, nxn, oracle_nxn.
     """
     candidates = [f"{m}/{mode}" for mode in modes for m in methods]
     if only is not None:
@@ -107,6 +107,7 @@ def choose_distillation(
     eval_every: int | None,
     patience: int | None,
     adapt_num_examples: int | None = None,
+    adapt_split: str = "train",
     max_seq_length: int = 128,
     eval_batch_size: int = 64,
     seed: int = 42,
@@ -136,6 +137,7 @@ def choose_distillation(
         "held_out": held_out,
         "temperature": temperature,
         "adapt_num_examples": adapt_num_examples,
+        "adapt_split": adapt_split,
         "seed": seed,
     }
     init = selection_student.choose_student_init(

@@ -7,7 +7,7 @@ protocol (the shared rules, grid cache and criteria: ``mu.combine.selection``; t
   sources and weights; criterion ``tuning-targets`` (mean dev accuracy of the merge) or ``label-free``
   (its mean agreement with the teacher's argmax on held-out unlabeled text).
 * ``choose_distill_lr``: the student's lr. For each tuning target and lr a student is distilled
-  exactly as for a target (its unlabeled train text, the held-out stopping rule); criterion
+  exactly as for a target (its ``adapt_split`` texts without labels, the held-out stopping rule); criterion
   ``tuning-targets`` (mean dev accuracy) or ``label-free`` (mean best held-out agreement with the teacher).
 """
 
@@ -41,6 +41,7 @@ def choose_student_init(
     held_out: float,
     temperature: float,
     adapt_num_examples: int | None = None,
+    adapt_split: str = "train",
     max_seq_length: int = 128,
     batch_size: int = 64,
     seed: int = 42,
@@ -51,7 +52,7 @@ def choose_student_init(
     and weights of each tuning target; a method that cannot merge them, e.g. a pairwise one, is left out
     and said so). ``criterion``: ``tuning-targets`` (highest mean dev accuracy of the merge) or
     ``label-free`` (highest mean agreement of the merge's argmax with the ``teacher_method`` ensemble's on
-    the held-out unlabeled train text); ties go to the order of ``methods``. Merges made here are deleted
+    the held-out ``adapt_split`` texts); ties go to the order of ``methods``. Merges made here are deleted
     once scored (``evaluate_distilled`` merges the chosen one again, deterministically). Records ``04.distill.init``."""
     names = merge.sweep.check_methods(methods)
     selection.check_nonempty(methods=names)
@@ -67,6 +68,7 @@ def choose_student_init(
         "temperature": temperature,
         "held_out": held_out,
         "adapt_num_examples": adapt_num_examples,
+        **({"adapt_split": adapt_split} if adapt_split != "train" else {}),  # train: the key of grids cached before
         "data": str(data),
         "base": evaluate.model_fingerprint(base_model),
         "max_seq_length": max_seq_length,
@@ -81,7 +83,7 @@ def choose_student_init(
             srcs = {loc: models.resolve(loc, models_dir) for loc in w}
             dev_texts, dev_labels = selection.dev_split(t, data)
             _, held, _ = merge.adaptation_texts(
-                t, "train", data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
+                t, adapt_split, data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
             )
             votes = (
                 distill.teacher(
@@ -147,7 +149,7 @@ def choose_student_init(
         "04.distill.init",
         best["method"],
         chosen_by=criterion,
-        data=f"{'dev split' if criterion == 'tuning-targets' else 'held-out unlabeled train text'} "
+        data=f"{'dev split' if criterion == 'tuning-targets' else f'held-out {adapt_split} texts (no labels)'} "
         f"of the tuning targets {targets}",
         evidence=[
             {"method": r["method"], f"mean_{score}": float(r[score])}
@@ -177,6 +179,7 @@ def choose_distill_lr(
     patience: int | None,
     held_out: float,
     adapt_num_examples: int | None = None,
+    adapt_split: str = "train",
     max_seq_length: int = 128,
     seed: int = 42,
     init: str = "linear",
@@ -218,6 +221,7 @@ def choose_distill_lr(
         **knobs,
         "held_out": held_out,
         "adapt_num_examples": adapt_num_examples,
+        **({"adapt_split": adapt_split} if adapt_split != "train" else {}),  # train: the key of grids cached before
         "data": str(data),
         "base": evaluate.model_fingerprint(base_model),
         "max_seq_length": max_seq_length,
@@ -243,7 +247,7 @@ def choose_distill_lr(
                 seed=seed,
             )
             fit, held, _ = merge.adaptation_texts(
-                t, "train", data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
+                t, adapt_split, data, num_examples=adapt_num_examples, held_out=held_out, seed=seed
             )
             probs = distill.teacher(
                 teacher_method, fit + held, srcs, w, temperature=temperature, max_seq_length=max_seq_length
@@ -287,7 +291,7 @@ def choose_distill_lr(
         "04.distill.lr",
         float(best["lr"]),
         chosen_by=criterion,
-        data=f"{'dev split' if criterion == 'tuning-targets' else 'held-out unlabeled train text'} "
+        data=f"{'dev split' if criterion == 'tuning-targets' else f'held-out {adapt_split} texts (no labels)'} "
         f"of the tuning targets {targets}",
         evidence=[
             {k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()}

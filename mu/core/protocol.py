@@ -166,7 +166,10 @@ def markdown(profile: str) -> str:
 
 
 def _round(v: Any) -> Any:
-    return round(v, 4) if isinstance(v, float) else v
+    """4 decimals (accuracies), but a small value keeps 4 significant digits: an lr of 1e-05 is not 0.0."""
+    if not isinstance(v, float):
+        return v
+    return round(v, 4) if v == 0 or abs(v) >= 1e-3 else float(f"{v:.4g}")
 
 
 def write(profile: str) -> Path:

@@ -6,7 +6,9 @@ columns ``id`` (str), ``text`` (str), ``label`` (int, index into ``INTENTS``).
 (``AmazonScience/massive``), ``"massive"`` (the local MASSIVE 1.1 copy, ``mu.corpus.massive.massive_dir()``)
 or a folder in the MASSIVE release layout (``<dir>/<locale>.jsonl`` or ``.jsonl.gz``, one
 JSON object per line with ``partition``, ``intent``, ``utt`` and optionally ``locale`` and ``id``;
-the official release archive's ``1.1/data/`` works as is).
+the official release archive's ``1.1/data/`` works as is). Besides MASSIVE's ``train``/``dev``/``test``, a
+folder written by ``mu.experiment.subsample`` holds the ``unlabeled`` pool (``mu.corpus.pools``); the toy data
+and the hub have none, and asking them for it is a ValueError saying so (adapt on ``train`` there).
 
 MASSIVE: FitzGerald et al. 2022, "MASSIVE: A 1M-Example Multilingual Natural Language
 Understanding Dataset with 51 Typologically-Diverse Languages", CC BY 4.0.
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from datasets import Dataset
 
 from mu.core import paths
-from mu.corpus import massive, toy
+from mu.corpus import massive, pools, toy
 
 # The label space and the splits are part of this module's interface (a split's ``label`` indexes
 # ``INTENTS``); their home is the MASSIVE format, mu.corpus.massive.
@@ -32,9 +34,11 @@ from mu.corpus.massive import ID2LABEL, INTENTS, LABEL2ID, SPLITS  # noqa: F401
 HUB_DATASET = "AmazonScience/massive"
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)} (the hub's 'validation' is 'dev')")
+def _check_split(split: str, source: object = None) -> None:
+    if split not in pools.PARTITIONS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(pools.PARTITIONS)} (the hub's 'validation' is 'dev')")
+    if split == pools.UNLABELED and source in ("toy", "hub"):
+        raise ValueError(pools.no_pool(f"data source {source!r}"))
 
 
 def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Dataset:
@@ -43,7 +47,7 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
     Memoised per process (a local file by its path, size and modification time), so
     loops such as the N×N matrix read and validate each split once.
     """
-    _check_split(split)
+    _check_split(split, source)
     if source == "hub":
         return _load_hub(locale, split)
     if source == "toy":
@@ -67,9 +71,10 @@ def load_split(locale: str, split: str, source: str | os.PathLike = "toy") -> Da
 
 @functools.lru_cache(maxsize=512)
 def _load_local(folder: str, locale: str, split: str, version: tuple[int, int] | None) -> Dataset:
-    return _to_dataset(
-        massive.read_locale_file(folder, locale)[split], f"{massive.locale_file(folder, locale)} [{split}]"
-    )
+    rows = massive.read_locale_file(folder, locale)[split]
+    if not rows and split == pools.UNLABELED:
+        raise ValueError(pools.no_pool(str(massive.locale_file(folder, locale))))
+    return _to_dataset(rows, f"{massive.locale_file(folder, locale)} [{split}]")
 
 
 def load_texts(locales: Sequence[str], split: str, source: str | os.PathLike = "toy") -> list[str]:
@@ -84,7 +89,8 @@ def unlabeled(
     data that label-free adaptation (``mu.merge.adamerging``, ``mu.combine.distill``) receives.
 
     ``num_examples`` texts drawn with ``seed`` (all of them, in file order, when ``None`` or
-    larger than the split). Reads the ``text`` column only.
+    larger than the split). Reads the ``text`` column only. ``split="unlabeled"``: the unlabeled pool,
+    no id of which is labeled in any locale (``mu.corpus.pools``).
     """
     ds = load_split(locale, split, source)
     texts = list(ds["text"])

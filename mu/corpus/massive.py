@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mu.core import paths
+from mu.corpus import pools
 
 # The 60 intents in the order of the HF dataset's ``intent`` ClassLabel (massive.py ``_INTENTS``).
 INTENTS: list[str] = [
@@ -88,7 +89,7 @@ INTENTS: list[str] = [
 ID2LABEL: dict[int, str] = dict(enumerate(INTENTS))
 LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test")  # MASSIVE's labeled splits; a subsampled folder may add "unlabeled" (mu.corpus.pools)
 REQUIRED_KEYS = ("partition", "intent", "utt")
 MASSIVE_ENV = "MU_MASSIVE_DIR"  # overrides massive_dir()
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -164,7 +165,7 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
     has one; any bad line is a ValueError naming the file and line.
     """
     path = locale_file(folder, locale)
-    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    out: dict[str, list[dict]] = {s: [] for s in pools.PARTITIONS}
     seen: dict[str, int] = {}  # id -> line of its first occurrence
     for lineno, obj in jsonl_objects(path):
         where = f"{path}:{lineno}"
@@ -181,8 +182,8 @@ def read_locale_file(folder: str | os.PathLike, locale: str) -> dict[str, list[d
             if str(uid) in seen:
                 raise ValueError(f"{where}: duplicate id {uid!r} (first on line {seen[str(uid)]})")
             seen[str(uid)] = lineno
-        if obj["partition"] not in SPLITS:
-            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(SPLITS)}")
+        if obj["partition"] not in pools.PARTITIONS:
+            raise ValueError(f"{where}: unknown partition {obj['partition']!r}; valid: {list(pools.PARTITIONS)}")
         if obj["intent"] not in LABEL2ID:
             raise ValueError(f"{where}: unknown intent {obj['intent']!r}; valid (MASSIVE): {INTENTS}")
         if not obj["utt"].strip():

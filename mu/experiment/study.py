@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mu.core import paths, report
+from mu.corpus import pools as mu_pools
 from mu.experiment import subsample
 from mu.langs import locales as mu_locales
 from mu.learn import pretrain
@@ -56,8 +57,16 @@ SEED_PARAMS = {"03": {"adamerging": [], "compare_methods": ["iso_c"]}, "04": {"d
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.learn.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = (
-    "the encoder recipe of README 'Real MASSIVE' (python -m mu study's defaults), carried over from the "
-    "earlier objective comparison, which compared recipes on 8 locales' test transfer; not re-chosen here"
+    "declared a priori for the confirmatory study (params/preregistration.yaml): python -m mu study's defaults, "
+    "the recipe an earlier objective comparison chose on 8 locales' test transfer on the earlier test items "
+    "(test ranks [0, 500)); the disjoint design's test items (ranks [500, 1000)) share no id with those in any "
+    "locale, so the choice has not seen them; not re-chosen. Pretraining reads every locale's train text without "
+    "labels (both pools among it) and dev text for its masked-LM loss, never a test text"
+)
+# Under the parallel pools the test items are the earlier ones: the recipe was chosen on their test transfer.
+PRETRAIN_NOTE_PARALLEL = (
+    "python -m mu study's defaults, chosen by an earlier objective comparison on 8 locales' test transfer on "
+    "these same test items (the parallel pools' test ranks [0, 500)): not independent of this test set"
 )
 
 
@@ -202,7 +211,12 @@ def _declare_all(profile: str, design: dict, extra: dict[str, Any], tuned: dict[
         source="python -m mu study's arguments (defaults in mu.experiment.study)",
         notes={
             "study.subset_targets": SUBSET_RULE,
-            **{k: PRETRAIN_NOTE for k in study_knobs if k.startswith("pretrain.")},
+            "study.pools": mu_pools.NOTES.get(study_knobs["study.pools"], ""),
+            **{
+                k: PRETRAIN_NOTE if study_knobs["study.pools"] == "disjoint" else PRETRAIN_NOTE_PARALLEL
+                for k in study_knobs
+                if k.startswith("pretrain.")
+            },
         },
     )
 
@@ -228,6 +242,9 @@ def run(
     test: int | None,
     objective: str,
     steps: int,
+    unlabeled: int | None = None,
+    pools: str = mu_pools.DEFAULT_DESIGN,
+    test_offset: int | None = None,
     minutes: float | None = None,
     targets: Sequence[str] | None = None,
     notebooks: Sequence[str] = NOTEBOOKS,
@@ -243,7 +260,9 @@ def run(
 ) -> pd.DataFrame:
     """The whole study of ``profile``, resumable (every stage skips what is done):
 
-    1. subsample ``source`` into the profile's ``data`` folder (unless ``data`` is ``source``: full size) and
+    1. subsample ``source`` into the profile's ``data`` folder (unless ``data`` is ``source``: full size), cut
+       into the pools of the design ``pools`` (``mu.corpus.pools``: ``disjoint``, the pre-registered one, or
+       ``parallel``, the earlier one; sizes ``train``, ``unlabeled``, ``dev``, ``test`` at ``test_offset``), and
        pretrain its base from ``source``'s train text;
     2. choose notebook 02's epochs and lr on the dev splits of ``tune_locales`` (``mu.learn.tuning``; grid
        ``tune_epochs`` × ``tune_lrs``) unless the user set both (``--set``; one set: the grid keeps it);
@@ -271,6 +290,10 @@ def run(
     runner.plan(
         design["notebooks"], targets, profile=profile, extra_params=extra
     )  # every parameter, before anything runs
+    windows = mu_pools.layout(pools, train=train, dev=dev, test=test, unlabeled=unlabeled, test_offset=test_offset)
+    subsampled = str(p02["data"]) != str(source)
+    nbs = dict.fromkeys([*design["notebooks"], *(design["seed_notebooks"] if design["seeds"] else [])])
+    subsample.check_adapt_split(profile, {nb: design["parameters"][nb] for nb in nbs}, extra, pools, subsampled)
     grid = (
         [extra["epochs"]] if "epochs" in extra else list(tune_epochs),
         [extra["lr"]] if "lr" in extra else list(tune_lrs),
@@ -287,6 +310,8 @@ def run(
         train=train,
         dev=dev,
         test=test,
+        unlabeled=unlabeled,
+        pools=pools,
         objective=objective,
         steps=steps,
         workers=workers,
@@ -294,8 +319,19 @@ def run(
     )
     t0, stamp = time.perf_counter(), paths.resolve(p02["data"]) / "subsample_args.json"
     before = _mtime(stamp)
-    if str(p02["data"]) != str(source):
-        subsample.subsample(source, p02["data"], p02["locales"], train=train, dev=dev, test=test, seed=p02["seed"])
+    if subsampled:
+        subsample.subsample(
+            source,
+            p02["data"],
+            p02["locales"],
+            train=train,
+            dev=dev,
+            test=test,
+            unlabeled=unlabeled,
+            design=pools,
+            test_offset=test_offset,
+            seed=p02["seed"],
+        )
     log.add("subsample", t0, 1, int(_mtime(stamp) != before))
     t0, record = (
         time.perf_counter(),
@@ -340,6 +376,7 @@ def run(
         "study.dev": dev,
         "study.test": test,
         "study.subsample_seed": p02["seed"],
+        **subsample.knobs(pools, windows, unlabeled, source if not subsampled else None),
         "study.targets": targets,
         "study.subset_notebooks": list(subset_notebooks),
         "study.subset_targets": design["subset"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mu.core import paths
+from mu.corpus import pools
 from mu.experiment import objectives, study
 from mu.learn import pretrain
 
@@ -87,6 +88,22 @@ def add_parsers(sub, key_value) -> None:
     st.add_argument("--train", type=int, default=2000, help="train utterances per locale (default %(default)s)")
     st.add_argument("--dev", type=int, default=200)
     st.add_argument("--test", type=int, default=500, help="test utterances per locale (default %(default)s)")
+    st.add_argument(
+        "--unlabeled",
+        type=int,
+        default=1000,
+        help="unlabeled pool per locale: the train ids ranked after the labeled ones (default %(default)s)",
+    )
+    st.add_argument(
+        "--pools",
+        choices=pools.DESIGNS,
+        default=pools.DEFAULT_DESIGN,
+        help="disjoint (pre-registered): an unlabeled pool no locale labels, test past the items reported before; "
+        "parallel: the earlier design (adapt on train, test from rank 0; with --set adapt_split=train)",
+    )
+    st.add_argument(
+        "--test-offset", type=int, default=None, help=f"first test rank (default: the design's, {pools.TEST_OFFSET})"
+    )
     st.add_argument(
         "--tune-locales",
         nargs="*",
@@ -196,6 +213,9 @@ def main(args) -> int:
             train=args.train,
             dev=args.dev,
             test=args.test,
+            unlabeled=args.unlabeled if args.pools == "disjoint" else None,
+            pools=args.pools,
+            test_offset=args.test_offset,
             objective=args.objective,
             steps=args.steps,
             minutes=args.minutes,

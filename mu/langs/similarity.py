@@ -29,10 +29,14 @@ summing to 1 over available sources, target excluded:
 * ``average``: the *same* sources as ``similarity``, equal weights (isolates the
   effect of the weighting itself);
 * ``transfer``: sources ranked by their mean zero-shot accuracy on the *other*
-  targets of the N×N matrix (leave-target-out: no data of the target is used),
-  weights proportional to that score;
-* ``oracle``: ranked by accuracy on the target's own test split (uses target
-  labels: an upper bound for source selection, not a zero-shot method).
+  targets of the N×N matrix ``nxn`` (leave-target-out: no data of the target is used),
+  weights proportional to that score. The study passes notebook 02's N×N on the *dev* split
+  (``mu.analysis.aggregate.nxn_path(profile, "dev")``): MASSIVE is parallel, so the other
+  targets' items are translations of the target's, and a test N×N would rank sources by
+  translations of the very test items the weighted system is scored on;
+* ``oracle``: ranked by accuracy on the target's own column of ``oracle_nxn`` (default
+  ``nxn``; the study passes the test N×N): uses target labels, an upper bound for source
+  selection, not a zero-shot method.
 """
 
 from __future__ import annotations
@@ -380,8 +384,10 @@ def select(
     feature_set: str = DEFAULT_FEATURE_SET,
     similarity_source: str = "sparse",
     nxn: pd.DataFrame | str | os.PathLike | None = None,
+    oracle_nxn: pd.DataFrame | str | os.PathLike | None = None,
 ) -> dict[str, float]:
-    """Sources and weights for ``target`` under a weighting ``mode`` (see module docstring)."""
+    """Sources and weights for ``target`` under a weighting ``mode`` (see module docstring): ``transfer`` ranks
+    by ``nxn``, ``oracle`` by ``oracle_nxn`` (None: ``nxn``)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
     check_locale(target)
@@ -399,10 +405,11 @@ def select(
             similarity_source=similarity_source,
         )
         return w if mode == "similarity" else {k: 1.0 / len(w) for k in w}
-    if nxn is None:
+    matrix = oracle_nxn if mode == "oracle" and oracle_nxn is not None else nxn
+    if matrix is None:
         raise ValueError(f"mode {mode!r} needs the N×N transfer matrix (nxn=path or DataFrame)")
     num_languages = _check_positive("num_languages", num_languages)
-    scores = transfer_scores(target, nxn, leave_target_out=(mode == "transfer"))
+    scores = transfer_scores(target, matrix, leave_target_out=(mode == "transfer"))
     scores = scores[scores.index.isin(available)].iloc[:num_languages]
     if scores.empty:
         raise ValueError(f"none of the available sources {sorted(available)} is in the N×N matrix")

@@ -229,7 +229,7 @@ def nxn(
     """Accuracy of every source model (rows, ``{locale: model folder}``) on every target (columns).
 
     ``targets`` default: the models' locales. Written atomically to
-    ``nxn_path(profile)`` with a heatmap PNG beside it (left as is when the matrix
+    ``nxn_path(profile, split)`` with a heatmap PNG beside it (left as is when the matrix
     is unchanged). ``workers`` > 1 evaluates that many source models at once, each process on one
     thread (every logit is cached, so the matrix is the same); ``None``: ``mu.learn.models.fit_workers``.
     """
@@ -247,7 +247,7 @@ def nxn(
         rows = threads.map_processes(row, list(models.values()), workers, done=lambda: bar.update(len(targets)))
     for source, accuracies in zip(models, rows):
         frame.loc[source] = accuracies
-    path = nxn_path(profile)
+    path = nxn_path(profile, split)
     png = path.with_suffix(".png")
     if path.is_file() and png.is_file() and _same(read_nxn(path), frame):
         return frame
@@ -257,9 +257,18 @@ def nxn(
 
     from mu.analysis import plots  # matplotlib is only needed here
 
-    fig = plots.heatmap(frame, png, title=f"{profile}: accuracy of source (row) on target (column)", vmin=0.0, vmax=1.0)
+    fig = plots.heatmap(
+        frame, png, title=f"{profile}: accuracy of source (row) on target (column), {split} split", vmin=0.0, vmax=1.0
+    )
     plt.close(fig)
     return frame
+
+
+def nxn_inputs(profile: str) -> dict[str, dict[str, str]]:
+    """``mu.core.report`` inputs of a result that read notebook 02's matrices: the test N×N (``nxn``: oracle
+    baselines) and, where notebook 02 wrote it, the dev N×N (``nxn_dev``: what ``transfer`` ranks by)."""
+    found = {"nxn": nxn_path(profile), "nxn_dev": nxn_path(profile, "dev")}
+    return {k: report.describe_input(p) for k, p in found.items() if k == "nxn" or p.is_file()}
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:

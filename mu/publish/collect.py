@@ -124,6 +124,10 @@ def collect(profile: str, root: str | Path) -> Path:
             "params": record.get("params"),
             "versions": record.get("versions"),
             "created": record.get("created"),
+            # what its transfer weighting ranked by: notebook 02 writes the dev N×N since transfer reads it
+            "transfer_nxn": "dev"
+            if (reports / "02_training" / profile / "evaluation_matrix_dev.csv").is_file()
+            else "test",
         },
     )
     for comparison in sorted(reports.glob("pretrain/*/comparison.json")):
@@ -138,6 +142,13 @@ def collect(profile: str, root: str | Path) -> Path:
 
 def results_path(profile: str, name: str) -> Path:
     return checkout(RESULTS, profile, name)
+
+
+def transfer_split(profile: str) -> str:
+    """The split of the N×N a collected run's ``transfer`` weighting ranked by (runs collected before the dev N×N
+    existed: ``test``); ``mu.analysis.families.sees`` says what that weighting saw."""
+    run = results_path(profile, "run.json")
+    return (read_json(run).get("transfer_nxn") if run.is_file() else None) or "test"
 
 
 def collected(profile: str) -> bool:

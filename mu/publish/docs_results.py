@@ -11,7 +11,7 @@ import fnmatch
 import pandas as pd
 
 from mu.analysis import families
-from mu.publish.collect import RESULTS, checkout, collected, not_collected
+from mu.publish.collect import RESULTS, checkout, collected, not_collected, transfer_split
 from mu.publish.collect import duration as _duration
 from mu.publish.collect import md_table as _table
 from mu.publish.collect import mean_ci as _mean_ci
@@ -78,7 +78,7 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     rows = [
         [
             f"`{r['system']}`",
-            families.sees(r["system"]),
+            families.sees(r["system"], transfer_split=transfer_split(profile)),
             int(r["n"]),
             _mean_ci(r),
             *[_vs(tests, r["system"], c) for c in cols],
@@ -119,7 +119,8 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
             if len(set(named.values())) == 1
             else ", ".join(f"`{s}` ({p})" for p, s in named.items()) or f"`{key}`"
         )
-        rows.append([label, what, families.sees(next(iter(named.values()), key)), *cells])
+        seen = {families.sees(s, transfer_split=transfer_split(p)) for p, s in named.items()}
+        rows.append([label, what, " / ".join(sorted(seen)) or families.sees(key), *cells])
     return _table(head, rows)
 
 
