@@ -11,7 +11,7 @@ import json
 import pytest
 
 from mu.batch import params
-from mu.corpus import data, pools
+from mu.corpus import data, massive, pools
 from mu.experiment import subsample
 from mu.langs import locales
 
@@ -139,15 +139,15 @@ def _massive_ids() -> dict[str, dict[str, list[str]]]:
     out = {}
     for loc in locales.LOCALES:
         ids = collections.defaultdict(list)
-        for _, obj in data.jsonl_objects(data.locale_file(data.massive_dir(), loc)):
+        for _, obj in massive.jsonl_objects(massive.locale_file(massive.massive_dir(), loc)):
             ids[obj["partition"]].append(str(obj["id"]))
         out[loc] = dict(ids)
     return out
 
 
 @pytest.mark.skipif(
-    not data.massive_dir().is_dir(),
-    reason=f"real MASSIVE 1.1 not found at {data.massive_dir()} (set MU_MASSIVE_DIR or put it in "
+    not massive.massive_dir().is_dir(),
+    reason=f"real MASSIVE 1.1 not found at {massive.massive_dir()} (set MU_MASSIVE_DIR or put it in "
     "../shared/massive/1.1 beside the checkout)",
 )
 def test_real_massive_pools_are_disjoint_across_all_51_locales(tmp_path):
