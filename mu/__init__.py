@@ -57,6 +57,8 @@ PUBLIC = {
     "typology": "analysis",
     "plots": "analysis",
     "inference": "analysis",
+    "itemwise": "analysis",
+    "confirm": "analysis",
     "models": "learn",
     "bases": "learn",
     "evaluate": "learn",

@@ -147,6 +147,7 @@ def test_no_target_label_reaches_the_adaptation_code(setup, monkeypatch):
     n_test = len(real(TARGET, "test", "toy"))
     for row in merged + students:
         assert row["family"] == "adapted" and row["n"] == n_test and 0.0 <= row["accuracy"] <= 1.0
+        assert row["items"]["correct"].count("1") / n_test == pytest.approx(row["accuracy"])  # per-item results
         assert families.sees(row["system"]) == families.ADAPTED["train"]  # translations of the sources' labeled data
     assert [r["system"] for r in merged + students] == [
         "adapted/adamerging-steps5/similarity",

@@ -325,6 +325,9 @@ def test_table_rows_use_the_merging_weights(toy_models, cached):
         pred = ensemble.combine(row["method"], {k: logits[k] for k in expected_w}, expected_w)
         assert row["accuracy"] == pytest.approx(float(np.mean(pred == labels)))
         assert row["n"] == len(labels)
+        # each row's items: the target's test ids in the logits' order, right where the ensemble is right
+        assert row["items"]["ids"] == list(data.load_split(TARGET, "test", "toy")["id"])
+        assert row["items"]["correct"] == "".join("1" if c else "0" for c in pred == labels)
     with pytest.raises(ValueError, match="N×N"):
         ensemble_eval.table(TARGET, methods=["soft"], modes=["transfer"], models_dir=models_dir, data="toy")
     with pytest.raises(ValueError, match="unknown ensemble method"):

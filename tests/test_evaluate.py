@@ -6,7 +6,7 @@ import torch
 import mu.corpus.data as data
 import mu.learn.evaluate as evaluate
 import mu.learn.models as models
-from mu import paths
+from mu import paths, report
 
 
 def test_metrics_accuracy_and_macro_f1():
@@ -19,6 +19,11 @@ def test_metrics_accuracy_and_macro_f1():
     assert evaluate.metrics(np.eye(60)[[5, 5]], np.array([0, 1]))["macro_f1"] == 0.0
     with pytest.raises(ValueError, match="equally many"):
         evaluate.metrics(np.eye(60)[[0]], np.array([0, 1]))
+    # with the items' ids: which were right, in the ids' order, and their mean is the accuracy
+    items = evaluate.metrics(logits, labels, ["a", "b", "c", "d"])["items"]
+    assert items == {"ids": ["a", "b", "c", "d"], "correct": "1011"}
+    with pytest.raises(ValueError, match="item ids"):
+        evaluate.metrics(logits, labels, ["a"])
 
 
 def test_logits_cache_hit_runs_no_forward(toy_sources):
@@ -78,6 +83,11 @@ def test_nxn_has_one_row_and_column_per_available_model(toy_sources):
     again = evaluate.nxn(available, data="toy", profile="toy", max_seq_length=64)
     assert evaluate.forward_calls() == before and path.stat().st_mtime_ns == mtime  # nothing recomputed or rewritten
     pd.testing.assert_frame_equal(evaluate.read_nxn("toy"), again, check_names=False)
+    per_item = paths.read_json(evaluate.nxn_items_path(path))  # each cell's items, for 06's zero-shot rows
+    for s in available:
+        for t in available:
+            bits = per_item["correct"][s][t]
+            assert len(bits) == len(per_item["ids"][t]) and bits.count("1") / len(bits) == pytest.approx(saved.at[s, t])
 
 
 def test_nxn_on_more_targets_than_sources(toy_sources):
@@ -94,6 +104,13 @@ def test_native_rows_are_report_rows(toy_sources):
     assert rows[0]["system"] == "native" and rows[0]["family"] == "native" and rows[0]["target"] == "de-DE"
     assert rows[0]["sources"] == {"de-DE": 1.0}
     assert rows[0]["n"] == len(data.load_split("de-DE", "test", "toy"))
+    # every row carries its items: the split's ids in order, one 0/1 per item, whose mean is the accuracy
+    items = rows[0]["items"]
+    assert items["ids"] == list(data.load_split("de-DE", "test", "toy")["id"])
+    assert items["correct"].count("1") / len(items["correct"]) == pytest.approx(rows[0]["accuracy"], abs=1e-12)
+    path = report.save("02_training", "toy-items", "training", rows=rows)
+    stored = paths.read_json(path)
+    assert report.row_items(stored["rows"][0], stored["item_ids"]) == (items["ids"], items["correct"])
 
 
 def test_nxn_on_two_processes_gives_the_same_matrix(toy_sources):

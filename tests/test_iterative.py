@@ -72,7 +72,9 @@ def test_uninterrupted_run_logs_every_cycle(uninterrupted, toy_base):
             assert s["train_loss"] > 0 and 0 <= s["dev_accuracy"] <= 1 and len(s["dev_accuracy_per_epoch"]) == 1
         assert {m["n"] for m in entry["merged"].values()} == {48, 96}  # toy dev / test sizes per locale
     # the final model is the last cycle's merge, evaluated on the target's test split
-    assert uninterrupted["test"] == log[-1]["merged"]["test"]
+    test = dict(uninterrupted["test"])  # the final model's scores, with its per-item results for the report row
+    assert test.pop("items")["correct"].count("1") / test["n"] == pytest.approx(test["accuracy"])
+    assert test == log[-1]["merged"]["test"]
     assert uninterrupted["sources"] == pytest.approx(SOURCES)
     models.check_compatible({"merged": out / "merged", "base": toy_base})
     # only the last completed checkpoint is kept by default

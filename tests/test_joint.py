@@ -155,6 +155,9 @@ def test_rows_are_the_joint_family_seeing_nothing_and_needing_source_labels(firs
     assert "joint" in report.FAMILIES
     saved = paths.read_json(report.save("05_iterative", TARGET, "joint-test", rows=rows))
     assert {r["family"] for r in saved["rows"]} == {"joint"}
+    for r in saved["rows"]:  # each row's per-item results, their ids stored once in the record
+        ids, correct = report.row_items(r, saved["item_ids"])
+        assert len(ids) == r["n"] and correct.count("1") / r["n"] == pytest.approx(r["accuracy"])
     assert families.needs("iterative-adaptive/linear/similarity") == "source data (labels)"
     assert families.needs("merge/linear/similarity") == families.needs("adapted/adamerging/similarity")
     assert families.needs("merge/linear/similarity") == "source models" and families.needs("native") == "target labels"

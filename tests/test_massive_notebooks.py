@@ -68,7 +68,9 @@ def _execute(stem: str, tmp_path) -> None:
 
 
 def test_massive_settings_run_02_03_04_on_real_locales(tmp_path):
-    subsample.subsample("massive", DATA, LOCALES, train=400, dev=120, test=120, seed=0)  # the transfer weighting ranks on dev
+    subsample.subsample(
+        "massive", DATA, LOCALES, train=400, dev=120, test=120, seed=0
+    )  # the transfer weighting ranks on dev
     p02 = _params("02_training")
     assert p02["max_seq_length"] == 128 and p02["models_dir"] == "models/massive"
     pretrain.ensure(

@@ -277,7 +277,11 @@ def test_written_summary_files_and_figures(root):
         assert f" {column} " in header
     es = next(line for line in md.splitlines() if line.startswith("| es-ES |"))
     assert es.rstrip(" |").endswith(mu_summary.MISSING)  # iterative missing for es-ES
-    assert "Paired Wilcoxon" in md and summary["inputs"]["nxn"]["sha256"] == report.sha256(nxn_file)
+    assert (
+        "Paired tests" in md
+        and "Wilcoxon signed-rank over targets" in md
+        and summary["inputs"]["nxn"]["sha256"] == report.sha256(nxn_file)
+    )
     rows = pd.read_csv(out / "rows.csv")
     assert json.loads(rows["sources"].dropna().iloc[0])
     results = mu_summary.summary_results(summary)

@@ -1,5 +1,6 @@
 """Analysis of finished results, torch-free: per-target tables with baselines, intervals and paired
-tests, the method table, claims in words, seeds, typology vs transfer, figures.
+tests (item-aware where rows carry per-item results), the method table, claims in words, seeds, the
+pre-registered confirmatory analysis, typology vs transfer, figures.
 
 May import: core, langs, corpus.
 """

@@ -1,6 +1,11 @@
 """Aggregation (notebook 06): every result record's rows + the N×N matrix -> per-target
-tables with baselines, means with bootstrap intervals, paired Wilcoxon tests (``mu.analysis.summary``
-writes them as summary.md and CSVs).
+tables with baselines, means with intervals and paired tests (``mu.analysis.summary`` writes them as
+summary.md and CSVs).
+
+Where rows carry per-item results (``mu.core.report.items``), intervals are two-way bootstraps over targets
+and items and paired tests sign-flip tests with target and item clusters (``mu.analysis.itemwise``): the
+targets share one sample of translated items, so a bootstrap or Wilcoxon over targets alone understates the
+uncertainty. Rows without items (older records) fall back to those, and each table names its method.
 
 Reads records written by ``mu.core.report.save``; never parses notebooks.
 """
@@ -15,11 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mu.analysis import itemwise
 from mu.analysis import stats as stats_
 from mu.analysis.families import BEST_SOURCE, BEST_ZERO_SHOT, NATIVE, URIEL_TOP1
 from mu.analysis.stats import bootstrap_ci, wilson_interval  # noqa: F401 (their home is mu.analysis.stats; callers use these names)
 from mu.core import paths
-from mu.core.report import ROW_KEYS, describe_input
+from mu.core.report import ROW_KEYS, describe_input, row_items
 
 AVERAGE_MERGE = "merge/linear/average"
 # Column groups every summary shows; a group without any result gets this empty column.
@@ -35,6 +41,13 @@ def nxn_path(profile: str, split: str = "test") -> Path:
     return paths.reports_dir(
         "02_training", profile, "evaluation_matrix" + ("" if split == "test" else f"_{split}") + ".csv"
     )
+
+
+def nxn_items_path(nxn_csv: str | os.PathLike) -> Path:
+    """The per-item correctness of every N×N cell, beside the matrix (``evaluation_items.json`` for the test
+    matrix, ``evaluation_items_dev.json`` for the dev one)."""
+    csv = Path(nxn_csv)
+    return csv.with_name(csv.stem.replace("evaluation_matrix", "evaluation_items") + ".json")
 
 
 def load_records(profile: str, reports: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -74,9 +87,10 @@ def record_rows(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, lis
     """Long frame of every record row (one per target × system) and notes on duplicates.
 
     When the same (target, system) appears in several records the most recent wins and
-    a note names the ones dropped.
+    a note names the ones dropped. ``items``: (item ids, 0/1 string) of a row that has them, else None.
     """
     rows = []
+    columns = ["target", "system", "family", "accuracy", "macro_f1", "n", "sources", "items", "origin", "created"]
     for rec in records:
         for r in rec["rows"]:
             missing = [k for k in ROW_KEYS if k not in r]
@@ -91,13 +105,12 @@ def record_rows(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, lis
                     "macro_f1": r.get("macro_f1"),
                     "n": r.get("n"),
                     "sources": r.get("sources"),
+                    "items": _items(r, rec),
                     "origin": rec["path"],
                     "created": rec.get("created", ""),
                 }
             )
-    frame = pd.DataFrame(
-        rows, columns=["target", "system", "family", "accuracy", "macro_f1", "n", "sources", "origin", "created"]
-    )
+    frame = pd.DataFrame(rows, columns=columns)
     frame = frame.sort_values("created", kind="stable")
     dup = frame.duplicated(["target", "system"], keep="last")
     notes = [
@@ -105,6 +118,11 @@ def record_rows(records: Iterable[Mapping[str, Any]]) -> tuple[pd.DataFrame, lis
         for r in frame[dup].itertuples()
     ]
     return frame[~dup].reset_index(drop=True), notes
+
+
+def _items(row: Mapping[str, Any], record: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    found = row_items(row, record.get("item_ids"))
+    return None if found is None else (tuple(found[0]), found[1])
 
 
 def _best(column: pd.Series, among: Iterable[str]) -> tuple[float, str | None]:
@@ -215,16 +233,26 @@ def per_target_table(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def means(table: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42) -> pd.DataFrame:
-    """Mean accuracy over targets per system with a seeded 95% bootstrap interval."""
+def means(
+    table: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, items: Mapping[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """Mean accuracy over targets per system with a seeded 95% interval: the two-way bootstrap over targets
+    and items when ``items`` (``mu.analysis.itemwise.matrices``) covers every target the system has, else
+    the bootstrap over the per-target accuracies; ``interval`` names which, ``n_items`` the items."""
     out = []
     for system in table.columns:
-        v = table[system].dropna().to_numpy()
-        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-        out.append(
-            {"system": system, "n": len(v), "mean": float(v.mean()) if len(v) else np.nan, "ci_low": lo, "ci_high": hi}
-        )
-    return pd.DataFrame(out)
+        values = table[system].dropna()
+        v = values.to_numpy()
+        row = {"system": system, "n": len(v), "mean": float(v.mean()) if len(v) else np.nan}
+        if itemwise.covers(items, [system], list(values.index)):
+            ci = itemwise.interval(items[system], list(values.index), n_boot=n_boot, seed=seed)
+            row.update(mean=ci.mean, ci_low=ci.low, ci_high=ci.high, n_items=items[system].shape[1])
+            row["interval"] = itemwise.TWO_WAY
+        else:
+            lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+            row.update(ci_low=lo, ci_high=hi, n_items=np.nan, interval=itemwise.OVER_TARGETS if len(v) > 1 else "")
+        out.append(row)
+    return pd.DataFrame(out, columns=["system", "n", "mean", "ci_low", "ci_high", "n_items", "interval"])
 
 
 def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE_MERGE) -> str:
@@ -237,16 +265,32 @@ def average_baseline(system: str, columns: Iterable[str], default: str = AVERAGE
     return default
 
 
-def paired_tests(
-    table: pd.DataFrame, *, min_pairs: int = 5, average_system: str = AVERAGE_MERGE, others: Sequence[str] = ()
-) -> pd.DataFrame:
-    """Two-sided Wilcoxon signed-rank test of each system against the average merge
-    (``average_baseline``), the best zero-shot (oracle-selected) and the URIEL top-1
-    source (selected without target data), and each of ``others``, paired over targets having both.
+TEST_COLUMNS = ["system", "baseline", "n", "n_items", "mean_diff", "ci_low", "ci_high", "wins", "ties", "losses"]
+TEST_COLUMNS += ["items_favouring", "targets_favouring", "statistic", "p_value", "test", "note"]
 
-    With fewer than ``min_pairs`` pairs, or fewer non-tied pairs (ties are dropped by
-    the test), the p-value is left NaN and ``note`` says why (not computable).
-    ``p_holm``: Holm-adjusted over the family of every system tested against the same baseline.
+
+def paired_tests(
+    table: pd.DataFrame,
+    *,
+    min_pairs: int = 5,
+    average_system: str = AVERAGE_MERGE,
+    others: Sequence[str] = (),
+    items: Mapping[str, pd.DataFrame] | None = None,
+    n_boot: int = 2000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Two-sided paired test of each system against the average merge (``average_baseline``), the best
+    zero-shot (oracle-selected) and the URIEL top-1 source (selected without target data), and each of
+    ``others``, over the targets having both.
+
+    Where ``items`` (``mu.analysis.itemwise.matrices``) holds both systems on every paired target: the
+    sign-flip test with target and item clusters (``n_boot`` flips), the mean difference with its two-way
+    bootstrap interval and the shares of items / targets favouring the system. Otherwise (records without
+    items) the Wilcoxon signed-rank test over targets, with a bootstrap interval over targets. ``test``
+    names the method of each row; wins/ties/losses count targets either way.
+
+    With fewer than ``min_pairs`` paired targets (Wilcoxon: non-tied ones, which it drops) the p-value is
+    left NaN and ``note`` says why. ``p_holm``: Holm-adjusted over every system tested against the same baseline.
     """
     from scipy import stats
 
@@ -259,17 +303,7 @@ def paired_tests(
         ):
             if baseline == system:
                 continue
-            row = {
-                "system": system,
-                "baseline": baseline,
-                "n": 0,
-                "mean_diff": np.nan,
-                "wins": 0,
-                "ties": 0,
-                "losses": 0,
-                "statistic": np.nan,
-                "p_value": np.nan,
-            }
+            row = {"system": system, "baseline": baseline, "n": 0, "wins": 0, "ties": 0, "losses": 0}
             if baseline not in table.columns or table[baseline].isna().all():
                 out.append({**row, "note": f"not computable: no {baseline} results"})
                 continue
@@ -282,43 +316,35 @@ def paired_tests(
                 ties=int((d == 0).sum()),
                 losses=int((d < 0).sum()),
             )
+            flip = itemwise.covers(items, [system, baseline], list(pair.index))
+            row["test"] = itemwise.SIGN_FLIP if flip else itemwise.WILCOXON
             if len(d) < min_pairs:
-                note = f"not computable: {len(d)} paired targets < {min_pairs}"
+                row["note"] = f"not computable: {len(d)} paired targets < {min_pairs}"
+            elif flip:
+                row.update(itemwise.paired(items[system], items[baseline], pair.index, n_boot=n_boot, seed=seed))
             elif row["wins"] + row["losses"] < min_pairs:
-                note = f"not computable: {row['wins'] + row['losses']} non-tied pairs < {min_pairs}"
+                row["note"] = f"not computable: {row['wins'] + row['losses']} non-tied pairs < {min_pairs}"
             else:
                 res = stats.wilcoxon(pair[system], pair[baseline])
-                row.update(statistic=float(res.statistic), p_value=float(res.pvalue))
-                note = ""
-            out.append({**row, "note": note})
-    frame = pd.DataFrame(
-        out, columns=["system", "baseline", "n", "mean_diff", "wins", "ties", "losses", "statistic", "p_value", "note"]
-    )
-    return stats_.holm_by(frame)
+                lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+                row.update(statistic=float(res.statistic), p_value=float(res.pvalue), ci_low=lo, ci_high=hi)
+                row["targets_favouring"] = row["wins"] / (row["wins"] + row["losses"])
+            out.append({"note": "", **row})
+    return stats_.holm_by(pd.DataFrame(out, columns=TEST_COLUMNS))
 
 
-def aggregate(
+def collect(
     profile: str,
     *,
     nxn: str | os.PathLike | pd.DataFrame | None = None,
     reports: str | os.PathLike | None = None,
-    n_boot: int = 10000,
-    seed: int = 42,
-    min_pairs: int = 5,
-    average_system: str = AVERAGE_MERGE,
     tuning_targets: Sequence[str] = (),
+    nxn_items: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything notebook 06 reports, as plain frames.
-
-    Records come from ``reports`` (default ``reports/``), the N×N matrix from ``nxn``
-    (default ``nxn_path(profile)``). Targets are those with at least one merge, ensemble
-    or iterative result. Returns
-    ``{"rows": long frame (with 95% Wilson intervals where n is known), "table": per-target
-    accuracy, "means": mean ± bootstrap CI, "tests": paired Wilcoxon tests, "notes":
-    [str], "inputs": {name: {path, sha256}}, "nxn": the N×N matrix, "tuning": per-target table of the
-    ``tuning_targets``}``. Tuning targets (whose dev labels target-side selections may use) are left out of
-    rows, table, means and tests, and reported apart in ``tuning``.
-    """
+    """The long frame of every result row of ``profile`` plus the baselines taken from the N×N matrix, with
+    95% Wilson intervals and per-item results where known (``items``): ``{"rows", "tuning_rows" (the
+    ``tuning_targets``' rows, apart), "notes", "inputs", "nxn"}``. ``nxn_items``: the matrix's per-item file
+    (``mu.analysis.itemwise.read_nxn_items``), read beside ``nxn`` when that is a path."""
     records = load_records(profile, reports)
     rows, notes = record_rows(records)
     unmarked = [r["path"] for r in records if "profile" not in (r.get("params") or {})]
@@ -334,9 +360,12 @@ def aggregate(
         nxn = nxn_path(profile)
     matrix = read_nxn(nxn)
     inputs = {} if isinstance(nxn, pd.DataFrame) else {"nxn": describe_input(nxn)}
+    if nxn_items is None and not isinstance(nxn, pd.DataFrame):
+        nxn_items = itemwise.read_nxn_items(nxn_items_path(paths.resolve(nxn)))
     rows = rows[rows["target"].isin(targets)]
     derived, more = baseline_rows(rows, matrix, targets)
-    notes += more
+    derived, stale = itemwise.attach_nxn(derived, nxn_items)
+    notes += more + stale
     have = set(zip(rows["target"], rows["system"]))
     derived = derived[[(t, s) not in have for t, s in zip(derived["target"], derived["system"])]]
     rows = pd.concat([rows, derived], ignore_index=True) if len(derived) else rows
@@ -351,24 +380,59 @@ def aggregate(
             f"tuning targets {sorted(set(rows.loc[apart, 'target']))} are left out of the tables and "
             "tests above (their dev labels may have chosen target-side settings); reported apart"
         )
-    rows, tuning = rows[~apart].reset_index(drop=True), rows[apart]
-    table = per_target_table(rows)
-    used = sorted({o for o in rows["origin"] if o != "N×N"})
+    used = sorted({o for o in rows.loc[~apart, "origin"] if o != "N×N"})
+    root = paths.root()
     inputs.update(
-        {
-            Path(p).relative_to(paths.root()).as_posix() if Path(p).is_relative_to(paths.root()) else p: describe_input(
-                p
-            )
-            for p in used
-        }
+        {Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else p: describe_input(p) for p in used}
+    )
+    return {
+        "rows": rows[~apart].reset_index(drop=True),
+        "tuning_rows": rows[apart],
+        "notes": notes,
+        "inputs": inputs,
+        "nxn": matrix,
+    }
+
+
+def aggregate(
+    profile: str,
+    *,
+    nxn: str | os.PathLike | pd.DataFrame | None = None,
+    reports: str | os.PathLike | None = None,
+    n_boot: int = 10000,
+    seed: int = 42,
+    min_pairs: int = 5,
+    average_system: str = AVERAGE_MERGE,
+    tuning_targets: Sequence[str] = (),
+    nxn_items: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything notebook 06 reports, as plain frames.
+
+    Records come from ``reports`` (default ``reports/``), the N×N matrix from ``nxn``
+    (default ``nxn_path(profile)``; its per-item file beside it, or ``nxn_items``). Targets are those with at
+    least one merge, ensemble or iterative result. Returns
+    ``{"rows": long frame (with 95% Wilson intervals where n is known), "table": per-target
+    accuracy, "means": mean with its 95% interval, "tests": paired tests, "items": {system: targets × items
+    frame} of the rows with per-item results, "notes": [str], "inputs": {name: {path, sha256}}, "nxn": the
+    N×N matrix, "tuning": per-target table of the ``tuning_targets``}``. Means and tests are item-aware where
+    the rows carry items (see the module's docstring). Tuning targets (whose dev labels target-side
+    selections may use) are left out of rows, table, means and tests, and reported apart in ``tuning``.
+    """
+    got = collect(profile, nxn=nxn, reports=reports, tuning_targets=tuning_targets, nxn_items=nxn_items)
+    rows, tuning = got["rows"], got["tuning_rows"]
+    table = per_target_table(rows)
+    items = itemwise.matrices(rows)
+    tests = paired_tests(
+        table, min_pairs=min_pairs, average_system=average_system, items=items, n_boot=n_boot, seed=seed
     )
     return {
         "rows": rows,
         "table": table,
-        "means": means(table, n_boot=n_boot, seed=seed),
-        "tests": paired_tests(table, min_pairs=min_pairs, average_system=average_system),
-        "notes": notes,
-        "inputs": inputs,
-        "nxn": matrix,
+        "means": means(table, n_boot=n_boot, seed=seed, items=items),
+        "tests": tests,
+        "items": items,
+        "notes": got["notes"],
+        "inputs": got["inputs"],
+        "nxn": got["nxn"],
         "tuning": per_target_table(tuning).reindex(columns=table.columns) if len(tuning) else table.iloc[:0],
     }

@@ -8,8 +8,10 @@ notebook 02 recorded. Nothing else differs between the seeds' runs.
 
 * ``tables``: each seed's per-target accuracy table (``mu.analysis.aggregate.aggregate`` on its root), on the subset;
 * ``effects``: per seed, each headline effect (system − baseline, paired over the subset's targets) with
-  wins/ties/losses, the Wilcoxon p-value and ``p_holm`` (Holm over every system of that seed tested
-  against the same baseline, as notebook 06), on the systems every seed has (equal families);
+  wins/ties/losses, the p-value of notebook 06's paired test (``mu.analysis.aggregate.paired_tests``: the
+  sign-flip test over targets × items where the seed's rows carry per-item results, else Wilcoxon over
+  targets; ``test`` says which) and ``p_holm`` (Holm over every system of that seed tested against the same
+  baseline, as notebook 06), on the systems every seed has (equal families);
 * ``spread``: the seeds side by side: the effect per seed, mean, sd, min, max, the largest ``p_holm``,
   and ``holds``: whether the sign, and significance after Holm, hold in every seed;
 * ``report``: all of it plus a Markdown section (notebook 06 adds it to ``summary.md``).
@@ -62,25 +64,34 @@ def roots(profile: str, seeds: Sequence[int]) -> dict[int, Path]:
     return {int(s): paths.root() if s == main else seed_root(s) for s in seeds}
 
 
-def tables(profile: str, seeds: Sequence[int], targets: Sequence[str]) -> tuple[dict[int, pd.DataFrame], list[str]]:
-    """({seed: per-target accuracy table on ``targets``}, notes); a seed without results is a note."""
-    out, notes = {}, []
+def tables(
+    profile: str, seeds: Sequence[int], targets: Sequence[str]
+) -> tuple[dict[int, pd.DataFrame], list[str], dict[int, dict[str, pd.DataFrame]]]:
+    """({seed: per-target accuracy table on ``targets``}, notes, {seed: per-item matrices}); a seed without
+    results is a note."""
+    out, notes, items = {}, [], {}
     for seed, root in roots(profile, seeds).items():
         reports = root / "reports"
         nxn = reports / "02_training" / profile / "evaluation_matrix.csv"
         if not nxn.is_file():
             notes.append(f"seed {seed}: no results under {root} (`python -m mu study --seeds ...` runs them)")
             continue
-        table = aggregate.aggregate(profile, reports=reports, nxn=nxn, n_boot=100)["table"]
+        got = aggregate.aggregate(profile, reports=reports, nxn=nxn, n_boot=100)
+        table, items[seed] = got["table"], got["items"]
         absent = sorted(set(targets) - set(table.index))
         if absent:
             notes.append(f"seed {seed}: no results for targets {absent}")
         out[seed] = table.reindex([t for t in targets if t in table.index])
-    return out, notes
+    return out, notes, items
 
 
 def effects(
-    by_seed: Mapping[int, pd.DataFrame], headline: Sequence[tuple[str, str]] = HEADLINE, *, min_pairs: int = 5
+    by_seed: Mapping[int, pd.DataFrame],
+    headline: Sequence[tuple[str, str]] = HEADLINE,
+    *,
+    min_pairs: int = 5,
+    items: Mapping[int, Mapping[str, pd.DataFrame]] | None = None,
+    n_boot: int = 2000,
 ) -> pd.DataFrame:
     """One row per (seed, headline effect): ``n``, ``mean_diff`` (system − baseline over the targets having
     both), ``wins``/``ties``/``losses``, ``p_value`` and ``p_holm`` (over every system the seeds share, tested
@@ -89,7 +100,13 @@ def effects(
     rows = []
     for seed, table in by_seed.items():
         cols = [c for c in table.columns if c in common]
-        tests = aggregate.paired_tests(table[cols], min_pairs=min_pairs, others=[b for _, b in headline])
+        tests = aggregate.paired_tests(
+            table[cols],
+            min_pairs=min_pairs,
+            others=[b for _, b in headline],
+            items=(items or {}).get(seed),
+            n_boot=n_boot,
+        )
         tests = tests.set_index(["system", "baseline"])
         for system, baseline in headline:
             if (system, baseline) in tests.index:
@@ -107,7 +124,8 @@ def effects(
                         "note": f"not computable: {lacking or [system]} missing in some seed",
                     }
                 )
-    columns = ["seed", "system", "baseline", "n", "mean_diff", "wins", "ties", "losses", "p_value", "p_holm", "note"]
+    columns = ["seed", "system", "baseline", "n", "mean_diff", "wins", "ties", "losses", "p_value", "p_holm", "test"]
+    columns += ["note"]
     return pd.DataFrame(rows).reindex(columns=columns)
 
 
@@ -175,8 +193,10 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"The headline effects (system − baseline, mean over {len(result['targets'])} targets declared before "
         f"any result: {', '.join(result['targets'])}) with the sources fine-tuned under each seed "
-        f"({', '.join(map(str, seeds))}); in brackets the Holm-adjusted Wilcoxon p-value (over every system "
-        "the seeds share, tested against the same baseline). `holds`: a claim stands only when its sign, and "
+        f"({', '.join(map(str, seeds))}); in brackets the Holm-adjusted p-value (over every system the seeds "
+        "share, tested against the same baseline) of notebook 06's paired test: "
+        + (", ".join(sorted(set(long["test"].dropna()) - {""})) or "none run")
+        + ". `holds`: a claim stands only when its sign, and "
         f"p_holm < {result['alpha']}, hold in every seed.",
         "",
         summary.markdown_table(table, index=False),
@@ -198,8 +218,8 @@ def report(
     """``{"seeds", "targets", "alpha", "tables", "effects", "spread", "notes", "markdown"}`` of the seeds' runs."""
     if not seeds or not targets:
         raise ValueError(f"seeds report: give seeds and targets, got seeds={list(seeds)} targets={list(targets)}")
-    by_seed, notes = tables(profile, seeds, targets)
-    long = effects(by_seed, headline, min_pairs=min_pairs)
+    by_seed, notes, items = tables(profile, seeds, targets)
+    long = effects(by_seed, headline, min_pairs=min_pairs, items=items)
     result = {
         "seeds": list(by_seed),
         "targets": list(targets),

@@ -60,18 +60,47 @@ def sources_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("target")
 
 
+# The tests table as summary.md shows it: effect sizes first, the method last.
+TEST_SHOWN = ["system", "baseline", "n", "n_items", "mean_diff", "ci", "wins", "ties", "losses"]
+TEST_SHOWN += ["items_favouring", "targets_favouring", "p_value", "p_holm", "test", "note"]
+
+
+def methods_text(summary: Mapping[str, Any]) -> str:
+    """Which method produced the intervals and tests, from the ``interval`` / ``test`` columns."""
+    used_i = set(summary["means"]["interval"].dropna()) - {""}
+    used_t = set(summary["tests"]["test"].dropna()) - {""}
+    text = (
+        "The targets' test splits hold translations of the same items, so targets are not independent "
+        "samples. Where rows carry per-item results, a mean's 95% interval is the two-way bootstrap (targets "
+        "and items resampled independently, mu.analysis.inference) and a paired test the two-sided sign-flip "
+        "test with target and item clusters flipped independently, reported with the mean difference, its "
+        "two-way interval and the shares of items and of targets favouring the system (`items_favouring`, "
+        "`targets_favouring`: among those not tied). Rows without per-item results (older records) fall back "
+        "to the bootstrap over targets and the Wilcoxon signed-rank test over targets, which ignore the sampling "
+        "of items (too narrow). The `interval` and `test` columns name each row's method; `p_holm` is "
+        "Holm-adjusted over every system tested against the same baseline."
+    )
+    if used_i or used_t:
+        text += " Used here: intervals " + (", ".join(sorted(used_i)) or MISSING)
+        text += "; tests " + (", ".join(sorted(used_t)) or MISSING) + "."
+    return text
+
+
 def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping[str, str] | None = None) -> str:
     """The aggregated report as Markdown: per-target table, means, tests, sources, ``sections``
     (``{title: markdown}``, e.g. ``mu.analysis.typology.markdown``), notes."""
     rows, table = summary["rows"], summary["table"]
     m = summary["means"].assign(
         ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in zip(summary["means"]["ci_low"], summary["means"]["ci_high"])],
+        n_items=[_cell(int(v)) if np.isfinite(v) else MISSING for v in summary["means"]["n_items"]],
         sees=[families.sees(s) for s in summary["means"]["system"]],
         needs=[families.needs(s) for s in summary["means"]["system"]],
     )
-    tests = summary["tests"].assign(
-        **{c: [f"{p:.4g}" if np.isfinite(p) else MISSING for p in summary["tests"][c]] for c in ("p_value", "p_holm")}
-    )
+    t = summary["tests"]
+    tests = t.assign(
+        ci=[f"[{_cell(a)}, {_cell(b)}]" for a, b in zip(t["ci_low"], t["ci_high"])],
+        **{c: [f"{p:.4g}" if np.isfinite(p) else MISSING for p in t[c]] for c in ("p_value", "p_holm")},
+    )[TEST_SHOWN]
     src = sources_table(rows)
     parts = [
         f"# Aggregated results — profile `{profile}`",
@@ -82,23 +111,21 @@ def summary_markdown(summary: Mapping[str, Any], profile: str, sections: Mapping
         "URIEL top-1 (the source URIEL ranks first) come from the N×N matrix unless a record "
         "reports them. Best source and best zero-shot are *selected with the target's test "
         "labels* (the seed's baselines: upper bounds on choosing one source); URIEL top-1 is "
-        "the single-source choice made without target data. Intervals are percentile "
-        "bootstraps over targets (they under-cover with few targets); beside each raw Wilcoxon "
-        "p-value, `p_holm` is Holm-adjusted over every system tested against the same baseline.",
+        "the single-source choice made without target data. " + methods_text(summary),
         "",
         "## Accuracy per target",
         "",
         markdown_table(table.rename_axis("target")),
         "",
-        "## Mean over targets (95% bootstrap interval)",
+        "## Mean over targets (95% interval; `interval` names its method)",
         "",
-        markdown_table(m[["system", "n", "mean", "ci", "sees", "needs"]], index=False),
+        markdown_table(m[["system", "n", "n_items", "mean", "ci", "interval", "sees", "needs"]], index=False),
         "",
         "## What each family sees of the target",
         "",
         markdown_table(families.table(table.columns), index=False),
         "",
-        "## Paired Wilcoxon signed-rank tests (two-sided, over targets)",
+        "## Paired tests (two-sided; `test` names the method of each row)",
         "",
         markdown_table(tests, index=False),
         "",
@@ -135,6 +162,8 @@ def write_summary(
     rows = summary["rows"].assign(
         sources=[json.dumps(s) if isinstance(s, dict) else None for s in summary["rows"]["sources"]]
     )
+    if "items" in rows.columns:  # the per-item results stay in the records; here only how many there are
+        rows = rows.assign(items=[len(v[1]) if isinstance(v, tuple) else None for v in rows["items"]])
     written = {
         "summary.csv": paths.write_text(out / "summary.csv", summary["table"].rename_axis("target").to_csv()),
         "rows.csv": paths.write_text(out / "rows.csv", rows.to_csv(index=False)),

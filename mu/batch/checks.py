@@ -263,6 +263,9 @@ PARAMETERS: dict[str, Spec] = {
     "average_system": TEXT,
     "seeds": list_of(integer(0), empty=True),
     "seed_targets": list_of(LOCALE, empty=True),
+    # the confirmatory analysis (mu.analysis.confirm) of the registered hypotheses
+    "preregistration": TEXT,
+    "confirmatory": BOOLEAN,
 }
 
 # Rules between parameters, checked once each one is valid on its own: (names, test, what is valid).

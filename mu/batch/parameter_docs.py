@@ -101,11 +101,13 @@ MEANING = {
     "joint": "joint models: one on the union of each weighting's sources' labeled data; 'all': every other source",
     "joint_all_examples": "examples joint/all sees (None: the budget of joint/similarity)",
     # aggregation
-    "n_boot": "bootstrap replicates of every interval",
+    "n_boot": "bootstrap replicates of every interval and sign flips of every paired test",
     "min_pairs": "fewest paired targets a paired test needs",
     "average_system": "the equal-weight merge every merge is compared with",
     "seeds": "fine-tuning seeds whose runs repeat the headline comparisons",
     "seed_targets": "the declared targets those runs cover",
+    "preregistration": "the pre-registration whose hypotheses the confirmatory analysis tests (the checkout's path)",
+    "confirmatory": "test the registered hypotheses on seed_targets in every registered seed (confirmatory.md / .csv)",
 }
 
 

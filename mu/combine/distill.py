@@ -258,7 +258,13 @@ def evaluate_distilled(
             **knobs,
         )
         scores = evaluate.evaluate(
-            student_dir, target, "test", data=data, batch_size=eval_batch_size, max_seq_length=max_seq_length
+            student_dir,
+            target,
+            "test",
+            data=data,
+            batch_size=eval_batch_size,
+            max_seq_length=max_seq_length,
+            items=True,
         )
         details = paths.read_json(student_dir / DETAILS_JSON)
         rows.append(

@@ -25,11 +25,14 @@ from mu.core import paths
 from mu.langs import similarity
 
 
-def score(pred: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float | int]:
-    """``mu.learn.evaluate.metrics`` (accuracy, macro-F1, n) of predicted label ids."""
+def score(
+    pred: np.ndarray, labels: np.ndarray, num_labels: int, ids: Sequence[str] | None = None
+) -> dict[str, float | int]:
+    """``mu.learn.evaluate.metrics`` (accuracy, macro-F1, n; with the examples' ``ids``, per-item results) of
+    predicted label ids."""
     from mu.learn import evaluate
 
-    return evaluate.metrics(np.eye(num_labels, dtype=np.float32)[pred], labels)
+    return evaluate.metrics(np.eye(num_labels, dtype=np.float32)[pred], labels, ids)
 
 
 def evaluate_ensemble(
@@ -111,7 +114,8 @@ def table(
     sources that have a model in ``models_dir`` (``transfer`` ranks by ``nxn``, the study's dev N×N;
     ``oracle`` by ``oracle_nxn``, its test N×N, default ``nxn``); each source's logits are read
     once. One row per (method, mode): ``system`` ("ensemble/<method>/<mode>"),
-    ``family``, ``method``, ``mode``, ``accuracy``, ``macro_f1``, ``n``, ``sources``.
+    ``family``, ``method``, ``mode``, ``accuracy``, ``macro_f1``, ``n``, ``items`` (per-item results,
+    ``mu.core.report.items``), ``sources``.
     """
     for m in methods:
         ensemble.check_method(m)
@@ -137,6 +141,9 @@ def table(
         batch_size=batch_size,
     )
     num_labels = next(iter(logits.values())).shape[1]
+    from mu.learn import evaluate
+
+    ids = evaluate.split_ids(target, split, data)  # the order of the cached logits (the split's)
     rows = []
     for mode, w in by_mode.items():
         for method in methods:
@@ -147,7 +154,7 @@ def table(
                     "family": "ensemble",
                     "method": method,
                     "mode": mode,
-                    **score(pred, labels, num_labels),
+                    **score(pred, labels, num_labels, ids),
                     "sources": dict(w),
                 }
             )

@@ -265,8 +265,14 @@ def run(
         "target": target_lang,
         "sources": weights,
         "merged": str(out / "merged"),
-        "test": evaluate.evaluate(
-            out / "merged", target_lang, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length
+        "test": evaluate.evaluate(  # with per-item results: the run's report row carries them
+            out / "merged",
+            target_lang,
+            "test",
+            data=data,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            items=True,
         ),
         "log": log,
         "params": params,

@@ -229,7 +229,9 @@ def train_joint(
         "system": f"{FAMILY}/{name}",
         "model": str(out),
         "sources": dict(sources),
-        "test": evaluate.evaluate(out, target, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length),
+        "test": evaluate.evaluate(
+            out, target, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length, items=True
+        ),
         **{k: record[k] for k in ("examples_seen", "examples_per_source", "optimizer_steps", "train_s")},
         "trained": trained,
         "params": params,

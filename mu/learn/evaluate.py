@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from mu.analysis.aggregate import nxn_path, read_nxn  # noqa: F401  (mu.learn.evaluate.nxn_path / read_nxn: one reader, torch-free)
+from mu.analysis.aggregate import nxn_items_path, nxn_path, read_nxn  # noqa: F401  (one reader each, torch-free)
 from mu.core import cache, paths, report, threads
 from mu.corpus import data as mu_data
 from mu.learn import models as mu_models
@@ -120,6 +120,11 @@ def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> 
     return out, np.asarray(ds["label"], dtype=np.int64)
 
 
+def split_ids(locale: str, split: str, data: str | os.PathLike) -> list[str]:
+    """The item ids of a locale's split, in the order of its logits (``mu.corpus.data.load_split``, memoised)."""
+    return [str(i) for i in mu_data.load_split(locale, split, data)["id"]]
+
+
 def _nxn_row(
     model: str | os.PathLike,
     *,
@@ -128,15 +133,15 @@ def _nxn_row(
     data: str | os.PathLike,
     batch_size: int,
     max_seq_length: int,
-) -> list[float]:
-    """One row of the N×N matrix: ``model``'s accuracy on each target (the model loaded once)."""
+) -> list[tuple[float, str]]:
+    """One row of the N×N matrix: ``model``'s (accuracy, per-item 0/1 string) on each target (loaded once)."""
     load = functools.lru_cache(maxsize=1)(_load)
-    return [
-        metrics(*_logits(model, t, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length, load=load))[
-            "accuracy"
-        ]
-        for t in targets
-    ]
+    out = []
+    for t in targets:
+        lg, lb = _logits(model, t, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length, load=load)
+        m = metrics(lg, lb, split_ids(t, split, data))
+        out.append((m["accuracy"], m["items"]["correct"]))
+    return out
 
 
 def cached_logits(
@@ -187,11 +192,15 @@ def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int
     return out
 
 
-def metrics(logits_: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
-    """Accuracy and macro-F1 (averaged over the labels present in the gold set)."""
+def metrics(logits_: np.ndarray, labels: np.ndarray, ids: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Accuracy and macro-F1 (averaged over the labels present in the gold set); with the examples' item
+    ``ids`` (in the logits' order) also ``items``, the per-item correctness a result row carries
+    (``mu.core.report.items``)."""
     labels = np.asarray(labels)
     if len(labels) == 0 or len(logits_) != len(labels):
         raise ValueError(f"metrics: need equally many logits and labels (>0), got {len(logits_)} and {len(labels)}")
+    if ids is not None and len(ids) != len(labels):
+        raise ValueError(f"metrics: {len(ids)} item ids for {len(labels)} examples")
     pred = np.asarray(logits_).argmax(axis=-1)
     f1s = []
     for c in np.unique(labels):
@@ -199,7 +208,10 @@ def metrics(logits_: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
         precision = tp / max(np.sum(pred == c), 1)
         recall = tp / np.sum(labels == c)
         f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {"accuracy": float(np.mean(pred == labels)), "macro_f1": float(np.mean(f1s)), "n": int(len(labels))}
+    out = {"accuracy": float(np.mean(pred == labels)), "macro_f1": float(np.mean(f1s)), "n": int(len(labels))}
+    if ids is not None:
+        out["items"] = report.items(ids, pred == labels)
+    return out
 
 
 def evaluate(
@@ -210,9 +222,12 @@ def evaluate(
     data: str | os.PathLike,
     batch_size: int = 64,
     max_seq_length: int = 128,
-) -> dict[str, float | int]:
-    """``metrics`` of a model folder on a locale's split (logits cached)."""
-    return metrics(*logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length))
+    items: bool = False,
+) -> dict[str, Any]:
+    """``metrics`` of a model folder on a locale's split (logits cached); ``items=True`` adds the per-item
+    correctness (what a result row carries; logs and selections keep the scores only)."""
+    lg, lb = logits(model, locale, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length)
+    return metrics(lg, lb, split_ids(locale, split, data) if items else None)
 
 
 def nxn(
@@ -230,7 +245,8 @@ def nxn(
 
     ``targets`` default: the models' locales. Written atomically to
     ``nxn_path(profile, split)`` with a heatmap PNG beside it (left as is when the matrix
-    is unchanged). ``workers`` > 1 evaluates that many source models at once, each process on one
+    is unchanged), and each cell's per-item correctness to ``nxn_items_path`` (what the zero-shot and
+    oracle rows of notebook 06 carry as their items). ``workers`` > 1 evaluates that many source models at once, each process on one
     thread (every logit is cached, so the matrix is the same); ``None``: ``mu.learn.models.fit_workers``.
     """
     targets = list(models) if targets is None else list(targets)
@@ -245,9 +261,17 @@ def nxn(
     workers = mu_models.fit_workers(next(iter(models.values()))) if workers is None else workers
     with tqdm(total=len(models) * len(targets), desc="N×N", unit="pair") as bar:
         rows = threads.map_processes(row, list(models.values()), workers, done=lambda: bar.update(len(targets)))
-    for source, accuracies in zip(models, rows):
-        frame.loc[source] = accuracies
+    for source, cells in zip(models, rows):
+        frame.loc[source] = [accuracy for accuracy, _ in cells]
     path = nxn_path(profile, split)
+    per_item = {
+        "split": split,
+        "ids": {t: split_ids(t, split, data) for t in targets},
+        "correct": {s: {t: bits for t, (_, bits) in zip(targets, cells)} for s, cells in zip(models, rows)},
+    }
+    items_path = nxn_items_path(path)
+    if not items_path.is_file() or paths.read_json(items_path) != per_item:
+        paths.write_json(items_path, per_item)
     png = path.with_suffix(".png")
     if path.is_file() and png.is_file() and _same(read_nxn(path), frame):
         return frame
@@ -294,7 +318,7 @@ def native_rows(
             "family": "native",
             "target": loc,
             "sources": {loc: 1.0},
-            **evaluate(path, loc, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length),
+            **evaluate(path, loc, split, data=data, batch_size=batch_size, max_seq_length=max_seq_length, items=True),
         }
         for loc, path in models.items()
     ]

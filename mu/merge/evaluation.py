@@ -119,7 +119,7 @@ def evaluate_merges(
             **merge_kw,
         )
         scores = evaluate.evaluate(
-            merged, target, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length
+            merged, target, "test", data=data, batch_size=batch_size, max_seq_length=max_seq_length, items=True
         )
         rows.append(
             {
