@@ -1,5 +1,5 @@
-"""Section 1: one merge by ``mu.merge.merge_models`` (beside the mergekit CLI for linear and TIES), and the
-I/O floor.
+"""Section 1: one merge by ``mu.merge.merge_models`` (beside the mergekit CLI for linear and TIES), the
+I/O floor, and each method's own floor (the I/O floor plus the compute it cannot avoid: ``bench.floors``).
 
 Every measurement runs in its own process (``bench.proc``). Every data-free
 method of ``mu.merge.METHODS`` (all but those needing data statistics or target
@@ -145,6 +145,24 @@ def floor_for(method: str, n: int, measured: Mapping[str, Any]) -> dict[str, flo
     return {
         key: sum(measured[key][k] for k in names) for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s")
     } | {"bytes": sum(measured["bytes"][k] for k in names), "write_s": measured["write_s"]}
+
+
+def compute_floor(base: Path, *, workdir: Path, name: str) -> dict[str, Any]:
+    """The compute part of every method's own floor (``bench.floors``) at the shapes of ``base``, in its own
+    process: one ``kthvalue`` / ``partition`` and one SVD per distinct shape (a few seconds)."""
+    return proc.worker("compute_floor", {"model": str(base)}, workdir=workdir, name=name, timeout_s=900)
+
+
+def own_floor(method: str, n: int, io: Mapping[str, float], compute: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One merge's own floor: its I/O floor (``floor_for``: warm read + write) plus the compute its method
+    cannot avoid (``bench.floors``); without a measured compute floor, only the kind and None."""
+    from bench import floors
+
+    io_s = io["warm_read_s"] + io["write_s"]
+    if not compute or compute.get("status", "ok") != "ok":
+        return {"floor_kind": floors.kind(method), "compute_floor_s": None, "own_floor_s": None, "floor_ops": None}
+    shapes = {k: tuple(v) for k, v in compute["shapes"].items()}
+    return floors.of(method, n, io_s, shapes, compute)
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:

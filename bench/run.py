@@ -1,7 +1,8 @@
 """The whole benchmark in one run, within a time budget; writes results.json and results.md atomically.
 
 Order: checkpoints (generated once, cached) → a cold read (if the page cache can
-be dropped) → the I/O floor (reading every input file, writing one output) →
+be dropped) → the I/O floor (reading every input file, writing one output) → the
+compute floors (one selection and one SVD per distinct shape: ``bench.floors``) →
 one untimed warm-up merge → linear merges for every N (mu and mergekit) → TIES
 (mu, and mergekit where it fits in memory) → the other data-free methods (mu)
 → evaluation → ensembling.
@@ -110,6 +111,16 @@ def _merges(
     return done
 
 
+def _row(
+    measured: Mapping[str, Any], floor: Mapping[str, Any], compute: Mapping[str, Any] | None, model_bytes: int
+) -> dict[str, Any]:
+    """The results row of one merge, against its I/O floor and its method's own floor."""
+    io = merging.floor_for(measured["method"], measured["n"], floor)
+    return summary.merge_row(
+        measured, io, model_bytes, own=merging.own_floor(measured["method"], measured["n"], io, compute)
+    )
+
+
 def _ns(method: str, ns: list[int]) -> list[int]:
     """The numbers of sources ``method`` is measured at: ``ns``, or 2 for the pairwise methods (slerp, ...)."""
     from mu.merge.catalog import EXACT_SOURCES
@@ -121,8 +132,9 @@ def update(
     methods: list[str], *, ns: list[int], out: str | Path, max_rss_gb: float = 14.0, device: str | None = None
 ) -> dict[str, Any]:
     """Measure ``methods`` again (N in ``ns``; pairwise ones at 2) on the checkpoints of the run in ``out``
-    and replace their rows there, set against that run's stored I/O floor (measured earlier in it; the
-    rows say ``"updated"``). For a method fixed after a run, without rerunning the other methods."""
+    and replace their rows there, set against that run's stored I/O floor and compute floor (measured earlier
+    in it; a run without a compute floor gets one now; the rows say ``"updated"``). For a method fixed after
+    a run, without rerunning the other methods."""
     for method in methods:  # every name checked before anything is measured
         merging.check_method(method)
     out = Path(out)
@@ -131,6 +143,9 @@ def update(
     workdir = paths.cache_dir("bench", "runs", results["settings"]["merge_size"])
     workdir.mkdir(parents=True, exist_ok=True)
     floor, skipped, merged = results["merge"]["floor"], [], []
+    compute = results["merge"].get("compute_floor")
+    if not compute or compute.get("status") != "ok":  # a run from before own floors: measured now, once
+        compute = results["merge"]["compute_floor"] = merging.compute_floor(base, workdir=workdir, name="compute-floor")
     for method in methods:
         merged += _merges(
             method,
@@ -146,10 +161,7 @@ def update(
         )
     model_bytes = (base / "model.safetensors").stat().st_size
     stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    rows = [
-        summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) | {"updated": stamp}
-        for m in merged
-    ]
+    rows = [_row(m, floor, compute, model_bytes) | {"updated": stamp} for m in merged]
     keep = lambda r: r["method"] not in methods  # noqa: E731
     results["merge"]["rows"] = [r for r in results["merge"]["rows"] if keep(r)] + rows
     results["merge"]["raw"] = [r for r in results["merge"]["raw"] if keep(r)] + merged
@@ -242,6 +254,7 @@ def run(
     floor = merging.floor(base, sources, workdir=workdir, name="floor")
     if floor["status"] != "ok":
         raise RuntimeError(f"the read floor failed: {floor['status']}")
+    compute = merging.compute_floor(base, workdir=workdir, name="compute-floor")  # a failure leaves own floors None
     # Untimed: the first merges after a pause run up to 2-3x slower on this VM (fresh guest memory, page
     # cache); one small merge by each tool first keeps that out of the first measured figure.
     warm_up = merging.measure(
@@ -308,7 +321,7 @@ def run(
         timeout_s=max(deadline - time.perf_counter(), 300),
     )
 
-    rows = [summary.merge_row(m, merging.floor_for(m["method"], m["n"], floor), model_bytes) for m in merged]
+    rows = [_row(m, floor, compute, model_bytes) for m in merged]
     ev = summary.evaluation(evals)
     results = {
         "machine": machine,
@@ -350,7 +363,14 @@ def run(
             "folder": str(checkpoints.models_dir(merge_size)),
         },
         "cold_read": cold,
-        "merge": {"rows": rows, "skipped": skipped, "raw": merged, "floor": floor, "warm_up": warm_up},
+        "merge": {
+            "rows": rows,
+            "skipped": skipped,
+            "raw": merged,
+            "floor": floor,
+            "compute_floor": compute,
+            "warm_up": warm_up,
+        },
         "gpu": gpu_section(merged),
         "evaluation": ev | {"raw": evals},
         "ensemble": summary.ensemble(ens) | {"raw": ens},

@@ -62,8 +62,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
-def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes: int) -> dict[str, Any]:
-    """One (method, N) row: times, peaks, ratios (mu/mergekit on process wall, mu/floor on in-process time)."""
+def merge_row(
+    measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes: int, own: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One (method, N) row: times, peaks, ratios (mu/mergekit on process wall, mu/floor on in-process time);
+    ``own``: the method's own floor (``bench.merging.own_floor``), giving ``mu_over_own_floor``."""
     mu, mk = measured.get("mu", {}), measured.get("mergekit", {})
     mu_ok, mk_ok = mu.get("status") == "ok", mk.get("status") == "ok"
     n = measured["n"]
@@ -92,6 +95,9 @@ def merge_row(measured: Mapping[str, Any], floor: Mapping[str, Any], model_bytes
         "peak_limit_gb": (n + 2) * model_bytes / GB,
         "max_abs_diff": measured.get("max_abs_diff"),
     }
+    own = own or {}
+    row.update({k: own.get(k) for k in ("floor_kind", "compute_floor_s", "own_floor_s", "floor_ops")})
+    row["mu_over_own_floor"] = _ratio(row["mu_op_s"], row["own_floor_s"])
     row["mu_over_mergekit"] = _ratio(row["mu_wall_s"], row["mergekit_wall_s"])
     row["mu_over_floor"] = _ratio(row["mu_op_s"], row["floor_read_s"])
     row["mu_over_io_floor"] = _ratio(row["mu_op_s"], row["io_floor_s"])
@@ -225,11 +231,18 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{ck['model_gb']:.2f} GB per checkpoint, fp32)",
         "",
         "| N | method | mu merge s | mu wall s | read floor s | write s | I/O floor s | mu / I/O floor | "
+        "floor kind | own floor s | mu / own floor | "
         "mu / read floor | mu peak GB | (N+2)×model GB | mergekit wall s | mu / mergekit | mergekit peak GB | "
         "max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
+    compute = results["merge"].get("compute_floor") or {}
+    compute_note = (
+        f"measured in {compute['op_s']:.1f} s with {compute.get('threads')} torch threads"
+        if compute.get("status") == "ok"
+        else compute.get("status")
+    )
     for r in results["merge"]["rows"]:
         mu_state, mk_state = r["status"]["mu"], r["status"]["mergekit"]
         note = "" if mu_state == "ok" else f" ({mu_state})"
@@ -238,12 +251,13 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {r['n']} | {r['method']}{note} | {_f(r['mu_op_s'], 1)} | {_f(r['mu_wall_s'], 1)} | "
             f"{_f(r['floor_read_s'], 1)} | {_f(r['write_s'], 1)} | {_f(r['io_floor_s'], 1)} | "
-            f"{_f(r['mu_over_io_floor'])} | {_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | "
+            f"{_f(r['mu_over_io_floor'])} | {r.get('floor_kind') or '—'} | {_f(r.get('own_floor_s'), 1)} | "
+            f"{_f(r.get('mu_over_own_floor'))} | {_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | "
             f"{_f(r['peak_limit_gb'], 1)} | {_f(r['mergekit_wall_s'], 1)} | {_f(r['mu_over_mergekit'])} | "
             f"{_f(r['mergekit_peak_rss_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |"
         )
     for r in results["merge"]["skipped"]:
-        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 13)
+        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 16)
     gpu = results.get("gpu", {})
     lines += [
         "",
@@ -251,7 +265,14 @@ def markdown(results: Mapping[str, Any]) -> str:
         "folder); mu wall s: the whole process (Python start, imports). I/O floor: reading the same input "
         "files into memory with safetensors (load_file, then a copy; warm page cache; the fastest of "
         f"{s['repetitions']['floor_warm_reads']} passes) plus writing one model with safetensors' save_file, "
-        "measured in the same run. mergekit: its CLI on the same inputs and settings (linear and TIES only; "
+        "measured in the same run. Own floor: the I/O floor plus the compute the method cannot avoid, "
+        "measured in the same run on random data of the model's shapes (bench.floors): floor kind 'select', "
+        "one selection (the faster of torch.kthvalue and numpy.partition) of every tensor per source "
+        "(TIES, DARE, breadcrumbs, DELLA, SCE, RAM); 'svd', one full-rank SVD of every SVD-merged matrix "
+        "per source (tsv_m, iso_cts; iso_c: one per matrix), on the faster of the machine's thread count "
+        "and one thread; 'io', nothing more (elementwise and Gram-matrix methods, karcher included). "
+        + (f"Compute floor: {compute_note}. " if compute_note else "")
+        + "mergekit: its CLI on the same inputs and settings (linear and TIES only; "
         "elsewhere mu alone), process wall time. Merges ran on: "
         + (", ".join(gpu.get("merges_ran_on") or []) or "—")
         + ".",

@@ -83,6 +83,19 @@ def floor(args: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def compute_floor(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The compute part of each method's own floor (``bench.floors``): one selection and one SVD per
+    distinct shape of the model folder ``args["model"]``, timed on random data of that shape."""
+    from bench import floors
+
+    shapes = floors.model_shapes(args["model"])
+    started = time.perf_counter()
+    measured = floors.measure(
+        shapes, repeats=args.get("repeats", floors.REPEATS), budget_s=args.get("budget_s", floors.BUDGET_S)
+    )
+    return {"op_s": time.perf_counter() - started, "shapes": {k: list(v) for k, v in shapes.items()}, **measured}
+
+
 def evaluate(args: Mapping[str, Any]) -> dict[str, Any]:
     """``mu.evaluate.logits`` on each test set (empty cache, smallest first), then the naive loop on the largest.
 
@@ -216,6 +229,7 @@ def ensemble(args: Mapping[str, Any]) -> dict[str, Any]:
 TASKS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "merge": merge,
     "floor": floor,
+    "compute_floor": compute_floor,
     "evaluate": evaluate,
     "ensemble": ensemble,
 }

@@ -205,6 +205,18 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
         assert r["status"]["mu"] == "ok" and r["mu_device"] == "cpu"
         assert r["mu_over_floor"] == pytest.approx(r["mu_op_s"] / r["floor_read_s"])
         assert r["mu_over_io_floor"] == pytest.approx(r["mu_op_s"] / (r["floor_read_s"] + r["write_s"]))
+        assert r["own_floor_s"] == pytest.approx(r["io_floor_s"] + r["compute_floor_s"])
+        assert r["mu_over_own_floor"] == pytest.approx(r["mu_op_s"] / r["own_floor_s"])
+    assert {r["method"]: r["floor_kind"] for r in rows} == {
+        "linear": "io",
+        "ties": "select",
+        "dare_ties": "select",
+        "slerp": "io",
+        "tsv_m": "svd",
+        "widen": "io",
+    }
+    assert all((r["compute_floor_s"] > 0) == (r["floor_kind"] != "io") for r in rows)
+    assert results["merge"]["compute_floor"]["status"] == "ok" and "own floor" in table
     assert rows[3]["status"]["mergekit"].startswith("not run") and rows[3]["mu_over_mergekit"] is None
     assert results["gpu"]["available"] == torch.cuda.is_available()
     assert results["gpu"]["available"] or "no GPU" in results["gpu"]["reason"]
@@ -246,6 +258,51 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     assert updated["merge"]["floor"] == floor and updated["settings"]["updated"][0]["methods"] == ["widen", "nearswap"]
     assert all(r["status"]["mu"] == "ok" for r in again)
     assert "| 3 | widen |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_own_floor_is_the_io_floor_plus_one_selection_or_svd_per_tensor_and_source():
+    from bench import floors
+
+    shapes = {
+        "roberta.embeddings.word_embeddings.weight": (50, 8),
+        "layer.0.dense.weight": (8, 16),
+        "layer.0.dense.bias": (16,),
+        "layer.1.dense.weight": (8, 16),
+        "scale": (),
+    }
+    assert [floors.kind(m) for m in ("ties", "della", "ram", "tsv_m", "iso_c", "karcher", "linear")] == [
+        "select",
+        "select",
+        "select",
+        "svd",
+        "svd",
+        "io",
+        "io",
+    ]
+    assert floors.ops("ties", 3, shapes) == {"50x8": 3, "8x16": 6, "16": 3, "": 3}  # every tensor, per source
+    assert floors.ops("tsv_m", 3, shapes) == {"8x16": 6}  # matrices only: no embedding, no vector
+    assert floors.ops("iso_c", 3, shapes) == {"8x16": 2}  # one SVD of the summed task vectors
+    assert floors.ops("linear", 3, shapes) == {} and floors.ops("ties", 0, shapes) == {}
+    measured = floors.measure(shapes, repeats=2, budget_s=0.05)
+    assert set(measured["select"]) == {"50x8", "8x16", "16", ""} and set(measured["svd"]) == {"8x16"}
+    assert all(v["s"] > 0 and 1 <= v["runs"] <= 2 for k in floors.KINDS for v in measured[k].values())
+    assert measured["select"]["8x16"]["how"] in ("kthvalue", "partition") and "svd_1t_s" in measured["svd"]["8x16"]
+    sel = measured["select"]
+    ties = floors.of("ties", 3, 1.5, shapes, measured)
+    assert ties["own_floor_s"] == pytest.approx(
+        1.5 + 3 * (sel["50x8"]["s"] + 2 * sel["8x16"]["s"] + sel["16"]["s"] + sel[""]["s"])
+    )
+    assert ties["floor_ops"] == 15 and ties["floor_kind"] == "select"
+    assert floors.of("linear", 3, 1.5, shapes, measured) == {
+        "floor_kind": "io",
+        "compute_floor_s": 0.0,
+        "own_floor_s": 1.5,
+        "floor_ops": 0,
+    }
+    with pytest.raises(ValueError, match="not measured"):
+        floors.compute_s("tsv_m", 2, {**shapes, "layer.2.dense.weight": (4, 4)}, measured)
+    with pytest.raises(ValueError, match="floor operation"):
+        floors.op_seconds((2, 2), "sort")
 
 
 def test_study_projection_from_unit_costs(tmp_path):

@@ -219,3 +219,23 @@ def test_gpu_merge_equals_cpu(method):
     for key in cpu:
         assert gpu[key].device.type == "cpu"
         torch.testing.assert_close(gpu[key], cpu[key], rtol=1e-5, atol=1e-6)
+
+
+def test_compute_bound_steps_run_on_the_free_cores_and_small_ones_on_one_thread(monkeypatch):
+    """``chunks.compute_threads``: ``mu.threads.count()`` threads for large work (inside ``single_threaded`` too),
+    one thread below ``COMPUTE_MIN_WORK``; the previous count comes back after either."""
+    from mu import threads
+
+    cpu = torch.device("cpu")
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "count", lambda *args, **kwargs: 3)
+    with chunks.compute_threads(cpu, chunks.COMPUTE_MIN_WORK) as n:
+        assert n == 3 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with chunks.single_threaded(cpu):
+        with chunks.compute_threads(cpu, chunks.COMPUTE_MIN_WORK - 1) as n:
+            assert n == 1 == torch.get_num_threads()
+        with chunks.compute_threads(cpu, 1 << 30):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mu import merge as mm
-from mu.merge import registry, selective, taskvec
+from mu.merge import masks, registry, selective, taskvec
 
 STEPS = (1, 7, 64)  # chunk sizes in elements: one row, a few rows, whole small tensors
 
@@ -78,7 +78,7 @@ def test_della_equals_mergekit_under_the_same_draws(method, ours, monkeypatch):
     knobs = {**mm.knobs(method), **ours}
     draws = iter(
         [
-            torch.from_numpy(taskvec._rng(knobs["seed"], key, name).random(v.numel(), dtype=np.float32))
+            torch.from_numpy(masks.source_rng(knobs["seed"], key, name).random(v.numel(), dtype=np.float32))
             for key, v in base.items()
             for name in sds
         ]
@@ -127,6 +127,16 @@ def test_magprune_keep_probabilities_rise_with_the_magnitude_rank():
         rate = float(kept[ranks == r].float().mean())
         assert abs(rate - (density - eps + 2 * eps * r / 9)) < 0.015, (r, rate)
     assert abs(float(kept.float().mean()) - density) < 0.005
+
+
+@pytest.mark.parametrize("shape", [(40, 9, 1), (3, 5, 4), (1, 70000, 1), (6, 1, 2)])
+def test_magprune_row_ranks_on_the_cpu_equal_a_stable_argsort(shape):
+    """DELLA's CPU ranking (packed keys, numpy's sort) against the stable argsort the GPU runs: ties (zeros and
+    repeated magnitudes) ranked by index, trailing dims ranked separately, rows wider than int16 ranks."""
+    g = torch.Generator().manual_seed(2)
+    m = (torch.randn(shape, generator=g) * 4).round().abs() / 4  # many equal magnitudes, zeros among them
+    ranks = masks.row_ranks(m)
+    assert torch.equal(ranks.long(), masks.row_ranks_sorted(m))
 
 
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.1])

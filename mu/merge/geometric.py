@@ -59,6 +59,17 @@ def _sources(
     return [chunks.read(sd, key, span, dev, out=buf) for sd, buf in zip(state_dicts.values(), bufs)]
 
 
+def _block(
+    state_dicts: Mapping[str, StateDict], key: str, span: chunks.Span, dev: torch.device, block: torch.Tensor, m: int
+) -> torch.Tensor:
+    """The sources' chunks (``m`` elements each) read straight into the rows of one (N, m) view of ``block``:
+    what ``torch.stack`` of the chunks would give, without its copy."""
+    x = block[: len(state_dicts) * m].view(len(state_dicts), m)
+    for i, sd in enumerate(state_dicts.values()):
+        chunks.read(sd, key, span, dev, out=x[i])
+    return x
+
+
 def _setup(state_dicts: Mapping[str, StateDict], key: str, step: int, dev: torch.device, extra: int = 0):
     first = next(iter(state_dicts.values()))
     shape, dtype = chunks.shape_dtype(first, key)
@@ -92,14 +103,16 @@ def model_stock(
             rows = shape[0] if filter_wise and len(shape) > 1 else 1
             row_len = math.prod(shape[1:]) if rows > 1 else max(math.prod(shape), 1)
             gram = torch.zeros(rows, n, n, dtype=torch.float64, device=dev)
+            block = torch.empty(n * bufs[-1].numel(), device=dev)
             for span in spans:  # pass 1: dot products of the task vectors (per row when filter_wise)
                 b = chunks.read(base, key, span, dev, out=bufs[-1])
-                d = torch.stack([x.sub_(b) for x in _sources(state_dicts, key, span, dev, bufs)])
-                if rows > 1:
-                    d = d.view(n, -1, row_len).transpose(0, 1)  # [rows of this chunk, n, row_len]
-                    gram[span[0] : span[1]] += torch.bmm(d, d.transpose(1, 2)).double()
-                else:
-                    gram[0] += (d @ d.T).double()
+                d = _block(state_dicts, key, span, dev, block, b.numel()).sub_(b)
+                with chunks.compute_threads(dev, n * n * b.numel()):  # N² dot products of m entries
+                    if rows > 1:
+                        d = d.view(n, -1, row_len).transpose(0, 1)  # [rows of this chunk, n, row_len]
+                        gram[span[0] : span[1]] += torch.bmm(d, d.transpose(1, 2)).double()
+                    else:
+                        gram[0] += (d @ d.T).double()
             norms = gram.diagonal(dim1=1, dim2=2).sqrt()
             i, j = torch.triu_indices(n, n, 1, device=dev)
             cos = (gram[:, i, j] / (norms[:, i] * norms[:, j]).clamp(min=1e-6)).clamp(-1, 1).mean(1)
@@ -275,16 +288,24 @@ def karcher(
             if len(state_dicts) == 1:
                 out[key] = next(iter(state_dicts.values()))[key].clone()
                 continue
-            shape, dtype, spans, bufs = _setup(state_dicts, key, step, dev)
-            gram = torch.zeros(len(alphas), len(alphas), dtype=torch.float64, device=dev)
-            for span in spans:  # pass 1: θ_i · θ_j
-                x = torch.stack(_sources(state_dicts, key, span, dev, bufs)).double()
-                gram += x @ x.T
+            shape, dtype = chunks.shape_dtype(next(iter(state_dicts.values())), key)
+            spans = chunks.spans(shape, step)
+            size, n = chunks.flat(shape, spans[0]).stop, len(alphas)
+            block = torch.empty(n * size, device=dev)  # the sources' chunks as rows, read in place
+            block64 = torch.empty(n * size, dtype=torch.float64, device=dev)
+            gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            for span in spans:  # pass 1: θ_i · θ_j, in float64
+                m = chunks.flat(shape, span).stop - chunks.flat(shape, span).start
+                x = block64[: n * m].view(n, m).copy_(_block(state_dicts, key, span, dev, block, m))
+                with chunks.compute_threads(dev, n * n * m):  # N² dot products of m entries: compute-bound
+                    gram += x @ x.T
+            del block64
             coef = _karcher_coefficients(gram.cpu(), alphas, max_iter, tol)
             res = torch.empty(shape, dtype=dtype)
             dst = res.reshape(-1)
             for span in spans:  # pass 2: Σ_j c_j θ_j
-                xs = _sources(state_dicts, key, span, dev, bufs)
+                m = chunks.flat(shape, span).stop - chunks.flat(shape, span).start
+                xs = list(_block(state_dicts, key, span, dev, block, m))
                 acc = xs[0].mul_(float(coef[0]))
                 for c, x in zip(coef[1:].tolist(), xs[1:]):
                     acc.add_(x, alpha=c)

@@ -32,7 +32,8 @@ with probability p = density − ε + 2ε · r / (d − 1) (a one-entry row: p =
 mergekit fails there), drawn as DARE's masks are (u < p, u from the same seeded
 stream; equal magnitudes ranked by index), then rescaled to the tensor's L1 norm
 as mergekit does (not the paper's 1/p per entry). Its first pass ranks the rows
-chunk by chunk (scratch: ~30 bytes per chunk element), so its peak per tensor is
+chunk by chunk (on the CPU by one SIMD sort of packed (|δ| bits, index) keys per row,
+``masks.row_ranks``; scratch: ~30 bytes per chunk element), so its peak per tensor is
 DARE's: the base, one source and N one-byte masks.
 SCE (``sparsify="variance"``, ``weighting="energy"``, mergekit's ``sce``): one mask
 for all sources keeps the ``density`` fraction of the entries of non-zero variance
@@ -47,20 +48,17 @@ mask (one byte per entry) with the weights, the merge.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from typing import Literal
 
-import numpy as np
 import torch
 
-from mu.merge import chunks
+from mu.merge import chunks, masks
 
 StateDict = dict[str, torch.Tensor]
 SPARSIFY = ("none", "magnitude", "random", "breadcrumbs", "magprune", "variance")
 WEIGHTING = ("given", "energy")
 SCE_EPS = 1e-6  # mergekit's sce: uniform weights below this sum; the divisor's clamp
-RESCALE_EPS = 1e-7  # mergekit's rescaled_masked_tensor: no rescaling when either L1 norm is below this
 
 
 @torch.no_grad()
@@ -110,190 +108,6 @@ def _linear_tensor(
             acc.add_(chunks.read(state_dicts[name], key, span, dev, out=tmp_buf), alpha=weights[name] / total)
         dst[chunks.flat(shape, span)] = acc
     return res
-
-
-class _Ranks:
-    """Which entries of one task vector a magnitude sparsification keeps: descending-|δ| ranks [r0, r1),
-    entries of equal |δ| ranked by index. Found once per tensor, applied chunk by chunk in index order."""
-
-    def __init__(self, mag: torch.Tensor, r0: int, r1: int):
-        """``mag``: |δ| of the whole tensor, flat float32 (reordered in place)."""
-        n = mag.numel()
-        self.total = float(mag.sum())  # float32 sums, as mergekit's rescaling
-        self.groups: list[list[float]] = []  # [value, first, stop, seen]: tie windows applied by index order
-        self.lo = self.hi = None  # keep lo ≤/< |δ| ≤/< hi
-        if r1 <= r0 or n == 0:
-            self.nothing, self.kept = True, 0.0
-            return
-        self.nothing = False
-        if r0 <= 0 and r1 >= n:
-            self.kept = self.total
-            return
-        lo_at, hi_at = n - r1, n - 1 - r0  # ascending positions of the r1-th and (r0+1)-th largest
-        if mag.device.type == "cpu":  # in place, linear time, no copy; one k per call (10x faster than two)
-            vals = mag
-            vals.numpy().partition(lo_at)
-            if hi_at > lo_at and r0 > 0:
-                vals[lo_at + 1 :].numpy().partition(hi_at - lo_at - 1)
-        else:
-            vals = torch.sort(mag).values
-        b = float(vals[lo_at])
-        a = float(vals[lo_at:].max()) if r0 <= 0 else float(vals[hi_at])
-        self.kept = float(vals[lo_at : hi_at + 1].sum())
-        above_a = int(torch.count_nonzero(vals[hi_at + 1 :] > a))
-        windows = {a: (r0 - above_a, r1 - above_a)}
-        if b < a:
-            above_b = int(torch.count_nonzero(vals[lo_at + 1 :] > b))
-            windows[b] = (r0 - above_b, r1 - above_b)
-        for value, (first, stop) in windows.items():
-            if value == a and r0 <= 0 and b < a:
-                full = True  # the largest |δ| and its ties rank above b, the r1-th largest: all kept
-            elif value == b and r0 <= 0 and b < a:  # ties of b above it are counted; below it, a max tells
-                below = (
-                    0 if lo_at == 0 or float(vals[:lo_at].max()) < b else int(torch.count_nonzero(vals[:lo_at] == b))
-                )
-                ties = below + r1 - above_b
-                full = ties <= stop
-            else:
-                ties = int(torch.count_nonzero(vals == value))
-                full = first <= 0 and stop >= ties
-            if value == b:
-                self.lo = (b, full)
-            if value == a and (r0 > 0 or not full):
-                self.hi = (a, full)
-            if not full and stop > 0 and first < ties:
-                self.groups.append([value, first, stop, 0])
-        if a == b:  # every kept entry has the same magnitude: only the tie window keeps anything
-            self.lo = self.hi = (a, False) if self.groups else (a, True)
-
-    def apply(self, delta: torch.Tensor, mag: torch.Tensor, ind: torch.Tensor) -> None:
-        """Zero the entries of this chunk of δ (the next in index order) that are not kept, in place;
-        ``mag`` and ``ind`` are scratch buffers of its size. Float arithmetic only (sign/clamp masks):
-        on the CPU, boolean masks cost 10x more per element."""
-        if self.nothing:
-            delta.zero_()
-            return
-        if self.lo is None and self.hi is None:
-            return
-        torch.abs(delta, out=mag)
-        restore = []
-        for group in self.groups:  # rare: a tie window cuts through the entries equal to a threshold
-            value, first, stop, seen = group
-            tied = torch.nonzero(mag == value).squeeze(1)
-            order = torch.arange(seen, seen + tied.numel(), device=mag.device)
-            idx = tied[(order >= first) & (order < stop)]
-            restore.append((idx, delta[idx].clone()))
-            group[3] = seen + tied.numel()
-        if self.lo is not None:  # keep |δ| ≥ lo (ties kept) or > lo
-            value, full = self.lo
-            bound = float(np.nextafter(np.float32(value), np.float32(-np.inf))) if full else value
-            delta.mul_(torch.sub(mag, bound, out=ind).sign_().clamp_min_(0.0))
-        if self.hi is not None:  # keep |δ| ≤ hi (ties kept) or < hi
-            value, full = self.hi
-            bound = float(np.nextafter(np.float32(value), np.float32(np.inf))) if full else value
-            delta.mul_(torch.sub(mag, bound, out=ind).neg_().sign_().clamp_min_(0.0))
-        for idx, values in restore:
-            delta[idx] = values
-
-
-def _ranks(sparsify: str, n: int, density: float, gamma: float) -> tuple[int, int] | None:
-    """Descending-magnitude ranks [r0, r1) kept by mergekit's ``magnitude`` / ``magnitude_outliers``."""
-    if density >= 1.0:
-        return None
-    if sparsify == "magnitude":
-        return 0, max(1, int(density * n))
-    target, top = int(density * n), int(gamma * n)  # breadcrumbs: drop the `gamma` largest, then the smallest
-    bottom = max(0, n - target - top)
-    return n - bottom - target, n - bottom
-
-
-def _rng(seed: int, key: str, name: str) -> np.random.Generator:
-    return np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(key.encode()), zlib.crc32(name.encode())]))
-    )
-
-
-def _magprune_keep(
-    mag: torch.Tensor, shape: tuple[int, ...], density: float, epsilon: float, rng: np.random.Generator, step: int
-) -> torch.Tensor:
-    """DELLA's MAGPRUNE mask of one task vector (``mag``: its |δ|, flat): per row along dim 1, keep
-    probabilities rising linearly with the magnitude's rank; ranked and drawn chunk by chunk of rows."""
-    keep = torch.empty(mag.numel(), dtype=torch.bool)
-    if mag.numel() == 0:
-        return keep
-    rows, d1 = (shape[0], shape[1]) if len(shape) >= 2 else (1, mag.numel())
-    view = mag.view(rows, d1, -1)
-    per = max(1, step // view[0].numel())
-    for r0 in range(0, rows, per):
-        m = view[r0 : r0 + per]
-        order = torch.argsort(m, dim=1, stable=True)
-        ranks = torch.empty_like(order).scatter_(
-            1, order, torch.arange(d1, device=m.device).view(1, -1, 1).expand_as(order)
-        )
-        rank_norm = (ranks.float() / (d1 - 1)).clamp(0, 1) if d1 > 1 else torch.full(m.shape, 0.5)
-        probs = (density - epsilon) + rank_norm * 2 * epsilon  # mergekit's expression, in float32
-        u = torch.from_numpy(rng.random(m.numel(), dtype=np.float32))  # one sequential stream, as DARE's
-        keep[r0 * view[0].numel() : r0 * view[0].numel() + m.numel()] = u < probs.cpu().reshape(-1)
-    return keep
-
-
-def _prepare(
-    sparsify: str,
-    theta: torch.Tensor,
-    base: torch.Tensor,
-    shape: tuple[int, ...],
-    *,
-    density: float,
-    gamma: float,
-    epsilon: float,
-    rescale: bool,
-    rng: np.random.Generator,
-    step: int,
-) -> dict:
-    """One source's whole-tensor sparsification state: ranks or DARE / DELLA drop mask, and its rescale factor."""
-    state: dict = {"scale": 1.0}
-    n = theta.numel()
-    if sparsify in ("magnitude", "breadcrumbs"):
-        ranks = _ranks(sparsify, n, density, gamma)
-        if ranks is None:
-            return state
-        sel = _Ranks(theta.sub_(base).abs_(), *ranks)
-        state["ranks"], total, kept = sel, sel.total, sel.kept
-    elif sparsify in ("random", "magprune"):
-        if density >= 1.0:
-            return state
-        if sparsify == "magprune":
-            mag = theta.sub_(base).abs_()
-            keep = _magprune_keep(mag, shape, density, epsilon, rng, step)
-        else:
-            keep = torch.empty(n, dtype=torch.bool)
-            for start in range(0, n, step):  # one sequential stream: the mask does not depend on `step`
-                keep[start : start + step] = torch.from_numpy(
-                    rng.random(min(step, n - start), dtype=np.float32) < density
-                )
-        state["keep"] = keep
-        if not rescale:
-            return state
-        mag = mag if sparsify == "magprune" else theta.sub_(base).abs_()
-        total = float(mag.sum())
-        kept = float(mag.mul_(keep.to(mag.device)).sum())
-    else:
-        return state
-    if rescale and total >= RESCALE_EPS and kept >= RESCALE_EPS:
-        state["scale"] = total / kept
-    return state
-
-
-def _sparsified(
-    delta: torch.Tensor, state: dict, span_flat: slice, mag: torch.Tensor, ind: torch.Tensor
-) -> torch.Tensor:
-    if "ranks" in state:
-        state["ranks"].apply(delta, mag[: delta.numel()], ind[: delta.numel()])
-    elif "keep" in state:
-        delta.mul_(ind[: delta.numel()].copy_(state["keep"][span_flat]))
-    if state["scale"] != 1.0:
-        delta.mul_(state["scale"])
-    return delta
 
 
 @torch.no_grad()
@@ -405,7 +219,7 @@ def _select_calculate(
         for span in spans:
             where, ds = deltas(span)
             var[where] = torch.var(torch.stack(ds), dim=0, unbiased=False)
-        ranks = _Ranks(var, 0, int(int(torch.count_nonzero(var)) * density))
+        ranks = masks.Ranks(var, 0, int(int(torch.count_nonzero(var)) * density))
         del var
     if ranks is None and not energy:
         return None, None
@@ -473,24 +287,29 @@ def _task_vector_tensor(
         states = [{"scale": 1.0, **({"keep": keep} if keep is not None else {})} for _ in names]
         if energy:
             w, divisor = energy_w, 1.0
-    else:
+    elif sparsify == "none":
+        states = [{"scale": 1.0} for _ in names]
+    else:  # each source read whole into one reused buffer (fresh multi-megabyte tensors cost page faults)
+        theta_buf = (
+            torch.empty(base_t.numel(), device=dev) if density < 1.0 and (sparsify != "random" or rescale) else None
+        )
         states = [
-            _prepare(
+            masks.prepare(
                 sparsify,
-                chunks.read(state_dicts[name], key, whole, dev, copy=True),
+                None if theta_buf is None else chunks.read(state_dicts[name], key, whole, dev, out=theta_buf),
                 base_t,
                 shape,
                 density=density,
                 gamma=gamma,
                 epsilon=epsilon,
                 rescale=rescale,
-                rng=_rng(seed, key, name),
+                rng=masks.source_rng(seed, key, name),
                 step=step,
+                scratch=ind_buf,
             )
-            if sparsify != "none"
-            else {"scale": 1.0}
             for name in names
         ]
+        del theta_buf
     res = torch.empty(shape, dtype=dtype)
     dst = res.reshape(-1)
     for span in spans:
@@ -498,7 +317,9 @@ def _task_vector_tensor(
         b = base_t[where]
         m = b.numel()
         deltas = [
-            _sparsified(chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(b), state, where, mag_buf, ind_buf)
+            masks.sparsified(
+                chunks.read(state_dicts[name], key, span, dev, out=buf).sub_(b), state, where, mag_buf, ind_buf
+            )
             for name, state, buf in zip(names, states, bufs)
         ]
         if consensus and energy:  # SCE elects the sign on the unweighted sum
@@ -508,8 +329,10 @@ def _task_vector_tensor(
             sign.sign_().add_(0.5).sign_()
         for i, d in enumerate(deltas):
             d.mul_(w[i])
-        mixed = mixed_buf[:m].copy_(deltas[0])
-        for d in deltas[1:]:
+        mixed = (
+            mixed_buf[:m].copy_(deltas[0]) if len(deltas) == 1 else torch.add(deltas[0], deltas[1], out=mixed_buf[:m])
+        )
+        for d in deltas[2:]:
             mixed.add_(d)
         if consensus:  # keep the entries whose sign agrees with sign(Σ w_i δ_i) (>= 0 counts as +)
             if not energy:
@@ -518,7 +341,7 @@ def _task_vector_tensor(
             mixed.zero_()
             for i, d in enumerate(deltas):
                 d.mul_(sign)  # > 0 where δ_i has the majority's sign (zeros never agree)
-                div.add_(torch.sign(d, out=ind).clamp_min_(0.0), alpha=w[i])
+                div.add_(torch.gt(d, 0.0, out=ind), alpha=w[i])  # 1.0 where it agrees: one float comparison
                 mixed.add_(d.clamp_min_(0.0))
             if energy:
                 div.clamp_min_(SCE_EPS)  # mergekit's sce
