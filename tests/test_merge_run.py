@@ -352,3 +352,35 @@ def test_with_average_names_the_baseline_by_its_sources():
     assert with_average("similarity", w, compare={"transfer": other})["transfer"] == other
     with pytest.raises(ValueError, match="repeat the main weighting"):
         with_average("similarity", w, compare={"average": other})
+
+
+def test_a_plan_checked_where_it_entered_is_not_checked_again(on_disk, monkeypatch):
+    # python -m mu merge makes the plan before any weight is read; merge_models takes it as checked
+    from mu.merge import catalog, plan
+
+    base_dir, dirs = on_disk
+    weights = {k: 1.0 for k in dirs}
+    p = plan.make("ties", weights, {"density": 0.4}, sources=list(dirs), base=True, device="cpu", seed=7)
+    by_name = mm.merge_models(
+        "ties",
+        dirs,
+        weights,
+        paths.models_dir("test_merge", "by_name"),
+        base_model=base_dir,
+        device="cpu",
+        seed=7,
+        density=0.4,
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan was checked again")
+
+    monkeypatch.setattr(catalog, "resolve", refuse)
+    monkeypatch.setattr(plan, "make", refuse)
+    by_plan = mm.merge_models(
+        p, dirs, p.weights, paths.models_dir("test_merge", "by_plan"), base_model=base_dir, seed=7
+    )
+    a, b = _load(by_name), _load(by_plan)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="the plan's"):
+        mm.merge_models(p, dirs, p.weights, paths.models_dir("test_merge", "x"), base_model=base_dir, density=0.3)

@@ -217,12 +217,11 @@ def run_merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     )
                 )
             src.say(f"merging {len(job.sources)} source(s) with {job.method}")
-            knobs = dict(job.knobs)
-            seed = knobs.pop("seed", args.seed)  # the method's seed knob is merge_models' seed
+            seed = job.plan.knobs.get("seed", args.seed)  # the method's seed, also the statistics' sample
             merge_models(
-                job.method,
+                job.plan,  # checked once, in job.make, before any weight was read
                 {s.label: str(s.local) for s in job.sources},
-                job.weights,
+                job.plan.weights,
                 tmp,
                 base_model=base_for_merge,
                 mode=job.weighting,
@@ -230,7 +229,6 @@ def run_merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 device=device,
                 data=target_texts.data_source(args) if job.plan.method.statistics else None,
                 adapt_texts=adapt,
-                **knobs,
             )
             evaluation = target_texts.evaluate(job.evaluation, job.sources, tmp, device) if job.evaluation else None
             if evaluation:

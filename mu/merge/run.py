@@ -208,7 +208,7 @@ def _save(out: Path, like: Path, merged: Mapping[str, torch.Tensor], details: Ma
 
 
 def merge_models(
-    method: str,
+    method: str | plan.Plan,
     sources: Mapping[str, str | os.PathLike],
     weights: Mapping[str, float],
     out_dir: str | os.PathLike,
@@ -232,7 +232,9 @@ def merge_models(
 ) -> Path:
     """Merge the models of ``sources`` ({locale: folder or hub id}) into ``out_dir`` and return it.
 
-    ``knobs``: the method's parameters (``mu.merge.knobs(method)``). ``seed``
+    ``method``: a catalog name, or a plan already checked where the arguments entered (``mu.merge.plan.make``,
+    as ``python -m mu merge`` makes it), which is not checked again. ``knobs``: the method's parameters
+    (``mu.merge.knobs(method)``). ``seed``
     seeds DARE and the statistics' data sample. ``data`` (``"toy"``, ``"hub"`` or
     a MASSIVE-layout folder) is needed by ``fisher_dataset`` / ``regmean``,
     whose statistics are computed on each source's own train split
@@ -249,20 +251,28 @@ def merge_models(
     from mu.learn import models
 
     started = time.perf_counter()
-    stat = catalog.get(method).statistics
-    if stat in knobs:
-        raise ValueError(f"merge_models({method!r}): its {stat} are computed from `data`, not given")
-    p = plan.make(
-        method,
-        weights,
-        knobs,
-        sources=list(sources),
-        base=base_model is not None,
-        device=device,
-        head=head,
-        embeddings=embeddings,
-        seed=seed,
-    )
+    if isinstance(method, plan.Plan):  # checked where it entered (python -m mu merge): not checked again
+        p = method
+        if knobs or set(sources) != set(p.weights) or dict(weights) != p.weights:
+            raise ValueError("merge_models(plan, ...): the sources and weights are the plan's, and no knobs beside it")
+        method = p.name
+    else:
+        stat = catalog.get(method).statistics
+        if stat in knobs:
+            raise ValueError(f"merge_models({method!r}): its {stat} are computed from `data`, not given")
+        p = plan.make(
+            method,
+            weights,
+            knobs,
+            sources=list(sources),
+            base=base_model is not None,
+            device=device,
+            head=head,
+            embeddings=embeddings,
+            seed=seed,
+        )
+    stat = p.method.statistics
+    head, embeddings = p.head, p.embeddings
     _check_inputs(p.method, data, adapt_texts)
     w, dev, effective, use_base = p.weights, p.device, p.knobs, p.base
     order = list(weights)
