@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREREG = REPO / "params" / "preregistration.yaml"
 TARGETS = [f"t{i:02d}" for i in range(15)]
 IDS = sorted(str(i) for i in range(50))  # in the order records are read back (joined on sorted ids)
-STUDENT = "adapted/distilled-uriel_logits-from_iso_c/average"
+STUDENT = "adapted/distilled-uriel_logits-adaptunlabeled-from_iso_c/average"
 ORACLE, AVG, SIM, BEST, JOINT = (
     "zero-shot/best",
     "merge/linear/average",
@@ -71,7 +71,9 @@ def test_the_registration_resolves_to_the_records_system_names():
     }
     assert confirm.resolve_systems(reg, {})["best_data_free_merge"][0] is None  # not determined
     linear = confirm.resolve_systems(reg, {"04.distill.init": {"value": "linear"}})["student"][0]
-    assert linear == "adapted/distilled-uriel_logits/average"  # a student from the linear merge has no suffix
+    assert (
+        linear == "adapted/distilled-uriel_logits-adaptunlabeled/average"
+    )  # a student from the linear merge has no suffix
     assert confirm.resolve_systems(reg, {}, [STUDENT, AVG])["student"][0] == STUDENT  # the one match
     assert confirm.settings(reg) == {"alpha": 0.05, "n_boot": 2000, "n_perm": 2000, "level": 0.95}
 

@@ -287,6 +287,8 @@ def test_current_params_reads_names_from_the_parameters_cell():
         "tuning_targets": [],
         "seeds": [],
         "seed_targets": [],
+        "preregistration": "params/preregistration.yaml",
+        "confirmatory": False,
         "other": 3,
     }
     got = mu.params.current_params("06_aggregation", ns)
