@@ -12,9 +12,9 @@ little about how well they are implemented. Per method (``kind``):
   weighted sum does, at about the cost of one selection, so they share this floor.
 * ``"svd"`` (``tsv_m``, ``iso_cts``: one per source; ``iso_c``: one, of the summed task vectors,
   whatever N): a full-rank thin ``torch.linalg.svd`` (float32) of every matrix that
-  ``mu.merge.spectral`` merges through its SVD (2-D, not an embedding), on the machine's thread
-  count or on one thread, whichever is faster when measured (on a shared machine one thread beside
-  a busy process can be several times faster than two).
+  ``mu.merge.spectral`` merges through its SVD (2-D, not an embedding; a wide one as its transpose),
+  on the machine's thread count or on one thread, whichever is faster when measured (on a shared
+  machine one thread beside a busy process can be several times faster than two).
 * ``"io"``: every other method (linear, task arithmetic, the spherical ones, Model Stock,
   nearswap, arcee_fusion, widen, Fisher). Their arithmetic is elementwise or a few dot products
   per source and entry; ``karcher`` does not decompose anything (its iteration runs on the
@@ -112,7 +112,9 @@ def _select(x: torch.Tensor) -> dict[str, float]:
 
 
 def _svd(x: torch.Tensor) -> dict[str, float]:
-    """Seconds of one thin SVD of ``x`` on the current thread count and on one thread."""
+    """Seconds of one thin SVD of ``x`` on the current thread count and on one thread (a wide matrix as its
+    transpose, the faster way round, as ``mu.merge.spectral`` decomposes it)."""
+    x = x.mT if x.shape[-2] < x.shape[-1] else x
     out = {}
     for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
         before = torch.get_num_threads()

@@ -31,7 +31,8 @@ needed more than (N + 2) × the model).
   Σ α_i θ_i / sin θ_i (u_i − cos θ_i · m), at most ``max_iter`` steps, stop below ``tol``), scaled
   by Σ α_i |θ_i|; α = the weights (mergekit's ``karcher`` uses equal weights). Every iterate lies
   in the span of the u_i, so the iteration runs on N coefficients with the Gram matrix of the
-  sources (one pass, float64) and a second pass writes the combination: scratch N chunks and N × N.
+  sources (one pass, float64, on the free cores: ``chunks.compute_threads``) and a second pass writes the
+  combination: scratch N chunks (and their float64 copy in the first pass) and N × N.
 * ``nuslerp``: exactly two sources (task vectors around ``base`` when given), t = the second's
   weight: slerp of the whole tensor (``flatten``, mergekit's default), of each row (along the
   last dim), or of each column (``row_wise``); norms clamped at 1e-7, linear where

@@ -70,9 +70,14 @@ def is_matrix(key: str, shape: tuple[int, ...]) -> bool:
 
 
 def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD. A matrix LAPACK's float32 divide-and-conquer does not converge on (rank-deficient, with
-    many repeated singular values: Iso-CTS's residuals once the common subspace is projected out) is
-    decomposed again in float64 and rounded back."""
+    """Thin SVD. A wide matrix (fewer rows than columns) is decomposed as its transpose, A = U S Vᵀ from
+    Aᵀ = V S Uᵀ: on the CPU a 768 × 3072 float32 SVD took 0.96 s, its (3072 × 768) transpose 0.34 s; the
+    factors agree to float32 rounding. A matrix LAPACK's float32 divide-and-conquer does not converge on
+    (rank-deficient, with many repeated singular values: Iso-CTS's residuals once the common subspace is
+    projected out) is decomposed again in float64 and rounded back."""
+    if a.shape[-2] < a.shape[-1]:
+        v, s, uh = _svd(a.mT)
+        return uh.mT, s, v.mT
     try:
         return torch.linalg.svd(a, full_matrices=False)
     except torch.linalg.LinAlgError:
