@@ -62,6 +62,23 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenize
     return XLMRobertaTokenizer(tokenizer_object=tok, model_max_length=512)
 
 
+def encoder_config(
+    vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int, intermediate_size: int, **extra
+) -> XLMRobertaConfig:
+    """An XLM-R-architecture config of this size (XLM-R's 512 positions after its padding offset, one token
+    type): the one shape the toy base and the encoder pretrained here share; ``extra``: the rest."""
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        **extra,
+    )
+
+
 def build_toy_base(
     out_dir: str | os.PathLike = "models/toy/base",
     texts: Sequence[str] | None = None,
@@ -101,14 +118,12 @@ def build_toy_base(
     if _existing_base(out, args):
         return out
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = XLMRobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=514,
-        type_vocab_size=1,
+    config = encoder_config(
+        len(tokenizer),
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads,
+        intermediate_size,
         initializer_range=initializer_range,
         pad_token_id=1,
         bos_token_id=0,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForMaskedLM
+from transformers import AutoTokenizer, XLMRobertaForMaskedLM
 
 from mu.core import checkpoint, paths, report, threads
 from mu.corpus import data as mu_data
@@ -197,14 +197,12 @@ def pretrain(
     tok = tokenizer(tokenizer_dir, flat, vocab_size)
     corpus = mlm.Corpus(texts, tok, max_len)
     torch.manual_seed(seed)
-    config = XLMRobertaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=514,
-        type_vocab_size=1,
+    config = bases.encoder_config(
+        len(tok),
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads,
+        intermediate_size,
         pad_token_id=mlm.PAD,
         bos_token_id=mlm.BOS,
         eos_token_id=mlm.EOS,
