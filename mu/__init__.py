@@ -75,6 +75,7 @@ PUBLIC = {
     "selection": "combine",
     "selection_distill": "combine",
     "selection_student": "combine",
+    "selection_merge": "combine",
     "selection_adamerging": "combine",
     "iterative": "combine",
     "iterative_cycle": "combine",
@@ -108,6 +109,8 @@ PUBLIC = {
     "declare": "experiment",
     "budget": "experiment",
     "objectives": "experiment",
+    "seeding": "experiment",
+    "stages": "experiment",
 }
 
 

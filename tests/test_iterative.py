@@ -384,4 +384,6 @@ def test_studies_train_the_iterative_sources_as_long_as_the_one_shot_ones():
     for profile in ("mini", "massive"):
         p02, p05 = params.load_params("02_training", profile), params.load_params("05_iterative", profile)
         assert p05["max_epochs"] in (None, p02["epochs"]) and p05["lr"] in (None, p02["lr"]), profile
-        assert p05["batch_size"] == p02["batch_size"] and p05["adaptive_schedule"] is True, profile
+        assert p05["batch_size"] == p02["batch_size"], profile
+        # mini: the fixed schedule only, a budget declared in the pre-registration before any result
+        assert p05["adaptive_schedule"] is (profile == "massive"), profile

@@ -384,3 +384,31 @@ def test_distilled_row_names_its_teacher_and_costs(sources, toy_base):
     )
     with pytest.raises(ValueError, match="adamerging"):
         distill.name("soft", init="adamerging")
+
+
+def test_the_confirmatory_merge_is_the_best_data_free_one_on_dev_and_never_its_comparator(
+    sources, toy_base, no_test_split
+):
+    from mu import selection_merge
+
+    assert "linear" not in selection_merge.data_free() and "fisher_dataset" not in selection_merge.data_free()
+    assert "adamerging" not in selection_merge.data_free() and "ties" in selection_merge.data_free()
+    assert selection_merge.candidates(["linear", "ties", "regmean"]) == ["ties"]
+    common = dict(models_dir=MODELS_DIR, data="toy", max_seq_length=32, base_model=toy_base, **SELECT)
+    names = ["linear", "ties", "iso_c", "fisher_dataset"]
+    got = selection_merge.choose_confirmatory_merge("h2", TUNING, methods=names, **common)
+    assert {(r["target"], r["method"]) for r in got["evidence"]} == {(t, m) for t in TUNING for m in ("ties", "iso_c")}
+    means = {m: np.mean([r["dev_accuracy"] for r in got["evidence"] if r["method"] == m]) for m in ("ties", "iso_c")}
+    assert got["method"] == max(means, key=lambda m: (means[m], -["ties", "iso_c"].index(m)))
+    assert not any(paths.resolve(merge.merged_dir(MODELS_DIR, t, m, "average")).exists() for t in TUNING for m in means)
+    recorded = protocol.load("h2")["03.confirmatory_merge"]
+    assert (recorded["value"], recorded["chosen_by"], recorded["grid"]) == (
+        got["method"],
+        "tuning-targets",
+        ["ties", "iso_c"],
+    )
+    assert "dev split of the tuning targets" in recorded["data"] and "merge/linear/average" in recorded["note"]
+    one = selection_merge.choose_confirmatory_merge("h2", [], methods=["linear", "iso_c"], **common)
+    assert one["method"] == "iso_c" and protocol.load("h2")["03.confirmatory_merge"]["chosen_by"] == "declared"
+    with pytest.raises(ValueError, match="at least one candidate"):
+        selection_merge.choose_confirmatory_merge("h2", TUNING, methods=["linear"], **common)

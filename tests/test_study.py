@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mu import __main__ as cli
-from mu import data, paths, study, study_cli, subsample
+from mu import data, paths, stages, study, study_cli, subsample
 
 
 def test_subsample_keeps_the_same_ids_in_every_locale(tmp_path):
@@ -127,7 +127,7 @@ def test_each_stage_is_recorded_as_it_ends_so_an_interrupted_run_keeps_it(tmp_pa
     path = tmp_path / "study" / "timings.json"
     path.parent.mkdir()
     path.write_text('[{"stages": {"notebook 02": {"seconds": 5.0, "jobs": 1, "ran": 1}}}]')
-    log = study._Stages(path, targets=3, workers=2)
+    log = stages.Stages(path, targets=3, workers=2)
     log.add("notebook 05", time.perf_counter() - 2.0, 15, 15)  # then the run is killed: nothing else is written
     got = json.loads(path.read_text())
     assert len(got) == 2 and got[0]["stages"] == {"notebook 02": {"seconds": 5.0, "jobs": 1, "ran": 1}}
@@ -261,7 +261,10 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
     assert {r["chosen_by"] for r in got.values()} <= set(protocol.CHOSEN_BY)
     assert got["02.lr"]["chosen_by"] == "dev" and got["02.lr"]["value"] in (5e-4, 2e-3)
     assert got["02.epochs"]["value"] == 1 and got["02.epochs"]["note"] == "set by the user (--set)"
-    assert got["06.tuning_targets"]["value"] == ["sw-KE"] and got["study.seed_params"]["value"] == study.SEED_PARAMS
+    assert got["06.tuning_targets"]["value"] == ["sw-KE"] and got["study.seed_params"]["value"] == {
+        "03": {"adamerging": [], "compare_methods": ["iso_c"]}
+    }
+    assert got["03.confirmatory_merge"]["value"] == "iso_c"  # the one data-free candidate: declared
     assert {"pretrain.steps", "pretrain.embedding_init", "tune.lr_grid", "study.train"} <= set(got)
     assert got["study.pools"]["value"] == "disjoint" and got["study.pool_ranks"]["value"]["unlabeled"] == (
         "train ranks [48, 72)"
@@ -289,6 +292,7 @@ def test_study_run_tunes_declares_runs_the_notebooks_and_the_seeds(mu_root):
         "pretrain",
         "tune",
         "notebook 02",
+        "confirmatory merge",
         "notebook 03",
         "seed 43 notebook 02",
         "seed 43 notebook 03",
@@ -323,8 +327,33 @@ def test_a_stage_writes_the_choices_its_kernels_recorded_into_protocol_md(mu_roo
         )
 
     monkeypatch.setattr(runner, "run", fake_run)
-    study._Stages(tmp_path / "timings.json").notebook("notebook 04", "04", ["x"], "stagep", 1, {})
+    stages.Stages(tmp_path / "timings.json").notebook("notebook 04", "04", ["x"], "stagep", 1, {})
     assert (
         "| `04.distill.init` | iso_c | `tuning-targets` |"
         in paths.reports_dir("study", "stagep", "protocol.md").read_text()
     )
+
+
+def test_the_seeds_runs_take_the_main_seeds_choices_as_declared_values():
+    """A seed's run makes no choice: the main seed's recorded merge, teacher, init and lr become one-candidate
+    parameters; an unrecorded choice distils no student (it would be a new choice, made in the seed)."""
+    from mu import seeding
+
+    rec = {
+        "03.confirmatory_merge": {"value": "ties"},
+        "04.distill.teacher": {"value": "soft/similarity"},
+        "04.distill.init": {"value": "iso_c"},
+        "04.distill.lr": {"value": 3e-4},
+    }
+    got = seeding.params(rec, seeding.SEED_NOTEBOOKS)
+    assert got["03"] == {"adamerging": [], "compare_methods": ["ties", "iso_c"]}
+    assert got["04"] == {
+        "max_k": 1,
+        "distill": True,
+        "distill_teachers": ["soft/similarity"],
+        "distill_inits": ["iso_c"],
+        "distill_lrs": [3e-4],
+    }
+    assert got["05"] == {"iterative": False, "joint": ["similarity"]} and "02" not in got
+    bare = seeding.params({"03.confirmatory_merge": {"value": "linear"}}, ["03", "04"])
+    assert bare == {"03": {"adamerging": [], "compare_methods": ["iso_c"]}, "04": {"max_k": 1, "distill": False}}

@@ -41,7 +41,7 @@ HEADLINE = (
     ("merge/linear/similarity", BEST_ZERO_SHOT),
     # Added after the first result it tests (2026-12-03): the main seed's 51-target method sweep found Iso-C of
     # equal weights the one label-free single model above the oracle. The seeds' runs, not run then, test it
-    # afresh (their notebook 03 runs iso_c: mu.experiment.study.SEED_PARAMS); a claim still needs every seed.
+    # afresh (their notebook 03 runs iso_c: mu.experiment.seeding.ALSO_MERGED); a claim still needs every seed.
     ("merge/iso_c/average", BEST_ZERO_SHOT),
 )
 ALPHA = 0.05

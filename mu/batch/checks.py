@@ -247,6 +247,7 @@ PARAMETERS: dict[str, Spec] = {
     "keep_merged": BOOLEAN,
     # iterative training and its schedule (mu.combine.iterative, mu.combine.schedule)
     "merge_frequency": POSITIVE,
+    "iterative": BOOLEAN,
     "adaptive_schedule": BOOLEAN,
     "min_interval": POSITIVE,
     "max_interval": POSITIVE,

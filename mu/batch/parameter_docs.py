@@ -91,6 +91,7 @@ MEANING = {
     # iterative training
     "max_epochs": "epochs each source trains in all (None: notebook 02's)",
     "merge_frequency": "epochs between merges of the fixed schedule",
+    "iterative": "train the iterative model (merge every merge_frequency epochs); False: only the joint models",
     "adaptive_schedule": "merge when the sources converge or drop (True) or on the fixed schedule (False)",
     "min_interval": "fewest epochs between two merges",
     "max_interval": "most epochs between two merges",

@@ -254,6 +254,10 @@ def merges_frame(log: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     )
 
 
+_COMPARED = ("accuracy", "macro_f1", "epochs", "merges", "source_epochs", "optimizer_steps", "fits", "wall_s")
+_COMPARED += ("merge_epochs",)
+
+
 def compare(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
     """Runs side by side (``{name: run(...) result}``; a None run, not made, is left out): test accuracy
     and training cost (epochs, merges, source-epochs and optimiser steps trained, ``fit`` calls, wall
@@ -277,7 +281,7 @@ def compare(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
                 "merge_epochs": [e["epochs"][1] for e in log],
             }
         )
-    return pd.DataFrame(rows).set_index("run")
+    return pd.DataFrame(rows, columns=["run", *_COMPARED]).set_index("run")
 
 
 def report_rows(

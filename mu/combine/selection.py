@@ -1,7 +1,8 @@
 """What the adapted family's choices share (notebooks 03 and 04): each is made without the targets'
 test labels and recorded in the study's protocol (``mu.core.protocol``) with its evidence. The choices
 themselves: ``mu.combine.selection_distill`` (the distilled student's teacher, init and lr) and
-``mu.combine.selection_adamerging`` (AdaMerging's granularity × steps).
+``mu.combine.selection_adamerging`` (AdaMerging's granularity × steps), ``mu.combine.selection_merge`` (the
+pre-registered best data-free merge).
 
 * ``CRITERIA``: ``tuning-targets`` (mean dev accuracy of the declared tuning targets) or ``label-free``
   (a label-free score on their held-out unlabeled text); ``check_targets`` and ``check_nonempty``

@@ -14,7 +14,6 @@ protocol (the shared rules, grid cache and criteria: ``mu.combine.selection``; t
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from mu import merge
-from mu.combine import distill, selection, student
-from mu.core import paths, protocol
+from mu.combine import distill, selection, selection_merge, student
+from mu.core import protocol
 from mu.learn import evaluate, models
 
 
@@ -92,51 +91,38 @@ def choose_student_init(
                 if held
                 else None
             )
-            for method in names:
-                why = merge.sweep.not_applicable(method, w)
+            merges = selection_merge.each_merge(
+                t,
+                names,
+                w,
+                mode=mode,
+                models_dir=models_dir,
+                data=data,
+                base_model=base_model,
+                max_seq_length=max_seq_length,
+                seed=seed,
+            )
+            for method, model, tokenizer, why in merges:
                 if why:
                     rows.append({"target": t, "method": method, "note": why})
                     continue
-                out = merge.merged_dir(models_dir, t, method, mode)
-                existed = paths.resolve(out).exists()
-                merged = merge.merge_models(
-                    method,
-                    srcs,
-                    w,
-                    out,
-                    base_model=base_model,
-                    data=data,
-                    mode=mode,
-                    max_seq_length=max_seq_length,
-                    seed=seed,
-                )
-                model, tokenizer = models.load_classifier(merged, shared_tokenizer=True)
-                dev = evaluate.forward(
-                    model, tokenizer, dev_texts, batch_size=batch_size, max_seq_length=max_seq_length
-                )
-                agree = (
-                    float(
-                        np.mean(
-                            evaluate.forward(
-                                model, tokenizer, held, batch_size=batch_size, max_seq_length=max_seq_length
-                            ).argmax(axis=1)
-                            == votes
-                        )
-                    )
-                    if votes is not None
-                    else float("nan")
-                )
+
+                def predict(texts: list[str], model: Any = model, tokenizer: Any = tokenizer) -> np.ndarray:
+                    return evaluate.forward(
+                        model, tokenizer, texts, batch_size=batch_size, max_seq_length=max_seq_length
+                    ).argmax(axis=1)
+
                 rows.append(
                     {
                         "target": t,
                         "method": method,
-                        "dev_accuracy": float(np.mean(dev.argmax(axis=1) == dev_labels)),
-                        "held_out_agreement": agree,
+                        "dev_accuracy": float(np.mean(predict(dev_texts) == dev_labels)),
+                        "held_out_agreement": float(np.mean(predict(held) == votes))
+                        if votes is not None
+                        else float("nan"),
                         "note": "",
                     }
                 )
-                if not existed:
-                    shutil.rmtree(paths.resolve(merged))
         return rows
 
     rows = selection.cached(profile, "distill_init", args, compute)

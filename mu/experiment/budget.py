@@ -26,6 +26,7 @@ SHRINK = {
     "tune": "probe locales `--tune-locales`, grid `--tune-epochs` × `--tune-lrs` (cached by its arguments)",
     "notebook 01": "targets (`--targets`)",
     "notebook 02": "sources (`--set locales=[...]`), the tuned epochs (grid `--tune-epochs`), `--train`",
+    "confirmatory merge": "the data-free methods among notebook 03's `compare_methods` (once; then cached)",
     "notebook 03": "targets; `compare_modes`; the AdaMerging grid (`adamerging`, `adapt_steps`)",
     "notebook 04": "targets; `methods` × `modes`; `max_k`; distillation (`distill_epochs`, its lr grid)",
     "notebook 05": "targets (`--subset-notebooks 05`: the declared subset); `adaptive_schedule: false` halves it",

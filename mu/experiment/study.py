@@ -2,7 +2,7 @@
 
 * The declared design, fixed before any result: the fine-tuning probe (``TUNE_*``), the study's encoder
   recipe (``STUDY_PRETRAIN``), the tuning targets and the subset of costly notebooks (``TUNING_TARGETS``,
-  ``SUBSET``, their rules), the seeds' runs (``SEED_NOTEBOOKS``, ``SEED_PARAMS``).
+  ``SUBSET``, their rules), the seeds' runs (``SEED_NOTEBOOKS``; their settings: ``mu.experiment.seeding``).
 * ``run``: subsample (``mu.experiment.subsample``) → pretrain → the fine-tuning recipe chosen on dev
   (``mu.learn.tuning``) → every knob recorded (``mu.experiment.declare``, ``mu.core.protocol``) → notebooks
   01–05 over every target (05 over the declared subset) → the headline notebooks again per extra
@@ -15,18 +15,16 @@ Its command line (``python -m mu study``, ``pretrain``, ``compare-objectives``, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from mu.core import paths, report
 from mu.corpus import pools as mu_pools
-from mu.experiment import subsample
+from mu.experiment import seeding, stages, subsample
 from mu.langs import locales as mu_locales
 from mu.learn import pretrain
 
@@ -51,10 +49,9 @@ SUBSET = tuple(
     t for t in _ALPHABETICAL[::3] if t not in TUNING_TARGETS
 )  # = mu.combine.iterative_results.subset(exclude=TUNING_TARGETS)
 SUBSET_NOTEBOOKS = ("05",)  # too costly for every target at equal source-epochs: run on SUBSET
-# The seeds' runs (mu.analysis.seeds): notebook 02 again, then the headline notebooks without the adapted systems (03 with
-# iso_c beside linear: mu.analysis.seeds.HEADLINE tests it).
-SEED_NOTEBOOKS = ("02", "03", "04")
-SEED_PARAMS = {"03": {"adamerging": [], "compare_methods": ["iso_c"]}, "04": {"distill": False, "max_k": 1}}
+# The seeds' runs (mu.analysis.seeds): notebook 02 again, then the registered systems with the main seed's choices
+# (mu.experiment.seeding).
+SEED_NOTEBOOKS = seeding.SEED_NOTEBOOKS
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.learn.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = (
@@ -69,58 +66,6 @@ PRETRAIN_NOTE_PARALLEL = (
     "python -m mu study's defaults, chosen by an earlier objective comparison on 8 locales' test transfer on "
     "these same test items (the parallel pools' test ranks [0, 500)): not independent of this test set"
 )
-
-
-def _mtime(path: Path) -> int | None:
-    return path.stat().st_mtime_ns if path.is_file() else None
-
-
-class _Stages:
-    """Wall seconds, jobs and jobs that ran (not skipped) per stage of one ``run``, written to ``path``
-    (``timings.json``: one entry per invocation) after every stage, so an interrupted run keeps what it measured."""
-
-    def __init__(self, path: Path, **meta: Any) -> None:
-        self.stages: dict[str, dict[str, float]] = {}
-        self.path, self.meta = path, meta
-        self.prior = paths.read_json(path) if path.is_file() else []
-
-    def add(self, name: str, t0: float, jobs: int, ran: int) -> None:
-        self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1), "jobs": jobs, "ran": ran}
-        self.save()
-
-    def save(self, **meta: Any) -> None:
-        self.meta.update(meta)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"seconds": {k: v["seconds"] for k, v in self.stages.items()}, "stages": self.stages, **self.meta}
-        paths.write_json(self.path, [*self.prior, entry])
-
-    def notebook(
-        self, name: str, nb: str, targets: Sequence[str], profile: str, workers: int, extra: dict[str, Any]
-    ) -> pd.DataFrame:
-        from mu.batch import runner
-        from mu.core import protocol
-
-        t0 = time.perf_counter()
-        frame = runner.run([nb], targets, profile=profile, workers=workers, extra_params=extra)
-        self.add(name, t0, len(frame), int((frame["status"] != "skipped").sum()))
-        protocol.write(profile)  # the choices its kernels recorded, in protocol.md even if the run stops here
-        print(f"{name}:\n{runner.format_summary(frame)}", flush=True)
-        return frame
-
-
-@contextlib.contextmanager
-def _root(root: Path) -> Iterator[None]:
-    """Run with ``MU_ROOT`` set to another project root (an extra seed's), restored afterwards."""
-    old = os.environ.get("MU_ROOT")
-    root.mkdir(parents=True, exist_ok=True)
-    os.environ["MU_ROOT"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MU_ROOT", None)
-        else:
-            os.environ["MU_ROOT"] = old
 
 
 def _design(
@@ -176,6 +121,8 @@ def plan(design: dict, tune_jobs: int) -> dict[str, int]:
     per_target = {nb: "target_lang" in p for nb, p in design["parameters"].items()}
     out = {"subsample": 1, "pretrain": 1, **({"tune": tune_jobs} if design["tune"] else {})}
     for nb in design["notebooks"]:
+        if nb == "03":
+            out["confirmatory merge"] = 1
         if nb != "06":
             out[f"notebook {nb}"] = len(design["per_nb_targets"][nb]) if per_target[nb] else 1
     for s in design["seeds"]:
@@ -271,7 +218,7 @@ def run(
     4. run ``notebooks`` but 06 over ``targets`` (default: every locale of the profile; ``subset_notebooks``
        only over the declared ``SUBSET``), 02 with the tuned recipe;
     5. with 06 and seeds beyond 02's own (06's ``seeds``): per extra seed, ``seed_notebooks`` under
-       ``mu.analysis.seeds.seed_root(seed)`` (02 with that seed, the rest with ``SEED_PARAMS``) on 06's ``seed_targets``;
+       ``mu.analysis.seeds.seed_root(seed)`` (02 with that seed, the rest with ``mu.experiment.seeding.params`` of the main seed's choices) on 06's ``seed_targets``;
     6. notebook 06 (rerun when a seed's run did anything), then ``protocol.md``, ``timings.json`` and ``budget.md``
        under ``reports/study/<profile>/``.
 
@@ -304,7 +251,7 @@ def run(
     if budget_only:
         print(budget.write(profile, whole, workers=workers).read_text(encoding="utf-8"))
         return pd.DataFrame(columns=list(runner.SUMMARY_COLUMNS))
-    log = _Stages(
+    log = stages.Stages(
         paths.reports_dir("study", profile, "timings.json"),
         targets=len(targets),
         extra_params=extra,
@@ -319,7 +266,7 @@ def run(
         versions=report.versions(),
     )
     t0, stamp = time.perf_counter(), paths.resolve(p02["data"]) / "subsample_args.json"
-    before = _mtime(stamp)
+    before = stages.mtime(stamp)
     if subsampled:
         subsample.subsample(
             source,
@@ -333,12 +280,12 @@ def run(
             test_offset=test_offset,
             seed=p02["seed"],
         )
-    log.add("subsample", t0, 1, int(_mtime(stamp) != before))
+    log.add("subsample", t0, 1, int(stages.mtime(stamp) != before))
     t0, record = (
         time.perf_counter(),
         paths.models_dir(profile, "pretrained", objective.replace("+", "-"), "pretrain.json"),
     )
-    before = _mtime(record)
+    before = stages.mtime(record)
     pretrain.ensure(
         profile,
         objective=objective,
@@ -350,11 +297,11 @@ def run(
         minutes=minutes,
         **(pretrain_kwargs or {}),
     )
-    log.add("pretrain", t0, 1, int(_mtime(record) != before))
+    log.add("pretrain", t0, 1, int(stages.mtime(record) != before))
     tuned: dict[str, Any] = {}
     if design["tune"]:
         t0, cache = time.perf_counter(), paths.reports_dir("study", profile, "tuning", "finetune.json")
-        before = _mtime(cache)
+        before = stages.mtime(cache)
         chosen = tuning.tune_finetuning(
             profile,
             tune_locales,
@@ -368,7 +315,7 @@ def run(
             workers=workers,
         )
         tuned = {k: chosen[k] for k in TUNED if k not in extra}
-        log.add("tune", t0, tune_jobs, tune_jobs if _mtime(cache) != before else 0)
+        log.add("tune", t0, tune_jobs, tune_jobs if stages.mtime(cache) != before else 0)
     log.save(tuned=tuned)
     args = {"embedding_init": "random", **paths.read_json(record)["args"]}  # absent in the record means random
     study_knobs = {
@@ -387,16 +334,16 @@ def run(
             if design["tune"]
             else {}
         ),
-        **(
-            {"study.seed_notebooks": design["seed_notebooks"], "study.seed_params": SEED_PARAMS}
-            if design["seeds"]
-            else {}
-        ),
+        **({"study.seed_notebooks": design["seed_notebooks"]} if design["seeds"] else {}),
     }
     _declare_all(profile, design, extra, tuned, study_knobs)
     protocol.write(profile)
     frames = []
     for nb in design["notebooks"]:
+        if nb == "03":
+            t0 = time.perf_counter()
+            mine = {k: v for k, v in extra.items() if k in design["parameters"]["03"]}
+            log.add("confirmatory merge", t0, 1, int(seeding.choose_merge(profile, mine)))
         if nb != "06":
             frames.append(
                 log.notebook(
@@ -409,12 +356,17 @@ def run(
                 )
             )
     shared = {"data": _absolute(p02["data"]), "base_model": _absolute(p02["base_model"])}
+    given = seeding.params(
+        protocol.load(profile), design["seed_notebooks"], method=seeding.p03(profile, extra)["method"]
+    )
+    if design["seeds"]:
+        seeding.record(profile, given, design["seeds"])
     for seed in design["seeds"]:
-        with _root(mu_seeds.seed_root(seed)):
+        with stages.project_root(mu_seeds.seed_root(seed)):
             for nb in design["seed_notebooks"]:
                 mine = {
                     **_nb_extra(nb, design, extra, tuned),
-                    **SEED_PARAMS.get(nb, {}),
+                    **{k: v for k, v in given.get(nb, {}).items() if k in design["parameters"][nb]},
                     **{k: v for k, v in shared.items() if k in design["parameters"][nb]},
                     **({"seed": seed} if nb == "02" else {}),
                 }
