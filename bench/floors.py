@@ -20,6 +20,8 @@ little about how well they are implemented. Per method (``kind``):
   per source and entry; ``karcher`` does not decompose anything (its iteration runs on the
   N × N Gram matrix of the sources), so its floor is the I/O floor too.
 
+Which kind each method has is the catalog's ``floor`` field (``mu.merge.catalog``), not a list here.
+
 The time of one operation is measured once per distinct shape (``measure``: random float32 data;
 the fastest of a few runs within a small time budget per shape) and multiplied by how often the
 method needs it (``ops``), so the floor costs a few seconds however many tensors and sources.
@@ -35,34 +37,17 @@ from typing import Any
 
 import torch
 
-SELECT = frozenset(
-    {
-        "ties",
-        "dare_ties",
-        "dare_linear",
-        "breadcrumbs",
-        "breadcrumbs_ties",
-        "della",
-        "della_linear",
-        "sce",
-        "ram",
-        "ramplus_tl",
-    }
-)
-SVD_PER_SOURCE = frozenset({"tsv_m", "iso_cts"})
-SVD_ONCE = frozenset({"iso_c"})  # decomposes only Σ_t τ_t
 KINDS = ("select", "svd")
 BUDGET_S = 1.0  # per shape and kind: runs stop once they have taken this long (at least one run)
 REPEATS = 3
 
 
 def kind(method: str) -> str:
-    """``"select"``, ``"svd"`` or ``"io"``: what ``method``'s floor adds to the I/O floor (module docstring)."""
-    if method in SELECT:
-        return "select"
-    if method in SVD_PER_SOURCE or method in SVD_ONCE:
-        return "svd"
-    return "io"
+    """``"select"``, ``"svd"`` or ``"io"``: what ``method``'s floor adds to the I/O floor (module docstring),
+    as the catalog declares it (``Method.floor``)."""
+    from mu.merge import catalog
+
+    return catalog.get(method).floor
 
 
 def shape_key(shape: tuple[int, ...]) -> str:
@@ -86,7 +71,9 @@ def ops(method: str, n: int, shapes: Mapping[str, tuple[int, ...]]) -> dict[str,
         per = n
         counts = Counter(shape_key(tuple(s)) for s in shapes.values() if math.prod(s) > 0)
     else:
-        per = 1 if method in SVD_ONCE else n
+        from mu.merge import catalog
+
+        per = 1 if catalog.get(method).floor_once else n
         counts = Counter(shape_key(tuple(s)) for key, s in shapes.items() if decomposed(key, tuple(s)))
     return {s: c * per for s, c in counts.items() if per}
 

@@ -348,12 +348,11 @@ def test_bench_methods_are_every_data_free_method_of_the_registry():
 
 def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(monkeypatch, mu_root):
     base, sources = checkpoints.build("tiny", 2)
-    assert merging.peak_estimate("ties", 2, base) is None  # streamed: measured, then extrapolated
-    tsv, why = merging.peak_estimate("tsv_m", 2, base)
-    one, _ = merging.peak_estimate("fisher_simple", 2, base)
-    ten, _ = merging.peak_estimate("fisher_simple", 10, base)
+    # streamed (fisher_simple too, given its chunks by mu.merge.stream): measured, then extrapolated
+    assert merging.peak_estimate("ties", 2, base) is None and merging.peak_estimate("fisher_simple", 2, base) is None
+    one, why = merging.peak_estimate("tsv_m", 2, base)
     model = 4.0 * sizes.num_parameters("tiny")
-    assert model < tsv < one < ten and "SVD" in why and ten - one == pytest.approx(8 * (one - model) / 7)
+    assert model < one and "SVD" in why
 
     def fake_measure(method, base, chosen, **_):
         tool = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1.0}
@@ -362,7 +361,7 @@ def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(m
     monkeypatch.setattr(merging, "measure", fake_measure)
     skipped: list = []
     done = run._merges(
-        "fisher_simple",
+        "tsv_m",
         [2],
         base,
         sources,
@@ -374,7 +373,7 @@ def test_whole_tensor_methods_over_the_memory_limit_are_skipped_before_running(m
     )
     assert done == [] and skipped[0]["reason"].startswith("estimated peak")
     done = run._merges(
-        "fisher_simple",
+        "tsv_m",
         [2],
         base,
         sources,

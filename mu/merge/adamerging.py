@@ -47,41 +47,32 @@ def check_knobs(granularity: str, constraint: str, steps: int, lr: float) -> Non
         raise ValueError(f"adamerging needs steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
 
 
-@torch.no_grad()
-def adamerging(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    coefficients: Mapping[str, Mapping[str, Any]] | None = None,
-    granularity: str = "layer",
-    constraint: str = "simplex",
-    steps: int = 100,
-    lr: float = 0.05,
-) -> StateDict:
-    """θ = θ_base + Σ_i λ_{i,key} (θ_i − θ_base) for every tensor, with fitted ``coefficients``
-    ({locale: {tensor name: λ}}, from :func:`fit`; ``merge_models`` fits them from ``adapt_texts``).
+def setup(names: list[str], w: list[float], base: Any, *, statistics: Any = None, **_: Any) -> dict[str, Any]:
+    """AdaMerging needs the fitted coefficients and the base.
 
-    ``granularity``, ``constraint``, ``steps`` and ``lr`` are the fit's knobs: they are listed
-    here so that they are knobs of the method (in its name and its merge's fingerprint); the
-    weights were the fit's starting point.
-    """
-    if coefficients is None:
+    ``granularity``, ``constraint``, ``steps`` and ``lr`` are the fit's knobs: they are knobs of the
+    method (in its name and its merge's fingerprint); the weights were the fit's starting point."""
+    if statistics is None:
         raise ValueError(
             "adamerging needs coefficients={locale: {tensor: lambda}} fitted on the target's unlabeled "
             "texts (mu.merge.adamerging.fit; merge_models fits them from adapt_texts)"
         )
     if base is None:
         raise ValueError("adamerging needs the base (pretrained) state dict")
-    out: StateDict = {}
-    for key, b in base.items():
-        acc = b.to(torch.float64, copy=True)
-        for loc, sd in state_dicts.items():
-            if key not in coefficients[loc]:
-                raise ValueError(f"adamerging: no coefficient of {loc} for tensor {key}")
-            acc.add_(sd[key].to(torch.float64) - b.to(torch.float64), alpha=float(coefficients[loc][key]))
-        out[key] = acc.to(b.dtype)
-    return out
+    return {"names": names}
+
+
+def apply(
+    xs: torch.Tensor, b: torch.Tensor, w: list[float], *, at: Any, stats: list[Any], names: list[str], **_: Any
+) -> torch.Tensor:
+    """θ = θ_base + Σ_i λ_{i,key} (θ_i − θ_base) of one whole tensor, with the fitted coefficients ``stats``
+    ({locale: {tensor name: λ}} from :func:`fit`, this tensor's; ``merge_models`` fits them from ``adapt_texts``)."""
+    acc = b.to(torch.float64, copy=True)
+    for i, x in enumerate(xs):
+        if stats[i] is None:
+            raise ValueError(f"adamerging: no coefficient of {names[i]} for tensor {at.key}")
+        acc.add_(x.to(torch.float64) - b.to(torch.float64), alpha=float(stats[i]))
+    return acc
 
 
 def _lambdas(raw: torch.Tensor, constraint: str) -> torch.Tensor:

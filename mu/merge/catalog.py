@@ -2,8 +2,9 @@
 
 A method is a small typed record (``Method``): its name, family, knobs (``Knob``: type, range,
 default), whether it needs the pretrained base, how its kernel reads the tensors, the statistics it
-needs, its reference, mergekit's name for it, and a pointer to its kernel (``"module:function"`` plus
-the arguments that make the kernel this method). Everything else asks the catalog: the registry
+needs, its reference, mergekit's name for it, the pointers to its kernel (``apply``, ``prepare``,
+``setup``: ``"module:function"``, run by ``mu.merge.stream``'s one loop, plus the arguments that make the
+kernel this method) and its floor in the benchmarks. Everything else asks the catalog: the registry
 builds its kernels from it, the command line and the batch runner check names and knob values
 against it before any kernel starts, the docs' tables and notebook 03's introduction are generated
 from it. Nothing here imports torch, so a bad name or value is answered in milliseconds.
@@ -18,31 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mu.merge.spec import Knob, Method
+from mu.merge.spec import EPSILON, GAMMA, LAMBDA, SEED, Knob, Method, della_rule, density, rescale
 
-
-def _density(default: float) -> Knob:
-    return Knob("density", float, default, "fraction of each task vector's entries kept", 0.0, 1.0, open_low=True)
-
-
-LAMBDA = Knob("lambda_", float, 1.0, "scale of the combined task vector added to the base")
-SEED = Knob("seed", int, 42, "seed of the random masks (merge_models sets it to the run's seed)", 0)
-GAMMA = Knob("gamma", float, 0.01, "fraction of the largest entries dropped as outliers", 0.0, 1.0, open_high=True)
-EPSILON = Knob("epsilon", float, 0.15, "spread of the keep probabilities around density", 0.0, 1.0)
-
-
-def _della_rule(knobs: Mapping[str, Any]) -> str | None:
-    d, e = knobs["density"], knobs["epsilon"]
-    if d < 1.0 and not (0 < d - e and d + e < 1):
-        return f"epsilon={e} with density={d}: density ± epsilon must lie in (0, 1)"
-    return None
-
-
-def _rescale(default: bool) -> Knob:
-    return Knob("rescale", bool, default, "divide the kept entries by their keep probability")
-
-
-_TV = "taskvec:task_vectors"
+_TV = {"prepare": "taskvec:prepare", "setup": "taskvec:setup"}  # the task-vector family's one kernel
+_TV_SELECT = {**_TV, "floor": "select"}  # ... with a sparsifier: a selection per tensor and source
 _MK = "mergekit 0.1.5"
 METHODS: tuple[Method, ...] = (
     Method("linear", "averaging", "θ = Σ w_i θ_i", "taskvec:linear", reference=_MK, mergekit="linear"),
@@ -50,97 +30,105 @@ METHODS: tuple[Method, ...] = (
         "task_arithmetic",
         "task vectors",
         "θ_base + λ Σ w_i δ_i (Ilharco et al., 2023)",
-        _TV,
+        "taskvec:apply",
         (LAMBDA,),
         {"sparsify": "none", "consensus": False},
         "needs",
         reference=_MK,
         mergekit="task_arithmetic",
+        **_TV,
     ),
     Method(
         "ties",
         "task vectors",
         "magnitude pruning and sign election (Yadav et al., 2023)",
-        _TV,
-        (_density(0.5), LAMBDA, _rescale(False)),
+        "taskvec:apply",
+        (density(0.5), LAMBDA, rescale(False)),
         {"sparsify": "magnitude", "consensus": True},
         "needs",
         reference=_MK,
         mergekit="ties",
+        **_TV_SELECT,
     ),
     Method(
         "dare_ties",
         "task vectors",
         "random drop and rescale, sign election (Yu et al., 2024)",
-        _TV,
-        (_density(0.5), LAMBDA, _rescale(True), SEED),
+        "taskvec:apply",
+        (density(0.5), LAMBDA, rescale(True), SEED),
         {"sparsify": "random", "consensus": True},
         "needs",
         reference=_MK,
         mergekit="dare_ties",
+        **_TV_SELECT,
     ),
     Method(
         "dare_linear",
         "task vectors",
         "random drop and rescale, summed (Yu et al., 2024)",
-        _TV,
-        (_density(0.5), LAMBDA, _rescale(True), SEED),
+        "taskvec:apply",
+        (density(0.5), LAMBDA, rescale(True), SEED),
         {"sparsify": "random", "consensus": False},
         "needs",
         reference=_MK,
         mergekit="dare_linear",
+        **_TV_SELECT,
     ),
     Method(
         "breadcrumbs",
         "task vectors",
         "drop the smallest and the outlying entries (Davari & Belilovsky, 2024)",
-        _TV,
-        (_density(0.9), GAMMA, LAMBDA, _rescale(False)),
+        "taskvec:apply",
+        (density(0.9), GAMMA, LAMBDA, rescale(False)),
         {"sparsify": "breadcrumbs", "consensus": False},
         "needs",
         reference=_MK,
         mergekit="breadcrumbs",
+        **_TV_SELECT,
     ),
     Method(
         "breadcrumbs_ties",
         "task vectors",
         "breadcrumbs with sign election",
-        _TV,
-        (_density(0.9), GAMMA, LAMBDA, _rescale(False)),
+        "taskvec:apply",
+        (density(0.9), GAMMA, LAMBDA, rescale(False)),
         {"sparsify": "breadcrumbs", "consensus": True},
         "needs",
         reference=_MK,
         mergekit="breadcrumbs_ties",
+        **_TV_SELECT,
     ),
     Method(
         "della",
         "task vectors",
         "magnitude-ranked keep probabilities, sign election (Deep et al., 2024)",
-        _TV,
-        (_density(0.5), EPSILON, LAMBDA, _rescale(True), SEED),
+        "taskvec:apply",
+        (density(0.5), EPSILON, LAMBDA, rescale(True), SEED),
         {"sparsify": "magprune", "consensus": True},
         "needs",
         reference=_MK,
         mergekit="della",
-        rule=_della_rule,
+        rule=della_rule,
+        **_TV_SELECT,
     ),
     Method(
         "della_linear",
         "task vectors",
         "DELLA's keep probabilities, summed",
-        _TV,
-        (_density(0.5), EPSILON, LAMBDA, _rescale(True), SEED),
+        "taskvec:apply",
+        (density(0.5), EPSILON, LAMBDA, rescale(True), SEED),
         {"sparsify": "magprune", "consensus": False},
         "needs",
         reference=_MK,
         mergekit="della_linear",
-        rule=_della_rule,
+        rule=della_rule,
+        **_TV_SELECT,
     ),
     Method(
         "sce",
         "task vectors",
         "select by variance, weigh by energy, sign election (Wan et al., 2025)",
-        _TV,
+        "taskvec:apply",
         (
             Knob(
                 "density", float, 1.0, "fraction of entries kept, by variance across sources", 0.0, 1.0, open_low=True
@@ -152,6 +140,7 @@ METHODS: tuple[Method, ...] = (
         "ignored",
         reference=_MK,
         mergekit="sce",
+        **_TV_SELECT,
     ),
     Method(
         "slerp",
@@ -161,6 +150,8 @@ METHODS: tuple[Method, ...] = (
         sources=2,
         reference=_MK,
         mergekit="slerp",
+        prepare="geometric:slerp_prepare",
+        setup="geometric:pair_setup",
     ),
     Method(
         "nuslerp",
@@ -175,6 +166,8 @@ METHODS: tuple[Method, ...] = (
         sources=2,
         reference=_MK,
         mergekit="nuslerp",
+        prepare="geometric:nuslerp_prepare",
+        setup="geometric:pair_setup",
     ),
     Method(
         "multislerp",
@@ -184,6 +177,7 @@ METHODS: tuple[Method, ...] = (
         base="optional",
         reference=_MK,
         mergekit="multislerp",
+        prepare="geometric:multislerp_prepare",
     ),
     Method(
         "karcher",
@@ -196,6 +190,8 @@ METHODS: tuple[Method, ...] = (
         ),
         reference=_MK,
         mergekit="karcher",
+        prepare="geometric:karcher_prepare",
+        setup="geometric:karcher_setup",
     ),
     Method(
         "model_stock",
@@ -208,6 +204,8 @@ METHODS: tuple[Method, ...] = (
         min_sources=2,
         reference=_MK,
         mergekit="model_stock",
+        prepare="geometric:model_stock_prepare",
+        setup="geometric:model_stock_setup",
     ),
     Method(
         "nearswap",
@@ -218,6 +216,7 @@ METHODS: tuple[Method, ...] = (
         sources=2,
         reference=_MK,
         mergekit="nearswap",
+        setup="selective:pair_setup",
     ),
     Method(
         "arcee_fusion",
@@ -228,6 +227,8 @@ METHODS: tuple[Method, ...] = (
         sources=2,
         reference=_MK,
         mergekit="arcee_fusion",
+        prepare="selective:arcee_fusion_prepare",
+        setup="selective:pair_setup",
     ),
     Method(
         "ram",
@@ -239,12 +240,15 @@ METHODS: tuple[Method, ...] = (
         weights="ignored",
         reference=_MK,
         mergekit="ram",
+        prepare="selective:ram_prepare",
+        setup="selective:ram_setup",
+        floor="select",
     ),
     Method(
         "ramplus_tl",
         "selective",
         "RAM+ with overlap-aware rescaling",
-        "selective:ramplus_tl",
+        "selective:ram",
         (
             Knob("r", float, 0.1, "rescaling strength", 0.0),
             Knob("alpha", float, 0.2, "overlap threshold", 0.0, 1.0),
@@ -254,6 +258,9 @@ METHODS: tuple[Method, ...] = (
         weights="ignored",
         reference=_MK,
         mergekit="ramplus_tl",
+        prepare="selective:ram_prepare",
+        setup="selective:ram_setup",
+        floor="select",
     ),
     Method(
         "tsv_m",
@@ -264,6 +271,8 @@ METHODS: tuple[Method, ...] = (
         base="needs",
         reads="matrices",
         reference="Gargiulo et al., CVPR 2025, and the authors' code",
+        setup="spectral:setup",
+        floor="svd",
     ),
     Method(
         "iso_c",
@@ -274,6 +283,9 @@ METHODS: tuple[Method, ...] = (
         base="needs",
         reads="matrices",
         reference="Marczak et al., ICML 2025, and the authors' code",
+        setup="spectral:setup",
+        floor="svd",
+        floor_once=True,
     ),
     Method(
         "iso_cts",
@@ -284,65 +296,77 @@ METHODS: tuple[Method, ...] = (
         base="needs",
         reads="matrices",
         reference="Marczak et al., ICML 2025, and the authors' code",
+        setup="spectral:setup",
+        floor="svd",
     ),
     Method(
         "widen",
         "disentangled",
         "WIDEN: columns scored by magnitude and direction (Yu et al., 2024)",
-        "widen:widen",
+        "widen:apply",
         (
             Knob("threshold", float, 1.0, "calibrate scores above threshold x the tensor's mean", 0.0),
             Knob("calibration", float, 1.0, "the calibrated score"),
         ),
         base="needs",
         reference="Yu et al., 2024; the authors' MergeLLM widen_merging (9178ef9)",
+        prepare="widen:prepare",
+        setup="widen:setup",
+        fixed={"variant": "columns"},
     ),
     Method(
         "widen_rowwise",
         "disentangled",
         "mu's earlier reading of WIDEN: rows, threshold over the sources",
-        "widen:widen_rowwise",
+        "widen:apply",
         (
             Knob("threshold", float, 1.0, "calibrate scores above threshold x the sources' mean", 0.0),
             Knob("calibration", float, 1.0, "the calibrated score"),
         ),
         base="needs",
         reference="departs from the authors' code on axis, threshold and 1-D tensors",
+        prepare="widen:prepare",
+        setup="widen:setup",
+        fixed={"variant": "rowwise"},
     ),
     Method(
         "fisher_simple",
         "averaging",
         "mergekit-style per-tensor Fisher proxy (squared parameters)",
-        "fisher:fisher_simple",
+        "fisher:apply",
         (Knob("eps", float, 1e-12, "floor of the Fisher weights", 0.0, open_low=True),),
-        reads="tensors",
         reference="Matena & Raffel, 2022 (a data-free proxy)",
+        prepare="fisher:prepare",
+        fixed={"importance": "squares"},
     ),
     Method(
         "fisher_dataset",
         "statistics",
         "Fisher-weighted averaging with each source's empirical Fisher",
-        "fisher:fisher_dataset",
+        "fisher:apply",
         (Knob("eps", float, 1e-12, "floor of the Fisher weights", 0.0, open_low=True),),
-        reads="tensors",
         statistics="fishers",
         reference="Matena & Raffel, NeurIPS 2022",
+        prepare="fisher:prepare",
+        setup="fisher:setup",
+        fixed={"importance": "fishers"},
     ),
     Method(
         "regmean",
         "statistics",
         "closed-form regression mean from each source's Gram matrices",
-        "regmean:regmean",
+        "regmean:apply",
         (Knob("alpha", float, 0.9, "off-diagonal scale of the Gram matrices", 0.0, 1.0),),
         reads="tensors",
         statistics="grams",
         reference="Jin et al., ICLR 2023",
+        setup="regmean:setup",
     ),
     Method(
         "adamerging",
         "adaptive",
         "merge coefficients fitted by entropy on the target's unlabeled text",
-        "adamerging:adamerging",
+        "adamerging:apply",
         (
             Knob(
                 "granularity",
@@ -360,6 +384,7 @@ METHODS: tuple[Method, ...] = (
         statistics="coefficients",
         adaptive=True,
         reference="Yang et al., ICLR 2024",
+        setup="adamerging:setup",
     ),
 )
 
@@ -403,7 +428,7 @@ def where(**traits: Any) -> list[str]:
 NEEDS_BASE = frozenset(where(base="needs"))
 USES_BASE = frozenset(where(base=("needs", "optional")))
 IGNORES_WEIGHTS = frozenset(where(weights="ignored"))
-STREAMED = frozenset(where(reads="chunks"))  # read each tensor in row chunks themselves
+STREAMED = frozenset(where(reads="chunks"))  # given each tensor in row chunks
 WHOLE_MATRICES = frozenset(where(reads="matrices"))  # read each weight matrix whole, one source at a time
 ADAPTIVE = frozenset(where(adaptive=True))
 PAIRWISE = frozenset(where(sources=2))

@@ -8,11 +8,12 @@ with equal Fishers it *is* the weighted mean (= ``linear``).
 * ``fisher_dataset``: F_i is the diagonal *empirical* Fisher of source i on a
   sample of its own training data, computed beforehand by :func:`fisher_diagonal`
   and passed as ``fishers={locale: state dict of F_i}``.
+
+Both are one kernel (``apply``), run chunk by chunk by ``mu.merge.stream``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,83 +21,59 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mu.merge import batches as _batches
-from mu.merge import chunks
+from mu.merge import lazy, stream
 
 StateDict = dict[str, torch.Tensor]
 EPS = 1e-12
 
 
-def _weighted(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    importance: Callable[[str, str, torch.Tensor, slice], torch.Tensor],
-    eps: float,
-) -> StateDict:
-    """Σ w_i (F_i + eps) θ_i / Σ w_i (F_i + eps) per tensor, F_i = importance(locale, key, θ_i, piece).
-
-    Elementwise, so computed over flat pieces of at most ``chunks.CHUNK_ELEMENTS`` elements (the same
-    numbers as whole tensors): the float32 scratch (numerator, denominator, one importance) stays a few
-    MB. Whole, it was three copies of the largest tensor, 2.3 GB for XLM-R's 250k × 768 word embeddings,
-    which put fisher_simple's peak above (N + 2) × the model in ``make bench``."""
-    step = chunks.CHUNK_ELEMENTS
-    first = next(iter(state_dicts.values()))
-    out: StateDict = {}
-    for key, ref in first.items():
-        res = torch.empty(ref.shape, dtype=ref.dtype)
-        dst, n = res.reshape(-1), ref.numel()
-        for start in range(0, max(n, 1), step):
-            piece = slice(start, min(start + step, n))
-            num = torch.zeros(piece.stop - piece.start, dtype=torch.float32)
-            den = torch.zeros_like(num)
-            for loc, sd in state_dicts.items():
-                theta = sd[key].reshape(-1)[piece].to(torch.float32)
-                f = importance(loc, key, theta, piece).to(torch.float32).add(eps).mul_(weights[loc])
-                num.addcmul_(f, theta)
-                den.add_(f)
-            dst[piece] = num.div_(den)
-        out[key] = res
-    return out
-
-
-@torch.no_grad()
-def fisher_simple(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    eps: float = EPS,
-) -> StateDict:
-    """Importance-weighted mean with importance F_i = θ_i² (the base is not used)."""
-    return _weighted(state_dicts, weights, lambda loc, key, theta, piece: theta.square(), eps)
-
-
-@torch.no_grad()
-def fisher_dataset(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    fishers: Mapping[str, StateDict] | None = None,
-    eps: float = EPS,
-) -> StateDict:
-    """Fisher-weighted mean with ``fishers`` from :func:`fisher_diagonal` (one per source)."""
-    if fishers is None:
+def setup(names: list[str], w: list[float], base: Any, *, statistics: Any = None, **_: Any) -> dict[str, Any]:
+    """``fisher_dataset`` needs one Fisher per source (``fisher_simple`` has no setup)."""
+    if statistics is None:
         raise ValueError(
             "fisher_dataset needs fishers={locale: diagonal Fisher state dict}; "
             "compute them with mu.merge.fisher_diagonal (merge_models does it from `data`)"
         )
-    missing = sorted(set(state_dicts) - set(fishers))
+    missing = sorted(set(names) - set(statistics))
     if missing:
-        raise ValueError(f"fisher_dataset: no Fisher for sources {missing}; Fishers given for {sorted(fishers)}")
-    for loc, sd in state_dicts.items():
-        for key, value in sd.items():
-            f = fishers[loc].get(key)
-            if f is None or f.shape != value.shape:
-                raise ValueError(
-                    f"fisher_dataset: Fisher of {loc} for tensor {key} is "
-                    f"{'missing' if f is None else tuple(f.shape)}; expected {tuple(value.shape)}"
-                )
-    return _weighted(state_dicts, weights, lambda loc, key, theta, piece: fishers[loc][key].reshape(-1)[piece], eps)
+        raise ValueError(f"fisher_dataset: no Fisher for sources {missing}; Fishers given for {sorted(statistics)}")
+    return {}
+
+
+def prepare(t: stream.Tensor, w: list[float], *, importance: str = "squares", **_: Any) -> dict[str, Any]:
+    """Checks that each source's Fisher has this tensor's shape (``fisher_dataset``)."""
+    for i, f in enumerate(t.stats or []) if importance == "fishers" else ():
+        got = tuple(lazy.meta(f)[t.key][0]) if t.key in f else None
+        if got != tuple(t.shape):
+            raise ValueError(
+                f"fisher_dataset: Fisher of source {i} for tensor {t.key} is "
+                f"{'missing' if got is None else got}; expected {tuple(t.shape)}"
+            )
+    return {}
+
+
+def apply(
+    xs: torch.Tensor,
+    b: torch.Tensor | None,
+    w: list[float],
+    *,
+    importance: str = "squares",
+    eps: float = EPS,
+    stats: torch.Tensor | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """Σ w_i (F_i + eps) θ_i / Σ w_i (F_i + eps) of one chunk, F_i = θ_i² (``importance="squares"``,
+    ``fisher_simple``) or the source's Fisher ``stats[i]`` (``"fishers"``, ``fisher_dataset``).
+
+    Elementwise, so streamed in chunks (the same numbers as whole tensors): whole, the float32 scratch
+    was three copies of the largest tensor, 2.3 GB for XLM-R's 250k × 768 word embeddings."""
+    num = torch.zeros(xs.shape[1], dtype=torch.float32, device=xs.device)
+    den = torch.zeros_like(num)
+    for i, theta in enumerate(xs):
+        f = (theta.square() if importance == "squares" else stats[i]).add(eps).mul_(w[i])
+        num.addcmul_(f, theta)
+        den.add_(f)
+    return num.div_(den)
 
 
 def fisher_diagonal(

@@ -1,14 +1,12 @@
 """The one registry of merge methods, and ``merge``: validate, then merge tensor by tensor.
 
-A method is ``fn(state_dicts, weights, base=None, **knobs) -> state dict``.
-``merge`` checks the inputs, normalises the weights to sum 1, keeps the
-classifier head / embeddings of one source when asked, and calls ``fn`` one
-tensor at a time on ``device`` (default: CUDA when available). The methods in
-``STREAMED`` get that tensor still unread (``mu.merge.lazy.select``) and read
-it in row chunks (``mu.merge.taskvec``, ``mu.merge.geometric``): with lazily read inputs their peak
-memory is the output plus bounded scratch. The others get the tensor of each
-source (and base, statistics) on ``device``: the output plus one tensor per
-input plus the method's scratch on it.
+``METHODS[name](state_dicts, weights, base=None, **knobs) -> state dict`` is the catalog's method run by
+the one loop of ``mu.merge.stream`` (its ``prepare`` once per tensor, its ``apply`` per chunk).
+``merge`` checks the inputs, normalises the weights to sum 1, keeps the classifier head / embeddings
+of one source when asked, and runs that loop on ``device`` (default: CUDA when available). The
+methods in ``STREAMED`` are given each tensor in row chunks: with lazily read inputs their peak
+memory is the output plus bounded scratch. The others are given the tensor of each source (and
+base, statistics) on ``device``: the output plus one tensor per input plus the method's scratch on it.
 
 How the weights ({locale: weight}, validated and normalised to sum 1 here)
 reach each data-free method (all computed by ``mu`` chunk by chunk, equal to
@@ -52,46 +50,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from mu.merge import (
-    adamerging,
-    catalog,
-    checks,
-    fisher,
-    geometric,
-    lazy,
-    plan,
-    regmean,
-    selective,
-    spectral,
-    taskvec,
-    widen,
-)
+from mu.merge import catalog, checks, lazy, plan, stream
 
 StateDict = dict[str, torch.Tensor]
 
-_KERNEL_MODULES = {
-    "adamerging": adamerging,
-    "fisher": fisher,
-    "geometric": geometric,
-    "regmean": regmean,
-    "selective": selective,
-    "spectral": spectral,
-    "taskvec": taskvec,
-    "widen": widen,
-}
-
-
-def _kernel(spec: catalog.Method) -> Callable[..., StateDict]:
-    module, name = spec.kernel.split(":")
-    fn = getattr(_KERNEL_MODULES[module], name)
-    # the task-vector family: one kernel, made each method by its fixed arguments and its own defaults
-    return functools.partial(fn, **spec.fixed, **spec.defaults()) if spec.fixed else fn
-
-
-# {name: kernel}: each catalog method's kernel with the arguments that make it that method
-METHODS: dict[str, Callable[..., StateDict]] = {m.name: _kernel(m) for m in catalog.METHODS}
+# {name: kernel}: each catalog method run by the one loop, with the arguments that make it that method
+METHODS: dict[str, Callable[..., StateDict]] = {m.name: functools.partial(stream.run, m) for m in catalog.METHODS}
 HEAD_PREFIX = "classifier."
 EMBEDDINGS_PREFIX = "roberta.embeddings."
 
@@ -202,9 +167,7 @@ def apply(
 ) -> StateDict:
     """Run a checked plan (``mu.merge.plan.make``) tensor by tensor: the models' contents are checked
     here (tensors, shapes, finite values), the arguments are not checked again."""
-    spec, w, dev = p.method, p.weights, p.device
-    fn = METHODS[spec.name]
-    knobs_ = p.knobs
+    spec, w = p.method, p.weights
     sources = list(w)
     base = base if p.base else None
     keys = check_state_dicts({s: state_dicts[s] for s in sources}, base)
@@ -215,45 +178,11 @@ def apply(
         HEAD_PREFIX: _keep(p.head, HEAD_PREFIX, "head", keys),
         EMBEDDINGS_PREFIX: _keep(p.embeddings, EMBEDDINGS_PREFIX, "embeddings", keys),
     }
-    stat = spec.statistics
     if statistics is not None and set(sources) - set(statistics):
         raise ValueError(
-            f"{spec.name}: {stat} missing for sources {sorted(set(sources) - set(statistics))}; "
+            f"{spec.name}: {spec.statistics} missing for sources {sorted(set(sources) - set(statistics))}; "
             f"given for {sorted(statistics)}"
         )
-    out: StateDict = {}
-    # disable=None: off without a terminal (a kernel run by mu.batch.runner), as TQDM_DISABLE turns the others off
-    for key in tqdm(keys, desc=f"merge {spec.name}", disable=None if progress else True, leave=False):
-        owner = next((loc for prefix, loc in keep.items() if loc and key.startswith(prefix)), None)
-        if owner is not None:
-            out[key] = state_dicts[owner][key]
-            continue
-        if spec.reads in ("chunks", "matrices"):  # the tensor still unread: the method reads it
-            out.update(
-                fn(
-                    {s: lazy.select(state_dicts[s], [key]) for s in sources},
-                    w,
-                    lazy.select(base, [key]) if base is not None else None,
-                    device=dev,
-                    **knobs_,
-                )
-            )
-            continue
-        one = {s: {key: state_dicts[s][key].to(dev)} for s in sources}
-        extra = dict(knobs_)
-        if stat:  # this tensor's statistics (the method names what is missing)
-            extra[stat] = (
-                None
-                if statistics is None
-                else {s: {key: _on(statistics[s][key], dev)} if key in statistics[s] else {} for s in sources}
-            )
-        merged = fn(one, w, {key: base[key].to(dev)} if base is not None else None, **extra)
-        out.update({k: v.cpu() for k, v in merged.items()})
-        del one, extra, merged  # drop this tensor's inputs before the next are read
-    return out
-
-
-def _on(value: Any, dev: torch.device) -> Any:
-    """A statistic on the compute device (tensors: Fisher, Gram matrices); scalars (AdaMerging's
-    fitted coefficients) as they are."""
-    return value.to(dev) if isinstance(value, torch.Tensor) else value
+    return stream.run(
+        spec, state_dicts, w, base, device=p.device, statistics=statistics, keep=keep, progress=progress, **p.knobs
+    )

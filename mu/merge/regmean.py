@@ -12,12 +12,11 @@ sizes, set each source's influence) and ``alpha`` shrinks the off-diagonal
 (α = 1: plain least squares; α = 0: diagonal, a per-input-feature weighted mean).
 Every other tensor (biases, embeddings, LayerNorm) is the weighted mean Σ w_i θ_i.
 Grams come from :func:`regmean_grams` and are passed as
-``grams={locale: {"<linear>.weight": G}}``.
+``grams={locale: {"<linear>.weight": G}}``; ``apply`` merges one whole tensor (``mu.merge.stream``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,63 +32,65 @@ def _shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     return gram * alpha + torch.diag_embed(torch.diagonal(gram)) * (1.0 - alpha)
 
 
-@torch.no_grad()
-def regmean(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    grams: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    alpha: float = 0.9,
-) -> StateDict:
-    """RegMean on every Linear weight that has Grams; weighted mean elsewhere (the base is not used)."""
-    if grams is None:
+def setup(
+    names: list[str], w: list[float], base: Any, *, statistics: Any = None, alpha: float = 0.9, **_: Any
+) -> dict[str, Any]:
+    """RegMean needs every source's Grams."""
+    if statistics is None:
         raise ValueError(
             "regmean needs grams={locale: {linear weight name: Gram matrix}}; "
             "compute them with mu.merge.regmean_grams (merge_models does it from `data`)"
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"regmean alpha must be in [0, 1], got {alpha}")
-    missing = sorted(set(state_dicts) - set(grams))
+    missing = sorted(set(names) - set(statistics))
     if missing:
-        raise ValueError(f"regmean: no Grams for sources {missing}; Grams given for {sorted(grams)}")
-    first = next(iter(state_dicts.values()))
-    out: StateDict = {}
-    for key, ref in first.items():
-        has = [loc for loc in state_dicts if key in grams[loc]]
-        if has and len(has) != len(state_dicts):
+        raise ValueError(f"regmean: no Grams for sources {missing}; Grams given for {sorted(statistics)}")
+    return {"names": names}
+
+
+def apply(
+    xs: torch.Tensor,
+    b: torch.Tensor | None,
+    w: list[float],
+    *,
+    at: Any,
+    stats: list[torch.Tensor | None],
+    names: list[str],
+    alpha: float = 0.9,
+    **_: Any,
+) -> torch.Tensor:
+    """RegMean on one whole tensor: the least-squares solution where it has Grams (a Linear weight), the
+    weighted mean elsewhere (the base is not used)."""
+    key, shape = at.key, tuple(xs.shape[1:])
+    has = [names[i] for i, g in enumerate(stats) if g is not None]
+    if has and len(has) != len(names):
+        raise ValueError(f"regmean: tensor {key} has Grams for {has} but not for {sorted(set(names) - set(has))}")
+    if not has:
+        acc = torch.zeros(shape, dtype=torch.float64, device=xs.device)
+        for i, x in enumerate(xs):
+            acc.add_(x.to(torch.float64), alpha=w[i])
+        return acc
+    if len(shape) != 2:
+        raise ValueError(f"regmean: Grams given for {key} of shape {shape}; only Linear weights [out, in] have Grams")
+    lhs = torch.zeros(shape[1], shape[1], dtype=torch.float64, device=xs.device)
+    rhs = torch.zeros(shape[1], shape[0], dtype=torch.float64, device=xs.device)
+    for i, x in enumerate(xs):
+        gram = stats[i]
+        if gram.shape != (shape[1], shape[1]):
             raise ValueError(
-                f"regmean: tensor {key} has Grams for {has} but not for {sorted(set(state_dicts) - set(has))}"
+                f"regmean: Gram of {names[i]} for {key} is {tuple(gram.shape)}; expected {(shape[1], shape[1])}"
             )
-        if not has:
-            acc = torch.zeros_like(ref, dtype=torch.float64)
-            for loc, sd in state_dicts.items():
-                acc.add_(sd[key].to(torch.float64), alpha=weights[loc])
-            out[key] = acc.to(ref.dtype)
-            continue
-        if ref.dim() != 2:
-            raise ValueError(
-                f"regmean: Grams given for {key} of shape {tuple(ref.shape)}; only Linear weights [out, in] have Grams"
-            )
-        lhs = torch.zeros(ref.shape[1], ref.shape[1], dtype=torch.float64)
-        rhs = torch.zeros(ref.shape[1], ref.shape[0], dtype=torch.float64)
-        for loc, sd in state_dicts.items():
-            gram = grams[loc][key]
-            if gram.shape != (ref.shape[1], ref.shape[1]):
-                raise ValueError(
-                    f"regmean: Gram of {loc} for {key} is {tuple(gram.shape)}; expected {(ref.shape[1], ref.shape[1])}"
-                )
-            g = _shrink(gram.to(torch.float64), alpha).mul_(weights[loc])
-            lhs.add_(g)
-            rhs.add_(g @ sd[key].to(torch.float64).T)
-        try:
-            out[key] = torch.linalg.solve(lhs, rhs).T.contiguous().to(ref.dtype)
-        except torch.linalg.LinAlgError as e:
-            raise ValueError(
-                f"regmean: the weighted Gram matrix for {key} is singular (some input feature "
-                f"never varies in the data); use more examples or alpha < 1 ({e})"
-            ) from None
-    return out
+        g = _shrink(gram.to(torch.float64), alpha).mul_(w[i])
+        lhs.add_(g)
+        rhs.add_(g @ x.to(torch.float64).T)
+    try:
+        return torch.linalg.solve(lhs, rhs).T.contiguous()
+    except torch.linalg.LinAlgError as e:
+        raise ValueError(
+            f"regmean: the weighted Gram matrix for {key} is singular (some input feature "
+            f"never varies in the data); use more examples or alpha < 1 ({e})"
+        ) from None
 
 
 def regmean_grams(

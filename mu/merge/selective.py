@@ -23,8 +23,8 @@
   from ``seed`` and the tensor's name). Two passes; scratch: at most 1M importances
   (and their 1M int64 sample positions).
 
-All read the inputs in row chunks of ``chunk_elements`` (``arcee_fusion``: whole rows
-of the last dim; a vector is read whole) into reused buffers: peak per tensor = the
+All are given the inputs in row chunks of ``chunk_elements`` by ``mu.merge.stream`` (``arcee_fusion``:
+whole rows of the last dim; a vector whole), their passes before the merge in ``prepare``: peak per tensor = the
 output + (N + 1) chunks (``ram`` / ``ramplus_tl``: 2N + 5, the sources' chunks and their
 masks as one block each), plus the scratch above (``arcee_fusion``: also one float per row
 of the last dim, each row's KL kept from the first pass for the second).
@@ -32,193 +32,114 @@ of the last dim, each row's KL kept from the first pass for the second).
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from mu.merge import chunks
+from mu.merge import stream
 
 StateDict = dict[str, torch.Tensor]
 SAMPLE = 1_000_000  # mergekit arcee_fusion's _QUANTILE_SAMPLE_SIZE
 KL_EPS = 1e-8
 
 
-def _chunked(state_dicts: Mapping[str, StateDict], base: StateDict | None, key: str, step: int, dev: torch.device):
-    """(shape, dtype, spans, read): ``read(span)`` → the sources' flat float32 chunks and the base's (or None),
-    in reused buffers."""
-    first = next(iter(state_dicts.values()))
-    shape, dtype = chunks.shape_dtype(first, key)
-    spans = chunks.spans(shape, step)
-    size = chunks.flat(shape, spans[0]).stop
-    bufs = [torch.empty(size, device=dev) for _ in range(len(state_dicts) + 1)]
-
-    def read(span: chunks.Span) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        xs = [chunks.read(sd, key, span, dev, out=buf) for sd, buf in zip(state_dicts.values(), bufs)]
-        return xs, chunks.read(base, key, span, dev, out=bufs[-1]) if base is not None else None
-
-    return shape, dtype, spans, read
-
-
-def _counted(
-    sds: list[StateDict],
-    base: StateDict,
-    key: str,
-    span: chunks.Span,
-    dev: torch.device,
-    bufs: tuple[torch.Tensor, ...],
-    epsilon: float,
-) -> tuple[torch.Tensor, ...]:
-    """RAM's first step on one chunk, all sources at once: (the base's chunk, the task vectors as the rows of
-    an (N, m) block with the entries ≤ ε zeroed, their 1.0 / 0.0 "counted" masks, the counts per entry)."""
-    stack, marks, base_buf, count_buf = bufs
-    n = len(sds)
-    b = chunks.read(base, key, span, dev, out=base_buf)
-    m = b.numel()
-    d, mk = stack[: n * m].view(n, m), marks[: n * m].view(n, m)
-    for i, sd in enumerate(sds):
-        chunks.read(sd, key, span, dev, out=d[i])
-    d.sub_(b)
-    torch.gt(torch.abs(d, out=mk), epsilon, out=mk)  # |δ| > ε as 1.0 / 0.0 (float32 comparison)
-    return b, d.mul_(mk), mk, torch.sum(mk, 0, out=count_buf[:m])
-
-
-@torch.no_grad()
-def ram(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    epsilon: float = 1e-5,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
-    """RAM: the base plus, per entry, the mean of the task vectors that change it by more than ``epsilon``."""
-    return _ram(state_dicts, base, epsilon=epsilon, plus=None, device=device, chunk_elements=chunk_elements)
-
-
-@torch.no_grad()
-def ramplus_tl(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    r: float = 0.1,
-    alpha: float = 0.2,
-    epsilon: float = 1e-5,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
-    """RAM+ (tensor-local): RAM with each source's unique entries scaled by 1 + r · clamp(shared / unique, 0,
-    alpha)."""
-    return _ram(state_dicts, base, epsilon=epsilon, plus=(r, alpha), device=device, chunk_elements=chunk_elements)
-
-
-def _ram(
-    state_dicts: Mapping[str, StateDict],
-    base: StateDict | None,
-    *,
-    epsilon: float,
-    plus: tuple[float, float] | None,
-    device: str | torch.device | None,
-    chunk_elements: int | None,
-) -> StateDict:
+def ram_setup(names: list[str], w: list[float], base: Any, *, epsilon: float = 1e-5, **_: Any) -> dict[str, Any]:
     if base is None:
         raise ValueError("ram / ramplus_tl need the base (pretrained) state dict")
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    sds = list(state_dicts.values())
-    n = len(sds)
-    out: StateDict = {}
-    with chunks.single_threaded(dev):
-        for key in base:
-            shape, dtype = chunks.shape_dtype(base, key)
-            spans = chunks.spans(shape, step)
-            size = chunks.flat(shape, spans[0]).stop
-            # the sources' chunks as the rows of one (N, m) block, their 1.0 / 0.0 "counted" masks, the
-            # base's chunk and the counts: every step below is one operation over all sources
-            stack, marks = (torch.empty(n * size, device=dev) for _ in range(2))
-            base_buf, count_buf, one_buf, fac_buf, acc_buf = (torch.empty(size, device=dev) for _ in range(5))
-            bufs = (stack, marks, base_buf, count_buf)
-            lam = None
-            if plus is not None:  # pass 1: per source, entries shared with another source and its own
-                shared = torch.zeros(n, dtype=torch.float64, device=dev)
-                unique = torch.zeros_like(shared)
-                for span in spans:
-                    _, _, mk, counts = _counted(sds, base, key, span, dev, bufs, epsilon)
-                    one = torch.eq(counts, 1.0, out=one_buf[: counts.numel()])
-                    exact = torch.float32 if counts.numel() < 2**24 else torch.float64  # sums of 1.0s stay exact
-                    total_i, unique_i = mk.to(exact).sum(1), torch.mv(mk.to(exact), one.to(exact))
-                    unique += unique_i.double()
-                    shared += (total_i - unique_i).double()
-                r, alpha = plus
-                # int64 counts divided as mergekit divides them (float32)
-                rho = shared.cpu().round().long() / unique.cpu().round().long().clamp(min=epsilon)
-                lam = (1 + r * rho.clamp(min=0, max=alpha)).tolist()
-            res = torch.empty(shape, dtype=dtype)
-            dst = res.reshape(-1)
-            for span in spans:  # the unique entries (scaled by λ_i) plus the shared ones averaged
-                b, d, _, counts = _counted(sds, base, key, span, dev, bufs, epsilon)
-                m = b.numel()
-                # mergekit's d·unique·λ_i + d·overlap / max(count, 1), term by term: a shared entry is d / count,
-                # a unique one d / 1 · λ_i, an uncounted one 0 (d is zero there)
-                d.div_(counts.clamp_(min=1.0))
-                if lam is not None:
-                    # (clamped, an uncounted entry reads as unique: its δ's are all 0, so × λ_i changes nothing)
-                    one = torch.eq(counts, 1.0, out=one_buf[:m])
-                    other = torch.ne(counts, 1.0, out=counts)  # the counts are not needed any more
-                    for i in range(n):  # × λ_i where unique, × 1 elsewhere (exact: one of the two terms is 0)
-                        d[i].mul_(torch.mul(one, lam[i], out=fac_buf[:m]).add_(other))
-                merged = d[0] if n == 1 else torch.add(d[0], d[1], out=acc_buf[:m])
-                for i in range(2, n):
-                    merged.add_(d[i])
-                dst[chunks.flat(shape, span)] = merged.add_(b)
-            out[key] = res
-    return out
+    return {}
 
 
-def _pair(
-    state_dicts: Mapping[str, StateDict], weights: Mapping[str, float], method: str
-) -> tuple[str, str, dict[str, StateDict]]:
-    """(a, b, {a: .., b: ..}): mergekit's base (the larger weight; the first on a tie) and the other of exactly
-    two sources."""
-    if len(state_dicts) != 2:
-        raise ValueError(f"{method} merges exactly 2 sources, got {len(state_dicts)}: {list(state_dicts)}")
-    first, second = list(state_dicts)
-    a, b = (second, first) if float(weights[second]) > float(weights[first]) else (first, second)
-    return a, b, {a: state_dicts[a], b: state_dicts[b]}
+def _counted(xs: torch.Tensor, b: torch.Tensor, bufs: dict[str, torch.Tensor], epsilon: float):
+    """RAM's first step on one chunk, all sources at once: (the task vectors as the rows of the (N, m) block
+    ``xs`` with the entries ≤ ε zeroed, their 1.0 / 0.0 "counted" masks, the counts per entry)."""
+    n, m = xs.shape
+    mk = bufs["marks"][: n * m].view(n, m)
+    xs.sub_(b)
+    torch.gt(torch.abs(xs, out=mk), epsilon, out=mk)  # |δ| > ε as 1.0 / 0.0 (float32 comparison)
+    return xs.mul_(mk), mk, torch.sum(mk, 0, out=bufs["count"][:m])
 
 
-@torch.no_grad()
-def nearswap(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
+def ram_prepare(
+    t: stream.Tensor,
+    w: list[float],
     *,
-    t: float = 1e-4,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
-    """NearSwap: the larger-weighted source a, moved to the other b where they differ by less than ~``t``."""
+    epsilon: float = 1e-5,
+    r: float | None = None,
+    alpha: float | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Reused buffers; for RAM+ (``r`` given) a first pass: per source, the entries it shares with another
+    source and its own, and λ_i from them."""
+    n, dev = t.n, t.device
+    # the sources' 1.0 / 0.0 "counted" masks as one block, the counts: every step is one operation over all sources
+    bufs = {"marks": torch.empty(n * t.size, device=dev)}
+    bufs.update({k: torch.empty(t.size, device=dev) for k in ("count", "one", "fac", "acc")})
+    if r is None:
+        return {"bufs": bufs, "lam": None}
+    shared = torch.zeros(n, dtype=torch.float64, device=dev)
+    unique = torch.zeros_like(shared)
+    for _, xs, b in t.chunks():
+        _, mk, counts = _counted(xs, b, bufs, epsilon)
+        one = torch.eq(counts, 1.0, out=bufs["one"][: counts.numel()])
+        exact = torch.float32 if counts.numel() < 2**24 else torch.float64  # sums of 1.0s stay exact
+        total_i, unique_i = mk.to(exact).sum(1), torch.mv(mk.to(exact), one.to(exact))
+        unique += unique_i.double()
+        shared += (total_i - unique_i).double()
+    # int64 counts divided as mergekit divides them (float32)
+    rho = shared.cpu().round().long() / unique.cpu().round().long().clamp(min=epsilon)
+    return {"bufs": bufs, "lam": (1 + r * rho.clamp(min=0, max=alpha)).tolist()}
+
+
+def ram(
+    xs: torch.Tensor,
+    b: torch.Tensor,
+    w: list[float],
+    *,
+    epsilon: float = 1e-5,
+    lam: list[float] | None = None,
+    bufs: dict[str, torch.Tensor],
+    **_: Any,
+) -> torch.Tensor:
+    """RAM: the base plus, per entry, the mean of the task vectors that change it by more than ``epsilon``;
+    RAM+ (``lam`` from ``ram_prepare``): each source's unique entries scaled by λ_i."""
+    n, m = xs.shape
+    d, _, counts = _counted(xs, b, bufs, epsilon)
+    # mergekit's d·unique·λ_i + d·overlap / max(count, 1), term by term: a shared entry is d / count,
+    # a unique one d / 1 · λ_i, an uncounted one 0 (d is zero there)
+    d.div_(counts.clamp_(min=1.0))
+    if lam is not None:
+        # (clamped, an uncounted entry reads as unique: its δ's are all 0, so × λ_i changes nothing)
+        one = torch.eq(counts, 1.0, out=bufs["one"][:m])
+        other = torch.ne(counts, 1.0, out=counts)  # the counts are not needed any more
+        for i in range(n):  # × λ_i where unique, × 1 elsewhere (exact: one of the two terms is 0)
+            d[i].mul_(torch.mul(one, lam[i], out=bufs["fac"][:m]).add_(other))
+    merged = d[0] if n == 1 else torch.add(d[0], d[1], out=bufs["acc"][:m])
+    for i in range(2, n):
+        merged.add_(d[i])
+    return merged.add_(b)
+
+
+def pair_setup(names: list[str], w: list[float], base: Any, *, method: str = "", t: float = 0.0, **_: Any):
+    """(the index of mergekit's base a: the larger weight, the first on a tie; of the other b) of exactly
+    two sources."""
+    if len(names) != 2:
+        raise ValueError(f"{method} merges exactly 2 sources, got {len(names)}: {names}")
     if not t >= 0:
         raise ValueError(f"nearswap: t must be >= 0, got {t}")
-    a_name, b_name, pair = _pair(state_dicts, weights, "nearswap")
-    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    out: StateDict = {}
-    with chunks.single_threaded(dev):
-        for key in state_dicts[a_name]:
-            shape, dtype, spans, read = _chunked(pair, None, key, step, dev)
-            res = torch.empty(shape, dtype=dtype)
-            dst = res.reshape(-1)
-            for span in spans:
-                (a, b), _ = read(span)
-                w = torch.sub(a, b).abs_().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0, 1)  # t / |a - b|
-                dst[chunks.flat(shape, span)] = b.mul_(w).add_(a.mul_(w.neg_().add_(1)))
-            out[key] = res
-    return out
+    return {"pair": (1, 0) if w[1] > w[0] else (0, 1)}
+
+
+def nearswap(
+    xs: torch.Tensor, b: torch.Tensor | None, w: list[float], *, pair: tuple[int, int], t: float = 1e-4, **_: Any
+) -> torch.Tensor:
+    """NearSwap: the larger-weighted source a, moved to the other b where they differ by less than ~``t``."""
+    a, other = xs[pair[0]], xs[pair[1]]
+    f = torch.sub(a, other).abs_().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0, 1)  # t / |a - b|
+    return other.mul_(f).add_(a.mul_(f.neg_().add_(1)))
 
 
 def _kl_rows(params: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -245,76 +166,68 @@ def _generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
-@torch.no_grad()
+def arcee_fusion_prepare(
+    t: stream.Tensor, w: list[float], *, pair: tuple[int, int], seed: int = 42, **_: Any
+) -> dict[str, Any]:
+    """Pass 1 of Arcee Fusion: each row's KL, the importances (of the sampled entries), the threshold."""
+    shape, dev, n = t.shape, t.device, t.numel
+    last = shape[-1] if shape else 1
+    if len(shape) < 2:  # whole rows of the last dim: a vector (or scalar) is one chunk
+        t.respan(max(t.step, n))
+    diff_buf, imp_buf = torch.empty(t.size, device=dev), torch.empty(t.size, device=dev)
+    # one KL per row of the last dim, kept from pass 1 for pass 2: the softmaxes and the log are
+    # most of the work, and a row's KL is a float (250002 floats for the largest embedding)
+    kl = torch.empty(n // last, device=dev)
+    pos = order = None
+    if n > SAMPLE:  # mergekit samples with replacement; here from a seeded generator per tensor
+        pos = torch.randint(n, (SAMPLE,), generator=_generator(seed, t.key))
+        # in index order, to fill the sample chunk by chunk; a repeated position gives each of its
+        # slots the same importance, so any order of repeats does (numpy's SIMD argsort: ~10x torch.sort)
+        order = torch.from_numpy(np.argsort(pos.numpy()))
+        sorted_pos = pos[order]
+        sample = torch.empty(SAMPLE, device=dev)
+    else:
+        sample = torch.empty(n, device=dev)
+    for at, xs, _ in t.chunks(base=False):
+        a, b = xs[pair[0]], xs[pair[1]]
+        where = at.flat
+        k = _kl_rows(b.view(-1, last), a.view(-1, last))
+        kl[where.start // last : where.stop // last] = k.view(-1)
+        if pos is None:  # every importance: |b − a| · KL of its row (mergekit's _compute_importance)
+            sample[where] = torch.sub(b, a, out=diff_buf[: b.numel()]).abs_().view(-1, last).mul_(k).view(-1)
+        else:
+            lo, hi = (int(torch.searchsorted(sorted_pos, v)) for v in (where.start, where.stop))
+            at_ = (sorted_pos[lo:hi] - where.start).to(dev)
+            sample[order[lo:hi].to(dev)] = (b[at_] - a[at_]).abs_().mul_(k.view(-1)[at_ // last])
+    q = torch.tensor([0.25, 0.5, 0.75])
+    idx = (q * (sample.numel() - 1)).long()  # mergekit's quantile positions
+    q1, median, q3 = _order_statistics(sample, idx)
+    return {"kl": kl, "threshold": median + 1.5 * (q3 - q1), "last": last, "bufs": (diff_buf, imp_buf)}
+
+
 def arcee_fusion(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
+    xs: torch.Tensor,
+    b: torch.Tensor | None,
+    w: list[float],
     *,
-    seed: int = 42,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
+    at: stream.At,
+    pair: tuple[int, int],
+    kl: torch.Tensor,
+    threshold: torch.Tensor,
+    last: int,
+    bufs: tuple[torch.Tensor, torch.Tensor],
+    **_: Any,
+) -> torch.Tensor:
     """Arcee Fusion: the larger-weighted source a plus the other's changes b − a where they are important
-    (importance ≥ median + 1.5 IQR)."""
-    a_name, b_name, pair = _pair(state_dicts, weights, "arcee_fusion")
-    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    out: StateDict = {}
-    with chunks.single_threaded(dev):
-        for key in state_dicts[a_name]:
-            shape, dtype = chunks.shape_dtype(state_dicts[a_name], key)
-            n = math.prod(shape)
-            last = shape[-1] if shape else 1
-            # whole rows of the last dim: a vector (or scalar) is one chunk
-            span_step = step if len(shape) >= 2 else max(step, n)
-            _, _, spans, read = _chunked(pair, None, key, span_step, dev)
-            if n == 0:
-                out[key] = torch.empty(shape, dtype=dtype)
-                continue
-            size = chunks.flat(shape, spans[0]).stop
-            diff_buf, imp_buf = torch.empty(size, device=dev), torch.empty(size, device=dev)
-            # one KL per row of the last dim, kept from pass 1 for pass 2: the softmaxes and the log are
-            # most of the work, and a row's KL is a float (250002 floats for the largest embedding)
-            kl = torch.empty(n // last, device=dev)
-            pos = order = None
-            if n > SAMPLE:  # mergekit samples with replacement; here from a seeded generator per tensor
-                pos = torch.randint(n, (SAMPLE,), generator=_generator(seed, key))
-                # in index order, to fill the sample chunk by chunk; a repeated position gives each of its
-                # slots the same importance, so any order of repeats does (numpy's SIMD argsort: ~10x torch.sort)
-                order = torch.from_numpy(np.argsort(pos.numpy()))
-                sorted_pos = pos[order]
-                sample = torch.empty(SAMPLE, device=dev)
-            else:
-                sample = torch.empty(n, device=dev)
-            for span in spans:  # pass 1: each row's KL, the importances (of the sampled entries)
-                (a, b), _ = read(span)
-                where = chunks.flat(shape, span)
-                k = _kl_rows(b.view(-1, last), a.view(-1, last))
-                kl[where.start // last : where.stop // last] = k.view(-1)
-                if pos is None:  # every importance: |b − a| · KL of its row (mergekit's _compute_importance)
-                    sample[where] = torch.sub(b, a, out=diff_buf[: b.numel()]).abs_().view(-1, last).mul_(k).view(-1)
-                else:
-                    lo, hi = (int(torch.searchsorted(sorted_pos, v)) for v in (where.start, where.stop))
-                    at = (sorted_pos[lo:hi] - where.start).to(dev)
-                    sample[order[lo:hi].to(dev)] = (b[at] - a[at]).abs_().mul_(k.view(-1)[at // last])
-            q = torch.tensor([0.25, 0.5, 0.75])
-            idx = (q * (sample.numel() - 1)).long()  # mergekit's quantile positions
-            q1, median, q3 = _order_statistics(sample, idx)
-            threshold = median + 1.5 * (q3 - q1)
-            del sample
-            res = torch.empty(shape, dtype=dtype)
-            dst = res.reshape(-1)
-            for span in spans:  # pass 2: a + (b − a) where important
-                (a, b), _ = read(span)
-                where = chunks.flat(shape, span)
-                m = b.numel()
-                diff = torch.sub(b, a, out=diff_buf[:m])
-                imp = (
-                    torch.abs(diff, out=imp_buf[:m])
-                    .view(-1, last)
-                    .mul_(kl[where.start // last : where.stop // last].view(-1, 1))
-                    .view(-1)
-                )
-                dst[where] = a.add_(diff.mul_(torch.ge(imp, threshold, out=imp)))  # as a + (b − a) · mask
-            out[key] = res
-    return out
+    (importance ≥ median + 1.5 IQR, from ``arcee_fusion_prepare``)."""
+    a, other = xs[pair[0]], xs[pair[1]]
+    where = at.flat
+    m = other.numel()
+    diff = torch.sub(other, a, out=bufs[0][:m])
+    imp = (
+        torch.abs(diff, out=bufs[1][:m])
+        .view(-1, last)
+        .mul_(kl[where.start // last : where.stop // last].view(-1, 1))
+        .view(-1)
+    )
+    return a.add_(diff.mul_(torch.ge(imp, threshold, out=imp)))  # as a + (b − a) · mask

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 Reads = Literal["chunks", "matrices", "tensors"]
+Floor = Literal["io", "select", "svd"]
 BaseUse = Literal["needs", "optional", "unused"]
 
 FAMILIES = {
@@ -78,14 +79,18 @@ class Knob:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One merge method. ``kernel`` is ``"module:function"`` in ``mu.merge``; ``fixed`` are the kernel
-    arguments that make it this method (TIES is ``task_vectors`` with magnitude sparsification and
-    sign consensus), never knobs."""
+    """One merge method. ``apply`` (the merge of one piece of a tensor), ``prepare`` (what it needs of the
+    whole tensor first) and ``setup`` (checks and constants of the whole merge) are ``"module:function"``
+    in ``mu.merge``, run by the one loop of ``mu.merge.stream``; ``fixed`` are the kernel arguments
+    that make it this method (TIES is the task-vector kernel with magnitude sparsification and sign
+    consensus), never knobs. ``reads``: what ``apply`` is given (``mu.merge.stream``). ``floor``:
+    the work it cannot avoid beyond reading and writing (``bench.floors``): ``"select"`` a selection
+    per tensor and source, ``"svd"`` an SVD per matrix and source (``floor_once``: one per matrix)."""
 
     name: str
     family: str
     summary: str
-    kernel: str
+    apply: str
     knobs: tuple[Knob, ...] = ()
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     base: BaseUse = "unused"
@@ -93,6 +98,10 @@ class Method:
     sources: int | None = None  # an exact number of sources; None: any number
     min_sources: int = 1
     reads: Reads = "chunks"
+    prepare: str | None = None
+    setup: str | None = None
+    floor: Floor = "io"
+    floor_once: bool = False
     statistics: str | None = None  # the per-source statistics it is given: "fishers", "grams", "coefficients"
     adaptive: bool = False  # fitted on the target's unlabeled text: the "adapted" family
     reference: str = ""
@@ -108,3 +117,25 @@ class Method:
             if k.name == name:
                 return k
         raise ValueError(f"merge method {self.name!r} does not take {name!r}; its knobs: {sorted(self.defaults())}")
+
+
+# Knobs several methods of the catalog share (``mu.merge.catalog``).
+def density(default: float) -> Knob:
+    return Knob("density", float, default, "fraction of each task vector's entries kept", 0.0, 1.0, open_low=True)
+
+
+LAMBDA = Knob("lambda_", float, 1.0, "scale of the combined task vector added to the base")
+SEED = Knob("seed", int, 42, "seed of the random masks (merge_models sets it to the run's seed)", 0)
+GAMMA = Knob("gamma", float, 0.01, "fraction of the largest entries dropped as outliers", 0.0, 1.0, open_high=True)
+EPSILON = Knob("epsilon", float, 0.15, "spread of the keep probabilities around density", 0.0, 1.0)
+
+
+def della_rule(knobs: Mapping[str, Any]) -> str | None:
+    d, e = knobs["density"], knobs["epsilon"]
+    if d < 1.0 and not (0 < d - e and d + e < 1):
+        return f"epsilon={e} with density={d}: density ± epsilon must lie in (0, 1)"
+    return None
+
+
+def rescale(default: bool) -> Knob:
+    return Knob("rescale", bool, default, "divide the kept entries by their keep probability")

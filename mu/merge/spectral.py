@@ -23,8 +23,9 @@ to the base: θ = θ_base + λ · Δ.
   mean as in Iso-C (the authors' ``iso_cts``, ``common_space_fraction`` 0.8).
 
 Every other tensor (biases, LayerNorm, and the embeddings, see below) is the mean of the task
-vectors, θ_base + λ · mean_t τ_t, as in both authors' code (computed chunk by chunk by
-``mu.merge.taskvec``).
+vectors, θ_base + λ · mean_t τ_t, as in both authors' code (computed chunk by chunk:
+``mu.merge.taskvec.mean``). The catalog's ``reads="matrices"`` has ``mu.merge.stream`` give ``apply``
+each SVD-merged matrix's sources one at a time, whole, and every other tensor in chunks.
 
 **Weights.** ``{locale: weight}`` (normalised to sum 1) enter by scaling each task vector by
 T·w_t before anything else: τ'_t = T w_t τ_t. Equal weights give exactly the papers' methods;
@@ -54,19 +55,18 @@ is decomposed as it is read.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from mu.merge import chunks, lazy, taskvec
+from mu.merge import chunks, stream, taskvec
 
 StateDict = dict[str, torch.Tensor]
 TaskVector = Callable[[int], torch.Tensor]  # t -> τ'_t = T·w_t·(θ_t − θ_base) of one matrix (float32, on the device)
 
 
-def is_matrix(key: str, shape: tuple[int, ...]) -> bool:
-    """Whether ``key`` is merged through its SVD: 2-D and not an embedding (see the module docstring)."""
-    return len(shape) == 2 and min(shape) > 0 and not any("embed" in part for part in key.split("."))
+is_matrix = stream.is_matrix  # which tensors are merged through their SVD (module docstring)
 
 
 def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,115 +151,65 @@ def _iso_cts(
     return _polar(u_cat).mul_(s_cat.mean()) @ _polar(v_cat)
 
 
-def _check_lambda(lambda_: float) -> None:
+def setup(
+    names: list[str], w: list[float], base: Any, *, lambda_: float = 1.0, common_fraction: float = 0.8, **_: Any
+) -> dict[str, Any]:
+    """The checks of a spectral merge, each task vector's scale T·w_t, the weights of the other tensors' mean."""
+    if base is None:
+        raise ValueError("the spectral methods merge task vectors: they need the base (pretrained) state dict")
     if not isinstance(lambda_, (int, float)) or isinstance(lambda_, bool) or not math.isfinite(lambda_):
         raise ValueError(f"lambda_ must be a finite number, got {lambda_!r}")
+    if not isinstance(common_fraction, (int, float)) or not 0.0 <= common_fraction <= 1.0:
+        raise ValueError(f"common_fraction must be in [0, 1], got {common_fraction!r}")
+    total = float(sum(w))
+    scale = [len(w) * x / total for x in w]  # T·w_t: 1 each with equal weights
+    return {**taskvec.setup(names, w, base), "scale": scale}
 
 
-@torch.no_grad()
-def _merge(
+def _apply(
     matrix: Callable[..., torch.Tensor],
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None,
-    lambda_: float,
-    device: str | torch.device | None,
-    chunk_elements: int | None,
-    what: str,
-    **kw,
-) -> StateDict:
-    """θ_base + λ·Δ per tensor: ``matrix`` gives Δ of each SVD-merged matrix from the scaled task vectors,
-    every other tensor is the weighted mean of the task vectors (``mu.merge.taskvec``, chunk by chunk)."""
-    if base is None:
-        raise ValueError(f"{what} merges task vectors: it needs the base (pretrained) state dict")
-    _check_lambda(lambda_)
-    dev = chunks.device(device)
-    names = list(state_dicts)
-    if not names:
-        raise ValueError(f"{what}: no sources to merge")
-    total = float(sum(weights[k] for k in names))
-    scale = [len(names) * float(weights[k]) / total for k in names]  # T·w_t: 1 each with equal weights
-    out: StateDict = {}
-    for key in base:
-        shape, dtype = chunks.shape_dtype(base, key)
-        if not is_matrix(key, shape):
-            out.update(
-                taskvec.task_vectors(
-                    {k: lazy.select(state_dicts[k], [key]) for k in names},
-                    weights,
-                    lazy.select(base, [key]),
-                    lambda_=lambda_,
-                    device=dev,
-                    chunk_elements=chunk_elements,
-                )
-            )
-            continue
-        whole = (0, shape[0])
-        theta0 = chunks.read(base, key, whole, dev, copy=True).view(shape)
-
-        def task(t: int) -> torch.Tensor:
-            x = chunks.read(state_dicts[names[t]], key, whole, dev, copy=True).view(shape)
-            return x.sub_(theta0).mul_(scale[t])  # noqa: F821 (theta0 is bound before task is called; del comes after)
-
-        with chunks.compute_threads(dev, math.prod(shape)):
-            delta = matrix(task, len(names), shape, dev, **kw)
-        out[key] = theta0.add_(delta, alpha=lambda_).to(device="cpu", dtype=dtype)
-        del theta0, delta
-    return out
-
-
-def tsv_m(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
+    xs: stream.Sources | torch.Tensor,
+    b: torch.Tensor,
     *,
+    scale: list[float],
+    w32: list[float],
+    divisor: float,
     lambda_: float = 1.0,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
+    **kw: Any,
+) -> torch.Tensor:
+    """θ_base + λ·Δ: ``matrix`` gives Δ of an SVD-merged matrix (``xs``: its sources, read whole one at a
+    time) from the scaled task vectors; a chunk of any other tensor is the weighted mean of the task vectors."""
+    if not isinstance(xs, stream.Sources):
+        return taskvec.mean(xs, b, w32, divisor, lambda_)
+
+    def task(t: int) -> torch.Tensor:
+        return xs[t].sub_(b).mul_(scale[t])
+
+    with chunks.compute_threads(b.device, b.numel()):
+        delta = matrix(task, len(xs), tuple(b.shape), b.device, **kw)
+    return b.add_(delta, alpha=lambda_)
+
+
+def tsv_m(xs: stream.Sources | torch.Tensor, b: torch.Tensor, w: list[float], **knobs: Any) -> torch.Tensor:
     """TSV-M: per weight matrix, each task vector's top ⌊r/T⌋ singular components, concatenated,
     U and V orthogonalised (Procrustes), Δ = U⊥ Σ V⊥ᵀ; θ = θ_base + λ·Δ (module docstring)."""
-    return _merge(_tsv, state_dicts, weights, base, lambda_, device, chunk_elements, "tsv_m")
+    knobs.pop("common_fraction", None)
+    return _apply(_tsv, xs, b, **_only(knobs))
 
 
-def iso_c(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    lambda_: float = 1.0,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
+def iso_c(xs: stream.Sources | torch.Tensor, b: torch.Tensor, w: list[float], **knobs: Any) -> torch.Tensor:
     """Iso-C: per weight matrix, Σ_t τ_t = U S Vᵀ → Δ = mean(S) · U Vᵀ; θ = θ_base + λ·Δ (module docstring)."""
-    return _merge(_iso_c, state_dicts, weights, base, lambda_, device, chunk_elements, "iso_c")
+    return _apply(_iso_c, xs, b, **_only(knobs))
 
 
 def iso_cts(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    lambda_: float = 1.0,
-    common_fraction: float = 0.8,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
+    xs: stream.Sources | torch.Tensor, b: torch.Tensor, w: list[float], *, common_fraction: float = 0.8, **knobs: Any
+) -> torch.Tensor:
     """Iso-CTS: common subspace (``common_fraction`` of the directions, from Σ_t τ_t) plus task-specific
     directions of each τ_t outside it, orthogonalised, flat spectrum; θ = θ_base + λ·Δ (module docstring)."""
-    if not isinstance(common_fraction, (int, float)) or not 0.0 <= common_fraction <= 1.0:
-        raise ValueError(f"common_fraction must be in [0, 1], got {common_fraction!r}")
-    return _merge(
-        _iso_cts,
-        state_dicts,
-        weights,
-        base,
-        lambda_,
-        device,
-        chunk_elements,
-        "iso_cts",
-        common_fraction=common_fraction,
-    )
+    return _apply(_iso_cts, xs, b, common_fraction=common_fraction, **_only(knobs))
 
 
-METHODS = {"tsv_m": tsv_m, "iso_c": iso_c, "iso_cts": iso_cts}
+def _only(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments ``_apply`` takes of what the loop passes."""
+    return {k: knobs[k] for k in ("scale", "w32", "divisor", "lambda_") if k in knobs}

@@ -49,10 +49,13 @@ scored on the raw |τ|.
 (T sources): equal weights give the authors' method (which has no weights); the scores (steps 1-4)
 come from the unscaled models, since ranks and the softmax compare sources, not their share.
 
-**Memory and streaming.** Computed by ``mu`` chunk by chunk (``mu.merge.chunks``): a first pass over
-row chunks of every source collects, per scored unit (column of a matrix, row of an embedding, element
+**One kernel, two variants.** ``widen`` and ``widen_rowwise`` are the catalog's two names for one
+kernel (``prepare``, ``apply``) with ``variant="columns"`` (the authors') or ``"rowwise"``.
+
+**Memory and streaming.** Computed chunk by chunk (``mu.merge.stream``): ``prepare``, a first pass over
+row chunks of every source, collects, per scored unit (column of a matrix, row of an embedding, element
 of a 1-D tensor), two floats per source and one for the base (a column's sums of squares and its dot
-product with the base, summed over the chunks); a second pass writes the output. Scratch is the output
+product with the base, summed over the chunks); ``apply`` merges each chunk. Scratch is the output
 tensor, those statistics and a few chunks, so no source's tensor (the word embeddings included) is held
 whole.
 """
@@ -60,12 +63,12 @@ whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mu.merge import chunks
+from mu.merge import stream
 
 StateDict = dict[str, torch.Tensor]
 COS_EPS = 1e-8  # torch.cosine_similarity's default (widen_rowwise)
@@ -108,207 +111,113 @@ def _check(method: str, threshold: float, calibration: float) -> None:
         raise ValueError(f"{method}: threshold must be >= 0 (a multiple of the mean significance), got {threshold}")
 
 
-def _merge(
-    method: str,
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None,
-    threshold: float,
-    calibration: float,
-    device: str | torch.device | None,
-    chunk_elements: int | None,
-) -> StateDict:
+def setup(
+    names: list[str],
+    w: list[float],
+    base: Any,
+    *,
+    method: str = "widen",
+    threshold: float = 1.0,
+    calibration: float = 1.0,
+    **_: Any,
+) -> dict[str, Any]:
     if base is None:
         raise ValueError(f"{method} merges task vectors: it needs the base (pretrained) state dict")
     _check(method, threshold, calibration)
-    dev, step = chunks.device(device), chunks.check_chunk_elements(chunk_elements)
-    names = list(state_dicts)
-    total = float(sum(weights[k] for k in names))
-    scale = [len(names) * float(weights[k]) / total for k in names]
-    tensor = _tensor if method == "widen" else _tensor_rowwise
-    out: StateDict = {}
-    with chunks.single_threaded(dev):
-        for key in base:
-            out[key] = tensor(state_dicts, names, scale, base, key, dev, step, threshold, calibration)
-    return out
+    total = float(sum(w))
+    return {"scale": [len(w) * x / total for x in w]}
 
 
-@torch.no_grad()
-def widen(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
+def prepare(
+    t: stream.Tensor,
+    w: list[float],
     *,
-    threshold: float = 1.0,
-    calibration: float = 1.0,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
-    """θ_base + Σ_t S_t · T·w_t · τ_t with the authors' WIDEN scores S_t: per column of a weight matrix,
-    per token of an embedding, per element of a 1-D tensor (module docstring)."""
-    return _merge("widen", state_dicts, weights, base, threshold, calibration, device, chunk_elements)
-
-
-@torch.no_grad()
-def widen_rowwise(
-    state_dicts: Mapping[str, StateDict],
-    weights: Mapping[str, float],
-    base: StateDict | None = None,
-    *,
-    threshold: float = 1.0,
-    calibration: float = 1.0,
-    device: str | torch.device | None = None,
-    chunk_elements: int | None = None,
-) -> StateDict:
-    """θ_base + Σ_t S_t · T·w_t · τ_t with per-row scores thresholded against the mean over the sources and
-    ranked 1-D elements: ``mu``'s earlier reading of WIDEN (module docstring)."""
-    return _merge("widen_rowwise", state_dicts, weights, base, threshold, calibration, device, chunk_elements)
-
-
-def _tensor(
-    state_dicts: Mapping[str, StateDict],
-    names: list[str],
     scale: list[float],
-    base: StateDict,
-    key: str,
-    dev: torch.device,
-    step: int,
-    threshold: float,
-    calibration: float,
-) -> torch.Tensor:
-    shape, dtype = chunks.shape_dtype(base, key)
-    res = torch.empty(shape, dtype=dtype)
-    if res.numel() == 0:
-        return res
+    variant: str = "columns",
+    threshold: float = 1.0,
+    calibration: float = 1.0,
+    **_: Any,
+) -> dict[str, Any]:
+    """Pass 1: the scores of every unit of the tensor (times T·w_t), and which unit they are per."""
+    score = _scores if variant == "columns" else _scores_rowwise
+    weight, unit = score(t, threshold, calibration)
+    weight.mul_(torch.tensor(scale, device=t.device).unsqueeze(1))
+    return {"weight": weight, "unit": unit, "acc": torch.empty(t.size, device=t.device)}
+
+
+def _scores(t: stream.Tensor, threshold: float, calibration: float) -> tuple[torch.Tensor, str]:
+    shape, dev, n = t.shape, t.device, t.n
     matrix = len(shape) >= 2
     row_len = math.prod(shape[1:]) if matrix else 1
-    by_column = matrix and not is_embedding(key)
-    units = (row_len if by_column else shape[0]) if matrix else res.numel()
-    spans = chunks.spans(shape, step)
-    size = chunks.flat(shape, spans[0]).stop
-    base_buf, src_buf, acc_buf = (torch.empty(size, device=dev) for _ in range(3))
-    if not matrix:  # pass 1 of a 1-D tensor: |τ| per element and source, scored as it is
-        diff = torch.empty(len(names), units, device=dev)
-        for span in spans:
-            where = chunks.flat(shape, span)
-            b = chunks.read(base, key, span, dev, out=base_buf)
-            for t, name in enumerate(names):
-                diff[t, where] = chunks.read(state_dicts[name], key, span, dev, out=src_buf).sub_(b).abs_()
-        weight = importance(diff, threshold, calibration)
-    else:  # pass 1 of a matrix: per unit Σx² and Σx·base of each source and Σbase², summed over row chunks
-        sq, dot = (torch.zeros(len(names), units, device=dev) for _ in range(2))
-        base_sq = torch.zeros(units, device=dev)
-        axis = 0 if by_column else 1
-        for span in spans:
-            where = slice(None) if by_column else slice(*span)
-            b_rows = chunks.read(base, key, span, dev, out=base_buf).view(-1, row_len)
-            prod = acc_buf[: b_rows.numel()].view(-1, row_len)  # scratch: acc_buf is free until pass 2
-            base_sq[where] += torch.mul(b_rows, b_rows, out=prod).sum(axis)
-            for t, name in enumerate(names):
-                x_rows = chunks.read(state_dicts[name], key, span, dev, out=src_buf).view(-1, row_len)
-                dot[t, where] += torch.mul(x_rows, b_rows, out=prod).sum(axis)
-                sq[t, where] += x_rows.square_().sum(axis)
-        norm, base_norm = sq.sqrt_(), base_sq.sqrt_()
-        cos = dot.div_(norm * base_norm)  # 0/0 = NaN for a zero unit, as the authors' 0/0 direction
-        weight = importance(significance(norm.sub_(base_norm).abs_()), threshold, calibration)
-        weight.add_(importance(significance(cos.neg_().add_(1.0)), threshold, calibration)).mul_(0.5)
-    weight.mul_(torch.tensor(scale, device=dev).unsqueeze(1))
-    _sum(
-        state_dicts,
-        names,
-        base,
-        key,
-        shape,
-        spans,
-        dev,
-        (base_buf, src_buf, acc_buf),
-        weight,
-        res,
-        "columns" if by_column else "rows" if matrix else "elements",
-    )
-    return res
+    by_column = matrix and not is_embedding(t.key)
+    units = (row_len if by_column else shape[0]) if matrix else t.numel
+    if not matrix:  # a 1-D tensor: |τ| per element and source, scored as it is
+        diff = torch.empty(n, units, device=dev)
+        for at, xs, b in t.chunks():
+            diff[:, at.flat] = xs.sub_(b).abs_()
+        return importance(diff, threshold, calibration), "elements"
+    # a matrix: per unit Σx² and Σx·base of each source and Σbase², summed over row chunks
+    sq, dot = (torch.zeros(n, units, device=dev) for _ in range(2))
+    base_sq = torch.zeros(units, device=dev)
+    axis = 0 if by_column else 1
+    scratch = torch.empty(t.size, device=dev)
+    for at, xs, b in t.chunks():
+        where = slice(None) if by_column else at.rows
+        b_rows = b.view(-1, row_len)
+        prod = scratch[: b_rows.numel()].view(-1, row_len)
+        base_sq[where] += torch.mul(b_rows, b_rows, out=prod).sum(axis)
+        for i in range(n):
+            x_rows = xs[i].view(-1, row_len)
+            dot[i, where] += torch.mul(x_rows, b_rows, out=prod).sum(axis)
+            sq[i, where] += x_rows.square_().sum(axis)
+    norm, base_norm = sq.sqrt_(), base_sq.sqrt_()
+    cos = dot.div_(norm * base_norm)  # 0/0 = NaN for a zero unit, as the authors' 0/0 direction
+    weight = importance(significance(norm.sub_(base_norm).abs_()), threshold, calibration)
+    weight.add_(importance(significance(cos.neg_().add_(1.0)), threshold, calibration)).mul_(0.5)
+    return weight, "columns" if by_column else "rows"
 
 
-def _tensor_rowwise(
-    state_dicts: Mapping[str, StateDict],
-    names: list[str],
-    scale: list[float],
-    base: StateDict,
-    key: str,
-    dev: torch.device,
-    step: int,
-    threshold: float,
-    calibration: float,
-) -> torch.Tensor:
-    shape, dtype = chunks.shape_dtype(base, key)
-    res = torch.empty(shape, dtype=dtype)
-    if res.numel() == 0:
-        return res
+def _scores_rowwise(t: stream.Tensor, threshold: float, calibration: float) -> tuple[torch.Tensor, str]:
+    shape, dev, n = t.shape, t.device, t.n
     rowwise = len(shape) >= 2
     row_len = math.prod(shape[1:]) if rowwise else 1
-    units = shape[0] if rowwise else res.numel()  # rows, or elements of a 1-D / 0-D tensor
-    spans = chunks.spans(shape, step)
-    size = chunks.flat(shape, spans[0]).stop
-    base_buf, src_buf, acc_buf = (torch.empty(size, device=dev) for _ in range(3))
-    mag = torch.empty(len(names), units, device=dev)
-    cos = torch.empty(len(names), units, device=dev) if rowwise else None
-    for span in spans:  # pass 1: per row (element) differences from the base
-        where = slice(*span) if rowwise else chunks.flat(shape, span)
-        b = chunks.read(base, key, span, dev, out=base_buf)
-        b_rows = b.view(-1, row_len) if rowwise else None
-        b_norm = b_rows.norm(dim=1) if rowwise else None
-        for t, name in enumerate(names):
-            x = chunks.read(state_dicts[name], key, span, dev, out=src_buf)
-            if rowwise:
-                x_rows = x.view(-1, row_len)
-                mag[t, where] = x_rows.norm(dim=1).sub_(b_norm).abs_()
-                cos[t, where] = 1.0 - F.cosine_similarity(x_rows, b_rows, dim=1, eps=COS_EPS)
-            else:
-                mag[t, where] = x.sub_(b).abs_()
+    units = shape[0] if rowwise else t.numel  # rows, or elements of a 1-D / 0-D tensor
+    mag = torch.empty(n, units, device=dev)
+    cos = torch.empty(n, units, device=dev) if rowwise else None
+    for at, xs, b in t.chunks():  # per row (element) differences from the base
+        if rowwise:
+            b_rows = b.view(-1, row_len)
+            b_norm = b_rows.norm(dim=1)
+            for i in range(n):
+                x_rows = xs[i].view(-1, row_len)
+                mag[i, at.rows] = x_rows.norm(dim=1).sub_(b_norm).abs_()
+                cos[i, at.rows] = 1.0 - F.cosine_similarity(x_rows, b_rows, dim=1, eps=COS_EPS)
+        else:
+            mag[:, at.flat] = xs.sub_(b).abs_()
     weight = scores(significance(mag), threshold, calibration)
     if rowwise:
         weight.add_(scores(significance(cos), threshold, calibration)).mul_(0.5)
-    weight.mul_(torch.tensor(scale, device=dev).unsqueeze(1))
-    _sum(
-        state_dicts,
-        names,
-        base,
-        key,
-        shape,
-        spans,
-        dev,
-        (base_buf, src_buf, acc_buf),
-        weight,
-        res,
-        "rows" if rowwise else "elements",
-    )
-    return res
+    return weight, "rows" if rowwise else "elements"
 
 
-def _sum(
-    state_dicts: Mapping[str, StateDict],
-    names: list[str],
-    base: StateDict,
-    key: str,
-    shape: tuple[int, ...],
-    spans: list[chunks.Span],
-    dev: torch.device,
-    bufs: tuple[torch.Tensor, ...],
+def apply(
+    xs: torch.Tensor,
+    b: torch.Tensor,
+    w: list[float],
+    *,
+    at: stream.At,
     weight: torch.Tensor,
-    res: torch.Tensor,
     unit: str,
-) -> None:
-    """Pass 2: ``res`` = θ_base + Σ_t weight_t · τ_t, ``weight`` [T, units] per column, row or element."""
-    base_buf, src_buf, acc_buf = bufs
-    row_len = math.prod(shape[1:]) if unit != "elements" else 1
-    dst = res.reshape(-1)
-    for span in spans:
-        where = chunks.flat(shape, span)
-        part = where if unit == "elements" else slice(*span)
-        b = chunks.read(base, key, span, dev, out=base_buf)
-        acc = acc_buf[: b.numel()].copy_(b)
-        for t, name in enumerate(names):
-            x = chunks.read(state_dicts[name], key, span, dev, out=src_buf).sub_(b)
-            w = weight[t].unsqueeze(0) if unit == "columns" else weight[t, part].unsqueeze(1)
-            acc.view(-1, row_len).addcmul_(x.view(-1, row_len), w)
-        dst[where] = acc
+    acc: torch.Tensor | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    """θ_base + Σ_t weight_t · τ_t of one chunk, ``weight`` [T, units] per column, row or element (from
+    ``prepare``, scaled by T·w_t)."""
+    row_len = math.prod(at.shape[1:]) if unit != "elements" else 1
+    part = at.flat if unit == "elements" else at.rows
+    out = (torch.empty_like(b) if acc is None else acc[: b.numel()]).copy_(b)
+    for i in range(len(xs)):
+        x = xs[i].sub_(b)
+        f = weight[i].unsqueeze(0) if unit == "columns" else weight[i, part].unsqueeze(1)
+        out.view(-1, row_len).addcmul_(x.view(-1, row_len), f)
+    return out
