@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mu import claims, compare, seeds
+from mu import claims, compare, itemwise, seeds
 from mu import stats as mu_stats
 
 TARGETS = [f"t{i:02d}" for i in range(20)]
@@ -67,7 +67,11 @@ def test_students_and_the_answer_in_words():
     )
     assert "over its 20 targets)" in text
     assert "it beats the oracle `zero-shot/best`" in text and "20/0/0 wins/ties/losses" in text
-    assert "within 0.005 of it" in text
+    # "within 0.005 of its teacher" is a TOST with that margin; a per-target table has no items: over targets
+    assert st.at["teacher", "equivalence_test"] == itemwise.TOST_TARGETS and st.at["teacher", "delta"] == 0.005
+    assert st.at["teacher", "p_tost"] < 0.05 and st.at["teacher", "p_tost_holm"] >= st.at["teacher", "p_tost"]
+    assert "within ±0.005 of it (TOST p" in text and "not shown to be within" not in text
+    assert f"- *Tests:* two-sided {itemwise.WILCOXON}; equivalence within ±0.005: {itemwise.TOST_TARGETS}" in text
     assert "above the oracle: `adapted/distilled-soft/similarity` (+0.018)" in text
     assert "No label-free single model" in claims.markdown(table[["native", "ensemble/soft/similarity"]])
 

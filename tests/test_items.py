@@ -159,3 +159,90 @@ def test_seed_effects_use_the_item_aware_test_where_items_exist(root):
         got["tests"].set_index(["system", "baseline"]).at[(SIM, AVG), "p_value"]
     )
     assert seeds.effects({42: got["table"]}, [(SIM, AVG)])["test"].tolist() == [itemwise.WILCOXON]  # no items given
+
+
+def _item_matrix(cells: dict[str, np.ndarray], system: str) -> np.ndarray:
+    return pd.DataFrame(cells[system], index=TARGETS, columns=IDS).sort_index(axis=1).to_numpy()
+
+
+def test_head_to_head_methods_and_claims_use_the_sign_flip_test_where_items_exist(root):
+    """Every paired comparison built on head_to_head (the method table, its contrasts, the claims) takes notebook
+    06's per-item matrices: each row's test is the sign-flip one and its interval the two-way one; the
+    Wilcoxon test and the bootstrap over targets only without items."""
+    from mu import claims, compare, methods_table
+
+    cells = world()
+    write_world(cells)
+    n_boot, seed = 300, 5
+    summary = aggregate.aggregate("toy", n_boot=n_boot, seed=seed, min_pairs=5)
+    table, items = summary["table"], summary["items"]
+
+    h2h = compare.head_to_head(table, [SIM, AVG], [ORACLE], items=items, n_boot=n_boot, seed=seed)
+    h2h = pd.concat([h2h, compare.head_to_head(table, [SIM], [AVG], items=items, n_boot=n_boot, seed=seed)])
+    assert set(h2h["test"]) == {itemwise.SIGN_FLIP} and set(h2h["interval"]) == {itemwise.TWO_WAY}
+    got = h2h[h2h["baseline"] == AVG].iloc[0]
+    diff = _item_matrix(cells, SIM) - _item_matrix(cells, AVG)
+    flip = inference.sign_flip_test(diff, n_boot, seed, cluster="both")
+    ci = inference.two_way_bootstrap(diff, n_boot, seed)
+    assert got["p_value"] == pytest.approx(flip.p_value) and got["n_items"] == len(IDS)
+    assert (got["diff_ci_low"], got["diff_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert got["items_favouring"] == pytest.approx(flip.items_favouring_a)
+    # the same pair in notebook 06's tests table: one test, one number
+    assert got["p_value"] == pytest.approx(summary["tests"].set_index(["system", "baseline"]).at[(SIM, AVG), "p_value"])
+
+    plain = compare.head_to_head(table, [SIM], [AVG], n_boot=n_boot, seed=seed).iloc[0]  # no items: the fallback
+    assert plain["test"] == itemwise.WILCOXON and plain["interval"] == itemwise.OVER_TARGETS
+    lo, hi = aggregate.bootstrap_ci((table[SIM] - table[AVG]).to_numpy(), n_boot=n_boot, seed=seed)
+    assert (plain["diff_ci_low"], plain["diff_ci_high"]) == pytest.approx((lo, hi))
+    # items of one system only: that pair falls back, and says so
+    half = compare.head_to_head(table, [SIM], [AVG], items={SIM: items[SIM]}, n_boot=n_boot, seed=seed).iloc[0]
+    assert half["test"] == itemwise.WILCOXON
+
+    methods = methods_table.table(table, n_boot=n_boot, seed=seed, items=items).set_index("system")
+    assert set(methods["interval"]) == {itemwise.TWO_WAY}
+    assert set(methods["vs_zero_shot_test"]) == {itemwise.SIGN_FLIP}
+    assert methods.at[SIM, "vs_average_test"] == itemwise.SIGN_FLIP
+    assert methods.at[SIM, "vs_average_p"] == pytest.approx(got["p_value"])
+    md = methods_table.markdown(methods.reset_index())
+    assert "two-way bootstrap intervals over targets × items" in md and "sign-flip test" in md
+    assert "Wilcoxon" not in md
+    contrasts = methods_table.contrasts(table, n_boot=n_boot, seed=seed, items=items)
+    assert list(contrasts["family"]) == ["uriel_vs_equal"] and set(contrasts["test"]) == {itemwise.SIGN_FLIP}
+    assert set(contrasts["interval"]) == {itemwise.TWO_WAY}
+    assert itemwise.SIGN_FLIP in methods_table.answer(methods.reset_index(), contrasts).splitlines()[-1]
+    legacy = methods_table.table(table, n_boot=n_boot, seed=seed)  # no items: every row the fallback
+    assert set(legacy["vs_zero_shot_test"]) == {itemwise.WILCOXON} and set(legacy["interval"]) == {
+        itemwise.OVER_TARGETS
+    }
+    assert "Wilcoxon p-value" in methods_table.markdown(legacy)
+
+    single = claims.single_models(table, n_boot=n_boot, seed=seed, items=items)
+    assert len(single) >= 2 and set(single["test"]) == {itemwise.SIGN_FLIP}
+    assert set(single["interval"]) == {itemwise.TWO_WAY}
+    text = claims.markdown(table, n_boot=n_boot, seed=seed, items=items)
+    assert f"- *Tests:* two-sided {itemwise.SIGN_FLIP}." in text and "Wilcoxon" not in text
+    assert set(claims.single_models(table, n_boot=n_boot, seed=seed)["test"]) == {itemwise.WILCOXON}
+
+
+def test_equivalence_is_a_tost_over_items_where_they_exist(root):
+    cells = world()
+    write_world(cells)
+    summary = aggregate.aggregate("toy", n_boot=200, seed=3, min_pairs=5)
+    table, items = summary["table"], summary["items"]
+    eq = itemwise.equivalence(table, SIM, AVG, 0.2, items=items, n_perm=300, seed=3)
+    diff = _item_matrix(cells, SIM) - _item_matrix(cells, AVG)
+    expected = inference.tost(diff, 0.2, n_perm=300, seed=3, cluster="both", n_boot=0)
+    assert eq["equivalence_test"] == itemwise.TOST_ITEMS and eq["p_tost"] == pytest.approx(expected.p_value)
+    plain = itemwise.equivalence(table, SIM, AVG, 0.2, n_perm=300, seed=3)  # no items: flips over targets
+    d = (table[SIM] - table[AVG]).to_numpy()[:, None]
+    over_targets = inference.tost(d, 0.2, n_perm=300, seed=3, cluster="target", n_boot=0)
+    assert plain["equivalence_test"] == itemwise.TOST_TARGETS and plain["p_tost"] == pytest.approx(over_targets.p_value)
+
+
+def test_collected_tables_name_the_test_their_rows_used():
+    from mu.publish.collect import test_label
+
+    assert test_label(pd.DataFrame({"p_value": [0.1]})) == "Wilcoxon"  # collected before tests were named
+    assert test_label(pd.DataFrame({"test": [itemwise.SIGN_FLIP, None]})) == "sign-flip (targets × items)"
+    both = pd.DataFrame({"test": [itemwise.SIGN_FLIP, itemwise.WILCOXON]})
+    assert test_label(both) == "Wilcoxon / sign-flip (targets × items)"

@@ -292,8 +292,6 @@ def paired_tests(
     With fewer than ``min_pairs`` paired targets (Wilcoxon: non-tied ones, which it drops) the p-value is
     left NaN and ``note`` says why. ``p_holm``: Holm-adjusted over every system tested against the same baseline.
     """
-    from scipy import stats
-
     out = []
     for system in table.columns:
         if table[system].isna().all():
@@ -301,35 +299,12 @@ def paired_tests(
         for baseline in dict.fromkeys(
             (average_baseline(system, table.columns, average_system), BEST_ZERO_SHOT, URIEL_TOP1, *others)
         ):
-            if baseline == system:
-                continue
-            row = {"system": system, "baseline": baseline, "n": 0, "wins": 0, "ties": 0, "losses": 0}
-            if baseline not in table.columns or table[baseline].isna().all():
-                out.append({**row, "note": f"not computable: no {baseline} results"})
-                continue
-            pair = table[[system, baseline]].dropna()
-            d = (pair[system] - pair[baseline]).to_numpy()
-            row.update(
-                n=len(d),
-                mean_diff=float(d.mean()) if len(d) else np.nan,
-                wins=int((d > 0).sum()),
-                ties=int((d == 0).sum()),
-                losses=int((d < 0).sum()),
-            )
-            flip = itemwise.covers(items, [system, baseline], list(pair.index))
-            row["test"] = itemwise.SIGN_FLIP if flip else itemwise.WILCOXON
-            if len(d) < min_pairs:
-                row["note"] = f"not computable: {len(d)} paired targets < {min_pairs}"
-            elif flip:
-                row.update(itemwise.paired(items[system], items[baseline], pair.index, n_boot=n_boot, seed=seed))
-            elif row["wins"] + row["losses"] < min_pairs:
-                row["note"] = f"not computable: {row['wins'] + row['losses']} non-tied pairs < {min_pairs}"
-            else:
-                res = stats.wilcoxon(pair[system], pair[baseline])
-                lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-                row.update(statistic=float(res.statistic), p_value=float(res.pvalue), ci_low=lo, ci_high=hi)
-                row["targets_favouring"] = row["wins"] / (row["wins"] + row["losses"])
-            out.append({"note": "", **row})
+            if baseline != system:
+                out.append(
+                    itemwise.test_pair(
+                        table, system, baseline, items=items, min_pairs=min_pairs, n_boot=n_boot, seed=seed
+                    )
+                )
     return stats_.holm_by(pd.DataFrame(out, columns=TEST_COLUMNS))
 
 

@@ -10,7 +10,10 @@ fall back to the bootstrap over targets and the Wilcoxon test, and the tables sa
 * ``read_nxn_items`` / ``attach_nxn``: the N×N matrix's per-item correctness (``mu.learn.evaluate.nxn`` writes
   it beside the matrix) given to the baseline rows taken from the matrix (native, zero-shot, oracle);
 * ``matrices``: ``{system: targets × item ids frame}`` of the rows that carry items;
-* ``covers``, ``interval``, ``paired``: what ``mu.analysis.aggregate.means`` / ``paired_tests`` compute with them.
+* ``covers``, ``interval``, ``paired``: what ``mu.analysis.aggregate.means`` / ``paired_tests`` compute with them;
+* ``equivalence``: TOST of "within ±delta" for one pair, item-aware where ``items`` cover it;
+* ``test_pair``: one system against one baseline over the targets having both, by the sign-flip test where
+  ``items`` cover them, else by the named Wilcoxon fallback (``paired_tests``, ``mu.analysis.compare``).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mu.analysis import inference
+from mu.analysis import inference, stats
 from mu.core import paths
 
 TWO_WAY = "two-way bootstrap (targets × items)"
 OVER_TARGETS = "bootstrap over targets"
 SIGN_FLIP = "sign-flip (targets × items clusters)"
 WILCOXON = "Wilcoxon signed-rank over targets"
+TOST_ITEMS = "TOST (sign-flip, targets × items clusters)"
+TOST_TARGETS = "TOST (sign-flip over targets)"
 
 
 def read_nxn_items(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -124,3 +129,92 @@ def paired(
         "p_value": flip.p_value,
         "note": "" if len(diff) == len(targets) else f"{len(targets) - len(diff)} target(s) share no item",
     }
+
+
+def test_pair(
+    table: pd.DataFrame,
+    system: str,
+    baseline: str,
+    *,
+    items: Mapping[str, pd.DataFrame] | None = None,
+    min_pairs: int = 5,
+    n_boot: int = 2000,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """``system`` − ``baseline`` over the targets of ``table`` (per-target accuracies) having both: ``n``,
+    ``mean_diff``, ``wins``/``ties``/``losses`` over targets, and ``test`` with its results. Where ``items``
+    holds both systems on every paired target: ``paired`` (sign-flip, two-way interval, shares favouring);
+    otherwise the Wilcoxon signed-rank test over targets with a bootstrap interval over targets (records
+    without per-item results). With fewer than ``min_pairs`` paired targets (Wilcoxon: non-tied ones, which
+    it drops) the p-value is NaN and ``note`` says why."""
+    from scipy import stats as sp
+
+    row = {"system": system, "baseline": baseline, "n": 0, "wins": 0, "ties": 0, "losses": 0, "note": ""}
+    if baseline not in table.columns or table[baseline].isna().all():
+        return {**row, "note": f"not computable: no {baseline} results"}
+    pair = table[[system, baseline]].dropna()
+    d = (pair[system] - pair[baseline]).to_numpy()
+    row.update(n=len(d), mean_diff=float(d.mean()) if len(d) else np.nan)
+    row.update(wins=int((d > 0).sum()), ties=int((d == 0).sum()), losses=int((d < 0).sum()))
+    flip = covers(items, [system, baseline], list(pair.index))
+    row["test"] = SIGN_FLIP if flip else WILCOXON
+    if len(d) < min_pairs:
+        row["note"] = f"not computable: {len(d)} paired targets < {min_pairs}"
+    elif flip:
+        row.update(paired(items[system], items[baseline], pair.index, n_boot=n_boot, seed=seed))
+    elif row["wins"] + row["losses"] < min_pairs:
+        row["note"] = f"not computable: {row['wins'] + row['losses']} non-tied pairs < {min_pairs}"
+    else:
+        res = sp.wilcoxon(pair[system], pair[baseline])
+        lo, hi = stats.bootstrap_ci(d, n_boot=n_boot, seed=seed)
+        row.update(statistic=float(res.statistic), p_value=float(res.pvalue), ci_low=lo, ci_high=hi)
+        row["targets_favouring"] = row["wins"] / (row["wins"] + row["losses"])
+    return row
+
+
+def tests_used(frame: pd.DataFrame, columns: Sequence[str] = ("test",)) -> list[str]:
+    """The tests named in ``columns`` of a table of paired tests; a table written before tests were named
+    (no such column: a CSV collected from an older run) used the Wilcoxon test, then the only one."""
+    present = [c for c in columns if c in frame.columns]
+    if not present:
+        return [WILCOXON]
+    return sorted({str(v) for c in present for v in frame[c].dropna()} - {""})
+
+
+def intervals_used(frame: pd.DataFrame, column: str = "interval") -> list[str]:
+    """``tests_used`` for the intervals of a table of means: the bootstrap over targets before they were named."""
+    if column not in frame.columns:
+        return [OVER_TARGETS]
+    return sorted({str(v) for v in frame[column].dropna()} - {""})
+
+
+def equivalence(
+    table: pd.DataFrame,
+    system: str,
+    baseline: str,
+    delta: float,
+    *,
+    items: Mapping[str, pd.DataFrame] | None = None,
+    alpha: float = 0.05,
+    n_perm: int = 2000,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """TOST (``mu.analysis.inference.tost``) of |``system`` − ``baseline``| < ``delta`` over the targets having
+    both: ``p_tost`` (the larger one-sided p), ``delta`` and ``equivalence_test``. On the targets × items
+    differences with target and item clusters where ``items`` covers the pair; without per-item results, on
+    the per-target differences with targets flipped (a TOST has no Wilcoxon form here, and a sign-flip over
+    targets is the same test with items left out). NaN with fewer than two paired targets."""
+    pair = table[[system, baseline]].dropna()
+    out = {"delta": float(delta), "p_tost": np.nan, "equivalence_test": ""}
+    if len(pair) < 2:
+        return out
+    if covers(items, [system, baseline], list(pair.index)):
+        diff = items[system].loc[pair.index].sub(items[baseline].loc[pair.index])
+        diff = diff.loc[diff.notna().any(axis=1), diff.notna().any(axis=0)]
+        if diff.empty:
+            return out
+        eq = inference.tost(diff.to_numpy(), delta, alpha, n_perm=n_perm, seed=seed, cluster="both", n_boot=0)
+        return {**out, "p_tost": eq.p_value, "equivalence_test": TOST_ITEMS}
+    d = (pair[system] - pair[baseline]).to_numpy()[:, None]
+    eq = inference.tost(d, delta, alpha, n_perm=n_perm, seed=seed, cluster="target", n_boot=0)
+    return {**out, "p_tost": eq.p_value, "equivalence_test": TOST_TARGETS}

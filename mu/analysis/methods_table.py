@@ -3,15 +3,18 @@ as a method × weighting table of mean accuracy over targets with bootstrap inte
 (paired over targets) against the linear average merge and the best zero-shot model.
 
     summary = mu.analysis.aggregate.aggregate("mini")
-    methods = mu.analysis.methods_table.table(summary["table"])
-    contrasts = mu.analysis.methods_table.contrasts(summary["table"])    # method vs linear, URIEL vs equal weights
+    methods = mu.analysis.methods_table.table(summary["table"], items=summary["items"])
+    contrasts = mu.analysis.methods_table.contrasts(summary["table"], items=summary["items"])  # method vs linear, ...
     mu.analysis.methods_table.write(methods, "mini", contrasts)         # methods.csv, methods_contrasts.csv
     print(mu.analysis.methods_table.answer(methods, contrasts))         # the answer in plain words, from the numbers
 
-The tests are ``mu.analysis.compare.head_to_head``: mean paired difference with a percentile bootstrap interval,
-wins / ties / losses, the two-sided Wilcoxon p-value and ``p_holm``, Holm-adjusted over the family of
-every method × weighting tested against the same baseline. ``zero-shot/best`` is chosen with each
-target's test labels (an oracle upper bound on picking one source), not a zero-shot method.
+The tests are ``mu.analysis.compare.head_to_head``: mean paired difference with its interval, wins / ties /
+losses, the two-sided p-value and ``p_holm``, Holm-adjusted over the family of every method × weighting
+tested against the same baseline. With ``items`` (per-item results) the means' intervals are two-way
+bootstraps over targets × items and the test the sign-flip test with target and item clusters; without
+(older records) the bootstrap over targets and the Wilcoxon test; columns ``interval`` and ``vs_*_test``
+name each one's method. ``zero-shot/best`` is chosen with each target's test labels (an oracle upper bound
+on picking one source), not a zero-shot method.
 
 ``contrasts`` asks the questions the seed's published runs answered, each a family of paired tests
 Holm-adjusted within itself: every method against ``linear`` under the same weighting (same sources, same
@@ -22,13 +25,13 @@ weights: only the method differs); each method's URIEL weights against its equal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mu.analysis import aggregate, compare, stats, summary
+from mu.analysis import aggregate, compare, itemwise, stats, summary
 from mu.analysis.families import BEST_ZERO_SHOT
 from mu.core import paths
 
@@ -51,18 +54,20 @@ def table(
     seed: int = 42,
     min_pairs: int = 5,
     average_system: str = aggregate.AVERAGE_MERGE,
+    items: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """One row per merge system of ``per_target`` (``mu.analysis.aggregate.aggregate(...)["table"]``): ``method``,
-    ``weighting``, ``n`` targets, ``mean`` with ``ci_low`` / ``ci_high``, and against each baseline
-    (``average_system``, prefix ``vs_average_``; ``zero-shot/best``, ``vs_zero_shot_``): ``n``, ``diff``,
-    ``diff_ci_low`` / ``diff_ci_high``, ``wins`` / ``ties`` / ``losses``, ``p`` and ``p_holm`` (NaN with a
-    ``note`` when not computable, or when the baseline has no result)."""
+    """One row per merge system of ``per_target`` (``mu.analysis.aggregate.aggregate(...)["table"]``, ``items``
+    its per-item matrices): ``method``, ``weighting``, ``n`` targets, ``mean`` with ``ci_low`` / ``ci_high``
+    (``interval`` names the method, ``n_items`` the items), and against each baseline (``average_system``,
+    prefix ``vs_average_``; ``zero-shot/best``, ``vs_zero_shot_``): ``n``, ``diff``, ``diff_ci_low`` /
+    ``diff_ci_high``, ``wins`` / ``ties`` / ``losses``, the shares favouring the system, ``p``, ``p_holm`` and
+    ``test`` (NaN with a ``note`` when not computable, or when the baseline has no result)."""
     merged = systems(per_target.columns)
     first = ["method", "weighting", "system", "n", "mean", "ci_low", "ci_high"]
     if not merged:
         return pd.DataFrame(columns=first)
     baselines = {**BASELINES, "average": average_system}
-    means = aggregate.means(per_target[merged], n_boot=n_boot, seed=seed)
+    means = aggregate.means(per_target[merged], n_boot=n_boot, seed=seed, items=items)
     out = means.assign(
         method=[s.split("/")[1] for s in means["system"]], weighting=[s.split("/")[2] for s in means["system"]]
     )
@@ -77,16 +82,21 @@ def table(
                 "wins",
                 "ties",
                 "losses",
+                "items_favouring",
+                "targets_favouring",
                 "p_value",
                 "p_holm",
+                "test",
                 "note",
             )
         }
         cols.update(mean_diff=f"vs_{prefix}_diff", p_value=f"vs_{prefix}_p")
         tested = [s for s in merged if s != baseline]
         if baseline in per_target.columns and per_target[baseline].notna().any() and tested:
-            tests = compare.head_to_head(per_target, tested, [baseline], n_boot=n_boot, seed=seed, min_pairs=min_pairs)
-            tests = tests.drop(columns="baseline").rename(columns=cols)
+            tests = compare.head_to_head(
+                per_target, tested, [baseline], items=items, n_boot=n_boot, seed=seed, min_pairs=min_pairs
+            )
+            tests = tests.drop(columns=["baseline", "n_items", "interval"]).rename(columns=cols)
         else:
             tests = pd.DataFrame({"system": tested, cols["note"]: f"no {baseline} results"})
         out = out.merge(tests, on="system", how="left")
@@ -106,6 +116,31 @@ def _interval(mean: float, lo: float, hi: float, digits: int = 3) -> str:
 
 def _p(p: float) -> str:
     return f"{p:.3g}" if np.isfinite(p) else summary.MISSING
+
+
+def _intervals_text(frame: pd.DataFrame) -> str:
+    used = itemwise.intervals_used(frame)
+    if used == [itemwise.OVER_TARGETS]:
+        return "95% percentile bootstrap intervals over targets"
+    if used == [itemwise.TWO_WAY]:
+        return "95% two-way bootstrap intervals over targets × items (the targets share translated items)"
+    return f"95% intervals by {' or '.join(used)} (`interval` in methods.csv names each system's)"
+
+
+def _tests_text(frame: pd.DataFrame) -> str:
+    used = itemwise.tests_used(frame, [f"vs_{prefix}_test" for prefix in BASELINES])
+    if used == [itemwise.WILCOXON]:
+        return "Paired over targets: mean difference (bootstrap interval), wins/ties/losses and the Wilcoxon p-value"
+    if used == [itemwise.SIGN_FLIP]:
+        return (
+            "Paired over targets × items: mean difference (two-way bootstrap interval), wins/ties/losses over "
+            "targets and the p-value of the sign-flip test with target and item clusters,"
+        )
+    return (
+        "Paired over targets: mean difference, wins/ties/losses and the p-value of each row's test ("
+        + " or ".join(used)
+        + "; `vs_*_test` in methods.csv names it),"
+    )
 
 
 def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MERGE) -> str:
@@ -135,14 +170,14 @@ def markdown(frame: pd.DataFrame, *, average_system: str = aggregate.AVERAGE_MER
     n = int(frame["n"].max()) if len(frame) else 0
     return "\n".join(
         [
-            f"Mean accuracy over targets (up to {n}) of each merge method under each weighting, with 95% percentile "
-            "bootstrap intervals over targets; every method at its defaults (nothing tuned on test labels).",
+            f"Mean accuracy over targets (up to {n}) of each merge method under each weighting, with "
+            f"{_intervals_text(frame)}; every method at its defaults (nothing tuned on test labels).",
             "",
             summary.markdown_table(pivot.rename_axis("method")),
             "",
-            f"Paired over targets: mean difference (bootstrap interval), wins/ties/losses and the Wilcoxon p-value "
-            f"Holm-adjusted over every method × weighting tested against the same baseline (`p_holm`). "
-            f"`{BEST_ZERO_SHOT}` is picked with each target's test labels: an upper bound on choosing one source.",
+            f"{_tests_text(frame)} Holm-adjusted over every method × weighting tested against the same baseline "
+            f"(`p_holm`). `{BEST_ZERO_SHOT}` is picked with each target's test labels: an upper bound on choosing "
+            "one source.",
             "",
             summary.markdown_table(tests, index=False),
         ]
@@ -187,10 +222,18 @@ def _pairs(merged: Sequence[str], family: str) -> list[tuple[str, str]]:
     return out
 
 
-def contrasts(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, min_pairs: int = 5) -> pd.DataFrame:
+def contrasts(
+    per_target: pd.DataFrame,
+    *,
+    n_boot: int = 10000,
+    seed: int = 42,
+    min_pairs: int = 5,
+    items: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
     """One row per paired comparison of the three families of ``QUESTIONS`` (``family``, ``method``,
-    ``weighting``, ``system``, ``baseline`` and ``mu.analysis.compare.head_to_head``'s columns), ``p_holm`` adjusted
-    over the tests of the same family."""
+    ``weighting``, then ``mu.analysis.compare.head_to_head``'s columns: its sign-flip test over targets × items
+    where ``items`` covers the pair, its named fallback where not), ``p_holm`` adjusted over the tests of the
+    same family."""
     merged = systems(per_target.columns)
     rows = []
     for family in QUESTIONS:
@@ -199,7 +242,7 @@ def contrasts(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, 
             continue
         tests = pd.concat(
             [
-                compare.head_to_head(per_target, [s], [b], n_boot=n_boot, seed=seed, min_pairs=min_pairs)
+                compare.head_to_head(per_target, [s], [b], items=items, n_boot=n_boot, seed=seed, min_pairs=min_pairs)
                 for s, b in pairs
             ],
             ignore_index=True,
@@ -207,23 +250,7 @@ def contrasts(per_target: pd.DataFrame, *, n_boot: int = 10000, seed: int = 42, 
         tests["p_holm"] = stats.holm(tests["p_value"].to_numpy(dtype=float))
         tests.insert(0, "family", family)
         rows.append(tests)
-    cols = [
-        "family",
-        "method",
-        "weighting",
-        "system",
-        "baseline",
-        "n",
-        "mean_diff",
-        "diff_ci_low",
-        "diff_ci_high",
-        "wins",
-        "ties",
-        "losses",
-        "p_value",
-        "p_holm",
-        "note",
-    ]
+    cols = ["family", "method", "weighting", *compare.COLUMNS]
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.concat(rows, ignore_index=True)
@@ -306,6 +333,10 @@ def answer(frame: pd.DataFrame, contrasts_: pd.DataFrame, *, alpha: float = ALPH
                 )
                 + f"; median difference over methods {rows['mean_diff'].median():+.3f}."
             )
+    used = set(itemwise.tests_used(contrasts_)) | set(
+        itemwise.tests_used(frame, [f"vs_{prefix}_test" for prefix in BASELINES])
+    )
+    out.append(f"- *Paired tests:* two-sided {' and '.join(sorted(used))}; Holm-adjusted within each family.")
     return "\n".join(out)
 
 

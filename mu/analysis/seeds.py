@@ -143,7 +143,8 @@ def _holds(diffs: np.ndarray, p_holm: np.ndarray, alpha: float) -> str:
 
 def spread(long: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per headline effect: ``s<seed>`` (the effect in each seed), ``mean``, ``sd`` (over seeds,
-    ddof 1), ``min``, ``max``, ``max_p_holm``, ``n`` (fewest targets in a seed) and ``holds``."""
+    ddof 1), ``min``, ``max``, ``max_p_holm``, ``n`` (fewest targets in a seed), ``holds`` and ``test`` (the
+    paired tests its seeds used: the sign-flip test where a seed's rows carry per-item results)."""
     out = []
     seeds = list(dict.fromkeys(long["seed"]))
     for (system, baseline), g in long.groupby(["system", "baseline"], sort=False):
@@ -162,6 +163,7 @@ def spread(long: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
                 "max_p_holm": g["p_holm"].max(),
                 "n": int(g["n"].fillna(0).min()),
                 "holds": _holds(d, g["p_holm"].to_numpy(dtype=float), alpha),
+                "test": "; ".join(sorted(set(g.get("test", pd.Series(dtype=object)).dropna()) - {""})),
             }
         )
     return pd.DataFrame(out)

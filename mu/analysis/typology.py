@@ -6,7 +6,9 @@ and the URIEL cosine matrices of ``mu.langs.similarity``; notebook 06 reports th
 * ``correlations``: for each feature set, Spearman's rho between URIEL cosine and transfer accuracy
   (a) per target, ranking that target's sources (target difficulty cancels out): mean rho over the
   targets, a bootstrap interval over targets, how many are positive, and a one-sample Wilcoxon test
-  of the per-target rhos against 0; also with donor quality removed (each source's transfer minus
+  of the per-target rhos against 0 (a question about a correlation per target, answered by one rho per
+  target: no two systems are paired on items here, so notebook 06's item-aware sign-flip test does not
+  apply, and a Wilcoxon over targets is the test of "the median target's rho is 0"); also with donor quality removed (each source's transfer minus
   its mean transfer to the other targets: does URIEL say more than "this source is good"?); (b) pooled over every ordered pair (source ≠ target), with
   its p-value for reference only (pairs sharing a source or target are not independent).
 * ``weight_spread``: per target, the Sinkhorn row over all other locales after the top-K filter
@@ -164,7 +166,8 @@ def markdown(corr: dict[str, pd.DataFrame], spread: pd.DataFrame, *, top_k: int,
     lines = [
         "Spearman's rho between URIEL cosine and measured zero-shot transfer (N×N matrix). `mean_rho_per_target`: "
         "the mean over targets of the rank correlation among that target's sources (95% bootstrap interval over "
-        "targets; `wilcoxon_p`: per-target rhos against 0; `_holm`: Holm-adjusted over the feature sets); `mean_rho_donor_adjusted`: the same after subtracting each "
+        "targets; `wilcoxon_p`: one-sample Wilcoxon test over targets of the per-target rhos against 0, not a paired "
+        "comparison of systems; `_holm`: Holm-adjusted over the feature sets); `mean_rho_donor_adjusted`: the same after subtracting each "
         "source's mean transfer to the other targets (donor quality). `pooled_rho` ranks all pairs at once; its p-value "
         "ignores that pairs share sources and targets.",
         "",

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from mu.analysis import itemwise
 from mu.core import paths
 
 RESULTS = "docs/results"
@@ -180,6 +181,16 @@ def num(v: Any, digits: int = 3, signed: bool = False) -> str:
 
 def p_text(v: Any) -> str:
     return "n.c." if v is None or pd.isna(v) else f"{float(v):.2g}"
+
+
+SHORT_TESTS = {itemwise.WILCOXON: "Wilcoxon", itemwise.SIGN_FLIP: "sign-flip (targets × items)"}
+
+
+def test_label(frame: pd.DataFrame, columns: tuple[str, ...] = ("test",)) -> str:
+    """The paired test(s) a collected table's rows used, briefly, for a column's header
+    (``mu.analysis.itemwise.tests_used``: a table collected before tests were named used the Wilcoxon test);
+    '' where no row ran a test."""
+    return " / ".join(SHORT_TESTS.get(u, u) for u in itemwise.tests_used(frame, columns))
 
 
 def md_table(head: list[str], rows: list[list[Any]]) -> str:

@@ -11,7 +11,7 @@ import fnmatch
 import pandas as pd
 
 from mu.analysis import families
-from mu.publish.collect import RESULTS, checkout, collected, not_collected, transfer_split
+from mu.publish.collect import RESULTS, checkout, collected, not_collected, test_label, transfer_split
 from mu.publish.collect import duration as _duration
 from mu.publish.collect import md_table as _table
 from mu.publish.collect import mean_ci as _mean_ci
@@ -42,7 +42,7 @@ HEADLINE = {  # the README's systems, each with what it is
 PROFILES = ("toy", "mini")
 
 
-def _vs(tests: pd.DataFrame, system: str, which: str) -> str:
+def _vs(tests: pd.DataFrame, system: str, which: str, name_test: bool = False) -> str:
     if which == "average":
         mine = tests[
             (tests["system"] == system)
@@ -55,12 +55,18 @@ def _vs(tests: pd.DataFrame, system: str, which: str) -> str:
         return ""
     t = mine.iloc[0]
     holm = f", Holm {_p(t['p_holm'])}" if "p_holm" in t and pd.notna(t["p_holm"]) else ""
-    return f"{_num(t['mean_diff'], signed=True)} ({int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])}, p {_p(t['p_value'])}{holm})"
+    named = name_test and isinstance(t.get("test"), str)  # the header cannot name one test for all rows
+    test = f" {test_label(mine.iloc[:1])}" if named else ""
+    return (
+        f"{_num(t['mean_diff'], signed=True)} ({int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])},"
+        f"{test} p {_p(t['p_value'])}{holm})"
+    )
 
 
 def systems(profile: str, vs: str = "average,oracle", families_: str = "", systems_: str = "") -> str:
     """Every system of a profile (or those of ``families_`` / the listed ``systems_``): what it sees, targets,
-    mean [95% bootstrap CI], and paired differences (wins/ties/losses, Wilcoxon p, Holm-adjusted p)."""
+    mean [95% CI], and paired differences (wins/ties/losses, the p-value of notebook 06's paired test, named in the
+    header, or in each cell where the rows used several, and the Holm-adjusted p)."""
     cols = [c for c in vs.split(",") if c]
     unknown = [c for c in cols if c not in BASELINES]
     if unknown:
@@ -74,14 +80,17 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     if systems_:  # names or fnmatch patterns (merge/linear/*)
         means = means[[any(fnmatch.fnmatchcase(s, pat) for pat in systems_.split(",")) for s in means["system"]]]
     means = means.sort_values(["mean", "system"], ascending=[False, True])
-    head = ["system", "sees", "targets", "mean [95% CI]"] + [f"vs {BASELINES[c]} (w/t/l, p)" for c in cols]
+    used = test_label(tests)
+    mixed = " / " in used
+    p_head = "p: test in each cell" if mixed else f"{used} p".strip()
+    head = ["system", "sees", "targets", "mean [95% CI]"] + [f"vs {BASELINES[c]} (w/t/l, {p_head})" for c in cols]
     rows = [
         [
             f"`{r['system']}`",
             families.sees(r["system"], transfer_split=transfer_split(profile)),
             int(r["n"]),
             _mean_ci(r),
-            *[_vs(tests, r["system"], c) for c in cols],
+            *[_vs(tests, r["system"], c, mixed) for c in cols],
         ]
         for _, r in means.iterrows()
     ]
@@ -133,7 +142,7 @@ def uriel(profile: str) -> str:
         "feature set",
         "mean per-target ρ [95% CI]",
         "targets with ρ > 0",
-        "Wilcoxon p",
+        "Wilcoxon p (per-target ρ vs 0)",
         "donor-adjusted ρ",
         "pooled ρ (pairs)",
     ]

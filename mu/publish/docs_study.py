@@ -24,6 +24,7 @@ from mu.publish.collect import (
     read_csv,
     read_json,
     results_path,
+    test_label,
 )
 
 
@@ -77,7 +78,17 @@ def seeds(profile: str) -> str:
         for _, r in frame.iterrows()
     ]
     return md_table(
-        ["system", "baseline", "targets", *[f"seed {i}" for i in ids], "mean", "sd", "largest Holm p", "holds"], rows
+        [
+            "system",
+            "baseline",
+            "targets",
+            *[f"seed {i}" for i in ids],
+            "mean",
+            "sd",
+            f"largest Holm p ({test_label(frame)})".replace(" ()", ""),
+            "holds",
+        ],
+        rows,
     )
 
 
@@ -252,8 +263,9 @@ def distill_lr(profile: str) -> str:
 
 def pairs(profile: str, systems_: str, baselines: str) -> str:
     """Chosen systems against chosen baselines, each pair over the targets both have (``mu.analysis.compare.head_to_head``
-    on the committed per-target table ``summary.csv``): mean difference [95% bootstrap CI], wins/ties/losses,
-    Wilcoxon p, and Holm over every test of this table (one family)."""
+    on the committed per-target table ``summary.csv``): mean difference [95% CI], wins/ties/losses, the p-value of
+    its test, and Holm over every test of this table (one family). The per-target table carries no per-item
+    results, so the test is the Wilcoxon fallback over targets and the header says so."""
     if not collected(profile):
         return not_collected(profile)
     table = read_csv(profile, "summary.csv", index_col="target")
@@ -276,7 +288,15 @@ def pairs(profile: str, systems_: str, baselines: str) -> str:
         for _, r in t.iterrows()
     ]
     return md_table(
-        ["system", "baseline", "targets", "mean difference [95% CI]", "w/t/l", "Wilcoxon p", f"Holm ({len(t)} tests)"],
+        [
+            "system",
+            "baseline",
+            "targets",
+            "mean difference [95% CI]",
+            "w/t/l",
+            f"{test_label(t)} p".strip(),
+            f"Holm ({len(t)} tests)",
+        ],
         rows,
     )
 
