@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test fmt lint test-timing lab docs docs-check bench bench-study study study-budget venv clean-reports
+.PHONY: help demo test fmt lint test-timing lab docs docs-check bench bench-study bench-training study study-budget venv clean-reports
 .DEFAULT_GOAL := help
 
 help: ## this list (each target's one line is the comment after its name)
@@ -64,6 +64,10 @@ test-timing: $(STAMP) ## time `bash .ci/run` on a fresh clone of HEAD -> reports
 MASSIVE ?= ../shared/massive/1.1
 bench-study: $(STAMP) ## the real study's unit costs on MASSIVE text and its projected total -> reports/bench/study.{json,md}
 	$(PY) -m bench.study --massive $(MASSIVE)
+
+# Notebook 02's fine-tuning and evaluation (mini profile, MASSIVE text) against a floor of plain matmuls at the same shapes.
+bench-training: $(STAMP) ## fine-tuning and N×N evaluation throughput vs a matmul floor -> reports/bench/training.{json,md}
+	$(PY) -m bench.training --massive $(MASSIVE) --tokenizer $(STUDY_ROOT)/models/mini/tokenizer
 
 # The study at its real shape on real MASSIVE (profile mini; docs/study.md): needs
 # ../shared/massive/1.1 beside the checkout or MU_MASSIVE_DIR. Subsample → pretrain → 02's recipe tuned on dev →

@@ -63,6 +63,8 @@ PUBLIC = {
     "bases": "learn",
     "evaluate": "learn",
     "train": "learn",
+    "loop": "learn",
+    "batching": "learn",
     "tracking": "learn",
     "pretrain": "learn",
     "mlm": "learn",

@@ -402,3 +402,17 @@ def test_maketest_reads_counts_and_seconds_from_a_ci_log(tmp_path, monkeypatch):
     got = maketest.record(log, wall_s=700.04, commit="abc1234", load_before="1-minute load average 0.10", rc=0)
     assert paths.read_json(tmp_path / "make-test.json") == got
     assert (got["wall_s"], got["commit"], got["exit_code"]) == (700.0, "abc1234", 0) and "681.40s" in got["log"]
+
+
+def test_training_bench_counts_flops_as_its_report_states():
+    import numpy as np
+
+    from bench import training
+
+    assert training.matmul_params() == 4 * (4 * 128 * 128 + 2 * 128 * 512) == 786_432
+    one = 2 * 786_432 * 10 + 4 * 4 * 128 * 10**2 + 2 * (128 * 128 + 128 * 60)
+    assert training.forward_flops(np.array([10])) == one
+    assert training.forward_flops(np.array([3, 10]), width=10) == 2 * one
+    floor = training.floor(np.array([10, 10]), 2, train=False)
+    assert floor["seconds"] > 0 and floor["flops"] == 2 * one
+    assert training.floor(np.array([10, 10]), 2, train=True)["flops"] == 3 * 2 * one

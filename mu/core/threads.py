@@ -98,11 +98,13 @@ def limited(n: int) -> Iterator[int]:
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n != before:  # set_num_threads reconfigures OpenMP and MKL each call: skipped when nothing changes
+        torch.set_num_threads(n)
     try:
         yield n
     finally:
-        torch.set_num_threads(before)
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def on_free_cores(fn: F) -> F:

@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 from mu.analysis.aggregate import nxn_items_path, nxn_path, read_nxn  # noqa: F401  (one reader each, torch-free)
 from mu.core import cache, paths, report, threads
 from mu.corpus import data as mu_data
+from mu.learn import batching
 from mu.learn import models as mu_models
 
 _FORWARD_CALLS = 0  # forward batches run by this process (see forward_calls)
+PROGRESS_BATCHES = 100  # fewer batches take seconds: no bar (one would flicker past for every N×N cell)
 
 
 def forward_calls() -> int:
@@ -73,12 +75,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write(path: Path, logits_: np.ndarray, ds: Dataset, meta: Mapping[str, Any]) -> None:
-    buf = io.BytesIO()
+    buf, cols = io.BytesIO(), mu_data.columns(ds)
     np.savez(
         buf,
         logits=logits_,
-        labels=np.asarray(ds["label"], dtype=np.int64),
-        ids=np.asarray(list(ds["id"]), dtype=str),
+        labels=np.asarray(cols["label"], dtype=np.int64),
+        ids=np.asarray(cols["id"], dtype=str),
         id2label=np.asarray(json.dumps(mu_data.ID2LABEL)),
         meta=np.asarray(json.dumps(dict(meta))),
     )
@@ -110,19 +112,19 @@ def _logits(model, locale, split, *, data, batch_size, max_seq_length, load) -> 
     hit = _read(path)
     if hit is not None:
         return hit
-    out = forward(*load(model), ds["text"], batch_size=batch_size, max_seq_length=max_seq_length)
+    out = forward(*load(model), mu_data.columns(ds)["text"], batch_size=batch_size, max_seq_length=max_seq_length)
     _write(
         path,
         out,
         ds,
         {"model": str(model), "locale": locale, "split": split, "data": str(data), "max_seq_length": max_seq_length},
     )
-    return out, np.asarray(ds["label"], dtype=np.int64)
+    return out, np.asarray(mu_data.columns(ds)["label"], dtype=np.int64)
 
 
 def split_ids(locale: str, split: str, data: str | os.PathLike) -> list[str]:
     """The item ids of a locale's split, in the order of its logits (``mu.corpus.data.load_split``, memoised)."""
-    return [str(i) for i in mu_data.load_split(locale, split, data)["id"]]
+    return [str(i) for i in mu_data.columns(mu_data.load_split(locale, split, data))["id"]]
 
 
 def _nxn_row(
@@ -162,22 +164,17 @@ def cached_logits(
 
 def _batches(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int, desc: str):
     """(indices, input_ids, attention_mask) of length-sorted, dynamically padded batches of ``texts``
-    on the model's device, in inference mode; every batch counts in ``forward_calls()``."""
+    (``mu.learn.batching.sorted_batches``) on the model's device, in inference mode; every batch counts
+    in ``forward_calls()``."""
     global _FORWARD_CALLS
     device = next(model.parameters()).device
-    enc = tokenizer(list(texts), truncation=True, max_length=max_seq_length)["input_ids"]
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    ids, lengths = batching.encode(tokenizer, texts, max_seq_length)
+    batches = batching.sorted_batches(lengths, batch_size)
     with torch.inference_mode(), mu_models.cpu_threads(model):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-            idx = order[start : start + batch_size]
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(enc[i])] = torch.tensor(enc[i])
-                mask[row, : len(enc[i])] = 1
+        for idx in tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < PROGRESS_BATCHES):
+            batch, mask = batching.collate(ids, lengths, idx)
             _FORWARD_CALLS += 1
-            yield idx, ids.to(device), mask.to(device)
+            yield idx, batch.to(device), mask.to(device)
 
 
 def forward(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_seq_length: int) -> np.ndarray:

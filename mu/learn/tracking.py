@@ -1,4 +1,4 @@
-"""Experiment tracking through the HF ``Trainer``'s own integrations (``report_to``).
+"""Experiment tracking through the HF ``Trainer``'s own integration callbacks (``report_to``).
 
 ``report_to`` is ``None`` / ``"none"`` (nothing, the default), one backend name or a
 list of them: ``tensorboard`` (a dependency of ``mu``: works offline; event files
@@ -72,3 +72,16 @@ def trainer_setup(
         writer = SummaryWriter(log_dir=str(log_dir))
         callbacks.append(TensorBoardCallback(tb_writer=_OffsetWriter(writer, step_offset) if step_offset else writer))
     return [b for b in backends if b != "tensorboard"], callbacks
+
+
+def callbacks(
+    backends: Sequence[str], log_dir: str | os.PathLike | None, step_offset: int = 0
+) -> list[TrainerCallback]:
+    """The ``TrainerCallback``s that track a fit for the checked ``backends`` (``mu.learn.loop`` calls them as
+    the ``Trainer`` does): TensorBoard's from ``trainer_setup``, then the integration callback of each other."""
+    names, found = trainer_setup(backends, log_dir, step_offset)
+    if names:
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        found += [cls() for cls in get_reporting_integration_callbacks(names)]
+    return found

@@ -1,4 +1,4 @@
-"""Fine-tune a classifier on one locale with the HF ``Trainer``.
+"""Fine-tune a classifier on one locale (the HF ``Trainer``'s recipe in a plain loop, ``mu.learn.loop``).
 
 ``fit`` is the bare loop (iterative training calls it repeatedly on the same
 model); ``train_locale`` trains one source model from the profile's base and
@@ -15,37 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import PrinterCallback
+from transformers import TrainerCallback
 
 from mu.core import paths, report, threads
 from mu.corpus import data as mu_data
-from mu.learn import bases, models, tracking
+from mu.learn import bases, loop, models, tracking
 
-PROGRESS_STEPS = 1000  # longer fits show the Trainer's per-step progress bar
-
-
-def tokenize(ds: Dataset, tokenizer: Any, max_seq_length: int) -> Dataset:
-    """Add ``input_ids``/``attention_mask`` (truncated, unpadded), keep ``label``."""
-    return ds.map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=max_seq_length),
-        batched=True,
-        remove_columns=[c for c in ds.column_names if c != "label"],
-    )
-
-
-class _Trainer(Trainer):
-    """A ``Trainer`` whose evaluations leave the training's random stream untouched (a DataLoader
-    draws a seed from torch's RNG each time it is iterated), so evaluating the dev split each
-    epoch, e.g. for tracking, trains exactly the same weights as not evaluating."""
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        with torch.random.fork_rng(devices=[]):
-            return super().evaluate(*args, **kwargs)
+PROGRESS_STEPS = 1000  # longer fits show a per-step progress bar
 
 
 def fit(
@@ -70,63 +49,45 @@ def fit(
 ) -> dict:
     """Train ``model`` in place on ``train_ds`` (columns ``text``, ``label``) for ``epochs``.
 
-    A fresh ``Trainer`` (AdamW, linear decay) each call: no state survives between
-    calls except the model's weights. Tiny models train on one CPU thread
-    (``mu.learn.models.cpu_threads``). Nothing is checkpointed (``save_strategy="no"``);
-    ``output_dir`` only receives the Trainer's scratch files. Deterministic in ``seed``.
+    The HF ``Trainer``'s recipe in a plain loop (``mu.learn.loop``): AdamW (weight decay 0.01 except
+    on biases and LayerNorm weights), gradients clipped at norm 1, batches of similar length
+    (``mu.learn.batching.bucketed_batches``) padded to their longest member. A fresh optimiser each call:
+    no state survives between calls except the model's weights. Tiny models train on one CPU thread
+    (``mu.learn.models.cpu_threads``). Nothing is checkpointed; ``output_dir`` is the
+    ``TrainingArguments.output_dir`` callbacks see. Deterministic in ``seed``.
     Runs over ``PROGRESS_STEPS`` optimiser steps show a tqdm bar per step.
     The learning rate warms up over the ``warmup`` fraction of the steps, then decays linearly
     from ``lr`` to ``lr_end`` (0: the usual decay to zero; a piece of a longer schedule otherwise).
-    ``report_to`` (``mu.learn.tracking``): experiment tracking; TensorBoard writes to ``log_dir``
-    with steps shifted by ``step_offset``; ``run_name`` names the run in wandb / mlflow.
-    Returns ``{"train_loss", "global_step", "log_history"}``; the model is left in eval mode.
+    ``eval_ds``: accuracy on it after each epoch (``eval_accuracy`` in the log).
+    ``callbacks``: ``TrainerCallback``s, called as the Trainer calls them (train/epoch/step begin and end,
+    log, evaluate). ``report_to`` (``mu.learn.tracking``): experiment tracking; TensorBoard writes to
+    ``log_dir`` with steps shifted by ``step_offset``; ``run_name`` names the run in wandb / mlflow.
+    Returns ``{"train_loss", "global_step", "log_history"}`` (the Trainer's keys: per epoch ``loss``,
+    ``grad_norm``, ``learning_rate``, ``epoch``, ``step``, the ``eval_*`` metrics, and last ``train_runtime``
+    and ``train_loss``); the model is left in eval mode.
     """
-    steps = -(-len(train_ds) // batch_size) * epochs
-    backends, tracking_callbacks = tracking.trainer_setup(tracking.check(report_to), log_dir, step_offset)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        learning_rate=lr,
-        warmup_steps=warmup,
-        lr_scheduler_type="polynomial" if lr_end else "linear",
-        lr_scheduler_kwargs={"lr_end": lr_end, "power": 1.0} if lr_end else {},
-        weight_decay=0.01,
+    backends = tracking.check(report_to)
+    tracked = tracking.callbacks(backends, log_dir, step_offset)
+    train = loop.Examples.of(train_ds, tokenizer, max_seq_length)
+    dev = loop.Examples.of(eval_ds, tokenizer, max_seq_length) if eval_ds is not None else None
+    settings = loop.Settings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
         seed=seed,
-        data_seed=seed,
-        save_strategy="no",
-        eval_strategy="epoch" if eval_ds is not None else "no",
-        logging_strategy="epoch",
-        report_to=backends,
+        lr_end=lr_end,
+        warmup=warmup,
+        output_dir=str(output_dir),
         run_name=run_name,
-        disable_tqdm=steps <= PROGRESS_STEPS,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=[b for b in backends if b != "tensorboard"],
+        progress=PROGRESS_STEPS,
     )
-    trainer = _Trainer(
-        model=model,
-        args=args,
-        train_dataset=tokenize(train_ds, tokenizer, max_seq_length),
-        eval_dataset=tokenize(eval_ds, tokenizer, max_seq_length) if eval_ds is not None else None,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=_accuracy if eval_ds is not None else None,
-        callbacks=[*tracking_callbacks, *(callbacks or [])],
-    )
-    trainer.remove_callback(PrinterCallback)  # losses go to the returned log_history, not stdout
-    if not torch.cuda.is_available():
-        # A fresh Trainer's accelerator holds nothing to free: the free_memory() that starts train() is
-        # then only a full gc.collect(), ~0.7 s per fit in a notebook's process (half a toy epoch).
-        trainer.accelerator.free_memory = lambda *objects: list(objects)
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda"))
     with models.cpu_threads(model):
-        out = trainer.train()
+        out = loop.run(model, tokenizer, train, dev, settings, [*tracked, *(callbacks or [])])
     model.eval()
-    return {"train_loss": out.training_loss, "global_step": out.global_step, "log_history": trainer.state.log_history}
-
-
-def _accuracy(pred: Any) -> dict[str, float]:
-    return {"accuracy": float(np.mean(np.argmax(pred.predictions, axis=-1) == pred.label_ids))}
+    return out
 
 
 def train_locale(

@@ -50,8 +50,9 @@ def _fit_one(
             output_dir=tmp,
         )
     with models.cpu_threads(model):
-        logits = evaluate.forward(model, tokenizer, list(dev_ds["text"]), batch_size=64, max_seq_length=max_seq_length)
-    acc = float(np.mean(logits.argmax(-1) == np.asarray(dev_ds["label"])))
+        dev = mu_data.columns(dev_ds)
+        logits = evaluate.forward(model, tokenizer, dev["text"], batch_size=64, max_seq_length=max_seq_length)
+    acc = float(np.mean(logits.argmax(-1) == np.asarray(dev["label"])))
     return {
         "locale": loc,
         "epochs": epochs,
