@@ -31,8 +31,8 @@ Layout of ``out_dir``::
 A cycle folder is written through ``mu.core.paths.atomic_path``: it exists only once
 complete, so ``resume=True`` continues after the last one (older cycles are
 pruned unless ``keep_cycles``). Each (cycle[, epoch], source) training seed and each
-cycle's merge seed are derived from ``seed``, and ``Trainer`` reseeds every RNG
-at the start of each ``fit``; each source model is always loaded from the start
+cycle's merge seed are derived from ``seed``, and ``fit`` reseeds every RNG (``transformers.set_seed``)
+at the start of each call; each source model is always loaded from the start
 model's folder on disk. So a resumed run computes exactly what an uninterrupted
 one does: the same weights bit for bit on CPU with the same thread count (on a
 GPU only as far as its kernels are deterministic; e.g. the embedding backward's
