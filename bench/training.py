@@ -278,6 +278,13 @@ def project(result: dict[str, Any], tokens_per_locale: float) -> dict[str, float
     return {"train_s": train_s, "nxn_s": nxn_s, "total_s": train_s + nxn_s}
 
 
+def projections(result: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """The projection of each run, as the JSON records it for the generated docs table (``mu.publish.docs_bench``),
+    which must not import this module: the notebook's shape and, per run, seconds of fine-tuning, N×N and both."""
+    runs = [("before", before), ("after", result)] if before else [("this run", result)]
+    return {"notebook": NOTEBOOK, "runs": {name: project(r, result["tokens_per_locale"]) for name, r in runs}}
+
+
 def _floor_range(runs: list[tuple[str, dict[str, Any]]]) -> tuple[float, float]:
     rates = [row["floor_gflops_per_s"] for _, r in runs for part in ("fit", "eval") for row in r[part].values()]
     return min(rates), max(rates)
@@ -413,18 +420,19 @@ def main(argv: list[str] | None = None) -> None:
         global LOCALES, SIZES
         LOCALES, SIZES = ("sw-KE",), {"train": 256, "dev": 64, "test": 128}
     out = args.out.resolve()
+    # --render keeps what the saved JSON holds unless a flag names a newer file, so re-rendering loses nothing
+    saved = json.loads(out.read_text()) if args.render else {}
     if args.render:
-        saved = json.loads(out.read_text())
         result, before = saved["result"], saved["before"]
     else:
         result = measure(args)
         before = json.loads(args.before.read_text())["result"] if args.before else None
-    accuracy = [json.loads(p.read_text()) for p in args.accuracy] if args.accuracy else None
-    ablation = json.loads(args.ablation.read_text()) if args.ablation else None
+    accuracy = [json.loads(p.read_text()) for p in args.accuracy] if args.accuracy else saved.get("accuracy")
+    ablation = json.loads(args.ablation.read_text()) if args.ablation else saved.get("ablation")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"result": result, "before": before, "accuracy": accuracy, "ablation": ablation}, indent=1) + "\n"
-    )
+    record = {"result": result, "before": before, "accuracy": accuracy, "ablation": ablation}
+    record["projection"] = projections(result, before)
+    out.write_text(json.dumps(record, indent=1) + "\n")
     md = markdown(result, before, accuracy, ablation)
     out.with_suffix(".md").write_text(md)
     print(md)

@@ -96,6 +96,7 @@ PUBLIC = {
     "docs_results": "publish",
     "docs_bench": "publish",
     "docs_study": "publish",
+    "docs_confirm": "publish",
     "site": "publish",
     "docs_architecture": "publish",
     "runner": "batch",

@@ -196,6 +196,22 @@ def _verdict(h: Mapping[str, Any], mine: pd.DataFrame, systems: Mapping[str, tup
     return {**out, "verdict": "supported", "reason": f"{passes} in all {len(mine)} seeds"}
 
 
+def verdicts_of(tests: pd.DataFrame) -> pd.DataFrame:
+    """The verdict and its reason per hypothesis of a written ``confirmatory.csv`` (``write``), which records every
+    test and its hypothesis' verdict but not the reason: the same rule (``_verdict``) on its rows, so a reader
+    of the file (``mu.publish.docs_confirm``) never restates it. A system the file leaves empty was not
+    determined; the tests' notes say why."""
+    out = []
+    for hid, mine in tests.groupby("hypothesis", sort=False):
+        first = mine.iloc[0]
+        h = {"id": hid, "claim": first.get("claim"), "kind": first["kind"], "delta": first.get("delta")}
+        named = {r: first[f"system_{r}"] for r in ("a", "b")}
+        # an undetermined system's resolution is not in the file: the tests' notes carry it instead
+        systems = {r: (v if isinstance(v, str) and v else "", "") for r, v in named.items()}
+        out.append(_verdict({**h, "a": "a", "b": "b"}, mine, systems))
+    return pd.DataFrame(out)
+
+
 def report(
     profile: str,
     preregistration: str | os.PathLike = PREREGISTRATION,

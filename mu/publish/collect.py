@@ -4,7 +4,9 @@
 * ``means.csv``, ``tests.csv``, ``summary.csv``: notebook 06's mean over targets, paired tests and
   per-target table; ``methods.csv`` / ``methods_contrasts.csv``: its method × weighting table and the
   questions of ``mu.analysis.methods_table.contrasts``; ``seeds.csv`` / ``seeds_per_seed.csv``: the headline effects
-  repeated over fine-tuning seeds (``mu.analysis.seeds``) (``reports/06_aggregation/<profile>/``);
+  repeated over fine-tuning seeds (``mu.analysis.seeds``); ``confirmatory.csv`` / ``confirmatory.md``: the
+  pre-registered hypotheses tested in every seed (``mu.analysis.confirm``), when the run was the
+  confirmatory one (``reports/06_aggregation/<profile>/``);
 * ``uriel.csv``, ``spread.csv``: its URIEL-vs-transfer correlations and weight spread (the record);
 * ``sts.csv``: notebook 03's encoder STS (Spearman) of the base, each source and each merge, per target;
 * ``costs.csv``: per system, the seconds its rows record per target (a merge's own time; the adapted
@@ -20,7 +22,7 @@
 * ``run.json``: targets, notebook 06's parameters and the package versions of the run;
 * ``docs/results/pretrain/<name>.json``: ``python -m mu compare-objectives`` comparisons found there.
 Paths resolve against the checkout (code and docs), never ``MU_ROOT``. The readers below format them
-for the generated tables (``mu.publish.docs``, ``mu.publish.docs_study``).
+for the generated tables (``mu.publish.docs``, ``mu.publish.docs_study``, ``mu.publish.docs_confirm``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ COPIED = (
     "methods_contrasts.csv",
     "seeds.csv",
     "seeds_per_seed.csv",
+    "confirmatory.csv",
+    "confirmatory.md",
 )
 
 

@@ -14,7 +14,8 @@ them), the committed inputs of the tables with ``reports/bench/*.json``. Paths r
 checkout (code and docs), never ``MU_ROOT``; ``--from`` names the run's root.
 
 The tables themselves: ``mu.publish.docs_results`` (a collected run), ``mu.publish.docs_bench``
-(``reports/bench/*.json``) and ``mu.publish.docs_study`` (the study).
+(``reports/bench/*.json``), ``mu.publish.docs_study`` (the study) and ``mu.publish.docs_confirm`` (its
+pre-registered, confirmatory tests).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mu.core import paths
-from mu.publish import docs_architecture, docs_bench, docs_results, docs_study
+from mu.publish import docs_architecture, docs_bench, docs_confirm, docs_results, docs_study
 from mu.publish.collect import checkout, collect
 
 OPEN = re.compile(r"^<!-- mu:table (?P<spec>[^>]*?) -->$")
@@ -36,6 +37,7 @@ PAGES = ("README.md", "docs/*.md")
 TABLES: dict[str, Callable[..., str]] = {
     **docs_architecture.TABLES,
     **docs_bench.TABLES,
+    **docs_confirm.TABLES,
     **docs_results.TABLES,
     **docs_study.TABLES,
 }

@@ -1,6 +1,7 @@
 """The benchmark tables for README.md and docs/ (``mu.publish.docs`` renders them between markers):
 the machine, merge and evaluation speed, the projected cost of the study, torch threads on a busy
-machine and ``make test`` on a fresh clone; all from the committed ``reports/bench/*.json``.
+machine, fine-tuning and evaluation against a matmul floor and ``make test`` on a fresh clone; all from the
+committed ``reports/bench/*.json``.
 """
 
 from __future__ import annotations
@@ -137,8 +138,65 @@ def make_test() -> str:
     )
 
 
+def training() -> str:
+    """Fine-tuning and evaluation throughput of notebook 02's mini setting against a floor of the same matmuls,
+    before and after, and the projected minutes of notebook 02 per seed (``python -m bench.training`` →
+    ``reports/bench/training.json``; its projection is the bench's own, recorded in the JSON)."""
+    d = _json(checkout(BENCH, "training.json"))
+    runs = [("before", d["before"]), ("after", d["result"])] if d.get("before") else [("this run", d["result"])]
+    rows = [
+        [
+            f"fine-tuning {loc} (epoch of {f['n']:,})",
+            name,
+            _num(f["examples_per_s"], 0),
+            _num(f["real_gflops_per_s"], 1),
+            _num(f["floor_gflops_per_s"], 1),
+            f"{_num(f['ratio'], 2)}×",
+        ]
+        for name, r in runs
+        for loc, f in r["fit"].items()
+    ]
+    rows += [
+        [
+            f"evaluation {split} ({e['n']:,} utterances)",
+            name,
+            _num(e["examples_per_s"], 0),
+            _num(e["real_gflops_per_s"], 1),
+            _num(e["floor_gflops_per_s"], 1),
+            f"{_num(e['ratio'], 2)}× (N×N row {_num(e['row_ratio'], 2)}×)",
+        ]
+        for name, r in runs
+        for split, e in r["eval"].items()
+    ]
+    rows.sort(key=lambda row: (not row[0].startswith("fine"), row[0], row[1] != "before"))
+    proj = d["projection"]
+    nb = proj["notebook"]
+    minutes = [
+        [name, _num(p["train_s"] / 60, 1), _num(p["nxn_s"] / 60, 1), _num(p["total_s"] / 60, 1)]
+        for name, p in proj["runs"].items()
+    ]
+    before = f" Before: {d['before']['code']}." if d.get("before", {}).get("code") else ""
+    return (
+        _table(["measurement", "run", "examples/s", "GFLOP/s", "floor GFLOP/s", "ratio to the floor"], rows)
+        + "\n\n"
+        + _table(
+            [
+                f"notebook 02 per seed, projected ({nb['locales']} locales × {nb['epochs']} epochs, "
+                f"{nb['workers']} processes)",
+                "fine-tuning min",
+                "dev + test N×N min",
+                "total min",
+            ],
+            minutes,
+        )
+        + f"\n\nOne torch thread, {d['result']['cpu']}, torch {d['result']['torch']}; GFLOP/s counts the real "
+        f"(non-pad) tokens.{before}"
+    )
+
+
 TABLES = {
     "make-test": make_test,
+    "training": training,
     "threads": threads,
     "bench-machine": bench_machine,
     "bench-merge": bench_merge,
