@@ -1,5 +1,5 @@
-"""Section 1: one merge by ``mu.merge.merge_models`` (beside the mergekit CLI for linear and TIES), the
-I/O floor, and each method's own floor (the I/O floor plus the compute it cannot avoid: ``bench.floors``).
+"""Section 1: one merge by ``mu.merge.merge_models`` (beside the mergekit CLI for every method mergekit has),
+the I/O floor, and each method's own floor (the I/O floor plus the compute it cannot avoid: ``bench.floors``).
 
 Every measurement runs in its own process (``bench.proc``). Every data-free
 method of ``mu.merge.METHODS`` (all but those needing data statistics or target
@@ -8,9 +8,11 @@ density 0.5, DARE density 0.5 rescaled, breadcrumbs density 0.9 / gamma 0.01,
 λ = 1, normalised; fp32 out): linear and TIES first, then the chunk-streamed
 methods, then those holding whole tensors (``peak_estimate`` says beforehand
 whether they fit the memory limit; a merge that would not is skipped, with why).
-For ``MERGEKIT`` methods the mergekit CLI gets the same checkpoints, weights and
-settings, and the two outputs are compared tensor by tensor (``max_abs_diff``)
-so the two timings are of the same computation.
+For ``MERGEKIT`` methods (the catalog's ``mergekit`` field) the mergekit CLI gets the
+configuration ``mu.build.export`` writes beside a ``python -m mu merge`` (the same
+checkpoints, weights, base and knobs), and the two outputs are compared tensor by
+tensor (``max_abs_diff``) so the two timings are of the same computation; DARE and
+DELLA draw their random masks apart, so theirs are not compared.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from bench import proc
 from mu import paths
@@ -40,10 +40,46 @@ def data_free() -> tuple[str, ...]:
     return ("linear", "ties", *sorted(rest, key=lambda m: (m not in STREAMED, rest.index(m))))
 
 
+def shared() -> tuple[str, ...]:
+    """The measured methods mergekit also has (the catalog's ``mergekit`` field), in measuring order."""
+    from mu.merge import catalog
+
+    return tuple(m for m in METHODS if catalog.get(m).mergekit)
+
+
 METHODS = data_free()
-MERGEKIT = ("linear", "ties")  # methods also timed with the mergekit CLI (the same computation)
+MERGEKIT = shared()  # also timed with the mergekit CLI, on the configuration mu's exporter writes
 TIES_DENSITY = 0.5
+# mergekit's Karcher mean weighs its inputs equally, so with unequal weights it has no equivalent; both
+# tools get equal weights there (the cost of the iteration does not depend on them)
+EQUAL_WEIGHTS = ("karcher",)
+RANDOM_MASKS = "random masks differ"
 WARM_PASSES = 3  # warm reads per file in the floor; the fastest counts
+# mergekit's working copies of the largest tensor per source (``mergekit_peak_estimate``), per method: its
+# peaks at N = 2 on the quick size (fits: TIES 4.1, RAM 7.6, DELLA and multislerp 5.1, linear and slerp
+# about 0), scaled by 0.76 (its TIES: 3.1 on the base size) and rounded up to halves
+MERGEKIT_WORK = {
+    "linear": 0.5,
+    "slerp": 0.5,
+    "task_arithmetic": 1.5,
+    "dare_linear": 2.0,
+    "karcher": 2.0,
+    "model_stock": 2.0,
+    "nearswap": 2.0,
+    "arcee_fusion": 2.0,
+    "dare_ties": 2.5,
+    "sce": 2.5,
+    "breadcrumbs": 3.0,
+    "breadcrumbs_ties": 3.0,
+    "nuslerp": 3.0,
+    "ties": 3.5,
+    "della": 4.0,
+    "della_linear": 4.0,
+    "multislerp": 4.0,
+    "ram": 6.0,
+    "ramplus_tl": 6.0,
+}
+MERGEKIT_PROCESS = 0.5e9  # bytes of Python, torch and mergekit's imports (its peak merging tiny models)
 
 
 def weights(locales: list[str]) -> dict[str, float]:
@@ -51,6 +87,14 @@ def weights(locales: list[str]) -> dict[str, float]:
     raw = {loc: 1.0 / (i + 1) for i, loc in enumerate(locales)}
     total = sum(raw.values())
     return {loc: w / total for loc, w in raw.items()}
+
+
+def weights_for(method: str, locales: list[str]) -> dict[str, float]:
+    """The weights both tools merge ``locales`` with by ``method``: ``weights``, or equal ones for
+    ``EQUAL_WEIGHTS``."""
+    if method in EQUAL_WEIGHTS:
+        return {loc: 1.0 / len(locales) for loc in locales}
+    return weights(locales)
 
 
 def check_method(method: str) -> str:
@@ -87,21 +131,40 @@ def uses_base(method: str) -> bool:
     return method in USES_BASE
 
 
-def mergekit_config(method: str, sources: Mapping[str, Path], w: Mapping[str, float], base: Path) -> str:
-    """The mergekit YAML equivalent to ``mu.merge.merge_models(method, sources, w, base_model=base)``."""
+def mergekit_config(
+    method: str, sources: Mapping[str, Path], w: Mapping[str, float], base: Path | None
+) -> tuple[str | None, list[str]]:
+    """(the mergekit YAML equivalent to ``mu.merge.merge_models(method, sources, w, base_model=base)`` at the
+    method's default knobs, or None where mergekit has none; the exporter's notes): ``mu.build.export``'s
+    translation, the one a ``python -m mu merge`` folder carries."""
+    from mu.build import export
+    from mu.merge import catalog
+
     if method not in MERGEKIT:
         raise ValueError(f"the benchmark runs mergekit for {list(MERGEKIT)}, not {method!r}")
-    entries = []
-    for loc, folder in sources.items():
-        params: dict[str, float] = {"weight": float(w[loc])}
-        if method == "ties":
-            params["density"] = TIES_DENSITY
-        entries.append({"model": str(folder), "parameters": params})
-    config: dict[str, Any] = {"merge_method": method, "models": entries, "dtype": "float32"}
-    if method == "ties":
-        config["base_model"] = str(base)
-        config["parameters"] = {"normalize": True, "lambda": 1.0}
-    return yaml.safe_dump(config, sort_keys=False)
+    refs = {loc: str(folder) for loc, folder in sources.items()}
+    base_ref = str(base) if base is not None and uses_base(method) else None
+    cfg, notes = export.mergekit_config(method, refs, dict(w), catalog.resolve(method), base_ref)
+    if cfg is None:
+        return None, notes
+    return export.mergekit_yaml(cfg, f"python -m bench ({method}, N = {len(sources)}, default knobs)"), notes
+
+
+def mergekit_peak_estimate(method: str, n: int, base: Path) -> tuple[float, str]:
+    """mergekit's peak bytes merging ``n`` checkpoints shaped like ``base`` before any of its merges by
+    ``method`` was measured: the process itself, the input files it maps (RSS counts their pages once
+    touched), the output it holds until written, and working copies of the largest tensor per source
+    (``MERGEKIT_WORK``; a method without a fit gets the largest). At N = 2 on the base size: TIES 10.3 GB
+    (measured 9.7), linear 4.6 GB (measured 3.8); after the first N the bench predicts from mergekit's
+    measured peaks instead."""
+    model = float((base / "model.safetensors").stat().st_size)
+    files = n + uses_base(method)
+    largest = 4.0 * max(math.prod(s) for s, _ in lazy.meta(lazy.open_model(base)).values())
+    work = MERGEKIT_WORK.get(method, max(MERGEKIT_WORK.values()))
+    return MERGEKIT_PROCESS + (files + 1) * model + work * n * largest, (
+        f"{MERGEKIT_PROCESS / 1e9:g} GB + {files} input + 1 output models + {work:g} × N × largest tensor "
+        f"({largest / 4e6:.0f}M)"
+    )
 
 
 def mergekit_cli() -> Path:
@@ -190,22 +253,30 @@ def measure(
     device: str | None = None,
 ) -> dict[str, Any]:
     """mu (then the mergekit CLI, for ``MERGEKIT`` methods) on the same inputs, ``repeats`` times (alternating):
-    {"mu": best run, "mergekit": best run or why not run, "runs": every run, "max_abs_diff": ..., "elapsed_s": ...}.
+    {"mu": best run, "mergekit": best run or why not run, "runs": every run, "max_abs_diff": ... (or
+    "diff_note" where the masks are random), "elapsed_s": ...}.
 
     ``mergekit``: ``"run"``, or the reason it is not run (``"skipped: ..."``).
     ``device``: where mu merges (None: CUDA when available). Each process is killed
     when it passes ``max_rss_bytes`` or runs past ``deadline`` (``time.perf_counter()``
     value; at least 30 s are granted). The outputs are compared once, then removed.
     """
+    from mu.build import export
+
     check_method(method)
     started = time.perf_counter()
-    w = weights(list(sources))
+    w = weights_for(method, list(sources))
     tag = f"{method}-n{len(sources)}"
     out_mu, out_mk = workdir / f"out-mu-{tag}", workdir / f"out-mergekit-{tag}"
-    with_mk = method in MERGEKIT and mergekit == "run"
     config = workdir / f"mergekit-{tag}.yml"
+    text, notes = mergekit_config(method, sources, w, base) if method in MERGEKIT else (None, [])
+    if method not in MERGEKIT:
+        mergekit = "not run (mergekit has no such method)"
+    elif text is None:
+        mergekit = "not run (no mergekit equivalent: " + "; ".join(notes) + ")"
+    with_mk = mergekit == "run"
     if with_mk:
-        paths.write_text(config, mergekit_config(method, sources, w, base))
+        paths.write_text(config, text)
     args = {
         "method": method,
         "sources": {k: str(v) for k, v in sources.items()},
@@ -246,16 +317,14 @@ def measure(
             result["runs"]["mergekit"].append(mk)
             if mu["status"] != "ok" or mk["status"] != "ok":
                 break
-            if "max_abs_diff" not in result:
+            if method in export.RANDOM_DROPS:  # drawn from other generators: the same merge in distribution only
+                result["diff_note"] = RANDOM_MASKS
+            elif "max_abs_diff" not in result:
                 result["max_abs_diff"] = max_abs_diff(out_mu, out_mk)
     finally:
         for out in (out_mu, out_mk):
             shutil.rmtree(out, ignore_errors=True)
     result["mu"] = _best(result["runs"]["mu"])
-    result["mergekit"] = (
-        _best(result["runs"]["mergekit"])
-        if with_mk
-        else {"status": mergekit if method in MERGEKIT else "not run (mu only for this method)"}
-    )
+    result["mergekit"] = _best(result["runs"]["mergekit"]) if with_mk else {"status": mergekit}
     result["elapsed_s"] = time.perf_counter() - started
     return result

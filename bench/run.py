@@ -3,12 +3,13 @@
 Order: checkpoints (generated once, cached) → a cold read (if the page cache can
 be dropped) → the I/O floor (reading every input file, writing one output) → the
 compute floors (one selection and one SVD per distinct shape: ``bench.floors``) →
-one untimed warm-up merge → linear merges for every N (mu and mergekit) → TIES
-(mu, and mergekit where it fits in memory) → the other data-free methods (mu)
-→ evaluation → ensembling.
+one untimed warm-up merge → linear merges for every N → TIES → the other data-free
+methods (each by mu, and by the mergekit CLI where mergekit has the method and it fits
+in memory) → evaluation → ensembling.
 Before each merge the time and peak memory of each tool are predicted from the
-same method at smaller N (linear in N), or for the first N of a method that holds whole
-tensors, estimated from the checkpoint's shapes (``merging.peak_estimate``); a merge
+same method at smaller N (linear in N), or for the first N, estimated from the checkpoint's
+shapes (mu's for the methods that hold whole tensors: ``merging.peak_estimate``; mergekit's
+always: ``merging.mergekit_peak_estimate``); a merge
 predicted to overrun the budget or the memory limit (``max_rss_gb``, and what the machine
 has available) is skipped and recorded as skipped (with why), never silently dropped.
 """
@@ -91,6 +92,12 @@ def _merges(
         estimate = merging.peak_estimate(method, n, base) if not _predict(done, n, "mu") else None
         if estimate and estimate[0] > limit:  # whole tensors per source: known before the first run
             why["mu"].append(f"estimated peak {estimate[0] / 1e9:.1f} GB ({estimate[1]}) > {limit / 1e9:.1f} GB limit")
+        if method in merging.MERGEKIT and not _predict(done, n, "mergekit"):  # none of its runs measured yet
+            first = merging.mergekit_peak_estimate(method, n, base)
+            if first[0] > limit:
+                why["mergekit"].append(
+                    f"estimated peak {first[0] / 1e9:.1f} GB ({first[1]}) > {limit / 1e9:.1f} GB limit"
+                )
         if why["mu"]:
             skipped.append({"method": method, "n": n, "reason": "; ".join(why["mu"])})
             continue

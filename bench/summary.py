@@ -94,11 +94,13 @@ def merge_row(
         "model_gb": model_bytes / GB,
         "peak_limit_gb": (n + 2) * model_bytes / GB,
         "max_abs_diff": measured.get("max_abs_diff"),
+        "diff_note": measured.get("diff_note"),
     }
     own = own or {}
     row.update({k: own.get(k) for k in ("floor_kind", "compute_floor_s", "own_floor_s", "floor_ops")})
     row["mu_over_own_floor"] = _ratio(row["mu_op_s"], row["own_floor_s"])
     row["mu_over_mergekit"] = _ratio(row["mu_wall_s"], row["mergekit_wall_s"])
+    row["mergekit_over_mu"] = _ratio(row["mergekit_wall_s"], row["mu_wall_s"])
     row["mu_over_floor"] = _ratio(row["mu_op_s"], row["floor_read_s"])
     row["mu_over_io_floor"] = _ratio(row["mu_op_s"], row["io_floor_s"])
     row["mu_over_touch"] = _ratio(row["mu_op_s"], row["floor_touch_s"])
@@ -202,6 +204,31 @@ def targets(rows: Sequence[Mapping[str, Any]], evaluation_: Mapping[str, Any]) -
     return out
 
 
+OWN_FLOOR_TARGET = 2.0  # each merge within twice its method's own floor
+OLD_NOT_RUN = "not run (mu only for this method)"  # how runs from before every shared method was timed say it
+
+
+def mergekit_over_mu(r: Mapping[str, Any]) -> float | None:
+    """mergekit's process wall time over mu's (rows from before the field: from their two wall times)."""
+    return r.get("mergekit_over_mu") or _ratio(r.get("mergekit_wall_s"), r.get("mu_wall_s"))
+
+
+def mergekit_cell(r: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(the mergekit wall-time cell of a row, the note saying why it has no time, if it should say)."""
+    from mu.merge import catalog
+
+    state = r["status"].get("mergekit")
+    if state == "ok":
+        return _f(r["mergekit_wall_s"], 1), None
+    if catalog.get(r["method"]).mergekit is None:
+        return "— (no such method)", None
+    if state == OLD_NOT_RUN:
+        return "not measured in this run", None
+    if str(state).startswith("not run"):
+        return "no equivalent", str(state)
+    return ("skipped" if str(state).startswith("skipped") else "failed"), str(state)
+
+
 def _f(v: Any, digits: int = 2) -> str:
     if v is None:
         return "—"
@@ -230,11 +257,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"### Merging ({ck['merge_size']} size: {ck['merge_params'] / 1e6:.0f}M parameters, "
         f"{ck['model_gb']:.2f} GB per checkpoint, fp32)",
         "",
-        "| N | method | mu merge s | mu wall s | read floor s | write s | I/O floor s | mu / I/O floor | "
-        "floor kind | own floor s | mu / own floor | "
-        "mu / read floor | mu peak GB | (N+2)×model GB | mergekit wall s | mu / mergekit | mergekit peak GB | "
-        "max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | method | mu merge s | mu wall s | mu peak GB | I/O floor s | mu / I/O floor | floor kind | "
+        "own floor s | mu / own floor | mergekit wall s | mergekit / mu | mergekit peak GB | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     compute = results["merge"].get("compute_floor") or {}
@@ -243,21 +268,25 @@ def markdown(results: Mapping[str, Any]) -> str:
         if compute.get("status") == "ok"
         else compute.get("status")
     )
+    above = []
     for r in results["merge"]["rows"]:
-        mu_state, mk_state = r["status"]["mu"], r["status"]["mergekit"]
+        mu_state = r["status"]["mu"]
         note = "" if mu_state == "ok" else f" ({mu_state})"
-        if mk_state not in ("ok", None) and not str(mk_state).startswith("not run"):
-            notes.append(f"mergekit {r['method']} N={r['n']}: {mk_state}")
+        mk_cell, mk_note = mergekit_cell(r)
+        if mk_note:
+            notes.append(f"mergekit {r['method']} N={r['n']}: {mk_note}")
+        own = r.get("mu_over_own_floor")
+        if own is not None and own > OWN_FLOOR_TARGET:
+            above.append(f"{r['method']} N={r['n']} ({own:.1f})")
         lines.append(
             f"| {r['n']} | {r['method']}{note} | {_f(r['mu_op_s'], 1)} | {_f(r['mu_wall_s'], 1)} | "
-            f"{_f(r['floor_read_s'], 1)} | {_f(r['write_s'], 1)} | {_f(r['io_floor_s'], 1)} | "
-            f"{_f(r['mu_over_io_floor'])} | {r.get('floor_kind') or '—'} | {_f(r.get('own_floor_s'), 1)} | "
-            f"{_f(r.get('mu_over_own_floor'))} | {_f(r['mu_over_floor'])} | {_f(r['mu_peak_rss_gb'], 1)} | "
-            f"{_f(r['peak_limit_gb'], 1)} | {_f(r['mergekit_wall_s'], 1)} | {_f(r['mu_over_mergekit'])} | "
-            f"{_f(r['mergekit_peak_rss_gb'], 1)} | {_f(r['max_abs_diff'], 2)} |"
+            f"{_f(r['mu_peak_rss_gb'], 1)} | {_f(r['io_floor_s'], 1)} | {_f(r['mu_over_io_floor'])} | "
+            f"{r.get('floor_kind') or '—'} | {_f(r.get('own_floor_s'), 1)} | {_f(own)} | {mk_cell} | "
+            f"{_f(mergekit_over_mu(r))} | {_f(r['mergekit_peak_rss_gb'], 1)} | "
+            f"{r.get('diff_note') or _f(r['max_abs_diff'], 2)} |"
         )
     for r in results["merge"]["skipped"]:
-        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 16)
+        lines.append(f"| {r['n']} | {r['method']} (skipped: {r['reason']}) |" + " — |" * 12)
     gpu = results.get("gpu", {})
     lines += [
         "",
@@ -272,11 +301,16 @@ def markdown(results: Mapping[str, Any]) -> str:
         "per source (tsv_m, iso_cts; iso_c: one per matrix), on the faster of the machine's thread count "
         "and one thread; 'io', nothing more (elementwise and Gram-matrix methods, karcher included). "
         + (f"Compute floor: {compute_note}. " if compute_note else "")
-        + "mergekit: its CLI on the same inputs and settings (linear and TIES only; "
-        "elsewhere mu alone), process wall time. Merges ran on: "
-        + (", ".join(gpu.get("merges_ran_on") or []) or "—")
-        + ".",
+        + f"The target is mu / own floor ≤ {OWN_FLOOR_TARGET:g}. "
+        "mergekit: its CLI (mergekit-yaml) for every method mergekit has, on the configuration mu's exporter "
+        "writes beside `python -m mu merge` (mu.build.export: the same inputs, weights, base and knobs), "
+        "where its peak is predicted to fit the memory limit; its process wall time and peak RSS. "
+        "mergekit / mu: the two process wall times (each with Python's start and imports). Max abs diff: "
+        "between the two outputs (DARE and DELLA draw their random masks apart, so not compared). "
+        "Merges ran on: " + (", ".join(gpu.get("merges_ran_on") or []) or "—") + ".",
     ]
+    if above:
+        lines += ["", f"Above {OWN_FLOOR_TARGET:g}× their own floor: " + ", ".join(above) + "."]
     if notes:
         lines += [""] + [f"* {n}" for n in notes]
     lines += [

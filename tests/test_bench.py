@@ -80,19 +80,97 @@ def test_worker_runs_as_its_own_process(mu_root):
     assert measured["peak_rss_mb"] > 0
 
 
-def test_mergekit_config_is_the_same_merge(tmp_path):
+def test_bench_mergekit_methods_and_configs_are_the_catalogs_and_the_exporters(tmp_path):
+    """One source of truth: the bench times mergekit for exactly the catalog's mergekit methods, on the YAML
+    mu.build.export writes for a ``python -m mu merge`` with the bench's sources, weights, base and default knobs."""
+    from mu.build import export
+    from mu.merge import catalog
+
+    assert set(merging.MERGEKIT) == {m.name for m in catalog.METHODS if m.mergekit} == set(export.MERGEKIT_METHODS)
+    assert list(merging.MERGEKIT) == [m for m in merging.METHODS if m in merging.MERGEKIT]  # measuring order
+    assert set(merging.MERGEKIT_WORK) == set(merging.MERGEKIT)  # each has its fitted peak estimate
     folders = {"de-DE": tmp_path / "a", "nl-NL": tmp_path / "b"}
     w = merging.weights(list(folders))
     assert sum(w.values()) == pytest.approx(1.0) and w["de-DE"] == pytest.approx(2 * w["nl-NL"])
-    ties = yaml.safe_load(merging.mergekit_config("ties", folders, w, tmp_path / "base"))
+    refs = {k: str(v) for k, v in folders.items()}
+    for method in merging.MERGEKIT:
+        mw = merging.weights_for(method, list(folders))
+        text, notes = merging.mergekit_config(method, folders, mw, tmp_path / "base")
+        base = str(tmp_path / "base") if method in catalog.USES_BASE else None
+        want, want_notes = export.mergekit_config(method, refs, mw, catalog.resolve(method), base)
+        assert yaml.safe_load(text) == want and notes == want_notes, method
+    ties = yaml.safe_load(merging.mergekit_config("ties", folders, w, tmp_path / "base")[0])
     assert ties["base_model"] == str(tmp_path / "base") and ties["dtype"] == "float32"
-    assert [m["parameters"] for m in ties["models"]] == [{"weight": w[k], "density": merging.TIES_DENSITY} for k in w]
-    linear = yaml.safe_load(merging.mergekit_config("linear", folders, w, tmp_path / "base"))
+    assert [m["parameters"]["density"] for m in ties["models"]] == [merging.TIES_DENSITY] * 2
+    assert [m["parameters"]["weight"] for m in ties["models"]] == list(w.values())
+    linear = yaml.safe_load(merging.mergekit_config("linear", folders, w, tmp_path / "base")[0])
     assert "base_model" not in linear and [m["model"] for m in linear["models"]] == [str(f) for f in folders.values()]
+    # mergekit's Karcher mean takes no weights: with the bench's unequal ones there is no equivalent
+    assert merging.weights_for("karcher", list(folders)) == {"de-DE": 0.5, "nl-NL": 0.5}
+    none, why = merging.mergekit_config("karcher", folders, w, tmp_path / "base")
+    assert none is None and "equally" in why[0]
     with pytest.raises(ValueError, match="linear"):
-        merging.mergekit_config("dare_ties", folders, w, tmp_path / "base")
+        merging.mergekit_config("tsv_m", folders, w, tmp_path / "base")
     with pytest.raises(ValueError, match="tiny"):
         sizes.check_size("huge")
+
+
+# every method mergekit has, at the smallest N the bench would merge it at
+SHARED = [(m, run._ns(m, [3])[0]) for m in merging.MERGEKIT]
+
+
+@pytest.mark.parametrize("method,n", SHARED)
+def test_mergekit_beside_mu_on_tiny_models_is_the_same_merge(in_process, mu_root, method, n):
+    """For every shared method the bench runs mergekit's CLI on the exporter's YAML: both timings and peaks
+    in the row, and the same tensors (DARE / DELLA: random masks differ, said instead of a number)."""
+    from bench import summary
+    from mu.build import export
+
+    base, sources = checkpoints.build("tiny", 3)
+    workdir = paths.cache_dir("bench", "test-mergekit", method)
+    workdir.mkdir(parents=True, exist_ok=True)
+    measured = merging.measure(
+        method,
+        base,
+        dict(list(sources.items())[:n]),
+        workdir=workdir,
+        max_rss_bytes=2**40,
+        deadline=time.perf_counter() + 300,
+        device="cpu",
+    )
+    assert measured["mu"]["status"] == "ok" and measured["mergekit"]["status"] == "ok", measured
+    row = summary.merge_row(measured, merging.floor_for(method, n, _FAKE_FLOOR), 1)
+    assert row["mu_wall_s"] > 0 and row["mergekit_wall_s"] > 0 and row["mergekit_peak_rss_gb"] > 0
+    assert row["mergekit_over_mu"] == pytest.approx(row["mergekit_wall_s"] / row["mu_wall_s"])
+    if method in export.RANDOM_DROPS:
+        assert row["max_abs_diff"] is None and row["diff_note"] == "random masks differ"
+    else:
+        assert row["max_abs_diff"] < 1e-6 and row["diff_note"] is None
+    assert not list(workdir.glob("out-*")), "merge outputs must be removed"
+
+
+_FAKE_FLOOR = {
+    key: {k: 1.0 for k in [*checkpoints.SOURCE_LOCALES, "<base>"]}
+    for key in ("first_read_s", "warm_read_s", "touch_s", "hash_s", "bytes")
+} | {"write_s": 1.0}
+
+
+def test_the_table_shows_mergekit_beside_every_method_and_reads_runs_from_before():
+    """results.md's one merge table: floor kind and own floor, mergekit's time, mergekit / mu and both peaks; a
+    run from before every shared method was timed (the committed results.json) renders with its gaps said."""
+    from bench import summary
+    from mu.publish import docs_bench
+
+    old = paths.read_json(Path(__file__).resolve().parents[1] / "reports" / "bench" / "results.json")
+    table = summary.markdown(old)
+    for col in ("floor kind", "own floor s", "mu / own floor", "mergekit wall s", "mergekit / mu", "mergekit peak GB"):
+        assert f"| {col} |" in table, col
+    lines = {(r.split("|")[1].strip(), r.split("|")[2].strip()): r for r in table.splitlines() if r.startswith("| ")}
+    assert "not measured in this run" in lines[("2", "task_arithmetic")]
+    assert "— (no such method)" in lines[("2", "tsv_m")] and "skipped" in lines[("5", "ties")]
+    linear = old["merge"]["rows"][0]
+    assert f"| {linear['mergekit_wall_s'] / linear['mu_wall_s']:.2f} |" in lines[("2", "linear")]
+    assert "mergekit / mu" in docs_bench.bench_merge()
 
 
 def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
@@ -112,6 +190,7 @@ def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
         }
 
     monkeypatch.setattr(merging, "measure", fake_measure)
+    monkeypatch.setattr(merging, "mergekit_peak_estimate", lambda *_: (0.0, "no checkpoint here"))
     sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
     skipped: list = []
     done = run._merges(
@@ -130,12 +209,12 @@ def test_merges_over_budget_are_recorded_as_skipped(monkeypatch, tmp_path):
     assert skipped[0]["reason"].startswith("predicted 250 s")  # mu alone: 50 s per source × 5
 
 
-def test_mergekit_predicted_over_the_memory_limit_is_skipped_but_mu_runs(monkeypatch, tmp_path):
+def test_mergekit_predicted_over_the_memory_limit_is_skipped_but_mu_runs(monkeypatch, mu_root):
     calls = []
 
     def fake_measure(method, base, chosen, *, mergekit, **_):
         calls.append((len(chosen), mergekit))
-        mu = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 100.0}
+        mu = {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1e-3}
         mk = (
             {"status": "ok", "wall_s": 1.0, "peak_rss_mb": 1000.0 * len(chosen)}
             if mergekit == "run"
@@ -144,21 +223,34 @@ def test_mergekit_predicted_over_the_memory_limit_is_skipped_but_mu_runs(monkeyp
         return {"method": method, "n": len(chosen), "mu": mu, "mergekit": mk, "runs": {"mu": [mu], "mergekit": [mk]}}
 
     monkeypatch.setattr(merging, "measure", fake_measure)
-    sources = {loc: tmp_path / loc for loc in checkpoints.SOURCE_LOCALES[:5]}
-    skipped: list = []
-    done = run._merges(
-        "ties",
-        [2, 5],
-        tmp_path,
-        sources,
-        workdir=tmp_path,
-        deadline=time.perf_counter() + 600,
-        repeats=1,
-        skipped=skipped,
-        max_rss_bytes=3 * 2**30,
-    )
-    assert [d["n"] for d in done] == [2, 5] and not skipped
+    base, sources = checkpoints.build("tiny", 5)
+
+    def merges(method: str, limit: int) -> list:
+        skipped: list = []
+        done = run._merges(
+            method,
+            [2, 5],
+            base,
+            sources,
+            workdir=base,
+            deadline=time.perf_counter() + 600,
+            repeats=1,
+            skipped=skipped,
+            max_rss_bytes=limit,
+        )
+        assert [d["n"] for d in done] == [2, 5] and not skipped
+        return done
+
+    merges("ties", 3 * 2**30)  # the estimate at N = 2 fits; N = 5 is predicted from the measured N = 2
     assert calls[0] == (2, "run") and calls[1][1].startswith("skipped: predicted peak")
+    # before any mergekit run is measured, its peak is estimated from the checkpoint's shapes
+    model = (base / "model.safetensors").stat().st_size
+    ties, why = merging.mergekit_peak_estimate("ties", 2, base)
+    linear, _ = merging.mergekit_peak_estimate("linear", 2, base)
+    assert 4 * model < ties and 3 * model < linear < ties and "largest tensor" in why  # inputs, base, output
+    calls.clear()
+    merges("ties", int(ties) - 1)
+    assert [n for n, _ in calls] == [2, 5] and all(mk.startswith("skipped: estimated peak") for _, mk in calls)
 
 
 def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
@@ -197,10 +289,14 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     raw = results["merge"]["raw"]
     assert [len(m["runs"]["mu"]) for m in raw] == [2, 2, 1, 1, 1, 1, 1]  # linear repeated, the others once
     assert raw[0]["mu"]["wall_s"] == min(r["wall_s"] for r in raw[0]["runs"]["mu"])
-    for r in rows[:3]:
+    for r in rows[:5]:  # linear, ties, dare_ties, slerp: every method mergekit has, beside it
         assert r["status"] == {"mu": "ok", "mergekit": "ok"}
-        assert r["max_abs_diff"] < 1e-6  # mu and mergekit computed the same merge
+        if r["method"] == "dare_ties":
+            assert r["max_abs_diff"] is None and r["diff_note"] == "random masks differ"
+        else:
+            assert r["max_abs_diff"] < 1e-6  # mu and mergekit computed the same merge
         assert r["mu_over_mergekit"] == pytest.approx(r["mu_wall_s"] / r["mergekit_wall_s"])
+        assert r["mergekit_over_mu"] == pytest.approx(r["mergekit_wall_s"] / r["mu_wall_s"])
     for r in rows:
         assert r["status"]["mu"] == "ok" and r["mu_device"] == "cpu"
         assert r["mu_over_floor"] == pytest.approx(r["mu_op_s"] / r["floor_read_s"])
@@ -217,7 +313,9 @@ def test_bench_end_to_end_on_tiny_models(in_process, mu_root):
     }
     assert all((r["compute_floor_s"] > 0) == (r["floor_kind"] != "io") for r in rows)
     assert results["merge"]["compute_floor"]["status"] == "ok" and "own floor" in table
-    assert rows[3]["status"]["mergekit"].startswith("not run") and rows[3]["mu_over_mergekit"] is None
+    for r in rows[5:]:  # tsv_m, widen: mergekit has no such method
+        assert r["status"]["mergekit"].startswith("not run") and r["mergekit_over_mu"] is None
+    assert "| mergekit / mu |" in table and "random masks differ" in table and "— (no such method)" in table
     assert results["gpu"]["available"] == torch.cuda.is_available()
     assert results["gpu"]["available"] or "no GPU" in results["gpu"]["reason"]
     assert "GPU:" in table and "I/O floor" in table

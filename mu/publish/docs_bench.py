@@ -39,19 +39,36 @@ def bench_machine(file: str = "results") -> str:
     )
 
 
+def _mergekit_over_mu(r: dict[str, Any]) -> float | None:
+    if r.get("mergekit_over_mu") is not None:
+        return r["mergekit_over_mu"]
+    mk, mu = r.get("mergekit_wall_s"), r.get("mu_wall_s")
+    return mk / mu if mk and mu else None
+
+
 def bench_merge() -> str:
-    """Per method: mu's merge time at each N, its ratio to the I/O floor, its peak memory, and mergekit's."""
+    """Per method: mu's merge time at each N, its ratio to the I/O floor, its peak memory, mergekit's time and
+    peak, and mergekit's process wall time over mu's (rows from before that field: from their wall times)."""
     rows = _bench()["merge"]["rows"]
-    head = ["method", "N", "mu merge s", "mu / I/O floor", "mu peak GB", "(N+2)×model GB", "mergekit s (peak GB)"]
+    head = [
+        "method",
+        "N",
+        "mu merge s",
+        "mu / I/O floor",
+        "mu peak GB",
+        "(N+2)×model GB",
+        "mergekit s (peak GB)",
+        "mergekit / mu",
+    ]
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+        ran = [r["mergekit_wall_s"] is not None for r in mine]
         mk = [
-            f"{_num(r['mergekit_wall_s'], 1)} ({_num(r['mergekit_peak_rss_gb'], 1)})"
-            if r["mergekit_wall_s"] is not None
-            else "—"
-            for r in mine
+            f"{_num(r['mergekit_wall_s'], 1)} ({_num(r['mergekit_peak_rss_gb'], 1)})" if ok else "—"
+            for r, ok in zip(mine, ran)
         ]
+        ratio = [_num(_mergekit_over_mu(r), 2) for r in mine]
         out.append(
             [
                 f"`{method}`",
@@ -61,6 +78,7 @@ def bench_merge() -> str:
                 " / ".join(_num(r["mu_peak_rss_gb"], 1) for r in mine),
                 " / ".join(_num(r["peak_limit_gb"], 1) for r in mine),
                 " / ".join(mk),
+                " / ".join(ratio),
             ]
         )
     return _table(head, out)
