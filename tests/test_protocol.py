@@ -105,6 +105,11 @@ def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch
     assert len(grid) == 2 and all(0 <= r["dev_accuracy"] <= 1 for r in grid)
     read.clear()
     assert tuning.tune_finetuning("tunetoy", ["de-DE"], **kw) == chosen and read == []  # cached: nothing trained
+    # a widened grid fits only its new cell; the cells it shares keep their measurements
+    wide = tuning.tune_finetuning("tunetoy", ["de-DE"], **{**kw, "epochs_grid": [1, 2, 3]})
+    assert read == ["train", "dev"] and protocol.load("tunetoy")["02.epochs"]["grid"] == [1, 2, 3]
+    again = paths.read_json(paths.reports_dir("study", "tunetoy", "tuning", "finetune.json"))["grid"]
+    assert again[:2] == grid and [r["epochs"] for r in again] == [1, 2, 3] and wide["epochs"] in (1, 2, 3)
     with pytest.raises(ValueError, match="must be > 0"):
         tuning.tune_finetuning("tunetoy", ["de-DE"], **{**kw, "lr_grid": [0]})
 

@@ -81,11 +81,34 @@ def finetune_grid(
     fits finish sooner than one fit on two threads); the rows keep the grid's order."""
     base = paths.resolve(base_model)
     models.check_model_dir(base)
-    jobs = [(loc, epochs, lr) for loc in locales for epochs in epochs_grid for lr in lr_grid]
+    jobs = _jobs(locales, epochs_grid, lr_grid)
     fit = functools.partial(
         _fit_one, base=base, data=data, batch_size=batch_size, max_seq_length=max_seq_length, seed=seed
     )
     return pd.DataFrame(threads.map_processes(fit, jobs, workers))
+
+
+def _jobs(locales: Sequence[str], epochs_grid: Sequence[float], lr_grid: Sequence[float]) -> list[tuple]:
+    return [(loc, epochs, lr) for loc in locales for epochs in epochs_grid for lr in lr_grid]
+
+
+def _cached_grid(
+    cache: Path, args: dict[str, Any], locales: Sequence[str], epochs_grid: Sequence[float], lr_grid: Sequence[float]
+) -> pd.DataFrame:
+    """The cached rows this grid shares with the last one measured under the same base, data and recipe
+    (everything but the grids equal): a widened grid measures only its new cells, and a narrowed one
+    keeps the cells it still names."""
+    if not cache.is_file():
+        return pd.DataFrame()
+    saved = paths.read_json(cache)
+    fixed = ("epochs_grid", "lr_grid", "locales")
+    if {k: v for k, v in saved.get("args", {}).items() if k not in fixed} != {
+        k: v for k, v in args.items() if k not in fixed
+    }:
+        return pd.DataFrame()
+    rows = pd.DataFrame(saved["grid"])
+    keep = rows["locale"].isin(list(locales)) & rows["epochs"].isin(list(epochs_grid)) & rows["lr"].isin(list(lr_grid))
+    return rows[keep].reset_index(drop=True)
 
 
 def choose(grid: pd.DataFrame) -> dict[str, Any]:
@@ -109,7 +132,7 @@ def tune_finetuning(
     workers: int = 1,
 ) -> dict[str, Any]:
     """``finetune_grid`` on ``workers`` processes (cached in ``reports/study/<profile>/tuning/finetune.json``
-    by its arguments and the base's sha256), ``choose``, and the protocol records ``02.epochs`` and ``02.lr``. Returns the choice."""
+    by its arguments and the base's sha256, cell by cell: a widened grid fits only its new cells), ``choose``, and the protocol records ``02.epochs`` and ``02.lr``. Returns the choice."""
     if not locales or not epochs_grid or not lr_grid:
         raise ValueError("tune_finetuning needs at least one probe locale, one epochs value and one lr")
     bad = [v for v in [*epochs_grid, *lr_grid] if not v > 0]
@@ -127,20 +150,23 @@ def tune_finetuning(
         "seed": seed,
     }
     cache = paths.reports_dir("study", profile, "tuning", "finetune.json")
-    if cache.is_file() and paths.read_json(cache).get("args") == args:
-        grid = pd.DataFrame(paths.read_json(cache)["grid"])
-    else:
-        grid = finetune_grid(
-            locales,
-            base_model=base,
-            data=data,
-            epochs_grid=epochs_grid,
-            lr_grid=lr_grid,
-            batch_size=batch_size,
-            max_seq_length=max_seq_length,
-            seed=seed,
-            workers=workers,
+    grid = _cached_grid(cache, args, locales, epochs_grid, lr_grid)
+    missing = [
+        (loc, e, lr)
+        for loc in locales
+        for e in epochs_grid
+        for lr in lr_grid
+        if grid.empty or not ((grid["locale"] == loc) & (grid["epochs"] == e) & (grid["lr"] == lr)).any()
+    ]
+    if missing:
+        fit = functools.partial(
+            _fit_one, base=base, data=data, batch_size=batch_size, max_seq_length=max_seq_length, seed=seed
         )
+        new = pd.DataFrame(threads.map_processes(fit, missing, workers))
+        grid = pd.concat([grid, new], ignore_index=True) if not grid.empty else new
+        order = {job: i for i, job in enumerate(_jobs(locales, epochs_grid, lr_grid))}
+        grid["order"] = [order[job] for job in zip(grid["locale"], grid["epochs"], grid["lr"])]
+        grid = grid.sort_values("order").drop(columns="order").reset_index(drop=True)  # the grid's order
         paths.write_json(cache, {"args": args, "grid": grid.to_dict(orient="records"), "versions": report.versions()})
     chosen = choose(grid)
     where = f"dev split of the probe sources {', '.join(locales)} ({int(grid['n_dev'].iloc[0])} utterances each)"
