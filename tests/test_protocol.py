@@ -78,7 +78,12 @@ def test_choose_breaks_ties_towards_the_cheaper_recipe():
             {"locale": "b", "epochs": 3, "lr": 5e-4, "dev_accuracy": 0.1},
         ]
     )
-    assert tuning.choose(grid) == {"epochs": 3, "lr": 2e-3, "dev_accuracy": pytest.approx(0.65)}
+    got = tuning.choose(grid)
+    assert {k: got[k] for k in ("epochs", "lr", "dev_accuracy")} == {
+        "epochs": 3,
+        "lr": 2e-3,
+        "dev_accuracy": pytest.approx(0.65),
+    }
 
 
 def test_tune_finetuning_reads_dev_only_records_and_caches(toy_base, monkeypatch):
@@ -131,3 +136,22 @@ def test_finetune_grid_on_two_processes_gives_the_grid_in_order(toy_base):
     assert list(two["locale"]) == ["de-DE", "de-DE", "nl-NL", "nl-NL"]
     # one thread in each worker against the caller's count: float sums may differ, the accuracies barely
     assert (abs(one["dev_accuracy"] - two["dev_accuracy"]) <= 0.05).all()
+
+
+def test_the_one_se_rule_takes_the_fewest_epochs_within_noise_of_the_best():
+    """600 dev utterances at 0.75: one standard error is 0.0177, so 12 epochs at 0.733 is within it and 8 at
+    0.683 is not; the best rule keeps the best cell, and an unknown rule names the valid ones."""
+    cells = {(8, 2e-3): 0.6833, (12, 2e-3): 0.7333, (12, 1e-3): 0.715, (24, 1e-3): 0.75, (24, 2e-3): 0.7433}
+    grid = pd.DataFrame(
+        [
+            {"locale": loc, "epochs": e, "lr": lr, "dev_accuracy": a, "n_dev": 200}
+            for (e, lr), a in cells.items()
+            for loc in "abc"
+        ]
+    )
+    got = tuning.choose(grid, "one-se")
+    assert (got["epochs"], got["lr"]) == (12, 2e-3) and got["best"]["epochs"] == 24
+    assert got["threshold"] == pytest.approx(0.75 - (0.75 * 0.25 / 600) ** 0.5)
+    assert (tuning.choose(grid)["epochs"], tuning.choose(grid)["lr"]) == (24, 1e-3)
+    with pytest.raises(ValueError, match="valid: \\['best', 'one-se'\\]"):
+        tuning.choose(grid, "elbow")

@@ -53,6 +53,9 @@ SUBSET_NOTEBOOKS = ("05",)  # too costly for every target at equal source-epochs
 # The seeds' runs (mu.analysis.seeds): notebook 02 again, then the registered systems with the main seed's choices
 # (mu.experiment.seeding).
 SEED_NOTEBOOKS = seeding.SEED_NOTEBOOKS
+# The probe's rule (mu.learn.tuning.RULES): past 12 epochs the probe's dev accuracy moved within its own noise while
+# the study's cost grew with every epoch, so the cheapest recipe within one standard error of the best is taken.
+TUNE_RULE = "one-se"
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.learn.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = (
@@ -314,6 +317,7 @@ def run(
             max_seq_length=p02["max_seq_length"],
             seed=p02["seed"],
             workers=workers,
+            rule=TUNE_RULE,
         )
         tuned = {k: chosen[k] for k in TUNED if k not in extra}
         log.add("tune", t0, tune_jobs, tune_jobs if stages.mtime(cache) != before else 0)
@@ -331,7 +335,12 @@ def run(
         "study.subset_targets": design["subset"],
         **{f"pretrain.{k}": v for k, v in args.items() if k not in ("locales", "source", "texts_sha256")},
         **(
-            {"tune.locales": list(tune_locales), "tune.epochs_grid": grid[0], "tune.lr_grid": grid[1]}
+            {
+                "tune.locales": list(tune_locales),
+                "tune.epochs_grid": grid[0],
+                "tune.lr_grid": grid[1],
+                "tune.rule": TUNE_RULE,
+            }
             if design["tune"]
             else {}
         ),

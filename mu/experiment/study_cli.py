@@ -13,7 +13,7 @@ from typing import Any
 from mu.core import paths
 from mu.corpus import pools
 from mu.experiment import objectives, study
-from mu.learn import pretrain
+from mu.learn import pretrain, tuning
 
 COMMANDS = ("pretrain", "compare-objectives", "study", "tune")
 
@@ -140,6 +140,7 @@ def add_parsers(sub, key_value) -> None:
     )
     tu.add_argument("--epochs", nargs="+", type=float, default=list(study.TUNE_EPOCHS))
     tu.add_argument("--lrs", nargs="+", type=float, default=list(study.TUNE_LRS))
+    tu.add_argument("--rule", choices=sorted(tuning.RULES), default=study.TUNE_RULE, help="how the grid chooses")
 
 
 def _number(text: str) -> int | float:
@@ -168,7 +169,6 @@ def main(args) -> int:
         print(f"base: {base}")
     elif args.command == "tune":
         from mu.batch import params
-        from mu.learn import tuning
 
         p02 = params.load_params("02_training", args.profile)
         chosen = tuning.tune_finetuning(
@@ -178,6 +178,7 @@ def main(args) -> int:
             data=p02["data"],
             epochs_grid=args.epochs,
             lr_grid=args.lrs,
+            rule=args.rule,
             batch_size=p02["batch_size"],
             max_seq_length=p02["max_seq_length"],
             seed=p02["seed"],

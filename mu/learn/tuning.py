@@ -111,11 +111,39 @@ def _cached_grid(
     return rows[keep].reset_index(drop=True)
 
 
-def choose(grid: pd.DataFrame) -> dict[str, Any]:
-    """The recipe with the highest mean dev accuracy over locales; ties go to fewer epochs, then smaller lr."""
-    mean = grid.groupby(["epochs", "lr"], as_index=False)["dev_accuracy"].mean()
+RULES = {
+    "best": "the highest mean dev accuracy over the probe locales",
+    "one-se": "the fewest epochs whose mean dev accuracy is within one standard error (binomial, over all the "
+    "probe's dev utterances) of the best cell's; among those the most accurate",
+}
+
+
+def choose(grid: pd.DataFrame, rule: str = "best") -> dict[str, Any]:
+    """The recipe by ``rule`` (``RULES``): ``best``, the highest mean dev accuracy over locales (ties: fewer
+    epochs, then smaller lr); ``one-se``, the fewest epochs within one standard error of the best cell (where
+    more epochs no longer buy more than noise, the cheaper recipe; ties: higher accuracy, then smaller lr).
+    ``{"epochs", "lr", "dev_accuracy", "best", "threshold"}``."""
+    if rule not in RULES:
+        raise ValueError(f"tuning rule {rule!r}; valid: {sorted(RULES)}")
+    mean = grid.groupby(["epochs", "lr"], as_index=False).agg(
+        dev_accuracy=("dev_accuracy", "mean"), n=("n_dev", "sum") if "n_dev" in grid else ("dev_accuracy", "size")
+    )
     best = mean.sort_values(["dev_accuracy", "epochs", "lr"], ascending=[False, True, True]).iloc[0]
-    return {"epochs": best["epochs"].item(), "lr": float(best["lr"]), "dev_accuracy": float(best["dev_accuracy"])}
+    acc = float(best["dev_accuracy"])
+    threshold = acc - float(np.sqrt(acc * (1 - acc) / best["n"])) if rule == "one-se" else acc
+    near = mean[mean["dev_accuracy"] >= threshold - 1e-12]
+    pick = (
+        best
+        if rule == "best"
+        else near.sort_values(["epochs", "dev_accuracy", "lr"], ascending=[True, False, True]).iloc[0]
+    )
+    return {
+        "epochs": pick["epochs"].item(),
+        "lr": float(pick["lr"]),
+        "dev_accuracy": float(pick["dev_accuracy"]),
+        "best": {"epochs": best["epochs"].item(), "lr": float(best["lr"]), "dev_accuracy": acc},
+        "threshold": threshold,
+    }
 
 
 def tune_finetuning(
@@ -130,11 +158,14 @@ def tune_finetuning(
     max_seq_length: int,
     seed: int,
     workers: int = 1,
+    rule: str = "best",
 ) -> dict[str, Any]:
     """``finetune_grid`` on ``workers`` processes (cached in ``reports/study/<profile>/tuning/finetune.json``
     by its arguments and the base's sha256, cell by cell: a widened grid fits only its new cells), ``choose``, and the protocol records ``02.epochs`` and ``02.lr``. Returns the choice."""
     if not locales or not epochs_grid or not lr_grid:
         raise ValueError("tune_finetuning needs at least one probe locale, one epochs value and one lr")
+    if rule not in RULES:
+        raise ValueError(f"tuning rule {rule!r}; valid: {sorted(RULES)}")
     bad = [v for v in [*epochs_grid, *lr_grid] if not v > 0]
     if bad:
         raise ValueError(f"epochs and lr values must be > 0, got {bad}")
@@ -168,7 +199,7 @@ def tune_finetuning(
         grid["order"] = [order[job] for job in zip(grid["locale"], grid["epochs"], grid["lr"])]
         grid = grid.sort_values("order").drop(columns="order").reset_index(drop=True)  # the grid's order
         paths.write_json(cache, {"args": args, "grid": grid.to_dict(orient="records"), "versions": report.versions()})
-    chosen = choose(grid)
+    chosen = choose(grid, rule)
     where = f"dev split of the probe sources {', '.join(locales)} ({int(grid['n_dev'].iloc[0])} utterances each)"
     evidence = (
         grid.groupby(["epochs", "lr"], as_index=False)
@@ -176,6 +207,12 @@ def tune_finetuning(
         .to_dict(orient="records")
     )
     note = f"mean dev accuracy {chosen['dev_accuracy']:.3f}; grid epochs {list(epochs_grid)} × lr {list(lr_grid)}"
+    if rule != "best":
+        b = chosen["best"]
+        note += (
+            f"; rule {rule}: {RULES[rule]} (best cell {b['epochs']} epochs at lr {b['lr']:g}, "
+            f"{b['dev_accuracy']:.3f}; threshold {chosen['threshold']:.3f})"
+        )
     protocol.record(
         profile,
         "02.epochs",
