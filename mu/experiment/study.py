@@ -56,6 +56,10 @@ SEED_NOTEBOOKS = seeding.SEED_NOTEBOOKS
 # The probe's rule (mu.learn.tuning.RULES): past 12 epochs the probe's dev accuracy moved within its own noise while
 # the study's cost grew with every epoch, so the cheapest recipe within one standard error of the best is taken.
 TUNE_RULE = "one-se"
+TUNE_RULE_NOTE = (
+    "adopted after the widened grid's dev results were seen (the probe sources' dev labels only, no target, no test "
+    "split), when its best cell was again its largest epochs: params/preregistration.yaml, amendments"
+)
 TUNED = ("epochs", "lr")  # notebook 02's knobs mu.learn.tuning chooses on the probe sources' dev splits
 RULES = {"tuning_targets": TUNING_TARGETS_RULE, "seed_targets": SUBSET_RULE}
 PRETRAIN_NOTE = (
@@ -163,6 +167,7 @@ def _declare_all(profile: str, design: dict, extra: dict[str, Any], tuned: dict[
         source="python -m mu study's arguments (defaults in mu.experiment.study)",
         notes={
             "study.subset_targets": SUBSET_RULE,
+            "tune.rule": TUNE_RULE_NOTE,
             "study.pools": mu_pools.NOTES.get(study_knobs["study.pools"], ""),
             **{
                 k: PRETRAIN_NOTE if study_knobs["study.pools"] == "disjoint" else PRETRAIN_NOTE_PARALLEL
