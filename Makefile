@@ -14,11 +14,25 @@ help: ## this list (each target's one line is the comment after its name)
 
 venv: $(STAMP) ## create .venv (Python 3.11, torch CPU, the package editable with its test extras)
 
-$(STAMP): pyproject.toml
+# uv installs the same pins as pip in seconds, not minutes, from wherever pip is set to install from (its
+# index, extra indexes, find-links and constraints: environment first, then pip.conf).
+PIP_SETTING = $${PIP_$(2):-$$($(PY) -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p" | tail -1)}
+# Bytecode is compiled once, on every core: pip compiled each file on one (most of a fresh venv's time), and
+# where PYTHONDONTWRITEBYTECODE is set, what an import compiles is not kept. Left to compile at import:
+# test suites (torch's test helpers hold Python 3.12 syntax), and the model families of transformers that mu
+# never loads.
+NOCOMPILE := /tests?/|/torch/testing/_internal/|/transformers/models/(?!(auto|xlm_roberta)/)
+
+$(STAMP): pyproject.toml uv-overrides.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet "uv>=0.5"
+	UV_DEFAULT_INDEX="$(call PIP_SETTING,index-url,INDEX_URL)" \
+	UV_EXTRA_INDEX_URL="$(call PIP_SETTING,extra-index-url,EXTRA_INDEX_URL)" \
+	UV_FIND_LINKS="$(call PIP_SETTING,find-links,FIND_LINKS)" \
+	UV_CONSTRAINT="$(call PIP_SETTING,constraint,CONSTRAINT)" \
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --index-strategy unsafe-best-match --override uv-overrides.txt \
+		"setuptools<81" wheel "torch==2.13.0" -e ".[test]"
+	$(PY) -m compileall -q -j 0 -x '$(NOCOMPILE)' $(VENV)/lib >/dev/null
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mu)" >/dev/null
 	@touch $(STAMP)
 

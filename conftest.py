@@ -13,6 +13,8 @@ import tempfile
 def pytest_configure(config):
     if not os.environ.get("MU_ROOT"):
         os.environ["MU_ROOT"] = tempfile.mkdtemp(prefix="mu-test-")
+    if not os.environ.get("MU_SHARED_CACHE"):  # one per test session (workers and kernels inherit it), never ~/.cache
+        os.environ["MU_SHARED_CACHE"] = os.path.join(os.environ["MU_ROOT"], "shared-cache")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker and not os.environ.get("MU_TEST_WORKER_ROOT"):
         os.environ["MU_ROOT"] = os.path.join(os.environ["MU_ROOT"], worker)

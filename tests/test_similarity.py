@@ -25,6 +25,29 @@ def test_matrix_is_symmetric_cosine(matrix):
     assert matrix.loc["de-DE", "nl-NL"] == pytest.approx(v[0] @ v[1] / np.linalg.norm(v[0]) / np.linalg.norm(v[1]))
 
 
+def test_the_declared_feature_sets_are_lang2vecs():
+    """mu names the sets without importing lang2vec (seconds); the copy must be lang2vec's own list, in order."""
+    assert sim.FEATURE_SETS == tuple(sim._l2v().FEATURE_SETS)
+    with pytest.raises(ValueError, match="unknown URIEL feature set 'syntax_knm'.*valid: syntax_wals"):
+        sim.check_feature_set("syntax_knn+syntax_knm")
+
+
+def test_uriel_vectors_read_back_from_the_shared_cache_are_lang2vecs_exactly(tmp_path, monkeypatch):
+    """Kept once per lang2vec version, feature set and codes; read back bit for bit, gaps (NaN) included."""
+    monkeypatch.setenv("MU_SHARED_CACHE", str(tmp_path))
+    codes = ("afr", "deu", "swh")
+    sim._vectors.cache_clear()
+    computed = sim._vectors(codes, "syntax_wals")  # a raw set: it has gaps
+    path = sim.vectors_path(codes, "syntax_wals")
+    assert path.is_file() and path.parent.parent == tmp_path and computed.isna().any().any()
+    sim._vectors.cache_clear()
+    cached = sim._vectors(codes, "syntax_wals")
+    assert list(cached.index) == list(codes) and list(cached.columns) == list(computed.columns)
+    assert np.array_equal(cached.to_numpy(), computed.to_numpy(), equal_nan=True)
+    assert sim.vectors_path(codes, "fam") != path and sim.vectors_path(codes[:2], "syntax_wals") != path
+    sim._vectors.cache_clear()
+
+
 def test_cosine_ignores_missing_dimensions():
     vec = pd.DataFrame([[1.0, np.nan, 1.0], [1.0, 5.0, 1.0], [0.0, 1.0, np.nan]], index=["a", "b", "c"])
     c = sim.cosine(vec)

@@ -66,6 +66,14 @@ def cache_dir(*parts: str) -> Path:
     return root().joinpath("cache", *parts)
 
 
+def shared_cache_dir(*parts: str) -> Path:
+    """A cache of pure functions of pinned packages' data (URIEL vectors), shared by every ``MU_ROOT`` of this
+    user: ``$MU_SHARED_CACHE``, else ``$XDG_CACHE_HOME/mu``, else ``~/.cache/mu``."""
+    env = os.environ.get("MU_SHARED_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mu"
+    return base.joinpath(*parts)
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A user-given path: absolute as is, relative to the project root otherwise."""
     p = Path(path)

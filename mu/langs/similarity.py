@@ -83,9 +83,39 @@ def _l2v():
         sys.path[:] = saved
 
 
+# lang2vec 1.1.2's FEATURE_SETS (the pinned version), in its order: naming a set must not cost lang2vec's
+# import (seconds: it reads its language lists from compressed arrays), since most callers only check a name
+# and then read the cached matrix. tests/test_similarity.py pins this copy to lang2vec's own list.
+FEATURE_SETS = (
+    "syntax_wals",
+    "phonology_wals",
+    "syntax_sswl",
+    "syntax_ethnologue",
+    "phonology_ethnologue",
+    "inventory_ethnologue",
+    "inventory_phoible_aa",
+    "inventory_phoible_gm",
+    "inventory_phoible_saphon",
+    "inventory_phoible_spa",
+    "inventory_phoible_ph",
+    "inventory_phoible_ra",
+    "inventory_phoible_upsid",
+    "syntax_knn",
+    "phonology_knn",
+    "inventory_knn",
+    "syntax_average",
+    "phonology_average",
+    "inventory_average",
+    "fam",
+    "id",
+    "geo",
+    "learned",
+)
+
+
 def feature_sets() -> list[str]:
     """The single lang2vec feature sets; combine them with ``+``."""
-    return list(_l2v().FEATURE_SETS)
+    return list(FEATURE_SETS)
 
 
 def check_feature_set(feature_set: str) -> str:
@@ -106,15 +136,35 @@ def _check_positive(name: str, value: int) -> int:
     return int(value)
 
 
+def vectors_path(codes: Sequence[str], feature_set: str) -> Path:
+    """Where lang2vec's ``feature_set`` vectors of ``codes`` are kept (``paths.shared_cache_dir``): a pure
+    function of the installed lang2vec's data, so every project root reuses them instead of importing
+    lang2vec (seconds per process) to read them again."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    spec = json.dumps({"lang2vec": version("lang2vec"), "feature_set": feature_set, "codes": list(codes)})
+    key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return paths.shared_cache_dir("uriel", f"{feature_set.replace('+', '-')}-{key}.csv")
+
+
 @lru_cache(maxsize=16)
 def _vectors(codes: tuple[str, ...], feature_set: str) -> pd.DataFrame:
+    path = vectors_path(codes, feature_set)
+    if path.is_file():
+        frame = pd.read_csv(path, index_col=0, keep_default_na=False, na_values=[""])
+        frame.columns = range(frame.shape[1])
+        return frame
     l2v = _l2v()
     try:
         feats = l2v.get_features(list(codes), feature_set)
     except Exception as e:  # lang2vec raises a bare Exception for unknown codes
         raise ValueError(f"lang2vec could not give {feature_set!r} features for {list(codes)}: {e}") from e
     rows = {c: [np.nan if v == "--" else float(v) for v in feats[c]] for c in codes}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    paths.write_text(path, frame.to_csv(float_format="%.17g"))
+    return frame
 
 
 def uriel_vectors(locales: Sequence[str], feature_set: str = DEFAULT_FEATURE_SET) -> pd.DataFrame:
