@@ -40,6 +40,7 @@ PUBLIC = {
     "checkpoint": "core",
     "locales": "langs",
     "similarity": "langs",
+    "uriel": "langs",
     "codes": "langs",
     "data": "corpus",
     "massive": "corpus",

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from mu import similarity as sim
+from mu.langs import uriel
 from mu.langs.locales import LOCALES
 
 TOY = ["af-ZA", "de-DE", "nl-NL", "en-US", "fr-FR", "es-ES", "it-IT", "sw-KE"]
@@ -27,7 +28,7 @@ def test_matrix_is_symmetric_cosine(matrix):
 
 def test_the_declared_feature_sets_are_lang2vecs():
     """mu names the sets without importing lang2vec (seconds); the copy must be lang2vec's own list, in order."""
-    assert sim.FEATURE_SETS == tuple(sim._l2v().FEATURE_SETS)
+    assert uriel.FEATURE_SETS == tuple(uriel._l2v().FEATURE_SETS)
     with pytest.raises(ValueError, match="unknown URIEL feature set 'syntax_knm'.*valid: syntax_wals"):
         sim.check_feature_set("syntax_knn+syntax_knm")
 
@@ -36,16 +37,16 @@ def test_uriel_vectors_read_back_from_the_shared_cache_are_lang2vecs_exactly(tmp
     """Kept once per lang2vec version, feature set and codes; read back bit for bit, gaps (NaN) included."""
     monkeypatch.setenv("MU_SHARED_CACHE", str(tmp_path))
     codes = ("afr", "deu", "swh")
-    sim._vectors.cache_clear()
-    computed = sim._vectors(codes, "syntax_wals")  # a raw set: it has gaps
-    path = sim.vectors_path(codes, "syntax_wals")
+    uriel._vectors.cache_clear()
+    computed = uriel._vectors(codes, "syntax_wals")  # a raw set: it has gaps
+    path = uriel.vectors_path(codes, "syntax_wals")
     assert path.is_file() and path.parent.parent == tmp_path and computed.isna().any().any()
-    sim._vectors.cache_clear()
-    cached = sim._vectors(codes, "syntax_wals")
+    uriel._vectors.cache_clear()
+    cached = uriel._vectors(codes, "syntax_wals")
     assert list(cached.index) == list(codes) and list(cached.columns) == list(computed.columns)
     assert np.array_equal(cached.to_numpy(), computed.to_numpy(), equal_nan=True)
-    assert sim.vectors_path(codes, "fam") != path and sim.vectors_path(codes[:2], "syntax_wals") != path
-    sim._vectors.cache_clear()
+    assert uriel.vectors_path(codes, "fam") != path and uriel.vectors_path(codes[:2], "syntax_wals") != path
+    uriel._vectors.cache_clear()
 
 
 def test_cosine_ignores_missing_dimensions():

@@ -33,7 +33,7 @@ NAMES: dict[str, tuple[str, ...]] = {
     "mu.merge.adamerging:CONSTRAINTS": ("simplex", "clamp", "none"),
     "mu.corpus.pools:PARTITIONS": ("train", "dev", "test", "unlabeled"),
     "mu.learn.tracking:BACKENDS": ("tensorboard", "wandb", "mlflow"),
-    "mu.langs.similarity:FEATURE_SETS": (
+    "mu.langs.uriel:FEATURE_SETS": (
         "syntax_wals",
         "phonology_wals",
         "syntax_sswl",
@@ -162,10 +162,10 @@ FEATURE_SET = Spec(
     _Words(
         lambda: (
             "URIEL feature sets joined by '+' (e.g. 'syntax_knn+phonology_knn'), each one of "
-            + ", ".join(NAMES["mu.langs.similarity:FEATURE_SETS"])
+            + ", ".join(NAMES["mu.langs.uriel:FEATURE_SETS"])
         )
     ),
-    lambda v: isinstance(v, str) and all(p in NAMES["mu.langs.similarity:FEATURE_SETS"] for p in v.split("+")),
+    lambda v: isinstance(v, str) and all(p in NAMES["mu.langs.uriel:FEATURE_SETS"] for p in v.split("+")),
 )
 BACKEND = one_of("mu.learn.tracking:BACKENDS")
 SCORE_RANGE = Spec(

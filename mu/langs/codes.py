@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from mu.langs import similarity
+from mu.langs import similarity, uriel
 from mu.langs.locales import LOCALES, URIEL_CODES
 
 _LOCALE_BY_LOWER = {loc.lower(): loc for loc in LOCALES}
@@ -65,12 +65,12 @@ class Language:
 @lru_cache(maxsize=1)
 def uriel_codes() -> frozenset[str]:
     """Every code lang2vec gives vectors for (its ``LANGUAGES``: URIEL's plus the learned set)."""
-    return frozenset(str(c) for c in similarity._l2v().LANGUAGES)
+    return frozenset(str(c) for c in uriel._l2v().LANGUAGES)
 
 
 @lru_cache(maxsize=1)
 def _letter_codes() -> dict[str, str]:
-    return {str(k): str(v) for k, v in similarity._l2v().LETTER_CODES.items()}
+    return {str(k): str(v) for k, v in uriel._l2v().LETTER_CODES.items()}
 
 
 @lru_cache(maxsize=1)
@@ -221,7 +221,7 @@ def uriel_weights(target: Language, candidates: Mapping[str, Language], **kwargs
 
 
 def _vectors(codes: Sequence[str], feature_set: str) -> pd.DataFrame:
-    only_learned = [c for c in codes if c not in {str(x) for x in similarity._l2v().URIEL_LANGUAGES}]
+    only_learned = [c for c in codes if c not in {str(x) for x in uriel._l2v().URIEL_LANGUAGES}]
     if only_learned and feature_set != "learned":
         raise ValueError(
             f"lang2vec has only a 'learned' vector for {only_learned}, no URIEL {feature_set!r} "
