@@ -104,3 +104,32 @@ def test_training_threads_are_one_for_tiny_models_else_the_free_cores(monkeypatc
     with models.cpu_threads(torch.nn.Embedding(models.TINY_PARAMS, 1)):
         assert torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
+
+
+def test_map_processes_workers_die_with_the_process_that_started_them():
+    """A kernel killed mid N×N must not leave its workers computing rows nobody reads (they held both cores
+    for minutes after a stopped study, under the next run)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = "import time; from mu.core import threads; threads.map_processes(time.sleep, [300, 300], 2)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 120
+        workers: list = []
+        while len(workers) < 2:
+            assert time.time() < deadline and parent.poll() is None, "the two workers did not start"
+            time.sleep(0.2)
+            kids = psutil.Process(parent.pid).children()
+            workers = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
+        time.sleep(5)  # past their initializer (it imports torch), as a kernel's workers would be
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        parent.kill()

@@ -100,26 +100,6 @@ def execute(job: Job, key: str, kernel: str, env: dict[str, str]) -> dict[str, A
         return result
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with(runner: int) -> None:
-    """Pool initializer of a worker process: it is killed when ``runner`` (its parent) dies.
-
-    A runner killed with ``kill -9`` would otherwise leave its worker finishing the notebook headless,
-    holding the job's lock (a rerun waits for it) and its memory, then idling for good. Killed with its
-    runner, the worker is a dead writer whose temporaries the rerun removes; its kernel follows
-    (ipykernel exits when its parent goes). Linux only (``prctl``); elsewhere a no-op.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != runner:  # it died before the line above took effect
-            os._exit(1)
-
-
 # tqdm.auto in a kernel without ipywidgets warns on import that it falls back to text bars; in an
 # executed (and rendered) notebook that is noise on every page, not information.
 QUIET_WARNINGS = "ignore:IProgress not found"

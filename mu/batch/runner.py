@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from mu.batch import checks
-from mu.batch.execution import base_env, die_with, execute, kernel_env, kernel_name
+from mu.batch.execution import base_env, execute, kernel_env, kernel_name
 from mu.batch.jobs import Job, clear_failure, hash_json, is_done, run_key, sweep
 from mu.batch.params import INJECTED, check_keys, find_notebooks, load_params, notebook_parameters, params_file
-from mu.core import paths, report
+from mu.core import paths, report, threads
 from mu.publish import site
 
 if TYPE_CHECKING:  # pandas and jupyter_client are imported where used: checking a batch needs neither
@@ -224,7 +224,9 @@ def run(
                 continue
             if pool is None:
                 spawn = multiprocessing.get_context("spawn")
-                pool = cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=die_with, initargs=(os.getpid(),))
+                pool = cf.ProcessPoolExecutor(
+                    workers, mp_context=spawn, initializer=threads.die_with, initargs=(os.getpid(),)
+                )
             _run_local(pool, todo, keys, kernel, workers, on_result)
     finally:
         bar.close()

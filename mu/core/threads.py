@@ -21,6 +21,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -118,10 +119,34 @@ def on_free_cores(fn: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def one_thread() -> None:
-    """A worker process's initializer: one torch / OpenMP thread (``OMP_NUM_THREADS=1`` for what it starts)."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(parent: int) -> None:
+    """Pool initializer of a worker process: it is killed when ``parent`` (the process that started it) dies.
+
+    A runner killed with ``kill -9`` would otherwise leave its worker finishing the notebook headless,
+    holding the job's lock (a rerun waits for it) and its memory, then idling for good; a kernel's N×N or
+    grid workers would go on computing rows nobody reads, on cores the rerun needs. Killed with its parent,
+    the worker is a dead writer whose temporaries the rerun removes; a kernel follows its worker (ipykernel
+    exits when its parent goes). Linux only (``prctl``); elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above took effect
+            os._exit(1)
+
+
+def one_thread(parent: int | None = None) -> None:
+    """A worker process's initializer: one torch / OpenMP thread (``OMP_NUM_THREADS=1`` for what it starts),
+    and killed with ``parent`` when given (``die_with``)."""
     import torch
 
+    if parent is not None:
+        die_with(parent)
     os.environ[ENV] = "1"
     torch.set_num_threads(1)
 
@@ -142,7 +167,10 @@ def map_processes(
     import multiprocessing
 
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(workers, len(items)), initializer=one_thread, mp_context=multiprocessing.get_context("spawn")
+        max_workers=min(workers, len(items)),
+        initializer=one_thread,
+        initargs=(os.getpid(),),
+        mp_context=multiprocessing.get_context("spawn"),
     ) as pool:
         futures = [pool.submit(fn, x) for x in items]
         for _ in concurrent.futures.as_completed(futures):

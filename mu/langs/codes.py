@@ -194,7 +194,7 @@ def uriel_table(
         )
     rows = vec.loc[[langs[k].code for k in labels]].copy()
     rows.index = labels
-    sim = similarity.cosine(rows)
+    sim = uriel.cosine(rows)
     norm = similarity.sinkhorn(similarity.top_k_filter(sim, top_k), sinkhorn_iters)
     frame = pd.DataFrame(
         {
@@ -227,5 +227,5 @@ def _vectors(codes: Sequence[str], feature_set: str) -> pd.DataFrame:
             f"lang2vec has only a 'learned' vector for {only_learned}, no URIEL {feature_set!r} "
             "features; use --feature-set learned or another language"
         )
-    frame = similarity._vectors(tuple(codes), feature_set)
+    frame = uriel._vectors(tuple(codes), feature_set)
     return frame.astype(np.float64)
