@@ -310,22 +310,29 @@ def test_collector_run_alone_reruns_after_its_inputs_changed_in_another_batch(pr
     assert collected == ["af-ZA", "fr-FR"]
 
 
-def test_a_stage_of_one_job_gets_every_core(project, monkeypatch):
+def test_a_stage_of_one_job_gets_every_core_counted_before_the_pool_starts(project, monkeypatch):
+    """Free cores are counted before the runner starts its pool: the pool's start (its resource tracker, its
+    workers) is load of the runner's own making, and counted after it a one-job stage (02) got one thread."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "allowed_cpus", lambda: [0, 1, 2, 3])
-    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+    state = {"starting": False}
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0 if state["starting"] else 0.0)
     seen = []
 
     class Pool:  # records the environment each job would run with
+        def __init__(self, *args, **kwargs):
+            state["starting"] = True  # until its first job is handed over
+
         def submit(self, fn, job, key, kernel, env):
-            seen.append(env["OMP_NUM_THREADS"])
+            state["starting"] = False
+            seen.append((job.stem, env["OMP_NUM_THREADS"]))
             fut = runner.cf.Future()
             fut.set_result({"status": "done", "seconds": 0.0, "error": None})
             return fut
 
-    jobs = runner.plan(["02", "03"], ["de-DE", "nl-NL"], profile="toy")
-    one = [j for j in jobs if j.stem == "02_training"]
-    many = [j for j in jobs if j.stem == "03_merging"]
-    for stage in (one, many):
-        runner._run_local(Pool(), stage, {(j.stem, j.target): "k" for j in stage}, "python3", 2, lambda *a: None)
-    assert seen == ["4", "2", "2"]
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(runner.cf, "ProcessPoolExecutor", Pool)
+    runner.run(["01", "03"], ["af-ZA", "fr-FR"], workers=2, **dirs(project))
+    assert seen == [("01_setup", "4"), ("03_fake", "2"), ("03_fake", "2")]

@@ -106,9 +106,8 @@ def plan(
 
 
 def _run_local(
-    pool: cf.ProcessPoolExecutor, jobs: list[Job], keys: Mapping, kernel: str, workers: int, on_result
+    pool: cf.ProcessPoolExecutor, jobs: list[Job], keys: Mapping, kernel: str, env: Mapping[str, str], on_result
 ) -> None:
-    env = kernel_env(min(workers, len(jobs)))  # a stage of one job (02, 06) gets every core
     futures = {pool.submit(execute, j, keys[j.stem, j.target], kernel, env): j for j in jobs}
     for fut in cf.as_completed(futures):
         try:
@@ -222,12 +221,15 @@ def run(
             if executor == "ray":
                 _run_ray(todo, keys, kernel, workers, num_gpus, on_result)
                 continue
+            # the free cores are counted before the pool exists: starting it (its resource tracker, then its
+            # workers) is half a core of load for a moment, and a stage of one job (02, 06) got one thread
+            env = kernel_env(min(workers, len(todo)))  # a stage of one job gets every free core
             if pool is None:
                 spawn = multiprocessing.get_context("spawn")
                 pool = cf.ProcessPoolExecutor(
                     workers, mp_context=spawn, initializer=threads.die_with, initargs=(os.getpid(),)
                 )
-            _run_local(pool, todo, keys, kernel, workers, on_result)
+            _run_local(pool, todo, keys, kernel, env, on_result)
     finally:
         bar.close()
         if pool is not None:
