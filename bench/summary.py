@@ -268,7 +268,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         if compute.get("status") == "ok"
         else compute.get("status")
     )
-    above = []
+    above: dict[str, list[str]] = {}
     for r in results["merge"]["rows"]:
         mu_state = r["status"]["mu"]
         note = "" if mu_state == "ok" else f" ({mu_state})"
@@ -277,7 +277,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             notes.append(f"mergekit {r['method']} N={r['n']}: {mk_note}")
         own = r.get("mu_over_own_floor")
         if own is not None and own > OWN_FLOOR_TARGET:
-            above.append(f"{r['method']} N={r['n']} ({own:.1f})")
+            above.setdefault(r["method"], []).append(f"N = {r['n']}: {own:.1f}×")
         lines.append(
             f"| {r['n']} | {r['method']}{note} | {_f(r['mu_op_s'], 1)} | {_f(r['mu_wall_s'], 1)} | "
             f"{_f(r['mu_peak_rss_gb'], 1)} | {_f(r['io_floor_s'], 1)} | {_f(r['mu_over_io_floor'])} | "
@@ -310,7 +310,13 @@ def markdown(results: Mapping[str, Any]) -> str:
         "Merges ran on: " + (", ".join(gpu.get("merges_ran_on") or []) or "—") + ".",
     ]
     if above:
-        lines += ["", f"Above {OWN_FLOOR_TARGET:g}× their own floor: " + ", ".join(above) + "."]
+        from bench import floors
+
+        lines += ["", f"Above {OWN_FLOOR_TARGET:g}× their own floor, and the work the floor does not count:", ""]
+        lines += [
+            f"* {method} ({', '.join(got)}): {floors.BEYOND_FLOOR.get(method, 'no reason stated')}."
+            for method, got in above.items()
+        ]
     if notes:
         lines += [""] + [f"* {n}" for n in notes]
     lines += [

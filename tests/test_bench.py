@@ -157,18 +157,21 @@ _FAKE_FLOOR = {
 
 def test_the_table_shows_mergekit_beside_every_method_and_reads_runs_from_before():
     """results.md's one merge table: floor kind and own floor, mergekit's time, mergekit / mu and both peaks; a
-    run from before every shared method was timed (the committed results.json) renders with its gaps said."""
+    run from before every shared method was timed (the committed results.json, one shared method's mergekit
+    status set as such runs wrote it) renders with its gaps said."""
     from bench import summary
     from mu.publish import docs_bench
 
     old = paths.read_json(Path(__file__).resolve().parents[1] / "reports" / "bench" / "results.json")
+    before = next(r for r in old["merge"]["rows"] if (r["method"], r["n"]) == ("task_arithmetic", 2))
+    before["status"]["mergekit"] = summary.OLD_NOT_RUN
     table = summary.markdown(old)
     for col in ("floor kind", "own floor s", "mu / own floor", "mergekit wall s", "mergekit / mu", "mergekit peak GB"):
         assert f"| {col} |" in table, col
     lines = {(r.split("|")[1].strip(), r.split("|")[2].strip()): r for r in table.splitlines() if r.startswith("| ")}
     assert "not measured in this run" in lines[("2", "task_arithmetic")]
     assert "— (no such method)" in lines[("2", "tsv_m")] and "skipped" in lines[("5", "ties")]
-    linear = old["merge"]["rows"][0]
+    linear = next(r for r in old["merge"]["rows"] if (r["method"], r["n"]) == ("linear", 2))
     assert f"| {linear['mergekit_wall_s'] / linear['mu_wall_s']:.2f} |" in lines[("2", "linear")]
     assert "mergekit / mu" in docs_bench.bench_merge()
 
@@ -514,3 +517,17 @@ def test_training_bench_counts_flops_as_its_report_states():
     floor = training.floor(np.array([10, 10]), 2, train=False)
     assert floor["seconds"] > 0 and floor["flops"] == 2 * one
     assert training.floor(np.array([10, 10]), 2, train=True)["flops"] == 3 * 2 * one
+
+
+def test_every_method_above_its_floor_target_says_what_work_the_floor_leaves_out():
+    """The reasons are the catalog's methods, and results.md gives one for every method above 2× its own floor."""
+    from bench import floors, summary
+    from mu.merge import catalog
+
+    assert set(floors.BEYOND_FLOOR) <= {m.name for m in catalog.METHODS}
+    old = paths.read_json(Path(__file__).resolve().parents[1] / "reports" / "bench" / "results.json")
+    row = dict(old["merge"]["rows"][0], method="ties", mu_over_own_floor=summary.OWN_FLOOR_TARGET + 1)
+    old["merge"]["rows"] = [row, dict(row, method="tsv_m", mu_over_own_floor=summary.OWN_FLOOR_TARGET - 0.5)]
+    table = summary.markdown(old)
+    assert f"* ties (N = {row['n']}: 3.0×): {floors.BEYOND_FLOOR['ties']}." in table
+    assert "* tsv_m" not in table and "no reason stated" not in table

@@ -178,3 +178,29 @@ def test_tokenizer_is_parsed_once_per_content(toy_sources, tmp_path):
         models.vocab_fingerprint(copy)
     with pytest.raises(ValueError, match="role 'other'; valid: 'encode', 'save'"):
         models.load_tokenizer(toy_sources["de-DE"], "other")
+
+
+def test_the_architecture_check_is_kept_in_the_shared_cache_so_checking_imports_no_modeling_code(toy_base):
+    """The expected tensors of a config are cached per transformers version and config: a process that only
+    checks model folders (a merge) never imports transformers' modeling code (~2 s); an unreadable cache
+    file is rebuilt, never trusted."""
+    import subprocess
+    import sys
+
+    config = AutoConfig.from_pretrained(toy_base)
+    args = (type(config), config.to_json_string(use_diff=False))
+    models._expected_tensors.cache_clear()
+    got = models._expected_tensors(*args)
+    expected = {k: list(v) for k, v in got.items()}
+    mine = [models.architecture_file(*args)]
+    assert paths.read_json(mine[0])["tensors"] == expected
+    code = (
+        f"import sys; from mu import models; models.check_model_weights({str(toy_base)!r}); "
+        "print('transformers.modeling_utils' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    mine[0].write_text("{not json")
+    models._expected_tensors.cache_clear()
+    assert models._expected_tensors(*args) == got
+    assert paths.read_json(mine[0])["tensors"] == expected

@@ -3,7 +3,7 @@
 A locale's fine-tuned model is ``<models_dir>/xlm-roberta-base_massive_k_<locale>``
 (HF format, safetensors) or, on the hub, ``haryoaw/xlm-roberta-base_massive_k_<locale>``.
 Every model is an ``XLMRobertaForSequenceClassification`` with the 60 MASSIVE
-labels of ``mu.corpus.data.ID2LABEL``.
+labels of ``mu.corpus.massive.ID2LABEL``.
 
 All sources of a profile fine-tune from one saved base (``models/<profile>/base``,
 ``mu.learn.bases``) whose classifier head was initialised once, with a fixed seed: merging heads
@@ -21,21 +21,19 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-    XLMRobertaForSequenceClassification,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from mu.core import cache, paths, threads
-from mu.corpus import data
+from mu.corpus import massive  # the label space only: loading models needs no datasets import
+
+if TYPE_CHECKING:  # the model classes' module costs ~2 s to import; merging and checking never need it
+    from transformers import XLMRobertaForSequenceClassification
 
 NAME_PATTERN = "xlm-roberta-base_massive_k_{locale}"
 HUB_ORG = "haryoaw"
@@ -139,13 +137,32 @@ def check_architecture(config: PretrainedConfig, tensors: Mapping[str, Sequence[
         )
 
 
+def architecture_file(config_class: type, config_json: str) -> Path:
+    """Where the shared cache keeps the expected tensors of a config (per transformers version)."""
+    kind = f"{config_class.__module__}.{config_class.__qualname__}"
+    key = hashlib.sha256(f"{transformers.__version__}\n{kind}\n{config_json}".encode()).hexdigest()
+    return paths.shared_cache_dir("architectures", f"{key}.json")
+
+
 @functools.lru_cache(maxsize=16)
 def _expected_tensors(config_class: type, config_json: str) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the architecture's state dict, built on the meta device (no memory, no init)."""
+    """{name: shape} of the architecture's state dict, built on the meta device (no memory, no init).
+
+    A pure function of the config and the pinned transformers, so it is kept in the shared cache: building
+    the model class means importing transformers' modeling code (~2 s per process), which a merge or a
+    check of model folders needs for nothing else."""
+    kind = f"{config_class.__module__}.{config_class.__qualname__}"
+    file = architecture_file(config_class, config_json)
+    with contextlib.suppress(
+        OSError, ValueError, KeyError, TypeError, AttributeError
+    ):  # absent or unreadable: computed again and rewritten
+        return {k: tuple(v) for k, v in json.loads(file.read_text())["tensors"].items()}
     config = config_class.from_dict(json.loads(config_json))
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tensors = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    paths.write_json(file, {"transformers": transformers.__version__, "config_class": kind, "tensors": tensors})
+    return tensors
 
 
 def check_model_weights(folder: str | os.PathLike) -> Path:
@@ -183,26 +200,26 @@ def available_sources(models_dir: str | os.PathLike, locales: Sequence[str] | No
 
 
 def check_labels(config: PretrainedConfig, where: str) -> None:
-    """The model must have the 60 MASSIVE labels in ``mu.corpus.data`` order.
+    """The model must have the 60 MASSIVE labels in ``mu.corpus.massive`` order.
 
     Generic names (``LABEL_0``..``LABEL_59``, as saved by scripts that did not set
     ``id2label``) are accepted with a warning: the index order is then assumed to
     be the dataset's ClassLabel order.
     """
-    if config.num_labels != len(data.INTENTS):
-        raise ValueError(f"{where}: has {config.num_labels} labels; MASSIVE models need {len(data.INTENTS)}")
+    if config.num_labels != len(massive.INTENTS):
+        raise ValueError(f"{where}: has {config.num_labels} labels; MASSIVE models need {len(massive.INTENTS)}")
     names = {int(k): v for k, v in config.id2label.items()}
-    if names == data.ID2LABEL:
+    if names == massive.ID2LABEL:
         return
-    if names == {i: f"LABEL_{i}" for i in range(len(data.INTENTS))}:
+    if names == {i: f"LABEL_{i}" for i in range(len(massive.INTENTS))}:
         warnings.warn(
             f"{where}: unnamed labels LABEL_0..LABEL_59, assumed to be in MASSIVE ClassLabel order", stacklevel=2
         )
         return
-    bad = {i: names.get(i) for i in data.ID2LABEL if names.get(i) != data.ID2LABEL[i]}
+    bad = {i: names.get(i) for i in massive.ID2LABEL if names.get(i) != massive.ID2LABEL[i]}
     raise ValueError(
-        f"{where}: id2label differs from mu.corpus.data.ID2LABEL at {len(bad)} ids, e.g. "
-        f"{dict(list(bad.items())[:5])}; expected {data.ID2LABEL}"
+        f"{where}: id2label differs from mu.corpus.massive.ID2LABEL at {len(bad)} ids, e.g. "
+        f"{dict(list(bad.items())[:5])}; expected {massive.ID2LABEL}"
     )
 
 
