@@ -47,21 +47,27 @@ def _mergekit_over_mu(r: dict[str, Any]) -> float | None:
 
 
 def bench_merge() -> str:
-    """Per method: mu's merge time at each N, its ratio to the I/O floor, its peak memory, mergekit's time and
-    peak, and mergekit's process wall time over mu's (rows from before that field: from their wall times)."""
+    """Per method (in the catalog's order): mu's merge time at each N, its ratio to the I/O floor and to its own
+    floor (the floor's kind), its peak memory, mergekit's time and peak, and mergekit's process wall time over
+    mu's (rows from before that field: from their wall times)."""
+    from mu.merge import catalog
+
     rows = _bench()["merge"]["rows"]
+    order = {m.name: i for i, m in enumerate(catalog.METHODS)}
     head = [
         "method",
         "N",
         "mu merge s",
         "mu / I/O floor",
+        "own floor",
+        "mu / own floor",
         "mu peak GB",
         "(N+2)×model GB",
         "mergekit s (peak GB)",
         "mergekit / mu",
     ]
     out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for method in sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: order.get(m, len(order))):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
         ran = [r["mergekit_wall_s"] is not None for r in mine]
         mk = [
@@ -75,6 +81,8 @@ def bench_merge() -> str:
                 " / ".join(str(r["n"]) for r in mine),
                 " / ".join(_num(r["mu_op_s"], 1) for r in mine),
                 " / ".join(_num(r["mu_over_io_floor"], 2) for r in mine),
+                mine[0].get("floor_kind") or "—",
+                " / ".join(_num(r.get("mu_over_own_floor"), 2) for r in mine),
                 " / ".join(_num(r["mu_peak_rss_gb"], 1) for r in mine),
                 " / ".join(_num(r["peak_limit_gb"], 1) for r in mine),
                 " / ".join(mk),
