@@ -46,6 +46,11 @@ def test_uriel_vectors_read_back_from_the_shared_cache_are_lang2vecs_exactly(tmp
     assert list(cached.index) == list(codes) and list(cached.columns) == list(computed.columns)
     assert np.array_equal(cached.to_numpy(), computed.to_numpy(), equal_nan=True)
     assert uriel.vectors_path(codes, "fam") != path and uriel.vectors_path(codes[:2], "syntax_wals") != path
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # a file cut after its header: damaged, rebuilt
+    uriel._vectors.cache_clear()
+    with pytest.warns(UserWarning, match="corrupt URIEL vectors"):
+        rebuilt = uriel._vectors(codes, "syntax_wals")
+    assert np.array_equal(rebuilt.to_numpy(), computed.to_numpy(), equal_nan=True)
     uriel._vectors.cache_clear()
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mu.core import paths
+from mu.core import cache, paths
 from mu.langs.locales import URIEL_CODES, check_locales
 
 DEFAULT_FEATURE_SET = "syntax_knn+phonology_knn+inventory_knn"
@@ -110,13 +110,21 @@ def vectors_path(codes: Sequence[str], feature_set: str) -> Path:
     return paths.shared_cache_dir("uriel", f"{feature_set.replace('+', '-')}-{key}.csv")
 
 
+def _read_vectors(codes: tuple[str, ...], path: Path) -> pd.DataFrame:
+    """The kept vectors of ``codes``; a ValueError when the file does not hold one row for each (damaged)."""
+    frame = pd.read_csv(path, index_col=0, keep_default_na=False, na_values=[""])
+    if list(frame.index) != list(codes):
+        raise ValueError(f"rows {list(frame.index)[:5]}..., not the {len(codes)} codes asked for")
+    frame.columns = range(frame.shape[1])
+    return frame
+
+
 @lru_cache(maxsize=16)
 def _vectors(codes: tuple[str, ...], feature_set: str) -> pd.DataFrame:
     path = vectors_path(codes, feature_set)
-    if path.is_file():
-        frame = pd.read_csv(path, index_col=0, keep_default_na=False, na_values=[""])
-        frame.columns = range(frame.shape[1])
-        return frame
+    hit = cache.read(path, partial(_read_vectors, codes), "URIEL vectors")
+    if hit is not None:
+        return hit
     l2v = _l2v()
     try:
         feats = l2v.get_features(list(codes), feature_set)

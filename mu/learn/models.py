@@ -150,18 +150,16 @@ def _expected_tensors(config_class: type, config_json: str) -> dict[str, tuple[i
 
     A pure function of the config and the pinned transformers, so it is kept in the shared cache: building
     the model class means importing transformers' modeling code (~2 s per process), which a merge or a
-    check of model folders needs for nothing else."""
-    kind = f"{config_class.__module__}.{config_class.__qualname__}"
+    check of model folders needs for nothing else. A damaged entry is rebuilt (``mu.core.cache.read``)."""
     file = architecture_file(config_class, config_json)
-    with contextlib.suppress(
-        OSError, ValueError, KeyError, TypeError, AttributeError
-    ):  # absent or unreadable: computed again and rewritten
-        return {k: tuple(v) for k, v in json.loads(file.read_text())["tensors"].items()}
+    hit = cache.read(file, lambda p: {k: tuple(v) for k, v in paths.read_json(p)["tensors"].items()}, "architecture")
+    if hit is not None:
+        return hit
     config = config_class.from_dict(json.loads(config_json))
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     tensors = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    paths.write_json(file, {"transformers": transformers.__version__, "config_class": kind, "tensors": tensors})
+    paths.write_json(file, {"transformers": transformers.__version__, "tensors": tensors})
     return tensors
 
 
