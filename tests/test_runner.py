@@ -75,7 +75,11 @@ TARGETS = ["af-ZA", "sw-KE", "fr-FR"]
 
 @pytest.mark.slow
 def test_failing_target_does_not_stop_the_others_and_rerun_skips(project):
-    summary = runner.run(["01", "03_fake", "05"], TARGETS, workers=2, **dirs(project))
+    ended = []
+    summary = runner.run(["01", "03_fake", "05"], TARGETS, workers=2, on_job=ended.append, **dirs(project))
+    assert sorted((r["notebook"], r["target"], r["status"]) for r in ended) == sorted(
+        (r.notebook, r.target, r.status) for r in summary.itertuples()
+    )  # each job's row, handed over as it ended
     assert statuses(summary) == {
         ("01_setup", "toy"): "done",
         ("03_fake", "af-ZA"): "done",

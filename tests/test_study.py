@@ -141,6 +141,22 @@ def test_each_stage_is_recorded_as_it_ends_so_an_interrupted_run_keeps_it(tmp_pa
     )
 
 
+def test_a_stage_stopped_mid_way_keeps_the_jobs_it_finished_in_its_timings(mu_root, tmp_path, monkeypatch):
+    from mu import runner
+
+    def stopped_run(nbs, targets, *, on_job, **kw):  # two targets run, one was done already, then the run is killed
+        for target, status in (("a", "skipped"), ("b", "done"), ("c", "failed")):
+            on_job({"notebook": "04_ensembling", "target": target, "status": status, "seconds": 1.0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", stopped_run)
+    path = tmp_path / "timings.json"
+    with pytest.raises(KeyboardInterrupt):
+        stages.Stages(path).notebook("notebook 04", "04", ["a", "b", "c", "d"], "stagep", 2, {})
+    got = json.loads(path.read_text())[-1]["stages"]["notebook 04"]
+    assert (got["jobs"], got["ran"], got["partial"]) == (4, 2, True) and got["seconds"] >= 0.0
+
+
 def test_budget_prices_a_plan_from_the_last_timings_that_ran():
     from mu import budget
 
@@ -168,6 +184,9 @@ def test_budget_prices_a_plan_from_the_last_timings_that_ran():
     assert "| notebook 03 | 51 | 10.0 | 8.5 | this stage |" in md and "plus 1 stage(s) never measured" in md
     assert "`--seeds`" in md.split("| seed 44 notebook 03 |")[1].splitlines()[0]
     assert "Total: unknown plus 1 stage(s)" in budget.markdown(frame.reset_index().iloc[-1:], workers=1)
+    # what each stage really cost so far: every invocation's seconds, the runs that ran part of it
+    assert (frame.at["notebook 03", "spent_min"], frame.at["notebook 03", "runs"]) == (101.0 / 60, 1)
+    assert frame.at["seed 44 notebook 02", "runs"] == 0 and "| 1.7 (1) |" in md.split("| notebook 03 |")[1]
 
 
 def test_budget_prices_a_cached_pretraining_and_grid_from_their_own_records(mu_root):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -160,13 +160,15 @@ def run(
     notebooks_dir: str | os.PathLike = "notebooks",
     out_dir: str | os.PathLike | None = None,
     extra_params: Mapping[str, Any] | None = None,
+    on_job: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> pd.DataFrame:
     """Execute notebooks × targets; skip done ones, continue past failures.
 
     ``executor="local"`` uses a process pool of ``workers``; ``"ray"`` runs the same
     calls as Ray tasks with ``num_gpus`` each (None: 1 when the cluster has GPUs,
     else 0). Returns one row per job: notebook, target, status
-    (done/skipped/failed), seconds, output, error.
+    (done/skipped/failed), seconds, output, error. ``on_job`` is called with each row as its job
+    ends (the study's timings record a stage's progress with it, so a stopped run keeps what it measured).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid: {list(EXECUTORS)}")
@@ -203,6 +205,8 @@ def run(
         )
         bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows))
         bar.update()
+        if on_job is not None:
+            on_job(rows[-1])
 
     pool = None
     try:

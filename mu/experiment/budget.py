@@ -50,6 +50,18 @@ def rates(entries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def spent(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, int]]:
+    """{stage: (wall seconds, invocations that ran part of it)} over every recorded invocation: what the study
+    has really spent on each stage so far, a resume's checks and a stage stopped mid-way included (up to its
+    last finished job: ``Stages`` records a running stage's progress)."""
+    out: dict[str, tuple[float, int]] = {}
+    for entry in entries:
+        for stage, s in (entry.get("stages") or {}).items():
+            seconds, runs = out.get(stage, (0.0, 0))
+            out[stage] = (seconds + s["seconds"], runs + bool(s.get("ran")))
+    return out
+
+
 def _generic(stage: str) -> str:
     """``seed 43 notebook 02`` → ``notebook 02`` (a seed's stage priced like the main run's)."""
     return re.sub(r"^seed \d+ ", "", stage)
@@ -78,9 +90,10 @@ def estimate(
     recorded: Mapping[str, tuple[float, str]] | None = None,
 ) -> pd.DataFrame:
     """One row per planned stage: ``jobs``, ``seconds_per_job`` (measured; NaN if never), ``estimate_min``
-    (jobs × rate, everything redone from scratch), ``from`` (which measurement priced it). ``recorded``:
+    (jobs × rate, everything redone from scratch), ``from`` (which measurement priced it), ``spent_min`` and
+    ``runs`` (what the study spent on it so far, over how many invocations: ``spent``). ``recorded``:
     ``{stage: (seconds per job, source)}`` for a stage no entry measured (``recorded()``)."""
-    r = rates(entries)
+    r, used = rates(entries), spent(entries)
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
     rows = []
     for stage, jobs in plan.items():
@@ -98,23 +111,34 @@ def estimate(
                 )
             )
         )
+        seconds, runs = used.get(stage, (0.0, 0))
         rows.append(
-            {"stage": stage, "jobs": jobs, "seconds_per_job": rate, "estimate_min": jobs * rate / 60, "from": source}
+            {
+                "stage": stage,
+                "jobs": jobs,
+                "seconds_per_job": rate,
+                "estimate_min": jobs * rate / 60,
+                "from": source,
+                "spent_min": seconds / 60,
+                "runs": runs,
+            }
         )
-    return pd.DataFrame(rows, columns=["stage", "jobs", "seconds_per_job", "estimate_min", "from"])
+    return pd.DataFrame(rows, columns=["stage", "jobs", "seconds_per_job", "estimate_min", "from", "spent_min", "runs"])
 
 
 def markdown(frame: pd.DataFrame, *, workers: int) -> str:
     """The budget table: estimated minutes per stage (from scratch), its total, and what shrinks each stage."""
     shrink = [SHRINK["seed"] if s.startswith("seed ") else SHRINK.get(s, "") for s in frame["stage"]]
     lines = [
-        "| stage | jobs | s per job (measured) | estimate (min, from scratch) | priced from | what shrinks it |",
-        "|---|---|---|---|---|---|",
+        "| stage | jobs | s per job (measured) | estimate (min, from scratch) | priced from | spent so far (min, runs) "
+        "| what shrinks it |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, knob in zip(frame.itertuples(index=False), shrink):
         rate = f"{row.seconds_per_job:.1f}" if pd.notna(row.seconds_per_job) else "—"
         est = f"{row.estimate_min:.1f}" if pd.notna(row.estimate_min) else "—"
-        lines.append(f"| {row.stage} | {row.jobs} | {rate} | {est} | {row[4]} | {knob} |")
+        used = f"{row.spent_min:.1f} ({row.runs})" if row.spent_min else "—"
+        lines.append(f"| {row.stage} | {row.jobs} | {rate} | {est} | {row[4]} | {used} | {knob} |")
     total = frame["estimate_min"].sum(min_count=1)
     unknown = int(frame["estimate_min"].isna().sum())
     lines += [
@@ -123,6 +147,8 @@ def markdown(frame: pd.DataFrame, *, workers: int) -> str:
         + (f" plus {unknown} stage(s) never measured" if unknown else "")
         + f" of wall time if every stage ran from scratch (seconds per job: a stage's wall time over the jobs "
         f"it ran, so they hold for the worker count then; this run: {workers} notebook worker(s)).",
+        f"Spent so far: {frame['spent_min'].sum():.0f} min over the recorded runs (a stage's wall time in every "
+        "invocation that ran part of it; a run stopped mid-stage counts up to its last finished job).",
     ]
     return "\n".join(lines) + "\n"
 

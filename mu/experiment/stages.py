@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,15 @@ class Stages:
         self.path, self.meta = path, meta
         self.prior = paths.read_json(path) if path.is_file() else []
 
-    def add(self, name: str, t0: float, jobs: int, ran: int) -> None:
-        self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1), "jobs": jobs, "ran": ran}
+    def add(self, name: str, t0: float, jobs: int, ran: int, *, partial: bool = False) -> None:
+        """``partial``: the stage is still running; ``seconds`` runs to its last finished job (a run stopped
+        mid-stage keeps that, and loses only the jobs it had not finished)."""
+        self.stages[name] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "jobs": jobs,
+            "ran": ran,
+            **({"partial": True} if partial else {}),
+        }
         self.save()
 
     def save(self, **meta: Any) -> None:
@@ -45,8 +52,14 @@ class Stages:
         from mu.batch import runner
         from mu.core import protocol
 
-        t0 = time.perf_counter()
-        frame = runner.run([nb], targets, profile=profile, workers=workers, extra_params=extra)
+        t0, ended = time.perf_counter(), []
+
+        def progress(row: Mapping[str, Any]) -> None:
+            ended.append(row["status"] != "skipped")
+            if ended[-1]:  # a skipped job costs nothing: no write per resumed target
+                self.add(name, t0, len(targets), sum(ended), partial=True)
+
+        frame = runner.run([nb], targets, profile=profile, workers=workers, extra_params=extra, on_job=progress)
         self.add(name, t0, len(frame), int((frame["status"] != "skipped").sum()))
         protocol.write(profile)  # the choices its kernels recorded, in protocol.md even if the run stops here
         print(f"{name}:\n{runner.format_summary(frame)}", flush=True)
