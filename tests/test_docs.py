@@ -349,6 +349,15 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     dev.write_text("source,a\na,1.0\n")
     mu.docs.collect("fake", tmp_path / "run")
     assert mu.collect.transfer_split("fake") == "dev"
+    # the README's note says what the run could see: no pool design recorded is the earlier, parallel one
+    said = mu.docs.render("provenance profile=fake")
+    assert said.startswith("**These fake numbers are exploratory.**") and "translations of the sources'" in said
+    assert "ranked sources on test items" not in said and "no joint-training baseline" in said
+    timings = tmp_path / "run" / "reports" / "study" / "fake" / "timings.json"
+    timings.write_text(json.dumps([*json.loads(timings.read_text()), {"stages": {}, "pools": "disjoint"}]))
+    mu.docs.collect("fake", tmp_path / "run")
+    assert mu.collect.pools("fake") == "disjoint"
+    assert mu.docs.render("provenance profile=fake").startswith("**The fake column comes from the pre-registered run**")
 
 
 def test_collect_without_an_aggregation_names_what_is_missing(tmp_path, monkeypatch):

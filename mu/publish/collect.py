@@ -133,6 +133,10 @@ def collect(profile: str, root: str | Path) -> Path:
             "transfer_nxn": "dev"
             if (reports / "02_training" / profile / "evaluation_matrix_dev.csv").is_file()
             else "test",
+            # the study's pool design (mu.corpus.pools): whether adapted text is disjoint from labeled text
+            "pools": next((e["pools"] for e in reversed(read_json(study)) if e.get("pools")), None)
+            if study.is_file()
+            else None,
         },
     )
     for comparison in sorted(reports.glob("pretrain/*/comparison.json")):
@@ -147,6 +151,13 @@ def collect(profile: str, root: str | Path) -> Path:
 
 def results_path(profile: str, name: str) -> Path:
     return checkout(RESULTS, profile, name)
+
+
+def pools(profile: str) -> str | None:
+    """The pool design of a collected run's study (``disjoint``, ``parallel``), None when it recorded none (runs
+    collected before the pools existed: the parallel design, whose adapted text translates labeled text)."""
+    run = results_path(profile, "run.json")
+    return read_json(run).get("pools") if run.is_file() else None
 
 
 def transfer_split(profile: str) -> str:

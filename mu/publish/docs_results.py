@@ -11,7 +11,7 @@ import fnmatch
 import pandas as pd
 
 from mu.analysis import families
-from mu.publish.collect import RESULTS, checkout, collected, not_collected, test_label, transfer_split
+from mu.publish.collect import RESULTS, checkout, collected, not_collected, pools, test_label, transfer_split
 from mu.publish.collect import duration as _duration
 from mu.publish.collect import md_table as _table
 from mu.publish.collect import mean_ci as _mean_ci
@@ -38,6 +38,9 @@ HEADLINE = {  # the README's systems, each with what it is
     "iterative/linear/similarity": "the URIEL sources trained together, merged every `merge_frequency` epochs "
     "(mini: as many epochs as the one-shot sources)",
     "iterative-adaptive/linear/similarity": "the same, merged when the sources' dev accuracy says so",
+    "joint/similarity": "one model trained on the union of the same 5 URIEL sources' labeled data, the sources' "
+    "epochs (the baseline for iterative training)",
+    "joint/all": "one model trained on all other locales' labeled data, at `joint/similarity`'s example budget",
 }
 PROFILES = ("toy", "mini")
 
@@ -107,7 +110,7 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
     """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
     names = profiles.split(",")
     frames = {p: _csv(p, "means.csv").set_index("system") for p in names if collected(p)}
-    head = ["system", "what", "sees"] + [
+    head = ["system", "what", "sees", "needs"] + [
         f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p for p in names
     ]
     rows = []
@@ -129,8 +132,53 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
             else ", ".join(f"`{s}` ({p})" for p, s in named.items()) or f"`{key}`"
         )
         seen = {families.sees(s, transfer_split=transfer_split(p)) for p, s in named.items()}
-        rows.append([label, what, " / ".join(sorted(seen)) or families.sees(key), *cells])
+        needs = families.needs(next(iter(named.values()), key))
+        rows.append([label, what, " / ".join(sorted(seen)) or families.sees(key), needs, *cells])
     return _table(head, rows)
+
+
+def provenance(profile: str) -> str:
+    """What the collected run of ``profile`` could see and claim, in words, from its ``run.json``: the README's
+    note under the headline, so it changes with the run it describes."""
+    if not collected(profile):
+        return not_collected(profile)
+    if pools(profile) == "disjoint" and transfer_split(profile) == "dev":
+        return (
+            f"**The {profile} column comes from the pre-registered run** (`params/preregistration.yaml`): the "
+            "text a target-side method adapts on comes from an unlabeled pool that shares no id with any labeled "
+            "text a source trained on, in any locale; `transfer` weights rank sources on the dev N×N; intervals "
+            "are two-way bootstraps over targets and their shared test items. Only the "
+            "[confirmatory tests](#confirmatory-results) are confirmatory; every other comparison here is "
+            "exploratory. `needs`: what a system must have besides what it sees (joint and iterative training "
+            "need the sources' labeled data; merges and ensembles only the source models)."
+        )
+    return (
+        f"**These {profile} numbers are exploratory.** The run behind them had flaws a reviewer would name, and "
+        "the code now fixes each: "
+        + (
+            "the adapted family's unlabeled text was translations of the sources' labeled data (now a disjoint "
+            "unlabeled pool), "
+            if pools(profile) != "disjoint"
+            else ""
+        )
+        + (
+            "`transfer` weights ranked sources on test items in translation (now the dev N×N), "
+            if transfer_split(profile) != "dev"
+            else ""
+        )
+        + (
+            "there was no joint-training baseline (now `joint/<weighting>` and `joint/all`), "
+            if not _csv(profile, "means.csv")["system"].str.startswith("joint/").any()
+            else ""
+        )
+        + (
+            "and the intervals and tests over targets treated targets as independent although they share their "
+            "test items (now item-aware: `mu.analysis.inference`). "
+            if "Wilcoxon" in test_label(_csv(profile, "tests.csv"))
+            else ""
+        )
+        + "No claim below is confirmatory ([those](#confirmatory-results) come from the pre-registered run)."
+    )
 
 
 def uriel(profile: str) -> str:
@@ -249,6 +297,7 @@ def objectives(name: str) -> str:
 
 TABLES = {
     "headline": headline,
+    "provenance": provenance,
     "systems": systems,
     "uriel": uriel,
     "spread": spread,
