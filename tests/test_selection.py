@@ -241,6 +241,30 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     )["lr"] in (1e-3, 1e-2)
     assert protocol.load("sel")["04.distill.lr"]["chosen_by"] == "label-free"
     assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
+    # the smallest lr wins: a student whose lr tends to 0 is its init, so the init's own score is the grid's lr 0
+    fake = [{"target": t, "lr": x, "dev_accuracy": 0.6 if x == 1e-3 else 0.5} for t in TUNING for x in (1e-3, 1e-2)]
+    monkeypatch.setattr(selection_student.selection, "cached", lambda *a: fake)
+    kw = dict(
+        teacher_method="soft",
+        mode="similarity",
+        lrs=[1e-3, 1e-2],
+        criterion="tuning-targets",
+        base_model=toy_base,
+        temperature=2.0,
+        epochs=1,
+        batch_size=32,
+        eval_every=None,
+        patience=1,
+        held_out=0.1,
+        init="iso_c",
+        **common,
+    )
+    for init_score, grid, where in ((0.55, [0.0, 1e-3, 1e-2], ""), (0.65, [1e-3, 1e-2], "smallest")):
+        assert selection_student.choose_distill_lr("sel", TUNING, init_score=init_score, **kw)["lr"] == 1e-3
+        rec = protocol.load("sel")["04.distill.lr"]
+        assert rec["grid"] == grid and protocol.edge(rec["value"], rec["grid"]) == where
+        assert ("the best lr lies between 0 and 0.01" in rec["note"]) == (not where)
+    assert rec["evidence"][0]["lr"] == 1e-3  # above the init: no lr-0 row, the choice stays an edge
 
 
 def test_student_init_is_chosen_on_dev_or_label_free_and_its_merges_are_not_kept(

@@ -140,14 +140,16 @@ def choose_distillation(
         "adapt_split": adapt_split,
         "seed": seed,
     }
-    init = selection_student.choose_student_init(
+    started = selection_student.choose_student_init(
         profile, tuning_targets, methods=inits, batch_size=eval_batch_size, **fit, **where, **select_kw
-    )["method"]
+    )
+    init = started["method"]
     lr = selection_student.choose_distill_lr(
         profile,
         tuning_targets,
         lrs=lrs,
         init=init,
+        init_score=started.get("score"),
         epochs=epochs,
         batch_size=batch_size,
         eval_every=eval_every,

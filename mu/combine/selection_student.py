@@ -169,12 +169,18 @@ def choose_distill_lr(
     max_seq_length: int = 128,
     seed: int = 42,
     init: str = "linear",
+    init_score: float | None = None,
     **select_kw: Any,
 ) -> dict[str, Any]:
     """The student's lr ``{"lr", "evidence"}`` among ``lrs``: for every tuning target and lr, a student
     distilled from the ``teacher_method``/``mode`` ensemble as ``mu.combine.distill.evaluate_distilled`` does
     for a target (from the ``init`` merge; not saved), scored by ``criterion``; ties go to the smaller lr.
-    Records ``04.distill.lr`` and the declared knobs of the stopping rule."""
+    Records ``04.distill.lr`` and the declared knobs of the stopping rule.
+
+    ``init_score``: the ``init`` merge's own mean score by ``criterion`` on the same tuning targets
+    (``choose_student_init``'s). A student whose lr tends to 0 stays its init, so that score is the grid's
+    point at lr 0: when the smallest lr wins and beats it, the record's grid and evidence hold lr 0 and the
+    choice is interior (the best lr lies between 0 and the next lr), not an edge."""
     selection.declare(
         profile,
         "04.distill",
@@ -272,6 +278,18 @@ def choose_distill_lr(
     rows = selection.cached(profile, "distill_lr", args, compute)
     score = "dev_accuracy" if criterion == "tuning-targets" else "held_out_agreement"
     means, best = selection.best(rows, ["lr"], score, higher=True, tie=["lr"])
+    evidence = [
+        {k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()}
+        for r in means.to_dict(orient="records")
+    ]
+    grid, anchor = [float(x) for x in lrs], ""
+    if init_score is not None and float(best["lr"]) == min(grid) and init_score < float(best[score]):
+        grid, evidence = [0.0, *grid], [{"lr": 0.0, score: float(init_score)}, *evidence]
+        anchor = (
+            f"; lr 0 is the student that never moves from its init: merge/{init}/{mode}'s own mean {score} "
+            f"{init_score:.4f} on the same targets (04.distill.init's evidence), below the chosen lr's "
+            f"{float(best[score]):.4f}, so the best lr lies between 0 and {sorted(grid)[2]:g}"
+        )
     protocol.record(
         profile,
         "04.distill.lr",
@@ -279,12 +297,9 @@ def choose_distill_lr(
         chosen_by=criterion,
         data=f"{'dev split' if criterion == 'tuning-targets' else f'held-out {adapt_split} texts (no labels)'} "
         f"of the tuning targets {targets}",
-        evidence=[
-            {k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in r.items()}
-            for r in means.to_dict(orient="records")
-        ],
+        evidence=evidence,
         note=f"teacher ensemble/{teacher_method}/{mode}, student from merge/{init}/{mode}; "
-        "means over the tuning targets",
-        grid=[float(x) for x in lrs],
+        "means over the tuning targets" + anchor,
+        grid=grid,
     )
     return {"lr": float(best["lr"]), "evidence": rows}
