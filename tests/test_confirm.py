@@ -78,6 +78,21 @@ def test_the_registration_resolves_to_the_records_system_names():
     assert confirm.settings(reg) == {"alpha": 0.05, "n_boot": 2000, "n_perm": 2000, "level": 0.95}
 
 
+def test_the_study_refuses_04_settings_that_would_distil_another_student_than_the_registered_one():
+    from mu import params
+
+    reg = confirm.load(PREREG)
+    p04 = params.load_params("04_ensembling", "mini")
+    confirm.check_student_settings(reg, p04, "mini")  # the committed parameters make the registered student
+    chosen = {**p04, "distill_teachers": None}  # the teacher chosen among every ensemble: maybe another one
+    with pytest.raises(ValueError, match=r"mini would not distil .*set distill_teachers: \[uriel_logits/average\]"):
+        confirm.check_student_settings(reg, chosen, "mini")
+    with pytest.raises(ValueError, match="adapt_split is 'train', the registered student adapts on 'unlabeled'"):
+        confirm.check_student_settings(reg, {**p04, "adapt_split": "train"}, "mini")
+    with pytest.raises(ValueError, match="distill is false"):
+        confirm.check_student_settings(reg, {**p04, "distill": False}, "mini")
+
+
 def test_a_clear_effect_in_every_seed_is_supported_and_a_reversed_seed_is_not():
     tests, verdicts = analyse({42: world(42), 43: world(43), 44: world(44, reverse_h3=True)})
     v = verdicts.set_index("hypothesis")["verdict"]

@@ -119,6 +119,43 @@ def resolve_systems(
     return out
 
 
+_STUDENT = re.compile(
+    r"^adapted/distilled-(?P<method>[a-z_]+)-adapt(?P<split>[a-z]+)(?:-from_<init>)?/(?P<mode>[\w-]+)$"
+)
+
+
+def check_student_settings(reg: Mapping[str, Any], p04: Mapping[str, Any], where: str) -> None:
+    """A ValueError when notebook 04's parameters ``p04`` (``where``: their file and profile) could distil a
+    student other than the registered one: its teacher ensemble, weighting and adaptation split are fixed by
+    the registration's ``systems.student`` name, while 04 chooses a teacher among every ensemble it runs
+    unless ``distill_teachers`` names one. Run before the study, so the hypotheses can find their student."""
+    roles = {r for h in reg["hypotheses"] for r in (h["a"], h["b"])}
+    if "student" not in roles:
+        return
+    text = " ".join(str(reg["systems"]["student"]).split())
+    named = _STUDENT.match(text.split(" ")[0])
+    if not named:
+        raise ValueError(f"{reg['path']}: systems.student {text!r} does not name a distilled student")
+    want = f"{named['method']}/{named['mode']}"
+    offered = (
+        list(p04["distill_teachers"])
+        if p04.get("distill_teachers") is not None
+        else [f"{m}/{mode}" for mode in p04["modes"] for m in p04["methods"]]
+    )
+    wrong = []
+    if not p04.get("distill"):
+        wrong.append("distill is false")
+    if offered != [want]:
+        wrong.append(f"the teacher is chosen among {offered}, not fixed: set distill_teachers: [{want}]")
+    if p04.get("adapt_split") != named["split"]:
+        wrong.append(f"adapt_split is {p04.get('adapt_split')!r}, the registered student adapts on {named['split']!r}")
+    if wrong:
+        raise ValueError(
+            f"{where} would not distil the registered student ({reg['path']}: systems.student "
+            f"{named.group(0)}): " + "; ".join(wrong)
+        )
+
+
 def _pair(frames: Mapping[str, pd.DataFrame], a: str | None, b: str | None, targets: Sequence[str]) -> tuple:
     """(A, B arrays on ``targets`` × the union of their items, or None, why not)."""
     for s in (a, b):

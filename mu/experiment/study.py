@@ -103,6 +103,18 @@ def _design(
     unknown = sorted(set(extra) - used)
     if unknown:
         raise ValueError(f"--set {unknown}: parameters of none of the notebooks this study runs; valid: {sorted(used)}")
+    if "06" in run_nbs and "04" in run_nbs and p06.get("confirmatory"):
+        from mu.analysis import confirm
+
+        p04 = {
+            **params.load_params("04_ensembling", profile),
+            **{k: v for k, v in extra.items() if k in parameters["04"]},
+        }
+        confirm.check_student_settings(
+            confirm.load(p06["preregistration"]),
+            p04,
+            f"params/04_ensembling.yaml (profile {profile}{' and --set' if extra else ''})",
+        )
     targets = list(targets) if targets is not None else list(p02["locales"])
     subset = [t for t in SUBSET if t in targets]
     seed_targets = [t for t in p06.get("seed_targets", []) if t in targets]
