@@ -100,31 +100,59 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     return _table(head, rows)
 
 
-def _subset(frame: pd.DataFrame, system: str) -> str:
-    """`` (15 targets)`` when a system ran on fewer targets than the column's (a declared subset), else ''."""
-    n, full = int(frame.loc[system, "n"]), int(frame["n"].max())
-    return "" if n == full else f" ({n} targets)"
+def _found(frames: dict[str, pd.DataFrame]) -> list[tuple[str, str, dict[str, str | None]]]:
+    """(key, what, {profile: the system the key names there, or None}) for every headline row: a key may be a
+    pattern (the adapted systems are named by their chosen knobs)."""
+    return [
+        (
+            key,
+            what,
+            {
+                p: next((s for s in f.index if fnmatch.fnmatchcase(s, key) and f.loc[s, "n"] > 0), None)
+                for p, f in frames.items()
+            },
+        )
+        for key, what in HEADLINE.items()
+    ]
+
+
+def _common(profile: str, systems: list[str]) -> list[str]:
+    """The targets on which every one of ``systems`` has a result (the per-target table, ``summary.csv``)."""
+    table = _csv(profile, "summary.csv").set_index("target")
+    return sorted(table.index[table[[s for s in systems if s in table]].notna().all(axis=1)])
 
 
 def headline(profiles: str = ",".join(PROFILES)) -> str:
-    """The README's few systems, one column per profile (mean [95% CI] over its targets)."""
+    """The README's few systems, one column per profile (mean [95% CI] over all its targets), and, for a profile
+    where some of them ran on a declared subset only, a column of plain means over the targets every one of
+    them has: each column compares the systems on one set of targets."""
     names = profiles.split(",")
     frames = {p: _csv(p, "means.csv").set_index("system") for p in names if collected(p)}
-    head = ["system", "what", "sees", "needs"] + [
-        f"{p} ({int(frames[p]['n'].max())} targets)" if p in frames else p for p in names
-    ]
+    rows_found = _found(frames)
+    full = {p: int(f["n"].max()) for p, f in frames.items()}
+    subset: dict[str, list[str]] = {}
+    for p in frames:
+        mine = [found[p] for _, _, found in rows_found if found.get(p)]
+        if any(int(frames[p].loc[s, "n"]) < full[p] for s in mine):
+            subset[p] = _common(p, mine)
+    per_target = {p: _csv(p, "summary.csv").set_index("target") for p in subset}
+    head = ["system", "what", "sees", "needs"]
+    for p in names:
+        head.append(f"{p} ({full[p]} targets)" if p in frames else p)
+        if p in subset:
+            head.append(f"{p}, the {len(subset[p])} targets all of them ran on (mean)")
     rows = []
-    for key, what in HEADLINE.items():  # a key may be a pattern: the adapted systems are named by their chosen knobs
-        found = {
-            p: next((s for s in f.index if fnmatch.fnmatchcase(s, key) and f.loc[s, "n"] > 0), None)
-            for p, f in frames.items()
-        }
-        cells = [
-            (_mean_ci(frames[p].loc[found[p]]) + _subset(frames[p], found[p]))
-            if found.get(p)
-            else ("not yet collected" if p not in frames else "—")
-            for p in names
-        ]
+    for key, what, found in rows_found:
+        cells = []
+        for p in names:
+            s = found.get(p)
+            if p not in frames:
+                cells.append("not yet collected")
+                continue
+            ran_all = s is not None and int(frames[p].loc[s, "n"]) == full[p]
+            cells.append(_mean_ci(frames[p].loc[s]) if ran_all else ("—" if s is None else "only a subset"))
+            if p in subset:
+                cells.append(_num(per_target[p].loc[subset[p], s].mean()) if s else "—")
         named = {p: s for p, s in found.items() if s}  # a pattern may name another system per profile: say which
         label = (
             f"`{next(iter(named.values()))}`"
