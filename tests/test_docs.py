@@ -341,7 +341,9 @@ def test_collect_copies_a_runs_summary_and_the_tables_show_its_numbers(tmp_path,
     native = next(r for r in head.splitlines() if r.startswith("| `native` |"))
     assert f"| {table.loc[four, 'native'].mean():.3f} |" in native
     assert f"{table['native'].mean():.3f}" in head
-    assert mu.docs.render("systems profile=fake families=merge").count("`merge/") == 2
+    merges = mu.docs.render("systems profile=fake families=merge")
+    assert merges.count("`merge/") == 2  # one table per target set: linear/similarity ran on 4 of the 6
+    assert merges.index("*On 6 targets:*") < merges.index("`merge/linear/average`") < merges.index("*On 4 targets:*")
     pairs = mu.docs.render(
         "pairs profile=fake systems=ensemble/soft/similarity baselines=merge/linear/similarity,native"
     )

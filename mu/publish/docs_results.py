@@ -83,6 +83,15 @@ def systems(profile: str, vs: str = "average,oracle", families_: str = "", syste
     if systems_:  # names or fnmatch patterns (merge/linear/*)
         means = means[[any(fnmatch.fnmatchcase(s, pat) for pat in systems_.split(",")) for s in means["system"]]]
     means = means.sort_values(["mean", "system"], ascending=[False, True])
+    groups = [means[means["n"] == n] for n in sorted(set(means["n"]), reverse=True)]
+    if len(groups) > 1:  # one table per target set: a mean over 15 targets is not set beside one over 46
+        return "\n\n".join(
+            f"*On {int(g['n'].iloc[0])} targets:*\n\n{_systems_table(profile, g, tests, cols)}" for g in groups
+        )
+    return _systems_table(profile, means, tests, cols)
+
+
+def _systems_table(profile: str, means: pd.DataFrame, tests: pd.DataFrame, cols: list[str]) -> str:
     used = test_label(tests)
     mixed = " / " in used
     p_head = "p: test in each cell" if mixed else f"{used} p".strip()
