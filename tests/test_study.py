@@ -210,6 +210,20 @@ def test_budget_prices_a_cached_pretraining_and_grid_from_their_own_records(mu_r
     assert frame.at["notebook 02", "from"] == "never measured"
     timed = [{"stages": {"pretrain": {"seconds": 60.0, "jobs": 1, "ran": 1}}}]  # a timing of its own wins
     assert budget.estimate({"pretrain": 1}, timed, got).at[0, "from"] == "this stage"
+    # notebook 02's sources record their fine-tuning; a notebook 02 the study timed only as a resume (its
+    # sources trained already) is priced from them, and so is a seed's notebook 02 no run has timed yet
+    for loc, seconds in (("af-ZA", 300.0), ("sw-KE", 500.0)):
+        paths.write_json(
+            paths.models_dir("budg", f"xlm-roberta-base_massive_k_{loc}", "training_args.json"),
+            {"log_history": [{"loss": 1.0}, {"train_runtime": seconds}]},
+        )
+    got = budget.recorded("budg", workers=2)
+    assert got["notebook 02"] == (400.0, "its 2 sources' training_args.json (fine-tuning only, over 2 workers)")
+    resumed = [{"stages": {"notebook 02": {"seconds": 30.0, "jobs": 1, "ran": 1}}}]
+    frame = budget.estimate({"notebook 02": 1, "seed 43 notebook 02": 1}, resumed, got).set_index("stage")
+    assert frame["seconds_per_job"].tolist() == [400.0, 400.0] and frame.at["notebook 02", "spent_min"] == 0.5
+    whole = [{"stages": {"notebook 02": {"seconds": 900.0, "jobs": 1, "ran": 1}}}]  # a run from scratch wins
+    assert budget.estimate({"notebook 02": 1}, whole, got).at[0, "from"] == "this stage"
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ its wall seconds, its jobs and how many of them ran (the rest were done already:
 nothing). ``estimate`` prices a plan (``{stage: jobs}``) from the last entry in which each stage ran,
 per job; a seed's stage never measured is priced like the main run's stage of the same notebook (an
 over-estimate: the seeds' runs skip the adapted systems), and a stage the study never timed (a cached
-pretraining or tuning grid) by what its own record measured (``recorded``). ``markdown`` adds the knobs
+pretraining or tuning grid; a notebook 02 timed only as a resume) by what its own records measured (``recorded``). ``markdown`` adds the knobs
 that shrink each stage.
 """
 
@@ -69,13 +69,26 @@ def _generic(stage: str) -> str:
 
 def recorded(profile: str, workers: int) -> dict[str, tuple[float, str]]:
     """{stage: (seconds per job, where from)} for the stages whose own records time them, for those the study
-    never saw run: the encoder's pretraining (``pretrain.json``'s training seconds) and the fine-tuning grid
-    (its jobs' seconds in ``tuning/finetune.json``, over ``workers`` parallel processes)."""
+    never saw run: the encoder's pretraining (``pretrain.json``'s training seconds), the fine-tuning grid
+    (its jobs' seconds in ``tuning/finetune.json``, over ``workers`` parallel processes) and notebook 02's
+    fine-tuning (its sources' ``train_runtime``, over ``workers``), which also prices a notebook 02 the study
+    timed only as a resume (``estimate``: a measured rate below it)."""
     out = {}
     for record in sorted(paths.models_dir(profile, "pretrained").glob("*/pretrain.json")):
         seconds = paths.read_json(record).get("train_seconds")
         if seconds:
             out["pretrain"] = (float(seconds), f"{record.parent.name}/pretrain.json (training only)")
+    from mu.learn import models
+
+    trained = [
+        paths.read_json(f).get("log_history", [{}])[-1].get("train_runtime")
+        for f in sorted(paths.models_dir(profile).glob(models.NAME_PATTERN.format(locale="*") + "/training_args.json"))
+    ]
+    if trained and all(trained):
+        out["notebook 02"] = (
+            sum(trained) / workers,
+            f"its {len(trained)} sources' training_args.json (fine-tuning only, over {workers} workers)",
+        )
     grid = paths.reports_dir("study", profile, "tuning", "finetune.json")
     if grid.is_file():
         jobs = pd.DataFrame(paths.read_json(grid)["grid"])
@@ -94,6 +107,9 @@ def estimate(
     ``runs`` (what the study spent on it so far, over how many invocations: ``spent``). ``recorded``:
     ``{stage: (seconds per job, source)}`` for a stage no entry measured (``recorded()``)."""
     r, used = rates(entries), spent(entries)
+    own = (recorded or {}).get("notebook 02")
+    if own and r.get("notebook 02", 0.0) < own[0]:  # the run timed resumed: most sources were trained already
+        r.pop("notebook 02")
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
     rows = []
     for stage, jobs in plan.items():
@@ -107,7 +123,11 @@ def estimate(
                 else (
                     (r[_generic(stage)], f"the main run's {_generic(stage)}")
                     if _generic(stage) in r
-                    else ((recorded or {}).get(stage, (float("nan"), "never measured")))
+                    else (
+                        (recorded or {}).get(stage)
+                        or (recorded or {}).get(_generic(stage))
+                        or (float("nan"), "never measured")
+                    )
                 )
             )
         )
