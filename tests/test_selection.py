@@ -166,13 +166,8 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
         "sel", TUNING, methods=["soft", "uriel_logits"], modes=["similarity", "average"], **common
     )
     assert {r["target"] for r in teacher["evidence"]} == set(TUNING) and len(teacher["evidence"]) == 8
-    lr = selection_student.choose_distill_lr(
-        "sel",
-        TUNING,
-        teacher_method=teacher["method"],
-        mode=teacher["mode"],
+    student_kw = dict(
         lrs=[1e-3, 1e-2],
-        criterion="tuning-targets",
         base_model=toy_base,
         temperature=2.0,
         epochs=1,
@@ -180,8 +175,16 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
         eval_every=None,
         patience=1,
         held_out=0.1,
-        adapt_num_examples=64,
         **common,
+    )
+    lr = selection_student.choose_distill_lr(
+        "sel",
+        TUNING,
+        teacher_method=teacher["method"],
+        mode=teacher["mode"],
+        criterion="tuning-targets",
+        adapt_num_examples=64,
+        **student_kw,
     )
     assert lr["lr"] in (1e-3, 1e-2) and {(r["target"], r["lr"]) for r in lr["evidence"]} == {
         (t, x) for t in TUNING for x in (1e-3, 1e-2)
@@ -227,38 +230,16 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
         TUNING,
         teacher_method=teacher["method"],
         mode=teacher["mode"],
-        lrs=[1e-3, 1e-2],
         criterion="label-free",
-        base_model=toy_base,
-        temperature=2.0,
-        epochs=1,
-        batch_size=32,
-        eval_every=None,
-        patience=1,
-        held_out=0.1,
         adapt_num_examples=64,
-        **common,
+        **student_kw,
     )["lr"] in (1e-3, 1e-2)
     assert protocol.load("sel")["04.distill.lr"]["chosen_by"] == "label-free"
     assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
     # the smallest lr wins: a student whose lr tends to 0 is its init, so the init's own score is the grid's lr 0
     fake = [{"target": t, "lr": x, "dev_accuracy": 0.6 if x == 1e-3 else 0.5} for t in TUNING for x in (1e-3, 1e-2)]
     monkeypatch.setattr(selection_student.selection, "cached", lambda *a: fake)
-    kw = dict(
-        teacher_method="soft",
-        mode="similarity",
-        lrs=[1e-3, 1e-2],
-        criterion="tuning-targets",
-        base_model=toy_base,
-        temperature=2.0,
-        epochs=1,
-        batch_size=32,
-        eval_every=None,
-        patience=1,
-        held_out=0.1,
-        init="iso_c",
-        **common,
-    )
+    kw = dict(teacher_method="soft", mode="similarity", criterion="tuning-targets", init="iso_c", **student_kw)
     for init_score, grid, where in ((0.55, [0.0, 1e-3, 1e-2], ""), (0.65, [1e-3, 1e-2], "smallest")):
         assert selection_student.choose_distill_lr("sel", TUNING, init_score=init_score, **kw)["lr"] == 1e-3
         rec = protocol.load("sel")["04.distill.lr"]

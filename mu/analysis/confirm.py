@@ -133,7 +133,8 @@ def check_student_settings(reg: Mapping[str, Any], p04: Mapping[str, Any], where
     if "student" not in roles:
         return
     text = " ".join(str(reg["systems"]["student"]).split())
-    named = _STUDENT.match(text.split(" ")[0])
+    system = _SYSTEM.match(text)
+    named = _STUDENT.match(system.group(1)) if system else None
     if not named:
         raise ValueError(f"{reg['path']}: systems.student {text!r} does not name a distilled student")
     want = f"{named['method']}/{named['mode']}"

@@ -108,7 +108,7 @@ def estimate(
     ``{stage: (seconds per job, source)}`` for a stage no entry measured (``recorded()``)."""
     r, used = rates(entries), spent(entries)
     own = (recorded or {}).get("notebook 02")
-    if own and r.get("notebook 02", 0.0) < own[0]:  # the run timed resumed: most sources were trained already
+    if own and r.get("notebook 02", 0.0) < own[0]:  # timed only as a resume: most sources were trained already
         r.pop("notebook 02")
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
     rows = []

@@ -125,9 +125,8 @@ def _found(frames: dict[str, pd.DataFrame]) -> list[tuple[str, str, dict[str, st
     ]
 
 
-def _common(profile: str, systems: list[str]) -> list[str]:
-    """The targets on which every one of ``systems`` has a result (the per-target table, ``summary.csv``)."""
-    table = _csv(profile, "summary.csv").set_index("target")
+def _common(table: pd.DataFrame, systems: list[str]) -> list[str]:
+    """The targets on which every one of ``systems`` has a result in ``table`` (``summary.csv`` by target)."""
     return sorted(table.index[table[[s for s in systems if s in table]].notna().all(axis=1)])
 
 
@@ -140,11 +139,12 @@ def headline(profiles: str = ",".join(PROFILES)) -> str:
     rows_found = _found(frames)
     full = {p: int(f["n"].max()) for p, f in frames.items()}
     subset: dict[str, list[str]] = {}
+    per_target: dict[str, pd.DataFrame] = {}
     for p in frames:
         mine = [found[p] for _, _, found in rows_found if found.get(p)]
         if any(int(frames[p].loc[s, "n"]) < full[p] for s in mine):
-            subset[p] = _common(p, mine)
-    per_target = {p: _csv(p, "summary.csv").set_index("target") for p in subset}
+            per_target[p] = _csv(p, "summary.csv").set_index("target")
+            subset[p] = _common(per_target[p], mine)
     head = ["system", "what", "sees", "needs"]
     for p in names:
         head.append(f"{p} ({full[p]} targets)" if p in frames else p)
@@ -183,8 +183,13 @@ def provenance(profile: str) -> str:
         return (
             f"**The {profile} column comes from the pre-registered run** (`params/preregistration.yaml`): the "
             "text a target-side method adapts on comes from an unlabeled pool that shares no id with any labeled "
-            "text a source trained on, in any locale; `transfer` weights rank sources on the dev N×N; intervals "
-            "are two-way bootstraps over targets and their shared test items. Only the "
+            "text a source trained on, in any locale; `transfer` weights rank sources on the dev N×N"
+            + (
+                "; intervals are two-way bootstraps over targets and their shared test items"
+                if "Wilcoxon" not in test_label(_csv(profile, "tests.csv"))
+                else "; its tests over targets treat targets as independent (Wilcoxon)"
+            )
+            + ". Only the "
             "[confirmatory tests](#confirmatory-results) are confirmatory; every other comparison here is "
             "exploratory. `needs`: what a system must have besides what it sees (joint and iterative training "
             "need the sources' labeled data; merges and ensembles only the source models)."
