@@ -6,11 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test fmt lint test-timing lab docs docs-check bench bench-study bench-training study study-budget venv clean-reports
+.PHONY: help demo test fmt lint test-timing lab docs docs-check bench bench-study bench-notebook02 bench-training study study-budget venv clean-reports
 .DEFAULT_GOAL := help
 
 help: ## this list (each target's one line is the comment after its name)
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv (Python 3.11, torch CPU, the package editable with its test extras)
 
@@ -80,6 +80,9 @@ bench-study: $(STAMP) ## the real study's unit costs on MASSIVE text and its pro
 	$(PY) -m bench.study --massive $(MASSIVE)
 
 # Notebook 02's fine-tuning and evaluation (mini profile, MASSIVE text) against a floor of plain matmuls at the same shapes.
+bench-notebook02: $(STAMP) ## notebook 02's wall time per seed, before vs this study -> reports/bench/notebook02.json
+	$(PY) -m bench.notebook02 --root $(STUDY_ROOT)
+
 bench-training: $(STAMP) ## fine-tuning and N×N evaluation throughput vs a matmul floor -> reports/bench/training.{json,md}
 	$(PY) -m bench.training --massive $(MASSIVE) --tokenizer $(STUDY_ROOT)/models/mini/tokenizer
 

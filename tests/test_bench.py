@@ -531,3 +531,30 @@ def test_every_method_above_its_floor_target_says_what_work_the_floor_leaves_out
     table = summary.markdown(old)
     assert f"* ties (N = {row['n']}: 3.0×): {floors.BEYOND_FLOOR['ties']}." in table
     assert "* tsv_m" not in table and "no reason stated" not in table
+
+
+def test_notebook02_bench_tells_a_whole_stage_from_a_resume(tmp_path):
+    from bench import notebook02
+
+    entries = [
+        {"workers": 2, "tuned": {"epochs": 12.0}, "stages": {"notebook 02": {"seconds": 300.0, "jobs": 1, "ran": 1}}},
+        {"workers": 2, "tuned": {"epochs": 12.0}, "stages": {"notebook 02": {"seconds": 0.1, "jobs": 1, "ran": 0}}},
+        {"workers": 2, "tuned": {"epochs": 12.0}, "stages": {"seed 43 notebook 02": {"seconds": 9.0, "partial": True}}},
+        {"workers": 2, "tuned": {"epochs": 12.0}, "stages": {"seed 43 notebook 02": {"seconds": 3000.0, "ran": 1}}},
+    ]
+    got = notebook02.stages(entries)
+    assert [(s["stage"], s["seed"], s["seconds"]) for s in got] == [
+        ("notebook 02", None, 300.0),
+        ("seed 43 notebook 02", 43, 3000.0),
+    ]
+    models = tmp_path / "models"
+    for loc, runtime in [("en-US", 1000.0), ("de-DE", 1400.0)]:
+        paths.write_json(
+            models / f"xlm-roberta-base_massive_k_{loc}" / "training_args.json",
+            {"log_history": [{"loss": 1.0}, {"train_runtime": runtime}]},
+        )
+    fit = notebook02.fine_tuning(models, 2)
+    assert fit == (1200.0, 2)
+    resumed, whole = (notebook02.row("after", "x", s, 2, fit) for s in got)
+    assert not resumed["whole"] and resumed["source_epochs_per_minute"] is None
+    assert whole["whole"] and whole["source_epochs_per_minute"] == 2 * 12.0 / 50.0

@@ -1,7 +1,7 @@
 """The benchmark tables for README.md and docs/ (``mu.publish.docs`` renders them between markers):
 the machine, merge and evaluation speed, the projected cost of the study, torch threads on a busy
-machine, fine-tuning and evaluation against a matmul floor and ``make test`` on a fresh clone; all from the
-committed ``reports/bench/*.json``.
+machine, fine-tuning and evaluation against a matmul floor, notebook 02's wall time per seed and
+``make test`` on a fresh clone; all from the committed ``reports/bench/*.json``.
 """
 
 from __future__ import annotations
@@ -220,7 +220,38 @@ def training() -> str:
     )
 
 
+def notebook02() -> str:
+    """Notebook 02's wall time per fine-tuning seed on the mini profile, before and after the training changes, from
+    the study runs' own timings (``python -m bench.notebook02`` → ``reports/bench/notebook02.json``)."""
+    d = _json(checkout(BENCH, "notebook02.json"))
+    rows = [
+        [
+            f"{r['run']} ({r['code']})",
+            "main" if r["seed"] is None else r["seed"],
+            _num(r["epochs"], 0),
+            r["workers"],
+            _num(r["minutes"], 1) if r["whole"] else f"{_num(r['minutes'], 1)} (a resume: timed in part)",
+            _num(r["fine_tuning_minutes"], 1),
+            _num(r["source_epochs_per_minute"], 1),
+        ]
+        for r in d["rows"]
+    ]
+    return _table(
+        [
+            "run",
+            "seed",
+            "epochs",
+            "processes",
+            "wall min (one invocation)",
+            "of which fine-tuning min",
+            "source-epochs per wall min",
+        ],
+        rows,
+    )
+
+
 TABLES = {
+    "notebook02": notebook02,
     "make-test": make_test,
     "training": training,
     "threads": threads,
