@@ -222,6 +222,18 @@ def test_budget_prices_a_cached_pretraining_and_grid_from_their_own_records(mu_r
     resumed = [{"stages": {"notebook 02": {"seconds": 30.0, "jobs": 1, "ran": 1}}}]
     frame = budget.estimate({"notebook 02": 1, "seed 43 notebook 02": 1}, resumed, got).set_index("stage")
     assert frame["seconds_per_job"].tolist() == [400.0, 400.0] and frame.at["notebook 02", "spent_min"] == 0.5
+    # a seed's notebook 02, the same work timed whole in one invocation, prices the resumed main one before its records
+    seed43 = {
+        "seed 43 notebook 02": {"seconds": 700.0, "jobs": 1, "ran": 1},
+        "seed 43 notebook 03": {"seconds": 30.0, "ran": 15},
+    }
+    seeded = [*resumed, {"stages": seed43}]
+    frame = budget.estimate({"notebook 02": 1, "notebook 03": 51}, seeded, got).set_index("stage")
+    assert frame.at["notebook 02", "seconds_per_job"] == 700.0
+    assert frame.at["notebook 02", "from"] == "a seed's run of notebook 02"
+    assert (
+        frame.at["notebook 03", "from"] == "never measured"
+    )  # a seed's other notebooks do the main's work only in part
     whole = [{"stages": {"notebook 02": {"seconds": 900.0, "jobs": 1, "ran": 1}}}]  # a run from scratch wins
     assert budget.estimate({"notebook 02": 1}, whole, got).at[0, "from"] == "this stage"
 

@@ -4,9 +4,10 @@
 its wall seconds, its jobs and how many of them ran (the rest were done already: a resumed stage costs
 nothing). ``estimate`` prices a plan (``{stage: jobs}``) from the last entry in which each stage ran,
 per job; a seed's stage never measured is priced like the main run's stage of the same notebook (an
-over-estimate: the seeds' runs skip the adapted systems), and a stage the study never timed (a cached
-pretraining or tuning grid; a notebook 02 timed only as a resume) by what its own records measured (``recorded``). ``markdown`` adds the knobs
-that shrink each stage.
+over-estimate: the seeds' runs skip the adapted systems), a notebook 02 the study timed only as a resume like
+a seed's notebook 02 that ran whole, and a stage the study never timed otherwise (a cached pretraining or
+tuning grid; a resumed notebook 02 with no seed's to go by) by what its own records measured (``recorded``).
+``markdown`` adds the knobs that shrink each stage.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def estimate(
     if own and r.get("notebook 02", 0.0) < own[0]:  # timed only as a resume: most sources were trained already
         r.pop("notebook 02")
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
+    # A main notebook 02 timed only as a resume is priced by a seed's notebook 02 first: the same work (every
+    # source, the N×N) measured in one invocation, which its sources' records, trained across invocations, are not.
+    by_seed = {_generic(k): v for k, v in r.items() if re.fullmatch(r"seed \d+ notebook 02", k)}
     rows = []
     for stage, jobs in plan.items():
         key = re.sub(r"^seed \d+ ", "seed * ", stage)
@@ -124,7 +128,9 @@ def estimate(
                     (r[_generic(stage)], f"the main run's {_generic(stage)}")
                     if _generic(stage) in r
                     else (
-                        (recorded or {}).get(stage)
+                        (by_seed[stage], f"a seed's run of {stage}")
+                        if stage in by_seed
+                        else (recorded or {}).get(stage)
                         or (recorded or {}).get(_generic(stage))
                         or (float("nan"), "never measured")
                     )
