@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mu import paths
+from mu.experiment.budget import fine_tuning
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "reports" / "bench" / "notebook02.json"
@@ -50,15 +51,6 @@ def stages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
     return out
-
-
-def fine_tuning(models: Path, workers: int) -> tuple[float, int] | None:
-    """(the sources' summed ``train_runtime`` over ``workers``, how many sources) under one seed's models folder."""
-    runtimes = [
-        json.loads(f.read_text())["log_history"][-1].get("train_runtime")
-        for f in sorted(models.glob("xlm-roberta-base_massive_k_*/training_args.json"))
-    ]
-    return (sum(runtimes) / workers, len(runtimes)) if runtimes and all(runtimes) else None
 
 
 def row(run: str, code: str, stage: dict[str, Any], locales: int, fit: tuple[float, int] | None) -> dict[str, Any]:

@@ -177,15 +177,8 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
         held_out=0.1,
         **common,
     )
-    lr = selection_student.choose_distill_lr(
-        "sel",
-        TUNING,
-        teacher_method=teacher["method"],
-        mode=teacher["mode"],
-        criterion="tuning-targets",
-        adapt_num_examples=64,
-        **student_kw,
-    )
+    lr_kw = dict(teacher_method=teacher["method"], mode=teacher["mode"], adapt_num_examples=64, **student_kw)
+    lr = selection_student.choose_distill_lr("sel", TUNING, criterion="tuning-targets", **lr_kw)
     assert lr["lr"] in (1e-3, 1e-2) and {(r["target"], r["lr"]) for r in lr["evidence"]} == {
         (t, x) for t in TUNING for x in (1e-3, 1e-2)
     }
@@ -225,15 +218,7 @@ def test_every_choice_is_made_without_a_test_split_and_recorded(sources, toy_bas
     assert recorded["04.distill.patience"]["chosen_by"] == "declared"
     # a rerun with the same arguments measures nothing (cached); other arguments measure again
     monkeypatch.setattr(student, "fit_student", lambda *a, **k: pytest.fail("measured again"))
-    assert selection_student.choose_distill_lr(
-        "sel",
-        TUNING,
-        teacher_method=teacher["method"],
-        mode=teacher["mode"],
-        criterion="label-free",
-        adapt_num_examples=64,
-        **student_kw,
-    )["lr"] in (1e-3, 1e-2)
+    assert selection_student.choose_distill_lr("sel", TUNING, criterion="label-free", **lr_kw)["lr"] in (1e-3, 1e-2)
     assert protocol.load("sel")["04.distill.lr"]["chosen_by"] == "label-free"
     assert paths.reports_dir("study", "sel", "tuning", "distill_lr.json").is_file()
     # the smallest lr wins: a student whose lr tends to 0 is its init, so the init's own score is the grid's lr 0

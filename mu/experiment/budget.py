@@ -68,6 +68,18 @@ def _generic(stage: str) -> str:
     return re.sub(r"^seed \d+ ", "", stage)
 
 
+def fine_tuning(models_dir: Path, workers: int) -> tuple[float, int] | None:
+    """(the summed ``train_runtime`` of the sources under ``models_dir`` over ``workers`` parallel processes, how
+    many sources); None without sources, or when one lacks its runtime."""
+    from mu.learn import models
+
+    trained = [
+        paths.read_json(f).get("log_history", [{}])[-1].get("train_runtime")
+        for f in sorted(models_dir.glob(models.NAME_PATTERN.format(locale="*") + "/training_args.json"))
+    ]
+    return (sum(trained) / workers, len(trained)) if trained and all(trained) else None
+
+
 def recorded(profile: str, workers: int) -> dict[str, tuple[float, str]]:
     """{stage: (seconds per job, where from)} for the stages whose own records time them, for those the study
     never saw run: the encoder's pretraining (``pretrain.json``'s training seconds), the fine-tuning grid
@@ -79,16 +91,11 @@ def recorded(profile: str, workers: int) -> dict[str, tuple[float, str]]:
         seconds = paths.read_json(record).get("train_seconds")
         if seconds:
             out["pretrain"] = (float(seconds), f"{record.parent.name}/pretrain.json (training only)")
-    from mu.learn import models
-
-    trained = [
-        paths.read_json(f).get("log_history", [{}])[-1].get("train_runtime")
-        for f in sorted(paths.models_dir(profile).glob(models.NAME_PATTERN.format(locale="*") + "/training_args.json"))
-    ]
-    if trained and all(trained):
+    fit = fine_tuning(paths.models_dir(profile), workers)
+    if fit:
         out["notebook 02"] = (
-            sum(trained) / workers,
-            f"its {len(trained)} sources' training_args.json (fine-tuning only, over {workers} workers)",
+            fit[0],
+            f"its {fit[1]} sources' training_args.json (fine-tuning only, over {workers} workers)",
         )
     grid = paths.reports_dir("study", profile, "tuning", "finetune.json")
     if grid.is_file():
@@ -108,13 +115,16 @@ def estimate(
     ``runs`` (what the study spent on it so far, over how many invocations: ``spent``). ``recorded``:
     ``{stage: (seconds per job, source)}`` for a stage no entry measured (``recorded()``)."""
     r, used = rates(entries), spent(entries)
-    own = (recorded or {}).get("notebook 02")
+    priced = dict(recorded or {})
+    own = priced.get("notebook 02")
     if own and r.get("notebook 02", 0.0) < own[0]:  # timed only as a resume: most sources were trained already
         r.pop("notebook 02")
+        # a seed's notebook 02 is the same work (every source, the N×N) measured in one invocation, which the
+        # sources' records, trained across invocations, are not: it prices the main one first
+        whole = [v for k, v in r.items() if re.fullmatch(r"seed \d+ notebook 02", k)]
+        if whole:
+            priced["notebook 02"] = (whole[-1], "a seed's run of notebook 02")
     seeds = {re.sub(r"^seed \d+ ", "seed * ", k): v for k, v in r.items() if k.startswith("seed ")}
-    # A main notebook 02 timed only as a resume is priced by a seed's notebook 02 first: the same work (every
-    # source, the N×N) measured in one invocation, which its sources' records, trained across invocations, are not.
-    by_seed = {_generic(k): v for k, v in r.items() if re.fullmatch(r"seed \d+ notebook 02", k)}
     rows = []
     for stage, jobs in plan.items():
         key = re.sub(r"^seed \d+ ", "seed * ", stage)
@@ -127,13 +137,7 @@ def estimate(
                 else (
                     (r[_generic(stage)], f"the main run's {_generic(stage)}")
                     if _generic(stage) in r
-                    else (
-                        (by_seed[stage], f"a seed's run of {stage}")
-                        if stage in by_seed
-                        else (recorded or {}).get(stage)
-                        or (recorded or {}).get(_generic(stage))
-                        or (float("nan"), "never measured")
-                    )
+                    else (priced.get(stage) or priced.get(_generic(stage)) or (float("nan"), "never measured"))
                 )
             )
         )
